@@ -1,0 +1,523 @@
+# -*- test-case-name: tests.gateway.test_app -*-
+"""
+The gateway: the only door clients use.
+
+It parses and checks HTTP requests, authenticates bearer tokens with the
+Account service, calls the services over the bus with a deadline and a
+priority, and turns every outcome into JSON or problem details.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any, Callable
+
+from attrs import frozen
+from klein import Klein
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from txplatform.codec import dumps
+from txplatform.context import Origin, Priority
+from txplatform.errors import InvalidArgument, NotFound, Unauthenticated
+from txplatform.interfaces import IBus
+from txplatform.messages import fromPayload, fromQuery, toPayload
+from txplatform.serviceid import ServiceId
+
+from services import GATEWAY_ID, platformRegistry
+from services.account import api as account
+from services.notify import api as notify
+from services.post import api as post
+
+from . import schemas
+from .operations import Operation, operation
+from .problems import HTTPProblem, problemFor
+from .site import GatewaySite
+
+__all__ = ["Gateway", "Principal"]
+
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
+_USERNAME = re.compile(r"^[a-z0-9_]{3,32}$")
+_RECORD_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
+
+
+@frozen
+class Principal:
+    """
+    Whoever a verified token belongs to.
+    """
+
+    account_id: str
+    username: str
+    session_id: str
+
+
+@frozen
+class _Exchange:
+    """
+    What the gateway keeps about one HTTP request.
+    """
+
+    requestId: str
+    deadline: float
+    priority: Priority
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+class Gateway:
+    """
+    The HTTP API, served from L{resource} or L{site}.
+
+    @param callTimeout: Seconds one HTTP request may spend waiting on
+        services, across all the calls it makes.
+    @param maxBodySize: Largest request body accepted, in bytes.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        bus: IBus,
+        clock: IReactorTime,
+        callTimeout: float = 5.0,
+        maxBodySize: int = 64 * 1024,
+    ) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.callTimeout = callTimeout
+        self.maxBodySize = maxBodySize
+        self._serviceNames = {sid.hex: name for name, sid in platformRegistry()}
+        self._openapi: bytes | None = None
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def site(self, **kwargs: Any) -> GatewaySite:
+        return GatewaySite(self.resource(), maxBodySize=self.maxBodySize, **kwargs)
+
+    # The machinery every operation goes through
+
+    def _exchange(self, request: IRequest, priority: Priority = Priority.NORMAL) -> _Exchange:
+        exchange = getattr(request, "_txplatformExchange", None)
+        if exchange is None:
+            given = request.getHeader("x-request-id")
+            requestId = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+            exchange = _Exchange(requestId, self.clock.seconds() + self.callTimeout, priority)
+            request._txplatformExchange = exchange  # type: ignore[attr-defined]
+            request.setHeader("X-Request-Id", requestId)
+        return exchange
+
+    @inlineCallbacks
+    def runOperation(
+        self, op: Operation, f: Callable[..., Any], request: IRequest, path: dict[str, Any]
+    ) -> Any:
+        self._exchange(request, op.priority)
+        kwargs = dict(path)
+        if op.auth:
+            request.setHeader("Cache-Control", "no-store")
+            kwargs["principal"] = yield self._authenticate(request)
+        if op.body is not None:
+            kwargs["body"] = self._parseBody(request, op.body)
+        if op.query is not None:
+            kwargs["query"] = fromQuery(op.query, self._queryArguments(request))
+        result = yield f(self, request, **kwargs)
+        request.setResponseCode(op.status)
+        if op.status == 204:
+            return b""
+        request.setHeader("Content-Type", "application/json")
+        return result if isinstance(result, bytes) else dumps(result)
+
+    def call(
+        self, request: IRequest, service: ServiceId, method: str, payload: Any
+    ) -> Any:
+        """
+        Call a service for C{request}: under its deadline, with its priority
+        and its request id as the trace id.
+        """
+        exchange = self._exchange(request)
+        if not isinstance(payload, dict):
+            payload = toPayload(payload)
+        remaining = exchange.deadline - self.clock.seconds()
+        return self.bus.call(
+            service,
+            method,
+            payload,
+            timeout=max(remaining, 0.0),
+            priority=exchange.priority,
+            origin=Origin(GATEWAY_ID, exchange.requestId, exchange.deadline),
+        )
+
+    @inlineCallbacks
+    def _authenticate(self, request: IRequest) -> Any:
+        header = request.getHeader("authorization")
+        if not header:
+            raise Unauthenticated("this needs a token: send Authorization: Bearer <token>")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not _TOKEN.match(token):
+            raise Unauthenticated("the Authorization header must be Bearer <token>")
+        session = yield self.call(request, account.SERVICE_ID, "verify_token", {"token": token})
+        return Principal(session["account_id"], session["username"], session["session_id"])
+
+    def _parseBody(self, request: IRequest, messageType: type) -> Any:
+        if getattr(request, "bodyTooLarge", False):
+            raise HTTPProblem(
+                413, "body_too_large", f"the body is larger than {self.maxBodySize} bytes"
+            )
+        contentType = request.getHeader("content-type")
+        if contentType is None or not _JSON_TYPE.match(contentType):
+            raise HTTPProblem(
+                415,
+                "unsupported_media_type",
+                "send the body as JSON, with Content-Type: application/json",
+            )
+        raw = request.content.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise HTTPProblem(
+                400, "malformed_json", f"the body is not UTF-8 (byte {e.start})"
+            ) from None
+        try:
+            value = json.loads(text, parse_constant=_reject)
+        except json.JSONDecodeError as e:
+            raise HTTPProblem(
+                400,
+                "malformed_json",
+                f"the body is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
+            ) from None
+        except (ValueError, RecursionError) as e:
+            raise HTTPProblem(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+        return fromPayload(messageType, value)
+
+    @staticmethod
+    def _queryArguments(request: IRequest) -> dict[str, str]:
+        arguments = {}
+        for name, values in (request.args or {}).items():
+            try:
+                arguments[name.decode("utf-8")] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument.forFields(
+                    [(name.decode("utf-8", "replace"), "must be UTF-8")]
+                ) from None
+        return arguments
+
+    @app.handle_errors(Exception)
+    def _problem(self, request: IRequest, failure: Failure) -> bytes:
+        exchange = self._exchange(request)
+        problem = problemFor(failure, exchange.requestId, self._serviceNames)
+        if not problem.expected:
+            self.log.failure(
+                "Request {requestId} {method} {path} failed",
+                failure,
+                requestId=exchange.requestId,
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("ascii", "replace"),
+            )
+        request.setResponseCode(problem.status)
+        request.setHeader("Content-Type", "application/problem+json")
+        for name, value in problem.headers.items():
+            request.setHeader(name, value)
+        return problem.body(exchange.requestId)
+
+    # Accounts
+
+    @app.route("/v1/accounts", methods=["POST"])
+    @operation(
+        "Register an account",
+        tag="accounts",
+        status=201,
+        body=account.Register,
+        response=schemas.OWN_ACCOUNT,
+        errors=(409,),
+    )
+    @inlineCallbacks
+    def register(self, request: IRequest, body: account.Register) -> Any:
+        created = yield self.call(request, account.SERVICE_ID, "register", body)
+        request.setHeader("Location", f"/v1/accounts/{created['username']}")
+        return created
+
+    @staticmethod
+    def _username(username: str) -> str:
+        """
+        Usernames in paths match case-insensitively; one that cannot exist
+        is simply not found.
+        """
+        username = username.lower()
+        if not _USERNAME.match(username):
+            raise NotFound(f"no account is named {username!r}")
+        return username
+
+    @app.route("/v1/accounts/<username>", methods=["GET"])
+    @operation(
+        "Read a public profile",
+        tag="accounts",
+        response=schemas.ACCOUNT,
+        errors=(404,),
+        priority=Priority.LOW,
+    )
+    def profile(self, request: IRequest, username: str) -> Any:
+        return self.call(
+            request, account.SERVICE_ID, "get_profile", {"username": self._username(username)}
+        )
+
+    @app.route("/v1/accounts/<username>/posts", methods=["GET"])
+    @operation(
+        "List an author's posts, newest first",
+        tag="posts",
+        query=schemas.PageQuery,
+        response=schemas.pageOf(schemas.POST),
+        errors=(404,),
+        priority=Priority.LOW,
+    )
+    @inlineCallbacks
+    def authorPosts(self, request: IRequest, username: str, query: schemas.PageQuery) -> Any:
+        author = yield self.call(
+            request, account.SERVICE_ID, "get_profile", {"username": self._username(username)}
+        )
+        return (
+            yield self.call(
+                request,
+                post.SERVICE_ID,
+                "list_posts",
+                post.ListPosts(author_id=author["id"], limit=query.limit, cursor=query.cursor),
+            )
+        )
+
+    # The caller's own account
+
+    @app.route("/v1/me", methods=["GET"])
+    @operation("Read your account", tag="me", auth=True, response=schemas.OWN_ACCOUNT)
+    def me(self, request: IRequest, principal: Principal) -> Any:
+        return self.call(
+            request, account.SERVICE_ID, "get_account", {"account_id": principal.account_id}
+        )
+
+    @app.route("/v1/me", methods=["PATCH"])
+    @operation(
+        "Change your email, display name or password",
+        tag="me",
+        auth=True,
+        body=schemas.UpdateMe,
+        response=schemas.OWN_ACCOUNT,
+        errors=(403, 409),
+        description="Changing the password needs `current_password` (403 if wrong) and"
+        " ends every other session.",
+    )
+    def updateMe(self, request: IRequest, principal: Principal, body: schemas.UpdateMe) -> Any:
+        return self.call(
+            request,
+            account.SERVICE_ID,
+            "update_account",
+            account.UpdateAccount(
+                account_id=principal.account_id,
+                session_id=principal.session_id,
+                email=body.email,
+                display_name=body.display_name,
+                password=body.password,
+                current_password=body.current_password,
+            ),
+        )
+
+    @app.route("/v1/me", methods=["DELETE"])
+    @operation(
+        "Delete your account, its posts and notifications",
+        tag="me",
+        auth=True,
+        status=204,
+        body=schemas.DeleteMe,
+        errors=(403,),
+    )
+    def deleteMe(self, request: IRequest, principal: Principal, body: schemas.DeleteMe) -> Any:
+        return self.call(
+            request,
+            account.SERVICE_ID,
+            "delete_account",
+            {"account_id": principal.account_id, "password": body.password},
+        )
+
+    @app.route("/v1/me/following", methods=["GET"])
+    @operation(
+        "List the accounts you follow, most recent first",
+        tag="me",
+        auth=True,
+        query=schemas.PageQuery,
+        response=schemas.pageOf(schemas.ACCOUNT),
+        priority=Priority.LOW,
+    )
+    def following(self, request: IRequest, principal: Principal, query: schemas.PageQuery) -> Any:
+        return self.call(
+            request,
+            account.SERVICE_ID,
+            "list_following",
+            account.ListFollowing(
+                account_id=principal.account_id, limit=query.limit, cursor=query.cursor
+            ),
+        )
+
+    @app.route("/v1/me/following/<username>", methods=["PUT"])
+    @operation("Follow an account", tag="me", auth=True, status=204, errors=(404,))
+    def follow(self, request: IRequest, principal: Principal, username: str) -> Any:
+        return self.call(
+            request,
+            account.SERVICE_ID,
+            "follow",
+            {"account_id": principal.account_id, "username": self._username(username)},
+        )
+
+    @app.route("/v1/me/following/<username>", methods=["DELETE"])
+    @operation("Stop following an account", tag="me", auth=True, status=204, errors=(404,))
+    def unfollow(self, request: IRequest, principal: Principal, username: str) -> Any:
+        return self.call(
+            request,
+            account.SERVICE_ID,
+            "unfollow",
+            {"account_id": principal.account_id, "username": self._username(username)},
+        )
+
+    # Sessions
+
+    @app.route("/v1/sessions", methods=["POST"])
+    @operation(
+        "Log in: trade a username and password for a token",
+        tag="sessions",
+        status=201,
+        body=account.Login,
+        response=schemas.SESSION,
+        priority=Priority.HIGH,
+        errors=(401,),
+    )
+    @inlineCallbacks
+    def login(self, request: IRequest, body: account.Login) -> Any:
+        request.setHeader("Cache-Control", "no-store")
+        session = yield self.call(request, account.SERVICE_ID, "login", body)
+        return {"token": session["token"], "expires_at": session["expires_at"]}
+
+    @app.route("/v1/sessions/current", methods=["DELETE"])
+    @operation(
+        "Log out: revoke the token used", tag="sessions", auth=True, status=204,
+        priority=Priority.HIGH,
+    )
+    def logout(self, request: IRequest, principal: Principal) -> Any:
+        return self.call(
+            request, account.SERVICE_ID, "logout", {"session_id": principal.session_id}
+        )
+
+    # Posts
+
+    @app.route("/v1/posts", methods=["POST"])
+    @operation(
+        "Publish a post",
+        tag="posts",
+        auth=True,
+        status=201,
+        body=schemas.NewPost,
+        response=schemas.POST,
+    )
+    @inlineCallbacks
+    def createPost(self, request: IRequest, principal: Principal, body: schemas.NewPost) -> Any:
+        created = yield self.call(
+            request,
+            post.SERVICE_ID,
+            "create_post",
+            post.CreatePost(
+                author_id=principal.account_id,
+                author_username=principal.username,
+                body=body.body,
+            ),
+        )
+        request.setHeader("Location", f"/v1/posts/{created['id']}")
+        return created
+
+    @staticmethod
+    def _recordId(value: str, what: str) -> str:
+        if not _RECORD_ID.match(value):
+            raise NotFound(f"no such {what}")
+        return value
+
+    @app.route("/v1/posts/<post_id>", methods=["GET"])
+    @operation(
+        "Read a post", tag="posts", response=schemas.POST, errors=(404,), priority=Priority.LOW
+    )
+    def readPost(self, request: IRequest, post_id: str) -> Any:
+        return self.call(
+            request, post.SERVICE_ID, "get_post", {"post_id": self._recordId(post_id, "post")}
+        )
+
+    @app.route("/v1/posts/<post_id>", methods=["DELETE"])
+    @operation("Delete your post", tag="posts", auth=True, status=204, errors=(403, 404))
+    def deletePost(self, request: IRequest, principal: Principal, post_id: str) -> Any:
+        return self.call(
+            request,
+            post.SERVICE_ID,
+            "delete_post",
+            {"post_id": self._recordId(post_id, "post"), "account_id": principal.account_id},
+        )
+
+    # Notifications
+
+    @app.route("/v1/notifications", methods=["GET"])
+    @operation(
+        "List your notifications, newest first",
+        tag="notifications",
+        auth=True,
+        query=schemas.NotificationQuery,
+        response=schemas.pageOf(schemas.NOTIFICATION),
+        priority=Priority.LOW,
+    )
+    def notifications(
+        self, request: IRequest, principal: Principal, query: schemas.NotificationQuery
+    ) -> Any:
+        return self.call(
+            request,
+            notify.SERVICE_ID,
+            "list_notifications",
+            notify.ListNotifications(
+                account_id=principal.account_id,
+                unread=query.unread,
+                limit=query.limit,
+                cursor=query.cursor,
+            ),
+        )
+
+    @app.route("/v1/notifications/<notification_id>/read", methods=["POST"])
+    @operation(
+        "Mark a notification read", tag="notifications", auth=True, status=204, errors=(404,)
+    )
+    def markRead(self, request: IRequest, principal: Principal, notification_id: str) -> Any:
+        return self.call(
+            request,
+            notify.SERVICE_ID,
+            "mark_read",
+            {
+                "account_id": principal.account_id,
+                "notification_id": self._recordId(notification_id, "notification"),
+            },
+        )
+
+    # The platform itself
+
+    @app.route("/v1/openapi.json", methods=["GET"])
+    @operation("This API's OpenAPI 3.1 document", tag="platform", response={"type": "object"})
+    def openapi(self, request: IRequest) -> bytes:
+        if self._openapi is None:
+            from .openapi import openapiDocument
+
+            self._openapi = dumps(openapiDocument(self))
+        return self._openapi
+
+    @app.route("/healthz", methods=["GET"])
+    @operation("Liveness: the gateway is serving", tag="platform", response=schemas.HEALTH)
+    def health(self, request: IRequest) -> Any:
+        return {"status": "ok"}

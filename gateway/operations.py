@@ -1,0 +1,73 @@
+# -*- test-case-name: tests.gateway.test_openapi -*-
+"""
+Declaring an HTTP operation once: what it takes, who may call it and what
+it answers.
+
+L{operation} both documents a route (the OpenAPI document is built from
+these declarations) and enforces the declaration: a route declared with
+C{auth=True} cannot run without a verified token, one declared with a body
+class never sees an unchecked body, and it answers the declared status.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import Any, Callable
+
+from attrs import frozen
+
+from txplatform.context import Priority
+
+__all__ = ["Operation", "operation", "operationOf"]
+
+_OPERATION = "__txplatform_operation__"
+
+
+@frozen
+class Operation:
+    """
+    @ivar status: The success status.
+    @ivar response: JSON Schema of the success body (C{None}: no body).
+    @ivar body: Message class of the request body, if it takes one.
+    @ivar query: Message class of the query parameters, if any.
+    @ivar auth: Whether a bearer token is required.
+    @ivar errors: Error statuses this operation can answer with, besides
+        those every operation can (400 for a bad body, 500, 503...).
+    @ivar priority: Priority of the calls it makes to services.
+    """
+
+    summary: str
+    tag: str
+    status: int = 200
+    response: dict[str, Any] | None = None
+    body: type | None = None
+    query: type | None = None
+    auth: bool = False
+    errors: tuple[int, ...] = ()
+    priority: Priority = Priority.NORMAL
+    description: str = ""
+
+
+def operation(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """
+    Declare the decorated gateway method an operation (see L{Operation} for
+    the keywords).  The method is called as C{f(self, request, **path)},
+    plus C{principal=} when C{auth}, C{body=} when it takes a body and
+    C{query=} when it takes query parameters; it returns the response body
+    (or a Deferred of it), which is sent with the declared status.
+    """
+    op = Operation(summary, **kwargs)
+
+    def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(f)
+        def run(self: Any, request: Any, **path: Any) -> Any:
+            return self.runOperation(op, f, request, path)
+
+        setattr(run, _OPERATION, op)
+        return run
+
+    return decorator
+
+
+def operationOf(function: Callable[..., Any]) -> Operation | None:
+    return getattr(function, _OPERATION, None)

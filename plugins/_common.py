@@ -1,0 +1,93 @@
+# -*- test-case-name: tests.plugins.test_options -*-
+"""
+Options the commands share, and building the pieces they name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from services.account.passwords import Argon2Parameters, PasswordHasher
+from txplatform.buses import busFromURL
+from txplatform.database import databaseFromURL
+
+__all__ = [
+    "BUS",
+    "ARGON2",
+    "checkBus",
+    "checkDatabase",
+    "checkPositive",
+    "passwordHasher",
+    "makeBus",
+    "makeDatabase",
+    "serviceProcess",
+]
+
+BUS = ["bus", None, "local:", "The message bus: local: (in-process)."]
+
+ARGON2 = [
+    ["argon2-time-cost", None, Argon2Parameters().timeCost, "argon2id passes.", int],
+    ["argon2-memory-cost", None, Argon2Parameters().memoryCost, "argon2id memory, KiB.", int],
+    ["argon2-parallelism", None, Argon2Parameters().parallelism, "argon2id lanes.", int],
+]
+
+
+def checkBus(options: usage.Options) -> None:
+    if options["bus"] not in ("local", "local:"):
+        raise usage.UsageError(
+            f"--bus {options['bus']!r}: this release has local: (the in-process bus)"
+        )
+
+
+def checkDatabase(url: str, option: str = "--db") -> None:
+    if not url.startswith(("sqlite:", "postgresql://", "postgres://")):
+        raise usage.UsageError(
+            f"{option} {url!r}: use sqlite:PATH or postgresql://user@host:port/dbname"
+        )
+
+
+def checkPositive(options: usage.Options, *names: str) -> None:
+    for name in names:
+        if options[name] <= 0:
+            raise usage.UsageError(f"--{name} must be positive, not {options[name]}")
+
+
+def passwordHasher(options: usage.Options, reactor: Any) -> PasswordHasher:
+    checkPositive(options, "argon2-time-cost", "argon2-memory-cost", "argon2-parallelism")
+    return PasswordHasher(
+        reactor,
+        Argon2Parameters(
+            timeCost=options["argon2-time-cost"],
+            memoryCost=options["argon2-memory-cost"],
+            parallelism=options["argon2-parallelism"],
+        ),
+    )
+
+
+def makeBus(options: usage.Options, reactor: Any) -> Any:
+    return busFromURL(options["bus"], reactor)
+
+
+def makeDatabase(url: str, reactor: Any) -> Any:
+    return databaseFromURL(url, reactor=reactor)
+
+
+def serviceProcess(options: usage.Options, reactor: Any, build: Any) -> Any:
+    """
+    The services of a process running one service: the bus, the service
+    (C{build(bus, database)}), and a gate that ends the process if the
+    service cannot start.
+    """
+    from twisted.application.service import MultiService, Service
+
+    from ._lifecycle import ReadinessGate
+
+    top = MultiService()
+    bus = makeBus(options, reactor)
+    bus.setServiceParent(top)
+    service = build(bus, makeDatabase(options["db"], reactor))
+    service.setServiceParent(top)
+    ReadinessGate(reactor, [service], Service()).setServiceParent(top)
+    return top

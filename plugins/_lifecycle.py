@@ -1,0 +1,111 @@
+# -*- test-case-name: tests.plugins.test_lifecycle -*-
+"""
+Process lifecycle: listen only once the services are ready, and exit
+non-zero when a service cannot start, so a supervisor sees the failure.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["ListeningService", "ReadinessGate", "exitOnFailure"]
+
+log = Logger()
+
+
+def exitOnFailure(reactor: Any, failure: Failure, what: str) -> None:
+    """
+    Log why C{what} failed, stop the reactor and make the process exit 1
+    (twistd itself would exit 0).
+    """
+    log.critical("{what} failed, stopping: {why}", what=what, why=failure.getErrorMessage())
+    if not reactor.running:
+        return
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+    reactor.stop()
+
+
+class ListeningService(Service):
+    """
+    Listen on an endpoint string, and log the address actually bound (so
+    C{tcp:0} is usable: the log says which port).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, description: str, factory: Any, label: str) -> None:
+        self._reactor = reactor
+        self.description = description
+        self._factory = factory
+        self._label = label
+        self._port: Any = None
+        self._listening: Deferred[Any] | None = None
+        self.address: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = serverFromString(self._reactor, self.description)
+        self._listening = endpoint.listen(self._factory)
+        self._listening.addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: Any) -> None:
+        self._port = port
+        self.address = port.getHost()
+        self.log.info(
+            "{label} listening on {address}",
+            label=self._label,
+            address=self.address,
+            host=getattr(self.address, "host", None),
+            port=getattr(self.address, "port", None),
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        exitOnFailure(self._reactor, failure, f"{self._label} listening on {self.description}")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._port is not None:
+            port, self._port = self._port, None
+            return port.stopListening()
+        if self._listening is not None and not self._listening.called:
+            self._listening.cancel()
+        return None
+
+
+class ReadinessGate(Service):
+    """
+    Start C{then} only once every service in C{first} reports it started;
+    exit the process if one cannot.
+    """
+
+    def __init__(self, reactor: Any, first: list[Any], then: Service) -> None:
+        self._reactor = reactor
+        self._first = first
+        self._then = then
+
+    def startService(self) -> None:
+        super().startService()
+        ready = gatherResults([s.whenStarted() for s in self._first], consumeErrors=True)
+        ready.addCallbacks(self._ready, self._failed)
+
+    def _ready(self, _: Any) -> None:
+        if self.running:
+            self._then.startService()
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(FirstError):
+            failure = failure.value.subFailure
+        exitOnFailure(self._reactor, failure, "starting the services")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._then.running:
+            return self._then.stopService()
+        return None

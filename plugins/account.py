@@ -1,0 +1,57 @@
+# -*- test-case-name: tests.plugins.test_options -*-
+"""
+C{twistd account}: one replica of the Account service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from ._common import ARGON2, BUS, checkBus, checkDatabase, checkPositive, passwordHasher, serviceProcess
+
+SESSION_LIFETIME = ["session-lifetime", None, 24 * 3600.0, "Seconds a login session lasts.", float]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run one replica of the Account service: accounts, login sessions and follows."
+    )
+    optParameters = [
+        BUS,
+        [
+            "db",
+            None,
+            "sqlite:var/account.sqlite",
+            "Database: sqlite:PATH or postgresql://user@host:port/dbname.",
+        ],
+        SESSION_LIFETIME,
+        *ARGON2,
+    ]
+
+    def postOptions(self) -> None:
+        checkBus(self)
+        checkDatabase(self["db"])
+        checkPositive(
+            self, "session-lifetime", "argon2-time-cost", "argon2-memory-cost", "argon2-parallelism"
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor
+    from services.account.service import AccountService
+
+    return serviceProcess(
+        options,
+        reactor,
+        lambda bus, database: AccountService(
+            bus,
+            database,
+            reactor,
+            passwordHasher(options, reactor),
+            sessionLifetime=options["session-lifetime"],
+        ),
+    )

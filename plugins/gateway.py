@@ -1,0 +1,54 @@
+# -*- test-case-name: tests.plugins.test_options -*-
+"""
+C{twistd gateway}: one replica of the HTTP gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from ._common import BUS, checkBus, checkPositive, makeBus
+
+LISTEN = ["listen", None, "tcp:8080", "Where to serve HTTP: a Twisted endpoint string."]
+CALL_TIMEOUT = [
+    "call-timeout",
+    None,
+    5.0,
+    "Seconds a request may wait on services before it gets 503.",
+    float,
+]
+MAX_BODY_SIZE = ["max-body-size", None, 64 * 1024, "Largest request body, in bytes (413 above).", int]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Run one replica of the HTTP gateway, the platform's only entry point."
+    optParameters = [BUS, LISTEN, CALL_TIMEOUT, MAX_BODY_SIZE]
+
+    def postOptions(self) -> None:
+        checkBus(self)
+        checkPositive(self, "call-timeout", "max-body-size")
+
+
+def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
+    from gateway import Gateway
+
+    from ._lifecycle import ListeningService
+
+    gateway = Gateway(
+        bus, reactor, callTimeout=options["call-timeout"], maxBodySize=options["max-body-size"]
+    )
+    return ListeningService(reactor, options["listen"], gateway.site(), "Gateway")
+
+
+def makeService(options: Options, reactor: Any = None) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor
+    top = MultiService()
+    bus = makeBus(options, reactor)
+    bus.setServiceParent(top)
+    gatewayListener(options, reactor, bus).setServiceParent(top)
+    return top

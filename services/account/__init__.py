@@ -1,0 +1,3 @@
+"""
+The Account service: accounts, sessions and follows.
+"""

@@ -1,0 +1,189 @@
+"""
+The Account service's contract: its identifier, the messages its methods
+take, and the events it publishes.  Callers import this module only.
+"""
+
+from __future__ import annotations
+
+from txplatform.messages import integer, message, string, stringList
+from txplatform.serviceid import ServiceId
+
+SERVICE_NAME = "account"
+SERVICE_ID = ServiceId.fromHex("010001")
+
+ACCOUNT_CREATED = "account.created"
+ACCOUNT_UPDATED = "account.updated"
+ACCOUNT_DELETED = "account.deleted"
+ACCOUNT_FOLLOWED = "account.followed"
+ACCOUNT_UNFOLLOWED = "account.unfollowed"
+
+_RECORD_ID = "[0-9a-hjkmnp-tv-z]{26}"
+
+
+def usernameField(**kwargs):
+    return string(
+        minLength=3,
+        maxLength=32,
+        pattern="[a-z0-9_]+",
+        hint="lowercase letters a-z, digits and _ only",
+        description="3-32 characters: a-z, 0-9 and _.",
+        **kwargs,
+    )
+
+
+def usernameLookupField(**kwargs):
+    """
+    A username to look up: matched case-insensitively, so any case passes.
+    """
+    return string(
+        minLength=1,
+        maxLength=64,
+        description="A username, matched case-insensitively.",
+        **kwargs,
+    )
+
+
+def emailField(**kwargs):
+    return string(maxLength=254, format="email", description="An email address.", **kwargs)
+
+
+def passwordField(description: str = "At least 10 characters.", **kwargs):
+    return string(minLength=10, maxLength=1024, description=description, **kwargs)
+
+
+def displayNameField(**kwargs):
+    return string(minLength=1, maxLength=64, description="Shown instead of the username.", **kwargs)
+
+
+def accountIdField(**kwargs):
+    return string(pattern=_RECORD_ID, hint="an account id", description="An account id.", **kwargs)
+
+
+def limitField(maximum: int = 100, default: int = 20):
+    return integer(minimum=1, maximum=maximum, default=default, description="Page size.")
+
+
+def cursorField():
+    return string(
+        minLength=1,
+        maxLength=512,
+        default=None,
+        description="Opaque: the `next` of the previous page.",
+    )
+
+
+# Methods
+
+
+@message
+class Register:
+    username: str = usernameField()
+    email: str = emailField()
+    password: str = passwordField()
+    display_name: str | None = displayNameField(default=None)
+
+
+@message
+class GetProfile:
+    username: str = usernameLookupField()
+
+
+@message
+class GetAccount:
+    account_id: str = accountIdField()
+
+
+@message
+class ResolveUsernames:
+    usernames: tuple[str, ...] = stringList(usernameLookupField(), maxItems=1000)
+
+
+@message
+class UpdateAccount:
+    account_id: str = accountIdField()
+    session_id: str | None = string(maxLength=64, default=None)
+    email: str | None = emailField(default=None)
+    display_name: str | None = displayNameField(default=None)
+    password: str | None = passwordField(default=None)
+    current_password: str | None = string(minLength=1, maxLength=1024, default=None)
+
+
+@message
+class DeleteAccount:
+    account_id: str = accountIdField()
+    password: str = string(minLength=1, maxLength=1024)
+
+
+@message
+class Login:
+    username: str = usernameLookupField()
+    password: str = string(minLength=1, maxLength=1024)
+
+
+@message
+class Logout:
+    session_id: str = string(minLength=1, maxLength=64)
+
+
+@message
+class VerifyToken:
+    token: str = string(minLength=1, maxLength=256)
+
+
+@message
+class Follow:
+    account_id: str = accountIdField()
+    username: str = usernameLookupField()
+
+
+@message
+class Unfollow:
+    account_id: str = accountIdField()
+    username: str = usernameLookupField()
+
+
+@message
+class ListFollowing:
+    account_id: str = accountIdField()
+    limit: int = limitField()
+    cursor: str | None = cursorField()
+
+
+@message
+class ListFollowers:
+    account_id: str = accountIdField()
+    limit: int = limitField(maximum=1000, default=500)
+    cursor: str | None = cursorField()
+
+
+# Events
+
+
+@message
+class AccountCreated:
+    account_id: str = accountIdField()
+    username: str = usernameField()
+
+
+@message
+class AccountUpdated:
+    account_id: str = accountIdField()
+    changed: tuple[str, ...] = stringList(string(maxLength=32), maxItems=8)
+
+
+@message
+class AccountDeleted:
+    account_id: str = accountIdField()
+    username: str = usernameField()
+
+
+@message
+class AccountFollowed:
+    follower_id: str = accountIdField()
+    followee_id: str = accountIdField()
+
+
+@message
+class AccountUnfollowed:
+    follower_id: str = accountIdField()
+    followee_id: str = accountIdField()

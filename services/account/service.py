@@ -1,0 +1,258 @@
+# -*- test-case-name: tests.services.test_account -*-
+"""
+The Account service: registration, profiles, sessions and follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+from txplatform.context import CallContext
+from txplatform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from txplatform.interfaces import IBus, IDatabase, IFieldCodec
+from txplatform.pagination import decodeCursor, page
+from txplatform.recordid import newRecordId
+from txplatform.service import DatabaseService, rpc
+from txplatform.timestamps import formatMillis, nowMillis
+
+from . import api
+from .passwords import PasswordHasher
+from .store import MIGRATIONS, AccountRow, AccountStore
+
+__all__ = ["AccountService"]
+
+_BAD_LOGIN = "wrong username or password"
+
+
+def hashToken(token: str) -> bytes:
+    """
+    Sessions are stored by the SHA-256 of their token: a token has 256
+    random bits, so a fast hash is enough, and a leaked table holds nothing
+    a client could present.
+    """
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class AccountService(DatabaseService):
+    """
+    @param sessionLifetime: Seconds a session lasts from login.
+    """
+
+    name = api.SERVICE_NAME
+    serviceId = api.SERVICE_ID
+    migrations = MIGRATIONS
+
+    def __init__(
+        self,
+        bus: IBus,
+        database: IDatabase,
+        clock: IReactorTime,
+        passwords: PasswordHasher,
+        fields: IFieldCodec | None = None,
+        sessionLifetime: float = 24 * 3600,
+        sweepInterval: float = 600,
+    ) -> None:
+        super().__init__(bus, database, clock, fields)
+        self.store = AccountStore(database, self.fields, self.outbox)
+        self.passwords = passwords
+        self.sessionLifetime = sessionLifetime
+        self._sweeper = LoopingCall(self.sweepSessions)
+        self._sweeper.clock = clock
+        self._sweepInterval = sweepInterval
+
+    @inlineCallbacks
+    def prepare(self) -> Any:
+        yield super().prepare()
+        self._sweeper.start(self._sweepInterval, now=False)
+
+    def cleanup(self) -> Any:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        return super().cleanup()
+
+    def sweepSessions(self) -> Any:
+        """
+        Delete expired sessions (they are refused anyway; this keeps the
+        table small).
+        """
+        d = self.store.deleteExpiredSessions(nowMillis(self.clock))
+        d.addErrback(lambda f: self.log.failure("Could not sweep expired sessions", f))
+        return d
+
+    @inlineCallbacks
+    def _ownAccount(self, accountId: str) -> Any:
+        account = yield self.store.byId(accountId)
+        if account is None:
+            raise NotFound("your account no longer exists")
+        return account
+
+    # Accounts
+
+    @rpc(api.Register)
+    @inlineCallbacks
+    def register(self, request: api.Register, context: CallContext) -> Any:
+        passwordHash = yield self.passwords.hash(request.password)
+        now = nowMillis(self.clock)
+        account = AccountRow(
+            id=newRecordId(self.clock),
+            username=request.username,
+            email=request.email,
+            display_name=request.display_name or request.username,
+            password_hash=passwordHash,
+            created_at=now,
+        )
+        yield self.store.create(account)
+        self.outbox.flush()
+        return account.private()
+
+    @rpc(api.GetProfile)
+    @inlineCallbacks
+    def get_profile(self, request: api.GetProfile, context: CallContext) -> Any:
+        account = yield self.store.byUsername(request.username)
+        if account is None:
+            raise NotFound(f"no account is named {request.username.lower()!r}")
+        return account.public()
+
+    @rpc(api.GetAccount)
+    @inlineCallbacks
+    def get_account(self, request: api.GetAccount, context: CallContext) -> Any:
+        account = yield self._ownAccount(request.account_id)
+        return account.private()
+
+    @rpc(api.ResolveUsernames)
+    @inlineCallbacks
+    def resolve_usernames(self, request: api.ResolveUsernames, context: CallContext) -> Any:
+        accounts = yield self.store.resolve(request.usernames)
+        return {"accounts": [{"id": a.id, "username": a.username} for a in accounts]}
+
+    @rpc(api.UpdateAccount)
+    @inlineCallbacks
+    def update_account(self, request: api.UpdateAccount, context: CallContext) -> Any:
+        if request.email is None and request.display_name is None and request.password is None:
+            raise InvalidArgument.forFields(
+                [("", "give at least one of email, display_name and password")]
+            )
+        passwordHash = None
+        if request.password is not None:
+            if request.current_password is None:
+                raise InvalidArgument.forFields(
+                    [("current_password", "is required to change the password")]
+                )
+            account = yield self._ownAccount(request.account_id)
+            matches = yield self.passwords.verify(account.password_hash, request.current_password)
+            if not matches:
+                raise PermissionDenied("the current password is wrong")
+            passwordHash = yield self.passwords.hash(request.password)
+        elif request.current_password is not None:
+            raise InvalidArgument.forFields(
+                [("current_password", "is only used to change the password")]
+            )
+        account = yield self.store.update(
+            request.account_id,
+            nowMillis(self.clock),
+            email=request.email,
+            displayName=request.display_name,
+            passwordHash=passwordHash,
+            keepSession=request.session_id,
+        )
+        self.outbox.flush()
+        return account.private()
+
+    @rpc(api.DeleteAccount)
+    @inlineCallbacks
+    def delete_account(self, request: api.DeleteAccount, context: CallContext) -> Any:
+        account = yield self._ownAccount(request.account_id)
+        matches = yield self.passwords.verify(account.password_hash, request.password)
+        if not matches:
+            raise PermissionDenied("the password is wrong")
+        deleted = yield self.store.delete(account)
+        if not deleted:
+            raise NotFound("your account no longer exists")
+        self.outbox.flush()
+        return {}
+
+    # Sessions
+
+    @rpc(api.Login)
+    @inlineCallbacks
+    def login(self, request: api.Login, context: CallContext) -> Any:
+        account = yield self.store.byUsername(request.username)
+        if account is None:
+            yield self.passwords.verifyNothing(request.password)
+            raise Unauthenticated(_BAD_LOGIN)
+        matches = yield self.passwords.verify(account.password_hash, request.password)
+        if not matches:
+            raise Unauthenticated(_BAD_LOGIN)
+        if self.passwords.needsRehash(account.password_hash):
+            newHash = yield self.passwords.hash(request.password)
+            yield self.store.rehash(account.id, newHash)
+        token = secrets.token_urlsafe(32)
+        now = nowMillis(self.clock)
+        expiresAt = now + int(self.sessionLifetime * 1000)
+        sessionId = newRecordId(self.clock)
+        yield self.store.createSession(sessionId, hashToken(token), account.id, now, expiresAt)
+        return {
+            "token": token,
+            "expires_at": formatMillis(expiresAt),
+            "account_id": account.id,
+            "session_id": sessionId,
+        }
+
+    @rpc(api.VerifyToken)
+    @inlineCallbacks
+    def verify_token(self, request: api.VerifyToken, context: CallContext) -> Any:
+        session = yield self.store.session(hashToken(request.token), nowMillis(self.clock))
+        if session is None:
+            raise Unauthenticated("the token is invalid, expired or revoked")
+        return {
+            "account_id": session.account_id,
+            "username": session.username,
+            "session_id": session.id,
+            "expires_at": formatMillis(session.expires_at),
+        }
+
+    @rpc(api.Logout)
+    @inlineCallbacks
+    def logout(self, request: api.Logout, context: CallContext) -> Any:
+        yield self.store.deleteSession(request.session_id)
+        return {}
+
+    # Follows
+
+    @rpc(api.Follow)
+    @inlineCallbacks
+    def follow(self, request: api.Follow, context: CallContext) -> Any:
+        followee = yield self.store.follow(
+            request.account_id, request.username, nowMillis(self.clock)
+        )
+        self.outbox.flush()
+        return followee.public()
+
+    @rpc(api.Unfollow)
+    @inlineCallbacks
+    def unfollow(self, request: api.Unfollow, context: CallContext) -> Any:
+        followee = yield self.store.unfollow(request.account_id, request.username)
+        self.outbox.flush()
+        return followee.public()
+
+    @rpc(api.ListFollowing)
+    @inlineCallbacks
+    def list_following(self, request: api.ListFollowing, context: CallContext) -> Any:
+        after = decodeCursor(request.cursor, int, str) if request.cursor else None
+        rows = yield self.store.following(request.account_id, request.limit + 1, after)
+        items, nextCursor = page(rows, request.limit, lambda r: (r[1], r[0].id))
+        return {"items": [account.public() for account, _ in items], "next": nextCursor}
+
+    @rpc(api.ListFollowers)
+    @inlineCallbacks
+    def list_followers(self, request: api.ListFollowers, context: CallContext) -> Any:
+        after = decodeCursor(request.cursor, str)[0] if request.cursor else None
+        ids = yield self.store.followers(request.account_id, request.limit + 1, after)
+        items, nextCursor = page(ids, request.limit, lambda i: (i,))
+        return {"items": items, "next": nextCursor}

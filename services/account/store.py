@@ -1,0 +1,445 @@
+# -*- test-case-name: tests.services.test_account -*-
+"""
+The Account service's tables.
+
+User fields (username, email, display name) go through the service's
+L{IFieldCodec}; usernames and emails are found and kept unique through the
+codec's index of their normalised form, never by the stored value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+
+from txplatform.database import Migration, UniqueViolation
+from txplatform.errors import Conflict, InvalidArgument, NotFound
+from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
+from txplatform.outbox import Outbox
+from txplatform.timestamps import formatMillis
+
+from . import api
+
+__all__ = ["MIGRATIONS", "AccountRow", "SessionRow", "AccountStore"]
+
+MIGRATIONS = [
+    Migration(
+        1,
+        "accounts, sessions and follows",
+        (
+            """CREATE TABLE accounts (
+                id {id} PRIMARY KEY,
+                username_index {bytes} NOT NULL UNIQUE,
+                username {bytes} NOT NULL,
+                email_index {bytes} NOT NULL UNIQUE,
+                email {bytes} NOT NULL,
+                display_name {bytes} NOT NULL,
+                password_hash TEXT NOT NULL,
+                created_at {bigint} NOT NULL,
+                updated_at {bigint} NOT NULL
+            )""",
+            """CREATE TABLE account_sessions (
+                id {id} PRIMARY KEY,
+                token_hash {bytes} NOT NULL UNIQUE,
+                account_id {id} NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                created_at {bigint} NOT NULL,
+                expires_at {bigint} NOT NULL
+            )""",
+            "CREATE INDEX account_sessions_by_account ON account_sessions (account_id)",
+            "CREATE INDEX account_sessions_by_expiry ON account_sessions (expires_at)",
+            """CREATE TABLE account_follows (
+                follower_id {id} NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                followee_id {id} NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                created_at {bigint} NOT NULL,
+                PRIMARY KEY (follower_id, followee_id)
+            )""",
+            "CREATE INDEX account_follows_by_followee ON account_follows (followee_id, follower_id)",
+            "CREATE INDEX account_follows_by_time ON account_follows"
+            " (follower_id, created_at, followee_id)",
+        ),
+    )
+]
+
+_COLUMNS = "id, username, email, display_name, password_hash, created_at"
+
+
+@frozen
+class AccountRow:
+    id: str
+    username: str
+    email: str
+    display_name: str
+    password_hash: str
+    created_at: int
+
+    def public(self) -> dict[str, Any]:
+        """
+        What anyone may see.
+        """
+        return {
+            "id": self.id,
+            "username": self.username,
+            "display_name": self.display_name,
+            "created_at": formatMillis(self.created_at),
+        }
+
+    def private(self) -> dict[str, Any]:
+        """
+        What the account's owner sees.
+        """
+        return {**self.public(), "email": self.email}
+
+
+@frozen
+class SessionRow:
+    id: str
+    account_id: str
+    username: str
+    expires_at: int
+
+
+class AccountStore:
+    def __init__(
+        self, database: IDatabase, fields: IFieldCodec, outbox: Outbox
+    ) -> None:
+        self._database = database
+        self._fields = fields
+        self._outbox = outbox
+
+    # Field handling (runs in the database thread)
+
+    def usernameIndex(self, username: str) -> bytes:
+        return self._fields.index("accounts", "username", username.lower())
+
+    def emailIndex(self, email: str) -> bytes:
+        return self._fields.index("accounts", "email", email.casefold())
+
+    def _seal(self, column: str, rowId: str, value: str) -> bytes:
+        return self._fields.seal("accounts", column, rowId, value)
+
+    def _account(self, row: Sequence[Any]) -> AccountRow:
+        accountId, username, email, displayName, passwordHash, createdAt = row
+        return AccountRow(
+            id=accountId,
+            username=self._fields.open("accounts", "username", accountId, bytes(username)),
+            email=self._fields.open("accounts", "email", accountId, bytes(email)),
+            display_name=self._fields.open("accounts", "display_name", accountId, bytes(displayName)),
+            password_hash=passwordHash,
+            created_at=createdAt,
+        )
+
+    def _one(self, t: ITransaction, where: str, params: Sequence[Any]) -> AccountRow | None:
+        row = t.execute(f"SELECT {_COLUMNS} FROM accounts WHERE {where}", params).fetchone()
+        return self._account(row) if row is not None else None
+
+    def _byUsername(self, t: ITransaction, username: str) -> AccountRow | None:
+        return self._one(t, "username_index = ?", (self.usernameIndex(username),))
+
+    # Accounts
+
+    def create(self, account: AccountRow) -> Deferred[AccountRow]:
+        """
+        @raise Conflict: the username or the email is taken.
+        """
+        return self._database.runInteraction(self._create, account)
+
+    def _create(self, t: ITransaction, account: AccountRow) -> AccountRow:
+        usernameIndex = self.usernameIndex(account.username)
+        emailIndex = self.emailIndex(account.email)
+        if t.execute("SELECT 1 FROM accounts WHERE username_index = ?", (usernameIndex,)).fetchone():
+            raise Conflict("that username is taken", {"field": "username"})
+        if t.execute("SELECT 1 FROM accounts WHERE email_index = ?", (emailIndex,)).fetchone():
+            raise Conflict("that email address is already registered", {"field": "email"})
+        try:
+            t.execute(
+                "INSERT INTO accounts (id, username_index, username, email_index, email,"
+                " display_name, password_hash, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    account.id,
+                    usernameIndex,
+                    self._seal("username", account.id, account.username),
+                    emailIndex,
+                    self._seal("email", account.id, account.email),
+                    self._seal("display_name", account.id, account.display_name),
+                    account.password_hash,
+                    account.created_at,
+                    account.created_at,
+                ),
+            )
+        except UniqueViolation:
+            # Another registration won the race between our check and insert.
+            raise Conflict("that username or email address was just taken") from None
+        self._outbox.stage(
+            t,
+            api.ACCOUNT_CREATED,
+            {"account_id": account.id, "username": account.username},
+        )
+        return account
+
+    def byId(self, accountId: str) -> Deferred[AccountRow | None]:
+        return self._database.runInteraction(self._one, "id = ?", (accountId,))
+
+    def byUsername(self, username: str) -> Deferred[AccountRow | None]:
+        return self._database.runInteraction(self._byUsername, username)
+
+    def resolve(self, usernames: Sequence[str]) -> Deferred[list[AccountRow]]:
+        """
+        The accounts among C{usernames} (any case) that exist.
+        """
+        return self._database.runInteraction(self._resolve, usernames)
+
+    def _resolve(self, t: ITransaction, usernames: Sequence[str]) -> list[AccountRow]:
+        indexes = sorted({self.usernameIndex(name) for name in usernames})
+        found = []
+        for start in range(0, len(indexes), 500):
+            chunk = indexes[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = t.execute(
+                f"SELECT {_COLUMNS} FROM accounts WHERE username_index IN ({marks})", chunk
+            ).fetchall()
+            found.extend(self._account(row) for row in rows)
+        return found
+
+    def update(
+        self,
+        accountId: str,
+        now: int,
+        email: str | None = None,
+        displayName: str | None = None,
+        passwordHash: str | None = None,
+        keepSession: str | None = None,
+    ) -> Deferred[AccountRow]:
+        """
+        Change the given fields.  A new password ends every session but
+        C{keepSession}.
+
+        @raise NotFound: no such account.
+        @raise Conflict: the email is another account's.
+        """
+        return self._database.runInteraction(
+            self._update, accountId, now, email, displayName, passwordHash, keepSession
+        )
+
+    def _update(
+        self,
+        t: ITransaction,
+        accountId: str,
+        now: int,
+        email: str | None,
+        displayName: str | None,
+        passwordHash: str | None,
+        keepSession: str | None,
+    ) -> AccountRow:
+        assignments: list[str] = []
+        params: list[Any] = []
+        changed: list[str] = []
+        if email is not None:
+            emailIndex = self.emailIndex(email)
+            owner = t.execute(
+                "SELECT id FROM accounts WHERE email_index = ?", (emailIndex,)
+            ).fetchone()
+            if owner is not None and owner[0] != accountId:
+                raise Conflict("that email address is already registered", {"field": "email"})
+            assignments += ["email_index = ?", "email = ?"]
+            params += [emailIndex, self._seal("email", accountId, email)]
+            changed.append("email")
+        if displayName is not None:
+            assignments.append("display_name = ?")
+            params.append(self._seal("display_name", accountId, displayName))
+            changed.append("display_name")
+        if passwordHash is not None:
+            assignments.append("password_hash = ?")
+            params.append(passwordHash)
+            changed.append("password")
+        if not assignments:
+            raise InvalidArgument("nothing to change")
+        try:
+            t.execute(
+                f"UPDATE accounts SET {', '.join(assignments)}, updated_at = ? WHERE id = ?",
+                (*params, now, accountId),
+            )
+        except UniqueViolation:
+            raise Conflict("that email address was just taken", {"field": "email"}) from None
+        if t.rowcount == 0:
+            raise NotFound("no such account")
+        if passwordHash is not None:
+            t.execute(
+                "DELETE FROM account_sessions WHERE account_id = ? AND id <> ?",
+                (accountId, keepSession or ""),
+            )
+        self._outbox.stage(t, api.ACCOUNT_UPDATED, {"account_id": accountId, "changed": changed})
+        account = self._one(t, "id = ?", (accountId,))
+        assert account is not None
+        return account
+
+    def rehash(self, accountId: str, passwordHash: str) -> Deferred[None]:
+        """
+        Store a password's new hash (same password, new parameters).
+        """
+        return self._database.runOperation(
+            "UPDATE accounts SET password_hash = ? WHERE id = ?", (passwordHash, accountId)
+        )
+
+    def delete(self, account: AccountRow) -> Deferred[bool]:
+        """
+        Delete C{account} with its sessions and follows.
+
+        @return: whether it still existed.
+        """
+        return self._database.runInteraction(self._delete, account)
+
+    def _delete(self, t: ITransaction, account: AccountRow) -> bool:
+        t.execute("DELETE FROM account_sessions WHERE account_id = ?", (account.id,))
+        t.execute(
+            "DELETE FROM account_follows WHERE follower_id = ? OR followee_id = ?",
+            (account.id, account.id),
+        )
+        t.execute("DELETE FROM accounts WHERE id = ?", (account.id,))
+        if t.rowcount == 0:
+            return False
+        self._outbox.stage(
+            t, api.ACCOUNT_DELETED, {"account_id": account.id, "username": account.username}
+        )
+        return True
+
+    # Sessions
+
+    def createSession(
+        self, sessionId: str, tokenHash: bytes, accountId: str, now: int, expiresAt: int
+    ) -> Deferred[None]:
+        return self._database.runOperation(
+            "INSERT INTO account_sessions (id, token_hash, account_id, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (sessionId, tokenHash, accountId, now, expiresAt),
+        )
+
+    def session(self, tokenHash: bytes, now: int) -> Deferred[SessionRow | None]:
+        """
+        The unexpired session whose token hashes to C{tokenHash}.
+        """
+        return self._database.runInteraction(self._session, tokenHash, now)
+
+    def _session(self, t: ITransaction, tokenHash: bytes, now: int) -> SessionRow | None:
+        row = t.execute(
+            "SELECT s.id, s.account_id, a.username, s.expires_at FROM account_sessions s"
+            " JOIN accounts a ON a.id = s.account_id"
+            " WHERE s.token_hash = ? AND s.expires_at > ?",
+            (tokenHash, now),
+        ).fetchone()
+        if row is None:
+            return None
+        sessionId, accountId, username, expiresAt = row
+        return SessionRow(
+            id=sessionId,
+            account_id=accountId,
+            username=self._fields.open("accounts", "username", accountId, bytes(username)),
+            expires_at=expiresAt,
+        )
+
+    def deleteSession(self, sessionId: str) -> Deferred[None]:
+        return self._database.runOperation(
+            "DELETE FROM account_sessions WHERE id = ?", (sessionId,)
+        )
+
+    def deleteExpiredSessions(self, now: int) -> Deferred[int]:
+        return self._database.runInteraction(
+            lambda t: t.execute(
+                "DELETE FROM account_sessions WHERE expires_at <= ?", (now,)
+            ).rowcount
+        )
+
+    # Follows
+
+    def follow(self, followerId: str, username: str, now: int) -> Deferred[AccountRow]:
+        """
+        Make C{followerId} follow C{username}; following twice is harmless.
+
+        @return: the followed account.
+        @raise NotFound: either account does not exist.
+        @raise InvalidArgument: an account following itself.
+        """
+        return self._database.runInteraction(self._follow, followerId, username, now)
+
+    def _follow(self, t: ITransaction, followerId: str, username: str, now: int) -> AccountRow:
+        followee = self._byUsername(t, username)
+        if followee is None:
+            raise NotFound(f"no account is named {username.lower()!r}")
+        if followee.id == followerId:
+            raise InvalidArgument.forFields([("username", "you cannot follow yourself")])
+        if t.execute("SELECT 1 FROM accounts WHERE id = ?", (followerId,)).fetchone() is None:
+            raise NotFound("your account no longer exists")
+        t.execute(
+            "INSERT INTO account_follows (follower_id, followee_id, created_at)"
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (followerId, followee.id, now),
+        )
+        if t.rowcount:
+            self._outbox.stage(
+                t, api.ACCOUNT_FOLLOWED, {"follower_id": followerId, "followee_id": followee.id}
+            )
+        return followee
+
+    def unfollow(self, followerId: str, username: str) -> Deferred[AccountRow]:
+        """
+        Stop following C{username}; harmless if not following.
+
+        @raise NotFound: no account is named C{username}.
+        """
+        return self._database.runInteraction(self._unfollow, followerId, username)
+
+    def _unfollow(self, t: ITransaction, followerId: str, username: str) -> AccountRow:
+        followee = self._byUsername(t, username)
+        if followee is None:
+            raise NotFound(f"no account is named {username.lower()!r}")
+        t.execute(
+            "DELETE FROM account_follows WHERE follower_id = ? AND followee_id = ?",
+            (followerId, followee.id),
+        )
+        if t.rowcount:
+            self._outbox.stage(
+                t,
+                api.ACCOUNT_UNFOLLOWED,
+                {"follower_id": followerId, "followee_id": followee.id},
+            )
+        return followee
+
+    def following(
+        self, accountId: str, limit: int, after: tuple[int, str] | None
+    ) -> Deferred[list[tuple[AccountRow, int]]]:
+        """
+        Accounts C{accountId} follows, most recently followed first, with
+        when; C{limit} rows after the key C{(followed_at, account_id)}.
+        """
+        return self._database.runInteraction(self._following, accountId, limit, after)
+
+    def _following(
+        self, t: ITransaction, accountId: str, limit: int, after: tuple[int, str] | None
+    ) -> list[tuple[AccountRow, int]]:
+        columns = ", ".join(f"a.{c}" for c in _COLUMNS.split(", "))
+        sql = (
+            f"SELECT {columns}, f.created_at FROM account_follows f"
+            " JOIN accounts a ON a.id = f.followee_id WHERE f.follower_id = ?"
+        )
+        params: list[Any] = [accountId]
+        if after is not None:
+            sql += " AND (f.created_at < ? OR (f.created_at = ? AND f.followee_id < ?))"
+            params += [after[0], after[0], after[1]]
+        sql += " ORDER BY f.created_at DESC, f.followee_id DESC LIMIT ?"
+        rows = t.execute(sql, (*params, limit)).fetchall()
+        return [(self._account(row[:-1]), row[-1]) for row in rows]
+
+    def followers(self, accountId: str, limit: int, after: str | None) -> Deferred[list[str]]:
+        """
+        Ids of the accounts following C{accountId}, in id order, after C{after}.
+        """
+        sql = "SELECT follower_id FROM account_follows WHERE followee_id = ?"
+        params: list[Any] = [accountId]
+        if after is not None:
+            sql += " AND follower_id > ?"
+            params.append(after)
+        sql += " ORDER BY follower_id LIMIT ?"
+        d = self._database.runQuery(sql, (*params, limit))
+        return d.addCallback(lambda rows: [row[0] for row in rows])

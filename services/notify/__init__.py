@@ -1,0 +1,3 @@
+"""
+The Notify service: notifications about mentions and followed authors.
+"""

@@ -1,0 +1,41 @@
+"""
+The Notify service's contract.
+"""
+
+from __future__ import annotations
+
+from txplatform.messages import boolean, message, string
+from txplatform.serviceid import ServiceId
+
+from ..account.api import accountIdField, cursorField, limitField
+
+SERVICE_NAME = "notify"
+SERVICE_ID = ServiceId.fromHex("010003")
+
+MENTION = "mention"
+FOLLOWED_POST = "followed_post"
+
+
+def notificationIdField(**kwargs):
+    return string(
+        pattern="[0-9a-hjkmnp-tv-z]{26}",
+        hint="a notification id",
+        description="A notification id.",
+        **kwargs,
+    )
+
+
+@message
+class ListNotifications:
+    account_id: str = accountIdField()
+    unread: bool | None = boolean(
+        default=None, description="true: unread only; false: read only; absent: all."
+    )
+    limit: int = limitField()
+    cursor: str | None = cursorField()
+
+
+@message
+class MarkRead:
+    account_id: str = accountIdField()
+    notification_id: str = notificationIdField()

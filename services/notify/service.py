@@ -1,0 +1,114 @@
+# -*- test-case-name: tests.services.test_notify -*-
+"""
+The Notify service: turns posts into notifications for the accounts they
+mention and for their author's followers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+
+from txplatform.context import CallContext, EventContext
+from txplatform.errors import NotFound
+from txplatform.pagination import decodeCursor, page
+from txplatform.recordid import newRecordId
+from txplatform.service import DatabaseService, handles, rpc
+from txplatform.timestamps import nowMillis
+
+from ..account import api as account
+from ..post import api as post
+from . import api
+from .mentions import mentionedUsernames
+from .store import MIGRATIONS, NotificationRow, NotifyStore
+
+__all__ = ["NotifyService"]
+
+
+class NotifyService(DatabaseService):
+    name = api.SERVICE_NAME
+    serviceId = api.SERVICE_ID
+    migrations = MIGRATIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.store = NotifyStore(self.database, self.fields)
+
+    @rpc(api.ListNotifications)
+    @inlineCallbacks
+    def list_notifications(self, request: api.ListNotifications, context: CallContext) -> Any:
+        before = decodeCursor(request.cursor, str)[0] if request.cursor else None
+        rows = yield self.store.forRecipient(
+            request.account_id, request.unread, request.limit + 1, before
+        )
+        items, nextCursor = page(rows, request.limit, lambda n: (n.id,))
+        return {"items": [n.view() for n in items], "next": nextCursor}
+
+    @rpc(api.MarkRead)
+    @inlineCallbacks
+    def mark_read(self, request: api.MarkRead, context: CallContext) -> Any:
+        found = yield self.store.markRead(request.account_id, request.notification_id)
+        if not found:
+            raise NotFound("no such notification")
+        return {}
+
+    @handles(post.POST_CREATED, post.PostCreated)
+    @inlineCallbacks
+    def post_created(self, event: post.PostCreated, context: EventContext) -> Any:
+        gone = yield self.store.isGone("post", [event.post_id])
+        if gone:
+            return
+        recipients: dict[str, str] = {}
+        mentioned = [name for name in mentionedUsernames(event.body) if name != event.author_username]
+        for start in range(0, len(mentioned), 1000):
+            found = yield self.callService(
+                account.SERVICE_ID,
+                "resolve_usernames",
+                {"usernames": mentioned[start : start + 1000]},
+                context,
+            )
+            for entry in found["accounts"]:
+                recipients.setdefault(entry["id"], api.MENTION)
+        cursor = None
+        while True:
+            request = {"account_id": event.author_id, "limit": 500}
+            if cursor is not None:
+                request["cursor"] = cursor
+            followers = yield self.callService(
+                account.SERVICE_ID, "list_followers", request, context
+            )
+            for followerId in followers["items"]:
+                recipients.setdefault(followerId, api.FOLLOWED_POST)
+            cursor = followers["next"]
+            if cursor is None:
+                break
+        recipients.pop(event.author_id, None)
+        now = nowMillis(self.clock)
+        # Mentions first: they win when a follower is also mentioned.
+        ordered = sorted(recipients.items(), key=lambda item: item[1] != api.MENTION)
+        notifications = [
+            NotificationRow(
+                id=newRecordId(self.clock),
+                recipient_id=recipient,
+                kind=kind,
+                actor_id=event.author_id,
+                actor_username=event.author_username,
+                post_id=event.post_id,
+                created_at=now,
+                read=False,
+            )
+            for recipient, kind in ordered
+        ]
+        added = yield self.store.add(notifications)
+        self.log.debug(
+            "Post {post} notified {added} account(s)", post=event.post_id, added=added
+        )
+
+    @handles(post.POST_DELETED, post.PostDeleted)
+    def post_deleted(self, event: post.PostDeleted, context: EventContext) -> Any:
+        return self.store.postDeleted(event.post_id, nowMillis(self.clock))
+
+    @handles(account.ACCOUNT_DELETED, account.AccountDeleted)
+    def account_deleted(self, event: account.AccountDeleted, context: EventContext) -> Any:
+        return self.store.accountDeleted(event.account_id, nowMillis(self.clock))

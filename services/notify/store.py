@@ -1,0 +1,211 @@
+# -*- test-case-name: tests.services.test_notify -*-
+"""
+The Notify service's tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+
+from txplatform.database import Migration
+from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
+from txplatform.timestamps import formatMillis
+
+__all__ = ["MIGRATIONS", "NotificationRow", "NotifyStore"]
+
+MIGRATIONS = [
+    Migration(
+        1,
+        "notifications, and tombstones of deleted posts and accounts",
+        (
+            # One notification per recipient and post: redelivered events
+            # add nothing, and a mention wins over a followed author's post.
+            """CREATE TABLE notifications (
+                id {id} PRIMARY KEY,
+                recipient_id {id} NOT NULL,
+                kind TEXT NOT NULL,
+                actor_id {id} NOT NULL,
+                actor_username {bytes} NOT NULL,
+                post_id {id} NOT NULL,
+                created_at {bigint} NOT NULL,
+                is_read {bool} NOT NULL,
+                UNIQUE (recipient_id, post_id)
+            )""",
+            "CREATE INDEX notifications_by_recipient ON notifications (recipient_id, id)",
+            "CREATE INDEX notifications_by_state ON notifications (recipient_id, is_read, id)",
+            "CREATE INDEX notifications_by_post ON notifications (post_id)",
+            "CREATE INDEX notifications_by_actor ON notifications (actor_id)",
+            # Events from different services may arrive out of order: a
+            # post.created handled after its post.deleted (or its author's
+            # account.deleted) must not resurrect anything.
+            """CREATE TABLE notify_tombstones (
+                kind TEXT NOT NULL,
+                id {id} NOT NULL,
+                deleted_at {bigint} NOT NULL,
+                PRIMARY KEY (kind, id)
+            )""",
+        ),
+    )
+]
+
+_COLUMNS = "id, recipient_id, kind, actor_id, actor_username, post_id, created_at, is_read"
+
+
+@frozen
+class NotificationRow:
+    id: str
+    recipient_id: str
+    kind: str
+    actor_id: str
+    actor_username: str
+    post_id: str
+    created_at: int
+    read: bool
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "actor": self.actor_username,
+            "post_id": self.post_id,
+            "created_at": formatMillis(self.created_at),
+            "read": self.read,
+        }
+
+
+class NotifyStore:
+    def __init__(self, database: IDatabase, fields: IFieldCodec) -> None:
+        self._database = database
+        self._fields = fields
+
+    def _notification(self, row: Sequence[Any]) -> NotificationRow:
+        nid, recipient, kind, actorId, actorUsername, postId, createdAt, isRead = row
+        return NotificationRow(
+            id=nid,
+            recipient_id=recipient,
+            kind=kind,
+            actor_id=actorId,
+            actor_username=self._fields.open("notifications", "actor_username", nid, bytes(actorUsername)),
+            post_id=postId,
+            created_at=createdAt,
+            read=bool(isRead),
+        )
+
+    def isGone(self, kind: str, ids: Iterable[str]) -> Deferred[bool]:
+        """
+        Whether any of C{ids} (of C{kind}: C{"post"} or C{"account"}) was
+        deleted.
+        """
+        return self._database.runInteraction(self._isGone, kind, list(ids))
+
+    def _isGone(self, t: ITransaction, kind: str, ids: list[str]) -> bool:
+        marks = ", ".join("?" * len(ids))
+        return (
+            t.execute(
+                f"SELECT 1 FROM notify_tombstones WHERE kind = ? AND id IN ({marks})",
+                (kind, *ids),
+            ).fetchone()
+            is not None
+        )
+
+    def add(self, notifications: list[NotificationRow]) -> Deferred[int]:
+        """
+        Store C{notifications} (all about one post, by one actor), skipping
+        recipients that already have one for the post and anything about a
+        deleted post, actor or recipient.
+
+        @return: how many were added.
+        """
+        return self._database.runInteraction(self._add, notifications)
+
+    def _add(self, t: ITransaction, notifications: list[NotificationRow]) -> int:
+        if not notifications:
+            return 0
+        first = notifications[0]
+        if self._isGone(t, "post", [first.post_id]) or self._isGone(t, "account", [first.actor_id]):
+            return 0
+        added = 0
+        for n in notifications:
+            if self._isGone(t, "account", [n.recipient_id]):
+                continue
+            t.execute(
+                f"INSERT INTO notifications ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (
+                    n.id,
+                    n.recipient_id,
+                    n.kind,
+                    n.actor_id,
+                    self._fields.seal("notifications", "actor_username", n.id, n.actor_username),
+                    n.post_id,
+                    n.created_at,
+                    n.read,
+                ),
+            )
+            added += t.rowcount
+        return added
+
+    def forRecipient(
+        self, recipientId: str, unread: bool | None, limit: int, before: str | None
+    ) -> Deferred[list[NotificationRow]]:
+        """
+        C{recipientId}'s notifications, newest first, older than C{before};
+        only unread (C{unread=True}) or only read (C{False}) ones if asked.
+        """
+        sql = f"SELECT {_COLUMNS} FROM notifications WHERE recipient_id = ?"
+        params: list[Any] = [recipientId]
+        if unread is not None:
+            sql += " AND is_read = ?"
+            params.append(not unread)
+        if before is not None:
+            sql += " AND id < ?"
+            params.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return self._database.runInteraction(
+            lambda t: [
+                self._notification(row) for row in t.execute(sql, (*params, limit)).fetchall()
+            ]
+        )
+
+    def markRead(self, recipientId: str, notificationId: str) -> Deferred[bool]:
+        """
+        @return: whether C{recipientId} has that notification.
+        """
+        return self._database.runInteraction(
+            lambda t: t.execute(
+                "UPDATE notifications SET is_read = ? WHERE id = ? AND recipient_id = ?",
+                (True, notificationId, recipientId),
+            ).rowcount
+            > 0
+        )
+
+    def postDeleted(self, postId: str, now: int) -> Deferred[int]:
+        return self._database.runInteraction(self._postDeleted, postId, now)
+
+    def _postDeleted(self, t: ITransaction, postId: str, now: int) -> int:
+        self._tombstone(t, "post", postId, now)
+        return t.execute("DELETE FROM notifications WHERE post_id = ?", (postId,)).rowcount
+
+    def accountDeleted(self, accountId: str, now: int) -> Deferred[int]:
+        """
+        Remove the account's notifications and every notification it caused.
+        """
+        return self._database.runInteraction(self._accountDeleted, accountId, now)
+
+    def _accountDeleted(self, t: ITransaction, accountId: str, now: int) -> int:
+        self._tombstone(t, "account", accountId, now)
+        return t.execute(
+            "DELETE FROM notifications WHERE recipient_id = ? OR actor_id = ?",
+            (accountId, accountId),
+        ).rowcount
+
+    @staticmethod
+    def _tombstone(t: ITransaction, kind: str, objectId: str, now: int) -> None:
+        t.execute(
+            "INSERT INTO notify_tombstones (kind, id, deleted_at) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (kind, objectId, now),
+        )

@@ -1,0 +1,3 @@
+"""
+The Post service: posts and authors' timelines.
+"""

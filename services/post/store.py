@@ -1,0 +1,168 @@
+# -*- test-case-name: tests.services.test_post -*-
+"""
+The Post service's tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+
+from txplatform.database import Migration
+from txplatform.errors import NotFound, PermissionDenied
+from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
+from txplatform.outbox import Outbox
+from txplatform.timestamps import formatMillis
+
+from . import api
+
+__all__ = ["MIGRATIONS", "PostRow", "PostStore"]
+
+MIGRATIONS = [
+    Migration(
+        1,
+        "posts, and the authors whose posts must not come back",
+        (
+            """CREATE TABLE posts (
+                id {id} PRIMARY KEY,
+                author_id {id} NOT NULL,
+                author_username {bytes} NOT NULL,
+                body {bytes} NOT NULL,
+                created_at {bigint} NOT NULL
+            )""",
+            "CREATE INDEX posts_by_author ON posts (author_id, id)",
+            # account.deleted may overtake a post being created; the
+            # tombstone makes the late post fail instead of outliving its
+            # author.
+            """CREATE TABLE post_deleted_authors (
+                account_id {id} PRIMARY KEY,
+                deleted_at {bigint} NOT NULL
+            )""",
+        ),
+    )
+]
+
+_COLUMNS = "id, author_id, author_username, body, created_at"
+
+
+@frozen
+class PostRow:
+    id: str
+    author_id: str
+    author_username: str
+    body: str
+    created_at: int
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "author": self.author_username,
+            "body": self.body,
+            "created_at": formatMillis(self.created_at),
+        }
+
+
+class PostStore:
+    def __init__(self, database: IDatabase, fields: IFieldCodec, outbox: Outbox) -> None:
+        self._database = database
+        self._fields = fields
+        self._outbox = outbox
+
+    def _post(self, row: Sequence[Any]) -> PostRow:
+        postId, authorId, authorUsername, body, createdAt = row
+        return PostRow(
+            id=postId,
+            author_id=authorId,
+            author_username=self._fields.open("posts", "author_username", postId, bytes(authorUsername)),
+            body=self._fields.open("posts", "body", postId, bytes(body)),
+            created_at=createdAt,
+        )
+
+    def create(self, post: PostRow) -> Deferred[PostRow]:
+        """
+        @raise NotFound: the author's account was deleted.
+        """
+        return self._database.runInteraction(self._create, post)
+
+    def _create(self, t: ITransaction, post: PostRow) -> PostRow:
+        if t.execute(
+            "SELECT 1 FROM post_deleted_authors WHERE account_id = ?", (post.author_id,)
+        ).fetchone():
+            raise NotFound("the author's account no longer exists")
+        t.execute(
+            f"INSERT INTO posts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            (
+                post.id,
+                post.author_id,
+                self._fields.seal("posts", "author_username", post.id, post.author_username),
+                self._fields.seal("posts", "body", post.id, post.body),
+                post.created_at,
+            ),
+        )
+        self._outbox.stage(
+            t,
+            api.POST_CREATED,
+            {
+                "post_id": post.id,
+                "author_id": post.author_id,
+                "author_username": post.author_username,
+                "body": post.body,
+                "created_at": post.created_at,
+            },
+        )
+        return post
+
+    def get(self, postId: str) -> Deferred[PostRow | None]:
+        return self._database.runInteraction(self._get, postId)
+
+    def _get(self, t: ITransaction, postId: str) -> PostRow | None:
+        row = t.execute(f"SELECT {_COLUMNS} FROM posts WHERE id = ?", (postId,)).fetchone()
+        return self._post(row) if row is not None else None
+
+    def byAuthor(self, authorId: str, limit: int, before: str | None) -> Deferred[list[PostRow]]:
+        """
+        C{authorId}'s posts, newest first, older than post C{before}.
+        """
+        sql = f"SELECT {_COLUMNS} FROM posts WHERE author_id = ?"
+        params: list[Any] = [authorId]
+        if before is not None:
+            sql += " AND id < ?"
+            params.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return self._database.runInteraction(
+            lambda t: [self._post(row) for row in t.execute(sql, (*params, limit)).fetchall()]
+        )
+
+    def delete(self, postId: str, accountId: str) -> Deferred[None]:
+        """
+        @raise NotFound: no such post.
+        @raise PermissionDenied: C{accountId} is not its author.
+        """
+        return self._database.runInteraction(self._delete, postId, accountId)
+
+    def _delete(self, t: ITransaction, postId: str, accountId: str) -> None:
+        row = t.execute("SELECT author_id FROM posts WHERE id = ?", (postId,)).fetchone()
+        if row is None:
+            raise NotFound("no such post")
+        if row[0] != accountId:
+            raise PermissionDenied("only its author can delete a post")
+        t.execute("DELETE FROM posts WHERE id = ?", (postId,))
+        self._outbox.stage(t, api.POST_DELETED, {"post_id": postId, "author_id": accountId})
+
+    def deleteAuthor(self, authorId: str, now: int) -> Deferred[int]:
+        """
+        Forget everything C{authorId} posted, for good.
+
+        @return: how many posts went.
+        """
+        return self._database.runInteraction(self._deleteAuthor, authorId, now)
+
+    def _deleteAuthor(self, t: ITransaction, authorId: str, now: int) -> int:
+        t.execute(
+            "INSERT INTO post_deleted_authors (account_id, deleted_at) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (authorId, now),
+        )
+        return t.execute("DELETE FROM posts WHERE author_id = ?", (authorId,)).rowcount

@@ -1,0 +1,129 @@
+"""
+What several test modules need: databases to run against, and waiting for
+eventually-true conditions on the real reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Callable
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, TestCase
+
+from txplatform.database import PostgresDatabase, SQLiteDatabase
+
+POSTGRES_URL = os.environ.get(
+    "TXPLATFORM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def inCI() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+_postgresProblem: list[str | None] = []
+
+
+def postgresProblem() -> str | None:
+    """
+    Why PostgreSQL cannot be used, or None if it can (checked once).
+    """
+    if not _postgresProblem:
+        try:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL, connect_timeout=3) as connection:
+                connection.execute("SELECT 1")
+            _postgresProblem.append(None)
+        except Exception as e:  # any reason at all means: no server to test on
+            _postgresProblem.append(f"{type(e).__name__}: {e}".strip())
+    return _postgresProblem[0]
+
+
+def requirePostgres() -> None:
+    """
+    Skip the test when no PostgreSQL server answers, except in CI, where the
+    server is part of the job and its absence is a failure.
+    """
+    problem = postgresProblem()
+    if problem is None:
+        return
+    message = f"PostgreSQL at {POSTGRES_URL} is not reachable ({problem})"
+    if inCI():
+        raise AssertionError(message + "; CI must run the PostgreSQL tests")
+    raise SkipTest(message + "; set TXPLATFORM_TEST_POSTGRES or start the server")
+
+
+def dropSchema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def newPostgresSchema(testCase: TestCase) -> str:
+    """
+    A fresh schema name, dropped when C{testCase} ends.
+    """
+    requirePostgres()
+    schema = "t_" + uuid.uuid4().hex[:16]
+    testCase.addCleanup(dropSchema, schema)
+    return schema
+
+
+class SQLiteMixin:
+    """
+    Run a test class's tests on an SQLite file.
+    """
+
+    dialect = "sqlite"
+
+    def makeDatabase(self, name: str = "db") -> Any:
+        database = SQLiteDatabase(os.path.join(self.mktemp(), f"{name}.sqlite"), reactor=reactor)
+        self.addCleanup(database.close)
+        database.start()
+        return database
+
+
+class PostgresMixin:
+    """
+    Run a test class's tests on PostgreSQL, each test in its own schema.
+    """
+
+    dialect = "postgresql"
+
+    def makeDatabase(self, name: str = "db") -> Any:
+        schema = newPostgresSchema(self)
+        database = PostgresDatabase(POSTGRES_URL, schema=schema, reactor=reactor, poolSize=4)
+        # Closed before the schema is dropped: cleanups run last-in first-out.
+        self.addCleanup(database.close)
+        database.start()
+        return database
+
+
+@inlineCallbacks
+def eventually(
+    check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02
+) -> Any:
+    """
+    Call C{check} (which may return a Deferred) until it returns something
+    true, and return that; fail after C{timeout} seconds.  For effects that
+    travel through events and are only eventually visible.
+    """
+    waited = 0.0
+    while True:
+        result = yield check()
+        if result:
+            return result
+        if waited >= timeout:
+            raise AssertionError(f"condition still false after {timeout}s: last result {result!r}")
+        yield deferLater(reactor, interval, lambda: None)
+        waited += interval
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)

@@ -1,0 +1,231 @@
+"""
+Tests for L{txplatform.database}, run on SQLite and on PostgreSQL.
+"""
+
+from typing import Any
+
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from txplatform.database import (
+    IntegrityError,
+    Migration,
+    PostgresDatabase,
+    SQLiteDatabase,
+    UniqueViolation,
+    databaseFromURL,
+)
+from txplatform.interfaces import IDatabase
+
+from .support import POSTGRES_URL, PostgresMixin, SQLiteMixin
+
+THINGS = [
+    Migration(
+        1,
+        "things",
+        (
+            """CREATE TABLE things (
+                id {id} PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                data {bytes},
+                big {bigint},
+                flag {bool}
+            )""",
+        ),
+    ),
+    Migration(2, "things by name", ("CREATE INDEX things_by_name ON things (name)",)),
+]
+
+
+class DatabaseTestsMixin:
+    """
+    Behaviour both dialects share.
+    """
+
+    @inlineCallbacks
+    def migrated(self) -> Any:
+        database = self.makeDatabase()
+        applied = yield database.migrate("things", THINGS)
+        self.assertEqual(applied, [1, 2])
+        return database
+
+    def test_interface(self) -> None:
+        """
+        The database provides L{IDatabase}.
+        """
+        verifyObject(IDatabase, self.makeDatabase())
+
+    @inlineCallbacks
+    def test_migrateOnce(self) -> Any:
+        """
+        Migrations are applied once, in order, and recorded.
+        """
+        database = yield self.migrated()
+        again = yield database.migrate("things", THINGS)
+        self.assertEqual(again, [])
+        more = yield database.migrate(
+            "things", THINGS + [Migration(3, "more", ("ALTER TABLE things ADD COLUMN extra TEXT",))]
+        )
+        self.assertEqual(more, [3])
+        rows = yield database.runQuery(
+            "SELECT version, description FROM schema_migrations WHERE component = ? ORDER BY version",
+            ("things",),
+        )
+        self.assertEqual([tuple(r) for r in rows], [(1, "things"), (2, "things by name"), (3, "more")])
+
+    @inlineCallbacks
+    def test_failedMigrationRollsBack(self) -> Any:
+        """
+        A migration that fails leaves nothing behind: neither its tables nor
+        its record.
+        """
+        database = self.makeDatabase()
+        broken = [
+            Migration(1, "good", ("CREATE TABLE good (id INTEGER)",)),
+            Migration(2, "bad", ("CREATE TABLE bad (id INTEGER", )),
+        ]
+        yield self.assertFailure(database.migrate("broken", broken), Exception)
+        applied = yield database.migrate("broken", broken[:1])
+        self.assertEqual(applied, [1])
+
+    @inlineCallbacks
+    def test_concurrentMigrations(self) -> Any:
+        """
+        Replicas migrating the same database at once apply each migration
+        once and all succeed.
+        """
+        first = self.makeDatabase()
+        others = [self.reopen(first) for _ in range(3)]
+        results = yield gatherResults(
+            [db.migrate("things", THINGS) for db in [first, *others]], consumeErrors=True
+        )
+        self.assertEqual(sorted(results), [[], [], [], [1, 2]])
+
+    @inlineCallbacks
+    def test_values(self) -> Any:
+        """
+        Text, bytes, big integers and booleans round-trip; C{?} placeholders
+        work and a literal C{%} is just a character.
+        """
+        database = yield self.migrated()
+        yield database.runOperation(
+            "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)",
+            ("a", "100% é", b"\x00\xffbytes", 2**62, True),
+        )
+        [row] = yield database.runQuery(
+            "SELECT name, data, big, flag FROM things WHERE name LIKE '100%'"
+        )
+        self.assertEqual((row[0], bytes(row[1]), row[2], bool(row[3])), ("100% é", b"\x00\xffbytes", 2**62, True))
+        self.assertIsInstance(row[1], bytes)
+
+    @inlineCallbacks
+    def test_uniqueViolation(self) -> Any:
+        """
+        A duplicate key raises L{UniqueViolation}, whichever the driver.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+        yield database.runOperation(insert, ("a", "one"))
+        yield self.assertFailure(database.runOperation(insert, ("b", "one")), UniqueViolation)
+        yield self.assertFailure(database.runOperation(insert, ("a", "two")), UniqueViolation)
+        self.assertTrue(issubclass(UniqueViolation, IntegrityError))
+
+    @inlineCallbacks
+    def test_rollback(self) -> Any:
+        """
+        An interaction that raises leaves no trace.
+        """
+        database = yield self.migrated()
+
+        def halfway(t: Any) -> None:
+            t.execute("INSERT INTO things (id, name) VALUES (?, ?)", ("a", "one"))
+            raise RuntimeError("changed my mind")
+
+        yield self.assertFailure(database.runInteraction(halfway), RuntimeError)
+        rows = yield database.runQuery("SELECT * FROM things")
+        self.assertEqual(rows, [])
+
+    @inlineCallbacks
+    def test_idOrder(self) -> Any:
+        """
+        Ids order bytewise, whatever the database's locale.
+        """
+        database = yield self.migrated()
+        ids = ["0b", "0a", "a0", "B0", "_a", "z"]
+        for n, recordId in enumerate(ids):
+            yield database.runOperation("INSERT INTO things (id, name) VALUES (?, ?)", (recordId, str(n)))
+        rows = yield database.runQuery("SELECT id FROM things ORDER BY id")
+        self.assertEqual([r[0] for r in rows], sorted(ids))
+
+    @inlineCallbacks
+    def test_rowcountAndExecutemany(self) -> Any:
+        """
+        C{rowcount} counts changed rows; C{executemany} runs one statement
+        for many rows.
+        """
+        database = yield self.migrated()
+
+        def work(t: Any) -> int:
+            t.executemany("INSERT INTO things (id, name) VALUES (?, ?)", [("a", "1"), ("b", "2")])
+            return t.execute("UPDATE things SET flag = ?", (False,)).rowcount
+
+        changed = yield database.runInteraction(work)
+        self.assertEqual(changed, 2)
+
+
+class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
+    def reopen(self, database: SQLiteDatabase) -> SQLiteDatabase:
+        other = SQLiteDatabase(database.path)
+        self.addCleanup(other.close)
+        other.start()
+        return other
+
+
+class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
+    def reopen(self, database: PostgresDatabase) -> PostgresDatabase:
+        other = PostgresDatabase(POSTGRES_URL, schema=database.schema)
+        self.addCleanup(other.close)
+        other.start()
+        return other
+
+
+class DatabaseFromURLTests(SynchronousTestCase):
+    def test_sqlite(self) -> None:
+        """
+        C{sqlite:PATH} opens that file; C{sqlite::memory:} a memory database.
+        """
+        path = self.mktemp()
+        database = databaseFromURL(f"sqlite:{path}/a.sqlite")
+        self.addCleanup(database.close)
+        self.assertIsInstance(database, SQLiteDatabase)
+        self.assertEqual(database.path, f"{path}/a.sqlite")
+        memory = databaseFromURL("sqlite::memory:")
+        self.addCleanup(memory.close)
+        self.assertEqual(memory.path, ":memory:")
+
+    def test_postgres(self) -> None:
+        """
+        PostgreSQL URLs keep libpq's parameters and take our own C{schema}
+        and C{pool}; the description hides the password.
+        """
+        database = databaseFromURL(
+            "postgresql://u:secret@db.example:5433/app?schema=account&pool=3&sslmode=require"
+        )
+        self.addCleanup(database.close)
+        self.assertIsInstance(database, PostgresDatabase)
+        self.assertEqual(database.schema, "account")
+        self.assertNotIn("secret", database.description)
+        self.assertIn("sslmode=require", database._pool.connargs[0])
+        self.assertNotIn("schema", database._pool.connargs[0])
+        self.assertEqual(database._pool.max, 3)
+
+    def test_unknown(self) -> None:
+        """
+        Other URLs are refused with the forms we take.
+        """
+        error = self.assertRaises(ValueError, databaseFromURL, "mysql://x")
+        self.assertIn("sqlite:PATH", str(error))
+        self.assertRaises(ValueError, databaseFromURL, "sqlite:")
+        self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?pool=many")
+        self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?schema=a;drop")

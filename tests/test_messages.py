@@ -1,0 +1,188 @@
+"""
+Tests for L{txplatform.messages}.
+"""
+
+import jsonschema
+from twisted.trial.unittest import SynchronousTestCase
+
+from txplatform.errors import InvalidArgument
+from txplatform.messages import (
+    boolean,
+    fromPayload,
+    fromQuery,
+    integer,
+    jsonSchema,
+    message,
+    string,
+    stringList,
+    toPayload,
+)
+
+
+@message
+class Sample:
+    name: str = string(minLength=3, maxLength=8, pattern="[a-z]+", hint="lowercase letters")
+    email: str | None = string(format="email", default=None)
+    text: str = string(minLength=1, multiline=True, default="x")
+    count: int = integer(minimum=1, maximum=10, default=5)
+    flag: bool | None = boolean(default=None)
+    tags: tuple = stringList(string(maxLength=3), maxItems=2, default=())
+
+
+def reasons(error: InvalidArgument) -> dict:
+    return {e["field"]: e["reason"] for e in error.details["errors"]}
+
+
+class FromPayloadTests(SynchronousTestCase):
+    def test_valid(self) -> None:
+        """
+        A valid payload becomes a message, with defaults for what it leaves out.
+        """
+        sample = fromPayload(Sample, {"name": "abc", "tags": ["a"]})
+        self.assertEqual(sample, Sample(name="abc", count=5, tags=("a",)))
+        self.assertEqual(sample.email, None)
+
+    def test_notAnObject(self) -> None:
+        """
+        A payload must be an object.
+        """
+        for bad in [[], "x", 1, None]:
+            error = self.assertRaises(InvalidArgument, fromPayload, Sample, bad)
+            self.assertIn("JSON object", error.message)
+
+    def test_everyProblemAtOnce(self) -> None:
+        """
+        Every field's problem is reported, each with its reason; unknown
+        fields are refused.
+        """
+        error = self.assertRaises(
+            InvalidArgument,
+            fromPayload,
+            Sample,
+            {"name": "AB", "email": "nope", "count": 11, "flag": "yes", "extra": 1},
+        )
+        self.assertEqual(
+            reasons(error),
+            {
+                "extra": "is not a known field",
+                "name": "must be at least 3 characters",
+                "email": "must be an email address such as name@example.com",
+                "count": "must be at most 10",
+                "flag": "must be true or false",
+            },
+        )
+
+    def test_required(self) -> None:
+        """
+        A field without a default is required.
+        """
+        error = self.assertRaises(InvalidArgument, fromPayload, Sample, {})
+        self.assertEqual(reasons(error), {"name": "is required"})
+
+    def test_types(self) -> None:
+        """
+        Values of the wrong JSON type are refused; booleans are not integers.
+        """
+        error = self.assertRaises(
+            InvalidArgument, fromPayload, Sample, {"name": 3, "count": True, "tags": "ab"}
+        )
+        self.assertEqual(
+            reasons(error),
+            {"name": "must be a string", "count": "must be an integer", "tags": "must be a list"},
+        )
+
+    def test_pattern(self) -> None:
+        """
+        A pattern must match the whole value; the hint explains it.
+        """
+        error = self.assertRaises(InvalidArgument, fromPayload, Sample, {"name": "abc1"})
+        self.assertEqual(reasons(error), {"name": "must be lowercase letters"})
+
+    def test_controlCharacters(self) -> None:
+        """
+        Control characters are refused everywhere (NUL would break
+        PostgreSQL); newlines and tabs only in multi-line fields.
+        """
+        error = self.assertRaises(InvalidArgument, fromPayload, Sample, {"name": "ab\x00c"})
+        self.assertEqual(reasons(error), {"name": "must not contain control characters"})
+        error = self.assertRaises(InvalidArgument, fromPayload, Sample, {"name": "ab\nc"})
+        self.assertEqual(reasons(error), {"name": "must not contain control characters"})
+        self.assertEqual(fromPayload(Sample, {"name": "abc", "text": "a\n\tb"}).text, "a\n\tb")
+
+    def test_loneSurrogate(self) -> None:
+        """
+        Text that cannot be encoded as UTF-8 is refused before it reaches
+        storage.
+        """
+        error = self.assertRaises(InvalidArgument, fromPayload, Sample, {"name": "ab\ud800c"})
+        self.assertIn("Unicode", reasons(error)["name"])
+
+    def test_listItems(self) -> None:
+        """
+        List items are checked one by one, and the list's length too.
+        """
+        error = self.assertRaises(InvalidArgument, fromPayload, Sample, {"name": "abc", "tags": ["abcd"]})
+        self.assertEqual(reasons(error), {"tags": "item 0 must be at most 3 characters"})
+        error = self.assertRaises(
+            InvalidArgument, fromPayload, Sample, {"name": "abc", "tags": ["a", "b", "c"]}
+        )
+        self.assertEqual(reasons(error), {"tags": "must have at most 2 items"})
+
+
+class FromQueryTests(SynchronousTestCase):
+    def test_conversion(self) -> None:
+        """
+        Query text is converted to the field's type.
+        """
+        sample = fromQuery(Sample, {"name": "abc", "count": "7", "flag": "false", "other": "x"})
+        self.assertEqual((sample.count, sample.flag), (7, False))
+
+    def test_badText(self) -> None:
+        """
+        Text that is not of the field's type is refused, naming the field.
+        """
+        error = self.assertRaises(
+            InvalidArgument, fromQuery, Sample, {"name": "abc", "count": "seven", "flag": "1"}
+        )
+        self.assertEqual(
+            reasons(error), {"count": "must be an integer", "flag": "must be true or false"}
+        )
+
+
+class SchemaTests(SynchronousTestCase):
+    def test_payloadRoundTrip(self) -> None:
+        """
+        L{toPayload} leaves out unset optional fields and gives what
+        L{fromPayload} takes back.
+        """
+        sample = Sample(name="abc", tags=("a",))
+        payload = toPayload(sample)
+        self.assertNotIn("email", payload)
+        self.assertEqual(payload["tags"], ["a"])
+        self.assertEqual(fromPayload(Sample, payload), sample)
+
+    def test_jsonSchemaAgrees(self) -> None:
+        """
+        The published JSON Schema accepts what the parser accepts and
+        refuses what it refuses.
+        """
+        schema = jsonSchema(Sample)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        validator = jsonschema.Draft202012Validator(schema)
+        self.assertEqual(schema["required"], ["name"])
+        good = [{"name": "abc"}, {"name": "abcdefgh", "count": 10, "tags": ["a", "bc"], "flag": True}]
+        bad = [
+            {},
+            {"name": "ab"},
+            {"name": "abc1"},
+            {"name": "abc", "count": 0},
+            {"name": "abc", "extra": 1},
+            {"name": "abc", "tags": ["a", "b", "c"]},
+            {"name": "abc", "tags": ["abcd"]},
+        ]
+        for payload in good:
+            fromPayload(Sample, payload)
+            self.assertTrue(validator.is_valid(payload), payload)
+        for payload in bad:
+            self.assertRaises(InvalidArgument, fromPayload, Sample, payload)
+            self.assertFalse(validator.is_valid(payload), payload)

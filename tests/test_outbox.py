@@ -1,0 +1,133 @@
+"""
+Tests for L{txplatform.outbox}, on SQLite and PostgreSQL.
+"""
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import fail, gatherResults, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from txplatform.fields import PlainFieldCodec
+from txplatform.localbus import LocalBus
+from txplatform.outbox import Outbox
+from txplatform.serviceid import ServiceId
+
+from .support import PostgresMixin, SQLiteMixin, eventually
+
+SOURCE = ServiceId.fromHex("0000a3")
+
+
+class FlakyBus(LocalBus):
+    """
+    A bus whose publishing can be switched off.
+    """
+
+    down = False
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            return fail(ConnectionError("bus is down"))
+        return super().publish(*args, **kwargs)
+
+
+class OutboxTestsMixin:
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.database = self.makeDatabase()
+        self.bus = FlakyBus(reactor)
+        self.received: list[tuple[Any, Any]] = []
+        yield self.bus.subscribe("thing.*", lambda p, c: self.received.append((p, c)), "watcher")
+        self.outbox = self.makeOutbox()
+        yield self.database.migrate(self.outbox.table, self.outbox.migrations())
+
+    def makeOutbox(self) -> Outbox:
+        return Outbox(self.database, self.bus, PlainFieldCodec(), "things", SOURCE, reactor, interval=0.05)
+
+    def remaining(self) -> Any:
+        return self.database.runQuery(f"SELECT message_id FROM {self.outbox.table}")
+
+    @inlineCallbacks
+    def test_publishedAfterCommit(self) -> Any:
+        """
+        An event staged in a committed transaction is published by the next
+        flush, with the service as source, and its row goes.
+        """
+        messageId = yield self.database.runInteraction(
+            lambda t: self.outbox.stage(t, "thing.made", {"n": 1})
+        )
+        yield self.outbox.flush()
+        yield eventually(lambda: self.received)
+        [(payload, context)] = self.received
+        self.assertEqual((payload, context.messageId, context.source), ({"n": 1}, messageId, SOURCE))
+        self.assertEqual((yield self.remaining()), [])
+
+    @inlineCallbacks
+    def test_notPublishedAfterRollback(self) -> Any:
+        """
+        An event staged in a transaction that rolled back is never published.
+        """
+
+        def changeMind(t: Any) -> None:
+            self.outbox.stage(t, "thing.made", {"n": 1})
+            raise RuntimeError("abort")
+
+        yield self.assertFailure(self.database.runInteraction(changeMind), RuntimeError)
+        yield self.outbox.flush()
+        self.assertEqual((yield self.remaining()), [])
+        self.assertEqual(self.received, [])
+
+    @inlineCallbacks
+    def test_busDown(self) -> Any:
+        """
+        While the bus refuses events they stay in the outbox, in order, and
+        the next flush publishes them under the same message ids.
+        """
+        self.bus.down = True
+        ids = []
+        for n in range(3):
+            ids.append((yield self.database.runInteraction(
+                lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n}))))
+        yield self.outbox.flush()
+        self.assertEqual(len((yield self.remaining())), 3)
+        self.bus.down = False
+        yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 3)
+        self.assertEqual([c.messageId for _, c in self.received], ids)
+        self.assertEqual([p["n"] for p, _ in self.received], [0, 1, 2])
+
+    @inlineCallbacks
+    def test_leftoversOnStart(self) -> Any:
+        """
+        Events an earlier process staged but never published go out when
+        the outbox starts, and then on its timer.
+        """
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        outbox = self.makeOutbox()
+        outbox.start()
+        self.addCleanup(outbox.stop)
+        yield eventually(lambda: len(self.received) == 1)
+        yield self.database.runInteraction(lambda t: outbox.stage(t, "thing.made", {"n": 2}))
+        yield eventually(lambda: len(self.received) == 2)
+
+    @inlineCallbacks
+    def test_batches(self) -> Any:
+        """
+        More events than a batch holds all go out in one flush; concurrent
+        flushes share the work.
+        """
+        self.outbox._batchSize = 4
+        for n in range(10):
+            yield self.database.runInteraction(lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n}))
+        yield gatherResults([self.outbox.flush(), self.outbox.flush(), self.outbox.flush()])
+        yield eventually(lambda: len(self.received) == 10)
+        self.assertEqual(sorted(p["n"] for p, _ in self.received), list(range(10)))
+        self.assertEqual((yield self.remaining()), [])
+
+
+class SQLiteOutboxTests(SQLiteMixin, OutboxTestsMixin, TestCase):
+    pass
+
+
+class PostgresOutboxTests(PostgresMixin, OutboxTestsMixin, TestCase):
+    pass

@@ -1,0 +1,78 @@
+"""
+Tests for L{txplatform.pagination}, L{txplatform.recordid} and
+L{txplatform.timestamps}.
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txplatform.errors import InvalidArgument
+from txplatform.pagination import decodeCursor, encodeCursor, page
+from txplatform.recordid import isRecordId, newRecordId, recordIdTime
+from txplatform.timestamps import formatMillis
+
+
+class CursorTests(SynchronousTestCase):
+    def test_roundTrip(self) -> None:
+        """
+        A cursor decodes to the key it was made from.
+        """
+        cursor = encodeCursor(1700000000123, "abc")
+        self.assertEqual(decodeCursor(cursor, int, str), (1700000000123, "abc"))
+        self.assertNotIn("=", cursor)
+
+    def test_garbage(self) -> None:
+        """
+        Anything but a cursor of the right shape is an invalid argument
+        naming the cursor.
+        """
+        good = encodeCursor("abc")
+        for bad in ["", "!!!", "e30", good + "x", encodeCursor(1), encodeCursor("a", "b")]:
+            error = self.assertRaises(InvalidArgument, decodeCursor, bad, str)
+            self.assertEqual(error.details["errors"][0]["field"], "cursor")
+
+    def test_page(self) -> None:
+        """
+        Of C{limit + 1} rows, the page keeps C{limit} and the cursor is the
+        key of its last row; fewer rows mean the last page.
+        """
+        items, cursor = page(["a", "b", "c"], 2, lambda r: (r,))
+        self.assertEqual(items, ["a", "b"])
+        self.assertEqual(decodeCursor(cursor, str), ("b",))
+        items, cursor = page(["a", "b"], 2, lambda r: (r,))
+        self.assertEqual((items, cursor), (["a", "b"], None))
+
+
+class RecordIdTests(SynchronousTestCase):
+    def test_shape(self) -> None:
+        """
+        Record ids are 26 lowercase Crockford base32 characters holding the
+        creation time in milliseconds.
+        """
+        clock = Clock()
+        clock.advance(1700000000.123)
+        recordId = newRecordId(clock)
+        self.assertTrue(isRecordId(recordId), recordId)
+        self.assertEqual(recordIdTime(recordId), 1700000000123)
+        self.assertFalse(isRecordId("x" * 26))
+        self.assertFalse(isRecordId(recordId.upper()))
+
+    def test_timeOrdered(self) -> None:
+        """
+        Later ids sort after earlier ones; ids of the same millisecond differ.
+        """
+        clock = Clock()
+        clock.advance(1700000000)
+        first = newRecordId(clock)
+        self.assertNotEqual(first, newRecordId(clock))
+        clock.advance(0.001)
+        self.assertLess(first, newRecordId(clock))
+
+
+class TimestampTests(SynchronousTestCase):
+    def test_format(self) -> None:
+        """
+        Milliseconds since the epoch are shown as RFC 3339 UTC.
+        """
+        self.assertEqual(formatMillis(1700000000123), "2023-11-14T22:13:20.123Z")
+        self.assertEqual(formatMillis(999), "1970-01-01T00:00:00.999Z")

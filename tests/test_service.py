@@ -1,0 +1,203 @@
+"""
+Tests for L{txplatform.service}.
+"""
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txplatform.context import Origin, Priority
+from txplatform.errors import InvalidArgument, NotFound
+from txplatform.localbus import LocalBus
+from txplatform.messages import message, string
+from txplatform.service import BusService, handles, rpc
+from txplatform.serviceid import ServiceId
+
+OTHER = ServiceId.fromHex("0000b2")
+
+
+@message
+class Hello:
+    name: str = string(minLength=1, maxLength=10)
+
+
+@message
+class Greeting:
+    greeting: str = string()
+
+
+@message
+class Named:
+    name: str = string(minLength=1)
+
+
+class Greeter(BusService):
+    name = "greeter"
+    serviceId = ServiceId.fromHex("0000a2")
+
+    def __init__(self, bus: Any, clock: Any) -> None:
+        super().__init__(bus, clock)
+        self.events: list[tuple[Named, Any]] = []
+        self.prepared = 0
+        self.cleaned = 0
+        self.prepareResult: Deferred[None] | None = None
+        self.pendingAnswer: Deferred[Any] | None = None
+
+    def prepare(self) -> Any:
+        self.prepared += 1
+        return self.prepareResult
+
+    def cleanup(self) -> None:
+        self.cleaned += 1
+
+    @rpc(Hello)
+    def hello(self, request: Hello, context: Any) -> Any:
+        if request.name == "nobody":
+            raise NotFound("nobody is not here")
+        if request.name == "slow":
+            self.pendingAnswer = Deferred()
+            return self.pendingAnswer
+        return Greeting(greeting=f"hello {request.name}")
+
+    @rpc(Hello, name="relay")
+    def relayToOther(self, request: Hello, context: Any) -> Any:
+        return self.callService(OTHER, "whoami", {}, context)
+
+    @handles("named.*", Named)
+    def named(self, event: Named, context: Any) -> None:
+        self.events.append((event, context))
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.bus = LocalBus(self.clock)
+        self.service = Greeter(self.bus, self.clock)
+
+    def start(self) -> None:
+        self.service.startService()
+        self.successResultOf(self.service.whenStarted())
+
+    def call(self, method: str, payload: Any, **kwargs: Any) -> Deferred[Any]:
+        d = self.bus.call(Greeter.serviceId, method, payload, **kwargs)
+        self.clock.advance(0)
+        return d
+
+    def test_declarations(self) -> None:
+        """
+        L{rpc} and L{handles} declare methods by name without changing them.
+        """
+        self.assertEqual(sorted(Greeter.rpcMethods()), ["hello", "relay"])
+        [handler] = Greeter.eventHandlers()
+        self.assertEqual((handler.pattern, handler.eventType, handler.group), ("named.*", Named, None))
+        self.assertEqual(self.service.hello(Hello(name="x"), None), Greeting(greeting="hello x"))
+
+    def test_serves(self) -> None:
+        """
+        A started service answers calls; message results become payloads.
+        """
+        self.start()
+        self.assertEqual(self.service.prepared, 1)
+        self.assertEqual(self.successResultOf(self.call("hello", {"name": "bob"})), {"greeting": "hello bob"})
+
+    def test_checksRequests(self) -> None:
+        """
+        A request that does not fit the method's message is refused before
+        the method runs, field by field.
+        """
+        self.start()
+        error = self.failureResultOf(self.call("hello", {"name": "", "x": 1}), InvalidArgument).value
+        self.assertEqual([e["field"] for e in error.details["errors"]], ["x", "name"])
+
+    def test_errors(self) -> None:
+        """
+        The method's service errors reach the caller.
+        """
+        self.start()
+        self.failureResultOf(self.call("hello", {"name": "nobody"}), NotFound)
+
+    def test_events(self) -> None:
+        """
+        Event handlers get parsed events, in the service's group by default.
+        """
+        self.start()
+        self.bus.publish("named.one", {"name": "a"})
+        self.clock.advance(0)
+        [(event, context)] = self.service.events
+        self.assertEqual((event, context.event), (Named(name="a"), "named.one"))
+        self.assertEqual(self.bus.pendingEvents("greeter", "named.*"), 0)
+
+    def test_malformedEvent(self) -> None:
+        """
+        An event that does not fit its message is dead-lettered at once.
+        """
+        self.start()
+        self.bus.publish("named.one", {"nom": "a"})
+        self.clock.advance(0)
+        [letter] = self.bus.deadLetters("greeter")
+        self.assertEqual(letter.attempts, 1)
+        self.assertIn("nom", letter.reason)
+        self.assertEqual(self.service.events, [])
+
+    def test_callServicePropagates(self) -> None:
+        """
+        Calls made while handling a call carry its trace, deadline and
+        priority, with the service as the caller.
+        """
+        seen = []
+        self.successResultOf(
+            self.bus.serve(OTHER, {"whoami": lambda p, c: seen.append(c) or {"ok": True}})
+        )
+        self.start()
+        d = self.call(
+            "relay", {"name": "x"}, timeout=3, priority=Priority.HIGH, origin=Origin(None, "trace-9")
+        )
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), {"ok": True})
+        [context] = seen
+        self.assertEqual(
+            (context.caller, context.correlationId, context.deadline, context.priority),
+            (Greeter.serviceId, "trace-9", 3.0, Priority.HIGH),
+        )
+
+    def test_waitsForPrepare(self) -> None:
+        """
+        Nothing is served before L{prepare} finishes.
+        """
+        self.service.prepareResult = Deferred()
+        self.service.startService()
+        started = self.service.whenStarted()
+        self.assertNoResult(started)
+        self.failureResultOf(self.call("hello", {"name": "x"}))
+        self.service.prepareResult.callback(None)
+        self.successResultOf(started)
+        self.successResultOf(self.call("hello", {"name": "x"}))
+
+    def test_failedStart(self) -> None:
+        """
+        A service that cannot prepare says so to whoever waits for it, and
+        logs why.
+        """
+        self.service.prepareResult = fail(RuntimeError("no database"))
+        self.service.startService()
+        self.failureResultOf(self.service.whenStarted(), RuntimeError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.successResultOf(self.service.stopService())
+
+    def test_stopDrains(self) -> None:
+        """
+        Stopping waits for the calls in progress, then cleans up.
+        """
+        self.start()
+        d = self.call("hello", {"name": "slow"})
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(self.service.cleaned, 0)
+        self.service.pendingAnswer.callback({"late": True})
+        self.successResultOf(stopped)
+        self.assertEqual(self.service.cleaned, 1)
+        self.assertEqual(self.successResultOf(d), {"late": True})
+
+

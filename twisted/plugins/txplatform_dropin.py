@@ -1,0 +1,24 @@
+"""
+txplatform's twistd commands.  Only names here: each maker module is
+imported when its command runs, so C{twistd --help} stays fast and a broken
+service cannot hide the others.
+"""
+
+from twisted.application.service import ServiceMaker
+
+txplatform = ServiceMaker(
+    "txplatform",
+    "plugins.allinone",
+    "The whole platform (gateway, account, post, notify) in one process.",
+    "txplatform",
+)
+gateway = ServiceMaker(
+    "txplatform gateway", "plugins.gateway", "The HTTP gateway of txplatform.", "gateway"
+)
+account = ServiceMaker(
+    "txplatform account", "plugins.account", "The Account service of txplatform.", "account"
+)
+post = ServiceMaker("txplatform post", "plugins.post", "The Post service of txplatform.", "post")
+notify = ServiceMaker(
+    "txplatform notify", "plugins.notify", "The Notify service of txplatform.", "notify"
+)

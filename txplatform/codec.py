@@ -1,0 +1,72 @@
+# -*- test-case-name: tests.test_codec -*-
+"""
+Payload encoding for the buses.
+
+Every bus turns payloads into bytes with an L{IPayloadCodec} before it holds
+them, even in process, so the same codec seam serves every transport: the
+JSON codec here, and an encrypting codec that wraps it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from zope.interface import implementer
+
+from .errors import MalformedMessage
+from .interfaces import IPayloadCodec
+from .serviceid import ServiceId
+
+__all__ = ["JSONCodec", "callBinding", "replyBinding", "eventBinding", "dumps"]
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def dumps(value: Any) -> bytes:
+    """
+    Compact UTF-8 JSON.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def loads(data: bytes | str) -> Any:
+    """
+    Strict JSON: no C{NaN} or C{Infinity}.
+
+    @raise ValueError: C{data} is not (UTF-8) JSON.
+    """
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return json.loads(text, parse_constant=_reject)
+
+
+@implementer(IPayloadCodec)
+class JSONCodec:
+    """
+    Payloads as compact JSON; the binding is not used.
+    """
+
+    def encode(self, payload: Any, binding: bytes) -> bytes:
+        return dumps(payload)
+
+    def decode(self, data: bytes, binding: bytes) -> Any:
+        try:
+            return loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MalformedMessage(f"payload is not JSON: {e}") from None
+
+
+def callBinding(service: ServiceId, method: str, messageId: str) -> bytes:
+    return b"\0".join([b"call", service.raw, method.encode(), messageId.encode()])
+
+
+def replyBinding(service: ServiceId, method: str, messageId: str) -> bytes:
+    return b"\0".join([b"reply", service.raw, method.encode(), messageId.encode()])
+
+
+def eventBinding(event: str, messageId: str) -> bytes:
+    return b"\0".join([b"event", event.encode(), messageId.encode()])

@@ -1,0 +1,90 @@
+# -*- test-case-name: tests.test_localbus -*-
+"""
+What travels with a call or an event besides its payload: who sent it, the
+trace it belongs to, its deadline and its priority.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+
+from attrs import frozen
+
+from .serviceid import ServiceId
+
+__all__ = ["Priority", "Origin", "CallContext", "EventContext", "newMessageId"]
+
+
+class Priority(enum.IntEnum):
+    """
+    How urgent a call is.  The values are AMQP message priorities (0-9), so
+    a broker's priority queue orders pending work the same way the
+    in-process bus does.
+    """
+
+    LOW = 1
+    NORMAL = 5
+    HIGH = 9
+
+
+def newMessageId() -> str:
+    return uuid.uuid4().hex
+
+
+@frozen
+class Origin:
+    """
+    Where a call or event comes from, passed on to the calls it causes.
+
+    @ivar caller: The calling service, if it is one.
+    @ivar correlationId: The trace id shared by every message one outside
+        request causes (the gateway uses the HTTP request id).
+    @ivar deadline: Absolute time (the bus clock's seconds) after which an
+        answer is useless; nested calls never get a later deadline.
+    """
+
+    caller: ServiceId | None = None
+    correlationId: str | None = None
+    deadline: float | None = None
+
+
+@frozen
+class CallContext:
+    """
+    What a service's RPC handler learns about the call it is handling.
+    """
+
+    messageId: str
+    service: ServiceId
+    method: str
+    caller: ServiceId | None
+    correlationId: str
+    deadline: float
+    priority: int
+
+    def origin(self, caller: ServiceId | None) -> Origin:
+        """
+        The origin for calls made while handling this one: same trace, same
+        deadline, with C{caller} as the new caller.
+        """
+        return Origin(caller, self.correlationId, self.deadline)
+
+
+@frozen
+class EventContext:
+    """
+    What an event handler learns about the event it is handling.
+
+    @ivar attempt: 1 on first delivery, then 2, 3... on redeliveries.
+    """
+
+    messageId: str
+    event: str
+    source: ServiceId | None
+    correlationId: str
+    publishedAt: float
+    attempt: int = 1
+
+    def origin(self, caller: ServiceId | None) -> Origin:
+        return Origin(caller, self.correlationId, None)

@@ -1,0 +1,379 @@
+# -*- test-case-name: tests.test_database -*-
+"""
+Relational storage on L{twisted.enterprise.adbapi}: SQLite for the embedded
+default and single replicas, PostgreSQL (psycopg 3) in production.
+
+Stores write their SQL once: C{?} placeholders and a few type names in
+braces (C{{bytes}}, C{{id}}, C{{bigint}}, C{{bool}}, C{{serial}}) that each
+dialect spells its own way.  Unique-key violations surface as
+L{UniqueViolation} whatever the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import zlib
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from attrs import frozen
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .interfaces import IDatabase, ITransaction
+
+__all__ = [
+    "Migration",
+    "SQLiteDatabase",
+    "PostgresDatabase",
+    "UniqueViolation",
+    "IntegrityError",
+    "databaseFromURL",
+]
+
+
+class IntegrityError(Exception):
+    """
+    A constraint of the schema refused a write.
+    """
+
+
+class UniqueViolation(IntegrityError):
+    """
+    A write would have duplicated a unique key.
+    """
+
+
+@frozen(order=True)
+class Migration:
+    """
+    One step of a component's schema.
+
+    @ivar version: Applied in increasing order, once per database.
+    @ivar statements: SQL statements, with the dialect's type names in braces.
+    """
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    component TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    description TEXT NOT NULL,
+    applied_at {bigint} NOT NULL,
+    PRIMARY KEY (component, version)
+)"""
+
+
+@implementer(ITransaction)
+class _Transaction:
+    """
+    The cursor an interaction sees: translates SQL and driver errors.
+    """
+
+    def __init__(self, cursor: Any, database: _AdbapiDatabase) -> None:
+        self._cursor = cursor
+        self._database = database
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Transaction:
+        try:
+            self._cursor.execute(self._database._translate(sql), tuple(params))
+        except self._database._driverIntegrityError as e:
+            raise self._database._integrityError(e) from e
+        return self
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Transaction:
+        try:
+            self._cursor.executemany(self._database._translate(sql), [tuple(r) for r in rows])
+        except self._database._driverIntegrityError as e:
+            raise self._database._integrityError(e) from e
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._cursor.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+
+class _AdbapiDatabase:
+    """
+    What both dialects share.
+    """
+
+    log = Logger()
+    dialect = ""
+    _types: dict[str, str] = {}
+    _driverIntegrityError: type[BaseException] = Exception
+
+    def __init__(self, pool: adbapi.ConnectionPool, description: str) -> None:
+        self._pool = pool
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description}>"
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def _translate(self, sql: str) -> str:
+        return sql
+
+    def _integrityError(self, error: BaseException) -> IntegrityError:
+        raise NotImplementedError
+
+    def ddl(self, statement: str) -> str:
+        """
+        C{statement} with the dialect's type names filled in.
+        """
+        return statement.format_map(self._types)
+
+    def runInteraction(
+        self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
+        return self._pool.runInteraction(self._interact, interaction, args, kwargs)
+
+    def _interact(
+        self, adbapiTransaction: adbapi.Transaction, interaction: Callable[..., Any], args: Any, kw: Any
+    ) -> Any:
+        return interaction(_Transaction(adbapiTransaction, self), *args, **kw)
+
+    def runQuery(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        return self.runInteraction(lambda t: t.execute(sql, params).fetchall())
+
+    def runOperation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
+        return self.runInteraction(lambda t: t.execute(sql, params) and None)
+
+    def migrate(self, component: str, migrations: Iterable[Migration]) -> Deferred[list[int]]:
+        ordered = sorted(migrations)
+        versions = [m.version for m in ordered]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"duplicate migration versions for {component}: {versions}")
+        d = self.runInteraction(self._migrate, component, ordered)
+
+        def report(applied: list[int]) -> list[int]:
+            if applied:
+                self.log.info(
+                    "Migrated {component} on {database} to version {version}",
+                    component=component,
+                    database=self.description,
+                    version=applied[-1],
+                )
+            return applied
+
+        return d.addCallback(report)
+
+    def _lockForMigrations(self, transaction: _Transaction) -> None:
+        raise NotImplementedError
+
+    def _migrate(
+        self, transaction: _Transaction, component: str, migrations: list[Migration]
+    ) -> list[int]:
+        self._lockForMigrations(transaction)
+        transaction.execute(self.ddl(_MIGRATIONS_TABLE))
+        transaction.execute(
+            "SELECT version FROM schema_migrations WHERE component = ?", (component,)
+        )
+        done = {row[0] for row in transaction.fetchall()}
+        unknown = done - {m.version for m in migrations}
+        if unknown:
+            self.log.warn(
+                "{component} schema has versions {versions} this code does not know;"
+                " a newer release has run against {database}",
+                component=component,
+                versions=sorted(unknown),
+                database=self.description,
+            )
+        applied = []
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            for statement in migration.statements:
+                transaction.execute(self.ddl(statement))
+            transaction.execute(
+                "INSERT INTO schema_migrations (component, version, description, applied_at)"
+                " VALUES (?, ?, ?, ?)",
+                (component, migration.version, migration.description, int(time.time() * 1000)),
+            )
+            applied.append(migration.version)
+        return applied
+
+    def close(self) -> Deferred[None]:
+        self._pool.close()
+        return succeed(None)
+
+
+@implementer(IDatabase)
+class SQLiteDatabase(_AdbapiDatabase):
+    """
+    An SQLite file (or C{:memory:}), with one connection: SQLite has a
+    single writer, and one thread keeps that honest without lock waits.
+    """
+
+    dialect = "sqlite"
+    _types = {
+        "bytes": "BLOB",
+        "id": "TEXT",
+        "bigint": "INTEGER",
+        "bool": "INTEGER",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    }
+    _driverIntegrityError = sqlite3.IntegrityError
+
+    def __init__(self, path: str, reactor: Any = None) -> None:
+        if path != ":memory:":
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+        pool = adbapi.ConnectionPool(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=self._configure,
+            cp_reactor=reactor,
+        )
+        super().__init__(pool, f"sqlite:{path}")
+        self.path = path
+
+    @staticmethod
+    def _configure(connection: sqlite3.Connection) -> None:
+        # WAL lets readers (backups, the sqlite3 shell) work beside the
+        # writer; NORMAL sync is durable across process crashes in WAL mode.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA busy_timeout=5000")
+
+    def _lockForMigrations(self, transaction: _Transaction) -> None:
+        # Python's sqlite3 runs DDL outside a transaction unless one is open:
+        # open one, and take the write lock now.
+        transaction.execute("BEGIN IMMEDIATE")
+
+    def _integrityError(self, error: BaseException) -> IntegrityError:
+        if "UNIQUE constraint failed" in str(error) or "PRIMARY KEY" in str(error):
+            return UniqueViolation(str(error))
+        return IntegrityError(str(error))
+
+
+@lru_cache(maxsize=1024)
+def _pyformat(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+@implementer(IDatabase)
+class PostgresDatabase(_AdbapiDatabase):
+    """
+    A PostgreSQL database through psycopg 3.
+
+    @param conninfo: A libpq connection string or URI.
+    @param schema: Use (and create) this schema instead of C{public}; lets
+        services share a database, and tests isolate themselves.
+    """
+
+    dialect = "postgresql"
+    _types = {
+        "bytes": "BYTEA",
+        # Ids are compared and ordered bytewise, whatever the locale.
+        "id": 'TEXT COLLATE "C"',
+        "bigint": "BIGINT",
+        "bool": "BOOLEAN",
+        "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    }
+
+    def __init__(
+        self, conninfo: str, schema: str | None = None, reactor: Any = None, poolSize: int = 8
+    ) -> None:
+        import psycopg
+
+        self._driverIntegrityError = psycopg.IntegrityError
+        self._uniqueViolation = psycopg.errors.UniqueViolation
+        kwargs: dict[str, Any] = {}
+        if schema is not None:
+            if not schema.isidentifier():
+                raise ValueError(f"not a schema name: {schema!r}")
+            kwargs["options"] = f"-c search_path={schema}"
+        pool = adbapi.ConnectionPool(
+            "psycopg",
+            conninfo,
+            cp_min=1,
+            cp_max=poolSize,
+            cp_reconnect=True,
+            cp_reactor=reactor,
+            **kwargs,
+        )
+        super().__init__(pool, _redact(conninfo) + (f" schema {schema}" if schema else ""))
+        self.schema = schema
+
+    def _translate(self, sql: str) -> str:
+        return _pyformat(sql)
+
+    def _lockForMigrations(self, transaction: _Transaction) -> None:
+        # One advisory lock for every component: replicas started together
+        # wait in turn instead of racing to create the same tables.
+        transaction.execute(
+            "SELECT pg_advisory_xact_lock(?)", (zlib.crc32(b"txplatform.migrations"),)
+        )
+        if self.schema is not None:
+            transaction.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+
+    def _integrityError(self, error: BaseException) -> IntegrityError:
+        if isinstance(error, self._uniqueViolation):
+            return UniqueViolation(str(error))
+        return IntegrityError(str(error))
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def databaseFromURL(url: str, reactor: Any = None) -> SQLiteDatabase | PostgresDatabase:
+    """
+    Open the database named by C{url}:
+
+      - C{sqlite:PATH} (relative or absolute) or C{sqlite::memory:}
+      - C{postgresql://user:password@host:port/dbname?schema=NAME&pool=N}
+        (also C{postgres://}); C{schema} and C{pool} are ours, the rest goes
+        to libpq.
+
+    @raise ValueError: C{url} names no database we know.
+    """
+    if url.startswith("sqlite:"):
+        path = url[len("sqlite:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise ValueError("sqlite: needs a path, as in sqlite:var/account.sqlite")
+        return SQLiteDatabase(path, reactor=reactor)
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query)
+        ours = {k: v for k, v in query if k in ("schema", "pool")}
+        rest = [(k, v) for k, v in query if k not in ("schema", "pool")]
+        conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        try:
+            poolSize = int(ours.get("pool", "8"))
+        except ValueError:
+            raise ValueError(f"pool must be a number in {url!r}") from None
+        return PostgresDatabase(
+            conninfo, schema=ours.get("schema"), reactor=reactor, poolSize=poolSize
+        )
+    raise ValueError(
+        f"unknown database {url!r}: use sqlite:PATH or postgresql://user@host:port/dbname"
+    )

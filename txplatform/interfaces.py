@@ -1,0 +1,217 @@
+"""
+The seams of the platform: the bus, the payload codec, the database and the
+codec for stored fields.  Each has several implementations (in-process and
+AMQP buses; SQLite and PostgreSQL; plain and encrypted codecs), chosen when a
+process starts, so services never name one.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IBus",
+    "ISubscription",
+    "IPayloadCodec",
+    "IDatabase",
+    "ITransaction",
+    "IFieldCodec",
+]
+
+
+class ISubscription(Interface):
+    """
+    A running consumer: the handlers one replica serves for a service, or
+    one event handler of a group.
+    """
+
+    def stop():
+        """
+        Take no new work; fire the returned Deferred once the work already
+        taken is finished (or handed back to the bus).
+        """
+
+
+class IBus(Interface):
+    """
+    Calls between services (RPC) and events they publish.
+
+    Semantics every implementation shares:
+      - Replicas serving the same service, or subscribing with the same
+        group, are competing consumers: each message goes to one of them.
+      - Every group whose pattern matches an event gets its own copy.
+      - A call has a deadline; a call not answered by then fails with
+        L{txplatform.errors.DeadlineExceeded}, and a call still waiting in
+        the queue when its deadline passes is dropped, not executed late.
+      - A handler's L{txplatform.errors.ServiceError} reaches the caller as
+        the same typed error (code, message, details).
+      - Pending calls are taken in priority order (higher first), then in
+        arrival order.
+      - An event is acknowledged only after its handler succeeded; failures
+        are retried a bounded number of times, then dead-lettered; a
+        malformed event is dead-lettered at once.
+    """
+
+    def call(service, method, payload, timeout=None, priority=None, origin=None):
+        """
+        Call C{method} of the service with L{ServiceId} C{service}.
+
+        @param payload: A JSON-compatible dict.
+        @param timeout: Seconds to wait for the answer (the bus has a
+            default); the origin's deadline caps it.
+        @param priority: A L{txplatform.context.Priority}.
+        @param origin: A L{txplatform.context.Origin}: caller, trace id and
+            the deadline inherited from an outer call.
+        @return: A Deferred firing with the result payload, or failing with a
+            L{txplatform.errors.ServiceError}.
+        """
+
+    def publish(event, payload, origin=None, messageId=None):
+        """
+        Publish event C{event} (a dotted name such as C{post.created}).
+
+        @param messageId: Stable id for the event, so a republished event
+            is recognised as the same one; a new id is made when omitted.
+        @return: A Deferred firing once the bus holds the event (for a broker:
+            once it confirmed it).
+        """
+
+    def serve(service, handlers, prefetch=None):
+        """
+        Serve calls to C{service}.
+
+        @param handlers: Maps method names to callables taking
+            C{(payload, CallContext)} and returning the result payload or a
+            Deferred of it.
+        @param prefetch: At most this many calls in progress at once.
+        @return: A Deferred firing with an L{ISubscription}.
+        """
+
+    def subscribe(pattern, handler, group, prefetch=None):
+        """
+        Handle events matching C{pattern} (AMQP topic syntax: C{*} is one
+        word, C{#} zero or more) as a member of C{group}.
+
+        @param handler: A callable taking C{(payload, EventContext)}.
+        @return: A Deferred firing with an L{ISubscription}.
+        """
+
+
+class IPayloadCodec(Interface):
+    """
+    Turns payloads into the bytes a bus carries, and back.
+
+    C{binding} names the message the payload belongs to (kind, addresses,
+    method or event, message id); a codec that authenticates payloads binds
+    it in, so a payload moved to another message is rejected.
+    """
+
+    def encode(payload, binding):
+        """
+        @return: bytes
+        """
+
+    def decode(data, binding):
+        """
+        @return: the payload
+        @raise txplatform.errors.MalformedMessage: C{data} is not a payload
+            for that binding.
+        """
+
+
+class ITransaction(Interface):
+    """
+    A cursor inside a database transaction; SQL uses C{?} placeholders
+    whatever the database.
+    """
+
+    def execute(sql, params=()):
+        """
+        Run one statement; returns the transaction itself.
+        """
+
+    def fetchone():
+        pass
+
+    def fetchall():
+        pass
+
+    rowcount = Attribute("Rows changed by the last statement.")
+
+
+class IDatabase(Interface):
+    """
+    A relational database reached through a thread pool.
+    """
+
+    dialect = Attribute("C{'sqlite'} or C{'postgresql'}.")
+
+    def start():
+        """
+        Start the connection pool.
+        """
+
+    def runInteraction(interaction, *args, **kwargs):
+        """
+        Run C{interaction(transaction, *args, **kwargs)} in a thread, in one
+        transaction committed when it returns and rolled back if it raises.
+
+        @return: A Deferred of its result.
+        """
+
+    def runQuery(sql, params=()):
+        """
+        @return: A Deferred of all rows, as tuples.
+        """
+
+    def runOperation(sql, params=()):
+        """
+        @return: A Deferred firing when the statement has run.
+        """
+
+    def migrate(component, migrations):
+        """
+        Apply the L{txplatform.database.Migration}s of C{component} not yet
+        applied, in order, one transaction each, holding a lock so replicas
+        starting together apply each one once.
+
+        @return: A Deferred of the list of versions applied.
+        """
+
+    def close():
+        """
+        Close every connection.
+
+        @return: A Deferred.
+        """
+
+
+class IFieldCodec(Interface):
+    """
+    Turns the user fields a service stores into column values, and back.
+
+    Stores call it for every user field (names, emails, texts), naming the
+    table, column and row, so an encrypting codec can bind each value to
+    its place; lookups go through L{index}.
+    """
+
+    def seal(table, column, rowId, value):
+        """
+        @param value: text
+        @return: bytes to store
+        """
+
+    def open(table, column, rowId, data):
+        """
+        @return: the text
+        @raise txplatform.errors.ServiceError: C{data} is not a valid value
+            for that place.
+        """
+
+    def index(table, column, value):
+        """
+        The lookup key for an already-normalised C{value}: equal values give
+        equal keys.
+
+        @return: bytes
+        """

@@ -1,0 +1,583 @@
+# -*- test-case-name: tests.test_localbus -*-
+"""
+The in-process bus: the embedded default, and the bus of most tests.
+
+It keeps the semantics the AMQP bus has (see L{IBus}): a priority queue per
+service shared by its replicas, a queue per (group, pattern) for events,
+deadlines, typed errors, acknowledgement after success, bounded retries and
+dead letters.  Payloads pass through the codec both ways, so handlers never
+share objects with their callers and the bus holds only encoded bytes.
+Deliveries happen on a later reactor turn, never inside the caller's stack.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from typing import Any, Callable, Mapping
+
+from attrs import define, evolve, field, frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .codec import JSONCodec, callBinding, eventBinding, replyBinding
+from .context import CallContext, EventContext, Origin, Priority, newMessageId
+from .errors import (
+    DeadlineExceeded,
+    InternalError,
+    MalformedMessage,
+    ServiceError,
+    Unavailable,
+    UnknownMethod,
+    errorFromWire,
+    errorToWire,
+)
+from .interfaces import IBus, IPayloadCodec, ISubscription
+from .serviceid import ServiceId
+from .topics import checkEventName, checkPattern, topicMatches
+
+__all__ = ["LocalBus", "DeadLetter"]
+
+
+@frozen
+class DeadLetter:
+    """
+    An event a group gave up on, with the reason.
+    """
+
+    messageId: str
+    event: str
+    group: str
+    pattern: str
+    reason: str
+    attempts: int
+    at: float
+    _delivery: _Delivery = field(repr=False)
+
+
+@define(eq=False)
+class _PendingCall:
+    messageId: str
+    service: ServiceId
+    method: str
+    data: bytes
+    deadline: float
+    priority: int
+    caller: ServiceId | None
+    correlationId: str
+    deferred: Deferred = field(repr=False)
+    abandoned: bool = False
+
+
+@frozen
+class _Delivery:
+    messageId: str
+    event: str
+    data: bytes
+    source: ServiceId | None
+    correlationId: str
+    publishedAt: float
+    attempt: int = 1
+
+
+@implementer(ISubscription)
+class _Worker:
+    """
+    One consumer: a replica serving a service, or one member of a group.
+    """
+
+    def __init__(self, queue: _Queue, prefetch: int) -> None:
+        self._queue = queue
+        self.prefetch = prefetch
+        self.inflight = 0
+        self.stopping = False
+        self._drained: list[Deferred[None]] = []
+
+    def hasCapacity(self) -> bool:
+        return not self.stopping and self.inflight < self.prefetch
+
+    def started(self) -> None:
+        self.inflight += 1
+
+    def finished(self) -> None:
+        self.inflight -= 1
+        if self.stopping and not self.inflight:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+        self._queue.wake()
+
+    def stop(self) -> Deferred[None]:
+        if not self.stopping:
+            self.stopping = True
+            self._queue.removeWorker(self)
+        if not self.inflight:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
+
+
+class _Queue:
+    """
+    Pending messages and the workers competing for them.
+    """
+
+    def __init__(self, bus: LocalBus) -> None:
+        self._bus = bus
+        self._workers: list[_Worker] = []
+        self._next = 0
+
+    def addWorker(self, worker: _Worker) -> None:
+        self._workers.append(worker)
+        self.wake()
+
+    def removeWorker(self, worker: _Worker) -> None:
+        self._workers.remove(worker)
+
+    def wake(self) -> None:
+        self._bus._schedule(self)
+
+    def freeWorker(self) -> _Worker | None:
+        """
+        The next worker with spare capacity, round robin.
+        """
+        count = len(self._workers)
+        for offset in range(count):
+            worker = self._workers[(self._next + offset) % count]
+            if worker.hasCapacity():
+                self._next = (self._next + offset + 1) % count
+                return worker
+        return None
+
+    def dispatch(self) -> None:
+        raise NotImplementedError
+
+
+class _CallQueue(_Queue):
+    def __init__(self, bus: LocalBus, service: ServiceId) -> None:
+        super().__init__(bus)
+        self.service = service
+        self._heap: list[tuple[int, int, _PendingCall]] = []
+        self._order = itertools.count()
+
+    def put(self, call: _PendingCall) -> None:
+        heapq.heappush(self._heap, (-call.priority, next(self._order), call))
+        self.wake()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def dispatch(self) -> None:
+        now = self._bus._clock.seconds()
+        while self._heap:
+            worker = self.freeWorker()
+            if worker is None:
+                return
+            call = heapq.heappop(self._heap)[2]
+            if call.abandoned or call.deadline <= now:
+                # The caller has given up: doing the work now would be waste
+                # at best and a surprise at worst.
+                self._bus.log.debug(
+                    "Dropped call {method} to {service} past its deadline",
+                    method=call.method,
+                    service=self.service.hex,
+                )
+                continue
+            assert isinstance(worker, _CallWorker)
+            worker.run(call)
+
+
+class _CallWorker(_Worker):
+    def __init__(
+        self, queue: _CallQueue, handlers: Mapping[str, Callable[..., Any]], prefetch: int
+    ) -> None:
+        super().__init__(queue, prefetch)
+        self._handlers = dict(handlers)
+        self._bus = queue._bus
+
+    def run(self, call: _PendingCall) -> None:
+        self.started()
+        context = CallContext(
+            messageId=call.messageId,
+            service=call.service,
+            method=call.method,
+            caller=call.caller,
+            correlationId=call.correlationId,
+            deadline=call.deadline,
+            priority=call.priority,
+        )
+        d = maybeDeferred(self._invoke, call, context)
+        d.addCallbacks(self._succeeded, self._failed, (call,), None, (call,), None)
+        d.addBoth(lambda _: self.finished())
+
+    def _invoke(self, call: _PendingCall, context: CallContext) -> Any:
+        handler = self._handlers.get(call.method)
+        if handler is None:
+            raise UnknownMethod(
+                f"service {call.service.hex} has no method {call.method!r}",
+                {"method": call.method},
+            )
+        codec = self._bus._codec
+        payload = codec.decode(call.data, callBinding(call.service, call.method, call.messageId))
+        return handler(payload, context)
+
+    def _succeeded(self, result: Any, call: _PendingCall) -> None:
+        self._bus._reply(call, {"ok": result})
+
+    def _failed(self, failure: Failure, call: _PendingCall) -> None:
+        if failure.check(ServiceError):
+            error = failure.value
+        else:
+            self._bus.log.failure(
+                "Unhandled error in {method} of {service}",
+                failure,
+                method=call.method,
+                service=call.service.hex,
+            )
+            error = InternalError(f"internal error in {call.method}")
+        self._bus._reply(call, {"error": errorToWire(error)})
+
+
+class _EventQueue(_Queue):
+    def __init__(self, bus: LocalBus, group: str, pattern: str) -> None:
+        super().__init__(bus)
+        self.group = group
+        self.pattern = pattern
+        self._pending: deque[_Delivery] = deque()
+
+    def put(self, delivery: _Delivery) -> None:
+        self._pending.append(delivery)
+        self.wake()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def dispatch(self) -> None:
+        while self._pending:
+            worker = self.freeWorker()
+            if worker is None:
+                return
+            assert isinstance(worker, _EventWorker)
+            worker.run(self._pending.popleft())
+
+
+class _EventWorker(_Worker):
+    def __init__(
+        self, queue: _EventQueue, handler: Callable[[Any, EventContext], Any], prefetch: int
+    ) -> None:
+        super().__init__(queue, prefetch)
+        self._eventQueue = queue
+        self._handler = handler
+        self._bus = queue._bus
+
+    def run(self, delivery: _Delivery) -> None:
+        self.started()
+        d = maybeDeferred(self._invoke, delivery)
+        d.addErrback(self._failed, delivery)
+        d.addBoth(lambda _: self.finished())
+
+    def _invoke(self, delivery: _Delivery) -> Any:
+        payload = self._bus._codec.decode(
+            delivery.data, eventBinding(delivery.event, delivery.messageId)
+        )
+        context = EventContext(
+            messageId=delivery.messageId,
+            event=delivery.event,
+            source=delivery.source,
+            correlationId=delivery.correlationId,
+            publishedAt=delivery.publishedAt,
+            attempt=delivery.attempt,
+        )
+        return self._handler(payload, context)
+
+    def _failed(self, failure: Failure, delivery: _Delivery) -> None:
+        self._bus._retryOrDeadLetter(self._eventQueue, delivery, failure)
+
+
+@implementer(IBus)
+class LocalBus(Service):
+    """
+    An in-process L{IBus}.
+
+    @param clock: Schedules deliveries, deadlines and retries.
+    @param codec: Encodes payloads (JSON by default).
+    @param defaultTimeout: Seconds a call waits when the caller gives none.
+    @param retryDelays: Delays before each redelivery of a failed event; once
+        they are used up the event is dead-lettered.
+    """
+
+    log = Logger()
+    name = "bus"
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        codec: IPayloadCodec | None = None,
+        defaultTimeout: float = 10.0,
+        retryDelays: tuple[float, ...] = (0.5, 2.0, 10.0),
+        callPrefetch: int = 64,
+        eventPrefetch: int = 16,
+    ) -> None:
+        self._clock = clock
+        self._codec = codec if codec is not None else JSONCodec()
+        self.defaultTimeout = defaultTimeout
+        self.retryDelays = retryDelays
+        self._callPrefetch = callPrefetch
+        self._eventPrefetch = eventPrefetch
+        self._calls: dict[ServiceId, _CallQueue] = {}
+        self._events: dict[tuple[str, str], _EventQueue] = {}
+        self._deadLetters: dict[str, DeadLetter] = {}
+        self._dirty: set[_Queue] = set()
+        self._pump: IDelayedCall | None = None
+        self._retries: set[IDelayedCall] = set()
+
+    # Scheduling
+
+    def _schedule(self, queue: _Queue) -> None:
+        self._dirty.add(queue)
+        if self._pump is None:
+            self._pump = self._clock.callLater(0, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._pump = None
+        while self._dirty:
+            self._dirty.pop().dispatch()
+
+    # Calls
+
+    def call(
+        self,
+        service: ServiceId,
+        method: str,
+        payload: Any,
+        timeout: float | None = None,
+        priority: int | None = None,
+        origin: Origin | None = None,
+    ) -> Deferred[Any]:
+        priority = Priority.NORMAL if priority is None else int(priority)
+        if not 0 <= priority <= 9:
+            return fail(ValueError(f"priority must be 0 to 9, not {priority}"))
+        origin = origin if origin is not None else Origin()
+        now = self._clock.seconds()
+        deadline = now + (self.defaultTimeout if timeout is None else timeout)
+        if origin.deadline is not None:
+            deadline = min(deadline, origin.deadline)
+        queue = self._calls.get(service)
+        if queue is None:
+            return fail(Unavailable(f"no service {service.hex} on this bus"))
+        messageId = newMessageId()
+        try:
+            data = self._codec.encode(payload, callBinding(service, method, messageId))
+        except (TypeError, ValueError):
+            return fail()
+
+        def abandon(d: Deferred[Any]) -> None:
+            pending.abandoned = True
+
+        def timedOut(result: Any, timeout: float) -> Failure:
+            return Failure(
+                DeadlineExceeded(
+                    f"no answer from service {service.hex} to {method} within {timeout:g}s",
+                    {"service": service.hex, "method": method},
+                )
+            )
+
+        d: Deferred[Any] = Deferred(abandon)
+        pending = _PendingCall(
+            messageId=messageId,
+            service=service,
+            method=method,
+            data=data,
+            deadline=deadline,
+            priority=priority,
+            caller=origin.caller,
+            correlationId=origin.correlationId or messageId,
+            deferred=d,
+        )
+        d.addTimeout(max(deadline - now, 0.0), self._clock, onTimeoutCancel=timedOut)
+        queue.put(pending)
+        return d
+
+    def _reply(self, call: _PendingCall, reply: dict[str, Any]) -> None:
+        if call.deferred.called:
+            return  # timed out or cancelled; nobody is listening
+        binding = replyBinding(call.service, call.method, call.messageId)
+        try:
+            data = self._codec.encode(reply, binding)
+        except (TypeError, ValueError):
+            self.log.failure(
+                "Unencodable result from {method} of {service}",
+                method=call.method,
+                service=call.service.hex,
+            )
+            data = self._codec.encode(
+                {"error": errorToWire(InternalError(f"internal error in {call.method}"))},
+                binding,
+            )
+        try:
+            answer = self._codec.decode(data, binding)
+        except MalformedMessage as e:
+            call.deferred.errback(e)
+            return
+        if "error" in answer:
+            call.deferred.errback(errorFromWire(answer["error"]))
+        else:
+            call.deferred.callback(answer["ok"])
+
+    def serve(
+        self,
+        service: ServiceId,
+        handlers: Mapping[str, Callable[..., Any]],
+        prefetch: int | None = None,
+    ) -> Deferred[ISubscription]:
+        queue = self._calls.get(service)
+        if queue is None:
+            queue = self._calls[service] = _CallQueue(self, service)
+        worker = _CallWorker(queue, handlers, prefetch or self._callPrefetch)
+        queue.addWorker(worker)
+        return succeed(worker)
+
+    def pendingCalls(self, service: ServiceId) -> int:
+        """
+        How many calls to C{service} wait for a free replica.
+        """
+        queue = self._calls.get(service)
+        return len(queue) if queue is not None else 0
+
+    # Events
+
+    def publish(
+        self,
+        event: str,
+        payload: Any,
+        origin: Origin | None = None,
+        messageId: str | None = None,
+    ) -> Deferred[None]:
+        try:
+            checkEventName(event)
+            messageId = messageId or newMessageId()
+            data = self._codec.encode(payload, eventBinding(event, messageId))
+        except (TypeError, ValueError):
+            return fail()
+        origin = origin if origin is not None else Origin()
+        delivery = _Delivery(
+            messageId=messageId,
+            event=event,
+            data=data,
+            source=origin.caller,
+            correlationId=origin.correlationId or messageId,
+            publishedAt=self._clock.seconds(),
+        )
+        for queue in self._events.values():
+            if topicMatches(queue.pattern, event):
+                queue.put(delivery)
+        return succeed(None)
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Any, EventContext], Any],
+        group: str,
+        prefetch: int | None = None,
+    ) -> Deferred[ISubscription]:
+        try:
+            checkPattern(pattern)
+        except ValueError:
+            return fail()
+        key = (group, pattern)
+        queue = self._events.get(key)
+        if queue is None:
+            queue = self._events[key] = _EventQueue(self, group, pattern)
+        worker = _EventWorker(queue, handler, prefetch or self._eventPrefetch)
+        queue.addWorker(worker)
+        return succeed(worker)
+
+    def pendingEvents(self, group: str, pattern: str) -> int:
+        queue = self._events.get((group, pattern))
+        return len(queue) if queue is not None else 0
+
+    def _retryOrDeadLetter(self, queue: _EventQueue, delivery: _Delivery, failure: Failure) -> None:
+        permanent = isinstance(failure.value, ServiceError) and failure.value.permanent
+        if not permanent and delivery.attempt <= len(self.retryDelays):
+            delay = self.retryDelays[delivery.attempt - 1]
+            self.log.warn(
+                "Event {event} ({messageId}) failed in group {group}, attempt {attempt};"
+                " retrying in {delay}s: {error}",
+                event=delivery.event,
+                messageId=delivery.messageId,
+                group=queue.group,
+                attempt=delivery.attempt,
+                delay=delay,
+                error=failure.getErrorMessage(),
+            )
+
+            def redeliver() -> None:
+                self._retries.discard(call)
+                queue.put(evolve(delivery, attempt=delivery.attempt + 1))
+
+            call = self._clock.callLater(delay, redeliver)
+            self._retries.add(call)
+            return
+        if isinstance(failure.value, ServiceError):
+            reason = f"{failure.value.code}: {failure.value.message}"
+        else:
+            reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        if not isinstance(failure.value, ServiceError):
+            self.log.failure("Event handler failed", failure)
+        self.log.error(
+            "Dead-lettered event {event} ({messageId}) of group {group} after"
+            " {attempts} attempt(s): {reason}",
+            event=delivery.event,
+            messageId=delivery.messageId,
+            group=queue.group,
+            attempts=delivery.attempt,
+            reason=reason,
+        )
+        self._deadLetters[f"{queue.group}/{delivery.messageId}"] = DeadLetter(
+            messageId=delivery.messageId,
+            event=delivery.event,
+            group=queue.group,
+            pattern=queue.pattern,
+            reason=reason,
+            attempts=delivery.attempt,
+            at=self._clock.seconds(),
+            delivery=delivery,
+        )
+
+    def deadLetters(self, group: str | None = None) -> list[DeadLetter]:
+        """
+        The dead letters, oldest first, of one group or all.
+        """
+        return sorted(
+            (d for d in self._deadLetters.values() if group is None or d.group == group),
+            key=lambda d: d.at,
+        )
+
+    def replay(self, deadLetter: DeadLetter) -> None:
+        """
+        Give a dead letter back to its group as a fresh delivery.
+        """
+        key = f"{deadLetter.group}/{deadLetter.messageId}"
+        if self._deadLetters.pop(key, None) is None:
+            raise KeyError(f"no dead letter {key}")
+        queue = self._events[(deadLetter.group, deadLetter.pattern)]
+        queue.put(evolve(deadLetter._delivery, attempt=1))
+
+    # Lifecycle
+
+    def stopService(self) -> None:
+        """
+        Cancel pending redeliveries: events not yet acknowledged are lost
+        with the process, which is the embedded mode's durability.
+        """
+        super().stopService()
+        for call in list(self._retries):
+            if call.active():
+                call.cancel()
+        self._retries.clear()

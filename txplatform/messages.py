@@ -1,0 +1,323 @@
+# -*- test-case-name: tests.test_messages -*-
+"""
+Messages: frozen attrs classes whose fields carry their own constraints.
+
+A message class declares each field with L{string}, L{integer}, L{boolean}
+or L{stringList}.  From that one declaration come the parser that checks a
+JSON payload (L{fromPayload}), the payload it is turned back into
+(L{toPayload}) and the JSON Schema published in the OpenAPI document
+(L{jsonSchema}), so the validation code and the documentation cannot drift.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, TypeVar
+
+from attrs import NOTHING, Attribute, field, fields, frozen
+
+from .errors import InvalidArgument
+
+__all__ = [
+    "message",
+    "string",
+    "integer",
+    "boolean",
+    "stringList",
+    "fromPayload",
+    "fromQuery",
+    "toPayload",
+    "fieldSchemas",
+    "jsonSchema",
+]
+
+T = TypeVar("T")
+
+_SPEC = "txplatform.spec"
+
+# Control characters break logs and terminals, and PostgreSQL refuses NUL in
+# text; only tab and newlines are allowed, and only in multi-line fields.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NEWLINE = re.compile(r"[\r\n\t]")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+
+
+def message(cls: type[T]) -> type[T]:
+    """
+    Make C{cls} a message: a frozen, keyword-only attrs class.
+    """
+    return frozen(kw_only=True)(cls)
+
+
+@frozen
+class _StringSpec:
+    minLength: int = 0
+    maxLength: int | None = None
+    pattern: str | None = None
+    hint: str | None = None
+    format: str | None = None
+    multiline: bool = False
+    nullable: bool = False
+    description: str = ""
+
+    def check(self, value: object) -> str | None:
+        if not isinstance(value, str):
+            return "must be a string"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must be valid Unicode text (no lone surrogates)"
+        if _CONTROL.search(value) or (not self.multiline and _NEWLINE.search(value)):
+            return "must not contain control characters"
+        if len(value) < self.minLength:
+            if self.minLength == 1:
+                return "must not be empty"
+            return f"must be at least {self.minLength} characters"
+        if self.maxLength is not None and len(value) > self.maxLength:
+            return f"must be at most {self.maxLength} characters"
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            return f"must be {self.hint}" if self.hint else f"must match {self.pattern}"
+        if self.format == "email" and not _EMAIL.match(value):
+            return "must be an email address such as name@example.com"
+        return None
+
+    def jsonSchema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string"}
+        if self.minLength:
+            schema["minLength"] = self.minLength
+        if self.maxLength is not None:
+            schema["maxLength"] = self.maxLength
+        if self.pattern is not None:
+            schema["pattern"] = f"^{self.pattern}$"
+        if self.format is not None:
+            schema["format"] = self.format
+        return schema
+
+
+@frozen
+class _IntegerSpec:
+    minimum: int | None = None
+    maximum: int | None = None
+    nullable: bool = False
+    description: str = ""
+
+    def check(self, value: object) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be an integer"
+        if self.minimum is not None and value < self.minimum:
+            return f"must be at least {self.minimum}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be at most {self.maximum}"
+        return None
+
+    def jsonSchema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "integer"}
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+
+@frozen
+class _BooleanSpec:
+    nullable: bool = False
+    description: str = ""
+
+    def check(self, value: object) -> str | None:
+        return None if isinstance(value, bool) else "must be true or false"
+
+    def jsonSchema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+
+@frozen
+class _ListSpec:
+    item: _StringSpec
+    maxItems: int
+    nullable: bool = False
+    description: str = ""
+
+    def check(self, value: object) -> str | None:
+        if not isinstance(value, list):
+            return "must be a list"
+        if len(value) > self.maxItems:
+            return f"must have at most {self.maxItems} items"
+        for index, item in enumerate(value):
+            reason = self.item.check(item)
+            if reason is not None:
+                return f"item {index} {reason}"
+        return None
+
+    def jsonSchema(self) -> dict[str, Any]:
+        return {"type": "array", "items": self.item.jsonSchema(), "maxItems": self.maxItems}
+
+
+_Spec = _StringSpec | _IntegerSpec | _BooleanSpec | _ListSpec
+
+
+def _field(spec: _Spec, default: Any, converter: Callable[[Any], Any] | None = None) -> Any:
+    return field(default=default, metadata={_SPEC: spec}, converter=converter)
+
+
+def string(
+    *,
+    minLength: int = 0,
+    maxLength: int | None = None,
+    pattern: str | None = None,
+    hint: str | None = None,
+    format: str | None = None,
+    multiline: bool = False,
+    nullable: bool = False,
+    description: str = "",
+    default: Any = NOTHING,
+) -> Any:
+    """
+    A text field.  C{pattern} must match the whole value; C{hint} says in
+    words what it accepts, for error messages.  A field with a C{default} may
+    be left out.
+    """
+    return _field(
+        _StringSpec(minLength, maxLength, pattern, hint, format, multiline, nullable, description),
+        default,
+    )
+
+
+def integer(
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    description: str = "",
+    default: Any = NOTHING,
+) -> Any:
+    return _field(_IntegerSpec(minimum, maximum, False, description), default)
+
+
+def boolean(*, description: str = "", default: Any = NOTHING) -> Any:
+    return _field(_BooleanSpec(False, description), default)
+
+
+def stringList(item: Any, *, maxItems: int, description: str = "", default: Any = NOTHING) -> Any:
+    """
+    A list of strings, each checked like the field C{item} (made by
+    L{string}); stored as a tuple so messages stay immutable.
+    """
+    itemSpec = item.metadata[_SPEC] if hasattr(item, "metadata") else item
+    return _field(_ListSpec(itemSpec, maxItems, False, description), default, tuple)
+
+
+def _spec(attribute: Attribute) -> _Spec:
+    try:
+        return attribute.metadata[_SPEC]
+    except KeyError:
+        raise TypeError(f"field {attribute.name!r} was not declared with a txplatform field") from None
+
+
+def fromPayload(cls: type[T], payload: object) -> T:
+    """
+    Check C{payload} (decoded JSON) against message class C{cls} and build
+    the message.  Every problem is reported at once, by field, in an
+    L{InvalidArgument}; unknown fields are refused.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidArgument.forFields([("", "expected a JSON object")])
+    declared = fields(cls)  # type: ignore[arg-type]
+    known = {a.name for a in declared}
+    errors = [(key, "is not a known field") for key in payload if key not in known]
+    values = {}
+    for attribute in declared:
+        spec = _spec(attribute)
+        if attribute.name not in payload:
+            if attribute.default is NOTHING:
+                errors.append((attribute.name, "is required"))
+            continue
+        value = payload[attribute.name]
+        if value is None and spec.nullable:
+            values[attribute.name] = None
+            continue
+        reason = spec.check(value)
+        if reason is not None:
+            errors.append((attribute.name, reason))
+        else:
+            values[attribute.name] = value
+    if errors:
+        raise InvalidArgument.forFields(errors)
+    return cls(**values)
+
+
+def fromQuery(cls: type[T], query: dict[str, str]) -> T:
+    """
+    Like L{fromPayload}, for query parameters: text is converted to the
+    field's type first (C{limit=5} to 5, C{unread=true} to True).  Unknown
+    parameters are ignored: caches and proxies add their own.
+    """
+    payload: dict[str, Any] = {}
+    errors = []
+    for attribute in fields(cls):  # type: ignore[arg-type]
+        if attribute.name not in query:
+            continue
+        text = query[attribute.name]
+        spec = _spec(attribute)
+        if isinstance(spec, _IntegerSpec):
+            if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 18:
+                errors.append((attribute.name, "must be an integer"))
+                continue
+            payload[attribute.name] = int(text)
+        elif isinstance(spec, _BooleanSpec):
+            if text not in ("true", "false"):
+                errors.append((attribute.name, "must be true or false"))
+                continue
+            payload[attribute.name] = text == "true"
+        else:
+            payload[attribute.name] = text
+    if errors:
+        raise InvalidArgument.forFields(errors)
+    return fromPayload(cls, payload)
+
+
+def toPayload(instance: object) -> dict[str, Any]:
+    """
+    The JSON payload of a message, leaving out optional fields that are
+    unset (C{None}) so the receiver sees them as absent.
+    """
+    payload = {}
+    for attribute in fields(type(instance)):
+        value = getattr(instance, attribute.name)
+        if value is None and attribute.default is None:
+            continue
+        payload[attribute.name] = list(value) if isinstance(value, tuple) else value
+    return payload
+
+
+def fieldSchemas(cls: type) -> list[tuple[str, dict[str, Any], bool]]:
+    """
+    C{(name, JSON Schema, required)} for each field of C{cls}.
+    """
+    result = []
+    for attribute in fields(cls):
+        spec = _spec(attribute)
+        schema = spec.jsonSchema()
+        if spec.nullable:
+            schema["type"] = [schema["type"], "null"]
+        if spec.description:
+            schema["description"] = spec.description
+        if attribute.default not in (NOTHING, None):
+            schema["default"] = attribute.default
+        result.append((attribute.name, schema, attribute.default is NOTHING))
+    return result
+
+
+def jsonSchema(cls: type) -> dict[str, Any]:
+    """
+    The JSON Schema (2020-12, as OpenAPI 3.1 uses) of message class C{cls}.
+    """
+    properties = {}
+    required = []
+    for name, schema, isRequired in fieldSchemas(cls):
+        properties[name] = schema
+        if isRequired:
+            required.append(name)
+    schema = {"type": "object", "additionalProperties": False, "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema

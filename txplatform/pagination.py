@@ -1,0 +1,65 @@
+# -*- test-case-name: tests.test_pagination -*-
+"""
+Keyset pagination with opaque cursors.
+
+A listing is ordered by a key (newest first), and the cursor of a page is
+the key of its last item: the next page is whatever comes after it, so
+pages stay correct while items are added or removed, and no query ever
+skips over an C{OFFSET}.  Cursors are base64url JSON; clients must treat
+them as opaque.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Callable, Sequence, TypeVar
+
+from .errors import InvalidArgument
+
+__all__ = ["encodeCursor", "decodeCursor", "page", "DEFAULT_LIMIT", "MAX_LIMIT"]
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def encodeCursor(*key: str | int) -> str:
+    raw = json.dumps(list(key), separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decodeCursor(cursor: str, *types: type) -> tuple[Any, ...]:
+    """
+    The key in C{cursor}, checked against C{types} (one per part).
+
+    @raise InvalidArgument: C{cursor} was not made by L{encodeCursor} for a
+        key of these types.
+    """
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error):
+        key = None
+    if (
+        not isinstance(key, list)
+        or len(key) != len(types)
+        or not all(type(part) is kind for part, kind in zip(key, types))
+    ):
+        raise InvalidArgument.forFields([("cursor", "is not a cursor from this listing")])
+    return tuple(key)
+
+
+def page(
+    rows: Sequence[T], limit: int, key: Callable[[T], tuple[str | int, ...]]
+) -> tuple[list[T], str | None]:
+    """
+    Split C{rows}, fetched with C{LIMIT limit + 1}, into the page and the
+    cursor of the next one (C{None} on the last page).
+    """
+    items = list(rows[:limit])
+    if len(rows) > limit and items:
+        return items, encodeCursor(*key(items[-1]))
+    return items, None

@@ -1,0 +1,45 @@
+# -*- test-case-name: tests.test_recordid -*-
+"""
+Record identifiers: 128 bits, time-ordered, made by the application.
+
+An id is a 48-bit millisecond timestamp followed by 80 random bits, written
+as 26 lowercase Crockford base32 characters (ULID layout).  Ids sort by
+creation time, so listings page on the id alone; and they exist before the
+row is inserted, so a row's id can be bound into what is stored in it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["newRecordId", "isRecordId", "recordIdTime"]
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_RECORD_ID = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{25}$")
+
+
+def newRecordId(clock: IReactorTime) -> str:
+    millis = int(clock.seconds() * 1000)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def isRecordId(text: object) -> bool:
+    return isinstance(text, str) and _RECORD_ID.match(text) is not None
+
+
+def recordIdTime(recordId: str) -> int:
+    """
+    The millisecond timestamp inside C{recordId}.
+    """
+    value = 0
+    for char in recordId:
+        value = value * 32 + _ALPHABET.index(char)
+    return value >> 80

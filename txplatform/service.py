@@ -1,0 +1,300 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The service model.
+
+A service is a class whose RPC methods and event handlers are declared with
+L{rpc} and L{handles}.  The declarations only record metadata: the methods
+stay plain and can be called directly in tests.  The class is a Twisted
+L{IService}, so twistd runs it; when it starts it prepares its storage and
+then serves its methods and subscribes its handlers on the bus it was given,
+whichever that bus is.
+
+    class Greeter(BusService):
+        name = "greeter"
+        serviceId = ServiceId.fromHex("0000aa")
+
+        @rpc(Hello)
+        def hello(self, request, context):
+            return {"greeting": f"hello {request.name}"}
+
+        @handles("account.created", AccountCreated)
+        def welcome(self, event, context):
+            ...
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import attrs
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .context import CallContext, EventContext, Origin
+from .database import Migration
+from .errors import InvalidArgument, MalformedMessage
+from .fields import PlainFieldCodec
+from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
+from .messages import fromPayload, toPayload
+from .outbox import Outbox
+from .serviceid import ServiceId
+from .topics import checkPattern
+
+__all__ = ["rpc", "handles", "BusService", "DatabaseService"]
+
+_RPC = "__txplatform_rpc__"
+_HANDLER = "__txplatform_handler__"
+
+
+@frozen
+class _RpcSpec:
+    name: str
+    requestType: type
+    function: Callable[..., Any]
+
+
+@frozen
+class _HandlerSpec:
+    pattern: str
+    eventType: type
+    group: str | None
+    function: Callable[..., Any]
+
+
+def rpc(requestType: type, *, name: str | None = None) -> Callable[[Callable], Callable]:
+    """
+    Declare an RPC method taking a C{requestType} message (parsed and
+    checked before the method runs) and a L{CallContext}.  It returns a
+    JSON-compatible value or a message, or a Deferred of one.
+
+    @param name: The method's name on the bus; the function's by default.
+    """
+
+    def decorator(function: Callable) -> Callable:
+        setattr(function, _RPC, _RpcSpec(name or function.__name__, requestType, function))
+        return function
+
+    return decorator
+
+
+def handles(
+    pattern: str, eventType: type, *, group: str | None = None
+) -> Callable[[Callable], Callable]:
+    """
+    Declare a handler of events matching C{pattern}, each parsed as an
+    C{eventType} message, called with it and an L{EventContext}.
+
+    @param group: The consumer group; by default the service's name, so the
+        replicas of a service share its events.
+    """
+    checkPattern(pattern)
+
+    def decorator(function: Callable) -> Callable:
+        setattr(function, _HANDLER, _HandlerSpec(pattern, eventType, group, function))
+        return function
+
+    return decorator
+
+
+class BusService(Service):
+    """
+    A service on the bus.  Subclasses set C{name} and C{serviceId}, declare
+    methods with L{rpc} and L{handles}, and may override L{prepare} and
+    L{cleanup}.
+    """
+
+    log = Logger()
+    name: str
+    serviceId: ClassVar[ServiceId]
+    #: Calls (and events) one replica works on at once.
+    callPrefetch: ClassVar[int | None] = None
+    eventPrefetch: ClassVar[int | None] = None
+
+    def __init__(self, bus: IBus, clock: IReactorTime) -> None:
+        self.bus = bus
+        self.clock = clock
+        self._subscriptions: list[ISubscription] = []
+        self._started: Deferred[None] | None = None
+        self._startResult: Any = None
+        self._startWaiters: list[Deferred[None]] = []
+
+    @classmethod
+    def rpcMethods(cls) -> dict[str, _RpcSpec]:
+        specs = (getattr(v, _RPC, None) for k in dir(cls) for v in [getattr(cls, k, None)])
+        return {s.name: s for s in specs if s is not None}
+
+    @classmethod
+    def eventHandlers(cls) -> list[_HandlerSpec]:
+        specs = (getattr(v, _HANDLER, None) for k in dir(cls) for v in [getattr(cls, k, None)])
+        return [s for s in specs if s is not None]
+
+    def prepare(self) -> Deferred[None] | None:
+        """
+        Get ready to serve (open storage, migrate).  Runs before the first
+        message is taken.
+        """
+        return None
+
+    def cleanup(self) -> Deferred[None] | None:
+        """
+        Release what L{prepare} took, after the last message was handled.
+        """
+        return None
+
+    def startService(self) -> None:
+        super().startService()
+        self._started = self._start()
+        self._started.addBoth(self._startFinished)
+
+    @inlineCallbacks
+    def _start(self) -> Any:
+        yield self.prepare()
+        handlers = {name: self._callHandler(spec) for name, spec in self.rpcMethods().items()}
+        if handlers:
+            self._subscriptions.append(
+                (yield self.bus.serve(self.serviceId, handlers, prefetch=self.callPrefetch))
+            )
+        for spec in self.eventHandlers():
+            self._subscriptions.append(
+                (
+                    yield self.bus.subscribe(
+                        spec.pattern,
+                        self._eventHandler(spec),
+                        spec.group or self.name,
+                        prefetch=self.eventPrefetch,
+                    )
+                )
+            )
+        self.log.info(
+            "{service} ({serviceId}) serving {methods} method(s), {handlers} event handler(s)",
+            service=self.name,
+            serviceId=self.serviceId.hex,
+            methods=len(handlers),
+            handlers=len(self.eventHandlers()),
+        )
+
+    def _startFinished(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("{service} failed to start", result, service=self.name)
+        self._startResult = result
+        waiters, self._startWaiters = self._startWaiters, []
+        for waiter in waiters:
+            self._fire(waiter)
+
+    def _fire(self, waiter: Deferred[None]) -> None:
+        if isinstance(self._startResult, Failure):
+            waiter.errback(self._startResult)
+        else:
+            waiter.callback(None)
+
+    def whenStarted(self) -> Deferred[None]:
+        """
+        Fires once the service serves, or fails with why it could not start.
+        """
+        d: Deferred[None] = Deferred()
+        if self._started is not None and self._started.called:
+            self._fire(d)
+        else:
+            self._startWaiters.append(d)
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop taking work, let the work in hand finish, then clean up.
+        """
+        super().stopService()
+        if self._started is None:
+            return succeed(None)
+        d = self.whenStarted()
+        d.addErrback(lambda _: None)
+        d.addCallback(
+            lambda _: gatherResults([s.stop() for s in self._subscriptions], consumeErrors=True)
+        )
+        d.addCallback(lambda _: self._subscriptions.clear())
+        d.addCallback(lambda _: self.cleanup())
+        return d
+
+    def _callHandler(self, spec: _RpcSpec) -> Callable[[Any, CallContext], Any]:
+        def handle(payload: Any, context: CallContext) -> Any:
+            request = fromPayload(spec.requestType, payload)
+            d = maybeDeferred(spec.function, self, request, context)
+            return d.addCallback(_asPayload)
+
+        return handle
+
+    def _eventHandler(self, spec: _HandlerSpec) -> Callable[[Any, EventContext], Any]:
+        def handle(payload: Any, context: EventContext) -> Any:
+            try:
+                event = fromPayload(spec.eventType, payload)
+            except InvalidArgument as e:
+                return fail(MalformedMessage(f"{context.event} event: {e.message}", e.details))
+            return maybeDeferred(spec.function, self, event, context)
+
+        return handle
+
+    def callService(
+        self,
+        service: ServiceId,
+        method: str,
+        payload: Any,
+        context: CallContext | EventContext | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+    ) -> Deferred[Any]:
+        """
+        Call another service on behalf of the message in C{context}: same
+        trace, and never past its deadline.
+        """
+        if attrs.has(type(payload)):
+            payload = toPayload(payload)
+        origin = context.origin(self.serviceId) if context is not None else Origin(self.serviceId)
+        if priority is None and isinstance(context, CallContext):
+            priority = context.priority
+        return self.bus.call(
+            service, method, payload, timeout=timeout, priority=priority, origin=origin
+        )
+
+
+def _asPayload(result: Any) -> Any:
+    if result is not None and attrs.has(type(result)):
+        return toPayload(result)
+    return result
+
+
+class DatabaseService(BusService):
+    """
+    A service that owns a database: it migrates it at start, publishes its
+    events through a transactional L{Outbox}, and closes it at stop.
+
+    @cvar migrations: The service's schema.
+    """
+
+    migrations: ClassVar[list[Migration]] = []
+
+    def __init__(
+        self,
+        bus: IBus,
+        database: IDatabase,
+        clock: IReactorTime,
+        fields: IFieldCodec | None = None,
+    ) -> None:
+        super().__init__(bus, clock)
+        self.database = database
+        self.fields = fields if fields is not None else PlainFieldCodec()
+        self.outbox = Outbox(database, bus, self.fields, self.name, self.serviceId, clock)
+
+    @inlineCallbacks
+    def prepare(self) -> Any:
+        self.database.start()
+        yield self.database.migrate(self.name, self.migrations)
+        yield self.database.migrate(self.outbox.table, self.outbox.migrations())
+        self.outbox.start()
+
+    @inlineCallbacks
+    def cleanup(self) -> Any:
+        yield self.outbox.stop()
+        yield self.database.close()
