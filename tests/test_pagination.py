@@ -68,6 +68,19 @@ class RecordIdTests(SynchronousTestCase):
         clock.advance(0.001)
         self.assertLess(first, newRecordId(clock))
 
+    def test_monotonic(self) -> None:
+        """
+        Within a process ids only grow, even within one millisecond or when
+        the clock steps back.
+        """
+        clock = Clock()
+        clock.advance(1700000000)
+        ids = [newRecordId(clock) for _ in range(1000)]
+        clock.advance(-5)
+        ids.append(newRecordId(clock))
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), len(ids))
+
 
 class TimestampTests(SynchronousTestCase):
     def test_format(self) -> None:

@@ -115,6 +115,7 @@ class _AdbapiDatabase:
 
     log = Logger()
     dialect = ""
+    _closed = False
     _types: dict[str, str] = {}
     _driverIntegrityError: type[BaseException] = Exception
 
@@ -211,7 +212,12 @@ class _AdbapiDatabase:
         return applied
 
     def close(self) -> Deferred[None]:
-        self._pool.close()
+        """
+        Close the pool; closing twice is harmless.
+        """
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
         return succeed(None)
 
 

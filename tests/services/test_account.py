@@ -1,0 +1,467 @@
+"""
+Tests for the Account service, on SQLite and on PostgreSQL.
+"""
+
+import hashlib
+from typing import Any
+
+from argon2 import extract_parameters
+from twisted.internet.defer import inlineCallbacks
+
+from services.account import api
+from services.account.passwords import Argon2Parameters, PasswordHasher
+from txplatform.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from txplatform.recordid import isRecordId
+
+from ..support import PostgresMixin, SQLiteMixin, eventually
+from .harness import ServiceTestCase
+
+PASSWORD = "correct horse"
+
+
+def fields(error: InvalidArgument) -> list[str]:
+    return [e["field"] for e in error.details["errors"]]
+
+
+class AccountTestsMixin:
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.service = yield self.startAccount()
+
+    def call(self, method: str, **payload: Any) -> Any:
+        return self.bus.call(api.SERVICE_ID, method, payload)
+
+    def register(self, username: str, **extra: Any) -> Any:
+        extra.setdefault("email", f"{username}@example.com")
+        extra.setdefault("password", PASSWORD)
+        return self.call("register", username=username, **extra)
+
+    @inlineCallbacks
+    def login(self, username: str, password: str = PASSWORD) -> Any:
+        return (yield self.call("login", username=username, password=password))
+
+    # Registration and profiles
+
+    @inlineCallbacks
+    def test_register(self) -> Any:
+        """
+        Registering gives the account with its email; the display name
+        defaults to the username; account.created is published.
+        """
+        account = yield self.register("alice")
+        self.assertTrue(isRecordId(account["id"]))
+        self.assertEqual(
+            {k: account[k] for k in ("username", "display_name", "email")},
+            {"username": "alice", "display_name": "alice", "email": "alice@example.com"},
+        )
+        self.assertTrue(account["created_at"].endswith("Z"))
+        [event] = yield self.recorder.waitFor(api.ACCOUNT_CREATED)
+        self.assertEqual(event, {"account_id": account["id"], "username": "alice"})
+
+    @inlineCallbacks
+    def test_displayName(self) -> Any:
+        """
+        A display name given at registration is kept.
+        """
+        account = yield self.register("bob", display_name="Bob B.")
+        self.assertEqual(account["display_name"], "Bob B.")
+
+    @inlineCallbacks
+    def test_registerInvalid(self) -> Any:
+        """
+        Usernames are 3-32 of a-z, 0-9 and _; emails look like emails;
+        passwords have at least 10 characters.
+        """
+        for username in ["ab", "Alice", "a" * 33, "al-ice", "al ice"]:
+            error = yield self.assertFailure(
+                self.register(username, email="someone@example.com"), InvalidArgument
+            )
+            self.assertEqual(fields(error), ["username"])
+        error = yield self.assertFailure(
+            self.register("carol", email="carol", password="short"), InvalidArgument
+        )
+        self.assertEqual(fields(error), ["email", "password"])
+        yield self.register("a" * 32)
+        yield self.register("a_1", password="x" * 10)
+
+    @inlineCallbacks
+    def test_usernameTaken(self) -> Any:
+        """
+        A username is registered once.
+        """
+        yield self.register("alice")
+        error = yield self.assertFailure(
+            self.register("alice", email="other@example.com"), Conflict
+        )
+        self.assertEqual(error.details, {"field": "username"})
+
+    @inlineCallbacks
+    def test_emailTaken(self) -> Any:
+        """
+        An email is registered once, whatever its case.
+        """
+        yield self.register("alice", email="Alice@Example.com")
+        error = yield self.assertFailure(
+            self.register("alice2", email="alice@example.COM"), Conflict
+        )
+        self.assertEqual(error.details, {"field": "email"})
+
+    @inlineCallbacks
+    def test_profile(self) -> Any:
+        """
+        A profile is public (no email), found whatever the case of the name.
+        """
+        account = yield self.register("alice")
+        profile = yield self.call("get_profile", username="ALICE")
+        self.assertEqual(
+            profile,
+            {k: account[k] for k in ("id", "username", "display_name", "created_at")},
+        )
+        yield self.assertFailure(self.call("get_profile", username="nobody"), NotFound)
+
+    @inlineCallbacks
+    def test_ownAccount(self) -> Any:
+        """
+        The owner's view includes the email; a missing account is not found.
+        """
+        account = yield self.register("alice")
+        own = yield self.call("get_account", account_id=account["id"])
+        self.assertEqual(own, account)
+        yield self.assertFailure(
+            self.call("get_account", account_id="0" * 26), NotFound
+        )
+
+    @inlineCallbacks
+    def test_resolve(self) -> Any:
+        """
+        Resolving usernames gives the ids of those that exist.
+        """
+        alice = yield self.register("alice")
+        bob = yield self.register("bob")
+        found = yield self.call("resolve_usernames", usernames=["alice", "BOB", "nobody"])
+        self.assertEqual(
+            sorted((a["username"], a["id"]) for a in found["accounts"]),
+            [("alice", alice["id"]), ("bob", bob["id"])],
+        )
+
+    @inlineCallbacks
+    def test_passwordStorage(self) -> Any:
+        """
+        Only an argon2id hash of the password is stored.
+        """
+        account = yield self.register("alice")
+        [[stored]] = yield self.service.database.runQuery(
+            "SELECT password_hash FROM accounts WHERE id = ?", (account["id"],)
+        )
+        self.assertNotIn(PASSWORD, stored)
+        self.assertEqual(extract_parameters(stored).type.name, "ID")
+
+    # Updates
+
+    @inlineCallbacks
+    def test_update(self) -> Any:
+        """
+        The email and display name change; account.updated says which fields.
+        """
+        account = yield self.register("alice")
+        updated = yield self.call(
+            "update_account", account_id=account["id"], email="new@example.com", display_name="Al"
+        )
+        self.assertEqual((updated["email"], updated["display_name"]), ("new@example.com", "Al"))
+        events = yield self.recorder.waitFor(api.ACCOUNT_UPDATED)
+        self.assertEqual(events[0], {"account_id": account["id"], "changed": ["email", "display_name"]})
+        yield self.register("alice2", email="alice@example.com")
+
+    @inlineCallbacks
+    def test_updateConflict(self) -> Any:
+        """
+        An email already registered to another account is refused; keeping
+        one's own is fine.
+        """
+        alice = yield self.register("alice")
+        yield self.register("bob")
+        yield self.assertFailure(
+            self.call("update_account", account_id=alice["id"], email="BOB@example.com"), Conflict
+        )
+        yield self.call("update_account", account_id=alice["id"], email="ALICE@example.com")
+
+    @inlineCallbacks
+    def test_updateNothing(self) -> Any:
+        """
+        An update must change something.
+        """
+        alice = yield self.register("alice")
+        yield self.assertFailure(self.call("update_account", account_id=alice["id"]), InvalidArgument)
+
+    @inlineCallbacks
+    def test_changePassword(self) -> Any:
+        """
+        Changing the password needs the current one; afterwards only the new
+        one logs in, and every other session is over.
+        """
+        alice = yield self.register("alice")
+        current = yield self.login("alice")
+        other = yield self.login("alice")
+        error = yield self.assertFailure(
+            self.call("update_account", account_id=alice["id"], password="brand new password"),
+            InvalidArgument,
+        )
+        self.assertEqual(fields(error), ["current_password"])
+        yield self.assertFailure(
+            self.call(
+                "update_account",
+                account_id=alice["id"],
+                password="brand new password",
+                current_password="wrong password",
+            ),
+            PermissionDenied,
+        )
+        yield self.call(
+            "update_account",
+            account_id=alice["id"],
+            session_id=current["session_id"],
+            password="brand new password",
+            current_password=PASSWORD,
+        )
+        yield self.assertFailure(self.login("alice"), Unauthenticated)
+        yield self.login("alice", "brand new password")
+        yield self.call("verify_token", token=current["token"])
+        yield self.assertFailure(self.call("verify_token", token=other["token"]), Unauthenticated)
+
+    @inlineCallbacks
+    def test_currentPasswordAlone(self) -> Any:
+        """
+        C{current_password} without a new password is a mistake worth saying.
+        """
+        alice = yield self.register("alice")
+        yield self.assertFailure(
+            self.call(
+                "update_account", account_id=alice["id"], display_name="A", current_password="x"
+            ),
+            InvalidArgument,
+        )
+
+    # Deletion
+
+    @inlineCallbacks
+    def test_delete(self) -> Any:
+        """
+        Deleting needs the password; it removes the account, its sessions
+        and follows, frees the username and publishes account.deleted.
+        """
+        alice = yield self.register("alice")
+        bob = yield self.register("bob")
+        session = yield self.login("alice")
+        yield self.call("follow", account_id=bob["id"], username="alice")
+        yield self.assertFailure(
+            self.call("delete_account", account_id=alice["id"], password="wrong password"),
+            PermissionDenied,
+        )
+        yield self.call("delete_account", account_id=alice["id"], password=PASSWORD)
+        yield self.assertFailure(self.call("get_profile", username="alice"), NotFound)
+        yield self.assertFailure(self.call("verify_token", token=session["token"]), Unauthenticated)
+        following = yield self.call("list_following", account_id=bob["id"])
+        self.assertEqual(following["items"], [])
+        [event] = yield self.recorder.waitFor(api.ACCOUNT_DELETED)
+        self.assertEqual(event, {"account_id": alice["id"], "username": "alice"})
+        again = yield self.register("alice")
+        self.assertNotEqual(again["id"], alice["id"])
+        yield self.assertFailure(
+            self.call("delete_account", account_id=alice["id"], password=PASSWORD), NotFound
+        )
+
+    # Sessions
+
+    @inlineCallbacks
+    def test_login(self) -> Any:
+        """
+        Logging in gives a random token of at least 256 bits and its expiry;
+        the token verifies as the account.
+        """
+        alice = yield self.register("alice")
+        session = yield self.login("ALICE")
+        self.assertGreaterEqual(len(session["token"]), 43)
+        self.assertEqual(session["account_id"], alice["id"])
+        verified = yield self.call("verify_token", token=session["token"])
+        self.assertEqual(
+            verified,
+            {
+                "account_id": alice["id"],
+                "username": "alice",
+                "session_id": session["session_id"],
+                "expires_at": session["expires_at"],
+            },
+        )
+        other = yield self.login("alice")
+        self.assertNotEqual(other["token"], session["token"])
+
+    @inlineCallbacks
+    def test_badLogin(self) -> Any:
+        """
+        A wrong password and an unknown user fail alike.
+        """
+        yield self.register("alice")
+        wrong = yield self.assertFailure(self.login("alice", "wrong password"), Unauthenticated)
+        unknown = yield self.assertFailure(self.login("nobody"), Unauthenticated)
+        self.assertEqual(wrong.message, unknown.message)
+
+    @inlineCallbacks
+    def test_tokensStoredHashed(self) -> Any:
+        """
+        The database holds only SHA-256 hashes of tokens.
+        """
+        yield self.register("alice")
+        session = yield self.login("alice")
+        rows = yield self.service.database.runQuery("SELECT token_hash FROM account_sessions")
+        self.assertEqual(
+            [bytes(r[0]) for r in rows], [hashlib.sha256(session["token"].encode()).digest()]
+        )
+
+    @inlineCallbacks
+    def test_logout(self) -> Any:
+        """
+        Logging out revokes that token and no other.
+        """
+        yield self.register("alice")
+        first = yield self.login("alice")
+        second = yield self.login("alice")
+        yield self.call("logout", session_id=first["session_id"])
+        yield self.assertFailure(self.call("verify_token", token=first["token"]), Unauthenticated)
+        yield self.call("verify_token", token=second["token"])
+
+    @inlineCallbacks
+    def test_expiry(self) -> Any:
+        """
+        A token stops working when its session expires, and the sweeper
+        removes the expired session.
+        """
+        yield self.register("alice")
+        session = yield self.login("alice")
+        self.clock.offset = self.service.sessionLifetime + 1
+        yield self.assertFailure(self.call("verify_token", token=session["token"]), Unauthenticated)
+        yield self.service.sweepSessions()
+        rows = yield self.service.database.runQuery("SELECT id FROM account_sessions")
+        self.assertEqual(rows, [])
+
+    @inlineCallbacks
+    def test_rehashOnLogin(self) -> Any:
+        """
+        A password hashed with old parameters is rehashed with the current
+        ones at the next login.
+        """
+        alice = yield self.register("alice")
+        self.service.passwords = PasswordHasher(
+            self.service.passwords._reactor, Argon2Parameters(timeCost=1, memoryCost=16, parallelism=1)
+        )
+        yield self.login("alice")
+        [[stored]] = yield self.service.database.runQuery(
+            "SELECT password_hash FROM accounts WHERE id = ?", (alice["id"],)
+        )
+        self.assertEqual(extract_parameters(stored).memory_cost, 16)
+        yield self.login("alice")
+
+    # Follows
+
+    @inlineCallbacks
+    def test_follow(self) -> Any:
+        """
+        Following is idempotent and announced once; unfollowing likewise.
+        """
+        alice = yield self.register("alice")
+        bob = yield self.register("bob")
+        yield self.call("follow", account_id=bob["id"], username="Alice")
+        yield self.call("follow", account_id=bob["id"], username="alice")
+        following = yield self.call("list_following", account_id=bob["id"])
+        self.assertEqual([a["username"] for a in following["items"]], ["alice"])
+        self.assertNotIn("email", following["items"][0])
+        followers = yield self.call("list_followers", account_id=alice["id"])
+        self.assertEqual(followers, {"items": [bob["id"]], "next": None})
+        yield self.call("unfollow", account_id=bob["id"], username="alice")
+        yield self.call("unfollow", account_id=bob["id"], username="alice")
+        following = yield self.call("list_following", account_id=bob["id"])
+        self.assertEqual(following["items"], [])
+        yield self.recorder.waitFor(api.ACCOUNT_UNFOLLOWED)
+        self.assertEqual(
+            self.recorder.named(api.ACCOUNT_FOLLOWED),
+            [{"follower_id": bob["id"], "followee_id": alice["id"]}],
+        )
+        self.assertEqual(len(self.recorder.named(api.ACCOUNT_UNFOLLOWED)), 1)
+
+    @inlineCallbacks
+    def test_followErrors(self) -> Any:
+        """
+        Following nobody is not found; following oneself is invalid.
+        """
+        alice = yield self.register("alice")
+        yield self.assertFailure(self.call("follow", account_id=alice["id"], username="nobody"), NotFound)
+        yield self.assertFailure(self.call("unfollow", account_id=alice["id"], username="nobody"), NotFound)
+        error = yield self.assertFailure(
+            self.call("follow", account_id=alice["id"], username="alice"), InvalidArgument
+        )
+        self.assertEqual(fields(error), ["username"])
+
+    @inlineCallbacks
+    def test_followingPages(self) -> Any:
+        """
+        The accounts one follows come most recent first, page by page, each
+        exactly once.
+        """
+        me = yield self.register("me_")
+        names = [f"user{n:02d}" for n in range(7)]
+        for name in names:
+            yield self.register(name)
+            yield self.call("follow", account_id=me["id"], username=name)
+        seen = []
+        cursor = None
+        while True:
+            request = {"account_id": me["id"], "limit": 3}
+            if cursor:
+                request["cursor"] = cursor
+            result = yield self.call("list_following", **request)
+            seen += [a["username"] for a in result["items"]]
+            cursor = result["next"]
+            if cursor is None:
+                break
+        self.assertEqual(seen, list(reversed(names)))
+        yield self.assertFailure(
+            self.call("list_following", account_id=me["id"], cursor="bogus"), InvalidArgument
+        )
+
+    @inlineCallbacks
+    def test_followersPages(self) -> Any:
+        """
+        Followers page through in id order.
+        """
+        star = yield self.register("star")
+        ids = []
+        for n in range(5):
+            fan = yield self.register(f"fan{n}")
+            ids.append(fan["id"])
+            yield self.call("follow", account_id=fan["id"], username="star")
+        first = yield self.call("list_followers", account_id=star["id"], limit=3)
+        second = yield self.call(
+            "list_followers", account_id=star["id"], limit=3, cursor=first["next"]
+        )
+        self.assertEqual(first["items"] + second["items"], sorted(ids))
+        self.assertIsNone(second["next"])
+
+    @inlineCallbacks
+    def test_eventsOnce(self) -> Any:
+        """
+        Each change publishes exactly one event, even with the outbox timer
+        running.
+        """
+        yield self.register("alice")
+        yield self.recorder.waitFor(api.ACCOUNT_CREATED)
+        yield self.service.outbox.flush()
+        yield eventually(lambda: True)
+        self.assertEqual(len(self.recorder.named(api.ACCOUNT_CREATED)), 1)
+
+
+class SQLiteAccountTests(SQLiteMixin, AccountTestsMixin, ServiceTestCase):
+    pass
+
+
+class PostgresAccountTests(PostgresMixin, AccountTestsMixin, ServiceTestCase):
+    pass

@@ -1,0 +1,272 @@
+"""
+Tests for the Notify service, on SQLite and on PostgreSQL, with the Account
+and Post services beside it on the in-process bus.
+"""
+
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+
+from services.account import api as account
+from services.notify import api
+from services.post import api as post
+from txplatform.errors import InvalidArgument, NotFound, Unavailable
+
+from ..support import PostgresMixin, SQLiteMixin, eventually
+from .harness import ServiceTestCase
+
+PASSWORD = "correct horse"
+
+
+class NotifyTestsMixin:
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.accounts = yield self.startAccount()
+        self.posts = yield self.startPost()
+        self.notify = yield self.startNotify()
+        self.ids: dict[str, str] = {}
+        for name in ["alice", "bob", "carol", "dave"]:
+            created = yield self.bus.call(
+                account.SERVICE_ID,
+                "register",
+                {"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+            )
+            self.ids[name] = created["id"]
+
+    def follow(self, follower: str, followee: str) -> Any:
+        return self.bus.call(
+            account.SERVICE_ID, "follow", {"account_id": self.ids[follower], "username": followee}
+        )
+
+    def post(self, author: str, body: str) -> Any:
+        return self.bus.call(
+            post.SERVICE_ID,
+            "create_post",
+            {"author_id": self.ids[author], "author_username": author, "body": body},
+        )
+
+    def notifications(self, who: str, **query: Any) -> Any:
+        return self.bus.call(
+            api.SERVICE_ID, "list_notifications", {"account_id": self.ids[who], **query}
+        )
+
+    @inlineCallbacks
+    def settle(self) -> Any:
+        """
+        Wait until every published event was handled.
+        """
+        yield self.posts.outbox.flush()
+        yield self.accounts.outbox.flush()
+        yield eventually(
+            lambda: all(
+                self.bus.pendingEvents("notify", pattern) == 0
+                for pattern in (post.POST_CREATED, post.POST_DELETED, account.ACCOUNT_DELETED)
+            )
+            and all(w.inflight == 0 for w in self.notify._subscriptions)
+        )
+
+    @inlineCallbacks
+    def kinds(self, who: str) -> Any:
+        page = yield self.notifications(who)
+        return sorted((n["kind"], n["actor"]) for n in page["items"])
+
+    @inlineCallbacks
+    def test_mentionsAndFollowers(self) -> Any:
+        """
+        A post notifies the accounts it mentions (any case) and its author's
+        followers; a mention wins over following; unknown names and the
+        author's own name notify nobody.
+        """
+        yield self.follow("bob", "alice")
+        yield self.follow("carol", "alice")
+        created = yield self.post("alice", "hi @BOB and @dave, @alice and @nobody")
+        yield eventually(lambda: self.kinds("carol"))
+        yield self.settle()
+        self.assertEqual((yield self.kinds("bob")), [("mention", "alice")])
+        self.assertEqual((yield self.kinds("carol")), [("followed_post", "alice")])
+        self.assertEqual((yield self.kinds("dave")), [("mention", "alice")])
+        self.assertEqual((yield self.kinds("alice")), [])
+        [notification] = (yield self.notifications("dave"))["items"]
+        self.assertEqual(
+            {k: notification[k] for k in ("post_id", "read")}, {"post_id": created["id"], "read": False}
+        )
+
+    @inlineCallbacks
+    def test_redelivery(self) -> Any:
+        """
+        The same post.created handled twice adds nothing the second time.
+        """
+        created = yield self.post("alice", "hello @bob")
+        yield eventually(lambda: self.kinds("bob"))
+        yield self.bus.publish(
+            post.POST_CREATED,
+            {
+                "post_id": created["id"],
+                "author_id": self.ids["alice"],
+                "author_username": "alice",
+                "body": "hello @bob",
+                "created_at": 0,
+            },
+        )
+        yield self.settle()
+        self.assertEqual(len((yield self.notifications("bob"))["items"]), 1)
+
+    @inlineCallbacks
+    def test_readAndUnread(self) -> Any:
+        """
+        Notifications can be marked read, only by their recipient, and
+        filtered by state.
+        """
+        first = yield self.post("alice", "one @bob")
+        yield self.post("alice", "two @bob")
+        yield eventually(lambda: self.notifications("bob").addCallback(lambda p: len(p["items"]) == 2))
+        page = yield self.notifications("bob")
+        older = [n for n in page["items"] if n["post_id"] == first["id"]][0]
+        yield self.assertFailure(
+            self.bus.call(
+                api.SERVICE_ID,
+                "mark_read",
+                {"account_id": self.ids["carol"], "notification_id": older["id"]},
+            ),
+            NotFound,
+        )
+        yield self.bus.call(
+            api.SERVICE_ID, "mark_read", {"account_id": self.ids["bob"], "notification_id": older["id"]}
+        )
+        unread = yield self.notifications("bob", unread=True)
+        read = yield self.notifications("bob", unread=False)
+        self.assertEqual([n["read"] for n in unread["items"]], [False])
+        self.assertEqual([n["id"] for n in read["items"]], [older["id"]])
+        self.assertTrue(read["items"][0]["read"])
+
+    @inlineCallbacks
+    def test_pages(self) -> Any:
+        """
+        Notifications come newest first, a page at a time.
+        """
+        yield self.follow("bob", "alice")
+        for n in range(5):
+            yield self.post("alice", f"post {n}")
+        yield eventually(lambda: self.notifications("bob").addCallback(lambda p: len(p["items"]) == 5))
+        first = yield self.notifications("bob", limit=2)
+        second = yield self.notifications("bob", limit=2, cursor=first["next"])
+        third = yield self.notifications("bob", limit=2, cursor=second["next"])
+        ids = [n["id"] for n in first["items"] + second["items"] + third["items"]]
+        self.assertEqual(len(ids), 5)
+        self.assertEqual(ids, sorted(ids, reverse=True))
+        self.assertIsNone(third["next"])
+        yield self.assertFailure(self.notifications("bob", cursor="bad"), InvalidArgument)
+
+    @inlineCallbacks
+    def test_postDeleted(self) -> Any:
+        """
+        Deleting a post removes its notifications, and a post.created
+        arriving after its post.deleted leaves nothing behind.
+        """
+        created = yield self.post("alice", "@bob @carol")
+        yield eventually(lambda: self.kinds("carol"))
+        yield self.bus.call(
+            post.SERVICE_ID, "delete_post", {"post_id": created["id"], "account_id": self.ids["alice"]}
+        )
+        yield eventually(lambda: self.kinds("carol").addCallback(lambda k: k == []))
+        self.assertEqual((yield self.kinds("bob")), [])
+        late = "01zzzzzzzzzzzzzzzzzzzzzzzz"
+        yield self.bus.publish(post.POST_DELETED, {"post_id": late, "author_id": self.ids["alice"]})
+        yield self.settle()
+        yield self.bus.publish(
+            post.POST_CREATED,
+            {
+                "post_id": late,
+                "author_id": self.ids["alice"],
+                "author_username": "alice",
+                "body": "@bob",
+                "created_at": 0,
+            },
+        )
+        yield self.settle()
+        self.assertEqual((yield self.kinds("bob")), [])
+
+    @inlineCallbacks
+    def test_accountDeleted(self) -> Any:
+        """
+        A deleted account loses its notifications, and every notification
+        it caused goes too.
+        """
+        yield self.post("alice", "hi @bob")
+        yield self.post("bob", "hi @alice and @carol")
+        yield eventually(lambda: self.kinds("carol"))
+        yield eventually(lambda: self.kinds("alice"))
+        yield self.bus.call(
+            account.SERVICE_ID, "delete_account", {"account_id": self.ids["bob"], "password": PASSWORD}
+        )
+        yield eventually(lambda: self.kinds("carol").addCallback(lambda k: k == []))
+        self.assertEqual((yield self.kinds("alice")), [])
+        rows = yield self.notify.database.runQuery(
+            "SELECT id FROM notifications WHERE recipient_id = ?", (self.ids["bob"],)
+        )
+        self.assertEqual(rows, [])
+
+    @inlineCallbacks
+    def test_malformedEvent(self) -> Any:
+        """
+        A malformed post.created is dead-lettered and the service keeps going.
+        """
+        yield self.bus.publish(post.POST_CREATED, {"post_id": "x"})
+        yield eventually(lambda: self.bus.deadLetters("notify"))
+        yield self.post("alice", "hi @bob")
+        yield eventually(lambda: self.kinds("bob"))
+
+
+class SQLiteNotifyTests(SQLiteMixin, NotifyTestsMixin, ServiceTestCase):
+    pass
+
+
+class PostgresNotifyTests(PostgresMixin, NotifyTestsMixin, ServiceTestCase):
+    pass
+
+
+class FlakyAccountTests(SQLiteMixin, ServiceTestCase):
+    """
+    Notify depends on Account; when Account fails, the event is retried,
+    not lost.
+    """
+
+    @inlineCallbacks
+    def test_retried(self) -> Any:
+        """
+        A post.created whose account lookups fail is handled again later.
+        """
+        failures = [2]
+
+        def resolve(payload: Any, context: Any) -> Any:
+            if failures[0]:
+                failures[0] -= 1
+                raise Unavailable("account database is restarting")
+            return {"accounts": [{"id": "01bbbbbbbbbbbbbbbbbbbbbbbb", "username": "bob"}]}
+
+        yield self.bus.serve(
+            account.SERVICE_ID,
+            {"resolve_usernames": resolve, "list_followers": lambda p, c: {"items": [], "next": None}},
+        )
+        yield self.startNotify()
+        yield self.bus.publish(
+            post.POST_CREATED,
+            {
+                "post_id": "01pppppppppppppppppppppppp",
+                "author_id": "01aaaaaaaaaaaaaaaaaaaaaaaa",
+                "author_username": "alice",
+                "body": "@bob",
+                "created_at": 0,
+            },
+        )
+
+        def bobsNotifications() -> Any:
+            return self.bus.call(
+                api.SERVICE_ID, "list_notifications", {"account_id": "01bbbbbbbbbbbbbbbbbbbbbbbb"}
+            ).addCallback(lambda page: page["items"])
+
+        [notification] = yield eventually(bobsNotifications)
+        self.assertEqual(notification["kind"], "mention")
+        self.assertEqual(failures, [0])
+        self.assertEqual(self.bus.deadLetters(), [])

@@ -1,0 +1,146 @@
+"""
+Tests for the Post service, on SQLite and on PostgreSQL.
+"""
+
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+
+from services.account import api as account
+from services.post import api
+from txplatform.errors import InvalidArgument, NotFound, PermissionDenied
+from txplatform.recordid import isRecordId
+
+from ..support import PostgresMixin, SQLiteMixin, eventually
+from .harness import ServiceTestCase
+
+ALICE = "01aaaaaaaaaaaaaaaaaaaaaaaa"
+BOB = "01bbbbbbbbbbbbbbbbbbbbbbbb"
+
+
+class PostTestsMixin:
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.service = yield self.startPost()
+
+    def call(self, method: str, **payload: Any) -> Any:
+        return self.bus.call(api.SERVICE_ID, method, payload)
+
+    def create(self, body: str, author: str = ALICE, username: str = "alice") -> Any:
+        return self.call("create_post", author_id=author, author_username=username, body=body)
+
+    @inlineCallbacks
+    def test_create(self) -> Any:
+        """
+        A new post is readable, and post.created carries what Notify needs.
+        """
+        created = yield self.create("hello @bob")
+        self.assertTrue(isRecordId(created["id"]))
+        self.assertEqual((created["author"], created["body"]), ("alice", "hello @bob"))
+        self.assertEqual((yield self.call("get_post", post_id=created["id"])), created)
+        [event] = yield self.recorder.waitFor(api.POST_CREATED)
+        self.assertEqual(
+            {k: event[k] for k in ("post_id", "author_id", "author_username", "body")},
+            {"post_id": created["id"], "author_id": ALICE, "author_username": "alice", "body": "hello @bob"},
+        )
+
+    @inlineCallbacks
+    def test_body(self) -> Any:
+        """
+        A body has 1 to 5000 characters, and more than white space.
+        """
+        yield self.create("x" * 5000)
+        yield self.create("line one\nline two")
+        for body in ["", "   \n\t", "x" * 5001]:
+            error = yield self.assertFailure(self.create(body), InvalidArgument)
+            self.assertEqual(error.details["errors"][0]["field"], "body")
+
+    @inlineCallbacks
+    def test_missing(self) -> Any:
+        """
+        Reading a post that does not exist is not found.
+        """
+        yield self.assertFailure(self.call("get_post", post_id="0" * 26), NotFound)
+        yield self.assertFailure(self.call("get_post", post_id="nope"), InvalidArgument)
+
+    @inlineCallbacks
+    def test_listNewestFirst(self) -> Any:
+        """
+        An author's posts come newest first, page by page, each once, and
+        only theirs.
+        """
+        bodies = [f"post {n}" for n in range(7)]
+        for body in bodies:
+            yield self.create(body)
+        yield self.create("by bob", author=BOB, username="bob")
+        seen = []
+        cursor = None
+        while True:
+            request = {"author_id": ALICE, "limit": 3}
+            if cursor:
+                request["cursor"] = cursor
+            result = yield self.call("list_posts", **request)
+            self.assertLessEqual(len(result["items"]), 3)
+            seen += [p["body"] for p in result["items"]]
+            cursor = result["next"]
+            if cursor is None:
+                break
+        self.assertEqual(seen, list(reversed(bodies)))
+        empty = yield self.call("list_posts", author_id="01cccccccccccccccccccccccc")
+        self.assertEqual(empty, {"items": [], "next": None})
+        yield self.assertFailure(self.call("list_posts", author_id=ALICE, cursor="bad"), InvalidArgument)
+        yield self.assertFailure(self.call("list_posts", author_id=ALICE, limit=101), InvalidArgument)
+
+    @inlineCallbacks
+    def test_delete(self) -> Any:
+        """
+        Only the author deletes a post; post.deleted follows.
+        """
+        created = yield self.create("soon gone")
+        yield self.assertFailure(
+            self.call("delete_post", post_id=created["id"], account_id=BOB), PermissionDenied
+        )
+        yield self.call("delete_post", post_id=created["id"], account_id=ALICE)
+        yield self.assertFailure(self.call("get_post", post_id=created["id"]), NotFound)
+        yield self.assertFailure(
+            self.call("delete_post", post_id=created["id"], account_id=ALICE), NotFound
+        )
+        [event] = yield self.recorder.waitFor(api.POST_DELETED)
+        self.assertEqual(event, {"post_id": created["id"], "author_id": ALICE})
+
+    @inlineCallbacks
+    def test_authorDeleted(self) -> Any:
+        """
+        When an account is deleted its posts go, and a post it was still
+        creating is refused.
+        """
+        kept = yield self.create("bob's", author=BOB, username="bob")
+        for n in range(3):
+            yield self.create(f"alice {n}")
+        yield self.bus.publish(account.ACCOUNT_DELETED, {"account_id": ALICE, "username": "alice"})
+
+        def gone() -> Any:
+            d = self.call("list_posts", author_id=ALICE)
+            return d.addCallback(lambda page: page["items"] == [])
+
+        yield eventually(gone)
+        yield self.call("get_post", post_id=kept["id"])
+        yield self.assertFailure(self.create("too late"), NotFound)
+
+    @inlineCallbacks
+    def test_malformedEvent(self) -> Any:
+        """
+        A malformed account.deleted is dead-lettered; the service carries on.
+        """
+        yield self.bus.publish(account.ACCOUNT_DELETED, {"account": ALICE})
+        yield eventually(lambda: self.bus.deadLetters("post"))
+        yield self.create("still here")
+
+
+class SQLitePostTests(SQLiteMixin, PostTestsMixin, ServiceTestCase):
+    pass
+
+
+class PostgresPostTests(PostgresMixin, PostTestsMixin, ServiceTestCase):
+    pass
