@@ -24,7 +24,7 @@ from twisted.web.iweb import IRequest
 
 from txplatform.codec import dumps
 from txplatform.context import Origin, Priority
-from txplatform.errors import InvalidArgument, NotFound, Unauthenticated
+from txplatform.errors import InvalidArgument, NotFound, ServiceError, Unauthenticated
 from txplatform.interfaces import IBus
 from txplatform.messages import fromPayload, fromQuery, toPayload
 from txplatform.serviceid import ServiceId
@@ -218,13 +218,21 @@ class Gateway:
         exchange = self._exchange(request)
         problem = problemFor(failure, exchange.requestId, self._serviceNames)
         if not problem.expected:
-            self.log.failure(
-                "Request {requestId} {method} {path} failed",
-                failure,
+            where = dict(
                 requestId=exchange.requestId,
                 method=request.method.decode("ascii", "replace"),
                 path=request.path.decode("ascii", "replace"),
             )
+            if isinstance(failure.value, ServiceError):
+                # The service logged its traceback; ours would say nothing.
+                self.log.error(
+                    "Request {requestId} {method} {path} failed in a service: {code}: {message}",
+                    code=failure.value.code,
+                    message=failure.value.message,
+                    **where,
+                )
+            else:
+                self.log.failure("Request {requestId} {method} {path} failed", failure, **where)
         request.setResponseCode(problem.status)
         request.setHeader("Content-Type", "application/problem+json")
         for name, value in problem.headers.items():
@@ -367,7 +375,14 @@ class Gateway:
         )
 
     @app.route("/v1/me/following/<username>", methods=["PUT"])
-    @operation("Follow an account", tag="me", auth=True, status=204, errors=(404,))
+    @operation(
+        "Follow an account",
+        tag="me",
+        auth=True,
+        status=204,
+        errors=(400, 404),
+        description="Following twice is harmless; following yourself is a 400.",
+    )
     def follow(self, request: IRequest, principal: Principal, username: str) -> Any:
         return self.call(
             request,

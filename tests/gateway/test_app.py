@@ -1,0 +1,688 @@
+"""
+End-to-end tests of the HTTP API: real HTTP to the gateway on a loopback
+port, the services behind it on the in-process bus, on SQLite and on
+PostgreSQL.  Every reply is also checked against the OpenAPI document.
+"""
+
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+
+from ..support import PostgresMixin, SQLiteMixin, eventually
+from .harness import PASSWORD, PlatformTestCase
+
+
+class AccountEndpointTests:
+    @inlineCallbacks
+    def test_register(self) -> Any:
+        """
+        POST /v1/accounts creates an account: 201, its own view with email,
+        and where to find it.
+        """
+        reply = yield self.request(
+            "POST",
+            "/v1/accounts",
+            json={"username": "alice", "email": "alice@example.com", "password": PASSWORD},
+        )
+        self.assertEqual(reply.status, 201)
+        self.assertEqual(reply.header("location"), "/v1/accounts/alice")
+        account = reply.json
+        self.assertEqual(
+            (account["username"], account["display_name"], account["email"]),
+            ("alice", "alice", "alice@example.com"),
+        )
+
+    @inlineCallbacks
+    def test_registerConflicts(self) -> Any:
+        """
+        A taken username or email (in any case) is a 409 that says which.
+        """
+        yield self.register("alice")
+        reply = yield self.request(
+            "POST",
+            "/v1/accounts",
+            json={"username": "alice", "email": "other@example.com", "password": PASSWORD},
+        )
+        self.assertIn("username", self.assertProblem(reply, 409, "conflict")["detail"])
+        reply = yield self.request(
+            "POST",
+            "/v1/accounts",
+            json={"username": "alice2", "email": "ALICE@example.com", "password": PASSWORD},
+        )
+        self.assertIn("email", self.assertProblem(reply, 409, "conflict")["detail"])
+
+    @inlineCallbacks
+    def test_registerInvalid(self) -> Any:
+        """
+        Invalid and unknown fields are a 400 listing each field and why.
+        """
+        reply = yield self.request(
+            "POST",
+            "/v1/accounts",
+            json={"username": "Al", "email": "nope", "password": "short", "admin": True},
+        )
+        problem = self.assertProblem(reply, 400, "invalid_argument")
+        self.assertEqual(
+            sorted(e["field"] for e in problem["errors"]), ["admin", "email", "password", "username"]
+        )
+        self.assertIn("password: must be at least 10 characters", problem["detail"])
+        reply = yield self.request("POST", "/v1/accounts", json={"username": "alice"})
+        problem = self.assertProblem(reply, 400, "invalid_argument")
+        self.assertEqual(sorted(e["field"] for e in problem["errors"]), ["email", "password"])
+
+    @inlineCallbacks
+    def test_malformedBodies(self) -> Any:
+        """
+        Bodies that are not a JSON object get a 400 saying what is wrong.
+        """
+        cases = [
+            (b'{"username": ', "not valid JSON"),
+            (b"\xff\xfe", "not UTF-8"),
+            (b'{"username": NaN}', "not valid JSON"),
+            (b"[1, 2]", "JSON object"),
+            (b'"text"', "JSON object"),
+            (b"", "not valid JSON"),
+        ]
+        for body, expected in cases:
+            reply = yield self.request(
+                "POST", "/v1/accounts", data=body, headers={"Content-Type": "application/json"}
+            )
+            self.assertIn(expected, self.assertProblem(reply, 400)["detail"], body)
+
+    @inlineCallbacks
+    def test_unsupportedMediaType(self) -> Any:
+        """
+        A body that is not declared JSON is a 415; JSON with a charset or a
+        +json type is fine.
+        """
+        body = b'{"username": "alice", "email": "alice@example.com", "password": "correct horse"}'
+        for contentType in [None, "text/plain", "application/x-www-form-urlencoded"]:
+            headers = {"Content-Type": contentType} if contentType else {}
+            reply = yield self.request("POST", "/v1/accounts", data=body, headers=headers)
+            self.assertProblem(reply, 415, "unsupported_media_type")
+        reply = yield self.request(
+            "POST",
+            "/v1/accounts",
+            data=body,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        self.assertEqual(reply.status, 201)
+
+    @inlineCallbacks
+    def test_bodyTooLarge(self) -> Any:
+        """
+        A body over the limit is a 413, whether its length was declared or
+        it came in chunks; the limit itself is accepted.
+        """
+        filler = "x" * (self.maxBodySize + 10)
+        reply = yield self.request("POST", "/v1/accounts", json={"username": filler})
+        self.assertProblem(reply, 413, "body_too_large")
+
+        def chunks() -> Any:
+            producer = FileBodyProducer(BytesIO(b"{" + b" " * (self.maxBodySize + 10) + b"}"))
+            producer.length = UNKNOWN_LENGTH  # so it is sent chunked
+            return producer
+
+        reply = yield self.request(
+            "POST", "/v1/accounts", data=chunks(), headers={"Content-Type": "application/json"}
+        )
+        self.assertProblem(reply, 413, "body_too_large")
+        exact = b"{" + b" " * (self.maxBodySize - 2) + b"}"
+        reply = yield self.request(
+            "POST", "/v1/accounts", data=exact, headers={"Content-Type": "application/json"}
+        )
+        self.assertProblem(reply, 400, "invalid_argument")
+
+    @inlineCallbacks
+    def test_profile(self) -> Any:
+        """
+        Profiles are public, without the email, found in any case.
+        """
+        account = yield self.register("alice", display_name="Alice A.")
+        reply = yield self.request("GET", "/v1/accounts/Alice")
+        self.assertEqual(reply.status, 200)
+        self.assertEqual(
+            reply.json, {k: account[k] for k in ("id", "username", "display_name", "created_at")}
+        )
+        for path in ["/v1/accounts/nobody", "/v1/accounts/no-such-name", "/v1/accounts/x"]:
+            reply = yield self.request("GET", path)
+            self.assertProblem(reply, 404, "not_found")
+
+    @inlineCallbacks
+    def test_authorPosts(self) -> Any:
+        """
+        An author's posts are public, newest first, paged with an opaque
+        cursor.
+        """
+        token = yield self.user("alice")
+        for n in range(5):
+            reply = yield self.request("POST", "/v1/posts", token=token, json={"body": f"post {n}"})
+            self.assertEqual(reply.status, 201)
+        seen = []
+        path = "/v1/accounts/alice/posts?limit=2"
+        while path:
+            reply = yield self.request("GET", path)
+            self.assertEqual(reply.status, 200)
+            seen += [p["body"] for p in reply.json["items"]]
+            cursor = reply.json["next"]
+            path = f"/v1/accounts/alice/posts?limit=2&cursor={cursor}" if cursor else None
+        self.assertEqual(seen, [f"post {n}" for n in reversed(range(5))])
+        reply = yield self.request("GET", "/v1/accounts/alice/posts")
+        self.assertEqual(len(reply.json["items"]), 5)
+        reply = yield self.request("GET", "/v1/accounts/nobody/posts")
+        self.assertProblem(reply, 404)
+
+    @inlineCallbacks
+    def test_pageParameters(self) -> Any:
+        """
+        C{limit} is 1-100 and C{cursor} must come from the API; anything else
+        is a 400 naming the parameter.
+        """
+        yield self.register("alice")
+        for query, field in [
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("limit=ten", "limit"),
+            ("limit=", "limit"),
+            ("cursor=forged", "cursor"),
+        ]:
+            reply = yield self.request("GET", f"/v1/accounts/alice/posts?{query}")
+            problem = self.assertProblem(reply, 400, "invalid_argument")
+            self.assertEqual(problem["errors"][0]["field"], field, query)
+        reply = yield self.request("GET", "/v1/accounts/alice/posts?limit=100&utm_source=x")
+        self.assertEqual(reply.status, 200)
+
+
+class MeEndpointTests:
+    @inlineCallbacks
+    def test_me(self) -> Any:
+        """
+        GET /v1/me gives the caller's own account, with email, not cached.
+        """
+        token = yield self.user("alice")
+        reply = yield self.request("GET", "/v1/me", token=token)
+        self.assertEqual(reply.status, 200)
+        self.assertEqual((reply.json["username"], reply.json["email"]), ("alice", "alice@example.com"))
+        self.assertEqual(reply.header("cache-control"), "no-store")
+
+    @inlineCallbacks
+    def test_unauthenticated(self) -> Any:
+        """
+        Without a valid bearer token, every private route is a 401 with a
+        challenge.
+        """
+        token = yield self.user("alice")
+        routes = [
+            ("GET", "/v1/me"),
+            ("PATCH", "/v1/me"),
+            ("DELETE", "/v1/me"),
+            ("GET", "/v1/me/following"),
+            ("PUT", "/v1/me/following/alice"),
+            ("DELETE", "/v1/me/following/alice"),
+            ("DELETE", "/v1/sessions/current"),
+            ("POST", "/v1/posts"),
+            ("DELETE", "/v1/posts/01aaaaaaaaaaaaaaaaaaaaaaaa"),
+            ("GET", "/v1/notifications"),
+            ("POST", "/v1/notifications/01aaaaaaaaaaaaaaaaaaaaaaaa/read"),
+        ]
+        badHeaders = [
+            {},
+            {"Authorization": f"Basic {token}"},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer " + "A" * 43},
+            {"Authorization": "Bearer not/a/token!!"},
+        ]
+        for method, path in routes:
+            for headers in badHeaders:
+                reply = yield self.request(method, path, headers=headers, json={})
+                self.assertProblem(reply, 401, "unauthenticated")
+                self.assertEqual(reply.header("www-authenticate"), 'Bearer realm="txplatform"')
+
+    @inlineCallbacks
+    def test_update(self) -> Any:
+        """
+        PATCH /v1/me changes the email and display name.
+        """
+        token = yield self.user("alice")
+        reply = yield self.request(
+            "PATCH", "/v1/me", token=token, json={"email": "new@example.com", "display_name": "Al"}
+        )
+        self.assertEqual(reply.status, 200)
+        self.assertEqual((reply.json["email"], reply.json["display_name"]), ("new@example.com", "Al"))
+        reply = yield self.request("GET", "/v1/accounts/alice")
+        self.assertEqual(reply.json["display_name"], "Al")
+
+    @inlineCallbacks
+    def test_updateErrors(self) -> Any:
+        """
+        An empty or unknown change is a 400, an email taken a 409.
+        """
+        token = yield self.user("alice")
+        yield self.register("bob")
+        reply = yield self.request("PATCH", "/v1/me", token=token, json={})
+        self.assertProblem(reply, 400)
+        reply = yield self.request("PATCH", "/v1/me", token=token, json={"username": "eve"})
+        self.assertProblem(reply, 400)
+        reply = yield self.request("PATCH", "/v1/me", token=token, json={"email": "bob@example.com"})
+        self.assertProblem(reply, 409)
+
+    @inlineCallbacks
+    def test_changePassword(self) -> Any:
+        """
+        Changing the password needs the current one (403 otherwise); the
+        session used stays, the others end.
+        """
+        token = yield self.user("alice")
+        other = yield self.login("alice")
+        reply = yield self.request(
+            "PATCH",
+            "/v1/me",
+            token=token,
+            json={"password": "a new password", "current_password": "not my password"},
+        )
+        self.assertProblem(reply, 403, "permission_denied")
+        reply = yield self.request(
+            "PATCH",
+            "/v1/me",
+            token=token,
+            json={"password": "a new password", "current_password": PASSWORD},
+        )
+        self.assertEqual(reply.status, 200)
+        self.assertEqual((yield self.request("GET", "/v1/me", token=token)).status, 200)
+        self.assertProblem((yield self.request("GET", "/v1/me", token=other)), 401)
+        reply = yield self.request(
+            "POST", "/v1/sessions", json={"username": "alice", "password": PASSWORD}
+        )
+        self.assertProblem(reply, 401)
+        yield self.login("alice", "a new password")
+
+    @inlineCallbacks
+    def test_delete(self) -> Any:
+        """
+        DELETE /v1/me needs the password (403 if wrong, 400 if missing);
+        then the account, its token, posts and notifications are gone.
+        """
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        yield self.request("PUT", "/v1/me/following/alice", token=bob)
+        reply = yield self.request("POST", "/v1/posts", token=alice, json={"body": "hello @bob"})
+        postId = reply.json["id"]
+        yield eventually(lambda: self.notificationsOf(bob))
+        reply = yield self.request("DELETE", "/v1/me", token=alice, json={"password": "wrong one"})
+        self.assertProblem(reply, 403)
+        reply = yield self.request("DELETE", "/v1/me", token=alice)
+        self.assertProblem(reply, 415)
+        reply = yield self.request("DELETE", "/v1/me", token=alice, json={})
+        self.assertProblem(reply, 400)
+        reply = yield self.request("DELETE", "/v1/me", token=alice, json={"password": PASSWORD})
+        self.assertEqual((reply.status, reply.body), (204, b""))
+        self.assertProblem((yield self.request("GET", "/v1/me", token=alice)), 401)
+        self.assertProblem((yield self.request("GET", "/v1/accounts/alice")), 404)
+
+        @inlineCallbacks
+        def cleanedUp() -> Any:
+            postGone = (yield self.request("GET", f"/v1/posts/{postId}")).status == 404
+            return postGone and (yield self.notificationsOf(bob)) == []
+
+        yield eventually(cleanedUp)
+        reply = yield self.request("GET", "/v1/me/following", token=bob)
+        self.assertEqual(reply.json["items"], [])
+
+    @inlineCallbacks
+    def test_following(self) -> Any:
+        """
+        PUT and DELETE /v1/me/following/{username} follow and unfollow (204,
+        idempotent); GET /v1/me/following lists, most recent first.
+        """
+        token = yield self.user("me_")
+        for name in ["alice", "bob"]:
+            yield self.register(name)
+            reply = yield self.request("PUT", f"/v1/me/following/{name}", token=token)
+            self.assertEqual((reply.status, reply.body), (204, b""))
+        yield self.request("PUT", "/v1/me/following/ALICE", token=token)
+        reply = yield self.request("GET", "/v1/me/following", token=token)
+        self.assertEqual([a["username"] for a in reply.json["items"]], ["bob", "alice"])
+        reply = yield self.request("GET", "/v1/me/following?limit=1", token=token)
+        self.assertEqual(len(reply.json["items"]), 1)
+        self.assertIsNotNone(reply.json["next"])
+        reply = yield self.request("DELETE", "/v1/me/following/bob", token=token)
+        self.assertEqual(reply.status, 204)
+        reply = yield self.request("DELETE", "/v1/me/following/bob", token=token)
+        self.assertEqual(reply.status, 204)
+        reply = yield self.request("GET", "/v1/me/following", token=token)
+        self.assertEqual([a["username"] for a in reply.json["items"]], ["alice"])
+
+    @inlineCallbacks
+    def test_followingErrors(self) -> Any:
+        """
+        Following nobody is a 404, following oneself a 400.
+        """
+        token = yield self.user("alice")
+        self.assertProblem((yield self.request("PUT", "/v1/me/following/nobody", token=token)), 404)
+        self.assertProblem((yield self.request("DELETE", "/v1/me/following/nobody", token=token)), 404)
+        self.assertProblem((yield self.request("PUT", "/v1/me/following/alice", token=token)), 400)
+
+
+class SessionEndpointTests:
+    @inlineCallbacks
+    def test_login(self) -> Any:
+        """
+        POST /v1/sessions gives a token and its expiry, never cached.
+        """
+        yield self.register("alice")
+        reply = yield self.request(
+            "POST", "/v1/sessions", json={"username": "alice", "password": PASSWORD}
+        )
+        self.assertEqual(reply.status, 201)
+        self.assertEqual(sorted(reply.json), ["expires_at", "token"])
+        self.assertEqual(reply.header("cache-control"), "no-store")
+
+    @inlineCallbacks
+    def test_badLogin(self) -> Any:
+        """
+        A wrong password or unknown user is a 401; missing fields a 400.
+        """
+        yield self.register("alice")
+        for body in [
+            {"username": "alice", "password": "wrong password"},
+            {"username": "nobody", "password": PASSWORD},
+        ]:
+            self.assertProblem((yield self.request("POST", "/v1/sessions", json=body)), 401)
+        self.assertProblem((yield self.request("POST", "/v1/sessions", json={"username": "a"})), 400)
+
+    @inlineCallbacks
+    def test_logout(self) -> Any:
+        """
+        DELETE /v1/sessions/current revokes the token used, and only it.
+        """
+        token = yield self.user("alice")
+        other = yield self.login("alice")
+        reply = yield self.request("DELETE", "/v1/sessions/current", token=token)
+        self.assertEqual((reply.status, reply.body), (204, b""))
+        self.assertProblem((yield self.request("GET", "/v1/me", token=token)), 401)
+        self.assertEqual((yield self.request("GET", "/v1/me", token=other)).status, 200)
+
+    @inlineCallbacks
+    def test_expired(self) -> Any:
+        """
+        An expired token is a 401.
+        """
+        token = yield self.user("alice")
+        self.clock.offset = self.accounts.sessionLifetime + 1
+        self.assertProblem((yield self.request("GET", "/v1/me", token=token)), 401)
+
+
+class PostEndpointTests:
+    @inlineCallbacks
+    def test_createReadDelete(self) -> Any:
+        """
+        A post is created (201, Location), read by anyone, and deleted by
+        its author (204).
+        """
+        token = yield self.user("alice")
+        reply = yield self.request("POST", "/v1/posts", token=token, json={"body": "hello"})
+        self.assertEqual(reply.status, 201)
+        created = reply.json
+        self.assertEqual(reply.header("location"), f"/v1/posts/{created['id']}")
+        self.assertEqual((created["author"], created["body"]), ("alice", "hello"))
+        reply = yield self.request("GET", f"/v1/posts/{created['id']}")
+        self.assertEqual((reply.status, reply.json), (200, created))
+        reply = yield self.request("DELETE", f"/v1/posts/{created['id']}", token=token)
+        self.assertEqual((reply.status, reply.body), (204, b""))
+        self.assertProblem((yield self.request("GET", f"/v1/posts/{created['id']}")), 404)
+        self.assertProblem(
+            (yield self.request("DELETE", f"/v1/posts/{created['id']}", token=token)), 404
+        )
+
+    @inlineCallbacks
+    def test_notYours(self) -> Any:
+        """
+        Deleting someone else's post is a 403, and the post stays.
+        """
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        created = (yield self.request("POST", "/v1/posts", token=alice, json={"body": "mine"})).json
+        reply = yield self.request("DELETE", f"/v1/posts/{created['id']}", token=bob)
+        self.assertProblem(reply, 403, "permission_denied")
+        self.assertEqual((yield self.request("GET", f"/v1/posts/{created['id']}")).status, 200)
+
+    @inlineCallbacks
+    def test_invalidPosts(self) -> Any:
+        """
+        Bodies of 1-5000 characters with more than white space; anything
+        else is a 400.
+        """
+        token = yield self.user("alice")
+        for body in [{"body": ""}, {"body": "  "}, {"body": "x" * 5001}, {"body": 5}, {}, {"body": "x", "to": "y"}]:
+            self.assertProblem((yield self.request("POST", "/v1/posts", token=token, json=body)), 400)
+        reply = yield self.request("POST", "/v1/posts", token=token, json={"body": "é" * 5000})
+        self.assertEqual(reply.status, 201)
+
+    @inlineCallbacks
+    def test_unknownPosts(self) -> Any:
+        """
+        Unknown and impossible post ids are 404s.
+        """
+        for postId in ["01aaaaaaaaaaaaaaaaaaaaaaaa", "nope", "ILOU" * 6 + "xx"]:
+            self.assertProblem((yield self.request("GET", f"/v1/posts/{postId}")), 404)
+
+
+class NotificationEndpointTests:
+    @inlineCallbacks
+    def test_notifications(self) -> Any:
+        """
+        Mentions and followed authors' posts show up; they can be marked
+        read and filtered by state.
+        """
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        carol = yield self.user("carol")
+        yield self.request("PUT", "/v1/me/following/alice", token=carol)
+        first = (yield self.request("POST", "/v1/posts", token=alice, json={"body": "hey @Bob"})).json
+        yield self.request("POST", "/v1/posts", token=alice, json={"body": "again @bob"})
+        items = yield eventually(
+            lambda: self.notificationsOf(bob).addCallback(lambda n: len(n) == 2 and n)
+        )
+        self.assertEqual([n["kind"] for n in items], ["mention", "mention"])
+        self.assertEqual({n["actor"] for n in items}, {"alice"})
+        carols = yield eventually(lambda: self.notificationsOf(carol).addCallback(lambda n: len(n) == 2 and n))
+        self.assertEqual({n["kind"] for n in carols}, {"followed_post"})
+        target = [n for n in items if n["post_id"] == first["id"]][0]
+        reply = yield self.request("POST", f"/v1/notifications/{target['id']}/read", token=bob)
+        self.assertEqual((reply.status, reply.body), (204, b""))
+        unread = yield self.notificationsOf(bob, "?unread=true")
+        read = yield self.notificationsOf(bob, "?unread=false")
+        self.assertEqual([n["read"] for n in unread], [False])
+        self.assertEqual([n["id"] for n in read], [target["id"]])
+        page = yield self.notificationsOf(bob, "?limit=1")
+        self.assertEqual(len(page), 1)
+
+    @inlineCallbacks
+    def test_notificationErrors(self) -> Any:
+        """
+        Marking someone else's or an unknown notification is a 404; a bad
+        filter a 400.
+        """
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        yield self.request("POST", "/v1/posts", token=alice, json={"body": "@bob"})
+        [item] = yield eventually(lambda: self.notificationsOf(bob))
+        reply = yield self.request("POST", f"/v1/notifications/{item['id']}/read", token=alice)
+        self.assertProblem(reply, 404)
+        reply = yield self.request("POST", "/v1/notifications/nope/read", token=bob)
+        self.assertProblem(reply, 404)
+        reply = yield self.request("GET", "/v1/notifications?unread=maybe", token=bob)
+        self.assertEqual(self.assertProblem(reply, 400)["errors"][0]["field"], "unread")
+
+    @inlineCallbacks
+    def test_postDeleted(self) -> Any:
+        """
+        Deleting a post removes the notifications about it.
+        """
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        created = (yield self.request("POST", "/v1/posts", token=alice, json={"body": "@bob"})).json
+        yield eventually(lambda: self.notificationsOf(bob))
+        yield self.request("DELETE", f"/v1/posts/{created['id']}", token=alice)
+        yield eventually(lambda: self.notificationsOf(bob).addCallback(lambda n: n == []))
+
+
+class PlatformEndpointTests:
+    @inlineCallbacks
+    def test_health(self) -> Any:
+        """
+        GET /healthz answers 200.
+        """
+        reply = yield self.request("GET", "/healthz")
+        self.assertEqual((reply.status, reply.json), (200, {"status": "ok"}))
+
+    @inlineCallbacks
+    def test_openapi(self) -> Any:
+        """
+        GET /v1/openapi.json is a valid OpenAPI 3.1 document with every
+        route the gateway serves.
+        """
+        from openapi_spec_validator import validate
+
+        reply = yield self.request("GET", "/v1/openapi.json")
+        self.assertEqual(reply.status, 200)
+        document = reply.json
+        validate(document)
+        self.assertEqual(document["openapi"], "3.1.0")
+        served = set()
+        for rule in self.gateway.app.url_map.iter_rules():
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                path = rule.rule.replace("<", "{").replace(">", "}")
+                served.add((method.lower(), path))
+        documented = {(m, p) for p, ops in document["paths"].items() for m in ops}
+        self.assertEqual(documented, served)
+
+    @inlineCallbacks
+    def test_unknownPath(self) -> Any:
+        """
+        An unknown path is a problem+json 404.
+        """
+        self.assertProblem((yield self.request("GET", "/v2/nothing")), 404, "not_found")
+
+    @inlineCallbacks
+    def test_wrongMethod(self) -> Any:
+        """
+        A known path with the wrong method is a 405 that lists the allowed ones.
+        """
+        reply = yield self.request("PATCH", "/v1/posts")
+        self.assertProblem(reply, 405, "method_not_allowed")
+        self.assertEqual(reply.header("allow"), "POST")
+
+    @inlineCallbacks
+    def test_requestId(self) -> Any:
+        """
+        A client's X-Request-Id is kept; otherwise one is made; problems
+        quote it.
+        """
+        reply = yield self.request("GET", "/healthz", headers={"X-Request-Id": "abc-123"})
+        self.assertEqual(reply.header("x-request-id"), "abc-123")
+        reply = yield self.request("GET", "/v2/nothing", headers={"X-Request-Id": "bad id!"})
+        generated = reply.header("x-request-id")
+        self.assertNotEqual(generated, "bad id!")
+        self.assertEqual(reply.json["request_id"], generated)
+
+
+class SQLiteGatewayTests(
+    SQLiteMixin,
+    AccountEndpointTests,
+    MeEndpointTests,
+    SessionEndpointTests,
+    PostEndpointTests,
+    NotificationEndpointTests,
+    PlatformEndpointTests,
+    PlatformTestCase,
+):
+    pass
+
+
+class PostgresGatewayTests(
+    PostgresMixin,
+    AccountEndpointTests,
+    MeEndpointTests,
+    SessionEndpointTests,
+    PostEndpointTests,
+    NotificationEndpointTests,
+    PlatformEndpointTests,
+    PlatformTestCase,
+):
+    pass
+
+
+class FailureTests(SQLiteMixin, PlatformTestCase):
+    """
+    What clients see when services misbehave.
+    """
+
+    callTimeout = 0.3
+
+    @inlineCallbacks
+    def replace(self, service: Any, handlers: dict) -> Any:
+        """
+        Stop a real service and serve C{handlers} in its place.
+        """
+        yield service.stopService()
+        yield self.bus.serve(service.serviceId, handlers)
+
+    def replacePosts(self, handlers: dict) -> Any:
+        return self.replace(self.posts, handlers)
+
+    @inlineCallbacks
+    def test_serviceTooSlow(self) -> Any:
+        """
+        A service that does not answer within the call timeout is a 503 with
+        Retry-After, naming the service.
+        """
+        yield self.replacePosts({"get_post": lambda payload, context: Deferred()})
+        reply = yield self.request("GET", "/v1/posts/01aaaaaaaaaaaaaaaaaaaaaaaa")
+        problem = self.assertProblem(reply, 503, "deadline_exceeded")
+        self.assertIn("post service", problem["detail"])
+        self.assertEqual(reply.header("retry-after"), "1")
+
+    @inlineCallbacks
+    def test_deadlineCoversTheRequest(self) -> Any:
+        """
+        The timeout bounds the whole request, across its calls: a slow
+        service late in a request still answers within it.
+        """
+        yield self.register("alice")
+        yield self.replacePosts({"list_posts": lambda payload, context: Deferred()})
+        started = self.clock.seconds()
+        reply = yield self.request("GET", "/v1/accounts/alice/posts")
+        self.assertProblem(reply, 503)
+        self.assertLess(self.clock.seconds() - started, self.callTimeout + 1)
+
+    @inlineCallbacks
+    def test_internalError(self) -> Any:
+        """
+        A bug in a service is a bare 500 naming the request id; the
+        traceback goes to the log, never to the client.
+        """
+
+        def broken(payload: Any, context: Any) -> Any:
+            raise KeyError("internal secret")
+
+        yield self.replacePosts({"get_post": broken})
+        reply = yield self.request("GET", "/v1/posts/01aaaaaaaaaaaaaaaaaaaaaaaa")
+        problem = self.assertProblem(reply, 500, "internal")
+        self.assertNotIn(b"secret", reply.body)
+        self.assertIn(problem["request_id"], problem["detail"])
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    @inlineCallbacks
+    def test_gatewayBug(self) -> Any:
+        """
+        A bug in the gateway itself is also a bare 500, logged.
+        """
+        yield self.replace(self.accounts, {"get_profile": lambda payload, context: {}})
+        reply = yield self.request("GET", "/v1/accounts/alice/posts")
+        self.assertProblem(reply, 500, "internal")
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)

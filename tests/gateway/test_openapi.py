@@ -1,0 +1,85 @@
+"""
+Tests for L{gateway.openapi} and L{gateway.operations}.
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import Gateway
+from gateway.openapi import openapiDocument, openapiPath
+from gateway.operations import operationOf
+from txplatform.localbus import LocalBus
+
+
+class OpenAPITests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.gateway = Gateway(LocalBus(Clock()), Clock())
+        self.document = openapiDocument(self.gateway)
+
+    def operations(self):
+        for path, entries in self.document["paths"].items():
+            for method, entry in entries.items():
+                yield path, method, entry
+
+    def test_paths(self) -> None:
+        """
+        Werkzeug rules become OpenAPI path templates.
+        """
+        self.assertEqual(openapiPath("/v1/posts/<post_id>"), "/v1/posts/{post_id}")
+        self.assertEqual(openapiPath("/a/<int:n>/b/<name>"), "/a/{n}/b/{name}")
+
+    def test_everyRouteDeclared(self) -> None:
+        """
+        Every route of the gateway carries its operation.
+        """
+        for rule in self.gateway.app.url_map.iter_rules():
+            self.assertIsNotNone(operationOf(self.gateway.app.endpoints[rule.endpoint]), rule.rule)
+
+    def test_authDocumented(self) -> None:
+        """
+        Operations that need a token say so and list 401.
+        """
+        private = set()
+        for path, method, entry in self.operations():
+            if "security" in entry:
+                private.add((method, path))
+                self.assertIn("401", entry["responses"])
+        self.assertIn(("get", "/v1/me"), private)
+        self.assertIn(("post", "/v1/posts"), private)
+        self.assertNotIn(("get", "/v1/posts/{post_id}"), private)
+        self.assertNotIn(("post", "/v1/sessions"), private)
+
+    def test_bodiesDocumented(self) -> None:
+        """
+        Operations with a body give its schema and list 400, 413 and 415.
+        """
+        for path, method, entry in self.operations():
+            if "requestBody" in entry:
+                schema = entry["requestBody"]["content"]["application/json"]["schema"]
+                self.assertFalse(schema["additionalProperties"], path)
+                for status in ["400", "413", "415"]:
+                    self.assertIn(status, entry["responses"], (method, path))
+
+    def test_priorities(self) -> None:
+        """
+        Logging in is high priority, listings low.
+        """
+        paths = self.document["paths"]
+        self.assertEqual(paths["/v1/sessions"]["post"]["x-priority"], "high")
+        self.assertEqual(paths["/v1/notifications"]["get"]["x-priority"], "low")
+        self.assertEqual(paths["/v1/posts"]["post"]["x-priority"], "normal")
+
+    def test_undeclaredRouteRefused(self) -> None:
+        """
+        A route without an operation cannot be documented, so it is refused.
+        """
+        from klein import Klein
+
+        class Sloppy(Gateway):
+            app = Klein()
+
+            @app.route("/undeclared")
+            def undeclared(self, request):
+                return b""
+
+        self.assertRaises(ValueError, openapiDocument, Sloppy(LocalBus(Clock()), Clock()))
