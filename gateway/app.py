@@ -136,7 +136,8 @@ class Gateway:
         if op.status == 204:
             return b""
         request.setHeader("Content-Type", "application/json")
-        return result if isinstance(result, bytes) else dumps(result)
+        # A final newline costs a byte and makes curl output readable.
+        return result if isinstance(result, bytes) else dumps(result) + b"\n"
 
     def call(
         self, request: IRequest, service: ServiceId, method: str, payload: Any
@@ -237,7 +238,7 @@ class Gateway:
         request.setHeader("Content-Type", "application/problem+json")
         for name, value in problem.headers.items():
             request.setHeader(name, value)
-        return problem.body(exchange.requestId)
+        return problem.body(exchange.requestId) + b"\n"
 
     # Accounts
 
@@ -529,7 +530,7 @@ class Gateway:
         if self._openapi is None:
             from .openapi import openapiDocument
 
-            self._openapi = dumps(openapiDocument(self))
+            self._openapi = dumps(openapiDocument(self)) + b"\n"
         return self._openapi
 
     @app.route("/healthz", methods=["GET"])

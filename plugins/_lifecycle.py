@@ -26,10 +26,9 @@ def exitOnFailure(reactor: Any, failure: Failure, what: str) -> None:
     (twistd itself would exit 0).
     """
     log.critical("{what} failed, stopping: {why}", what=what, why=failure.getErrorMessage())
-    if not reactor.running:
-        return
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-    reactor.stop()
+    # Services start before the reactor runs: stop it once it does.
+    reactor.callWhenRunning(reactor.stop)
 
 
 class ListeningService(Service):

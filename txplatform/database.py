@@ -239,9 +239,6 @@ class SQLiteDatabase(_AdbapiDatabase):
     _driverIntegrityError = sqlite3.IntegrityError
 
     def __init__(self, path: str, reactor: Any = None) -> None:
-        if path != ":memory:":
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
         pool = adbapi.ConnectionPool(
             "sqlite3",
             path,
@@ -253,6 +250,16 @@ class SQLiteDatabase(_AdbapiDatabase):
         )
         super().__init__(pool, f"sqlite:{path}")
         self.path = path
+
+    def start(self) -> None:
+        """
+        Create the file's directory if need be, and start the pool.
+
+        @raise OSError: the directory cannot be created.
+        """
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        super().start()
 
     @staticmethod
     def _configure(connection: sqlite3.Connection) -> None:

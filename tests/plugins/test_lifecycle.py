@@ -1,0 +1,94 @@
+"""
+Tests for L{plugins._lifecycle}.
+"""
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from plugins._lifecycle import ListeningService, ReadinessGate
+
+
+class FakeReactor:
+    def __init__(self) -> None:
+        self.triggers: list[tuple] = []
+        self.stopped = False
+        self.whenRunning: list[Any] = []
+
+    def callWhenRunning(self, f: Any) -> None:
+        self.whenRunning.append(f)
+
+    def run(self) -> None:
+        for f in self.whenRunning:
+            f()
+
+    def addSystemEventTrigger(self, phase: str, event: str, f: Any, *args: Any) -> None:
+        self.triggers.append((phase, event, f, args))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class Ready(Service):
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def whenStarted(self) -> Deferred[None]:
+        return self.result
+
+
+class ReadinessGateTests(SynchronousTestCase):
+    def test_waits(self) -> None:
+        """
+        The gated service starts only once everything before it is ready,
+        and stops with the gate.
+        """
+        first: Deferred[None] = Deferred()
+        then = Service()
+        gate = ReadinessGate(FakeReactor(), [Ready(first), Ready(succeed(None))], then)
+        gate.startService()
+        self.assertFalse(then.running)
+        first.callback(None)
+        self.assertTrue(then.running)
+        gate.stopService()
+        self.assertFalse(then.running)
+
+    def test_failure(self) -> None:
+        """
+        When a service cannot start, the process stops and will exit 1.
+        """
+        fake = FakeReactor()
+        then = Service()
+        gate = ReadinessGate(fake, [Ready(fail(RuntimeError("database missing")))], then)
+        with capturedLogs() as events:
+            gate.startService()
+        self.assertFalse(then.running)
+        self.assertFalse(fake.stopped)
+        fake.run()
+        self.assertTrue(fake.stopped)
+        [(phase, event, f, args)] = fake.triggers
+        self.assertEqual((phase, event, args), ("after", "shutdown", (1,)))
+        [critical] = [e for e in events if e["log_level"] == LogLevel.critical]
+        self.assertEqual(critical["why"], "database missing")
+
+
+class ListeningServiceTests(TestCase):
+    @inlineCallbacks
+    def test_listens(self) -> Any:
+        """
+        The service listens on its endpoint string, logs the address it got
+        and stops listening when stopped.
+        """
+        service = ListeningService(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol), "Test")
+        with capturedLogs() as events:
+            service.startService()
+        self.assertEqual(service.address.host, "127.0.0.1")
+        [event] = [e for e in events if e.get("label") == "Test"]
+        self.assertEqual(event["port"], service.address.port)
+        yield service.stopService()
+        self.assertIsNone(service._port)

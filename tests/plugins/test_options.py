@@ -1,0 +1,142 @@
+"""
+Tests for the twistd plugins: the dropin and each command's options.
+"""
+
+from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from plugins import account, allinone, gateway, notify, post
+
+COMMANDS = {
+    "txplatform": allinone,
+    "gateway": gateway,
+    "account": account,
+    "post": post,
+    "notify": notify,
+}
+
+
+class DropinTests(SynchronousTestCase):
+    def test_everyCommand(self) -> None:
+        """
+        twistd finds a service maker for every command, each naming its module.
+        """
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker) if m.tapname in COMMANDS}
+        self.assertEqual(set(makers), set(COMMANDS))
+        for name, maker in makers.items():
+            verifyObject(IServiceMaker, maker)
+            self.assertTrue(IPlugin.providedBy(maker))
+            self.assertIs(maker.options, COMMANDS[name].Options)
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, module, *args: str) -> usage.Options:
+        options = module.Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_help(self) -> None:
+        """
+        Every command describes its options.
+        """
+        for module in COMMANDS.values():
+            text = str(module.Options())
+            self.assertIn("--", text)
+            self.assertTrue(module.Options.longdesc)
+
+    def test_defaults(self) -> None:
+        """
+        With no options, each command runs on its embedded defaults.
+        """
+        self.assertEqual(self.parse(allinone)["listen"], "tcp:8080")
+        self.assertEqual(self.parse(allinone)["data-dir"], "var")
+        self.assertEqual(self.parse(account)["db"], "sqlite:var/account.sqlite")
+        self.assertEqual(self.parse(post)["db"], "sqlite:var/post.sqlite")
+        self.assertEqual(self.parse(notify)["bus"], "local:")
+        self.assertEqual(self.parse(gateway)["call-timeout"], 5.0)
+        self.assertEqual(self.parse(gateway)["max-body-size"], 65536)
+
+    def test_databases(self) -> None:
+        """
+        --db takes SQLite paths and PostgreSQL URLs, and nothing else.
+        """
+        self.parse(account, "--db", "postgresql://u@h/d")
+        self.parse(post, "--db", "sqlite:/tmp/p.sqlite")
+        for module in [account, post, notify]:
+            error = self.assertRaises(usage.UsageError, self.parse, module, "--db", "mysql://x")
+            self.assertIn("sqlite:PATH", str(error))
+
+    def test_bus(self) -> None:
+        """
+        --bus takes the buses this release has.
+        """
+        for module in [account, post, notify, gateway]:
+            self.parse(module, "--bus", "local:")
+            self.assertRaises(usage.UsageError, self.parse, module, "--bus", "carrier-pigeon:")
+
+    def test_positive(self) -> None:
+        """
+        Durations and sizes must be positive numbers.
+        """
+        self.assertRaises(usage.UsageError, self.parse, gateway, "--call-timeout", "0")
+        self.assertRaises(usage.UsageError, self.parse, gateway, "--max-body-size", "-1")
+        self.assertRaises(usage.UsageError, self.parse, account, "--session-lifetime", "0")
+        self.assertRaises(usage.UsageError, self.parse, allinone, "--argon2-memory-cost", "0")
+        self.assertRaises(usage.UsageError, self.parse, gateway, "--call-timeout", "soon")
+
+    def test_allInOneDatabases(self) -> None:
+        """
+        The all-in-one gives each service its own SQLite file, or its own
+        schema of one PostgreSQL database.
+        """
+        options = self.parse(allinone, "--data-dir", "/srv/tx")
+        self.assertEqual(options.databaseURL("post"), "sqlite:/srv/tx/post.sqlite")
+        options = self.parse(allinone, "--db", "postgresql://u@h/d?sslmode=disable")
+        self.assertEqual(options.databaseURL("notify"), "postgresql://u@h/d?sslmode=disable&schema=notify")
+        options = self.parse(allinone, "--db", "postgresql://u@h/d")
+        self.assertEqual(options.databaseURL("account"), "postgresql://u@h/d?schema=account")
+        self.assertRaises(usage.UsageError, self.parse, allinone, "--db", "sqlite:x")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_allInOne(self) -> None:
+        """
+        The all-in-one process holds the bus, the three services and the
+        gate that opens the HTTP port once they are ready.
+        """
+        options = allinone.Options()
+        options.parseOptions(["--data-dir", self.mktemp()])
+        service = allinone.makeService(options, reactor=MemoryReactorClock())
+        verifyObject(IService, service)
+        names = [type(s).__name__ for s in service]
+        self.assertEqual(
+            names, ["LocalBus", "AccountService", "PostService", "NotifyService", "ReadinessGate"]
+        )
+        for child in list(service)[1:4]:
+            self.addCleanup(child.database.close)
+
+    def test_single(self) -> None:
+        """
+        A service's own command runs the bus and that service.
+        """
+        for module, expected in [(account, "AccountService"), (post, "PostService"), (notify, "NotifyService")]:
+            options = module.Options()
+            options.parseOptions(["--db", f"sqlite:{self.mktemp()}/db.sqlite"])
+            service = module.makeService(options, reactor=MemoryReactorClock())
+            self.assertIsInstance(service, MultiService)
+            children = list(service)
+            self.assertEqual(type(children[1]).__name__, expected)
+            self.addCleanup(children[1].database.close)
+
+    def test_gateway(self) -> None:
+        """
+        The gateway's command runs the bus and the listener.
+        """
+        options = gateway.Options()
+        options.parseOptions(["--listen", "tcp:0"])
+        service = gateway.makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual([type(s).__name__ for s in service], ["LocalBus", "ListeningService"])

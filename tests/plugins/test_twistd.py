@@ -1,0 +1,246 @@
+"""
+Tests that run C{twistd} as a separate process, as users do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from ..support import eventually, inCI
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_LISTENING = re.compile(rb"Gateway listening on .*port=(\d+)")
+
+
+class Twistd(ProcessProtocol):
+    """
+    A twistd process: its output, the port its gateway bound, its exit.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.listening: Deferred[int] = Deferred()
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = _LISTENING.search(self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        code = reason.value.exitCode
+        self.signal = reason.value.signal
+        if not self.listening.called:
+            self.listening.errback(
+                AssertionError(f"twistd exited ({code}) before listening:\n{self.output.decode()}")
+            )
+        self.ended.callback(code)
+
+
+class TwistdTestCase(TestCase):
+    timeout = 120
+
+    def spawn(self, *arguments: str, cwd: str | None = None) -> Twistd:
+        """
+        Start C{twistd -n ARGUMENTS} from this checkout; it is killed at the
+        end of the test if it is still running.
+        """
+        process = Twistd()
+        env = dict(os.environ, PYTHONPATH=CHECKOUT, PYTHONUNBUFFERED="1")
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            *arguments,
+        ]
+        transport = reactor.spawnProcess(process, sys.executable, argv, env=env, path=cwd)
+
+        def kill() -> Any:
+            if process.ended.called:
+                return None
+            transport.signalProcess("KILL")
+            return process.ended
+
+        self.addCleanup(kill)
+        process.transport = transport
+        return process
+
+    def client(self) -> HTTPClient:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        return HTTPClient(Agent(reactor, pool=pool))
+
+
+class AllInOneProcessTests(TwistdTestCase):
+    @inlineCallbacks
+    def call(self, http: HTTPClient, port: int, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        headers = {}
+        if token:
+            headers["Authorization"] = [f"Bearer {token}"]
+        response = yield http.request(
+            method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers
+        )
+        content = yield response.content()
+        return response.code, (json.loads(content) if content else None)
+
+    @inlineCallbacks
+    def test_serves(self) -> Any:
+        """
+        C{twistd -n txplatform} serves the API over HTTP from its data
+        directory, stops cleanly on SIGTERM, and finds its data again when
+        started anew.
+        """
+        dataDir = os.path.abspath(self.mktemp())
+        arguments = ["txplatform", "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", dataDir]
+        process = self.spawn(*arguments)
+        port = yield process.listening
+        http = self.client()
+        code, health = yield self.call(http, port, "GET", "/healthz")
+        self.assertEqual((code, health), (200, {"status": "ok"}))
+        for name in ["alice", "bob"]:
+            code, _ = yield self.call(
+                http,
+                port,
+                "POST",
+                "/v1/accounts",
+                {"username": name, "email": f"{name}@example.com", "password": "correct horse"},
+            )
+            self.assertEqual(code, 201)
+        tokens = {}
+        for name in ["alice", "bob"]:
+            code, session = yield self.call(
+                http, port, "POST", "/v1/sessions", {"username": name, "password": "correct horse"}
+            )
+            self.assertEqual(code, 201)
+            tokens[name] = session["token"]
+        code, _ = yield self.call(http, port, "PUT", "/v1/me/following/alice", token=tokens["bob"])
+        self.assertEqual(code, 204)
+        code, post = yield self.call(
+            http, port, "POST", "/v1/posts", {"body": "hello @bob"}, token=tokens["alice"]
+        )
+        self.assertEqual(code, 201)
+
+        @inlineCallbacks
+        def notified() -> Any:
+            code, page = yield self.call(http, port, "GET", "/v1/notifications", token=tokens["bob"])
+            return page["items"]
+
+        [notification] = yield eventually(notified, timeout=10)
+        self.assertEqual((notification["kind"], notification["post_id"]), ("mention", post["id"]))
+
+        process.transport.signalProcess("TERM")
+        yield process.ended
+        # twistd shuts down cleanly, then ends itself with the signal it got
+        # so that its exit status tells a supervisor why it stopped.
+        self.assertEqual(process.signal, signal.SIGTERM, process.output.decode())
+        self.assertIn(b"Server Shut Down.", process.output)
+        self.assertNotIn(b"Traceback", process.output)
+        self.assertEqual(
+            sorted(f for f in os.listdir(dataDir) if f.endswith(".sqlite")),
+            ["account.sqlite", "notify.sqlite", "post.sqlite"],
+        )
+
+        again = self.spawn(*arguments)
+        port = yield again.listening
+        code, body = yield self.call(http, port, "GET", f"/v1/posts/{post['id']}")
+        self.assertEqual((code, body), (200, post))
+        code, _ = yield self.call(http, port, "GET", "/v1/me", token=tokens["alice"])
+        self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_cannotStart(self) -> Any:
+        """
+        A data directory that cannot be created stops the process with exit
+        status 1 and a clear reason.
+        """
+        blocker = os.path.abspath(self.mktemp())
+        with open(blocker, "w") as f:
+            f.write("a file, not a directory")
+        process = self.spawn("txplatform", "--listen", "tcp:0", "--data-dir", os.path.join(blocker, "var"))
+        self.assertFailure(process.listening, AssertionError)
+        code = yield process.ended
+        self.assertEqual(code, 1)
+        self.assertIn(b"Not a directory", process.output)
+
+    @inlineCallbacks
+    def test_portTaken(self) -> Any:
+        """
+        A port already in use stops the process with exit status 1.
+        """
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        process = self.spawn(
+            "txplatform",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            os.path.abspath(self.mktemp()),
+        )
+        self.assertFailure(process.listening, AssertionError)
+        code = yield process.ended
+        self.assertEqual(code, 1)
+        self.assertIn(b"Address already in use", process.output)
+
+
+class InstalledCommandsTests(TestCase):
+    """
+    After C{pip install .}, the commands are twistd's.
+    """
+
+    timeout = 60
+
+    def test_help(self) -> None:
+        """
+        The installed twistd lists every command, and each has --help.
+        """
+        twistd = shutil.which("twistd", path=os.path.dirname(sys.executable))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        installed = subprocess.run(
+            [sys.executable, "-c", "import txplatform, plugins, services, gateway"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+        )
+        if twistd is None or installed.returncode != 0:
+            reason = "txplatform is not installed here (pip install . first)"
+            if inCI():
+                raise AssertionError(reason)
+            raise SkipTest(reason)
+        listing = subprocess.run(
+            [twistd, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        for command in ["txplatform", "gateway", "account", "post", "notify"]:
+            self.assertRegex(listing.stdout, rf"\n\s+{command}\s")
+            helped = subprocess.run(
+                [twistd, command, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
+            )
+            self.assertEqual(helped.returncode, 0, helped.stderr)
+            self.assertIn("--", helped.stdout)
+
+
