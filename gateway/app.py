@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from typing import Any, Callable
 
 from attrs import frozen
 from klein import Klein
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from txplatform.codec import dumps
-from txplatform.context import Origin, Priority
+from txplatform.context import Origin, Priority, newMessageId
 from txplatform.errors import InvalidArgument, NotFound, ServiceError, Unauthenticated
 from txplatform.interfaces import IBus
 from txplatform.messages import fromPayload, fromQuery, toPayload
@@ -59,15 +58,19 @@ class Principal:
     session_id: str
 
 
-@frozen
 class _Exchange:
     """
-    What the gateway keeps about one HTTP request.
+    What the gateway keeps about one HTTP request (a plain slotted class:
+    one is made per request).
     """
 
-    requestId: str
-    deadline: float
-    priority: Priority
+    __slots__ = ("requestId", "deadline", "priority", "origin")
+
+    def __init__(self, requestId: str, deadline: float, priority: Priority) -> None:
+        self.requestId = requestId
+        self.deadline = deadline
+        self.priority = priority
+        self.origin = Origin(GATEWAY_ID, requestId, deadline)
 
 
 def _reject(name: str) -> Any:
@@ -112,26 +115,49 @@ class Gateway:
         exchange = getattr(request, "_txplatformExchange", None)
         if exchange is None:
             given = request.getHeader("x-request-id")
-            requestId = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+            requestId = given if given and _REQUEST_ID.match(given) else newMessageId()
             exchange = _Exchange(requestId, self.clock.seconds() + self.callTimeout, priority)
             request._txplatformExchange = exchange  # type: ignore[attr-defined]
             request.setHeader("X-Request-Id", requestId)
         return exchange
 
-    @inlineCallbacks
     def runOperation(
         self, op: Operation, f: Callable[..., Any], request: IRequest, path: dict[str, Any]
     ) -> Any:
+        """
+        Run operation C{op}'s handler C{f} for C{request}: authenticate,
+        parse, call, render.  (Plain callbacks rather than inlineCallbacks:
+        this runs for every request.)
+        """
         self._exchange(request, op.priority)
-        kwargs = dict(path)
         if op.auth:
             request.setHeader("Cache-Control", "no-store")
-            kwargs["principal"] = yield self._authenticate(request)
+            d = self._authenticate(request)
+            return d.addCallback(self._proceed, op, f, request, path)
+        return self._proceed(None, op, f, request, path)
+
+    def _proceed(
+        self,
+        principal: Principal | None,
+        op: Operation,
+        f: Callable[..., Any],
+        request: IRequest,
+        path: dict[str, Any],
+    ) -> Any:
+        kwargs = dict(path)
+        if principal is not None:
+            kwargs["principal"] = principal
         if op.body is not None:
             kwargs["body"] = self._parseBody(request, op.body)
         if op.query is not None:
             kwargs["query"] = fromQuery(op.query, self._queryArguments(request))
-        result = yield f(self, request, **kwargs)
+        result = f(self, request, **kwargs)
+        if isinstance(result, Deferred):
+            return result.addCallback(self._render, request, op)
+        return self._render(result, request, op)
+
+    @staticmethod
+    def _render(result: Any, request: IRequest, op: Operation) -> bytes:
         request.setResponseCode(op.status)
         if op.status == 204:
             return b""
@@ -156,20 +182,23 @@ class Gateway:
             payload,
             timeout=max(remaining, 0.0),
             priority=exchange.priority,
-            origin=Origin(GATEWAY_ID, exchange.requestId, exchange.deadline),
+            origin=exchange.origin,
         )
 
-    @inlineCallbacks
-    def _authenticate(self, request: IRequest) -> Any:
+    def _authenticate(self, request: IRequest) -> Deferred[Principal]:
         header = request.getHeader("authorization")
         if not header:
-            raise Unauthenticated("this needs a token: send Authorization: Bearer <token>")
+            return fail(
+                Unauthenticated("this needs a token: send Authorization: Bearer <token>")
+            )
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not _TOKEN.match(token):
-            raise Unauthenticated("the Authorization header must be Bearer <token>")
-        session = yield self.call(request, account.SERVICE_ID, "verify_token", {"token": token})
-        return Principal(session["account_id"], session["username"], session["session_id"])
+            return fail(Unauthenticated("the Authorization header must be Bearer <token>"))
+        d = self.call(request, account.SERVICE_ID, "verify_token", {"token": token})
+        return d.addCallback(
+            lambda s: Principal(s["account_id"], s["username"], s["session_id"])
+        )
 
     def _parseBody(self, request: IRequest, messageType: type) -> Any:
         if getattr(request, "bodyTooLarge", False):

@@ -16,6 +16,7 @@ from twisted.python import usage
 from ._common import ARGON2, checkDatabase, checkPositive, makeDatabase, passwordHasher
 from .account import SESSION_LIFETIME
 from .gateway import CALL_TIMEOUT, LISTEN, MAX_BODY_SIZE, gatewayListener
+from .post import CACHE_SIZE, checkCacheSize
 
 SERVICES = ("account", "post", "notify")
 
@@ -34,10 +35,12 @@ class Options(usage.Options):
         CALL_TIMEOUT,
         MAX_BODY_SIZE,
         SESSION_LIFETIME,
+        CACHE_SIZE,
         *ARGON2,
     ]
 
     def postOptions(self) -> None:
+        checkCacheSize(self)
         if self["db"] is not None:
             checkDatabase(self["db"])
             if self["db"].startswith("sqlite:"):
@@ -85,7 +88,12 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             passwordHasher(options, reactor),
             sessionLifetime=options["session-lifetime"],
         ),
-        PostService(bus, makeDatabase(options.databaseURL("post"), reactor), reactor),
+        PostService(
+            bus,
+            makeDatabase(options.databaseURL("post"), reactor),
+            reactor,
+            cacheSize=options["post-cache-size"],
+        ),
         NotifyService(bus, makeDatabase(options.databaseURL("notify"), reactor), reactor),
     ]
     for service in services:

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.plugins.test_options -*-
 """
-C{twistd post}: one replica of the Post service: create, read, list and delete posts.
+C{twistd post}: one replica of the Post service: create, read, list and
+delete posts.
 """
 
 from __future__ import annotations
@@ -11,18 +12,38 @@ from twisted.python import usage
 
 from ._common import BUS, checkBus, checkDatabase, serviceProcess
 
+CACHE_SIZE = [
+    "post-cache-size",
+    None,
+    4096,
+    "Post views each replica keeps in memory (0: none).",
+    int,
+]
+
+
+def checkCacheSize(options: usage.Options) -> None:
+    if options["post-cache-size"] < 0:
+        raise usage.UsageError("--post-cache-size cannot be negative")
+
 
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run one replica of the Post service: create, read, list and delete posts."
     optParameters = [
         BUS,
-        ["db", None, "sqlite:var/post.sqlite", "Database: sqlite:PATH or postgresql://user@host:port/dbname."],
+        [
+            "db",
+            None,
+            "sqlite:var/post.sqlite",
+            "Database: sqlite:PATH or postgresql://user@host:port/dbname.",
+        ],
+        CACHE_SIZE,
     ]
 
     def postOptions(self) -> None:
         checkBus(self)
         checkDatabase(self["db"])
+        checkCacheSize(self)
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:
@@ -31,5 +52,9 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from services.post.service import PostService
 
     return serviceProcess(
-        options, reactor, lambda bus, database: PostService(bus, database, reactor)
+        options,
+        reactor,
+        lambda bus, database: PostService(
+            bus, database, reactor, cacheSize=options["post-cache-size"]
+        ),
     )

@@ -346,6 +346,25 @@ class EventTests(BusTestMixin, SynchronousTestCase):
         self.assertEqual(got["b"], list(range(6)))
         self.assertEqual(got["other"], [])
 
+    def test_private(self) -> None:
+        """
+        Private subscriptions each get every event published while they
+        exist, beside the groups; their queue goes when they stop.
+        """
+        got: dict[str, list[int]] = {"a": [], "b": [], "group": []}
+        a = self.subscribe("post.*", lambda p, c: got["a"].append(p["n"]), None)
+        self.subscribe("post.*", lambda p, c: got["b"].append(p["n"]), None)
+        self.subscribe("post.*", lambda p, c: got["group"].append(p["n"]), "g")
+        self.bus.publish("post.deleted", {"n": 1})
+        self.turn()
+        self.assertEqual(got, {"a": [1], "b": [1], "group": [1]})
+        queues = len(self.bus._events)
+        self.successResultOf(a.stop())
+        self.assertEqual(len(self.bus._events), queues - 1)
+        self.bus.publish("post.deleted", {"n": 2})
+        self.turn()
+        self.assertEqual(got, {"a": [1], "b": [1, 2], "group": [1, 2]})
+
     def test_context(self) -> None:
         """
         Handlers learn the event's id, name, source and trace.

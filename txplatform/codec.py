@@ -25,13 +25,17 @@ def _reject(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One encoder and one decoder for the process: json.dumps and json.loads
+# build a new one on every call when given options.
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_decoder = json.JSONDecoder(parse_constant=_reject)
+
+
 def dumps(value: Any) -> bytes:
     """
     Compact UTF-8 JSON.
     """
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return _encoder.encode(value).encode("utf-8")
 
 
 def loads(data: bytes | str) -> Any:
@@ -40,8 +44,7 @@ def loads(data: bytes | str) -> Any:
 
     @raise ValueError: C{data} is not (UTF-8) JSON.
     """
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
-    return json.loads(text, parse_constant=_reject)
+    return _decoder.decode(data.decode("utf-8") if isinstance(data, bytes) else data)
 
 
 @implementer(IPayloadCodec)

@@ -87,12 +87,17 @@ class IBus(Interface):
         @return: A Deferred firing with an L{ISubscription}.
         """
 
-    def subscribe(pattern, handler, group, prefetch=None):
+    def subscribe(pattern, handler, group=None, prefetch=None):
         """
         Handle events matching C{pattern} (AMQP topic syntax: C{*} is one
         word, C{#} zero or more) as a member of C{group}.
 
         @param handler: A callable taking C{(payload, EventContext)}.
+        @param group: The consumer group whose members share the events; its
+            queue lasts while members come and go.  C{None} makes a private
+            subscription instead: it gets every matching event published
+            while it exists (each replica its own copy, as for cache
+            invalidation), and its queue goes when it stops.
         @return: A Deferred firing with an L{ISubscription}.
         """
 

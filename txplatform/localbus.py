@@ -112,10 +112,15 @@ class _Worker:
                 d.callback(None)
         self._queue.wake()
 
+    #: Called once the worker stops taking work (private queues go then).
+    onStop: Callable[[], object] | None = None
+
     def stop(self) -> Deferred[None]:
         if not self.stopping:
             self.stopping = True
             self._queue.removeWorker(self)
+            if self.onStop is not None:
+                self.onStop()
         if not self.inflight:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -212,9 +217,21 @@ class _CallWorker(_Worker):
             deadline=call.deadline,
             priority=call.priority,
         )
-        d = maybeDeferred(self._invoke, call, context)
-        d.addCallbacks(self._succeeded, self._failed, (call,), None, (call,), None)
-        d.addBoth(lambda _: self.finished())
+        try:
+            result = self._invoke(call, context)
+        except BaseException:
+            self._failed(Failure(), call)
+            self.finished()
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(self._succeeded, self._failed, (call,), None, (call,), None)
+            result.addBoth(self._finished)
+        else:
+            self._succeeded(result, call)
+            self.finished()
+
+    def _finished(self, _: object) -> None:
+        self.finished()
 
     def _invoke(self, call: _PendingCall, context: CallContext) -> Any:
         handler = self._handlers.get(call.method)
@@ -483,18 +500,23 @@ class LocalBus(Service):
         self,
         pattern: str,
         handler: Callable[[Any, EventContext], Any],
-        group: str,
+        group: str | None = None,
         prefetch: int | None = None,
     ) -> Deferred[ISubscription]:
         try:
             checkPattern(pattern)
         except ValueError:
             return fail()
+        private = group is None
+        if private:
+            group = f"~{newMessageId()}"
         key = (group, pattern)
         queue = self._events.get(key)
         if queue is None:
             queue = self._events[key] = _EventQueue(self, group, pattern)
         worker = _EventWorker(queue, handler, prefetch or self._eventPrefetch)
+        if private:
+            worker.onStop = lambda: self._events.pop(key, None)
         queue.addWorker(worker)
         return succeed(worker)
 

@@ -12,6 +12,7 @@ JSON payload (L{fromPayload}), the payload it is turned back into
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Callable, TypeVar
 
 from attrs import NOTHING, Attribute, field, fields, frozen
@@ -221,28 +222,36 @@ def fromPayload(cls: type[T], payload: object) -> T:
     """
     if not isinstance(payload, dict):
         raise InvalidArgument.forFields([("", "expected a JSON object")])
-    declared = fields(cls)  # type: ignore[arg-type]
-    known = {a.name for a in declared}
+    known, plan = _plan(cls)
     errors = [(key, "is not a known field") for key in payload if key not in known]
     values = {}
-    for attribute in declared:
-        spec = _spec(attribute)
-        if attribute.name not in payload:
-            if attribute.default is NOTHING:
-                errors.append((attribute.name, "is required"))
+    for name, spec, required in plan:
+        if name not in payload:
+            if required:
+                errors.append((name, "is required"))
             continue
-        value = payload[attribute.name]
+        value = payload[name]
         if value is None and spec.nullable:
-            values[attribute.name] = None
+            values[name] = None
             continue
         reason = spec.check(value)
         if reason is not None:
-            errors.append((attribute.name, reason))
+            errors.append((name, reason))
         else:
-            values[attribute.name] = value
+            values[name] = value
     if errors:
         raise InvalidArgument.forFields(errors)
     return cls(**values)
+
+
+@lru_cache(maxsize=None)
+def _plan(cls: type) -> tuple[frozenset[str], tuple[tuple[str, _Spec, bool], ...]]:
+    """
+    What L{fromPayload} checks for C{cls}, worked out once per class.
+    """
+    declared = fields(cls)
+    plan = tuple((a.name, _spec(a), a.default is NOTHING) for a in declared)
+    return frozenset(a.name for a in declared), plan
 
 
 def fromQuery(cls: type[T], query: dict[str, str]) -> T:

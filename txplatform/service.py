@@ -63,6 +63,7 @@ class _HandlerSpec:
     eventType: type
     group: str | None
     function: Callable[..., Any]
+    private: bool = False
 
 
 def rpc(requestType: type, *, name: str | None = None) -> Callable[[Callable], Callable]:
@@ -82,7 +83,7 @@ def rpc(requestType: type, *, name: str | None = None) -> Callable[[Callable], C
 
 
 def handles(
-    pattern: str, eventType: type, *, group: str | None = None
+    pattern: str, eventType: type, *, group: str | None = None, private: bool = False
 ) -> Callable[[Callable], Callable]:
     """
     Declare a handler of events matching C{pattern}, each parsed as an
@@ -90,11 +91,16 @@ def handles(
 
     @param group: The consumer group; by default the service's name, so the
         replicas of a service share its events.
+    @param private: Every replica gets every event, through a subscription
+        of its own that lasts as long as the replica (for state each replica
+        keeps, such as a cache).
     """
     checkPattern(pattern)
+    if private and group is not None:
+        raise ValueError("a private handler has no group")
 
     def decorator(function: Callable) -> Callable:
-        setattr(function, _HANDLER, _HandlerSpec(pattern, eventType, group, function))
+        setattr(function, _HANDLER, _HandlerSpec(pattern, eventType, group, function, private))
         return function
 
     return decorator
@@ -164,7 +170,7 @@ class BusService(Service):
                     yield self.bus.subscribe(
                         spec.pattern,
                         self._eventHandler(spec),
-                        spec.group or self.name,
+                        None if spec.private else spec.group or self.name,
                         prefetch=self.eventPrefetch,
                     )
                 )
@@ -220,9 +226,10 @@ class BusService(Service):
 
     def _callHandler(self, spec: _RpcSpec) -> Callable[[Any, CallContext], Any]:
         def handle(payload: Any, context: CallContext) -> Any:
-            request = fromPayload(spec.requestType, payload)
-            d = maybeDeferred(spec.function, self, request, context)
-            return d.addCallback(_asPayload)
+            result = spec.function(self, fromPayload(spec.requestType, payload), context)
+            if isinstance(result, Deferred):
+                return result.addCallback(_asPayload)
+            return _asPayload(result)
 
         return handle
 

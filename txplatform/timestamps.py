@@ -6,7 +6,7 @@ RFC 3339 UTC strings with millisecond precision.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import time
 
 __all__ = ["formatMillis", "nowMillis"]
 
@@ -15,8 +15,16 @@ def formatMillis(millis: int) -> str:
     """
     C{1700000000123} -> C{"2023-11-14T22:13:20.123Z"}.
     """
-    moment = datetime.fromtimestamp(millis // 1000, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
+    t = time.gmtime(millis // 1000)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+        t.tm_year,
+        t.tm_mon,
+        t.tm_mday,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+        millis % 1000,
+    )
 
 
 def nowMillis(clock: object) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
+from txplatform.batching import BatchLoader
 from txplatform.database import Migration, UniqueViolation
 from txplatform.errors import Conflict, InvalidArgument, NotFound
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
@@ -107,6 +108,11 @@ class AccountStore:
         self._database = database
         self._fields = fields
         self._outbox = outbox
+        # Every authenticated request checks a token: concurrent checks
+        # share database round trips.
+        self._sessions: BatchLoader[bytes, SessionRow] = BatchLoader(
+            self._sessionsByHash, maxInFlight=1 if database.dialect == "sqlite" else 4
+        )
 
     # Field handling (runs in the database thread)
 
@@ -320,24 +326,29 @@ class AccountStore:
         """
         The unexpired session whose token hashes to C{tokenHash}.
         """
-        return self._database.runInteraction(self._session, tokenHash, now)
+        d = self._sessions.get(tokenHash)
+        return d.addCallback(lambda s: s if s is not None and s.expires_at > now else None)
 
-    def _session(self, t: ITransaction, tokenHash: bytes, now: int) -> SessionRow | None:
-        row = t.execute(
-            "SELECT s.id, s.account_id, a.username, s.expires_at FROM account_sessions s"
-            " JOIN accounts a ON a.id = s.account_id"
-            " WHERE s.token_hash = ? AND s.expires_at > ?",
-            (tokenHash, now),
-        ).fetchone()
-        if row is None:
-            return None
-        sessionId, accountId, username, expiresAt = row
-        return SessionRow(
-            id=sessionId,
-            account_id=accountId,
-            username=self._fields.open("accounts", "username", accountId, bytes(username)),
-            expires_at=expiresAt,
-        )
+    def _sessionsByHash(self, hashes: list[bytes]) -> Deferred[dict[bytes, SessionRow]]:
+        return self._database.runInteraction(self._selectSessions, hashes)
+
+    def _selectSessions(self, t: ITransaction, hashes: list[bytes]) -> dict[bytes, SessionRow]:
+        marks = ", ".join("?" * len(hashes))
+        rows = t.execute(
+            "SELECT s.token_hash, s.id, s.account_id, a.username, s.expires_at"
+            " FROM account_sessions s JOIN accounts a ON a.id = s.account_id"
+            f" WHERE s.token_hash IN ({marks})",
+            hashes,
+        ).fetchall()
+        return {
+            bytes(tokenHash): SessionRow(
+                id=sessionId,
+                account_id=accountId,
+                username=self._fields.open("accounts", "username", accountId, bytes(username)),
+                expires_at=expiresAt,
+            )
+            for tokenHash, sessionId, accountId, username, expiresAt in rows
+        }
 
     def deleteSession(self, sessionId: str) -> Deferred[None]:
         return self._database.runOperation(

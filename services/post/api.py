@@ -14,6 +14,9 @@ SERVICE_ID = ServiceId.fromHex("010002")
 
 POST_CREATED = "post.created"
 POST_DELETED = "post.deleted"
+#: Every post of an author is gone (their account was deleted); published
+#: after the rows are deleted.
+POSTS_PURGED = "post.purged"
 
 BODY_MAX = 5000
 
@@ -73,4 +76,9 @@ class PostCreated:
 @message
 class PostDeleted:
     post_id: str = postIdField()
+    author_id: str = accountIdField()
+
+
+@message
+class PostsPurged:
     author_id: str = accountIdField()

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
+from txplatform.batching import BatchLoader
 from txplatform.database import Migration
 from txplatform.errors import NotFound, PermissionDenied
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
@@ -69,6 +70,10 @@ class PostStore:
         self._database = database
         self._fields = fields
         self._outbox = outbox
+        # Reading posts is the hot path: concurrent reads share round trips.
+        self._loader: BatchLoader[str, PostRow] = BatchLoader(
+            self._getMany, maxInFlight=1 if database.dialect == "sqlite" else 4
+        )
 
     def _post(self, row: Sequence[Any]) -> PostRow:
         postId, authorId, authorUsername, body, createdAt = row
@@ -115,11 +120,15 @@ class PostStore:
         return post
 
     def get(self, postId: str) -> Deferred[PostRow | None]:
-        return self._database.runInteraction(self._get, postId)
+        return self._loader.get(postId)
 
-    def _get(self, t: ITransaction, postId: str) -> PostRow | None:
-        row = t.execute(f"SELECT {_COLUMNS} FROM posts WHERE id = ?", (postId,)).fetchone()
-        return self._post(row) if row is not None else None
+    def _getMany(self, postIds: list[str]) -> Deferred[dict[str, PostRow]]:
+        return self._database.runInteraction(self._selectMany, postIds)
+
+    def _selectMany(self, t: ITransaction, postIds: list[str]) -> dict[str, PostRow]:
+        marks = ", ".join("?" * len(postIds))
+        rows = t.execute(f"SELECT {_COLUMNS} FROM posts WHERE id IN ({marks})", postIds).fetchall()
+        return {row[0]: self._post(row) for row in rows}
 
     def byAuthor(self, authorId: str, limit: int, before: str | None) -> Deferred[list[PostRow]]:
         """
@@ -165,4 +174,6 @@ class PostStore:
             " ON CONFLICT DO NOTHING",
             (authorId, now),
         )
-        return t.execute("DELETE FROM posts WHERE author_id = ?", (authorId,)).rowcount
+        count = t.execute("DELETE FROM posts WHERE author_id = ?", (authorId,)).rowcount
+        self._outbox.stage(t, api.POSTS_PURGED, {"author_id": authorId})
+        return count

@@ -87,6 +87,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, self.parse, account, "--session-lifetime", "0")
         self.assertRaises(usage.UsageError, self.parse, allinone, "--argon2-memory-cost", "0")
         self.assertRaises(usage.UsageError, self.parse, gateway, "--call-timeout", "soon")
+        self.assertRaises(usage.UsageError, self.parse, post, "--post-cache-size", "-1")
+        self.assertEqual(self.parse(allinone, "--post-cache-size", "0")["post-cache-size"], 0)
 
     def test_allInOneDatabases(self) -> None:
         """

@@ -4,14 +4,16 @@ Tests for the Post service, on SQLite and on PostgreSQL.
 
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
 
 from services.account import api as account
 from services.post import api
+from services.post.service import PostService
+from txplatform.database import PostgresDatabase, SQLiteDatabase
 from txplatform.errors import InvalidArgument, NotFound, PermissionDenied
 from txplatform.recordid import isRecordId
 
-from ..support import PostgresMixin, SQLiteMixin, eventually
+from ..support import POSTGRES_URL, PostgresMixin, SQLiteMixin, eventually
 from .harness import ServiceTestCase
 
 ALICE = "01aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -138,9 +140,133 @@ class PostTestsMixin:
         yield self.create("still here")
 
 
+    @inlineCallbacks
+    def test_purgedAnnounced(self) -> Any:
+        """
+        Once an author's posts are deleted, post.purged says so.
+        """
+        yield self.create("soon gone")
+        yield self.bus.publish(account.ACCOUNT_DELETED, {"account_id": ALICE, "username": "alice"})
+        [event] = yield self.recorder.waitFor(api.POSTS_PURGED)
+        self.assertEqual(event, {"author_id": ALICE})
+
+
+class PostCacheTestsMixin:
+    """
+    The cache of post views, with two replicas sharing one database.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        database = self.makeDatabase("post")
+        self.first = yield self.start(PostService(self.bus, database, self.clock))
+        self.second = yield self.start(PostService(self.bus, self.reopen(database), self.clock))
+
+    def read(self, replica: PostService, postId: str) -> Any:
+        return maybeDeferred(replica.get_post, api.GetPost(post_id=postId), None)
+
+    @inlineCallbacks
+    def created(self, body: str = "hello", author: str = ALICE) -> Any:
+        view = yield self.bus.call(
+            api.SERVICE_ID,
+            "create_post",
+            {"author_id": author, "author_username": "someone", "body": body},
+        )
+        return view
+
+    @inlineCallbacks
+    def test_servedFromCache(self) -> Any:
+        """
+        A post read once is served from memory the next time.
+        """
+        view = yield self.created()
+        first = yield self.read(self.first, view["id"])
+        queries = self.first.cache.misses
+        again = self.read(self.first, view["id"])
+        self.assertEqual(self.successResultOf(again), first)
+        self.assertEqual(first, view)
+        self.assertEqual((self.first.cache.hits, self.first.cache.misses), (1, queries))
+
+    @inlineCallbacks
+    def test_deletedOnThisReplica(self) -> Any:
+        """
+        The replica that deleted a post stops serving it at once.
+        """
+        view = yield self.created()
+        yield self.read(self.first, view["id"])
+        yield self.first.delete_post(api.DeletePost(post_id=view["id"], account_id=ALICE), None)
+        yield self.assertFailure(self.read(self.first, view["id"]), NotFound)
+
+    @inlineCallbacks
+    def test_deletedOnAnotherReplica(self) -> Any:
+        """
+        The other replicas stop serving a deleted post once post.deleted
+        reaches them.
+        """
+        view = yield self.created()
+        yield self.read(self.second, view["id"])
+        yield self.first.delete_post(api.DeletePost(post_id=view["id"], account_id=ALICE), None)
+
+        def gone() -> Any:
+            d = self.read(self.second, view["id"])
+            return d.addCallbacks(lambda _: False, lambda f: f.trap(NotFound) and True)
+
+        yield eventually(gone)
+
+    @inlineCallbacks
+    def test_readAcrossDeletion(self) -> Any:
+        """
+        A read under way while the post is deleted answers, but does not
+        leave the post in the cache.
+        """
+        view = yield self.created()
+        reading = self.read(self.second, view["id"])
+        self.second.cache.invalidate(view["id"])  # as post.deleted would
+        yield reading
+        self.assertIsNone(self.second.cache.get(view["id"]))
+
+    @inlineCallbacks
+    def test_authorPurged(self) -> Any:
+        """
+        Every replica forgets the posts of a deleted account once they are
+        deleted, and keeps the others.
+        """
+        gone = yield self.created("alice's")
+        kept = yield self.created("bob's", author=BOB)
+        for replica in (self.first, self.second):
+            yield self.read(replica, gone["id"])
+            yield self.read(replica, kept["id"])
+        yield self.bus.publish(account.ACCOUNT_DELETED, {"account_id": ALICE, "username": "alice"})
+
+        def forgotten() -> bool:
+            return all(
+                r.cache.get(gone["id"]) is None and r.cache.get(kept["id"]) is not None
+                for r in (self.first, self.second)
+            )
+
+        yield eventually(forgotten)
+        for replica in (self.first, self.second):
+            yield self.assertFailure(self.read(replica, gone["id"]), NotFound)
+
+
 class SQLitePostTests(SQLiteMixin, PostTestsMixin, ServiceTestCase):
     pass
 
 
 class PostgresPostTests(PostgresMixin, PostTestsMixin, ServiceTestCase):
     pass
+
+
+class SQLitePostCacheTests(SQLiteMixin, PostCacheTestsMixin, ServiceTestCase):
+    def reopen(self, database: Any) -> Any:
+        other = SQLiteDatabase(database.path)
+        self.addCleanup(other.close)
+        return other
+
+
+class PostgresPostCacheTests(PostgresMixin, PostCacheTestsMixin, ServiceTestCase):
+    def reopen(self, database: Any) -> Any:
+        other = PostgresDatabase(POSTGRES_URL, schema=database.schema)
+        self.addCleanup(other.close)
+        return other

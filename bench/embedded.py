@@ -1,0 +1,288 @@
+"""
+Benchmark of the embedded platform (twistd -n txplatform: in-process bus,
+SQLite) against Klein's hello world, measured in the same run.
+
+For each scenario (hello world, login, create a post, read a post, read
+notifications) at 1 and 16 concurrent clients, wrk drives the server for
+--duration seconds; the rounds interleave scenarios so that machine noise
+spreads over all of them, and the report gives medians over the rounds.
+It also reads the platform's resident memory when idle and after the load.
+
+    python bench/embedded.py [--duration 5] [--rounds 3] [--write docs/benchmarks.md]
+
+Needs wrk (Debian: apt install wrk) and txplatform importable (pip install .).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECKOUT = os.path.dirname(HERE)
+PASSWORD = "correct horse"
+BEGIN, END = "<!-- embedded:begin -->", "<!-- embedded:end -->"
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def waitForHTTP(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode} before answering {url}")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"no answer from {url} after {seconds}s")
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            content = response.read()
+            return response.status, json.loads(content) if content else None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def rss(pid: int) -> dict[str, float]:
+    """
+    Resident memory now and at its peak, MiB.
+    """
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parseWrk(output: str) -> dict[str, float]:
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        if not match:
+            raise ValueError(f"no {percent}% latency in wrk output:\n{output}")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socketErrors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "rps": float(rate.group(1)),
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socketErrors": socketErrors.group(1) if socketErrors else "",
+    }
+
+
+def luaScript(directory: str, name: str, method: str, body: Any, token: str | None) -> str:
+    lines = [f'wrk.method = "{method}"']
+    if body is not None:
+        lines.append(f"wrk.body = {json.dumps(json.dumps(body))}")
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
+    if token:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
+    path = os.path.join(directory, f"{name}.lua")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def runWrk(url: str, clients: int, duration: float, script: str | None) -> dict[str, float]:
+    threads = 1 if clients == 1 else 2
+    command = ["wrk", "--latency", f"-t{threads}", f"-c{clients}", f"-d{duration:g}s", "--timeout", "10s"]
+    if script:
+        command += ["-s", script]
+    result = subprocess.run(command + [url], capture_output=True, text=True, check=True)
+    return parseWrk(result.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per scenario")
+    parser.add_argument("--write", help="replace the embedded section of this markdown file")
+    parser.add_argument(
+        "--only", action="append", help="run only scenarios whose name contains this (repeatable)"
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("this benchmark needs wrk (Debian: apt install wrk)")
+
+    work = tempfile.mkdtemp(prefix="txplatform-bench-")
+    helloPort, platformPort = freePort(), freePort()
+    logs = open(os.path.join(work, "servers.log"), "w")
+    hello = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "klein_hello.py"), str(helloPort)], stdout=logs, stderr=logs
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "txplatform",
+            "--listen",
+            f"tcp:{platformPort}:interface=127.0.0.1",
+            "--data-dir",
+            os.path.join(work, "var"),
+        ],
+        stdout=logs,
+        stderr=logs,
+    )
+    try:
+        helloURL = f"http://127.0.0.1:{helloPort}/"
+        api = f"http://127.0.0.1:{platformPort}"
+        waitForHTTP(helloURL, hello)
+        waitForHTTP(api + "/healthz", server)
+        time.sleep(2)
+        idle = rss(server.pid)
+
+        # Data: a reader with notifications, an author, a post to read.
+        for name in ["author", "reader"]:
+            status, _ = http(
+                "POST",
+                api + "/v1/accounts",
+                {"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+            )
+            assert status == 201, status
+        tokens = {
+            name: http("POST", api + "/v1/sessions", {"username": name, "password": PASSWORD})[1]["token"]
+            for name in ["author", "reader"]
+        }
+        postId = None
+        for n in range(25):
+            status, created = http(
+                "POST", api + "/v1/posts", {"body": f"post {n} for @reader"}, tokens["author"]
+            )
+            assert status == 201, status
+            postId = created["id"]
+        for _ in range(100):
+            status, page = http("GET", api + "/v1/notifications", token=tokens["reader"])
+            if len(page["items"]) == 20:
+                break
+            time.sleep(0.1)
+        else:
+            raise SystemExit("notifications did not arrive")
+
+        scenarios = {
+            "Klein hello world (baseline)": (helloURL, None),
+            "login (POST /v1/sessions)": (
+                api + "/v1/sessions",
+                luaScript(work, "login", "POST", {"username": "reader", "password": PASSWORD}, None),
+            ),
+            "create a post (POST /v1/posts)": (
+                api + "/v1/posts",
+                luaScript(work, "create", "POST", {"body": "benchmark post"}, tokens["author"]),
+            ),
+            "read a post (GET /v1/posts/{id})": (api + f"/v1/posts/{postId}", None),
+            "read notifications (GET /v1/notifications)": (
+                api + "/v1/notifications",
+                luaScript(work, "notifications", "GET", None, tokens["reader"]),
+            ),
+        }
+        if args.only:
+            scenarios = {
+                name: spec
+                for name, spec in scenarios.items()
+                if name.startswith("Klein") or any(word in name for word in args.only)
+            }
+        results: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for round in range(args.rounds):
+            for name, (url, script) in scenarios.items():
+                for clients in (1, 16):
+                    measured = runWrk(url, clients, args.duration, script)
+                    if measured["non2xx"] or measured["socketErrors"]:
+                        raise SystemExit(f"{name} at {clients}: errors {measured}")
+                    results.setdefault((name, clients), []).append(measured)
+                    print(
+                        f"round {round + 1} {name} c={clients}: {measured['rps']:.0f} req/s"
+                        f" p50 {measured['p50']:.2f} ms p99 {measured['p99']:.2f} ms",
+                        file=sys.stderr,
+                    )
+        loaded = rss(server.pid)
+    finally:
+        for process in (hello, server):
+            process.terminate()
+        for process in (hello, server):
+            process.wait(timeout=30)
+        logs.close()
+
+    def median(name: str, clients: int, key: str) -> float:
+        return statistics.median(r[key] for r in results[(name, clients)])
+
+    baseline = "Klein hello world (baseline)"
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}; {args.rounds} rounds of {args.duration:g} s per"
+        " figure, medians; wrk and both servers share the machine.",
+        "",
+        "| scenario | clients | req/s | vs hello world | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in scenarios:
+        for clients in (1, 16):
+            rps = median(name, clients, "rps")
+            ratio = rps / median(baseline, clients, "rps")
+            lines.append(
+                f"| {name} | {clients} | {rps:.0f} | {ratio:.2f} |"
+                f" {median(name, clients, 'p50'):.2f} | {median(name, clients, 'p99'):.2f} |"
+            )
+    readPost = "read a post (GET /v1/posts/{id})"
+    if (readPost, 16) in results:
+        readRatio = median(readPost, 16, "rps") / median(baseline, 16, "rps")
+        lines += [
+            "",
+            f"Reading a post at 16 clients: **{readRatio:.2f}x** the hello world's requests/s"
+            " (target: at least 0.5).",
+        ]
+    lines += [
+        "",
+        f"Resident memory of the all-in-one process: **{idle['VmRSS']:.1f} MiB** idle after start"
+        f" (target: under 100 MiB); {loaded['VmRSS']:.1f} MiB after the load, peak"
+        f" {loaded['VmHWM']:.1f} MiB.",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if args.write:
+        with open(args.write, encoding="utf-8") as f:
+            document = f.read()
+        start, end = document.index(BEGIN) + len(BEGIN), document.index(END)
+        with open(args.write, "w", encoding="utf-8") as f:
+            f.write(document[:start] + "\n" + report + "\n" + document[end:])
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
