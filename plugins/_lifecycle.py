@@ -6,6 +6,7 @@ non-zero when a service cannot start, so a supervisor sees the failure.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ListeningService", "ReadinessGate", "exitOnFailure"]
+__all__ = ["ListeningService", "ReadinessGate", "exitOnFailure", "freezeStartupObjects"]
 
 log = Logger()
 
@@ -29,6 +30,18 @@ def exitOnFailure(reactor: Any, failure: Failure, what: str) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
     # Services start before the reactor runs: stop it once it does.
     reactor.callWhenRunning(reactor.stop)
+
+
+def freezeStartupObjects() -> None:
+    """
+    Move everything alive once the process is up (modules, classes, the
+    services) out of the garbage collector's sight: full collections then
+    only scan what requests create, instead of pausing every request for
+    tens of milliseconds.  Measured in docs/benchmarks.md: p99 at 16
+    clients from ~18 ms to ~5 ms.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class ListeningService(Service):
@@ -82,12 +95,22 @@ class ReadinessGate(Service):
     """
     Start C{then} only once every service in C{first} reports it started;
     exit the process if one cannot.
+
+    @param whenReady: Called once everything in C{first} started, before
+        C{then} starts.
     """
 
-    def __init__(self, reactor: Any, first: list[Any], then: Service) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        first: list[Any],
+        then: Service,
+        whenReady: Callable[[], object] = freezeStartupObjects,
+    ) -> None:
         self._reactor = reactor
         self._first = first
         self._then = then
+        self._whenReady = whenReady
 
     def startService(self) -> None:
         super().startService()
@@ -96,6 +119,7 @@ class ReadinessGate(Service):
 
     def _ready(self, _: Any) -> None:
         if self.running:
+            self._whenReady()
             self._then.startService()
 
     def _failed(self, failure: Failure) -> None:

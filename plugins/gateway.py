@@ -47,8 +47,10 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
+    from ._lifecycle import ReadinessGate
+
     top = MultiService()
     bus = makeBus(options, reactor)
     bus.setServiceParent(top)
-    gatewayListener(options, reactor, bus).setServiceParent(top)
+    ReadinessGate(reactor, [], gatewayListener(options, reactor, bus)).setServiceParent(top)
     return top

@@ -50,11 +50,18 @@ class ReadinessGateTests(SynchronousTestCase):
         """
         first: Deferred[None] = Deferred()
         then = Service()
-        gate = ReadinessGate(FakeReactor(), [Ready(first), Ready(succeed(None))], then)
+        ready = []
+        gate = ReadinessGate(
+            FakeReactor(),
+            [Ready(first), Ready(succeed(None))],
+            then,
+            whenReady=lambda: ready.append(then.running),
+        )
         gate.startService()
         self.assertFalse(then.running)
         first.callback(None)
         self.assertTrue(then.running)
+        self.assertEqual(ready, [False])
         gate.stopService()
         self.assertFalse(then.running)
 
@@ -64,7 +71,9 @@ class ReadinessGateTests(SynchronousTestCase):
         """
         fake = FakeReactor()
         then = Service()
-        gate = ReadinessGate(fake, [Ready(fail(RuntimeError("database missing")))], then)
+        gate = ReadinessGate(
+            fake, [Ready(fail(RuntimeError("database missing")))], then, whenReady=self.fail
+        )
         with capturedLogs() as events:
             gate.startService()
         self.assertFalse(then.running)

@@ -141,4 +141,4 @@ class MakeServiceTests(SynchronousTestCase):
         options = gateway.Options()
         options.parseOptions(["--listen", "tcp:0"])
         service = gateway.makeService(options, reactor=MemoryReactorClock())
-        self.assertEqual([type(s).__name__ for s in service], ["LocalBus", "ListeningService"])
+        self.assertEqual([type(s).__name__ for s in service], ["LocalBus", "ReadinessGate"])
