@@ -263,12 +263,21 @@ class SQLiteDatabase(_AdbapiDatabase):
 
     @staticmethod
     def _configure(connection: sqlite3.Connection) -> None:
+        connection.execute("PRAGMA busy_timeout=5000")
         # WAL lets readers (backups, the sqlite3 shell) work beside the
         # writer; NORMAL sync is durable across process crashes in WAL mode.
-        connection.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL needs it to itself, and SQLite does not
+        # wait for that: retry while another connection holds it.
+        for attempt in range(100):
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 99:
+                    raise
+                time.sleep(0.05)
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
-        connection.execute("PRAGMA busy_timeout=5000")
 
     def _lockForMigrations(self, transaction: _Transaction) -> None:
         # Python's sqlite3 runs DDL outside a transaction unless one is open:
