@@ -93,8 +93,9 @@ class ListeningService(Service):
 
 class ReadinessGate(Service):
     """
-    Start C{then} only once every service in C{first} reports it started;
-    exit the process if one cannot.
+    Once every service in C{first} reports it started (served and
+    subscribed), let them publish (see L{BusService.startPublishing}), then
+    start C{then}; exit the process if one cannot start.
 
     @param whenReady: Called once everything in C{first} started, before
         C{then} starts.
@@ -119,6 +120,8 @@ class ReadinessGate(Service):
 
     def _ready(self, _: Any) -> None:
         if self.running:
+            for service in self._first:
+                service.startPublishing()
             self._whenReady()
             self._then.startService()
 

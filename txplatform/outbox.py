@@ -109,6 +109,8 @@ class Outbox:
         """
         Publish what an earlier run left, then keep checking on a timer.
         """
+        if self._loop is not None:
+            return
         self._loop = LoopingCall(self.flush)
         self._loop.clock = self._clock
         self._loop.start(self._interval, now=True)

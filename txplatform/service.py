@@ -151,6 +151,14 @@ class BusService(Service):
         """
         return None
 
+    def startPublishing(self) -> None:
+        """
+        Start publishing what earlier runs left unpublished.  A process calls
+        it once every service it runs has subscribed: on the in-process bus,
+        an event published before its consumers' groups exist reaches
+        nobody.
+        """
+
     def startService(self) -> None:
         super().startService()
         self._started = self._start()
@@ -299,6 +307,11 @@ class DatabaseService(BusService):
         self.database.start()
         yield self.database.migrate(self.name, self.migrations)
         yield self.database.migrate(self.outbox.table, self.outbox.migrations())
+
+    def startPublishing(self) -> None:
+        """
+        Start the outbox relay: leftovers now, then on its timer.
+        """
         self.outbox.start()
 
     @inlineCallbacks

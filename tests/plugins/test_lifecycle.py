@@ -35,33 +35,38 @@ class FakeReactor:
 
 
 class Ready(Service):
+    publishing = False
+
     def __init__(self, result: Any) -> None:
         self.result = result
 
     def whenStarted(self) -> Deferred[None]:
         return self.result
 
+    def startPublishing(self) -> None:
+        self.publishing = True
+
 
 class ReadinessGateTests(SynchronousTestCase):
     def test_waits(self) -> None:
         """
-        The gated service starts only once everything before it is ready,
-        and stops with the gate.
+        The gated service starts only once everything before it is ready
+        (which then starts publishing), and stops with the gate.
         """
         first: Deferred[None] = Deferred()
         then = Service()
         ready = []
+        services = [Ready(first), Ready(succeed(None))]
         gate = ReadinessGate(
-            FakeReactor(),
-            [Ready(first), Ready(succeed(None))],
-            then,
-            whenReady=lambda: ready.append(then.running),
+            FakeReactor(), services, then, whenReady=lambda: ready.append(then.running)
         )
         gate.startService()
         self.assertFalse(then.running)
+        self.assertEqual([s.publishing for s in services], [False, False])
         first.callback(None)
         self.assertTrue(then.running)
         self.assertEqual(ready, [False])
+        self.assertEqual([s.publishing for s in services], [True, True])
         gate.stopService()
         self.assertFalse(then.running)
 

@@ -81,9 +81,13 @@ class ServiceTestCase(TestCase):
 
     @inlineCallbacks
     def start(self, service: Any) -> Any:
+        """
+        Start C{service} as a process does, publishing once it serves.
+        """
         service.startService()
         self.addCleanup(service.stopService)
         yield service.whenStarted()
+        service.startPublishing()
         return service
 
     def startAccount(self, **kwargs: Any) -> Deferred[AccountService]:
