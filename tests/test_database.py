@@ -2,9 +2,12 @@
 Tests for L{txplatform.database}, run on SQLite and on PostgreSQL.
 """
 
+import threading
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -157,6 +160,38 @@ class DatabaseTestsMixin:
             yield database.runOperation("INSERT INTO things (id, name) VALUES (?, ?)", (recordId, str(n)))
         rows = yield database.runQuery("SELECT id FROM things ORDER BY id")
         self.assertEqual([r[0] for r in rows], sorted(ids))
+
+    @inlineCallbacks
+    def test_lock(self) -> Any:
+        """
+        Transactions locking a common name run one after the other, even on
+        separate connections.
+        """
+        database = yield self.migrated()
+        other = self.reopen(database)
+        events: list[str] = []
+        locked, release = threading.Event(), threading.Event()
+
+        def first(t: Any) -> None:
+            t.lock("thing:a", "thing:b")
+            events.append("first locked")
+            locked.set()
+            release.wait(10)
+            t.execute("INSERT INTO things (id, name) VALUES (?, ?)", ("a", "first"))
+            events.append("first done")
+
+        def second(t: Any) -> None:
+            locked.wait(10)
+            t.lock("thing:b")
+            events.append("second locked")
+            t.execute("INSERT INTO things (id, name) VALUES (?, ?)", ("b", "second"))
+
+        done = gatherResults([database.runInteraction(first), other.runInteraction(second)])
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(events, ["first locked"])
+        release.set()
+        yield done
+        self.assertEqual(events, ["first locked", "first done", "second locked"])
 
     @inlineCallbacks
     def test_rowcountAndExecutemany(self) -> Any:

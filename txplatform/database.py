@@ -11,6 +11,7 @@ L{UniqueViolation} whatever the driver.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -97,6 +98,10 @@ class _Transaction:
             raise self._database._integrityError(e) from e
         return self
 
+    def lock(self, *names: str) -> None:
+        if names:
+            self._database._lock(self, sorted(set(names)))
+
     def fetchone(self) -> tuple[Any, ...] | None:
         return self._cursor.fetchone()
 
@@ -177,6 +182,9 @@ class _AdbapiDatabase:
         return d.addCallback(report)
 
     def _lockForMigrations(self, transaction: _Transaction) -> None:
+        raise NotImplementedError
+
+    def _lock(self, transaction: _Transaction, names: list[str]) -> None:
         raise NotImplementedError
 
     def _migrate(
@@ -284,10 +292,27 @@ class SQLiteDatabase(_AdbapiDatabase):
         # open one, and take the write lock now.
         transaction.execute("BEGIN IMMEDIATE")
 
+    def _lock(self, transaction: _Transaction, names: list[str]) -> None:
+        # SQLite has one writer at a time: taking the write lock at once
+        # serialises this transaction with every other writer.
+        try:
+            transaction.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if "within a transaction" not in str(e):
+                raise
+
     def _integrityError(self, error: BaseException) -> IntegrityError:
         if "UNIQUE constraint failed" in str(error) or "PRIMARY KEY" in str(error):
             return UniqueViolation(str(error))
         return IntegrityError(str(error))
+
+
+def _lockKey(name: str) -> int:
+    """
+    A lock name as the signed 64-bit key PostgreSQL's advisory locks take.
+    """
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, person=b"txplatform").digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 @lru_cache(maxsize=1024)
@@ -350,6 +375,16 @@ class PostgresDatabase(_AdbapiDatabase):
         )
         if self.schema is not None:
             transaction.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+
+    def _lock(self, transaction: _Transaction, names: list[str]) -> None:
+        # Transaction-scoped advisory locks, taken in one statement and in
+        # key order, so two transactions never wait on each other crosswise.
+        keys = sorted(_lockKey(name) for name in names)
+        transaction.execute(
+            "SELECT count(pg_advisory_xact_lock(k))"
+            " FROM (SELECT k FROM unnest(?::bigint[]) AS k ORDER BY k) AS keys",
+            (keys,),
+        )
 
     def _integrityError(self, error: BaseException) -> IntegrityError:
         if isinstance(error, self._uniqueViolation):

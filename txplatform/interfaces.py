@@ -141,6 +141,14 @@ class ITransaction(Interface):
     def fetchall():
         pass
 
+    def lock(*names):
+        """
+        Hold the named locks until the transaction ends: transactions that
+        lock a common name run one after the other.  For check-then-write
+        sequences (a tombstone, then an insert) that must not interleave
+        with another transaction's write-then-delete.
+        """
+
     rowcount = Attribute("Rows changed by the last statement.")
 
 

@@ -125,6 +125,13 @@ class NotifyStore:
         if not notifications:
             return 0
         first = notifications[0]
+        # With the deletions below: either the tombstone is seen here, or
+        # the notification is seen by the deletion.
+        t.lock(
+            f"post:{first.post_id}",
+            f"account:{first.actor_id}",
+            *(f"account:{n.recipient_id}" for n in notifications),
+        )
         if self._isGone(t, "post", [first.post_id]) or self._isGone(t, "account", [first.actor_id]):
             return 0
         added = 0
@@ -186,6 +193,7 @@ class NotifyStore:
         return self._database.runInteraction(self._postDeleted, postId, now)
 
     def _postDeleted(self, t: ITransaction, postId: str, now: int) -> int:
+        t.lock(f"post:{postId}")
         self._tombstone(t, "post", postId, now)
         return t.execute("DELETE FROM notifications WHERE post_id = ?", (postId,)).rowcount
 
@@ -196,6 +204,7 @@ class NotifyStore:
         return self._database.runInteraction(self._accountDeleted, accountId, now)
 
     def _accountDeleted(self, t: ITransaction, accountId: str, now: int) -> int:
+        t.lock(f"account:{accountId}")
         self._tombstone(t, "account", accountId, now)
         return t.execute(
             "DELETE FROM notifications WHERE recipient_id = ? OR actor_id = ?",

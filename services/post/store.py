@@ -92,6 +92,8 @@ class PostStore:
         return self._database.runInteraction(self._create, post)
 
     def _create(self, t: ITransaction, post: PostRow) -> PostRow:
+        # With _deleteAuthor: either the tombstone is seen, or the post is.
+        t.lock(f"post-author:{post.author_id}")
         if t.execute(
             "SELECT 1 FROM post_deleted_authors WHERE account_id = ?", (post.author_id,)
         ).fetchone():
@@ -169,6 +171,7 @@ class PostStore:
         return self._database.runInteraction(self._deleteAuthor, authorId, now)
 
     def _deleteAuthor(self, t: ITransaction, authorId: str, now: int) -> int:
+        t.lock(f"post-author:{authorId}")
         t.execute(
             "INSERT INTO post_deleted_authors (account_id, deleted_at) VALUES (?, ?)"
             " ON CONFLICT DO NOTHING",
