@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
 
 from attrs import frozen
 from klein import Klein
@@ -20,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 
 from txplatform.codec import dumps
 from txplatform.context import Origin, Priority, newMessageId
@@ -40,11 +42,11 @@ from .site import GatewaySite
 
 __all__ = ["Gateway", "Principal"]
 
-_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
-_USERNAME = re.compile(r"^[a-z0-9_]{3,32}$")
-_RECORD_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?\Z", re.IGNORECASE)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}\Z")
+_USERNAME = re.compile(r"^[a-z0-9_]{3,32}\Z")
+_RECORD_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}\Z")
 
 
 @frozen
@@ -77,6 +79,31 @@ def _reject(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+class _URLGuard(Resource):
+    """
+    Answers a URL whose path is not UTF-8 with problem details, before
+    Klein (which answers such URLs with plain text) sees it: such a path
+    names nothing we serve, so it is a 404 like any other unknown path.
+    """
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway, wrapped: Resource) -> None:
+        super().__init__()
+        self._gateway = gateway
+        self._wrapped = wrapped
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            problem = HTTPProblem(
+                404, "not_found", "there is nothing at this path (it is not valid UTF-8)"
+            )
+            return self._gateway._problem(request, Failure(problem))
+        return self._wrapped.render(request)
+
+
 class Gateway:
     """
     The HTTP API, served from L{resource} or L{site}.
@@ -104,7 +131,7 @@ class Gateway:
         self._openapi: bytes | None = None
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return _URLGuard(self, self.app.resource())
 
     def site(self, **kwargs: Any) -> GatewaySite:
         return GatewaySite(self.resource(), maxBodySize=self.maxBodySize, **kwargs)
@@ -336,7 +363,9 @@ class Gateway:
     # The caller's own account
 
     @app.route("/v1/me", methods=["GET"])
-    @operation("Read your account", tag="me", auth=True, response=schemas.OWN_ACCOUNT)
+    @operation(
+        "Read your account", tag="me", auth=True, response=schemas.OWN_ACCOUNT, errors=(404,)
+    )
     def me(self, request: IRequest, principal: Principal) -> Any:
         return self.call(
             request, account.SERVICE_ID, "get_account", {"account_id": principal.account_id}
@@ -349,7 +378,7 @@ class Gateway:
         auth=True,
         body=schemas.UpdateMe,
         response=schemas.OWN_ACCOUNT,
-        errors=(403, 409),
+        errors=(403, 404, 409),
         description="Changing the password needs `current_password` (403 if wrong) and"
         " ends every other session.",
     )
@@ -375,7 +404,7 @@ class Gateway:
         auth=True,
         status=204,
         body=schemas.DeleteMe,
-        errors=(403,),
+        errors=(403, 404),
     )
     def deleteMe(self, request: IRequest, principal: Principal, body: schemas.DeleteMe) -> Any:
         return self.call(
@@ -469,6 +498,7 @@ class Gateway:
         status=201,
         body=schemas.NewPost,
         response=schemas.POST,
+        errors=(404,),
     )
     @inlineCallbacks
     def createPost(self, request: IRequest, principal: Principal, body: schemas.NewPost) -> Any:

@@ -104,8 +104,12 @@ def problemFor(failure: Failure, requestId: str, serviceNames: dict[str, str]) -
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="txplatform"'
         if status == 503:
-            service = serviceNames.get(error.details.get("service", ""), "a")
-            detail = f"{service} service did not answer in time; try again shortly"
+            name = serviceNames.get(error.details.get("service", ""))
+            service = f"the {name} service" if name else "a service"
+            if error.code == "deadline_exceeded":
+                detail = f"{service} did not answer in time; try again shortly"
+            else:
+                detail = f"{service} is not available; try again shortly"
             headers["Retry-After"] = "1"
         return Problem(status, error.code, detail, extra, headers)
     if isinstance(error, MethodNotAllowed):

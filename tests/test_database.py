@@ -264,3 +264,13 @@ class DatabaseFromURLTests(SynchronousTestCase):
         self.assertRaises(ValueError, databaseFromURL, "sqlite:")
         self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?pool=many")
         self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?schema=a;drop")
+        self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?schema=Posts")
+
+    def test_passwordHidden(self) -> None:
+        """
+        A password given as a URL parameter is hidden too.
+        """
+        database = databaseFromURL("postgresql://u@h/d?password=secret&sslmode=require")
+        self.addCleanup(database.close)
+        self.assertNotIn("secret", database.description)
+        self.assertIn("sslmode=require", database.description)

@@ -107,6 +107,9 @@ class FromPayloadTests(SynchronousTestCase):
         self.assertEqual(reasons(error), {"name": "must not contain control characters"})
         error = self.assertRaises(InvalidArgument, fromPayload, Sample, {"name": "ab\nc"})
         self.assertEqual(reasons(error), {"name": "must not contain control characters"})
+        for c1 in ["\x85", "\x9b", "\x80"]:
+            error = self.assertRaises(InvalidArgument, fromPayload, Sample, {"name": f"ab{c1}c"})
+            self.assertEqual(reasons(error), {"name": "must not contain control characters"})
         self.assertEqual(fromPayload(Sample, {"name": "abc", "text": "a\n\tb"}).text, "a\n\tb")
 
     def test_loneSurrogate(self) -> None:
@@ -147,6 +150,9 @@ class FromQueryTests(SynchronousTestCase):
         self.assertEqual(
             reasons(error), {"count": "must be an integer", "flag": "must be true or false"}
         )
+        for text in ["--5", "-", "", "5.0", "1" * 19, "٣", "+5", " 5"]:
+            error = self.assertRaises(InvalidArgument, fromQuery, Sample, {"name": "abc", "count": text})
+            self.assertEqual(reasons(error), {"count": "must be an integer"}, text)
 
 
 class SchemaTests(SynchronousTestCase):

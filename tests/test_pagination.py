@@ -3,6 +3,9 @@ Tests for L{txplatform.pagination}, L{txplatform.recordid} and
 L{txplatform.timestamps}.
 """
 
+import base64
+import json
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -11,14 +14,18 @@ from txplatform.pagination import decodeCursor, encodeCursor, page
 from txplatform.recordid import isRecordId, newRecordId, recordIdTime
 from txplatform.timestamps import formatMillis
 
+ID_A = "01aaaaaaaaaaaaaaaaaaaaaaaa"
+ID_B = "01bbbbbbbbbbbbbbbbbbbbbbbb"
+ID_C = "01cccccccccccccccccccccccc"
+
 
 class CursorTests(SynchronousTestCase):
     def test_roundTrip(self) -> None:
         """
         A cursor decodes to the key it was made from.
         """
-        cursor = encodeCursor(1700000000123, "abc")
-        self.assertEqual(decodeCursor(cursor, int, str), (1700000000123, "abc"))
+        cursor = encodeCursor(1700000000123, ID_B)
+        self.assertEqual(decodeCursor(cursor, int, str), (1700000000123, ID_B))
         self.assertNotIn("=", cursor)
 
     def test_garbage(self) -> None:
@@ -26,21 +33,37 @@ class CursorTests(SynchronousTestCase):
         Anything but a cursor of the right shape is an invalid argument
         naming the cursor.
         """
-        good = encodeCursor("abc")
-        for bad in ["", "!!!", "e30", good + "x", encodeCursor(1), encodeCursor("a", "b")]:
+        good = encodeCursor(ID_A)
+        for bad in ["", "!!!", "e30", good + "x", encodeCursor(1), encodeCursor(ID_A, ID_B)]:
             error = self.assertRaises(InvalidArgument, decodeCursor, bad, str)
             self.assertEqual(error.details["errors"][0]["field"], "cursor")
+
+    def test_forgedParts(self) -> None:
+        """
+        A cursor whose parts are of the right type but could not come from
+        a listing (not a record id; text with NUL or a lone surrogate; an
+        integer past 64 bits or negative) is refused before any query.
+        """
+        for parts, types in [
+            (("abc",), (str,)),
+            (("a\x00" + ID_A[2:],), (str,)),
+            (("\ud800",), (str,)),
+            ((10**30, ID_A), (int, str)),
+            ((-1, ID_A), (int, str)),
+        ]:
+            cursor = base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode()
+            self.assertRaises(InvalidArgument, decodeCursor, cursor, *types)
 
     def test_page(self) -> None:
         """
         Of C{limit + 1} rows, the page keeps C{limit} and the cursor is the
         key of its last row; fewer rows mean the last page.
         """
-        items, cursor = page(["a", "b", "c"], 2, lambda r: (r,))
-        self.assertEqual(items, ["a", "b"])
-        self.assertEqual(decodeCursor(cursor, str), ("b",))
-        items, cursor = page(["a", "b"], 2, lambda r: (r,))
-        self.assertEqual((items, cursor), (["a", "b"], None))
+        items, cursor = page([ID_A, ID_B, ID_C], 2, lambda r: (r,))
+        self.assertEqual(items, [ID_A, ID_B])
+        self.assertEqual(decodeCursor(cursor, str), (ID_B,))
+        items, cursor = page([ID_A, ID_B], 2, lambda r: (r,))
+        self.assertEqual((items, cursor), ([ID_A, ID_B], None))
 
 
 class RecordIdTests(SynchronousTestCase):
@@ -56,6 +79,7 @@ class RecordIdTests(SynchronousTestCase):
         self.assertEqual(recordIdTime(recordId), 1700000000123)
         self.assertFalse(isRecordId("x" * 26))
         self.assertFalse(isRecordId(recordId.upper()))
+        self.assertFalse(isRecordId(recordId + "\n"))
 
     def test_timeOrdered(self) -> None:
         """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import time
 import zlib
@@ -349,8 +350,12 @@ class PostgresDatabase(_AdbapiDatabase):
         self._uniqueViolation = psycopg.errors.UniqueViolation
         kwargs: dict[str, Any] = {}
         if schema is not None:
-            if not schema.isidentifier():
-                raise ValueError(f"not a schema name: {schema!r}")
+            # Lowercase only: PostgreSQL folds unquoted names, and the schema
+            # is named both quoted (CREATE SCHEMA) and not (search_path).
+            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+                raise ValueError(
+                    f"a schema name is lowercase letters, digits and _, not {schema!r}"
+                )
             kwargs["options"] = f"-c search_path={schema}"
         pool = adbapi.ConnectionPool(
             "psycopg",
@@ -393,11 +398,14 @@ class PostgresDatabase(_AdbapiDatabase):
 
 
 def _redact(url: str) -> str:
+    """
+    C{url} without its password, wherever libpq would take it from.
+    """
     parts = urlsplit(url)
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
 
 
 def databaseFromURL(url: str, reactor: Any = None) -> SQLiteDatabase | PostgresDatabase:

@@ -387,7 +387,9 @@ class LocalBus(Service):
             deadline = min(deadline, origin.deadline)
         queue = self._calls.get(service)
         if queue is None:
-            return fail(Unavailable(f"no service {service.hex} on this bus"))
+            return fail(
+                Unavailable(f"no service {service.hex} on this bus", {"service": service.hex})
+            )
         messageId = newMessageId()
         try:
             data = self._codec.encode(payload, callBinding(service, method, messageId))

@@ -36,11 +36,13 @@ T = TypeVar("T")
 
 _SPEC = "txplatform.spec"
 
-# Control characters break logs and terminals, and PostgreSQL refuses NUL in
-# text; only tab and newlines are allowed, and only in multi-line fields.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters (C0, DEL and C1) break logs and terminals, and
+# PostgreSQL refuses NUL in text; only tab and newlines are allowed, and only
+# in multi-line fields.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 _NEWLINE = re.compile(r"[\r\n\t]")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\Z")
 
 
 def message(cls: type[T]) -> type[T]:
@@ -268,7 +270,7 @@ def fromQuery(cls: type[T], query: dict[str, str]) -> T:
         text = query[attribute.name]
         spec = _spec(attribute)
         if isinstance(spec, _IntegerSpec):
-            if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 18:
+            if not _INTEGER.fullmatch(text):
                 errors.append((attribute.name, "must be an integer"))
                 continue
             payload[attribute.name] = int(text)

@@ -17,6 +17,7 @@ import json
 from typing import Any, Callable, Sequence, TypeVar
 
 from .errors import InvalidArgument
+from .recordid import isRecordId
 
 __all__ = ["encodeCursor", "decodeCursor", "page", "DEFAULT_LIMIT", "MAX_LIMIT"]
 
@@ -33,7 +34,10 @@ def encodeCursor(*key: str | int) -> str:
 
 def decodeCursor(cursor: str, *types: type) -> tuple[Any, ...]:
     """
-    The key in C{cursor}, checked against C{types} (one per part).
+    The key in C{cursor}, checked against C{types} (one per part).  Keys
+    are made of record ids and non-negative 64-bit integers (timestamps),
+    and a cursor holding anything else was not made here: it goes no
+    further than this check, whatever a client put in it.
 
     @raise InvalidArgument: C{cursor} was not made by L{encodeCursor} for a
         key of these types.
@@ -46,10 +50,20 @@ def decodeCursor(cursor: str, *types: type) -> tuple[Any, ...]:
     if (
         not isinstance(key, list)
         or len(key) != len(types)
-        or not all(type(part) is kind for part, kind in zip(key, types))
+        or not all(_fits(part, kind) for part, kind in zip(key, types))
     ):
         raise InvalidArgument.forFields([("cursor", "is not a cursor from this listing")])
     return tuple(key)
+
+
+def _fits(part: object, kind: type) -> bool:
+    if type(part) is not kind:
+        return False
+    if kind is str:
+        return isRecordId(part)
+    if kind is int:
+        return 0 <= part < 2**63  # type: ignore[operator]
+    return False
 
 
 def page(

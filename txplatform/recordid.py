@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 __all__ = ["newRecordId", "isRecordId", "recordIdTime"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-_RECORD_ID = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{25}$")
+_RECORD_ID = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{25}\Z")
 
 
 _lock = threading.Lock()

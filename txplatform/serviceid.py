@@ -22,7 +22,7 @@ __all__ = [
     "UnknownService",
 ]
 
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 
 
 def _threeBytes(instance: object, attribute: object, value: bytes) -> None:

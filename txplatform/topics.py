@@ -14,7 +14,7 @@ from functools import lru_cache
 
 __all__ = ["checkEventName", "checkPattern", "topicMatches"]
 
-_WORD = re.compile(r"^[a-z0-9_-]+$")
+_WORD = re.compile(r"^[a-z0-9_-]+\Z")
 
 
 def checkEventName(name: str) -> str:

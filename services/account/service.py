@@ -196,7 +196,11 @@ class AccountService(DatabaseService):
         now = nowMillis(self.clock)
         expiresAt = now + int(self.sessionLifetime * 1000)
         sessionId = newRecordId(self.clock)
-        yield self.store.createSession(sessionId, hashToken(token), account.id, now, expiresAt)
+        try:
+            yield self.store.createSession(sessionId, hashToken(token), account.id, now, expiresAt)
+        except NotFound:
+            # Deleted while we checked the password: as if it never was.
+            raise Unauthenticated(_BAD_LOGIN) from None
         return {
             "token": token,
             "expires_at": formatMillis(expiresAt),

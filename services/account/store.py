@@ -15,7 +15,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 
 from txplatform.batching import BatchLoader
-from txplatform.database import Migration, UniqueViolation
+from txplatform.database import IntegrityError, Migration, UniqueViolation
 from txplatform.errors import Conflict, InvalidArgument, NotFound
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 from txplatform.outbox import Outbox
@@ -316,11 +316,20 @@ class AccountStore:
     def createSession(
         self, sessionId: str, tokenHash: bytes, accountId: str, now: int, expiresAt: int
     ) -> Deferred[None]:
-        return self._database.runOperation(
+        """
+        @raise NotFound: the account was deleted meanwhile.
+        """
+        d = self._database.runOperation(
             "INSERT INTO account_sessions (id, token_hash, account_id, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?)",
             (sessionId, tokenHash, accountId, now, expiresAt),
         )
+
+        def accountGone(failure: Any) -> None:
+            failure.trap(IntegrityError)
+            raise NotFound("the account no longer exists")
+
+        return d.addErrback(accountGone)
 
     def session(self, tokenHash: bytes, now: int) -> Deferred[SessionRow | None]:
         """
@@ -382,11 +391,15 @@ class AccountStore:
             raise InvalidArgument.forFields([("username", "you cannot follow yourself")])
         if t.execute("SELECT 1 FROM accounts WHERE id = ?", (followerId,)).fetchone() is None:
             raise NotFound("your account no longer exists")
-        t.execute(
-            "INSERT INTO account_follows (follower_id, followee_id, created_at)"
-            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            (followerId, followee.id, now),
-        )
+        try:
+            t.execute(
+                "INSERT INTO account_follows (follower_id, followee_id, created_at)"
+                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (followerId, followee.id, now),
+            )
+        except IntegrityError:
+            # One of the two accounts was deleted since the checks above.
+            raise NotFound("one of these accounts no longer exists") from None
         if t.rowcount:
             self._outbox.stage(
                 t, api.ACCOUNT_FOLLOWED, {"follower_id": followerId, "followee_id": followee.id}

@@ -578,6 +578,37 @@ class PlatformEndpointTests:
         self.assertEqual(reply.header("allow"), "POST")
 
     @inlineCallbacks
+    def test_badURLs(self) -> Any:
+        """
+        Paths that are not UTF-8, or that smuggle a newline after a valid id
+        or name, get problem details, not plain text or an undeclared status.
+        """
+        for path in [
+            "/v1/accounts/%FF",
+            "/v2/%C3%28",
+            "/v1/posts/01aaaaaaaaaaaaaaaaaaaaaaaa%0A",
+            "/v1/accounts/alice%0A",
+            "/v1/accounts/alice%0A/posts",
+        ]:
+            self.assertProblem((yield self.request("GET", path)), 404, "not_found")
+
+    @inlineCallbacks
+    def test_forgedCursors(self) -> Any:
+        """
+        Cursors a client made up are a 400, whatever is inside: a lone
+        surrogate, a NUL, a huge number, a negative limit spelled oddly.
+        """
+        token = yield self.user("alice")
+        for path in [
+            "/v1/accounts/alice/posts?cursor=WyJcdWQ4MDAiXQ",
+            "/v1/accounts/alice/posts?cursor=WyJhXHUwMDAwIl0",
+            "/v1/notifications?cursor=WyJhXHUwMDAwIl0",
+            "/v1/me/following?cursor=WzEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMCwieCJd",
+            "/v1/accounts/alice/posts?limit=--5",
+        ]:
+            self.assertProblem((yield self.request("GET", path, token=token)), 400, "invalid_argument")
+
+    @inlineCallbacks
     def test_requestId(self) -> Any:
         """
         A client's X-Request-Id is kept; otherwise one is made; problems

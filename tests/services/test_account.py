@@ -319,6 +319,16 @@ class AccountTestsMixin:
         )
 
     @inlineCallbacks
+    def test_sessionForDeletedAccount(self) -> Any:
+        """
+        A session for an account deleted meanwhile is refused cleanly, not
+        with a database error.
+        """
+        yield self.assertFailure(
+            self.service.store.createSession("s" * 26, b"h" * 32, "0" * 26, 0, 1), NotFound
+        )
+
+    @inlineCallbacks
     def test_logout(self) -> Any:
         """
         Logging out revokes that token and no other.
