@@ -56,7 +56,7 @@ class GatewaySite(Site):
     requestFactory = BoundedRequest
     # Tracebacks belong in the log, never in a response.
     displayTracebacks = False
-    _access = Logger(namespace="gateway.access")
+    _access = Logger()
 
     def __init__(self, resource: Any, maxBodySize: int = 64 * 1024, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
