@@ -120,7 +120,15 @@ def luaScript(directory: str, name: str, method: str, body: Any, token: str | No
 
 def runWrk(url: str, clients: int, duration: float, script: str | None) -> dict[str, float]:
     threads = 1 if clients == 1 else 2
-    command = ["wrk", "--latency", f"-t{threads}", f"-c{clients}", f"-d{duration:g}s", "--timeout", "10s"]
+    command = [
+        "wrk",
+        "--latency",
+        f"-t{threads}",
+        f"-c{clients}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "10s",
+    ]
     if script:
         command += ["-s", script]
     result = subprocess.run(command + [url], capture_output=True, text=True, check=True)
@@ -140,7 +148,9 @@ def populate(api: str) -> tuple[dict[str, str], str]:
         )
         assert status == 201, status
     tokens = {
-        name: http("POST", api + "/v1/sessions", {"username": name, "password": PASSWORD})[1]["token"]
+        name: http("POST", api + "/v1/sessions", {"username": name, "password": PASSWORD})[1][
+            "token"
+        ]
         for name in ["author", "reader"]
     }
     postId = ""
@@ -159,7 +169,9 @@ def populate(api: str) -> tuple[dict[str, str], str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per scenario")
     parser.add_argument("--write", help="replace the embedded section of this markdown file")
@@ -174,7 +186,9 @@ def main() -> None:
     logs = open(os.path.join(work, "servers.log"), "w")
     helloPort = freePort()
     hello = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "klein_hello.py"), str(helloPort)], stdout=logs, stderr=logs
+        [sys.executable, os.path.join(HERE, "klein_hello.py"), str(helloPort)],
+        stdout=logs,
+        stderr=logs,
     )
 
     def startPlatform(name: str, *options: str) -> tuple[subprocess.Popen, str]:
@@ -214,7 +228,9 @@ def main() -> None:
             "Klein hello world (baseline)": (helloURL, None),
             "login (POST /v1/sessions)": (
                 api + "/v1/sessions",
-                luaScript(work, "login", "POST", {"username": "reader", "password": PASSWORD}, None),
+                luaScript(
+                    work, "login", "POST", {"username": "reader", "password": PASSWORD}, None
+                ),
             ),
             "create a post (POST /v1/posts)": (
                 api + "/v1/posts",

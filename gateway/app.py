@@ -23,17 +23,16 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from services import GATEWAY_ID, platformRegistry
+from services.account import api as account
+from services.notify import api as notify
+from services.post import api as post
 from txplatform.codec import dumps
 from txplatform.context import Origin, Priority, newMessageId
 from txplatform.errors import InvalidArgument, NotFound, ServiceError, Unauthenticated
 from txplatform.interfaces import IBus
 from txplatform.messages import fromPayload, fromQuery, toPayload
 from txplatform.serviceid import ServiceId
-
-from services import GATEWAY_ID, platformRegistry
-from services.account import api as account
-from services.notify import api as notify
-from services.post import api as post
 
 from . import schemas
 from .operations import Operation, operation
@@ -192,9 +191,7 @@ class Gateway:
         # A final newline costs a byte and makes curl output readable.
         return result if isinstance(result, bytes) else dumps(result) + b"\n"
 
-    def call(
-        self, request: IRequest, service: ServiceId, method: str, payload: Any
-    ) -> Any:
+    def call(self, request: IRequest, service: ServiceId, method: str, payload: Any) -> Any:
         """
         Call a service for C{request}: under its deadline, with its priority
         and its request id as the trace id.
@@ -215,17 +212,13 @@ class Gateway:
     def _authenticate(self, request: IRequest) -> Deferred[Principal]:
         header = request.getHeader("authorization")
         if not header:
-            return fail(
-                Unauthenticated("this needs a token: send Authorization: Bearer <token>")
-            )
+            return fail(Unauthenticated("this needs a token: send Authorization: Bearer <token>"))
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not _TOKEN.match(token):
             return fail(Unauthenticated("the Authorization header must be Bearer <token>"))
         d = self.call(request, account.SERVICE_ID, "verify_token", {"token": token})
-        return d.addCallback(
-            lambda s: Principal(s["account_id"], s["username"], s["session_id"])
-        )
+        return d.addCallback(lambda s: Principal(s["account_id"], s["username"], s["session_id"]))
 
     def _parseBody(self, request: IRequest, messageType: type) -> Any:
         if getattr(request, "bodyTooLarge", False):
@@ -480,7 +473,10 @@ class Gateway:
 
     @app.route("/v1/sessions/current", methods=["DELETE"])
     @operation(
-        "Log out: revoke the token used", tag="sessions", auth=True, status=204,
+        "Log out: revoke the token used",
+        tag="sessions",
+        auth=True,
+        status=204,
         priority=Priority.HIGH,
     )
     def logout(self, request: IRequest, principal: Principal) -> Any:

@@ -53,7 +53,9 @@ def openapiPath(rule: str) -> str:
 def _problem(description: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
     }
 
 
@@ -78,7 +80,9 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
         if op.response is not None:
             success["content"] = {"application/json": {"schema": op.response}}
         responses[str(op.status)] = success
-        errors = {status: _DESCRIPTIONS.get(status, HTTPStatus(status).phrase) for status in op.errors}
+        errors = {
+            status: _DESCRIPTIONS.get(status, HTTPStatus(status).phrase) for status in op.errors
+        }
         if op.body is not None or op.query is not None:
             errors.update(_BODY_ERRORS if op.body is not None else {400: _BODY_ERRORS[400]})
         if op.auth:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from txplatform.messages import boolean, message, string
-
 from services.account.api import (
     cursorField,
     displayNameField,
@@ -21,6 +19,7 @@ from services.account.api import (
     passwordField,
 )
 from services.post.api import bodyField
+from txplatform.messages import boolean, message, string
 
 # Bodies (POST /v1/accounts and POST /v1/sessions take the services'
 # Register and Login messages as they are).

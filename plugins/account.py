@@ -9,16 +9,22 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import ARGON2, BUS, checkBus, checkDatabase, checkPositive, passwordHasher, serviceProcess
+from ._common import (
+    ARGON2,
+    BUS,
+    checkBus,
+    checkDatabase,
+    checkPositive,
+    passwordHasher,
+    serviceProcess,
+)
 
 SESSION_LIFETIME = ["session-lifetime", None, 24 * 3600.0, "Seconds a login session lasts.", float]
 
 
 class Options(usage.Options):
     synopsis = "[options]"
-    longdesc = (
-        "Run one replica of the Account service: accounts, login sessions and follows."
-    )
+    longdesc = "Run one replica of the Account service: accounts, login sessions and follows."
     optParameters = [
         BUS,
         [

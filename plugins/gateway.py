@@ -20,7 +20,13 @@ CALL_TIMEOUT = [
     "Seconds a request may wait on services before it gets 503.",
     float,
 ]
-MAX_BODY_SIZE = ["max-body-size", None, 64 * 1024, "Largest request body, in bytes (413 above).", int]
+MAX_BODY_SIZE = [
+    "max-body-size",
+    None,
+    64 * 1024,
+    "Largest request body, in bytes (413 above).",
+    int,
+]
 
 
 class Options(usage.Options):

@@ -14,10 +14,17 @@ from ._common import BUS, checkBus, checkDatabase, serviceProcess
 
 class Options(usage.Options):
     synopsis = "[options]"
-    longdesc = "Run one replica of the Notify service: notifications for mentions and followed authors."
+    longdesc = (
+        "Run one replica of the Notify service: notifications for mentions and followed authors."
+    )
     optParameters = [
         BUS,
-        ["db", None, "sqlite:var/notify.sqlite", "Database: sqlite:PATH or postgresql://user@host:port/dbname."],
+        [
+            "db",
+            None,
+            "sqlite:var/notify.sqlite",
+            "Database: sqlite:PATH or postgresql://user@host:port/dbname.",
+        ],
     ]
 
     def postOptions(self) -> None:

@@ -106,9 +106,7 @@ class PostgresMixin:
 
 
 @inlineCallbacks
-def eventually(
-    check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02
-) -> Any:
+def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
     """
     Call C{check} (which may return a Deferred) until it returns something
     true, and return that; fail after C{timeout} seconds.  For effects that

@@ -75,7 +75,9 @@ class DatabaseTestsMixin:
             "SELECT version, description FROM schema_migrations WHERE component = ? ORDER BY version",
             ("things",),
         )
-        self.assertEqual([tuple(r) for r in rows], [(1, "things"), (2, "things by name"), (3, "more")])
+        self.assertEqual(
+            [tuple(r) for r in rows], [(1, "things"), (2, "things by name"), (3, "more")]
+        )
 
     @inlineCallbacks
     def test_failedMigrationRollsBack(self) -> Any:
@@ -86,7 +88,7 @@ class DatabaseTestsMixin:
         database = self.makeDatabase()
         broken = [
             Migration(1, "good", ("CREATE TABLE good (id INTEGER)",)),
-            Migration(2, "bad", ("CREATE TABLE bad (id INTEGER", )),
+            Migration(2, "bad", ("CREATE TABLE bad (id INTEGER",)),
         ]
         yield self.assertFailure(database.migrate("broken", broken), Exception)
         applied = yield database.migrate("broken", broken[:1])
@@ -119,7 +121,9 @@ class DatabaseTestsMixin:
         [row] = yield database.runQuery(
             "SELECT name, data, big, flag FROM things WHERE name LIKE '100%'"
         )
-        self.assertEqual((row[0], bytes(row[1]), row[2], bool(row[3])), ("100% é", b"\x00\xffbytes", 2**62, True))
+        self.assertEqual(
+            (row[0], bytes(row[1]), row[2], bool(row[3])), ("100% é", b"\x00\xffbytes", 2**62, True)
+        )
         self.assertIsInstance(row[1], bytes)
 
     @inlineCallbacks
@@ -157,7 +161,9 @@ class DatabaseTestsMixin:
         database = yield self.migrated()
         ids = ["0b", "0a", "a0", "B0", "_a", "z"]
         for n, recordId in enumerate(ids):
-            yield database.runOperation("INSERT INTO things (id, name) VALUES (?, ?)", (recordId, str(n)))
+            yield database.runOperation(
+                "INSERT INTO things (id, name) VALUES (?, ?)", (recordId, str(n))
+            )
         rows = yield database.runQuery("SELECT id FROM things ORDER BY id")
         self.assertEqual([r[0] for r in rows], sorted(ids))
 

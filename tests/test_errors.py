@@ -38,7 +38,9 @@ class WireTests(SynchronousTestCase):
         A code this side does not know survives as a L{ServiceError}.
         """
         error = errorFromWire({"code": "teapot", "message": "short and stout", "details": {}})
-        self.assertEqual((type(error), error.code, error.message), (ServiceError, "teapot", "short and stout"))
+        self.assertEqual(
+            (type(error), error.code, error.message), (ServiceError, "teapot", "short and stout")
+        )
 
     def test_garbage(self) -> None:
         """

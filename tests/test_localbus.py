@@ -297,7 +297,7 @@ class CallTests(BusTestMixin, SynchronousTestCase):
         """
         pending: list[Deferred[Any]] = []
         self.serve({"work": lambda p, c: pending.append(Deferred()) or pending[-1]}, prefetch=3)
-        for n in range(5):
+        for _ in range(5):
             self.bus.call(SERVICE, "work", {})
         self.turn()
         self.assertEqual((len(pending), self.bus.pendingCalls(SERVICE)), (3, 2))
@@ -375,7 +375,13 @@ class EventTests(BusTestMixin, SynchronousTestCase):
         self.turn()
         [context] = contexts
         self.assertEqual(
-            (context.messageId, context.event, context.source, context.correlationId, context.attempt),
+            (
+                context.messageId,
+                context.event,
+                context.source,
+                context.correlationId,
+                context.attempt,
+            ),
             ("m1", "post.created", CALLER, "trace", 1),
         )
 
@@ -497,7 +503,9 @@ class EventTests(BusTestMixin, SynchronousTestCase):
         Deferred counts as a failure.
         """
         results: list[Deferred[None]] = []
-        self.subscribe("x.y", lambda p, c: results.append(Deferred()) or results[-1], "g", prefetch=1)
+        self.subscribe(
+            "x.y", lambda p, c: results.append(Deferred()) or results[-1], "g", prefetch=1
+        )
         self.bus.publish("x.y", {})
         self.bus.publish("x.y", {})
         self.turn()
@@ -533,5 +541,3 @@ class EventTests(BusTestMixin, SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.bus.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
-
-

@@ -124,7 +124,9 @@ class FromPayloadTests(SynchronousTestCase):
         """
         List items are checked one by one, and the list's length too.
         """
-        error = self.assertRaises(InvalidArgument, fromPayload, Sample, {"name": "abc", "tags": ["abcd"]})
+        error = self.assertRaises(
+            InvalidArgument, fromPayload, Sample, {"name": "abc", "tags": ["abcd"]}
+        )
         self.assertEqual(reasons(error), {"tags": "item 0 must be at most 3 characters"})
         error = self.assertRaises(
             InvalidArgument, fromPayload, Sample, {"name": "abc", "tags": ["a", "b", "c"]}
@@ -151,7 +153,9 @@ class FromQueryTests(SynchronousTestCase):
             reasons(error), {"count": "must be an integer", "flag": "must be true or false"}
         )
         for text in ["--5", "-", "", "5.0", "1" * 19, "٣", "+5", " 5"]:
-            error = self.assertRaises(InvalidArgument, fromQuery, Sample, {"name": "abc", "count": text})
+            error = self.assertRaises(
+                InvalidArgument, fromQuery, Sample, {"name": "abc", "count": text}
+            )
             self.assertEqual(reasons(error), {"count": "must be an integer"}, text)
 
 
@@ -176,7 +180,10 @@ class SchemaTests(SynchronousTestCase):
         jsonschema.Draft202012Validator.check_schema(schema)
         validator = jsonschema.Draft202012Validator(schema)
         self.assertEqual(schema["required"], ["name"])
-        good = [{"name": "abc"}, {"name": "abcdefgh", "count": 10, "tags": ["a", "bc"], "flag": True}]
+        good = [
+            {"name": "abc"},
+            {"name": "abcdefgh", "count": 10, "tags": ["a", "bc"], "flag": True},
+        ]
         bad = [
             {},
             {"name": "ab"},

@@ -42,7 +42,9 @@ class OutboxTestsMixin:
         yield self.database.migrate(self.outbox.table, self.outbox.migrations())
 
     def makeOutbox(self) -> Outbox:
-        return Outbox(self.database, self.bus, PlainFieldCodec(), "things", SOURCE, reactor, interval=0.05)
+        return Outbox(
+            self.database, self.bus, PlainFieldCodec(), "things", SOURCE, reactor, interval=0.05
+        )
 
     def remaining(self) -> Any:
         return self.database.runQuery(f"SELECT message_id FROM {self.outbox.table}")
@@ -59,7 +61,9 @@ class OutboxTestsMixin:
         yield self.outbox.flush()
         yield eventually(lambda: self.received)
         [(payload, context)] = self.received
-        self.assertEqual((payload, context.messageId, context.source), ({"n": 1}, messageId, SOURCE))
+        self.assertEqual(
+            (payload, context.messageId, context.source), ({"n": 1}, messageId, SOURCE)
+        )
         self.assertEqual((yield self.remaining()), [])
 
     @inlineCallbacks
@@ -86,8 +90,13 @@ class OutboxTestsMixin:
         self.bus.down = True
         ids = []
         for n in range(3):
-            ids.append((yield self.database.runInteraction(
-                lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n}))))
+            ids.append(
+                (
+                    yield self.database.runInteraction(
+                        lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n})
+                    )
+                )
+            )
         yield self.outbox.flush()
         self.assertEqual(len((yield self.remaining())), 3)
         self.bus.down = False
@@ -118,7 +127,9 @@ class OutboxTestsMixin:
         """
         self.outbox._batchSize = 4
         for n in range(10):
-            yield self.database.runInteraction(lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n}))
+            yield self.database.runInteraction(
+                lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n})
+            )
         yield gatherResults([self.outbox.flush(), self.outbox.flush(), self.outbox.flush()])
         yield eventually(lambda: len(self.received) == 10)
         self.assertEqual(sorted(p["n"] for p, _ in self.received), list(range(10)))

@@ -91,7 +91,9 @@ class ServiceTests(SynchronousTestCase):
         """
         self.assertEqual(sorted(Greeter.rpcMethods()), ["hello", "relay"])
         [handler] = Greeter.eventHandlers()
-        self.assertEqual((handler.pattern, handler.eventType, handler.group), ("named.*", Named, None))
+        self.assertEqual(
+            (handler.pattern, handler.eventType, handler.group), ("named.*", Named, None)
+        )
         self.assertEqual(self.service.hello(Hello(name="x"), None), Greeting(greeting="hello x"))
 
     def test_serves(self) -> None:
@@ -100,7 +102,9 @@ class ServiceTests(SynchronousTestCase):
         """
         self.start()
         self.assertEqual(self.service.prepared, 1)
-        self.assertEqual(self.successResultOf(self.call("hello", {"name": "bob"})), {"greeting": "hello bob"})
+        self.assertEqual(
+            self.successResultOf(self.call("hello", {"name": "bob"})), {"greeting": "hello bob"}
+        )
 
     def test_checksRequests(self) -> None:
         """
@@ -108,7 +112,9 @@ class ServiceTests(SynchronousTestCase):
         the method runs, field by field.
         """
         self.start()
-        error = self.failureResultOf(self.call("hello", {"name": "", "x": 1}), InvalidArgument).value
+        error = self.failureResultOf(
+            self.call("hello", {"name": "", "x": 1}), InvalidArgument
+        ).value
         self.assertEqual([e["field"] for e in error.details["errors"]], ["x", "name"])
 
     def test_errors(self) -> None:
@@ -152,7 +158,11 @@ class ServiceTests(SynchronousTestCase):
         )
         self.start()
         d = self.call(
-            "relay", {"name": "x"}, timeout=3, priority=Priority.HIGH, origin=Origin(None, "trace-9")
+            "relay",
+            {"name": "x"},
+            timeout=3,
+            priority=Priority.HIGH,
+            origin=Origin(None, "trace-9"),
         )
         self.clock.advance(0)
         self.assertEqual(self.successResultOf(d), {"ok": True})
@@ -199,5 +209,3 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(self.service.cleaned, 1)
         self.assertEqual(self.successResultOf(d), {"late": True})
-
-

@@ -4,9 +4,8 @@ Tests for L{txplatform.serviceid}.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txplatform.serviceid import ServiceId, ServiceIdCollision, ServiceRegistry, UnknownService
-
 from services import platformRegistry
+from txplatform.serviceid import ServiceId, ServiceIdCollision, ServiceRegistry, UnknownService
 
 
 class ServiceIdTests(SynchronousTestCase):
@@ -84,7 +83,9 @@ class ServiceRegistryTests(SynchronousTestCase):
         A name cannot be registered at a second id.
         """
         registry = ServiceRegistry([("alpha", ServiceId.fromHex("000aaa"))])
-        self.assertRaises(ServiceIdCollision, registry.register, "alpha", ServiceId.fromHex("000bbb"))
+        self.assertRaises(
+            ServiceIdCollision, registry.register, "alpha", ServiceId.fromHex("000bbb")
+        )
         self.assertEqual(registry.idFor("alpha"), ServiceId.fromHex("000aaa"))
 
     def test_badNames(self) -> None:

@@ -153,7 +153,11 @@ class _AdbapiDatabase:
         return self._pool.runInteraction(self._interact, interaction, args, kwargs)
 
     def _interact(
-        self, adbapiTransaction: adbapi.Transaction, interaction: Callable[..., Any], args: Any, kw: Any
+        self,
+        adbapiTransaction: adbapi.Transaction,
+        interaction: Callable[..., Any],
+        args: Any,
+        kw: Any,
     ) -> Any:
         return interaction(_Transaction(adbapiTransaction, self), *args, **kw)
 

@@ -213,7 +213,9 @@ def _spec(attribute: Attribute) -> _Spec:
     try:
         return attribute.metadata[_SPEC]
     except KeyError:
-        raise TypeError(f"field {attribute.name!r} was not declared with a txplatform field") from None
+        raise TypeError(
+            f"field {attribute.name!r} was not declared with a txplatform field"
+        ) from None
 
 
 def fromPayload(cls: type[T], payload: object) -> T:

@@ -182,7 +182,9 @@ class Outbox:
             confirmations = []
             for seq, messageId, event, sealed, correlationId in rows:
                 try:
-                    payload = loads(self._fields.open(self.table, "payload", messageId, bytes(sealed)))
+                    payload = loads(
+                        self._fields.open(self.table, "payload", messageId, bytes(sealed))
+                    )
                 except Exception:
                     # Kept for an operator to inspect; the others go on.
                     self.log.failure(

@@ -50,7 +50,7 @@ def decodeCursor(cursor: str, *types: type) -> tuple[Any, ...]:
     if (
         not isinstance(key, list)
         or len(key) != len(types)
-        or not all(_fits(part, kind) for part, kind in zip(key, types))
+        or not all(_fits(part, kind) for part, kind in zip(key, types, strict=True))
     ):
         raise InvalidArgument.forFields([("cursor", "is not a cursor from this listing")])
     return tuple(key)

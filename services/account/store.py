@@ -102,9 +102,7 @@ class SessionRow:
 
 
 class AccountStore:
-    def __init__(
-        self, database: IDatabase, fields: IFieldCodec, outbox: Outbox
-    ) -> None:
+    def __init__(self, database: IDatabase, fields: IFieldCodec, outbox: Outbox) -> None:
         self._database = database
         self._fields = fields
         self._outbox = outbox
@@ -131,7 +129,9 @@ class AccountStore:
             id=accountId,
             username=self._fields.open("accounts", "username", accountId, bytes(username)),
             email=self._fields.open("accounts", "email", accountId, bytes(email)),
-            display_name=self._fields.open("accounts", "display_name", accountId, bytes(displayName)),
+            display_name=self._fields.open(
+                "accounts", "display_name", accountId, bytes(displayName)
+            ),
             password_hash=passwordHash,
             created_at=createdAt,
         )
@@ -154,7 +154,9 @@ class AccountStore:
     def _create(self, t: ITransaction, account: AccountRow) -> AccountRow:
         usernameIndex = self.usernameIndex(account.username)
         emailIndex = self.emailIndex(account.email)
-        if t.execute("SELECT 1 FROM accounts WHERE username_index = ?", (usernameIndex,)).fetchone():
+        if t.execute(
+            "SELECT 1 FROM accounts WHERE username_index = ?", (usernameIndex,)
+        ).fetchone():
             raise Conflict("that username is taken", {"field": "username"})
         if t.execute("SELECT 1 FROM accounts WHERE email_index = ?", (emailIndex,)).fetchone():
             raise Conflict("that email address is already registered", {"field": "email"})
@@ -366,9 +368,9 @@ class AccountStore:
 
     def deleteExpiredSessions(self, now: int) -> Deferred[int]:
         return self._database.runInteraction(
-            lambda t: t.execute(
-                "DELETE FROM account_sessions WHERE expires_at <= ?", (now,)
-            ).rowcount
+            lambda t: (
+                t.execute("DELETE FROM account_sessions WHERE expires_at <= ?", (now,)).rowcount
+            )
         )
 
     # Follows

@@ -60,7 +60,9 @@ class NotifyService(DatabaseService):
         if gone:
             return
         recipients: dict[str, str] = {}
-        mentioned = [name for name in mentionedUsernames(event.body) if name != event.author_username]
+        mentioned = [
+            name for name in mentionedUsernames(event.body) if name != event.author_username
+        ]
         for start in range(0, len(mentioned), 1000):
             found = yield self.callService(
                 account.SERVICE_ID,
@@ -101,9 +103,7 @@ class NotifyService(DatabaseService):
             for recipient, kind in ordered
         ]
         added = yield self.store.add(notifications)
-        self.log.debug(
-            "Post {post} notified {added} account(s)", post=event.post_id, added=added
-        )
+        self.log.debug("Post {post} notified {added} account(s)", post=event.post_id, added=added)
 
     @handles(post.POST_DELETED, post.PostDeleted)
     def post_deleted(self, event: post.PostDeleted, context: EventContext) -> Any:

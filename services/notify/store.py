@@ -88,7 +88,9 @@ class NotifyStore:
             recipient_id=recipient,
             kind=kind,
             actor_id=actorId,
-            actor_username=self._fields.open("notifications", "actor_username", nid, bytes(actorUsername)),
+            actor_username=self._fields.open(
+                "notifications", "actor_username", nid, bytes(actorUsername)
+            ),
             post_id=postId,
             created_at=createdAt,
             read=bool(isRead),
@@ -182,11 +184,13 @@ class NotifyStore:
         @return: whether C{recipientId} has that notification.
         """
         return self._database.runInteraction(
-            lambda t: t.execute(
-                "UPDATE notifications SET is_read = ? WHERE id = ? AND recipient_id = ?",
-                (True, notificationId, recipientId),
-            ).rowcount
-            > 0
+            lambda t: (
+                t.execute(
+                    "UPDATE notifications SET is_read = ? WHERE id = ? AND recipient_id = ?",
+                    (True, notificationId, recipientId),
+                ).rowcount
+                > 0
+            )
         )
 
     def postDeleted(self, postId: str, now: int) -> Deferred[int]:

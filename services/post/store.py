@@ -80,7 +80,9 @@ class PostStore:
         return PostRow(
             id=postId,
             author_id=authorId,
-            author_username=self._fields.open("posts", "author_username", postId, bytes(authorUsername)),
+            author_username=self._fields.open(
+                "posts", "author_username", postId, bytes(authorUsername)
+            ),
             body=self._fields.open("posts", "body", postId, bytes(body)),
             created_at=createdAt,
         )

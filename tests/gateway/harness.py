@@ -154,7 +154,12 @@ class PlatformTestCase(ServiceTestCase):
 
     @inlineCallbacks
     def register(self, username: str, **extra: Any) -> Any:
-        body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD, **extra}
+        body = {
+            "username": username,
+            "email": f"{username}@example.com",
+            "password": PASSWORD,
+            **extra,
+        }
         reply = yield self.request("POST", "/v1/accounts", json=body)
         self.assertEqual(reply.status, 201, reply.body)
         return reply.json

@@ -11,7 +11,6 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-
 from ..support import PostgresMixin, SQLiteMixin, eventually
 from .harness import PASSWORD, PlatformTestCase
 
@@ -67,7 +66,8 @@ class AccountEndpointTests:
         )
         problem = self.assertProblem(reply, 400, "invalid_argument")
         self.assertEqual(
-            sorted(e["field"] for e in problem["errors"]), ["admin", "email", "password", "username"]
+            sorted(e["field"] for e in problem["errors"]),
+            ["admin", "email", "password", "username"],
         )
         self.assertIn("password: must be at least 10 characters", problem["detail"])
         reply = yield self.request("POST", "/v1/accounts", json={"username": "alice"})
@@ -206,7 +206,9 @@ class MeEndpointTests:
         token = yield self.user("alice")
         reply = yield self.request("GET", "/v1/me", token=token)
         self.assertEqual(reply.status, 200)
-        self.assertEqual((reply.json["username"], reply.json["email"]), ("alice", "alice@example.com"))
+        self.assertEqual(
+            (reply.json["username"], reply.json["email"]), ("alice", "alice@example.com")
+        )
         self.assertEqual(reply.header("cache-control"), "no-store")
 
     @inlineCallbacks
@@ -252,7 +254,9 @@ class MeEndpointTests:
             "PATCH", "/v1/me", token=token, json={"email": "new@example.com", "display_name": "Al"}
         )
         self.assertEqual(reply.status, 200)
-        self.assertEqual((reply.json["email"], reply.json["display_name"]), ("new@example.com", "Al"))
+        self.assertEqual(
+            (reply.json["email"], reply.json["display_name"]), ("new@example.com", "Al")
+        )
         reply = yield self.request("GET", "/v1/accounts/alice")
         self.assertEqual(reply.json["display_name"], "Al")
 
@@ -267,7 +271,9 @@ class MeEndpointTests:
         self.assertProblem(reply, 400)
         reply = yield self.request("PATCH", "/v1/me", token=token, json={"username": "eve"})
         self.assertProblem(reply, 400)
-        reply = yield self.request("PATCH", "/v1/me", token=token, json={"email": "bob@example.com"})
+        reply = yield self.request(
+            "PATCH", "/v1/me", token=token, json={"email": "bob@example.com"}
+        )
         self.assertProblem(reply, 409)
 
     @inlineCallbacks
@@ -363,7 +369,9 @@ class MeEndpointTests:
         """
         token = yield self.user("alice")
         self.assertProblem((yield self.request("PUT", "/v1/me/following/nobody", token=token)), 404)
-        self.assertProblem((yield self.request("DELETE", "/v1/me/following/nobody", token=token)), 404)
+        self.assertProblem(
+            (yield self.request("DELETE", "/v1/me/following/nobody", token=token)), 404
+        )
         self.assertProblem((yield self.request("PUT", "/v1/me/following/alice", token=token)), 400)
 
 
@@ -392,7 +400,9 @@ class SessionEndpointTests:
             {"username": "nobody", "password": PASSWORD},
         ]:
             self.assertProblem((yield self.request("POST", "/v1/sessions", json=body)), 401)
-        self.assertProblem((yield self.request("POST", "/v1/sessions", json={"username": "a"})), 400)
+        self.assertProblem(
+            (yield self.request("POST", "/v1/sessions", json={"username": "a"})), 400
+        )
 
     @inlineCallbacks
     def test_logout(self) -> Any:
@@ -457,8 +467,17 @@ class PostEndpointTests:
         else is a 400.
         """
         token = yield self.user("alice")
-        for body in [{"body": ""}, {"body": "  "}, {"body": "x" * 5001}, {"body": 5}, {}, {"body": "x", "to": "y"}]:
-            self.assertProblem((yield self.request("POST", "/v1/posts", token=token, json=body)), 400)
+        for body in [
+            {"body": ""},
+            {"body": "  "},
+            {"body": "x" * 5001},
+            {"body": 5},
+            {},
+            {"body": "x", "to": "y"},
+        ]:
+            self.assertProblem(
+                (yield self.request("POST", "/v1/posts", token=token, json=body)), 400
+            )
         reply = yield self.request("POST", "/v1/posts", token=token, json={"body": "é" * 5000})
         self.assertEqual(reply.status, 201)
 
@@ -482,14 +501,18 @@ class NotificationEndpointTests:
         bob = yield self.user("bob")
         carol = yield self.user("carol")
         yield self.request("PUT", "/v1/me/following/alice", token=carol)
-        first = (yield self.request("POST", "/v1/posts", token=alice, json={"body": "hey @Bob"})).json
+        first = (
+            yield self.request("POST", "/v1/posts", token=alice, json={"body": "hey @Bob"})
+        ).json
         yield self.request("POST", "/v1/posts", token=alice, json={"body": "again @bob"})
         items = yield eventually(
             lambda: self.notificationsOf(bob).addCallback(lambda n: len(n) == 2 and n)
         )
         self.assertEqual([n["kind"] for n in items], ["mention", "mention"])
         self.assertEqual({n["actor"] for n in items}, {"alice"})
-        carols = yield eventually(lambda: self.notificationsOf(carol).addCallback(lambda n: len(n) == 2 and n))
+        carols = yield eventually(
+            lambda: self.notificationsOf(carol).addCallback(lambda n: len(n) == 2 and n)
+        )
         self.assertEqual({n["kind"] for n in carols}, {"followed_post"})
         target = [n for n in items if n["post_id"] == first["id"]][0]
         reply = yield self.request("POST", f"/v1/notifications/{target['id']}/read", token=bob)
@@ -606,7 +629,9 @@ class PlatformEndpointTests:
             "/v1/me/following?cursor=WzEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMCwieCJd",
             "/v1/accounts/alice/posts?limit=--5",
         ]:
-            self.assertProblem((yield self.request("GET", path, token=token)), 400, "invalid_argument")
+            self.assertProblem(
+                (yield self.request("GET", path, token=token)), 400, "invalid_argument"
+            )
 
     @inlineCallbacks
     def test_requestId(self) -> Any:

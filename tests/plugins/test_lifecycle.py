@@ -98,7 +98,9 @@ class ListeningServiceTests(TestCase):
         The service listens on its endpoint string, logs the address it got
         and stops listening when stopped.
         """
-        service = ListeningService(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol), "Test")
+        service = ListeningService(
+            reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol), "Test"
+        )
         with capturedLogs() as events:
             service.startService()
         self.assertEqual(service.address.host, "127.0.0.1")

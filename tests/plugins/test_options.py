@@ -98,7 +98,9 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse(allinone, "--data-dir", "/srv/tx")
         self.assertEqual(options.databaseURL("post"), "sqlite:/srv/tx/post.sqlite")
         options = self.parse(allinone, "--db", "postgresql://u@h/d?sslmode=disable")
-        self.assertEqual(options.databaseURL("notify"), "postgresql://u@h/d?sslmode=disable&schema=notify")
+        self.assertEqual(
+            options.databaseURL("notify"), "postgresql://u@h/d?sslmode=disable&schema=notify"
+        )
         options = self.parse(allinone, "--db", "postgresql://u@h/d")
         self.assertEqual(options.databaseURL("account"), "postgresql://u@h/d?schema=account")
         self.assertRaises(usage.UsageError, self.parse, allinone, "--db", "sqlite:x")
@@ -125,7 +127,11 @@ class MakeServiceTests(SynchronousTestCase):
         """
         A service's own command runs the bus and that service.
         """
-        for module, expected in [(account, "AccountService"), (post, "PostService"), (notify, "NotifyService")]:
+        for module, expected in [
+            (account, "AccountService"),
+            (post, "PostService"),
+            (notify, "NotifyService"),
+        ]:
             options = module.Options()
             options.parseOptions(["--db", f"sqlite:{self.mktemp()}/db.sqlite"])
             service = module.makeService(options, reactor=MemoryReactorClock())

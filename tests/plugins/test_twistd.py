@@ -93,7 +93,15 @@ class TwistdTestCase(TestCase):
 
 class AllInOneProcessTests(TwistdTestCase):
     @inlineCallbacks
-    def call(self, http: HTTPClient, port: int, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    def call(
+        self,
+        http: HTTPClient,
+        port: int,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+    ) -> Any:
         headers = {}
         if token:
             headers["Authorization"] = [f"Bearer {token}"]
@@ -142,7 +150,9 @@ class AllInOneProcessTests(TwistdTestCase):
 
         @inlineCallbacks
         def notified() -> Any:
-            code, page = yield self.call(http, port, "GET", "/v1/notifications", token=tokens["bob"])
+            code, page = yield self.call(
+                http, port, "GET", "/v1/notifications", token=tokens["bob"]
+            )
             return page["items"]
 
         [notification] = yield eventually(notified, timeout=10)
@@ -176,7 +186,9 @@ class AllInOneProcessTests(TwistdTestCase):
         blocker = os.path.abspath(self.mktemp())
         with open(blocker, "w") as f:
             f.write("a file, not a directory")
-        process = self.spawn("txplatform", "--listen", "tcp:0", "--data-dir", os.path.join(blocker, "var"))
+        process = self.spawn(
+            "txplatform", "--listen", "tcp:0", "--data-dir", os.path.join(blocker, "var")
+        )
         self.assertFailure(process.listening, AssertionError)
         code = yield process.ended
         self.assertEqual(code, 1)
@@ -238,9 +250,12 @@ class InstalledCommandsTests(TestCase):
         for command in ["txplatform", "gateway", "account", "post", "notify"]:
             self.assertRegex(listing.stdout, rf"\n\s+{command}\s")
             helped = subprocess.run(
-                [twistd, command, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
+                [twistd, command, "--help"],
+                cwd=elsewhere,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             self.assertEqual(helped.returncode, 0, helped.stderr)
             self.assertIn("--", helped.stdout)
-
-

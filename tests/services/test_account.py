@@ -128,9 +128,7 @@ class AccountTestsMixin:
         account = yield self.register("alice")
         own = yield self.call("get_account", account_id=account["id"])
         self.assertEqual(own, account)
-        yield self.assertFailure(
-            self.call("get_account", account_id="0" * 26), NotFound
-        )
+        yield self.assertFailure(self.call("get_account", account_id="0" * 26), NotFound)
 
     @inlineCallbacks
     def test_resolve(self) -> Any:
@@ -170,7 +168,9 @@ class AccountTestsMixin:
         )
         self.assertEqual((updated["email"], updated["display_name"]), ("new@example.com", "Al"))
         events = yield self.recorder.waitFor(api.ACCOUNT_UPDATED)
-        self.assertEqual(events[0], {"account_id": account["id"], "changed": ["email", "display_name"]})
+        self.assertEqual(
+            events[0], {"account_id": account["id"], "changed": ["email", "display_name"]}
+        )
         yield self.register("alice2", email="alice@example.com")
 
     @inlineCallbacks
@@ -192,7 +192,9 @@ class AccountTestsMixin:
         An update must change something.
         """
         alice = yield self.register("alice")
-        yield self.assertFailure(self.call("update_account", account_id=alice["id"]), InvalidArgument)
+        yield self.assertFailure(
+            self.call("update_account", account_id=alice["id"]), InvalidArgument
+        )
 
     @inlineCallbacks
     def test_changePassword(self) -> Any:
@@ -362,7 +364,8 @@ class AccountTestsMixin:
         """
         alice = yield self.register("alice")
         self.service.passwords = PasswordHasher(
-            self.service.passwords._reactor, Argon2Parameters(timeCost=1, memoryCost=16, parallelism=1)
+            self.service.passwords._reactor,
+            Argon2Parameters(timeCost=1, memoryCost=16, parallelism=1),
         )
         yield self.login("alice")
         [[stored]] = yield self.service.database.runQuery(
@@ -404,8 +407,12 @@ class AccountTestsMixin:
         Following nobody is not found; following oneself is invalid.
         """
         alice = yield self.register("alice")
-        yield self.assertFailure(self.call("follow", account_id=alice["id"], username="nobody"), NotFound)
-        yield self.assertFailure(self.call("unfollow", account_id=alice["id"], username="nobody"), NotFound)
+        yield self.assertFailure(
+            self.call("follow", account_id=alice["id"], username="nobody"), NotFound
+        )
+        yield self.assertFailure(
+            self.call("unfollow", account_id=alice["id"], username="nobody"), NotFound
+        )
         error = yield self.assertFailure(
             self.call("follow", account_id=alice["id"], username="alice"), InvalidArgument
         )

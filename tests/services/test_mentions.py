@@ -19,7 +19,9 @@ class MentionTests(SynchronousTestCase):
         """
         A mention ends at the first character outside a-z, 0-9 and _.
         """
-        self.assertEqual(mentionedUsernames("hi @bob's @carol-x @dave_2!"), ["bob", "carol", "dave_2"])
+        self.assertEqual(
+            mentionedUsernames("hi @bob's @carol-x @dave_2!"), ["bob", "carol", "dave_2"]
+        )
         self.assertEqual(mentionedUsernames("@évé @eve\u00e9"), ["eve"])
 
     def test_lengths(self) -> None:

@@ -59,11 +59,13 @@ class NotifyTestsMixin:
         yield self.posts.outbox.flush()
         yield self.accounts.outbox.flush()
         yield eventually(
-            lambda: all(
-                self.bus.pendingEvents("notify", pattern) == 0
-                for pattern in (post.POST_CREATED, post.POST_DELETED, account.ACCOUNT_DELETED)
+            lambda: (
+                all(
+                    self.bus.pendingEvents("notify", pattern) == 0
+                    for pattern in (post.POST_CREATED, post.POST_DELETED, account.ACCOUNT_DELETED)
+                )
+                and all(w.inflight == 0 for w in self.notify._subscriptions)
             )
-            and all(w.inflight == 0 for w in self.notify._subscriptions)
         )
 
     @inlineCallbacks
@@ -89,7 +91,8 @@ class NotifyTestsMixin:
         self.assertEqual((yield self.kinds("alice")), [])
         [notification] = (yield self.notifications("dave"))["items"]
         self.assertEqual(
-            {k: notification[k] for k in ("post_id", "read")}, {"post_id": created["id"], "read": False}
+            {k: notification[k] for k in ("post_id", "read")},
+            {"post_id": created["id"], "read": False},
         )
 
     @inlineCallbacks
@@ -120,7 +123,9 @@ class NotifyTestsMixin:
         """
         first = yield self.post("alice", "one @bob")
         yield self.post("alice", "two @bob")
-        yield eventually(lambda: self.notifications("bob").addCallback(lambda p: len(p["items"]) == 2))
+        yield eventually(
+            lambda: self.notifications("bob").addCallback(lambda p: len(p["items"]) == 2)
+        )
         page = yield self.notifications("bob")
         older = [n for n in page["items"] if n["post_id"] == first["id"]][0]
         yield self.assertFailure(
@@ -132,7 +137,9 @@ class NotifyTestsMixin:
             NotFound,
         )
         yield self.bus.call(
-            api.SERVICE_ID, "mark_read", {"account_id": self.ids["bob"], "notification_id": older["id"]}
+            api.SERVICE_ID,
+            "mark_read",
+            {"account_id": self.ids["bob"], "notification_id": older["id"]},
         )
         unread = yield self.notifications("bob", unread=True)
         read = yield self.notifications("bob", unread=False)
@@ -148,7 +155,9 @@ class NotifyTestsMixin:
         yield self.follow("bob", "alice")
         for n in range(5):
             yield self.post("alice", f"post {n}")
-        yield eventually(lambda: self.notifications("bob").addCallback(lambda p: len(p["items"]) == 5))
+        yield eventually(
+            lambda: self.notifications("bob").addCallback(lambda p: len(p["items"]) == 5)
+        )
         first = yield self.notifications("bob", limit=2)
         second = yield self.notifications("bob", limit=2, cursor=first["next"])
         third = yield self.notifications("bob", limit=2, cursor=second["next"])
@@ -167,7 +176,9 @@ class NotifyTestsMixin:
         created = yield self.post("alice", "@bob @carol")
         yield eventually(lambda: self.kinds("carol"))
         yield self.bus.call(
-            post.SERVICE_ID, "delete_post", {"post_id": created["id"], "account_id": self.ids["alice"]}
+            post.SERVICE_ID,
+            "delete_post",
+            {"post_id": created["id"], "account_id": self.ids["alice"]},
         )
         yield eventually(lambda: self.kinds("carol").addCallback(lambda k: k == []))
         self.assertEqual((yield self.kinds("bob")), [])
@@ -198,7 +209,9 @@ class NotifyTestsMixin:
         yield eventually(lambda: self.kinds("carol"))
         yield eventually(lambda: self.kinds("alice"))
         yield self.bus.call(
-            account.SERVICE_ID, "delete_account", {"account_id": self.ids["bob"], "password": PASSWORD}
+            account.SERVICE_ID,
+            "delete_account",
+            {"account_id": self.ids["bob"], "password": PASSWORD},
         )
         yield eventually(lambda: self.kinds("carol").addCallback(lambda k: k == []))
         self.assertEqual((yield self.kinds("alice")), [])
@@ -247,7 +260,10 @@ class FlakyAccountTests(SQLiteMixin, ServiceTestCase):
 
         yield self.bus.serve(
             account.SERVICE_ID,
-            {"resolve_usernames": resolve, "list_followers": lambda p, c: {"items": [], "next": None}},
+            {
+                "resolve_usernames": resolve,
+                "list_followers": lambda p, c: {"items": [], "next": None},
+            },
         )
         yield self.startNotify()
         yield self.bus.publish(

@@ -19,11 +19,15 @@ class PasswordHasherTests(TestCase):
         """
         Hashes are argon2id with the configured parameters, and verify.
         """
-        hasher = PasswordHasher(reactor, Argon2Parameters(timeCost=1, memoryCost=1024, parallelism=1))
+        hasher = PasswordHasher(
+            reactor, Argon2Parameters(timeCost=1, memoryCost=1024, parallelism=1)
+        )
         encoded = yield hasher.hash("correct horse")
         self.assertTrue(encoded.startswith("$argon2id$"))
         parameters = extract_parameters(encoded)
-        self.assertEqual((parameters.time_cost, parameters.memory_cost, parameters.parallelism), (1, 1024, 1))
+        self.assertEqual(
+            (parameters.time_cost, parameters.memory_cost, parameters.parallelism), (1, 1024, 1)
+        )
         self.assertTrue((yield hasher.verify(encoded, "correct horse")))
         self.assertFalse((yield hasher.verify(encoded, "wrong horse")))
         self.assertFalse(hasher.needsRehash(encoded))
@@ -36,7 +40,9 @@ class PasswordHasherTests(TestCase):
         hasher = PasswordHasher(reactor)
         encoded = yield hasher.hash("correct horse")
         parameters = extract_parameters(encoded)
-        self.assertEqual((parameters.time_cost, parameters.memory_cost, parameters.parallelism), (2, 19456, 1))
+        self.assertEqual(
+            (parameters.time_cost, parameters.memory_cost, parameters.parallelism), (2, 19456, 1)
+        )
 
     @inlineCallbacks
     def test_rehash(self) -> Any:
@@ -68,7 +74,9 @@ class PasswordHasherTests(TestCase):
         """
         Hashing runs off the reactor thread: timers keep firing meanwhile.
         """
-        hasher = PasswordHasher(reactor, Argon2Parameters(timeCost=3, memoryCost=65536, parallelism=1))
+        hasher = PasswordHasher(
+            reactor, Argon2Parameters(timeCost=3, memoryCost=65536, parallelism=1)
+        )
         ticks = []
         loop = LoopingCall(lambda: ticks.append(reactor.seconds()))
         loop.start(0.005)

@@ -44,7 +44,12 @@ class PostTestsMixin:
         [event] = yield self.recorder.waitFor(api.POST_CREATED)
         self.assertEqual(
             {k: event[k] for k in ("post_id", "author_id", "author_username", "body")},
-            {"post_id": created["id"], "author_id": ALICE, "author_username": "alice", "body": "hello @bob"},
+            {
+                "post_id": created["id"],
+                "author_id": ALICE,
+                "author_username": "alice",
+                "body": "hello @bob",
+            },
         )
 
     @inlineCallbacks
@@ -91,8 +96,12 @@ class PostTestsMixin:
         self.assertEqual(seen, list(reversed(bodies)))
         empty = yield self.call("list_posts", author_id="01cccccccccccccccccccccccc")
         self.assertEqual(empty, {"items": [], "next": None})
-        yield self.assertFailure(self.call("list_posts", author_id=ALICE, cursor="bad"), InvalidArgument)
-        yield self.assertFailure(self.call("list_posts", author_id=ALICE, limit=101), InvalidArgument)
+        yield self.assertFailure(
+            self.call("list_posts", author_id=ALICE, cursor="bad"), InvalidArgument
+        )
+        yield self.assertFailure(
+            self.call("list_posts", author_id=ALICE, limit=101), InvalidArgument
+        )
 
     @inlineCallbacks
     def test_delete(self) -> Any:
@@ -138,7 +147,6 @@ class PostTestsMixin:
         yield self.bus.publish(account.ACCOUNT_DELETED, {"account": ALICE})
         yield eventually(lambda: self.bus.deadLetters("post"))
         yield self.create("still here")
-
 
     @inlineCallbacks
     def test_purgedAnnounced(self) -> Any:

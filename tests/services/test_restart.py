@@ -36,7 +36,10 @@ class RestartTests(TestCase):
         bus.setServiceParent(top)
         services = [
             AccountService(
-                bus, SQLiteDatabase(os.path.join(directory, "account.sqlite")), reactor, cheapPasswords()
+                bus,
+                SQLiteDatabase(os.path.join(directory, "account.sqlite")),
+                reactor,
+                cheapPasswords(),
             ),
             PostService(bus, SQLiteDatabase(os.path.join(directory, "post.sqlite")), reactor),
             NotifyService(bus, SQLiteDatabase(os.path.join(directory, "notify.sqlite")), reactor),
@@ -56,7 +59,9 @@ class RestartTests(TestCase):
         directory = self.mktemp()
         top, bus, (accounts, posts, _) = self.platform(directory)
         top.startService()
-        yield eventually(lambda: all(s.whenStarted().called for s in top if hasattr(s, "whenStarted")))
+        yield eventually(
+            lambda: all(s.whenStarted().called for s in top if hasattr(s, "whenStarted"))
+        )
         bob = yield bus.call(
             accounts.serviceId,
             "register",
