@@ -125,3 +125,40 @@ def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float =
 
 def sleep(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
+
+
+BROKER_URL = os.environ.get("TXPLATFORM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+
+_brokerProblem: list[str | None] = []
+
+
+def brokerProblem() -> str | None:
+    """
+    Why RabbitMQ cannot be used, or None if it can (checked once).
+    """
+    if not _brokerProblem:
+        import socket
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(BROKER_URL)
+        try:
+            with socket.create_connection((parts.hostname, parts.port or 5672), timeout=3):
+                pass
+            _brokerProblem.append(None)
+        except OSError as e:
+            _brokerProblem.append(f"{type(e).__name__}: {e}")
+    return _brokerProblem[0]
+
+
+def requireBroker() -> None:
+    """
+    Skip the test when no broker answers, except in CI, where its absence
+    is a failure.
+    """
+    problem = brokerProblem()
+    if problem is None:
+        return
+    message = f"RabbitMQ at {BROKER_URL} is not reachable ({problem})"
+    if inCI():
+        raise AssertionError(message + "; CI must run the broker tests")
+    raise SkipTest(message + "; set TXPLATFORM_TEST_AMQP or start the broker")

@@ -1,0 +1,365 @@
+"""
+Tests for L{txplatform.amqp.bus} against the local RabbitMQ: the semantics
+the in-process bus has, over a real broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from zope.interface.verify import verifyObject
+
+from txplatform.amqp import frames
+from txplatform.amqp.bus import EVENTS_EXCHANGE, deadQueue
+from txplatform.amqp.frames import Properties
+from txplatform.context import Origin, Priority
+from txplatform.errors import DeadlineExceeded, InternalError, MalformedMessage, NotFound, Unavailable, UnknownMethod
+from txplatform.interfaces import IBus
+from txplatform.serviceid import ServiceId
+
+from ..support import eventually
+from .harness import BrokerTestCase
+
+CALLER = ServiceId.fromHex("f0ca11")
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class CallTests(BrokerTestCase):
+    @inlineCallbacks
+    def test_roundTrip(self) -> Any:
+        """
+        A call reaches a replica of the service and its result comes back,
+        with the caller's id and trace id.
+        """
+        service = self.newServiceId()
+        server = yield self.makeBus()
+        client = yield self.makeBus(caller=CALLER)
+        verifyObject(IBus, client)
+        contexts = []
+
+        def echo(payload: Any, context: Any) -> Any:
+            contexts.append(context)
+            return {"echo": payload}
+
+        yield server.serve(service, {"echo": echo})
+        result = yield client.call(service, "echo", {"x": [1, "é"]}, origin=Origin(CALLER, "trace-1"))
+        self.assertEqual(result, {"echo": {"x": [1, "é"]}})
+        [context] = contexts
+        self.assertEqual(
+            (context.caller, context.correlationId, context.method, context.service),
+            (CALLER, "trace-1", "echo", service),
+        )
+
+    @inlineCallbacks
+    def test_deferredHandler(self) -> Any:
+        """
+        Handlers may answer through a Deferred.
+        """
+        service = self.newServiceId()
+        bus = yield self.makeBus()
+        yield bus.serve(service, {"later": lambda p, c: sleep(0.05).addCallback(lambda _: "done")})
+        self.assertEqual((yield bus.call(service, "later", {})), "done")
+
+    @inlineCallbacks
+    def test_errors(self) -> Any:
+        """
+        Service errors come back typed; anything else as a bare internal
+        error; unknown methods and services say so.
+        """
+        service = self.newServiceId()
+        bus = yield self.makeBus()
+
+        def missing(payload: Any, context: Any) -> Any:
+            raise NotFound("no such thing", {"thing": 1})
+
+        def broken(payload: Any, context: Any) -> Any:
+            raise ZeroDivisionError("secret")
+
+        yield bus.serve(service, {"missing": missing, "broken": broken})
+        error = yield self.assertFailure(bus.call(service, "missing", {}), NotFound)
+        self.assertEqual((error.message, error.details), ("no such thing", {"thing": 1}))
+        error = yield self.assertFailure(bus.call(service, "broken", {}), InternalError)
+        self.assertNotIn("secret", error.message)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        yield self.assertFailure(bus.call(service, "nothing", {}), UnknownMethod)
+        yield self.assertFailure(bus.call(self.newServiceId(), "x", {}), Unavailable)
+
+    @inlineCallbacks
+    def test_timeout(self) -> Any:
+        """
+        A call without an answer by its deadline fails with DeadlineExceeded.
+        """
+        service = self.newServiceId()
+        bus = yield self.makeBus()
+        yield bus.serve(service, {"never": lambda p, c: Deferred()})
+        error = yield self.assertFailure(bus.call(service, "never", {}, timeout=0.3), DeadlineExceeded)
+        self.assertIn(service.hex, error.message)
+
+    @inlineCallbacks
+    def test_expiredNotExecuted(self) -> Any:
+        """
+        A request that waited in the queue past its deadline is dropped, not
+        executed late.
+        """
+        service = self.newServiceId()
+        bus = yield self.makeBus()
+        release: Deferred[None] = Deferred()
+        ran = []
+
+        def work(payload: Any, context: Any) -> Any:
+            ran.append(payload["n"])
+            return release if payload["n"] == 1 else None
+
+        yield bus.serve(service, {"work": work}, prefetch=1)
+        first = bus.call(service, "work", {"n": 1}, timeout=10)
+        yield eventually(lambda: ran)
+        late = bus.call(service, "work", {"n": 2}, timeout=0.2)
+        yield self.assertFailure(late, DeadlineExceeded)
+        yield sleep(0.1)
+        release.callback(None)
+        yield first
+        yield sleep(0.2)
+        self.assertEqual(ran, [1])
+
+    @inlineCallbacks
+    def test_priorities(self) -> Any:
+        """
+        Waiting calls are taken highest priority first.
+        """
+        service = self.newServiceId()
+        bus = yield self.makeBus()
+        order = []
+        release: Deferred[None] = Deferred()
+
+        def work(payload: Any, context: Any) -> Any:
+            order.append(payload["name"])
+            return release if payload["name"] == "first" else None
+
+        yield bus.serve(service, {"work": work}, prefetch=1)
+        calls = [bus.call(service, "work", {"name": "first"})]
+        yield eventually(lambda: order)
+        for name, priority in [("low", Priority.LOW), ("normal", Priority.NORMAL), ("high", Priority.HIGH)]:
+            calls.append(bus.call(service, "work", {"name": name}, priority=priority))
+        yield sleep(0.3)  # all three are queued at the broker
+        release.callback(None)
+        yield gatherResults(calls)
+        self.assertEqual(order, ["first", "high", "normal", "low"])
+
+    @inlineCallbacks
+    def test_competingReplicas(self) -> Any:
+        """
+        Replicas of a service share its calls; each call is handled once.
+        """
+        service = self.newServiceId()
+        handled: dict[str, list[int]] = {"a": [], "b": []}
+        for name in "ab":
+            replica = yield self.makeBus()
+
+            def work(payload: Any, context: Any, name: str = name) -> Any:
+                handled[name].append(payload["n"])
+                return sleep(0.01)
+
+            yield replica.serve(service, {"work": work}, prefetch=4)
+        client = yield self.makeBus()
+        yield gatherResults([client.call(service, "work", {"n": n}) for n in range(40)])
+        self.assertEqual(sorted(handled["a"] + handled["b"]), list(range(40)))
+        self.assertTrue(handled["a"] and handled["b"], handled)
+
+    @inlineCallbacks
+    def test_stopDrains(self) -> Any:
+        """
+        A stopping replica finishes the calls it holds, and the others take
+        the rest.
+        """
+        service = self.newServiceId()
+        first = yield self.makeBus()
+        release: Deferred[None] = Deferred()
+        subscription = yield first.serve(service, {"work": lambda p, c: release.addCallback(lambda _: "first")}, prefetch=1)
+        client = yield self.makeBus()
+        held = client.call(service, "work", {})
+        yield sleep(0.2)
+        stopped = subscription.stop()
+        self.assertNoResult(stopped)
+        queued = client.call(service, "work", {})
+        second = yield self.makeBus()
+        yield second.serve(service, {"work": lambda p, c: "second"})
+        self.assertEqual((yield queued), "second")
+        release.callback(None)
+        self.assertEqual((yield held), "first")
+        yield stopped
+
+
+class EventTests(BrokerTestCase):
+    @inlineCallbacks
+    def test_groups(self) -> Any:
+        """
+        Every group gets every event once; a group's replicas share them.
+        """
+        event = self.newEvent()
+        groupA = self.newGroup(event)
+        groupB = self.newGroup(event)
+        got: dict[str, list[int]] = {"a1": [], "a2": [], "b": []}
+        for name, group in [("a1", groupA), ("a2", groupA), ("b", groupB)]:
+            bus = yield self.makeBus()
+            yield bus.subscribe(event, lambda p, c, name=name: got[name].append(p["n"]), group, prefetch=2)
+        publisher = yield self.makeBus(caller=CALLER)
+        yield gatherResults([publisher.publish(event, {"n": n}) for n in range(30)])
+        yield eventually(lambda: len(got["a1"]) + len(got["a2"]) == 30 and len(got["b"]) == 30)
+        self.assertEqual(sorted(got["a1"] + got["a2"]), list(range(30)))
+        self.assertTrue(got["a1"] and got["a2"])
+        self.assertEqual(sorted(got["b"]), list(range(30)))
+
+    @inlineCallbacks
+    def test_context(self) -> Any:
+        """
+        Handlers learn the event's id, name, source and trace.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        contexts = []
+        bus = yield self.makeBus(caller=CALLER)
+        yield bus.subscribe(event, lambda p, c: contexts.append(c), group)
+        yield bus.publish(event, {}, origin=Origin(CALLER, "trace-7"), messageId="m-1")
+        [context] = yield eventually(lambda: contexts)
+        self.assertEqual(
+            (context.messageId, context.event, context.source, context.correlationId, context.attempt),
+            ("m-1", event, CALLER, "trace-7", 1),
+        )
+
+    @inlineCallbacks
+    def test_durableGroup(self) -> Any:
+        """
+        A group's queue keeps events while no member is there.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        bus = yield self.makeBus()
+        subscription = yield bus.subscribe(event, lambda p, c: None, group)
+        yield subscription.stop()
+        yield bus.publish(event, {"n": 1})
+        got = []
+        yield bus.subscribe(event, lambda p, c: got.append(p), group)
+        yield eventually(lambda: got == [{"n": 1}])
+
+    @inlineCallbacks
+    def test_private(self) -> Any:
+        """
+        Private subscriptions each get every event, beside the groups.
+        """
+        event = self.newEvent()
+        got: list[str] = []
+        for name in ["x", "y"]:
+            bus = yield self.makeBus()
+            yield bus.subscribe(event, lambda p, c, name=name: got.append(name))
+        publisher = yield self.makeBus()
+        yield publisher.publish(event, {})
+        yield eventually(lambda: sorted(got) == ["x", "y"])
+
+    @inlineCallbacks
+    def test_retryThenDeadLetter(self) -> Any:
+        """
+        A failing handler gets the event again after each retry delay, then
+        it goes to the group's dead-letter queue with the error.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        attempts = []
+
+        def failing(payload: Any, context: Any) -> Any:
+            attempts.append(context.attempt)
+            raise RuntimeError("database is down")
+
+        bus = yield self.makeBus()
+        yield bus.subscribe(event, failing, group)
+        yield bus.publish(event, {"n": 1}, messageId="dead-1")
+        [dead] = yield eventually(lambda: self.deadLetters(bus, group))
+        self.assertEqual(attempts, [1, 2, 3])
+        headers = dead.properties.headers
+        self.assertEqual(dead.properties.message_id, "dead-1")
+        self.assertIn("database is down", headers["x-error"])
+        self.assertEqual(headers["x-attempts"], 3)
+        self.assertEqual(headers["x-original-routing-key"], event)
+        self.flushLoggedErrors(RuntimeError)
+
+    @inlineCallbacks
+    def test_retryThenSucceed(self) -> Any:
+        """
+        An event that succeeds on a retry is not dead-lettered.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        attempts = []
+
+        def flaky(payload: Any, context: Any) -> Any:
+            attempts.append(context.attempt)
+            if context.attempt < 2:
+                raise RuntimeError("not yet")
+
+        bus = yield self.makeBus()
+        yield bus.subscribe(event, flaky, group)
+        yield bus.publish(event, {})
+        yield eventually(lambda: attempts == [1, 2])
+        yield sleep(0.3)
+        self.assertEqual((yield self.deadLetters(bus, group)), [])
+
+    @inlineCallbacks
+    def test_malformed(self) -> Any:
+        """
+        A message that cannot be decoded goes to the dead-letter queue at
+        once, and the group goes on with the next event.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        got = []
+
+        def handler(payload: Any, context: Any) -> Any:
+            if payload.get("bad"):
+                raise MalformedMessage("missing field")
+            got.append(payload)
+
+        bus = yield self.makeBus()
+        yield bus.subscribe(event, handler, group, prefetch=1)
+        bus._protocol.publish(1, EVENTS_EXCHANGE, event, Properties(message_id="junk"), b"\xff not json")
+        yield bus.publish(event, {"bad": True})
+        yield bus.publish(event, {"good": True})
+        yield eventually(lambda: got == [{"good": True}])
+        dead = yield eventually(lambda: self.deadLetters(bus, group).addCallback(lambda d: len(d) == 2 and d))
+        self.assertEqual(sorted(d.properties.headers["x-attempts"] for d in dead), [1, 1])
+        self.assertTrue(any("not JSON" in d.properties.headers["x-error"] for d in dead))
+
+    @inlineCallbacks
+    def test_publishConfirmed(self) -> Any:
+        """
+        publish fires once the broker has the event; without a connection
+        it fails at once, so that the outbox keeps the event.
+        """
+        bus = yield self.makeBus()
+        confirmed = bus.publish(self.newEvent(), {"n": 1})
+        yield confirmed
+        yield bus.stopService()
+        yield self.assertFailure(bus.publish(self.newEvent(), {}), Unavailable)
+
+    @inlineCallbacks
+    def deadLetters(self, bus: Any, group: str) -> Any:
+        """
+        The messages in C{group}'s dead-letter queue, left in place.
+        """
+        protocol = bus._protocol
+        found = []
+        while True:
+            delivery = yield protocol.get(1, deadQueue(group))
+            if delivery is None:
+                break
+            found.append(delivery)
+        if found:
+            protocol.transport.write(frames.nack(1, found[-1].deliveryTag, True, True))
+        return found
+
+
+

@@ -1,0 +1,357 @@
+# -*- test-case-name: tests.amqp.test_protocol -*-
+"""
+An AMQP 0-9-1 connection: txamqp's client, with the hot path done here.
+
+txamqp negotiates the connection, opens channels and runs the synchronous
+control methods (declarations, bindings, qos, consume, confirm.select).
+Every message, though, goes through this subclass's own framing
+(L{txplatform.amqp.frames}): publishing is one write, and incoming
+deliveries, returns, get-ok replies and publisher confirms are parsed
+straight from the receive buffer and handed to callbacks on the spot,
+without txamqp's per-frame Deferreds and queues.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import defaultdict
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txamqp.client import TwistedDelegate
+from txamqp.protocol import AMQClient
+
+from . import frames
+from .frames import Delivery, Properties
+
+__all__ = ["AMQPConnection", "AMQPDelegate", "PublishNacked", "NotConnected"]
+
+_HEAD = struct.Struct("!BHI")
+_CLASS_METHOD = struct.Struct("!HH")
+
+
+class PublishNacked(Exception):
+    """
+    The broker refused to take responsibility for a published message.
+    """
+
+
+class NotConnected(Exception):
+    """
+    There is no connection to write to.
+    """
+
+
+class AMQPDelegate(TwistedDelegate):
+    """
+    Handles the control methods the broker sends.
+
+    @ivar clientProperties: Sent in connection.start-ok: the capabilities we
+        use and a name that shows in the broker's connection list.
+    """
+
+    log = Logger()
+
+    def __init__(self, clientProperties: dict[str, Any]) -> None:
+        super().__init__()
+        self.clientProperties = clientProperties
+
+    def connection_start(self, ch: Any, msg: Any) -> None:
+        # txamqp's table encoder knows only strings and integers; the
+        # capabilities are a nested table of booleans, so start-ok goes out
+        # through our own encoder.
+        args = (
+            frames.encodeTable(self.clientProperties)
+            + frames._shortstr(self.client.mechanism)
+            + struct.pack("!I", len(self.client.response))
+            + self.client.response
+            + frames._shortstr(self.client.locale)
+        )
+        payload = _CLASS_METHOD.pack(10, 11) + args
+        self.client.transport.write(frames._frame(frames.FRAME_METHOD, 0, payload))
+
+    def channel_close(self, ch: Any, msg: Any) -> None:
+        # A channel error means our state is off (a declaration refused,
+        # publishing to an exchange that went away): start again from a new
+        # connection rather than carry on half-working.
+        self.log.error(
+            "The broker closed channel {channel}: {code} {text}",
+            channel=ch.id,
+            code=msg.reply_code,
+            text=msg.reply_text,
+        )
+        super().channel_close(ch, msg)
+        self.client.transport.loseConnection()
+
+    def basic_cancel(self, ch: Any, msg: Any) -> None:
+        # The broker cancelled a consumer (its queue was deleted): reconnect,
+        # which declares the queue again and consumes anew.
+        self.log.warn("The broker cancelled consumer {tag}", tag=msg.consumer_tag)
+        self.client.transport.loseConnection()
+
+
+class AMQPConnection(AMQClient):
+    """
+    An AMQP connection with a fast path for messages.
+
+    @ivar onDeliver: Maps consumer tags to callables taking a L{Delivery}.
+    @ivar onReturn: Called with each L{Delivery} the broker returned.
+    @ivar onLost: Called once with the reason when the connection is gone.
+    """
+
+    log = Logger()
+
+    def __init__(self, delegate: AMQPDelegate, vhost: str, spec: Any, heartbeat: int, clock: Any):
+        super().__init__(delegate, vhost, spec, heartbeat=heartbeat, clock=clock)
+        self._buffer = bytearray()
+        self._assembling: dict[int, tuple[Delivery, list[bytes], int]] = {}
+        self.onDeliver: dict[str, Callable[[Delivery], None]] = {}
+        self.onReturn: Callable[[Delivery], None] = lambda delivery: None
+        self.onLost: Callable[[Failure], None] = lambda reason: None
+        self._gets: dict[int, list[Deferred[Delivery | None]]] = defaultdict(list)
+        self._publishSequence: dict[int, int] = {}
+        self._unconfirmed: dict[int, dict[int, Deferred[None]]] = {}
+        self._lastReceived = clock.seconds()
+        self.lost = False
+
+    def attach(
+        self, onReturn: Callable[[Delivery], None], onLost: Callable[[Failure], None]
+    ) -> AMQPConnection:
+        """
+        Set the callbacks for returned messages and for the end of the
+        connection; return the connection itself (ClientService hands out a
+        proxy, on which setting attributes would not reach it).
+        """
+        self.onReturn = onReturn
+        self.onLost = onLost
+        return self
+
+    # The protocol header: txamqp writes AMQP 1 1 0 9; this is 0-9-1's.
+
+    def send_init_string(self) -> None:
+        self.transport.write(b"AMQP\x00\x00\x09\x01")
+
+    # Receiving
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.frame_mode:
+            return super().dataReceived(data)
+        self._lastReceived = self.clock.seconds()
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        end = len(buffer)
+        while end - offset >= 8:
+            kind, channel, size = _HEAD.unpack_from(buffer, offset)
+            frameEnd = offset + 7 + size
+            if frameEnd >= end:
+                if size > self.MAX_LENGTH + 8:
+                    self._protocolError(f"a frame of {size} bytes, over the negotiated maximum")
+                    return
+                break
+            if buffer[frameEnd] != frames.FRAME_END:
+                self._protocolError("a frame without its end marker")
+                return
+            payload = bytes(buffer[offset + 7 : frameEnd])
+            start, offset = offset, frameEnd + 1
+            try:
+                handled = self._fastFrame(kind, channel, payload)
+            except (frames.FrameError, struct.error, IndexError, UnicodeError) as e:
+                self._protocolError(f"a malformed frame: {e}")
+                return
+            if not handled:
+                self.frame_received(self._unpack_frame(bytes(buffer[start:offset])))
+            if self.transport is None or self.transport.disconnecting:
+                break
+        del buffer[:offset]
+
+    def _protocolError(self, why: str) -> None:
+        self.log.error("Broker connection dropped: {why}", why=why)
+        self._buffer.clear()
+        self.transport.abortConnection()
+
+    def _fastFrame(self, kind: int, channel: int, payload: bytes) -> bool:
+        """
+        Handle a frame of the hot path; C{False} hands it to txamqp.
+        """
+        if kind == frames.FRAME_METHOD:
+            classId, methodId = _CLASS_METHOD.unpack_from(payload, 0)
+            if classId != frames.BASIC:
+                return False
+            args = payload[4:]
+            if methodId == frames.DELIVER:
+                self._assembling[channel] = (frames.parseDeliver(channel, args), [], 0)
+            elif methodId == frames.GET_OK:
+                self._assembling[channel] = (frames.parseGetOk(channel, args), [], 0)
+            elif methodId == frames.RETURN:
+                self._assembling[channel] = (frames.parseReturn(channel, args), [], 0)
+            elif methodId == frames.ACK:
+                self._confirmed(channel, *frames.parseAck(args), None)
+            elif methodId == frames.NACK:
+                self._confirmed(channel, *frames.parseNack(args), PublishNacked)
+            elif methodId == 72:  # get-empty
+                waiters = self._gets.get(channel)
+                if waiters:
+                    waiters.pop(0).callback(None)
+            else:
+                return False
+            return True
+        if kind == frames.FRAME_HEADER:
+            assembling = self._assembling.get(channel)
+            if assembling is None:
+                return False
+            delivery = assembling[0]
+            delivery.bodySize, delivery.properties = frames.decodeHeader(payload)
+            if delivery.bodySize == 0:
+                self._complete(channel)
+            return True
+        if kind == frames.FRAME_BODY:
+            assembling = self._assembling.get(channel)
+            if assembling is None:
+                return False
+            delivery, chunks, received = assembling
+            chunks.append(payload)
+            received += len(payload)
+            if received >= delivery.bodySize:
+                self._complete(channel)
+            else:
+                self._assembling[channel] = (delivery, chunks, received)
+            return True
+        if kind == frames.FRAME_HEARTBEAT:
+            return True
+        return False
+
+    def _complete(self, channel: int) -> None:
+        delivery, chunks, _ = self._assembling.pop(channel)
+        delivery.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if delivery.consumerTag:
+            handler = self.onDeliver.get(delivery.consumerTag)
+            if handler is None:
+                self.log.warn("A delivery for unknown consumer {tag}", tag=delivery.consumerTag)
+                return
+            handler(delivery)
+        elif delivery.replyCode:
+            self.onReturn(delivery)
+        else:
+            waiters = self._gets.get(channel)
+            if waiters:
+                waiters.pop(0).callback(delivery)
+
+    def check_heartbeat(self) -> None:
+        # txamqp reschedules its check at every frame it processes; frames of
+        # the fast path do not go through it, so look at the last arrival.
+        limit = self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT
+        if self.clock.seconds() - self._lastReceived < limit:
+            self.reschedule_check_heartbeat()
+            return
+        self.log.warn("No heartbeat from the broker for {limit}s: dropping", limit=limit)
+        super().check_heartbeat()
+
+    # Sending
+
+    def startConfirming(self, channel: int) -> None:
+        """
+        Count publications on C{channel}, which is in confirm mode.
+        """
+        self._publishSequence[channel] = 0
+        self._unconfirmed[channel] = {}
+
+    def publish(
+        self,
+        channel: int,
+        exchange: str,
+        routingKey: str,
+        properties: Properties,
+        body: bytes,
+        mandatory: bool = False,
+        confirm: bool = False,
+    ) -> Deferred[None] | None:
+        """
+        Publish a message.
+
+        @param confirm: Return a Deferred that fires when the broker confirms
+            the message (the channel must be confirming).
+        """
+        if self.lost or self.transport is None:
+            return fail(NotConnected("not connected to the broker")) if confirm else None
+        self.transport.write(
+            frames.publish(channel, exchange, routingKey, properties, body, self.MAX_LENGTH, mandatory)
+        )
+        sequence = self._publishSequence.get(channel)
+        if sequence is None:
+            if confirm:
+                raise ValueError(f"channel {channel} is not in confirm mode")
+            return None
+        sequence += 1
+        self._publishSequence[channel] = sequence
+        if not confirm:
+            return None
+        d: Deferred[None] = Deferred()
+        self._unconfirmed[channel][sequence] = d
+        return d
+
+    def _confirmed(
+        self, channel: int, deliveryTag: int, multiple: bool, error: type[Exception] | None
+    ) -> None:
+        pending = self._unconfirmed.get(channel)
+        if not pending:
+            return
+        if multiple:
+            settled = []
+            for sequence in pending:
+                if sequence > deliveryTag:
+                    break
+                settled.append(sequence)
+            ds = [pending.pop(sequence) for sequence in settled]
+        else:
+            d = pending.pop(deliveryTag, None)
+            ds = [d] if d is not None else []
+        for d in ds:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error(f"the broker refused message {deliveryTag}"))
+
+    def ack(self, channel: int, deliveryTag: int, multiple: bool = False) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.write(frames.ack(channel, deliveryTag, multiple))
+
+    def reject(self, channel: int, deliveryTag: int, requeue: bool) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.write(frames.reject(channel, deliveryTag, requeue))
+
+    def get(self, channel: int, queue: str) -> Deferred[Delivery | None]:
+        """
+        basic.get without automatic acknowledgement: the message, or None
+        when the queue is empty.
+        """
+        d: Deferred[Delivery | None] = Deferred()
+        self._gets[channel].append(d)
+        args = (
+            b"\x00\x00" + frames._shortstr(queue) + b"\x00"  # reserved, queue, no-ack=0
+        )
+        payload = _CLASS_METHOD.pack(frames.BASIC, 70) + args
+        self.transport.write(frames._frame(frames.FRAME_METHOD, channel, payload))
+        return d
+
+    # Losing the connection
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = True
+        lost = Failure(ConnectionLost("the connection to the broker was lost"))
+        for pending in self._unconfirmed.values():
+            for d in pending.values():
+                d.errback(lost)
+            pending.clear()
+        for waiters in self._gets.values():
+            for d in waiters:
+                d.errback(lost)
+            waiters.clear()
+        self._assembling.clear()
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.onLost(reason)
