@@ -191,14 +191,24 @@ class Gateway:
         # A final newline costs a byte and makes curl output readable.
         return result if isinstance(result, bytes) else dumps(result) + b"\n"
 
-    def call(self, request: IRequest, service: ServiceId, method: str, payload: Any) -> Any:
+    def call(
+        self,
+        request: IRequest,
+        service: ServiceId,
+        method: str,
+        payload: Any,
+        idempotent: bool | None = None,
+    ) -> Any:
         """
         Call a service for C{request}: under its deadline, with its priority
-        and its request id as the trace id.
+        and its request id as the trace id.  Calls made for GET requests
+        are reads, which the bus may send again after a broken connection.
         """
         exchange = self._exchange(request)
         if not isinstance(payload, dict):
             payload = toPayload(payload)
+        if idempotent is None:
+            idempotent = request.method in (b"GET", b"HEAD")
         remaining = exchange.deadline - self.clock.seconds()
         return self.bus.call(
             service,
@@ -207,6 +217,7 @@ class Gateway:
             timeout=max(remaining, 0.0),
             priority=exchange.priority,
             origin=exchange.origin,
+            idempotent=idempotent,
         )
 
     def _authenticate(self, request: IRequest) -> Deferred[Principal]:
@@ -217,7 +228,9 @@ class Gateway:
         token = token.strip()
         if scheme.lower() != "bearer" or not _TOKEN.match(token):
             return fail(Unauthenticated("the Authorization header must be Bearer <token>"))
-        d = self.call(request, account.SERVICE_ID, "verify_token", {"token": token})
+        d = self.call(
+            request, account.SERVICE_ID, "verify_token", {"token": token}, idempotent=True
+        )
         return d.addCallback(lambda s: Principal(s["account_id"], s["username"], s["session_id"]))
 
     def _parseBody(self, request: IRequest, messageType: type) -> Any:

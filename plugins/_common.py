@@ -10,11 +10,12 @@ from typing import Any
 from twisted.python import usage
 
 from services.account.passwords import Argon2Parameters, PasswordHasher
-from txplatform.buses import busFromURL
+from txplatform.buses import busFromURL, checkBusURL
 from txplatform.database import databaseFromURL
 
 __all__ = [
     "BUS",
+    "DRAIN_TIMEOUT",
     "ARGON2",
     "checkBus",
     "checkDatabase",
@@ -25,7 +26,20 @@ __all__ = [
     "serviceProcess",
 ]
 
-BUS = ["bus", None, "local:", "The message bus: local: (in-process)."]
+BUS = [
+    "bus",
+    None,
+    "local:",
+    "The message bus: local: (in-process) or amqp://user:password@host:5672/vhost"
+    " (amqps:// for TLS; ?cafile=PATH to trust a CA, ?heartbeat=SECONDS).",
+]
+DRAIN_TIMEOUT = [
+    "drain-timeout",
+    None,
+    10.0,
+    "On SIGTERM, seconds to finish the work in hand before handing it back to the bus.",
+    float,
+]
 
 ARGON2 = [
     ["argon2-time-cost", None, Argon2Parameters().timeCost, "argon2id passes.", int],
@@ -35,10 +49,10 @@ ARGON2 = [
 
 
 def checkBus(options: usage.Options) -> None:
-    if options["bus"] not in ("local", "local:"):
-        raise usage.UsageError(
-            f"--bus {options['bus']!r}: this release has local: (the in-process bus)"
-        )
+    try:
+        checkBusURL(options["bus"])
+    except ValueError as e:
+        raise usage.UsageError(f"--bus: {e}") from None
 
 
 def checkDatabase(url: str, option: str = "--db") -> None:
@@ -66,28 +80,29 @@ def passwordHasher(options: usage.Options, reactor: Any) -> PasswordHasher:
     )
 
 
-def makeBus(options: usage.Options, reactor: Any) -> Any:
-    return busFromURL(options["bus"], reactor)
+def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str) -> Any:
+    return busFromURL(options["bus"], reactor, caller=caller, name=name)
 
 
 def makeDatabase(url: str, reactor: Any) -> Any:
     return databaseFromURL(url, reactor=reactor)
 
 
-def serviceProcess(options: usage.Options, reactor: Any, build: Any) -> Any:
+def serviceProcess(options: usage.Options, reactor: Any, serviceClass: Any, build: Any) -> Any:
     """
     The services of a process running one service: the bus, the service
-    (C{build(bus, database)}), and a gate that ends the process if the
-    service cannot start.
+    (C{build(bus, database)}, an instance of C{serviceClass}), and a gate
+    that ends the process if the service cannot start.
     """
     from twisted.application.service import MultiService, Service
 
     from ._lifecycle import ReadinessGate
 
     top = MultiService()
-    bus = makeBus(options, reactor)
+    bus = makeBus(options, reactor, serviceClass.serviceId, serviceClass.name)
     bus.setServiceParent(top)
     service = build(bus, makeDatabase(options["db"], reactor))
+    service.drainTimeout = options["drain-timeout"]
     service.setServiceParent(top)
     ReadinessGate(reactor, [service], Service()).setServiceParent(top)
     return top

@@ -121,7 +121,9 @@ class ReadinessGate(Service):
     def _ready(self, _: Any) -> None:
         if self.running:
             for service in self._first:
-                service.startPublishing()
+                startPublishing = getattr(service, "startPublishing", None)
+                if startPublishing is not None:
+                    startPublishing()
             self._whenReady()
             self._then.startService()
 

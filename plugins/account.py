@@ -12,6 +12,7 @@ from twisted.python import usage
 from ._common import (
     ARGON2,
     BUS,
+    DRAIN_TIMEOUT,
     checkBus,
     checkDatabase,
     checkPositive,
@@ -27,6 +28,7 @@ class Options(usage.Options):
     longdesc = "Run one replica of the Account service: accounts, login sessions and follows."
     optParameters = [
         BUS,
+        DRAIN_TIMEOUT,
         [
             "db",
             None,
@@ -53,6 +55,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     return serviceProcess(
         options,
         reactor,
+        AccountService,
         lambda bus, database: AccountService(
             bus,
             database,

@@ -55,8 +55,12 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         from twisted.internet import reactor
     from ._lifecycle import ReadinessGate
 
+    from services import GATEWAY_ID
+
     top = MultiService()
-    bus = makeBus(options, reactor)
+    bus = makeBus(options, reactor, GATEWAY_ID, "gateway")
     bus.setServiceParent(top)
-    ReadinessGate(reactor, [], gatewayListener(options, reactor, bus)).setServiceParent(top)
+    # Listen once the bus is up, so a gateway is only ever reached when it
+    # can do something.
+    ReadinessGate(reactor, [bus], gatewayListener(options, reactor, bus)).setServiceParent(top)
     return top

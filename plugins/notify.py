@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import BUS, checkBus, checkDatabase, serviceProcess
+from ._common import DRAIN_TIMEOUT, BUS, checkBus, checkDatabase, serviceProcess
 
 
 class Options(usage.Options):
@@ -19,6 +19,7 @@ class Options(usage.Options):
     )
     optParameters = [
         BUS,
+        DRAIN_TIMEOUT,
         [
             "db",
             None,
@@ -38,5 +39,5 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from services.notify.service import NotifyService
 
     return serviceProcess(
-        options, reactor, lambda bus, database: NotifyService(bus, database, reactor)
+        options, reactor, NotifyService, lambda bus, database: NotifyService(bus, database, reactor)
     )

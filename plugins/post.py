@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import BUS, checkBus, checkDatabase, serviceProcess
+from ._common import DRAIN_TIMEOUT, BUS, checkBus, checkDatabase, serviceProcess
 
 CACHE_SIZE = [
     "post-cache-size",
@@ -31,6 +31,7 @@ class Options(usage.Options):
     longdesc = "Run one replica of the Post service: create, read, list and delete posts."
     optParameters = [
         BUS,
+        DRAIN_TIMEOUT,
         [
             "db",
             None,
@@ -54,6 +55,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     return serviceProcess(
         options,
         reactor,
+        PostService,
         lambda bus, database: PostService(
             bus, database, reactor, cacheSize=options["post-cache-size"]
         ),

@@ -5,21 +5,54 @@ Choosing a bus from a URL, as the C{--bus} option of every process does.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
+from .interfaces import IBus
 from .localbus import LocalBus
+from .serviceid import ServiceId
 
-__all__ = ["busFromURL"]
+__all__ = ["busFromURL", "checkBusURL"]
 
 
-def busFromURL(url: str, reactor: Any) -> LocalBus:
+def checkBusURL(url: str) -> None:
+    """
+    @raise ValueError: C{url} names no bus we know, or is malformed.
+    """
+    if url in ("local", "local:"):
+        return
+    if url.startswith(("amqp://", "amqps://")):
+        from .amqp.url import BrokerURL
+
+        BrokerURL.parse(url)
+        return
+    raise ValueError(
+        f"unknown bus {url!r}: use local: (in-process) or amqp://user:password@host:5672/vhost"
+    )
+
+
+def busFromURL(url: str, reactor: Any, caller: ServiceId | None = None, name: str = "txplatform") -> IBus:
     """
     The bus C{url} names:
 
-      - C{local:}: the in-process bus, for everything in one process.
+      - C{local:}: the in-process bus, for everything in one process;
+      - C{amqp://user:password@host:port/vhost} (or C{amqps://} for TLS):
+        RabbitMQ.
 
+    @param caller: The service this process runs, stamped on its messages.
+    @param name: Shown in the broker's list of connections.
     @raise ValueError: an unknown kind of bus.
     """
+    checkBusURL(url)
     if url in ("local", "local:"):
         return LocalBus(reactor)
-    raise ValueError(f"unknown bus {url!r}: this release has local: (the in-process bus)")
+    from .amqp.bus import AMQPBus
+    from .amqp.url import BrokerURL
+
+    return AMQPBus(
+        reactor,
+        BrokerURL.parse(url),
+        caller=caller,
+        connectionName=f"{name} on {socket.gethostname()} pid {os.getpid()}",
+    )

@@ -86,3 +86,10 @@ class ReadCache(Generic[K, V]):
         self.generation += 1
         for key in [k for k, (_, v) in self._entries.items() if predicate(v)]:
             del self._entries[key]
+
+    def clear(self) -> None:
+        """
+        Forget everything (invalidations may have been missed).
+        """
+        self.generation += 1
+        self._entries.clear()

@@ -52,7 +52,7 @@ class IBus(Interface):
         malformed event is dead-lettered at once.
     """
 
-    def call(service, method, payload, timeout=None, priority=None, origin=None):
+    def call(service, method, payload, timeout=None, priority=None, origin=None, idempotent=False):
         """
         Call C{method} of the service with L{ServiceId} C{service}.
 
@@ -62,6 +62,9 @@ class IBus(Interface):
         @param priority: A L{txplatform.context.Priority}.
         @param origin: A L{txplatform.context.Origin}: caller, trace id and
             the deadline inherited from an outer call.
+        @param idempotent: Whether doing the call twice is harmless: if the
+            bus loses a call it sent (a broken connection), it sends it again
+            rather than failing it.
         @return: A Deferred firing with the result payload, or failing with a
             L{txplatform.errors.ServiceError}.
         """
@@ -87,7 +90,7 @@ class IBus(Interface):
         @return: A Deferred firing with an L{ISubscription}.
         """
 
-    def subscribe(pattern, handler, group=None, prefetch=None):
+    def subscribe(pattern, handler, group=None, prefetch=None, onGap=None):
         """
         Handle events matching C{pattern} (AMQP topic syntax: C{*} is one
         word, C{#} zero or more) as a member of C{group}.
@@ -98,6 +101,9 @@ class IBus(Interface):
             subscription instead: it gets every matching event published
             while it exists (each replica its own copy, as for cache
             invalidation), and its queue goes when it stops.
+        @param onGap: For a private subscription: called when it was set up
+            again after the bus lost its connection, and may have missed
+            events meanwhile (a cache should then forget everything).
         @return: A Deferred firing with an L{ISubscription}.
         """
 

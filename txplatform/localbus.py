@@ -376,6 +376,7 @@ class LocalBus(Service):
         timeout: float | None = None,
         priority: int | None = None,
         origin: Origin | None = None,
+        idempotent: bool = False,
     ) -> Deferred[Any]:
         priority = Priority.NORMAL if priority is None else int(priority)
         if not 0 <= priority <= 9:
@@ -462,6 +463,12 @@ class LocalBus(Service):
         queue.addWorker(worker)
         return succeed(worker)
 
+    def whenStarted(self) -> Deferred[None]:
+        """
+        The in-process bus is ready as soon as it exists.
+        """
+        return succeed(None)
+
     def pendingCalls(self, service: ServiceId) -> int:
         """
         How many calls to C{service} wait for a free replica.
@@ -504,7 +511,9 @@ class LocalBus(Service):
         handler: Callable[[Any, EventContext], Any],
         group: str | None = None,
         prefetch: int | None = None,
+        onGap: Callable[[], object] | None = None,
     ) -> Deferred[ISubscription]:
+        # In process nothing is ever missed: onGap is never called.
         try:
             checkPattern(pattern)
         except ValueError:

@@ -126,6 +126,9 @@ class BusService(Service):
     #: Calls (and events) one replica works on at once.
     callPrefetch: ClassVar[int | None] = None
     eventPrefetch: ClassVar[int | None] = None
+    #: Seconds a stopping replica waits for its work in hand.
+    drainTimeout: float = 10.0
+    _stoppedEarly = False
 
     def __init__(self, bus: IBus, clock: IReactorTime) -> None:
         self.bus = bus
@@ -158,6 +161,12 @@ class BusService(Service):
         """
         return None
 
+    def eventsMissed(self) -> None:
+        """
+        Private subscriptions may have missed events (the bus reconnected):
+        forget what was kept from them.
+        """
+
     def startPublishing(self) -> None:
         """
         Start publishing what earlier runs left unpublished.  A process calls
@@ -187,6 +196,7 @@ class BusService(Service):
                         self._eventHandler(spec),
                         None if spec.private else spec.group or self.name,
                         prefetch=self.eventPrefetch,
+                        onGap=self.eventsMissed if spec.private else None,
                     )
                 )
             )
@@ -200,7 +210,10 @@ class BusService(Service):
 
     def _startFinished(self, result: Any) -> None:
         if isinstance(result, Failure):
-            self.log.failure("{service} failed to start", result, service=self.name)
+            if self._stoppedEarly and result.check(CancelledError):
+                result = None  # stopped while starting: nothing went wrong
+            else:
+                self.log.failure("{service} failed to start", result, service=self.name)
         self._startResult = result
         waiters, self._startWaiters = self._startWaiters, []
         for waiter in waiters:
@@ -225,19 +238,38 @@ class BusService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop taking work, let the work in hand finish, then clean up.
+        Stop taking work, let the work in hand finish (for at most
+        C{drainTimeout} seconds: then it is handed back to the bus, which
+        gives it to another replica), then clean up.
         """
         super().stopService()
         if self._started is None:
             return succeed(None)
+        if not self._started.called:
+            # Still waiting for the bus or the database: give up starting.
+            self._stoppedEarly = True
+            self._started.cancel()
         d = self.whenStarted()
         d.addErrback(lambda _: None)
-        d.addCallback(
-            lambda _: gatherResults([s.stop() for s in self._subscriptions], consumeErrors=True)
-        )
-        d.addCallback(lambda _: self._subscriptions.clear())
+        d.addCallback(lambda _: self._drain())
         d.addCallback(lambda _: self.cleanup())
         return d
+
+    def _drain(self) -> Deferred[None]:
+        subscriptions, self._subscriptions = self._subscriptions, []
+        drained = gatherResults([s.stop() for s in subscriptions], consumeErrors=True)
+        drained.addTimeout(self.drainTimeout, self.clock)
+
+        def tooSlow(failure: Failure) -> None:
+            failure.trap(TimeoutError)
+            self.log.warn(
+                "{service} stopped before its work in hand finished ({seconds}s);"
+                " the bus hands it to another replica",
+                service=self.name,
+                seconds=self.drainTimeout,
+            )
+
+        return drained.addErrback(tooSlow)
 
     def _callHandler(self, spec: _RpcSpec) -> Callable[[Any, CallContext], Any]:
         def handle(payload: Any, context: CallContext) -> Any:
@@ -266,6 +298,7 @@ class BusService(Service):
         context: CallContext | EventContext | None = None,
         timeout: float | None = None,
         priority: int | None = None,
+        idempotent: bool = False,
     ) -> Deferred[Any]:
         """
         Call another service on behalf of the message in C{context}: same
@@ -277,7 +310,13 @@ class BusService(Service):
         if priority is None and isinstance(context, CallContext):
             priority = context.priority
         return self.bus.call(
-            service, method, payload, timeout=timeout, priority=priority, origin=origin
+            service,
+            method,
+            payload,
+            timeout=timeout,
+            priority=priority,
+            origin=origin,
+            idempotent=idempotent,
         )
 
 

@@ -69,6 +69,7 @@ class NotifyService(DatabaseService):
                 "resolve_usernames",
                 {"usernames": mentioned[start : start + 1000]},
                 context,
+                idempotent=True,
             )
             for entry in found["accounts"]:
                 recipients.setdefault(entry["id"], api.MENTION)
@@ -78,7 +79,7 @@ class NotifyService(DatabaseService):
             if cursor is not None:
                 request["cursor"] = cursor
             followers = yield self.callService(
-                account.SERVICE_ID, "list_followers", request, context
+                account.SERVICE_ID, "list_followers", request, context, idempotent=True
             )
             for followerId in followers["items"]:
                 recipients.setdefault(followerId, api.FOLLOWED_POST)

@@ -115,6 +115,9 @@ class PostService(DatabaseService):
 
     # Every replica's cache hears of deletions, after they committed.
 
+    def eventsMissed(self) -> None:
+        self.cache.clear()
+
     @handles(api.POST_DELETED, api.PostDeleted, private=True)
     def forget_post(self, event: api.PostDeleted, context: EventContext) -> None:
         self.cache.invalidate(event.post_id)

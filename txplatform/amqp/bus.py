@@ -294,12 +294,14 @@ class _Subscription(_Consumer):
         handler: Callable[[Any, EventContext], Any],
         group: str | None,
         prefetch: int,
+        onGap: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(bus, prefetch)
         self.pattern = pattern
         self.group = group
         self._handler = handler
         self._privateQueue: str | None = None
+        self._onGap = onGap
 
     def queueName(self) -> str:
         if self.group is None:
@@ -310,6 +312,10 @@ class _Subscription(_Consumer):
     @inlineCallbacks
     def declare(self, channel: Any) -> Any:
         if self.group is None:
+            if self._privateQueue is not None and self._onGap is not None:
+                # The last queue went with the last connection, and with it
+                # whatever was published in between.
+                self._onGap()
             ok = yield channel.queue_declare(queue="", exclusive=True, auto_delete=True)
             self._privateQueue = ok.queue
             yield channel.queue_bind(
@@ -512,6 +518,12 @@ class AMQPBus(Service):
         yield self._service.stopService()
         self._failWaiting(Unavailable("the bus is stopping"))
 
+    def whenStarted(self) -> Deferred[None]:
+        """
+        Fires once connected: a process waits for it before it listens.
+        """
+        return self.whenConnected()
+
     def _later(self, delay: float, f: Callable[..., Any], *args: Any) -> None:
         """
         Call C{f} later, unless the bus stops first.
@@ -530,7 +542,7 @@ class AMQPBus(Service):
         """
         if self._protocol is not None and not self._protocol.lost:
             return succeed(None)
-        d: Deferred[None] = Deferred()
+        d: Deferred[None] = Deferred(lambda d: self._connected.remove(d))
         self._connected.append(d)
         return d
 
@@ -657,14 +669,23 @@ class AMQPBus(Service):
             d = channel.basic_cancel(consumer_tag=consumer.tag)
             d.addErrback(lambda f: None)
 
-    @inlineCallbacks
-    def _addConsumer(self, consumer: _Consumer) -> Any:
+    def _addConsumer(self, consumer: _Consumer) -> Deferred[ISubscription]:
+        """
+        Register C{consumer}; it runs on this connection and every later one.
+        Fires once it consumes; cancelling withdraws it.
+        """
         self._consumers.append(consumer)
         if self.connected:
-            yield consumer.start(self._protocol, self._channel)
+            d = consumer.start(self._protocol, self._channel)
         else:
-            yield self.whenConnected()
-        return consumer
+            d = self.whenConnected()
+        d.addCallback(lambda _: consumer)
+
+        def withdraw(failure: Failure) -> Failure:
+            self._forget(consumer)
+            return failure
+
+        return d.addErrback(withdraw)
 
     # Calls
 
@@ -843,13 +864,14 @@ class AMQPBus(Service):
         handler: Callable[[Any, EventContext], Any],
         group: str | None = None,
         prefetch: int | None = None,
+        onGap: Callable[[], object] | None = None,
     ) -> Deferred[ISubscription]:
         try:
             checkPattern(pattern)
         except ValueError:
             return fail()
         return self._addConsumer(
-            _Subscription(self, pattern, handler, group, prefetch or self._eventPrefetch)
+            _Subscription(self, pattern, handler, group, prefetch or self._eventPrefetch, onGap)
         )
 
     def _deadLetter(
