@@ -80,6 +80,8 @@ class CallContext:
     correlationId: str
     deadline: float
     priority: int
+    #: The bus delivered this call before, to a replica that did not finish.
+    redelivered: bool = False
 
     def origin(self, caller: ServiceId | None) -> Origin:
         """

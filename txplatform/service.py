@@ -38,6 +38,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -48,6 +49,7 @@ from .fields import PlainFieldCodec
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
 from .messages import fromPayload, toPayload
 from .outbox import Outbox
+from .replylog import ReplyLog
 from .serviceid import ServiceId
 from .topics import checkPattern
 
@@ -62,6 +64,7 @@ class _RpcSpec:
     name: str
     requestType: type
     function: Callable[..., Any]
+    idempotent: bool = True
 
 
 @frozen
@@ -73,17 +76,24 @@ class _HandlerSpec:
     private: bool = False
 
 
-def rpc(requestType: type, *, name: str | None = None) -> Callable[[Callable], Callable]:
+def rpc(
+    requestType: type, *, name: str | None = None, idempotent: bool = True
+) -> Callable[[Callable], Callable]:
     """
     Declare an RPC method taking a C{requestType} message (parsed and
     checked before the method runs) and a L{CallContext}.  It returns a
     JSON-compatible value or a message, or a Deferred of one.
 
     @param name: The method's name on the bus; the function's by default.
+    @param idempotent: C{False} for a method whose effect must not happen
+        twice: it records its reply with L{DatabaseService.replies} in the
+        transaction of its change, and a redelivered call gets the recorded
+        reply instead of running again.
     """
 
     def decorator(function: Callable) -> Callable:
-        setattr(function, _RPC, _RpcSpec(name or function.__name__, requestType, function))
+        spec = _RpcSpec(name or function.__name__, requestType, function, idempotent)
+        setattr(function, _RPC, spec)
         return function
 
     return decorator
@@ -273,12 +283,26 @@ class BusService(Service):
 
     def _callHandler(self, spec: _RpcSpec) -> Callable[[Any, CallContext], Any]:
         def handle(payload: Any, context: CallContext) -> Any:
-            result = spec.function(self, fromPayload(spec.requestType, payload), context)
+            request = fromPayload(spec.requestType, payload)
+            if context.redelivered and not spec.idempotent:
+                return self.replay(context).addCallback(
+                    lambda found: found[1] if found[0] else run(request, context)
+                )
+            return run(request, context)
+
+        def run(request: Any, context: CallContext) -> Any:
+            result = spec.function(self, request, context)
             if isinstance(result, Deferred):
                 return result.addCallback(_asPayload)
             return _asPayload(result)
 
         return handle
+
+    def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
+        """
+        The recorded reply to a redelivered call, if there is one.
+        """
+        return succeed((False, None))
 
     def _eventHandler(self, spec: _HandlerSpec) -> Callable[[Any, EventContext], Any]:
         def handle(payload: Any, context: EventContext) -> Any:
@@ -347,12 +371,24 @@ class DatabaseService(BusService):
         self.database = database
         self.fields = fields if fields is not None else PlainFieldCodec()
         self.outbox = Outbox(database, bus, self.fields, self.name, self.serviceId, clock)
+        self.replies = ReplyLog(database, self.fields, self.name, clock)
+        self._replySweeper = LoopingCall(self._sweepReplies)
+        self._replySweeper.clock = clock
 
     @inlineCallbacks
     def prepare(self) -> Any:
         self.database.start()
         yield self.database.migrate(self.name, self.migrations)
         yield self.database.migrate(self.outbox.table, self.outbox.migrations())
+        yield self.database.migrate(self.replies.table, self.replies.migrations())
+        self._replySweeper.start(600, now=False)
+
+    def _sweepReplies(self) -> Any:
+        d = self.replies.sweep()
+        return d.addErrback(lambda f: self.log.failure("Could not sweep old replies", f))
+
+    def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
+        return self.replies.lookup(context.messageId)
 
     def startPublishing(self) -> None:
         """
@@ -362,5 +398,7 @@ class DatabaseService(BusService):
 
     @inlineCallbacks
     def cleanup(self) -> Any:
+        if self._replySweeper.running:
+            self._replySweeper.stop()
         yield self.outbox.stop()
         yield self.database.close()

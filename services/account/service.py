@@ -94,7 +94,7 @@ class AccountService(DatabaseService):
 
     # Accounts
 
-    @rpc(api.Register)
+    @rpc(api.Register, idempotent=False)
     @inlineCallbacks
     def register(self, request: api.Register, context: CallContext) -> Any:
         passwordHash = yield self.passwords.hash(request.password)
@@ -107,7 +107,7 @@ class AccountService(DatabaseService):
             password_hash=passwordHash,
             created_at=now,
         )
-        yield self.store.create(account)
+        yield self.store.create(account, self.replies.recorder(context, AccountRow.private))
         self.outbox.flush()
         return account.private()
 
@@ -131,7 +131,7 @@ class AccountService(DatabaseService):
         accounts = yield self.store.resolve(request.usernames)
         return {"accounts": [{"id": a.id, "username": a.username} for a in accounts]}
 
-    @rpc(api.UpdateAccount)
+    @rpc(api.UpdateAccount, idempotent=False)
     @inlineCallbacks
     def update_account(self, request: api.UpdateAccount, context: CallContext) -> Any:
         if request.email is None and request.display_name is None and request.password is None:
@@ -160,18 +160,19 @@ class AccountService(DatabaseService):
             displayName=request.display_name,
             passwordHash=passwordHash,
             keepSession=request.session_id,
+            record=self.replies.recorder(context, AccountRow.private),
         )
         self.outbox.flush()
         return account.private()
 
-    @rpc(api.DeleteAccount)
+    @rpc(api.DeleteAccount, idempotent=False)
     @inlineCallbacks
     def delete_account(self, request: api.DeleteAccount, context: CallContext) -> Any:
         account = yield self._ownAccount(request.account_id)
         matches = yield self.passwords.verify(account.password_hash, request.password)
         if not matches:
             raise PermissionDenied("the password is wrong")
-        deleted = yield self.store.delete(account)
+        deleted = yield self.store.delete(account, self.replies.recorder(context, lambda _: {}))
         if not deleted:
             raise NotFound("your account no longer exists")
         self.outbox.flush()

@@ -19,6 +19,7 @@ from txplatform.database import IntegrityError, Migration, UniqueViolation
 from txplatform.errors import Conflict, InvalidArgument, NotFound
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 from txplatform.outbox import Outbox
+from txplatform.replylog import Recorder
 from txplatform.timestamps import formatMillis
 
 from . import api
@@ -145,13 +146,15 @@ class AccountStore:
 
     # Accounts
 
-    def create(self, account: AccountRow) -> Deferred[AccountRow]:
+    def create(self, account: AccountRow, record: Recorder | None = None) -> Deferred[AccountRow]:
         """
+        @param record: Called in the transaction with the account (see
+            L{txplatform.replylog}).
         @raise Conflict: the username or the email is taken.
         """
-        return self._database.runInteraction(self._create, account)
+        return self._database.runInteraction(self._create, account, record)
 
-    def _create(self, t: ITransaction, account: AccountRow) -> AccountRow:
+    def _create(self, t: ITransaction, account: AccountRow, record: Recorder | None) -> AccountRow:
         usernameIndex = self.usernameIndex(account.username)
         emailIndex = self.emailIndex(account.email)
         if t.execute(
@@ -185,6 +188,8 @@ class AccountStore:
             api.ACCOUNT_CREATED,
             {"account_id": account.id, "username": account.username},
         )
+        if record is not None:
+            record(t, account)
         return account
 
     def byId(self, accountId: str) -> Deferred[AccountRow | None]:
@@ -219,6 +224,7 @@ class AccountStore:
         displayName: str | None = None,
         passwordHash: str | None = None,
         keepSession: str | None = None,
+        record: Recorder | None = None,
     ) -> Deferred[AccountRow]:
         """
         Change the given fields.  A new password ends every session but
@@ -228,7 +234,7 @@ class AccountStore:
         @raise Conflict: the email is another account's.
         """
         return self._database.runInteraction(
-            self._update, accountId, now, email, displayName, passwordHash, keepSession
+            self._update, accountId, now, email, displayName, passwordHash, keepSession, record
         )
 
     def _update(
@@ -240,6 +246,7 @@ class AccountStore:
         displayName: str | None,
         passwordHash: str | None,
         keepSession: str | None,
+        record: Recorder | None,
     ) -> AccountRow:
         assignments: list[str] = []
         params: list[Any] = []
@@ -281,6 +288,8 @@ class AccountStore:
         self._outbox.stage(t, api.ACCOUNT_UPDATED, {"account_id": accountId, "changed": changed})
         account = self._one(t, "id = ?", (accountId,))
         assert account is not None
+        if record is not None:
+            record(t, account)
         return account
 
     def rehash(self, accountId: str, passwordHash: str) -> Deferred[None]:
@@ -291,15 +300,15 @@ class AccountStore:
             "UPDATE accounts SET password_hash = ? WHERE id = ?", (passwordHash, accountId)
         )
 
-    def delete(self, account: AccountRow) -> Deferred[bool]:
+    def delete(self, account: AccountRow, record: Recorder | None = None) -> Deferred[bool]:
         """
         Delete C{account} with its sessions and follows.
 
         @return: whether it still existed.
         """
-        return self._database.runInteraction(self._delete, account)
+        return self._database.runInteraction(self._delete, account, record)
 
-    def _delete(self, t: ITransaction, account: AccountRow) -> bool:
+    def _delete(self, t: ITransaction, account: AccountRow, record: Recorder | None) -> bool:
         t.execute("DELETE FROM account_sessions WHERE account_id = ?", (account.id,))
         t.execute(
             "DELETE FROM account_follows WHERE follower_id = ? OR followee_id = ?",
@@ -311,6 +320,8 @@ class AccountStore:
         self._outbox.stage(
             t, api.ACCOUNT_DELETED, {"account_id": account.id, "username": account.username}
         )
+        if record is not None:
+            record(t, None)
         return True
 
     # Sessions

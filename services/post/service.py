@@ -54,7 +54,7 @@ class PostService(DatabaseService):
             clock, cacheSize, cacheTTL
         )
 
-    @rpc(api.CreatePost)
+    @rpc(api.CreatePost, idempotent=False)
     @inlineCallbacks
     def create_post(self, request: api.CreatePost, context: CallContext) -> Any:
         postId = newRecordId(self.clock)
@@ -65,7 +65,7 @@ class PostService(DatabaseService):
             body=request.body,
             created_at=recordIdTime(postId),
         )
-        yield self.store.create(post)
+        yield self.store.create(post, self.replies.recorder(context, PostRow.view))
         self.outbox.flush()
         return post.view()
 
@@ -92,10 +92,12 @@ class PostService(DatabaseService):
         items, nextCursor = page(posts, request.limit, lambda p: (p.id,))
         return {"items": [p.view() for p in items], "next": nextCursor}
 
-    @rpc(api.DeletePost)
+    @rpc(api.DeletePost, idempotent=False)
     @inlineCallbacks
     def delete_post(self, request: api.DeletePost, context: CallContext) -> Any:
-        yield self.store.delete(request.post_id, request.account_id)
+        yield self.store.delete(
+            request.post_id, request.account_id, self.replies.recorder(context, lambda _: {})
+        )
         # This replica forgets it now; the others when post.deleted arrives.
         self.cache.invalidate(request.post_id)
         self.outbox.flush()

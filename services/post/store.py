@@ -15,6 +15,7 @@ from txplatform.database import Migration
 from txplatform.errors import NotFound, PermissionDenied
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 from txplatform.outbox import Outbox
+from txplatform.replylog import Recorder
 from txplatform.timestamps import formatMillis
 
 from . import api
@@ -87,13 +88,15 @@ class PostStore:
             created_at=createdAt,
         )
 
-    def create(self, post: PostRow) -> Deferred[PostRow]:
+    def create(self, post: PostRow, record: Recorder | None = None) -> Deferred[PostRow]:
         """
+        @param record: Called in the transaction with the post (see
+            L{txplatform.replylog}).
         @raise NotFound: the author's account was deleted.
         """
-        return self._database.runInteraction(self._create, post)
+        return self._database.runInteraction(self._create, post, record)
 
-    def _create(self, t: ITransaction, post: PostRow) -> PostRow:
+    def _create(self, t: ITransaction, post: PostRow, record: Recorder | None) -> PostRow:
         # With _deleteAuthor: either the tombstone is seen, or the post is.
         t.lock(f"post-author:{post.author_id}")
         if t.execute(
@@ -121,6 +124,8 @@ class PostStore:
                 "created_at": post.created_at,
             },
         )
+        if record is not None:
+            record(t, post)
         return post
 
     def get(self, postId: str) -> Deferred[PostRow | None]:
@@ -148,14 +153,18 @@ class PostStore:
             lambda t: [self._post(row) for row in t.execute(sql, (*params, limit)).fetchall()]
         )
 
-    def delete(self, postId: str, accountId: str) -> Deferred[None]:
+    def delete(
+        self, postId: str, accountId: str, record: Recorder | None = None
+    ) -> Deferred[None]:
         """
         @raise NotFound: no such post.
         @raise PermissionDenied: C{accountId} is not its author.
         """
-        return self._database.runInteraction(self._delete, postId, accountId)
+        return self._database.runInteraction(self._delete, postId, accountId, record)
 
-    def _delete(self, t: ITransaction, postId: str, accountId: str) -> None:
+    def _delete(
+        self, t: ITransaction, postId: str, accountId: str, record: Recorder | None
+    ) -> None:
         row = t.execute("SELECT author_id FROM posts WHERE id = ?", (postId,)).fetchone()
         if row is None:
             raise NotFound("no such post")
@@ -163,6 +172,8 @@ class PostStore:
             raise PermissionDenied("only its author can delete a post")
         t.execute("DELETE FROM posts WHERE id = ?", (postId,))
         self._outbox.stage(t, api.POST_DELETED, {"post_id": postId, "author_id": accountId})
+        if record is not None:
+            record(t, None)
 
     def deleteAuthor(self, authorId: str, now: int) -> Deferred[int]:
         """

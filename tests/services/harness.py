@@ -104,3 +104,25 @@ class ServiceTestCase(TestCase):
 
     def call(self, service: Any, method: str, **payload: Any) -> Deferred[Any]:
         return self.bus.call(service, method, payload)
+
+
+def deliver(service: Any, method: str, payload: Any, messageId: str, redelivered: bool) -> Any:
+    """
+    Hand C{service} a call as the bus does, possibly as a redelivery.
+    """
+    from twisted.internet.defer import maybeDeferred
+
+    from txplatform.context import CallContext
+
+    context = CallContext(
+        messageId=messageId,
+        service=service.serviceId,
+        method=method,
+        caller=None,
+        correlationId=messageId,
+        deadline=reactor.seconds() + 10,
+        priority=5,
+        redelivered=redelivered,
+    )
+    handler = service._callHandler(service.rpcMethods()[method])
+    return maybeDeferred(handler, payload, context)

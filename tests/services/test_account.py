@@ -14,7 +14,7 @@ from txplatform.errors import Conflict, InvalidArgument, NotFound, PermissionDen
 from txplatform.recordid import isRecordId
 
 from ..support import PostgresMixin, SQLiteMixin, eventually
-from .harness import ServiceTestCase
+from .harness import ServiceTestCase, deliver
 
 PASSWORD = "correct horse"
 
@@ -58,6 +58,40 @@ class AccountTestsMixin:
         self.assertTrue(account["created_at"].endswith("Z"))
         [event] = yield self.recorder.waitFor(api.ACCOUNT_CREATED)
         self.assertEqual(event, {"account_id": account["id"], "username": "alice"})
+
+    @inlineCallbacks
+    def test_redeliveredRegister(self) -> Any:
+        """
+        A registration delivered again answers with the account it created,
+        not "username taken"; the reply on record holds no password.
+        """
+        payload = {"username": "alice", "email": "alice@example.com", "password": PASSWORD}
+        first = yield deliver(self.service, "register", payload, "reg-1", False)
+        again = yield deliver(self.service, "register", payload, "reg-1", True)
+        self.assertEqual(again, first)
+        rows = yield self.service.database.runQuery(
+            f"SELECT reply FROM {self.service.replies.table}"
+        )
+        self.assertNotIn(PASSWORD.encode(), b"".join(bytes(r[0]) for r in rows))
+        yield self.assertFailure(
+            deliver(self.service, "register", payload, "reg-2", True), Conflict
+        )
+
+    @inlineCallbacks
+    def test_redeliveredPasswordChange(self) -> Any:
+        """
+        A password change delivered again answers as the first time did,
+        although the current password it carries is no longer current.
+        """
+        alice = yield self.register("alice")
+        payload = {
+            "account_id": alice["id"],
+            "password": "a new password",
+            "current_password": PASSWORD,
+        }
+        first = yield deliver(self.service, "update_account", payload, "upd-1", False)
+        again = yield deliver(self.service, "update_account", payload, "upd-1", True)
+        self.assertEqual(again, first)
 
     @inlineCallbacks
     def test_displayName(self) -> Any:

@@ -14,7 +14,7 @@ from txplatform.errors import InvalidArgument, NotFound, PermissionDenied
 from txplatform.recordid import isRecordId
 
 from ..support import POSTGRES_URL, PostgresMixin, SQLiteMixin, eventually
-from .harness import ServiceTestCase
+from .harness import ServiceTestCase, deliver
 
 ALICE = "01aaaaaaaaaaaaaaaaaaaaaaaa"
 BOB = "01bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -147,6 +147,33 @@ class PostTestsMixin:
         yield self.bus.publish(account.ACCOUNT_DELETED, {"account": ALICE})
         yield eventually(lambda: self.bus.deadLetters("post"))
         yield self.create("still here")
+
+    @inlineCallbacks
+    def test_redeliveredCreate(self) -> Any:
+        """
+        A create_post delivered again (its first replica died after
+        committing) answers the recorded reply and creates nothing more.
+        """
+        payload = {"author_id": ALICE, "author_username": "alice", "body": "once"}
+        first = yield deliver(self.service, "create_post", payload, "msg-1", False)
+        again = yield deliver(self.service, "create_post", payload, "msg-1", True)
+        self.assertEqual(again, first)
+        page = yield self.call("list_posts", author_id=ALICE)
+        self.assertEqual([p["id"] for p in page["items"]], [first["id"]])
+        other = yield deliver(self.service, "create_post", payload, "msg-2", True)
+        self.assertNotEqual(other["id"], first["id"])
+
+    @inlineCallbacks
+    def test_redeliveredDelete(self) -> Any:
+        """
+        A delete_post delivered again answers as the first time did, not
+        "no such post".
+        """
+        created = yield self.create("soon gone")
+        payload = {"post_id": created["id"], "account_id": ALICE}
+        self.assertEqual((yield deliver(self.service, "delete_post", payload, "del-1", False)), {})
+        self.assertEqual((yield deliver(self.service, "delete_post", payload, "del-1", True)), {})
+        yield self.assertFailure(deliver(self.service, "delete_post", payload, "del-2", True), NotFound)
 
     @inlineCallbacks
     def test_purgedAnnounced(self) -> Any:

@@ -225,6 +225,7 @@ class _Server(_Consumer):
             correlationId=headers.get("x-trace") or properties.message_id or "",
             deadline=deadline / 1000 if isinstance(deadline, int) else now + bus.defaultTimeout,
             priority=properties.priority if properties.priority is not None else Priority.NORMAL,
+            redelivered=delivery.redelivered,
         )
         try:
             handler = self._handlers.get(method)
