@@ -22,6 +22,8 @@ from ..support import BROKER_URL, requireBroker
 
 class BrokerTestCase(TestCase):
     timeout = 60
+    #: The broker URL the test's buses use.
+    brokerURL = BROKER_URL
 
     def setUp(self) -> None:
         requireBroker()
@@ -51,7 +53,7 @@ class BrokerTestCase(TestCase):
         A started bus, connected; stopped after the test.
         """
         kwargs.setdefault("retryDelays", (0.05, 0.1))
-        bus = AMQPBus(reactor, BrokerURL.parse(BROKER_URL), **kwargs)
+        bus = AMQPBus(reactor, BrokerURL.parse(self.brokerURL), **kwargs)
         bus.startService()
         self._buses.append(bus)
         self.addCleanup(bus.stopService)
@@ -62,7 +64,7 @@ class BrokerTestCase(TestCase):
     def _deleteQueues(self) -> Any:
         if not self._queues:
             return
-        bus = AMQPBus(reactor, BrokerURL.parse(BROKER_URL))
+        bus = AMQPBus(reactor, BrokerURL.parse(self.brokerURL))
         bus.startService()
         try:
             yield bus.whenConnected()

@@ -141,8 +141,14 @@ class _Consumer:
     def delivered(self, protocol: AMQPConnection, delivery: Delivery) -> None:
         raise NotImplementedError
 
+    #: The connection this consumer last started on.
+    startedOn: AMQPConnection | None = None
+
     @inlineCallbacks
     def start(self, protocol: AMQPConnection, channel: Any) -> Any:
+        if self.startedOn is protocol:
+            return
+        self.startedOn = protocol
         yield self.declare(channel)
         if self.stopping:
             return
@@ -566,6 +572,9 @@ class AMQPBus(Service):
         protocol.startConfirming(CHANNEL)
         protocol.onDeliver["replies"] = self._replied
         yield channel.basic_consume(queue=REPLY_TO, consumer_tag="replies", no_ack=True)
+        # Usable from here on: messages delivered to the consumers started
+        # below are answered at once, on this connection.
+        self._protocol, self._channel = protocol, channel
         self._declared = set()
         # Consumers added while this runs are started too.
         started: set[_Consumer] = set()
@@ -577,7 +586,6 @@ class AMQPBus(Service):
                 started.add(consumer)
                 yield consumer.start(protocol, channel)
         generation = next(self._connections)
-        self._protocol, self._channel = protocol, channel
         self.log.info(
             "Connected to {broker} ({consumers} consumer(s), connection {n})",
             broker=str(url),
