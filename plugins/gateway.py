@@ -53,9 +53,9 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from ._lifecycle import ReadinessGate
-
     from services import GATEWAY_ID
+
+    from ._lifecycle import ReadinessGate
 
     top = MultiService()
     bus = makeBus(options, reactor, GATEWAY_ID, "gateway")

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import DRAIN_TIMEOUT, BUS, checkBus, checkDatabase, serviceProcess
+from ._common import BUS, DRAIN_TIMEOUT, checkBus, checkDatabase, serviceProcess
 
 
 class Options(usage.Options):

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import DRAIN_TIMEOUT, BUS, checkBus, checkDatabase, serviceProcess
+from ._common import BUS, DRAIN_TIMEOUT, checkBus, checkDatabase, serviceProcess
 
 CACHE_SIZE = [
     "post-cache-size",

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
 
-from .plugins.test_twistd import CHECKOUT, TwistdTestCase
+from .processes import CHECKOUT, TwistdTestCase
 
 
 def readme() -> str:
@@ -59,7 +59,7 @@ class CommandTests(TwistdTestCase):
             "--data-dir",
             os.path.abspath(self.mktemp()),
         )
-        port = yield process.listening
+        port = yield process.ready
         script = block.replace("API=http://localhost:8080", f"API=http://127.0.0.1:{port}")
         self.assertNotEqual(script, block)
         result = yield threads.deferToThreadPool(

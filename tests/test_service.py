@@ -4,7 +4,7 @@ Tests for L{txplatform.service}.
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -195,6 +195,35 @@ class ServiceTests(SynchronousTestCase):
         self.failureResultOf(self.service.whenStarted(), RuntimeError)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.successResultOf(self.service.stopService())
+
+    def test_stopWhileStarting(self) -> None:
+        """
+        A service stopped before it finished starting (its bus never came)
+        gives up starting, quietly.
+        """
+        self.service.prepareResult = Deferred()
+        self.service.startService()
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.failureResultOf(self.service.whenStarted(), CancelledError)
+
+    def test_drainDeadline(self) -> None:
+        """
+        Work that does not finish within the drain deadline is left to the
+        bus, and the service stops anyway.
+        """
+        self.service.drainTimeout = 2.0
+        self.start()
+        d = self.call("hello", {"name": "slow"})
+        stopped = self.service.stopService()
+        self.clock.advance(1.9)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertEqual(self.service.cleaned, 1)
+        self.assertNoResult(d)
+        # The work finishing late is harmless.
+        self.service.pendingAnswer.callback({"late": True})
 
     def test_stopDrains(self) -> None:
         """

@@ -123,7 +123,8 @@ class _Worker:
                 self.onStop()
         if not self.inflight:
             return succeed(None)
-        d: Deferred[None] = Deferred()
+        # Cancelled when the service gives up waiting (its drain deadline).
+        d: Deferred[None] = Deferred(self._drained.remove)
         self._drained.append(d)
         return d
 

@@ -30,6 +30,7 @@ import attrs
 from attrs import frozen
 from twisted.application.service import Service
 from twisted.internet.defer import (
+    CancelledError,
     Deferred,
     fail,
     gatherResults,
@@ -219,11 +220,11 @@ class BusService(Service):
         )
 
     def _startFinished(self, result: Any) -> None:
-        if isinstance(result, Failure):
-            if self._stoppedEarly and result.check(CancelledError):
-                result = None  # stopped while starting: nothing went wrong
-            else:
-                self.log.failure("{service} failed to start", result, service=self.name)
+        if isinstance(result, Failure) and not (
+            self._stoppedEarly and result.check(CancelledError)
+        ):
+            # (Stopped while starting is no failure worth a traceback.)
+            self.log.failure("{service} failed to start", result, service=self.name)
         self._startResult = result
         waiters, self._startWaiters = self._startWaiters, []
         for waiter in waiters:
@@ -268,18 +269,19 @@ class BusService(Service):
     def _drain(self) -> Deferred[None]:
         subscriptions, self._subscriptions = self._subscriptions, []
         drained = gatherResults([s.stop() for s in subscriptions], consumeErrors=True)
-        drained.addTimeout(self.drainTimeout, self.clock)
+        tooSlow = object()
+        drained.addTimeout(self.drainTimeout, self.clock, onTimeoutCancel=lambda *_: tooSlow)
 
-        def tooSlow(failure: Failure) -> None:
-            failure.trap(TimeoutError)
-            self.log.warn(
-                "{service} stopped before its work in hand finished ({seconds}s);"
-                " the bus hands it to another replica",
-                service=self.name,
-                seconds=self.drainTimeout,
-            )
+        def report(result: object) -> None:
+            if result is tooSlow:
+                self.log.warn(
+                    "{service} stopped before its work in hand finished ({seconds}s);"
+                    " the bus hands it to another replica",
+                    service=self.name,
+                    seconds=self.drainTimeout,
+                )
 
-        return drained.addErrback(tooSlow)
+        return drained.addCallback(report)
 
     def _callHandler(self, spec: _RpcSpec) -> Callable[[Any, CallContext], Any]:
         def handle(payload: Any, context: CallContext) -> Any:

@@ -16,7 +16,14 @@ from txplatform.amqp import frames
 from txplatform.amqp.bus import EVENTS_EXCHANGE, deadQueue
 from txplatform.amqp.frames import Properties
 from txplatform.context import Origin, Priority
-from txplatform.errors import DeadlineExceeded, InternalError, MalformedMessage, NotFound, Unavailable, UnknownMethod
+from txplatform.errors import (
+    DeadlineExceeded,
+    InternalError,
+    MalformedMessage,
+    NotFound,
+    Unavailable,
+    UnknownMethod,
+)
 from txplatform.interfaces import IBus
 from txplatform.serviceid import ServiceId
 

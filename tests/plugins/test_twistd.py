@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -15,80 +14,11 @@ import sys
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 
+from ..processes import TwistdTestCase
 from ..support import eventually, inCI
-
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_LISTENING = re.compile(rb"Gateway listening on .*port=(\d+)")
-
-
-class Twistd(ProcessProtocol):
-    """
-    A twistd process: its output, the port its gateway bound, its exit.
-    """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.listening: Deferred[int] = Deferred()
-        self.ended: Deferred[int] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        match = _LISTENING.search(self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        code = reason.value.exitCode
-        self.signal = reason.value.signal
-        if not self.listening.called:
-            self.listening.errback(
-                AssertionError(f"twistd exited ({code}) before listening:\n{self.output.decode()}")
-            )
-        self.ended.callback(code)
-
-
-class TwistdTestCase(TestCase):
-    timeout = 120
-
-    def spawn(self, *arguments: str, cwd: str | None = None) -> Twistd:
-        """
-        Start C{twistd -n ARGUMENTS} from this checkout; it is killed at the
-        end of the test if it is still running.
-        """
-        process = Twistd()
-        env = dict(os.environ, PYTHONPATH=CHECKOUT, PYTHONUNBUFFERED="1")
-        argv = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            *arguments,
-        ]
-        transport = reactor.spawnProcess(process, sys.executable, argv, env=env, path=cwd)
-
-        def kill() -> Any:
-            if process.ended.called:
-                return None
-            transport.signalProcess("KILL")
-            return process.ended
-
-        self.addCleanup(kill)
-        process.transport = transport
-        return process
-
-    def client(self) -> HTTPClient:
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        return HTTPClient(Agent(reactor, pool=pool))
 
 
 class AllInOneProcessTests(TwistdTestCase):
@@ -121,7 +51,7 @@ class AllInOneProcessTests(TwistdTestCase):
         dataDir = os.path.abspath(self.mktemp())
         arguments = ["txplatform", "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", dataDir]
         process = self.spawn(*arguments)
-        port = yield process.listening
+        port = yield process.ready
         http = self.client()
         code, health = yield self.call(http, port, "GET", "/healthz")
         self.assertEqual((code, health), (200, {"status": "ok"}))
@@ -171,7 +101,7 @@ class AllInOneProcessTests(TwistdTestCase):
         )
 
         again = self.spawn(*arguments)
-        port = yield again.listening
+        port = yield again.ready
         code, body = yield self.call(http, port, "GET", f"/v1/posts/{post['id']}")
         self.assertEqual((code, body), (200, post))
         code, _ = yield self.call(http, port, "GET", "/v1/me", token=tokens["alice"])
@@ -189,7 +119,7 @@ class AllInOneProcessTests(TwistdTestCase):
         process = self.spawn(
             "txplatform", "--listen", "tcp:0", "--data-dir", os.path.join(blocker, "var")
         )
-        self.assertFailure(process.listening, AssertionError)
+        self.assertFailure(process.ready, AssertionError)
         code = yield process.ended
         self.assertEqual(code, 1)
         self.assertIn(b"Not a directory", process.output)
@@ -211,7 +141,7 @@ class AllInOneProcessTests(TwistdTestCase):
             "--data-dir",
             os.path.abspath(self.mktemp()),
         )
-        self.assertFailure(process.listening, AssertionError)
+        self.assertFailure(process.ready, AssertionError)
         code = yield process.ended
         self.assertEqual(code, 1)
         self.assertIn(b"Address already in use", process.output)

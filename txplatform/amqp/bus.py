@@ -181,7 +181,8 @@ class _Consumer:
             self._bus._forget(self)
         if not self.inflight:
             return succeed(None)
-        d: Deferred[None] = Deferred()
+        # Cancelled when the service gives up waiting (its drain deadline).
+        d: Deferred[None] = Deferred(self._drained.remove)
         self._drained.append(d)
         return d
 

@@ -1,0 +1,102 @@
+"""
+Running C{twistd} processes from this checkout, as users and operators do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: A gateway is ready once it listens: the port it bound.
+LISTENING = re.compile(rb"Gateway listening on .*port=(\d+)")
+#: A service is ready once it serves.
+SERVING = re.compile(rb"\(([0-9a-f]{6})\) serving \d+ method")
+
+
+class Twistd(ProcessProtocol):
+    """
+    A twistd process: its output, when it is ready, how it ended.
+
+    @ivar ready: Fires with the first group of C{readyPattern} (the port of
+        a gateway) once it appears in the output; fails if the process ends
+        first.
+    """
+
+    def __init__(self, readyPattern: re.Pattern[bytes] = LISTENING) -> None:
+        self.output = b""
+        self._readyPattern = readyPattern
+        self.ready: Deferred[Any] = Deferred()
+        self.ended: Deferred[int | None] = Deferred()
+        self.signal: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.ready.called:
+            match = self._readyPattern.search(self.output)
+            if match:
+                group = match.group(1)
+                self.ready.callback(int(group) if group.isdigit() else group.decode())
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        code = reason.value.exitCode
+        self.signal = reason.value.signal
+        if not self.ready.called:
+            self.ready.errback(
+                AssertionError(f"twistd exited ({code}) before it was ready:\n{self.output.decode()}")
+            )
+        self.ended.callback(code)
+
+    @property
+    def pid(self) -> int:
+        return self.transport.pid
+
+
+class TwistdTestCase(TestCase):
+    timeout = 120
+
+    def spawn(
+        self, *arguments: str, cwd: str | None = None, ready: re.Pattern[bytes] = LISTENING
+    ) -> Twistd:
+        """
+        Start C{twistd -n ARGUMENTS} from this checkout; it is killed (by its
+        pid) at the end of the test if it is still running.
+        """
+        process = Twistd(ready)
+        env = dict(os.environ, PYTHONPATH=CHECKOUT, PYTHONUNBUFFERED="1")
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            *arguments,
+        ]
+        transport = reactor.spawnProcess(process, sys.executable, argv, env=env, path=cwd)
+
+        def kill() -> Any:
+            if process.ended.called:
+                return None
+            transport.signalProcess("KILL")
+            return process.ended
+
+        self.addCleanup(kill)
+        process.transport = transport
+        return process
+
+    def client(self) -> HTTPClient:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        return HTTPClient(Agent(reactor, pool=pool))
