@@ -223,6 +223,14 @@ class _Server(_Consumer):
             )
             self._settle(protocol, delivery)
             return
+        if delivery.redelivered:
+            self.log.info(
+                "Call {method} ({messageId}) to {service} delivered again: a replica stopped"
+                " before answering it",
+                method=method,
+                messageId=properties.message_id,
+                service=self.service.hex,
+            )
         caller = headers.get("x-caller")
         context = CallContext(
             messageId=properties.message_id or "",
