@@ -55,7 +55,9 @@ class Twistd(ProcessProtocol):
         self.signal = reason.value.signal
         if not self.ready.called:
             self.ready.errback(
-                AssertionError(f"twistd exited ({code}) before it was ready:\n{self.output.decode()}")
+                AssertionError(
+                    f"twistd exited ({code}) before it was ready:\n{self.output.decode()}"
+                )
             )
         self.ended.callback(code)
 

@@ -32,7 +32,9 @@ def checkBusURL(url: str) -> None:
     )
 
 
-def busFromURL(url: str, reactor: Any, caller: ServiceId | None = None, name: str = "txplatform") -> IBus:
+def busFromURL(
+    url: str, reactor: Any, caller: ServiceId | None = None, name: str = "txplatform"
+) -> IBus:
     """
     The bus C{url} names:
 

@@ -80,9 +80,7 @@ class ReplyLog:
 
         def record(transaction: ITransaction, produced: Any) -> None:
             reply = render(produced)
-            sealed = self._fields.seal(
-                self.table, "reply", messageId, dumps(reply).decode("utf-8")
-            )
+            sealed = self._fields.seal(self.table, "reply", messageId, dumps(reply).decode("utf-8"))
             transaction.execute(
                 f"INSERT INTO {self.table} (message_id, reply, created_at) VALUES (?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
@@ -114,7 +112,7 @@ class ReplyLog:
         """
         horizon = int((self._clock.seconds() - self.retention) * 1000)
         return self._database.runInteraction(
-            lambda t: t.execute(
-                f"DELETE FROM {self.table} WHERE created_at < ?", (horizon,)
-            ).rowcount
+            lambda t: (
+                t.execute(f"DELETE FROM {self.table} WHERE created_at < ?", (horizon,)).rowcount
+            )
         )

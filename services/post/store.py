@@ -153,9 +153,7 @@ class PostStore:
             lambda t: [self._post(row) for row in t.execute(sql, (*params, limit)).fetchall()]
         )
 
-    def delete(
-        self, postId: str, accountId: str, record: Recorder | None = None
-    ) -> Deferred[None]:
+    def delete(self, postId: str, accountId: str, record: Recorder | None = None) -> Deferred[None]:
         """
         @raise NotFound: no such post.
         @raise PermissionDenied: C{accountId} is not its author.

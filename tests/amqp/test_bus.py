@@ -55,7 +55,9 @@ class CallTests(BrokerTestCase):
             return {"echo": payload}
 
         yield server.serve(service, {"echo": echo})
-        result = yield client.call(service, "echo", {"x": [1, "é"]}, origin=Origin(CALLER, "trace-1"))
+        result = yield client.call(
+            service, "echo", {"x": [1, "é"]}, origin=Origin(CALLER, "trace-1")
+        )
         self.assertEqual(result, {"echo": {"x": [1, "é"]}})
         [context] = contexts
         self.assertEqual(
@@ -105,7 +107,9 @@ class CallTests(BrokerTestCase):
         service = self.newServiceId()
         bus = yield self.makeBus()
         yield bus.serve(service, {"never": lambda p, c: Deferred()})
-        error = yield self.assertFailure(bus.call(service, "never", {}, timeout=0.3), DeadlineExceeded)
+        error = yield self.assertFailure(
+            bus.call(service, "never", {}, timeout=0.3), DeadlineExceeded
+        )
         self.assertIn(service.hex, error.message)
 
     @inlineCallbacks
@@ -151,7 +155,11 @@ class CallTests(BrokerTestCase):
         yield bus.serve(service, {"work": work}, prefetch=1)
         calls = [bus.call(service, "work", {"name": "first"})]
         yield eventually(lambda: order)
-        for name, priority in [("low", Priority.LOW), ("normal", Priority.NORMAL), ("high", Priority.HIGH)]:
+        for name, priority in [
+            ("low", Priority.LOW),
+            ("normal", Priority.NORMAL),
+            ("high", Priority.HIGH),
+        ]:
             calls.append(bus.call(service, "work", {"name": name}, priority=priority))
         yield sleep(0.3)  # all three are queued at the broker
         release.callback(None)
@@ -187,7 +195,9 @@ class CallTests(BrokerTestCase):
         service = self.newServiceId()
         first = yield self.makeBus()
         release: Deferred[None] = Deferred()
-        subscription = yield first.serve(service, {"work": lambda p, c: release.addCallback(lambda _: "first")}, prefetch=1)
+        subscription = yield first.serve(
+            service, {"work": lambda p, c: release.addCallback(lambda _: "first")}, prefetch=1
+        )
         client = yield self.makeBus()
         held = client.call(service, "work", {})
         yield sleep(0.2)
@@ -214,7 +224,9 @@ class EventTests(BrokerTestCase):
         got: dict[str, list[int]] = {"a1": [], "a2": [], "b": []}
         for name, group in [("a1", groupA), ("a2", groupA), ("b", groupB)]:
             bus = yield self.makeBus()
-            yield bus.subscribe(event, lambda p, c, name=name: got[name].append(p["n"]), group, prefetch=2)
+            yield bus.subscribe(
+                event, lambda p, c, name=name: got[name].append(p["n"]), group, prefetch=2
+            )
         publisher = yield self.makeBus(caller=CALLER)
         yield gatherResults([publisher.publish(event, {"n": n}) for n in range(30)])
         yield eventually(lambda: len(got["a1"]) + len(got["a2"]) == 30 and len(got["b"]) == 30)
@@ -235,7 +247,13 @@ class EventTests(BrokerTestCase):
         yield bus.publish(event, {}, origin=Origin(CALLER, "trace-7"), messageId="m-1")
         [context] = yield eventually(lambda: contexts)
         self.assertEqual(
-            (context.messageId, context.event, context.source, context.correlationId, context.attempt),
+            (
+                context.messageId,
+                context.event,
+                context.source,
+                context.correlationId,
+                context.attempt,
+            ),
             ("m-1", event, CALLER, "trace-7", 1),
         )
 
@@ -332,11 +350,15 @@ class EventTests(BrokerTestCase):
 
         bus = yield self.makeBus()
         yield bus.subscribe(event, handler, group, prefetch=1)
-        bus._protocol.publish(1, EVENTS_EXCHANGE, event, Properties(message_id="junk"), b"\xff not json")
+        bus._protocol.publish(
+            1, EVENTS_EXCHANGE, event, Properties(message_id="junk"), b"\xff not json"
+        )
         yield bus.publish(event, {"bad": True})
         yield bus.publish(event, {"good": True})
         yield eventually(lambda: got == [{"good": True}])
-        dead = yield eventually(lambda: self.deadLetters(bus, group).addCallback(lambda d: len(d) == 2 and d))
+        dead = yield eventually(
+            lambda: self.deadLetters(bus, group).addCallback(lambda d: len(d) == 2 and d)
+        )
         self.assertEqual(sorted(d.properties.headers["x-attempts"] for d in dead), [1, 1])
         self.assertTrue(any("not JSON" in d.properties.headers["x-error"] for d in dead))
 
@@ -367,6 +389,3 @@ class EventTests(BrokerTestCase):
         if found:
             protocol.transport.write(frames.nack(1, found[-1].deliveryTag, True, True))
         return found
-
-
-

@@ -13,7 +13,6 @@ from twisted.internet.defer import DeferredSemaphore, gatherResults, inlineCallb
 from services.account import api as account
 from services.post import api as post
 
-
 from ..support import eventually
 from .cluster import ClusterTestCase
 
@@ -50,13 +49,19 @@ class ReplicaTests(ClusterTestCase):
         yield gatherResults([first.ready, second.ready])
         bus = yield self.bus()
         payloads = [
-            {"author_id": "01aaaaaaaaaaaaaaaaaaaaaaaa", "author_username": "alice", "body": f"post {n}"}
+            {
+                "author_id": "01aaaaaaaaaaaaaaaaaaaaaaaa",
+                "author_username": "alice",
+                "body": f"post {n}",
+            }
             for n in range(400)
         ]
         loading = self.load(bus, post.SERVICE_ID, "create_post", payloads, 32)
 
         def progress() -> Any:
-            return self.query("SELECT count(*) FROM posts").addCallback(lambda rows: rows[0][0] > 80)
+            return self.query("SELECT count(*) FROM posts").addCallback(
+                lambda rows: rows[0][0] > 80
+            )
 
         yield eventually(progress, timeout=30)
         first.transport.signalProcess("KILL")
@@ -88,7 +93,9 @@ class ReplicaTests(ClusterTestCase):
         loading = self.load(bus, account.SERVICE_ID, "register", payloads, 40)
 
         def started() -> Any:
-            return self.query("SELECT count(*) FROM accounts").addCallback(lambda rows: rows[0][0] >= 3)
+            return self.query("SELECT count(*) FROM accounts").addCallback(
+                lambda rows: rows[0][0] >= 3
+            )
 
         yield eventually(started, timeout=30)
         replica.transport.signalProcess("TERM")
@@ -120,7 +127,9 @@ class ReplicaTests(ClusterTestCase):
         loading = self.load(bus, account.SERVICE_ID, "register", payloads, 60)
 
         def started() -> Any:
-            return self.query("SELECT count(*) FROM accounts").addCallback(lambda rows: rows[0][0] >= 1)
+            return self.query("SELECT count(*) FROM accounts").addCallback(
+                lambda rows: rows[0][0] >= 1
+            )
 
         yield eventually(started, timeout=30)
         replica.transport.signalProcess("TERM")
@@ -133,10 +142,9 @@ class ReplicaTests(ClusterTestCase):
         outcomes = yield loading
         failures = [o for o in outcomes if isinstance(o, Exception)]
         self.assertEqual(failures, [])
-        self.assertTrue(all(o["username"] == p["username"] for o, p in zip(outcomes, payloads)))
+        self.assertTrue(
+            all(o["username"] == p["username"] for o, p in zip(outcomes, payloads, strict=True))
+        )
         [(count,)] = yield self.query("SELECT count(*) FROM accounts")
         self.assertEqual(count, 60)
         self.assertIn(b"delivered again", later.output)
-
-
-

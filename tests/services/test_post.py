@@ -173,7 +173,9 @@ class PostTestsMixin:
         payload = {"post_id": created["id"], "account_id": ALICE}
         self.assertEqual((yield deliver(self.service, "delete_post", payload, "del-1", False)), {})
         self.assertEqual((yield deliver(self.service, "delete_post", payload, "del-1", True)), {})
-        yield self.assertFailure(deliver(self.service, "delete_post", payload, "del-2", True), NotFound)
+        yield self.assertFailure(
+            deliver(self.service, "delete_post", payload, "del-2", True), NotFound
+        )
 
     @inlineCallbacks
     def test_purgedAnnounced(self) -> Any:

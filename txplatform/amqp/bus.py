@@ -59,7 +59,15 @@ from .protocol import AMQPConnection, AMQPDelegate
 from .spec import loadSpec
 from .url import BrokerURL
 
-__all__ = ["AMQPBus", "RPC_EXCHANGE", "EVENTS_EXCHANGE", "DEAD_EXCHANGE", "rpcQueue", "eventQueue", "deadQueue"]
+__all__ = [
+    "AMQPBus",
+    "RPC_EXCHANGE",
+    "EVENTS_EXCHANGE",
+    "DEAD_EXCHANGE",
+    "rpcQueue",
+    "eventQueue",
+    "deadQueue",
+]
 
 RPC_EXCHANGE = "txplatform.rpc"
 EVENTS_EXCHANGE = "txplatform.events"
@@ -92,7 +100,9 @@ class _Factory(Factory):
     def buildProtocol(self, addr: Any) -> AMQPConnection:
         bus = self._bus
         delegate = AMQPDelegate(bus.clientProperties())
-        protocol = AMQPConnection(delegate, bus.url.vhost, loadSpec(), bus.url.heartbeat, bus._clock)
+        protocol = AMQPConnection(
+            delegate, bus.url.vhost, loadSpec(), bus.url.heartbeat, bus._clock
+        )
         protocol.factory = self
         return protocol
 
@@ -193,7 +203,11 @@ class _Server(_Consumer):
     """
 
     def __init__(
-        self, bus: AMQPBus, service: ServiceId, handlers: Mapping[str, Callable[..., Any]], prefetch: int
+        self,
+        bus: AMQPBus,
+        service: ServiceId,
+        handlers: Mapping[str, Callable[..., Any]],
+        prefetch: int,
     ) -> None:
         super().__init__(bus, prefetch)
         self.service = service
@@ -236,7 +250,9 @@ class _Server(_Consumer):
             messageId=properties.message_id or "",
             service=self.service,
             method=method,
-            caller=ServiceId.fromHex(caller) if isinstance(caller, str) and len(caller) == 6 else None,
+            caller=ServiceId.fromHex(caller)
+            if isinstance(caller, str) and len(caller) == 6
+            else None,
             correlationId=headers.get("x-trace") or properties.message_id or "",
             deadline=deadline / 1000 if isinstance(deadline, int) else now + bus.defaultTimeout,
             priority=properties.priority if properties.priority is not None else Priority.NORMAL,
@@ -356,7 +372,9 @@ class _Subscription(_Consumer):
             context = EventContext(
                 messageId=messageId,
                 event=delivery.routingKey,
-                source=ServiceId.fromHex(source) if isinstance(source, str) and len(source) == 6 else None,
+                source=ServiceId.fromHex(source)
+                if isinstance(source, str) and len(source) == 6
+                else None,
                 correlationId=headers.get("x-trace") or messageId,
                 publishedAt=(properties.timestamp or 0) * 1.0,
                 attempt=attempt,
@@ -367,7 +385,11 @@ class _Subscription(_Consumer):
             return
         if isinstance(result, Deferred):
             result.addCallbacks(
-                self._succeeded, self._failed, (protocol, delivery), None, (protocol, delivery, attempt)
+                self._succeeded,
+                self._failed,
+                (protocol, delivery),
+                None,
+                (protocol, delivery, attempt),
             )
         else:
             self._succeeded(result, protocol, delivery)
@@ -468,7 +490,9 @@ class AMQPBus(Service):
         self.retryDelays = retryDelays
         self._callPrefetch = callPrefetch
         self._eventPrefetch = eventPrefetch
-        self.connectionName = connectionName or f"txplatform {socket.gethostname()} pid {os.getpid()}"
+        self.connectionName = (
+            connectionName or f"txplatform {socket.gethostname()} pid {os.getpid()}"
+        )
         self._protocol: AMQPConnection | None = None
         self._channel: Any = None
         self._consumers: list[_Consumer] = []
@@ -651,7 +675,9 @@ class AMQPBus(Service):
         yield channel.queue_declare(
             queue=rpcQueue(service), durable=True, arguments={"x-max-priority": 9}
         )
-        yield channel.queue_bind(queue=rpcQueue(service), exchange=RPC_EXCHANGE, routing_key=service.hex)
+        yield channel.queue_bind(
+            queue=rpcQueue(service), exchange=RPC_EXCHANGE, routing_key=service.hex
+        )
         self._declared.add(key)
 
     @inlineCallbacks
@@ -659,7 +685,9 @@ class AMQPBus(Service):
         dead = ("dead", group)
         if dead not in self._declared:
             yield channel.queue_declare(queue=deadQueue(group), durable=True)
-            yield channel.queue_bind(queue=deadQueue(group), exchange=DEAD_EXCHANGE, routing_key=group)
+            yield channel.queue_bind(
+                queue=deadQueue(group), exchange=DEAD_EXCHANGE, routing_key=group
+            )
             self._declared.add(dead)
         key = ("events", eventQueue(group, pattern))
         if key in self._declared:
@@ -827,9 +855,7 @@ class AMQPBus(Service):
         if protocol is None or protocol.lost:
             self.log.warn("A reply was lost with the broker connection")
             return
-        properties = Properties(
-            correlation_id=correlationId, headers={"x-schema": SCHEMA_VERSION}
-        )
+        properties = Properties(correlation_id=correlationId, headers={"x-schema": SCHEMA_VERSION})
         protocol.publish(CHANNEL, "", replyTo, properties, data)
 
     def serve(
@@ -918,4 +944,3 @@ class AMQPBus(Service):
         d = protocol.publish(CHANNEL, DEAD_EXCHANGE, group, properties, delivery.body, confirm=True)
         assert d is not None
         return d
-

@@ -326,7 +326,9 @@ def publish(
 
 def ack(channel: int, deliveryTag: int, multiple: bool = False) -> bytes:
     return _frame(
-        FRAME_METHOD, channel, _CLASS_METHOD.pack(BASIC, ACK) + _ACK_ARGS.pack(deliveryTag, multiple)
+        FRAME_METHOD,
+        channel,
+        _CLASS_METHOD.pack(BASIC, ACK) + _ACK_ARGS.pack(deliveryTag, multiple),
     )
 
 

@@ -278,7 +278,9 @@ class AMQPConnection(AMQClient):
         if self.lost or self.transport is None:
             return fail(NotConnected("not connected to the broker")) if confirm else None
         self.transport.write(
-            frames.publish(channel, exchange, routingKey, properties, body, self.MAX_LENGTH, mandatory)
+            frames.publish(
+                channel, exchange, routingKey, properties, body, self.MAX_LENGTH, mandatory
+            )
         )
         sequence = self._publishSequence.get(channel)
         if sequence is None:
