@@ -1,0 +1,174 @@
+"""
+The platform as it is deployed: two gateways and two replicas of each
+service, every one its own twistd process, on RabbitMQ and PostgreSQL; the
+HTTP contract driven through both gateways in turn.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import gatherResults, inlineCallbacks
+
+from ..support import eventually
+from .cluster import ClusterTestCase
+
+PASSWORD = "correct horse"
+
+
+class ClusterTests(ClusterTestCase):
+    timeout = 240
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        replicas = [self.service(name) for name in ["account", "post", "notify"] for _ in range(2)]
+        gateways = [self.gateway(), self.gateway()]
+        self.processes = replicas + gateways
+        yield gatherResults([p.ready for p in replicas])
+        self.ports = yield gatherResults([g.ready for g in gateways])
+        self.http = self.client()
+        self.requests = [0, 0]
+        self.addCleanup(self.noTracebacks)
+
+    def noTracebacks(self) -> None:
+        for process in self.processes:
+            self.assertNotIn(b"Traceback", process.output, process.output.decode()[-3000:])
+
+    @inlineCallbacks
+    def request(
+        self, gateway: int, method: str, path: str, body: Any = None, token: str | None = None, **headers: str
+    ) -> Any:
+        """
+        One HTTP request through gateway 0 or 1: its status and JSON body.
+        """
+        sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
+        if token:
+            sent["Authorization"] = [f"Bearer {token}"]
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            sent.setdefault("Content-Type", ["application/json"])
+        response = yield self.http.request(
+            method, f"http://127.0.0.1:{self.ports[gateway]}{path}", headers=sent, data=data
+        )
+        content = yield response.content()
+        self.requests[gateway] += 1
+        if response.code >= 400:
+            self.assertEqual(
+                response.headers.getRawHeaders("content-type"), ["application/problem+json"]
+            )
+        return response.code, (json.loads(content) if content else None)
+
+    @inlineCallbacks
+    def test_contractThroughBothGateways(self) -> Any:
+        """
+        Every route works whichever gateway (and replica) a request meets.
+        """
+        # Accounts
+        for gateway, name in [(0, "alice"), (1, "bob"), (0, "carol")]:
+            status, body = yield self.request(
+                gateway,
+                "POST",
+                "/v1/accounts",
+                {"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+            )
+            self.assertEqual(status, 201, body)
+        status, _ = yield self.request(
+            1, "POST", "/v1/accounts", {"username": "alice", "email": "x@example.com", "password": PASSWORD}
+        )
+        self.assertEqual(status, 409)
+        status, problem = yield self.request(0, "POST", "/v1/accounts", {"username": "A"})
+        self.assertEqual(status, 400)
+        self.assertTrue(problem["errors"])
+        status, profile = yield self.request(1, "GET", "/v1/accounts/ALICE")
+        self.assertEqual((status, profile["username"]), (200, "alice"))
+        self.assertEqual((yield self.request(0, "GET", "/v1/accounts/nobody"))[0], 404)
+
+        # Sessions: made through one gateway, used through the other
+        tokens = {}
+        for gateway, name in [(1, "alice"), (0, "bob"), (1, "carol")]:
+            status, session = yield self.request(
+                gateway, "POST", "/v1/sessions", {"username": name, "password": PASSWORD}
+            )
+            self.assertEqual(status, 201)
+            tokens[name] = session["token"]
+        status, _ = yield self.request(0, "POST", "/v1/sessions", {"username": "alice", "password": "wrong one"})
+        self.assertEqual(status, 401)
+        status, me = yield self.request(0, "GET", "/v1/me", token=tokens["alice"])
+        self.assertEqual((status, me["email"]), (200, "alice@example.com"))
+        status, me = yield self.request(1, "PATCH", "/v1/me", {"display_name": "Alice A."}, token=tokens["alice"])
+        self.assertEqual((status, me["display_name"]), (200, "Alice A."))
+        status, profile = yield self.request(0, "GET", "/v1/accounts/alice")
+        self.assertEqual(profile["display_name"], "Alice A.")
+
+        # Follows
+        status, _ = yield self.request(0, "PUT", "/v1/me/following/alice", token=tokens["bob"])
+        self.assertEqual(status, 204)
+        status, following = yield self.request(1, "GET", "/v1/me/following", token=tokens["bob"])
+        self.assertEqual([a["username"] for a in following["items"]], ["alice"])
+
+        # Posts
+        status, post = yield self.request(0, "POST", "/v1/posts", {"body": "hello @Carol"}, token=tokens["alice"])
+        self.assertEqual(status, 201)
+        for gateway in (0, 1):
+            status, read = yield self.request(gateway, "GET", f"/v1/posts/{post['id']}")
+            self.assertEqual((status, read), (200, post))
+        status, page = yield self.request(1, "GET", "/v1/accounts/alice/posts?limit=5")
+        self.assertEqual([p["id"] for p in page["items"]], [post["id"]])
+
+        # Notifications: a mention for carol, the followed author's post for bob
+        @inlineCallbacks
+        def notifications(gateway: int, name: str, query: str = "") -> Any:
+            status, page = yield self.request(gateway, "GET", f"/v1/notifications{query}", token=tokens[name])
+            self.assertEqual(status, 200)
+            return page["items"]
+
+        [mention] = yield eventually(lambda: notifications(1, "carol"), timeout=15)
+        self.assertEqual((mention["kind"], mention["actor"], mention["post_id"]), ("mention", "alice", post["id"]))
+        [followed] = yield eventually(lambda: notifications(0, "bob"), timeout=15)
+        self.assertEqual(followed["kind"], "followed_post")
+        status, _ = yield self.request(0, "POST", f"/v1/notifications/{mention['id']}/read", token=tokens["carol"])
+        self.assertEqual(status, 204)
+        self.assertEqual((yield notifications(1, "carol", "?unread=true")), [])
+        status, _ = yield self.request(1, "POST", f"/v1/notifications/{mention['id']}/read", token=tokens["bob"])
+        self.assertEqual(status, 404)
+
+        # Deleting a post: not someone else's; then gone everywhere
+        status, _ = yield self.request(1, "DELETE", f"/v1/posts/{post['id']}", token=tokens["bob"])
+        self.assertEqual(status, 403)
+        status, _ = yield self.request(0, "DELETE", f"/v1/posts/{post['id']}", token=tokens["alice"])
+        self.assertEqual(status, 204)
+
+        @inlineCallbacks
+        def goneEverywhere() -> Any:
+            statuses = []
+            for _ in range(4):  # enough to meet both post replicas
+                for gateway in (0, 1):
+                    statuses.append((yield self.request(gateway, "GET", f"/v1/posts/{post['id']}"))[0])
+            return set(statuses) == {404}
+
+        yield eventually(goneEverywhere, timeout=15)
+        yield eventually(lambda: notifications(0, "carol").addCallback(lambda items: items == []), timeout=15)
+
+        # Unfollow, logout, delete an account
+        status, _ = yield self.request(1, "DELETE", "/v1/me/following/alice", token=tokens["bob"])
+        self.assertEqual(status, 204)
+        status, _ = yield self.request(0, "DELETE", "/v1/sessions/current", token=tokens["bob"])
+        self.assertEqual(status, 204)
+        self.assertEqual((yield self.request(1, "GET", "/v1/me", token=tokens["bob"]))[0], 401)
+        status, _ = yield self.request(1, "DELETE", "/v1/me", {"password": "wrong one"}, token=tokens["carol"])
+        self.assertEqual(status, 403)
+        status, _ = yield self.request(1, "DELETE", "/v1/me", {"password": PASSWORD}, token=tokens["carol"])
+        self.assertEqual(status, 204)
+        self.assertEqual((yield self.request(0, "GET", "/v1/accounts/carol"))[0], 404)
+
+        # The HTTP layer itself, on each gateway
+        for gateway in (0, 1):
+            self.assertEqual((yield self.request(gateway, "GET", "/healthz")), (200, {"status": "ok"}))
+            status, document = yield self.request(gateway, "GET", "/v1/openapi.json")
+            self.assertEqual((status, document["openapi"]), (200, "3.1.0"))
+            status, _ = yield self.request(gateway, "PATCH", "/v1/posts")
+            self.assertEqual(status, 405)
+        self.assertTrue(all(self.requests), self.requests)
