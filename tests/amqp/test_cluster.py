@@ -38,7 +38,13 @@ class ClusterTests(ClusterTestCase):
 
     @inlineCallbacks
     def request(
-        self, gateway: int, method: str, path: str, body: Any = None, token: str | None = None, **headers: str
+        self,
+        gateway: int,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        **headers: str,
     ) -> Any:
         """
         One HTTP request through gateway 0 or 1: its status and JSON body.
@@ -76,7 +82,10 @@ class ClusterTests(ClusterTestCase):
             )
             self.assertEqual(status, 201, body)
         status, _ = yield self.request(
-            1, "POST", "/v1/accounts", {"username": "alice", "email": "x@example.com", "password": PASSWORD}
+            1,
+            "POST",
+            "/v1/accounts",
+            {"username": "alice", "email": "x@example.com", "password": PASSWORD},
         )
         self.assertEqual(status, 409)
         status, problem = yield self.request(0, "POST", "/v1/accounts", {"username": "A"})
@@ -94,11 +103,15 @@ class ClusterTests(ClusterTestCase):
             )
             self.assertEqual(status, 201)
             tokens[name] = session["token"]
-        status, _ = yield self.request(0, "POST", "/v1/sessions", {"username": "alice", "password": "wrong one"})
+        status, _ = yield self.request(
+            0, "POST", "/v1/sessions", {"username": "alice", "password": "wrong one"}
+        )
         self.assertEqual(status, 401)
         status, me = yield self.request(0, "GET", "/v1/me", token=tokens["alice"])
         self.assertEqual((status, me["email"]), (200, "alice@example.com"))
-        status, me = yield self.request(1, "PATCH", "/v1/me", {"display_name": "Alice A."}, token=tokens["alice"])
+        status, me = yield self.request(
+            1, "PATCH", "/v1/me", {"display_name": "Alice A."}, token=tokens["alice"]
+        )
         self.assertEqual((status, me["display_name"]), (200, "Alice A."))
         status, profile = yield self.request(0, "GET", "/v1/accounts/alice")
         self.assertEqual(profile["display_name"], "Alice A.")
@@ -110,7 +123,9 @@ class ClusterTests(ClusterTestCase):
         self.assertEqual([a["username"] for a in following["items"]], ["alice"])
 
         # Posts
-        status, post = yield self.request(0, "POST", "/v1/posts", {"body": "hello @Carol"}, token=tokens["alice"])
+        status, post = yield self.request(
+            0, "POST", "/v1/posts", {"body": "hello @Carol"}, token=tokens["alice"]
+        )
         self.assertEqual(status, 201)
         for gateway in (0, 1):
             status, read = yield self.request(gateway, "GET", f"/v1/posts/{post['id']}")
@@ -121,24 +136,35 @@ class ClusterTests(ClusterTestCase):
         # Notifications: a mention for carol, the followed author's post for bob
         @inlineCallbacks
         def notifications(gateway: int, name: str, query: str = "") -> Any:
-            status, page = yield self.request(gateway, "GET", f"/v1/notifications{query}", token=tokens[name])
+            status, page = yield self.request(
+                gateway, "GET", f"/v1/notifications{query}", token=tokens[name]
+            )
             self.assertEqual(status, 200)
             return page["items"]
 
         [mention] = yield eventually(lambda: notifications(1, "carol"), timeout=15)
-        self.assertEqual((mention["kind"], mention["actor"], mention["post_id"]), ("mention", "alice", post["id"]))
+        self.assertEqual(
+            (mention["kind"], mention["actor"], mention["post_id"]),
+            ("mention", "alice", post["id"]),
+        )
         [followed] = yield eventually(lambda: notifications(0, "bob"), timeout=15)
         self.assertEqual(followed["kind"], "followed_post")
-        status, _ = yield self.request(0, "POST", f"/v1/notifications/{mention['id']}/read", token=tokens["carol"])
+        status, _ = yield self.request(
+            0, "POST", f"/v1/notifications/{mention['id']}/read", token=tokens["carol"]
+        )
         self.assertEqual(status, 204)
         self.assertEqual((yield notifications(1, "carol", "?unread=true")), [])
-        status, _ = yield self.request(1, "POST", f"/v1/notifications/{mention['id']}/read", token=tokens["bob"])
+        status, _ = yield self.request(
+            1, "POST", f"/v1/notifications/{mention['id']}/read", token=tokens["bob"]
+        )
         self.assertEqual(status, 404)
 
         # Deleting a post: not someone else's; then gone everywhere
         status, _ = yield self.request(1, "DELETE", f"/v1/posts/{post['id']}", token=tokens["bob"])
         self.assertEqual(status, 403)
-        status, _ = yield self.request(0, "DELETE", f"/v1/posts/{post['id']}", token=tokens["alice"])
+        status, _ = yield self.request(
+            0, "DELETE", f"/v1/posts/{post['id']}", token=tokens["alice"]
+        )
         self.assertEqual(status, 204)
 
         @inlineCallbacks
@@ -146,11 +172,15 @@ class ClusterTests(ClusterTestCase):
             statuses = []
             for _ in range(4):  # enough to meet both post replicas
                 for gateway in (0, 1):
-                    statuses.append((yield self.request(gateway, "GET", f"/v1/posts/{post['id']}"))[0])
+                    statuses.append(
+                        (yield self.request(gateway, "GET", f"/v1/posts/{post['id']}"))[0]
+                    )
             return set(statuses) == {404}
 
         yield eventually(goneEverywhere, timeout=15)
-        yield eventually(lambda: notifications(0, "carol").addCallback(lambda items: items == []), timeout=15)
+        yield eventually(
+            lambda: notifications(0, "carol").addCallback(lambda items: items == []), timeout=15
+        )
 
         # Unfollow, logout, delete an account
         status, _ = yield self.request(1, "DELETE", "/v1/me/following/alice", token=tokens["bob"])
@@ -158,15 +188,21 @@ class ClusterTests(ClusterTestCase):
         status, _ = yield self.request(0, "DELETE", "/v1/sessions/current", token=tokens["bob"])
         self.assertEqual(status, 204)
         self.assertEqual((yield self.request(1, "GET", "/v1/me", token=tokens["bob"]))[0], 401)
-        status, _ = yield self.request(1, "DELETE", "/v1/me", {"password": "wrong one"}, token=tokens["carol"])
+        status, _ = yield self.request(
+            1, "DELETE", "/v1/me", {"password": "wrong one"}, token=tokens["carol"]
+        )
         self.assertEqual(status, 403)
-        status, _ = yield self.request(1, "DELETE", "/v1/me", {"password": PASSWORD}, token=tokens["carol"])
+        status, _ = yield self.request(
+            1, "DELETE", "/v1/me", {"password": PASSWORD}, token=tokens["carol"]
+        )
         self.assertEqual(status, 204)
         self.assertEqual((yield self.request(0, "GET", "/v1/accounts/carol"))[0], 404)
 
         # The HTTP layer itself, on each gateway
         for gateway in (0, 1):
-            self.assertEqual((yield self.request(gateway, "GET", "/healthz")), (200, {"status": "ok"}))
+            self.assertEqual(
+                (yield self.request(gateway, "GET", "/healthz")), (200, {"status": "ok"})
+            )
             status, document = yield self.request(gateway, "GET", "/v1/openapi.json")
             self.assertEqual((status, document["openapi"]), (200, "3.1.0"))
             status, _ = yield self.request(gateway, "PATCH", "/v1/posts")

@@ -1,0 +1,269 @@
+# -*- test-case-name: tests.amqp.test_deadletters -*-
+"""
+Dead letters: list them, look at one, send them back to their group.
+
+    txplatform-deadletters --bus amqp://... list [--group notify]
+    txplatform-deadletters --bus amqp://... show MESSAGE_ID
+    txplatform-deadletters --bus amqp://... replay MESSAGE_ID | --all
+    txplatform-deadletters --bus amqp://... drop MESSAGE_ID
+
+A group's dead letters wait in C{txplatform.dead.<group>}, each with the
+error, the number of attempts and the queue it came from in its headers.
+Looking does not consume them (they are taken and given back); replaying
+publishes a message to the queue it came from, so only that group sees it
+again, and removes it from the dead letters once the broker confirmed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+from attrs import frozen
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import react
+
+from ..codec import loads
+from . import frames
+from .bus import CHANNEL, AMQPBus, deadQueue
+from .frames import Delivery, Properties
+from .url import BrokerURL
+
+__all__ = ["DeadLetter", "browse", "replay", "drop", "main"]
+
+#: The groups of the platform's own services.
+PLATFORM_GROUPS = ("account", "post", "notify")
+
+_OURS = (
+    "x-error",
+    "x-attempts",
+    "x-original-queue",
+    "x-original-routing-key",
+    "x-dead-lettered-at",
+)
+
+
+@frozen
+class DeadLetter:
+    group: str
+    messageId: str
+    event: str
+    queue: str
+    error: str
+    attempts: int
+    deadLetteredAt: float | None
+    body: bytes
+    properties: Properties
+
+    @classmethod
+    def fromDelivery(cls, group: str, delivery: Delivery) -> DeadLetter:
+        headers = delivery.properties.headers or {}
+        at = headers.get("x-dead-lettered-at")
+        return cls(
+            group=group,
+            messageId=delivery.properties.message_id or "",
+            event=headers.get("x-original-routing-key", delivery.routingKey),
+            queue=headers.get("x-original-queue", ""),
+            error=headers.get("x-error", _brokerReason(headers)),
+            attempts=headers.get("x-attempts", 0),
+            deadLetteredAt=at / 1000 if isinstance(at, int) else None,
+            body=delivery.body,
+            properties=delivery.properties,
+        )
+
+    def payload(self) -> Any:
+        """
+        The decoded payload, or the raw bytes if it is not JSON.
+        """
+        try:
+            return loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return self.body
+
+
+def _brokerReason(headers: dict[str, Any]) -> str:
+    # Dead-lettered by the broker itself (x-death), not by a consumer.
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return f"broker: {deaths[0].get('reason', 'unknown')}"
+    return "unknown"
+
+
+@inlineCallbacks
+def _takeAll(bus: AMQPBus, group: str) -> Any:
+    """
+    Take every dead letter of C{group}, unacknowledged: C{(deliveries)}.
+    """
+    channel, protocol = bus._channel, bus._protocol
+    yield channel.queue_declare(queue=deadQueue(group), durable=True)
+    taken = []
+    while True:
+        delivery = yield protocol.get(CHANNEL, deadQueue(group))
+        if delivery is None:
+            return taken
+        taken.append(delivery)
+
+
+def _giveBack(bus: AMQPBus, deliveries: Iterable[Delivery]) -> None:
+    for delivery in deliveries:
+        bus._protocol.transport.write(frames.nack(CHANNEL, delivery.deliveryTag, False, True))
+
+
+@inlineCallbacks
+def browse(bus: AMQPBus, groups: Iterable[str]) -> Any:
+    """
+    Every dead letter of C{groups}, left in place.
+    """
+    found = []
+    for group in groups:
+        taken = yield _takeAll(bus, group)
+        found += [DeadLetter.fromDelivery(group, d) for d in taken]
+        _giveBack(bus, taken)
+    return found
+
+
+@inlineCallbacks
+def _settle(
+    bus: AMQPBus, groups: Iterable[str], pick: Callable[[DeadLetter], bool], send: bool
+) -> Any:
+    settled = []
+    for group in groups:
+        taken = yield _takeAll(bus, group)
+        keep = []
+        for delivery in taken:
+            letter = DeadLetter.fromDelivery(group, delivery)
+            if not pick(letter):
+                keep.append(delivery)
+                continue
+            if send:
+                if not letter.queue:
+                    keep.append(delivery)
+                    continue
+                original = letter.properties
+                headers = {k: v for k, v in (original.headers or {}).items() if k not in _OURS}
+                properties = Properties(
+                    message_id=original.message_id,
+                    delivery_mode=2,
+                    timestamp=original.timestamp,
+                    headers=headers,
+                )
+                # Straight to the queue it came from: only its group sees it.
+                yield bus._protocol.publish(
+                    CHANNEL, "", letter.queue, properties, letter.body, confirm=True
+                )
+            bus._protocol.ack(CHANNEL, delivery.deliveryTag)
+            settled.append(letter)
+        _giveBack(bus, keep)
+    return settled
+
+
+def replay(bus: AMQPBus, groups: Iterable[str], pick: Callable[[DeadLetter], bool]) -> Any:
+    """
+    Send the dead letters C{pick} chooses back to their queue; return them.
+    """
+    return _settle(bus, groups, pick, send=True)
+
+
+def drop(bus: AMQPBus, groups: Iterable[str], pick: Callable[[DeadLetter], bool]) -> Any:
+    """
+    Delete the dead letters C{pick} chooses; return them.
+    """
+    return _settle(bus, groups, pick, send=False)
+
+
+def _describe(letter: DeadLetter) -> str:
+    when = (
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.deadLetteredAt))
+        if letter.deadLetteredAt
+        else "-"
+    )
+    return (
+        f"{letter.messageId}  {letter.group:<10} {letter.event:<20} attempts={letter.attempts}"
+        f"  at={when}  {letter.error}"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="txplatform-deadletters", description=__doc__.split("\n\n")[1]
+    )
+    parser.add_argument("--bus", required=True, help="amqp://user:password@host:5672/vhost")
+    parser.add_argument(
+        "--group",
+        action="append",
+        help="a consumer group (repeatable); the platform's services by default",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the dead letters")
+    show = commands.add_parser("show", help="show one dead letter, payload included")
+    show.add_argument("message_id")
+    again = commands.add_parser("replay", help="send dead letters back to their queue")
+    which = again.add_mutually_exclusive_group(required=True)
+    which.add_argument("message_id", nargs="?")
+    which.add_argument("--all", action="store_true")
+    gone = commands.add_parser("drop", help="delete a dead letter for good")
+    gone.add_argument("message_id")
+    return parser
+
+
+@inlineCallbacks
+def _run(reactor: Any, argv: list[str], out: Any) -> Any:
+    arguments = _parser().parse_args(argv)
+    groups = arguments.group or list(PLATFORM_GROUPS)
+    bus = AMQPBus(reactor, BrokerURL.parse(arguments.bus), connectionName="txplatform-deadletters")
+    bus.startService()
+    try:
+        yield bus.whenConnected()
+        if arguments.command == "list":
+            letters = yield browse(bus, groups)
+            for letter in letters:
+                print(_describe(letter), file=out)
+            print(f"{len(letters)} dead letter(s)", file=out)
+            return 0
+        wanted = getattr(arguments, "message_id", None)
+
+        def pick(letter: DeadLetter) -> bool:
+            return arguments.command == "replay" and arguments.all or letter.messageId == wanted
+
+        if arguments.command == "show":
+            letters = [letter for letter in (yield browse(bus, groups)) if pick(letter)]
+            for letter in letters:
+                print(_describe(letter), file=out)
+                print(json.dumps(letter.properties.headers, indent=2, default=str), file=out)
+                payload = letter.payload()
+                print(
+                    json.dumps(payload, indent=2)
+                    if not isinstance(payload, bytes)
+                    else repr(payload),
+                    file=out,
+                )
+        elif arguments.command == "replay":
+            letters = yield replay(bus, groups, pick)
+            print(f"replayed {len(letters)} dead letter(s)", file=out)
+        else:
+            letters = yield drop(bus, groups, pick)
+            print(f"dropped {len(letters)} dead letter(s)", file=out)
+        if not letters:
+            print(f"no dead letter {wanted}", file=out)
+            return 1
+        return 0
+    finally:
+        yield bus.stopService()
+
+
+def main(argv: list[str] | None = None) -> None:
+    def run(reactor: Any) -> Any:
+        def exit(code: int) -> None:
+            if code:
+                raise SystemExit(code)
+
+        return _run(reactor, sys.argv[1:] if argv is None else argv, sys.stdout).addCallback(exit)
+
+    react(run)
+
+
+if __name__ == "__main__":
+    main()
