@@ -5,15 +5,19 @@ the in-process bus has, over a real broker.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest
 from zope.interface.verify import verifyObject
 
 from txplatform.amqp import frames
-from txplatform.amqp.bus import EVENTS_EXCHANGE, deadQueue
+from txplatform.amqp.bus import EVENTS_EXCHANGE, deadQueue, eventQueue
 from txplatform.amqp.frames import Properties
 from txplatform.context import Origin, Priority
 from txplatform.errors import (
@@ -27,7 +31,7 @@ from txplatform.errors import (
 from txplatform.interfaces import IBus
 from txplatform.serviceid import ServiceId
 
-from ..support import eventually
+from ..support import eventually, inCI
 from .harness import BrokerTestCase
 
 CALLER = ServiceId.fromHex("f0ca11")
@@ -361,6 +365,37 @@ class EventTests(BrokerTestCase):
         )
         self.assertEqual(sorted(d.properties.headers["x-attempts"] for d in dead), [1, 1])
         self.assertTrue(any("not JSON" in d.properties.headers["x-error"] for d in dead))
+
+    @inlineCallbacks
+    def test_quorumQueues(self) -> Any:
+        """
+        With ?queue_type=quorum, a group's queue and its dead letters are
+        quorum queues, and events flow as with classic ones.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        if shutil.which("rabbitmqctl") is None:
+            reason = "rabbitmqctl is not on the PATH: cannot check the queue types"
+            if inCI():
+                raise AssertionError(reason)
+            raise SkipTest(reason)
+        self.brokerURL = urlunsplit(urlsplit(self.brokerURL)._replace(query="queue_type=quorum"))
+        bus = yield self.makeBus()
+        got = []
+        yield bus.subscribe(event, lambda p, c: got.append(p), group)
+        yield bus.publish(event, {"n": 1})
+        yield eventually(lambda: got == [{"n": 1}])
+        result = yield threads.deferToThreadPool(
+            reactor,
+            reactor.getThreadPool(),
+            subprocess.run,
+            ["rabbitmqctl", "list_queues", "name", "type"],
+            capture_output=True,
+            text=True,
+        )
+        types = dict(line.split("\t")[:2] for line in result.stdout.splitlines() if "\t" in line)
+        self.assertEqual(types.get(eventQueue(group, event)), "quorum")
+        self.assertEqual(types.get(deadQueue(group)), "quorum")
 
     @inlineCallbacks
     def test_publishConfirmed(self) -> Any:

@@ -680,11 +680,19 @@ class AMQPBus(Service):
         )
         self._declared.add(key)
 
+    def queueArguments(self) -> dict[str, Any]:
+        """
+        The arguments every durable event and dead-letter queue is declared
+        with (its type).
+        """
+        return {"x-queue-type": self.url.queueType} if self.url.queueType != "classic" else {}
+
     @inlineCallbacks
     def _declareGroup(self, channel: Any, group: str, pattern: str) -> Any:
         dead = ("dead", group)
+        typed = self.queueArguments()
         if dead not in self._declared:
-            yield channel.queue_declare(queue=deadQueue(group), durable=True)
+            yield channel.queue_declare(queue=deadQueue(group), durable=True, arguments=typed)
             yield channel.queue_bind(
                 queue=deadQueue(group), exchange=DEAD_EXCHANGE, routing_key=group
             )
@@ -700,6 +708,7 @@ class AMQPBus(Service):
                 # loop on a quorum queue) also end up in the group's DLQ.
                 "x-dead-letter-exchange": DEAD_EXCHANGE,
                 "x-dead-letter-routing-key": group,
+                **typed,
             },
         )
         yield channel.queue_bind(

@@ -98,7 +98,9 @@ def _takeAll(bus: AMQPBus, group: str) -> Any:
     Take every dead letter of C{group}, unacknowledged: C{(deliveries)}.
     """
     channel, protocol = bus._channel, bus._protocol
-    yield channel.queue_declare(queue=deadQueue(group), durable=True)
+    yield channel.queue_declare(
+        queue=deadQueue(group), durable=True, arguments=bus.queueArguments()
+    )
     taken = []
     while True:
         delivery = yield protocol.get(CHANNEL, deadQueue(group))

@@ -143,7 +143,7 @@ def _decodeValue(data: bytes, offset: int) -> tuple[Any, int]:
     if kind == b"t":
         return data[offset] != 0, offset + 1
     if kind == b"F":
-        return decodeTable(data, offset)
+        return _decodeTable(data, offset)
     if kind == b"A":
         (size,) = _U32.unpack_from(data, offset)
         offset += 4
@@ -182,7 +182,16 @@ def _decodeValue(data: bytes, offset: int) -> tuple[Any, int]:
 def decodeTable(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
     """
     The field table at C{offset}, and the offset after it.
+
+    @raise FrameError: not a well-formed table.
     """
+    try:
+        return _decodeTable(data, offset)
+    except (IndexError, struct.error) as e:
+        raise FrameError(f"a truncated field table: {e}") from None
+
+
+def _decodeTable(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
     (size,) = _U32.unpack_from(data, offset)
     offset += 4
     end = offset + size

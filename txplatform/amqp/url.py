@@ -36,6 +36,10 @@ class BrokerURL:
     heartbeat: int = 30
     cafile: str | None = None
     connectTimeout: float = 10.0
+    #: The type of the durable event and dead-letter queues: C{classic}, or
+    #: C{quorum} on a RabbitMQ cluster (replicated).  RPC queues stay classic:
+    #: they need priorities.
+    queueType: str = "classic"
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
@@ -50,7 +54,7 @@ class BrokerURL:
         tls = parts.scheme == "amqps"
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         options = dict(parse_qsl(parts.query))
-        unknown = set(options) - {"heartbeat", "cafile", "connect_timeout"}
+        unknown = set(options) - {"heartbeat", "cafile", "connect_timeout", "queue_type"}
         if unknown:
             raise ValueError(f"unknown broker URL option(s): {', '.join(sorted(unknown))}")
         try:
@@ -61,6 +65,9 @@ class BrokerURL:
             raise ValueError(f"in {cls._redact(url)!r}: {e}") from None
         if "cafile" in options and not tls:
             raise ValueError("cafile is for amqps:// URLs")
+        queueType = options.get("queue_type", "classic")
+        if queueType not in ("classic", "quorum"):
+            raise ValueError(f"queue_type is classic or quorum, not {queueType!r}")
         return cls(
             tls=tls,
             host=parts.hostname,
@@ -71,6 +78,7 @@ class BrokerURL:
             heartbeat=heartbeat,
             cafile=options.get("cafile"),
             connectTimeout=timeout,
+            queueType=queueType,
         )
 
     @staticmethod

@@ -1,0 +1,187 @@
+"""
+Tests for L{txplatform.amqp.protocol}: the fast path, on a StringTransport.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from txplatform.amqp import frames
+from txplatform.amqp.frames import Properties
+from txplatform.amqp.protocol import AMQPConnection, AMQPDelegate, PublishNacked
+from txplatform.amqp.spec import loadSpec
+
+
+def method(channel: int, classId: int, methodId: int, args: bytes) -> bytes:
+    return frames._frame(frames.FRAME_METHOD, channel, struct.pack("!HH", classId, methodId) + args)
+
+
+def deliver(
+    tag: str, deliveryTag: int, body: bytes, properties: Properties, chunk: int = 4096
+) -> bytes:
+    args = (
+        frames._shortstr(tag)
+        + struct.pack("!QB", deliveryTag, 1)
+        + frames._shortstr("txplatform.events")
+        + frames._shortstr("post.created")
+    )
+    header = frames._HEADER_HEAD.pack(60, 0, len(body), 0)[:-2] + frames.encodeProperties(
+        properties
+    )
+    parts = [method(1, 60, 60, args), frames._frame(frames.FRAME_HEADER, 1, header)]
+    for start in range(0, len(body), chunk):
+        parts.append(frames._frame(frames.FRAME_BODY, 1, body[start : start + chunk]))
+    return b"".join(parts)
+
+
+class ConnectionTestMixin:
+    def connect(self, heartbeat: int = 0) -> tuple[AMQPConnection, StringTransport, Clock]:
+        clock = Clock()
+        connection = AMQPConnection(AMQPDelegate({}), "/", loadSpec(), heartbeat, clock)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        self.assertEqual(transport.value(), b"AMQP\x00\x00\x09\x01")
+        transport.clear()
+        self.addCleanup(
+            lambda: (
+                connection.connectionLost(Failure(ConnectionLost()))
+                if not connection.lost
+                else None
+            )
+        )
+        return connection, transport, clock
+
+
+class DeliveryTests(ConnectionTestMixin, SynchronousTestCase):
+    @given(
+        body=st.binary(max_size=20000),
+        cuts=st.lists(st.integers(min_value=1, max_value=30000), max_size=12),
+    )
+    @settings(max_examples=60, deadline=None)
+    def test_anyChunking(self, body: bytes, cuts: list[int]) -> None:
+        """
+        A delivery reaches its consumer once, whole, however the bytes are
+        cut up on the way, its body split across frames or not.
+        """
+        connection, _, _ = self.connect()
+        got = []
+        connection.onDeliver["c1"] = got.append
+        properties = Properties(message_id="m", headers={"x-attempt": 2})
+        data = deliver("c1", 5, body, properties, chunk=1000) + deliver(
+            "c1", 6, b"next", Properties()
+        )
+        positions = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+        for start, end in zip(positions, positions[1:], strict=False):
+            connection.dataReceived(data[start:end])
+        self.assertEqual([(d.deliveryTag, d.body) for d in got], [(5, body), (6, b"next")])
+        self.assertEqual(got[0].properties, properties)
+        self.assertTrue(got[0].redelivered)
+        self.assertEqual(
+            (got[0].exchange, got[0].routingKey), ("txplatform.events", "post.created")
+        )
+
+    def test_otherFramesToTxamqp(self) -> None:
+        """
+        Frames outside the hot path (channel.open-ok here) go to txamqp.
+        """
+        connection, _, _ = self.connect()
+        seen = []
+        connection.frame_received = seen.append
+        connection.dataReceived(method(1, 20, 11, b"\x00\x00\x00\x00"))
+        [frame] = seen
+        self.assertEqual((frame.channel, frame.payload.method.name), (1, "open-ok"))
+
+    def test_return(self) -> None:
+        """
+        A returned message goes to onReturn with its reply code.
+        """
+        connection, _, _ = self.connect()
+        returned = []
+        connection.attach(returned.append, lambda reason: None)
+        args = (
+            struct.pack("!H", 312)
+            + frames._shortstr("NO_ROUTE")
+            + frames._shortstr("txplatform.rpc")
+            + frames._shortstr("0fecc0")
+        )
+        header = frames._HEADER_HEAD.pack(60, 0, 2, 0)[:-2] + frames.encodeProperties(
+            Properties(correlation_id="c")
+        )
+        connection.dataReceived(
+            method(1, 60, 50, args)
+            + frames._frame(frames.FRAME_HEADER, 1, header)
+            + frames._frame(frames.FRAME_BODY, 1, b"{}")
+        )
+        [delivery] = returned
+        self.assertEqual(
+            (delivery.replyCode, delivery.routingKey, delivery.properties.correlation_id),
+            (312, "0fecc0", "c"),
+        )
+
+    def test_malformed(self) -> None:
+        """
+        A frame without its end marker drops the connection.
+        """
+        connection, transport, _ = self.connect()
+        connection.dataReceived(method(1, 60, 80, struct.pack("!QB", 1, 0))[:-1] + b"\x00")
+        self.assertTrue(transport.disconnecting)
+        self.flushLoggedErrors()
+
+
+class ConfirmTests(ConnectionTestMixin, SynchronousTestCase):
+    def test_confirms(self) -> None:
+        """
+        Publications on a confirming channel fire when the broker acks them
+        (several at once with multiple), and fail when it nacks them.
+        """
+        connection, transport, _ = self.connect()
+        connection.startConfirming(1)
+        ds = [connection.publish(1, "x", "k", Properties(), b"b", confirm=True) for _ in range(3)]
+        untracked = connection.publish(1, "x", "k", Properties(), b"b")
+        self.assertIsNone(untracked)
+        self.assertTrue(transport.value())
+        connection.dataReceived(method(1, 60, 80, struct.pack("!QB", 2, 1)))
+        self.successResultOf(ds[0])
+        self.successResultOf(ds[1])
+        self.assertNoResult(ds[2])
+        connection.dataReceived(method(1, 60, 120, struct.pack("!QB", 3, 0)))
+        self.failureResultOf(ds[2], PublishNacked)
+
+    def test_lost(self) -> None:
+        """
+        Publications not yet confirmed fail when the connection goes, and
+        publishing afterwards fails at once.
+        """
+        connection, _, _ = self.connect()
+        lost = []
+        connection.attach(lambda d: None, lost.append)
+        connection.startConfirming(1)
+        d = connection.publish(1, "x", "k", Properties(), b"b", confirm=True)
+        connection.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(d, ConnectionLost)
+        self.assertEqual(len(lost), 1)
+        self.failureResultOf(connection.publish(1, "x", "k", Properties(), b"", confirm=True))
+
+
+class HeartbeatTests(ConnectionTestMixin, SynchronousTestCase):
+    def test_silenceDrops(self) -> None:
+        """
+        A broker silent for three heartbeats is dropped; traffic of any kind
+        (messages included) keeps the connection.
+        """
+        connection, transport, clock = self.connect(heartbeat=1)
+        connection.onDeliver["c"] = lambda delivery: None
+        for _ in range(5):
+            clock.advance(1)
+            connection.dataReceived(deliver("c", 1, b"", Properties()))
+        self.assertFalse(transport.disconnecting)
+        clock.advance(3)
+        self.assertTrue(transport.disconnecting)

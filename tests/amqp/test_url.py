@@ -1,0 +1,69 @@
+"""
+Tests for L{txplatform.amqp.url}.
+"""
+
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txplatform.amqp.url import BrokerURL
+from txplatform.buses import checkBusURL
+
+
+class BrokerURLTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        """
+        User, password, host, port and vhost come from the URL; the vhost
+        is URL-decoded, and / when absent.
+        """
+        url = BrokerURL.parse("amqp://me:s%40cret@broker.example:5673/prod%2Fa?heartbeat=10")
+        self.assertEqual(
+            (url.tls, url.host, url.port, url.username, url.password, url.vhost, url.heartbeat),
+            (False, "broker.example", 5673, "me", "s@cret", "prod/a", 10),
+        )
+        default = BrokerURL.parse("amqp://broker.example")
+        self.assertEqual(
+            (default.port, default.vhost, default.username, default.queueType),
+            (5672, "/", "guest", "classic"),
+        )
+        self.assertNotIn("cret", str(url))
+
+    def test_tls(self) -> None:
+        """
+        amqps:// is TLS on 5671 by default, and takes a CA file.
+        """
+        url = BrokerURL.parse("amqps://broker.example/?cafile=/etc/ca.pem")
+        self.assertEqual((url.tls, url.port, url.cafile), (True, 5671, "/etc/ca.pem"))
+
+    def test_refused(self) -> None:
+        """
+        Other schemes, unknown options, bad numbers and misplaced options are
+        refused, with the password hidden.
+        """
+        for bad in [
+            "http://broker",
+            "amqp://",
+            "amqp://h/?frobnicate=1",
+            "amqp://h/?heartbeat=soon",
+            "amqp://h/?cafile=/ca.pem",
+            "amqp://h/?queue_type=stream",
+        ]:
+            self.assertRaises(ValueError, BrokerURL.parse, bad)
+        error = self.assertRaises(ValueError, BrokerURL.parse, "amqp://u:hunter2@/x")
+        self.assertNotIn("hunter2", str(error))
+
+    def test_endpoint(self) -> None:
+        """
+        amqp:// connects over plain TCP to the host and port.
+        """
+        endpoint = BrokerURL.parse("amqp://broker.example:5673/").endpoint(MemoryReactorClock())
+        self.assertIsInstance(endpoint, HostnameEndpoint)
+
+    def test_busURLs(self) -> None:
+        """
+        --bus takes local: and broker URLs.
+        """
+        checkBusURL("local:")
+        checkBusURL("amqp://guest:guest@127.0.0.1/")
+        self.assertRaises(ValueError, checkBusURL, "carrier-pigeon:")
+        self.assertRaises(ValueError, checkBusURL, "amqp://")
