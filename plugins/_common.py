@@ -16,6 +16,8 @@ from txplatform.database import databaseFromURL
 __all__ = [
     "BUS",
     "DRAIN_TIMEOUT",
+    "HEALTH_FILE",
+    "fromFile",
     "ARGON2",
     "checkBus",
     "checkDatabase",
@@ -33,6 +35,13 @@ BUS = [
     "The message bus: local: (in-process) or amqp://user:password@host:5672/vhost"
     " (amqps:// for TLS; ?cafile=PATH to trust a CA, ?heartbeat=SECONDS).",
 ]
+HEALTH_FILE = [
+    "health-file",
+    None,
+    None,
+    "Write the time (epoch seconds) to this file every 5 s while the process is"
+    " healthy (its bus connected, its services started): for container health checks.",
+]
 DRAIN_TIMEOUT = [
     "drain-timeout",
     None,
@@ -48,17 +57,35 @@ ARGON2 = [
 ]
 
 
+def fromFile(options: usage.Options, name: str) -> None:
+    """
+    An option given as C{@PATH} takes its value from that file (its first
+    line): how secrets such as passwords in URLs come from Docker or
+    Kubernetes secret files rather than the command line.
+    """
+    value = options[name]
+    if isinstance(value, str) and value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as f:
+                options[name] = f.readline().strip()
+        except OSError as e:
+            raise usage.UsageError(f"--{name}: cannot read {value[1:]}: {e.strerror}") from None
+
+
 def checkBus(options: usage.Options) -> None:
+    fromFile(options, "bus")
     try:
         checkBusURL(options["bus"])
     except ValueError as e:
         raise usage.UsageError(f"--bus: {e}") from None
 
 
-def checkDatabase(url: str, option: str = "--db") -> None:
+def checkDatabase(options: usage.Options, name: str = "db") -> None:
+    fromFile(options, name)
+    url = options[name]
     if not url.startswith(("sqlite:", "postgresql://", "postgres://")):
         raise usage.UsageError(
-            f"{option} {url!r}: use sqlite:PATH or postgresql://user@host:port/dbname"
+            f"--{name}: {url!r} is not sqlite:PATH or postgresql://user@host:port/dbname"
         )
 
 
@@ -105,4 +132,8 @@ def serviceProcess(options: usage.Options, reactor: Any, serviceClass: Any, buil
     service.drainTimeout = options["drain-timeout"]
     service.setServiceParent(top)
     ReadinessGate(reactor, [service], Service()).setServiceParent(top)
+    if options["health-file"]:
+        from ._lifecycle import HealthFile
+
+        HealthFile(reactor, options["health-file"], bus, [service]).setServiceParent(top)
     return top

@@ -16,7 +16,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ListeningService", "ReadinessGate", "exitOnFailure", "freezeStartupObjects"]
+__all__ = [
+    "HealthFile",
+    "ListeningService",
+    "ReadinessGate",
+    "exitOnFailure",
+    "freezeStartupObjects",
+]
 
 log = Logger()
 
@@ -137,3 +143,54 @@ class ReadinessGate(Service):
         if self._then.running:
             return self._then.stopService()
         return None
+
+
+class HealthFile(Service):
+    """
+    Write the time to C{path} every C{interval} seconds while the process
+    is healthy: its bus connected and every service in C{services} running
+    (started, or listening).  A container health check compares the time
+    in the file with the clock; a process stuck or cut off stops writing.
+    """
+
+    def __init__(
+        self, reactor: Any, path: str, bus: Any, services: list[Any], interval: float = 5.0
+    ) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self._reactor = reactor
+        self.path = path
+        self._bus = bus
+        self._services = services
+        self._loop = LoopingCall(self.beat)
+        self._loop.clock = reactor
+        self._interval = interval
+
+    def healthy(self) -> bool:
+        if not getattr(self._bus, "connected", True):
+            return False
+        for service in self._services:
+            started = getattr(service, "_started", None)
+            if started is not None:
+                if not started.called or getattr(service, "_startResult", None) is not None:
+                    return False
+            elif getattr(service, "address", True) is None:
+                return False  # a listener that is not listening
+        return True
+
+    def beat(self) -> None:
+        if not self.healthy():
+            return
+        temporary = self.path + ".tmp"
+        with open(temporary, "w") as f:
+            f.write(f"{int(self._reactor.seconds())}\n")
+        os.replace(temporary, self.path)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()

@@ -13,6 +13,7 @@ from ._common import (
     ARGON2,
     BUS,
     DRAIN_TIMEOUT,
+    HEALTH_FILE,
     checkBus,
     checkDatabase,
     checkPositive,
@@ -29,6 +30,7 @@ class Options(usage.Options):
     optParameters = [
         BUS,
         DRAIN_TIMEOUT,
+        HEALTH_FILE,
         [
             "db",
             None,
@@ -41,7 +43,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         checkBus(self)
-        checkDatabase(self["db"])
+        checkDatabase(self)
         checkPositive(
             self, "session-lifetime", "argon2-time-cost", "argon2-memory-cost", "argon2-parallelism"
         )

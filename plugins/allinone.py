@@ -42,7 +42,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         checkCacheSize(self)
         if self["db"] is not None:
-            checkDatabase(self["db"])
+            checkDatabase(self)
             if self["db"].startswith("sqlite:"):
                 raise usage.UsageError("--db is for PostgreSQL; SQLite files go in --data-dir")
         checkPositive(

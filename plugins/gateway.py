@@ -10,7 +10,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from ._common import BUS, checkBus, checkPositive, makeBus
+from ._common import BUS, HEALTH_FILE, checkBus, checkPositive, makeBus
 
 LISTEN = ["listen", None, "tcp:8080", "Where to serve HTTP: a Twisted endpoint string."]
 CALL_TIMEOUT = [
@@ -32,7 +32,7 @@ MAX_BODY_SIZE = [
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run one replica of the HTTP gateway, the platform's only entry point."
-    optParameters = [BUS, LISTEN, CALL_TIMEOUT, MAX_BODY_SIZE]
+    optParameters = [BUS, LISTEN, CALL_TIMEOUT, MAX_BODY_SIZE, HEALTH_FILE]
 
     def postOptions(self) -> None:
         checkBus(self)
@@ -62,5 +62,10 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     bus.setServiceParent(top)
     # Listen once the bus is up, so a gateway is only ever reached when it
     # can do something.
-    ReadinessGate(reactor, [bus], gatewayListener(options, reactor, bus)).setServiceParent(top)
+    listener = gatewayListener(options, reactor, bus)
+    ReadinessGate(reactor, [bus], listener).setServiceParent(top)
+    if options["health-file"]:
+        from ._lifecycle import HealthFile
+
+        HealthFile(reactor, options["health-file"], bus, [listener]).setServiceParent(top)
     return top

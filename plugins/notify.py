@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import BUS, DRAIN_TIMEOUT, checkBus, checkDatabase, serviceProcess
+from ._common import BUS, DRAIN_TIMEOUT, HEALTH_FILE, checkBus, checkDatabase, serviceProcess
 
 
 class Options(usage.Options):
@@ -20,6 +20,7 @@ class Options(usage.Options):
     optParameters = [
         BUS,
         DRAIN_TIMEOUT,
+        HEALTH_FILE,
         [
             "db",
             None,
@@ -30,7 +31,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         checkBus(self)
-        checkDatabase(self["db"])
+        checkDatabase(self)
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import BUS, DRAIN_TIMEOUT, checkBus, checkDatabase, serviceProcess
+from ._common import BUS, DRAIN_TIMEOUT, HEALTH_FILE, checkBus, checkDatabase, serviceProcess
 
 CACHE_SIZE = [
     "post-cache-size",
@@ -32,6 +32,7 @@ class Options(usage.Options):
     optParameters = [
         BUS,
         DRAIN_TIMEOUT,
+        HEALTH_FILE,
         [
             "db",
             None,
@@ -43,7 +44,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         checkBus(self)
-        checkDatabase(self["db"])
+        checkDatabase(self)
         checkCacheSize(self)
 
 

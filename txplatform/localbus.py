@@ -470,6 +470,9 @@ class LocalBus(Service):
         """
         return succeed(None)
 
+    #: Always: there is no connection to lose.
+    connected = True
+
     def pendingCalls(self, service: ServiceId) -> int:
         """
         How many calls to C{service} wait for a free replica.

@@ -2,6 +2,7 @@
 Tests for L{plugins._lifecycle}.
 """
 
+import os
 from typing import Any
 
 from twisted.application.service import Service
@@ -11,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from plugins._lifecycle import ListeningService, ReadinessGate
+from plugins._lifecycle import HealthFile, ListeningService, ReadinessGate
 
 
 class FakeReactor:
@@ -108,3 +109,37 @@ class ListeningServiceTests(TestCase):
         self.assertEqual(event["port"], service.address.port)
         yield service.stopService()
         self.assertIsNone(service._port)
+
+
+class HealthFileTests(SynchronousTestCase):
+    def test_beats(self) -> None:
+        """
+        The file gets the time while the bus is connected and the services
+        started, and stops being updated otherwise.
+        """
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        clock.advance(1000)
+        path = self.mktemp()
+
+        class Bus:
+            connected = True
+
+        class Started:
+            _started: Deferred[None] = Deferred()
+            _startResult = None
+
+        bus, service = Bus(), Started()
+        health = HealthFile(clock, path, bus, [service], interval=5)
+        health.startService()
+        self.addCleanup(health.stopService)
+        self.assertFalse(os.path.exists(path))
+        service._started.callback(None)
+        clock.advance(5)
+        with open(path) as f:
+            self.assertEqual(f.read(), "1005\n")
+        bus.connected = False
+        clock.advance(5)
+        with open(path) as f:
+            self.assertEqual(f.read(), "1005\n")

@@ -78,6 +78,23 @@ class OptionsTests(SynchronousTestCase):
             self.parse(module, "--bus", "local:")
             self.assertRaises(usage.UsageError, self.parse, module, "--bus", "carrier-pigeon:")
 
+    def test_secretsFromFiles(self) -> None:
+        """
+        --bus and --db given as @PATH take their value from that file, so
+        passwords need not be on the command line.
+        """
+        secret = self.mktemp()
+        with open(secret, "w") as f:
+            f.write("amqp://svc:s3cret@broker.internal/prod\n")
+        database = self.mktemp()
+        with open(database, "w") as f:
+            f.write("postgresql://svc:pw@db/app\n")
+        options = self.parse(account, "--bus", "@" + secret, "--db", "@" + database)
+        self.assertEqual(options["bus"], "amqp://svc:s3cret@broker.internal/prod")
+        self.assertEqual(options["db"], "postgresql://svc:pw@db/app")
+        error = self.assertRaises(usage.UsageError, self.parse, post, "--bus", "@/nonexistent/secret")
+        self.assertIn("cannot read", str(error))
+
     def test_positive(self) -> None:
         """
         Durations and sizes must be positive numbers.
