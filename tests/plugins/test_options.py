@@ -92,7 +92,9 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse(account, "--bus", "@" + secret, "--db", "@" + database)
         self.assertEqual(options["bus"], "amqp://svc:s3cret@broker.internal/prod")
         self.assertEqual(options["db"], "postgresql://svc:pw@db/app")
-        error = self.assertRaises(usage.UsageError, self.parse, post, "--bus", "@/nonexistent/secret")
+        error = self.assertRaises(
+            usage.UsageError, self.parse, post, "--bus", "@/nonexistent/secret"
+        )
         self.assertIn("cannot read", str(error))
 
     def test_positive(self) -> None:
