@@ -173,6 +173,26 @@ class InstalledCommandsTests(TestCase):
             if inCI():
                 raise AssertionError(reason)
             raise SkipTest(reason)
+        spec = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from txplatform.amqp.spec import loadSpec; print(loadSpec().classes.byname['confirm'].id)",
+            ],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        self.assertEqual(
+            spec.stdout.strip(), "85", "the AMQP spec ships with the package: " + spec.stderr
+        )
+        deadletters = shutil.which("txplatform-deadletters", path=os.path.dirname(sys.executable))
+        self.assertIsNotNone(deadletters)
+        helped = subprocess.run(
+            [deadletters, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True
+        )
+        self.assertIn("replay", helped.stdout)
         listing = subprocess.run(
             [twistd, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
         )
