@@ -25,17 +25,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .busrules import (
+    callDeadline,
+    checkPriority,
+    failureReason,
+    internalReply,
+    replyFor,
+    resultOf,
+    retryDelay,
+    timeoutFailure,
+)
 from .codec import JSONCodec, callBinding, eventBinding, replyBinding
-from .context import CallContext, EventContext, Origin, Priority, newMessageId
+from .context import CallContext, EventContext, Origin, newMessageId
 from .errors import (
-    DeadlineExceeded,
-    InternalError,
-    MalformedMessage,
     ServiceError,
     Unavailable,
     UnknownMethod,
-    errorFromWire,
-    errorToWire,
 )
 from .interfaces import IBus, IPayloadCodec, ISubscription
 from .serviceid import ServiceId
@@ -221,18 +226,12 @@ class _CallWorker(_Worker):
         try:
             result = self._invoke(call, context)
         except BaseException:
-            self._failed(Failure(), call)
-            self.finished()
+            self._answer(Failure(), call)
             return
         if isinstance(result, Deferred):
-            result.addCallbacks(self._succeeded, self._failed, (call,), None, (call,), None)
-            result.addBoth(self._finished)
+            result.addBoth(self._answer, call)
         else:
-            self._succeeded(result, call)
-            self.finished()
-
-    def _finished(self, _: object) -> None:
-        self.finished()
+            self._answer(result, call)
 
     def _invoke(self, call: _PendingCall, context: CallContext) -> Any:
         handler = self._handlers.get(call.method)
@@ -245,21 +244,9 @@ class _CallWorker(_Worker):
         payload = codec.decode(call.data, callBinding(call.service, call.method, call.messageId))
         return handler(payload, context)
 
-    def _succeeded(self, result: Any, call: _PendingCall) -> None:
-        self._bus._reply(call, {"ok": result})
-
-    def _failed(self, failure: Failure, call: _PendingCall) -> None:
-        if failure.check(ServiceError):
-            error = failure.value
-        else:
-            self._bus.log.failure(
-                "Unhandled error in {method} of {service}",
-                failure,
-                method=call.method,
-                service=call.service.hex,
-            )
-            error = InternalError(f"internal error in {call.method}")
-        self._bus._reply(call, {"error": errorToWire(error)})
+    def _answer(self, result: Any, call: _PendingCall) -> None:
+        self._bus._reply(call, replyFor(result, call.service, call.method))
+        self.finished()
 
 
 class _EventQueue(_Queue):
@@ -379,14 +366,13 @@ class LocalBus(Service):
         origin: Origin | None = None,
         idempotent: bool = False,
     ) -> Deferred[Any]:
-        priority = Priority.NORMAL if priority is None else int(priority)
-        if not 0 <= priority <= 9:
-            return fail(ValueError(f"priority must be 0 to 9, not {priority}"))
+        try:
+            priority = checkPriority(priority)
+        except ValueError:
+            return fail()
         origin = origin if origin is not None else Origin()
         now = self._clock.seconds()
-        deadline = now + (self.defaultTimeout if timeout is None else timeout)
-        if origin.deadline is not None:
-            deadline = min(deadline, origin.deadline)
+        deadline = callDeadline(now, timeout, self.defaultTimeout, origin)
         queue = self._calls.get(service)
         if queue is None:
             return fail(
@@ -401,14 +387,6 @@ class LocalBus(Service):
         def abandon(d: Deferred[Any]) -> None:
             pending.abandoned = True
 
-        def timedOut(result: Any, timeout: float) -> Failure:
-            return Failure(
-                DeadlineExceeded(
-                    f"no answer from service {service.hex} to {method} within {timeout:g}s",
-                    {"service": service.hex, "method": method},
-                )
-            )
-
         d: Deferred[Any] = Deferred(abandon)
         pending = _PendingCall(
             messageId=messageId,
@@ -421,7 +399,9 @@ class LocalBus(Service):
             correlationId=origin.correlationId or messageId,
             deferred=d,
         )
-        d.addTimeout(max(deadline - now, 0.0), self._clock, onTimeoutCancel=timedOut)
+        d.addTimeout(
+            max(deadline - now, 0.0), self._clock, onTimeoutCancel=timeoutFailure(service, method)
+        )
         queue.put(pending)
         return d
 
@@ -437,19 +417,13 @@ class LocalBus(Service):
                 method=call.method,
                 service=call.service.hex,
             )
-            data = self._codec.encode(
-                {"error": errorToWire(InternalError(f"internal error in {call.method}"))},
-                binding,
-            )
+            data = self._codec.encode(internalReply(call.method), binding)
         try:
-            answer = self._codec.decode(data, binding)
-        except MalformedMessage as e:
+            result = resultOf(self._codec.decode(data, binding))
+        except ServiceError as e:
             call.deferred.errback(e)
             return
-        if "error" in answer:
-            call.deferred.errback(errorFromWire(answer["error"]))
-        else:
-            call.deferred.callback(answer["ok"])
+        call.deferred.callback(result)
 
     def serve(
         self,
@@ -540,9 +514,8 @@ class LocalBus(Service):
         return len(queue) if queue is not None else 0
 
     def _retryOrDeadLetter(self, queue: _EventQueue, delivery: _Delivery, failure: Failure) -> None:
-        permanent = isinstance(failure.value, ServiceError) and failure.value.permanent
-        if not permanent and delivery.attempt <= len(self.retryDelays):
-            delay = self.retryDelays[delivery.attempt - 1]
+        delay = retryDelay(failure, delivery.attempt, self.retryDelays)
+        if delay is not None:
             self.log.warn(
                 "Event {event} ({messageId}) failed in group {group}, attempt {attempt};"
                 " retrying in {delay}s: {error}",
@@ -561,12 +534,7 @@ class LocalBus(Service):
             call = self._clock.callLater(delay, redeliver)
             self._retries.add(call)
             return
-        if isinstance(failure.value, ServiceError):
-            reason = f"{failure.value.code}: {failure.value.message}"
-        else:
-            reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
-        if not isinstance(failure.value, ServiceError):
-            self.log.failure("Event handler failed", failure)
+        reason = failureReason(failure)
         self.log.error(
             "Dead-lettered event {event} ({messageId}) of group {group} after"
             " {attempts} attempt(s): {reason}",

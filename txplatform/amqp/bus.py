@@ -39,17 +39,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..busrules import (
+    callDeadline,
+    checkPriority,
+    failureReason,
+    internalReply,
+    replyFor,
+    resultOf,
+    retryDelay,
+    timeoutFailure,
+)
 from ..codec import JSONCodec, callBinding, eventBinding, replyBinding
 from ..context import CallContext, EventContext, Origin, Priority, newMessageId
 from ..errors import (
-    DeadlineExceeded,
-    InternalError,
-    MalformedMessage,
     ServiceError,
     Unavailable,
     UnknownMethod,
-    errorFromWire,
-    errorToWire,
 )
 from ..interfaces import IBus, IPayloadCodec, ISubscription
 from ..serviceid import ServiceId
@@ -280,19 +285,7 @@ class _Server(_Consumer):
         self, result: Any, protocol: AMQPConnection, delivery: Delivery, context: CallContext
     ) -> None:
         bus = self._bus
-        if isinstance(result, Failure):
-            if result.check(ServiceError):
-                reply: dict[str, Any] = {"error": errorToWire(result.value)}
-            else:
-                self.log.failure(
-                    "Unhandled error in {method} of {service}",
-                    result,
-                    method=context.method,
-                    service=self.service.hex,
-                )
-                reply = {"error": errorToWire(InternalError(f"internal error in {context.method}"))}
-        else:
-            reply = {"ok": result}
+        reply = replyFor(result, self.service, context.method)
         replyTo = delivery.properties.reply_to
         if replyTo:
             binding = replyBinding(self.service, context.method, context.messageId)
@@ -300,10 +293,7 @@ class _Server(_Consumer):
                 data = bus._codec.encode(reply, binding)
             except (TypeError, ValueError):
                 self.log.failure("Unencodable result from {method}", method=context.method)
-                data = bus._codec.encode(
-                    {"error": errorToWire(InternalError(f"internal error in {context.method}"))},
-                    binding,
-                )
+                data = bus._codec.encode(internalReply(context.method), binding)
             bus._publishReply(replyTo, delivery.properties.correlation_id, data)
         self._settle(protocol, delivery)
 
@@ -402,14 +392,13 @@ class _Subscription(_Consumer):
         self, failure: Failure, protocol: AMQPConnection, delivery: Delivery, attempt: int
     ) -> None:
         bus = self._bus
-        permanent = isinstance(failure.value, ServiceError) and failure.value.permanent
         if protocol.lost:
             # The broker gives the message to another consumer (or to us,
             # anew): nothing to retry here.
             self.finished()
             return
-        if not permanent and attempt <= len(bus.retryDelays):
-            delay = bus.retryDelays[attempt - 1]
+        delay = retryDelay(failure, attempt, bus.retryDelays)
+        if delay is not None:
             self.log.warn(
                 "Event {event} ({messageId}) failed in {group}, attempt {attempt}; retrying in"
                 " {delay}s: {error}",
@@ -424,11 +413,7 @@ class _Subscription(_Consumer):
             # redelivers it elsewhere.
             bus._later(delay, self._attempt, protocol, delivery, attempt + 1)
             return
-        if isinstance(failure.value, ServiceError):
-            reason = f"{failure.value.code}: {failure.value.message}"
-        else:
-            self.log.failure("Event handler failed", failure)
-            reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        reason = failureReason(failure)
         self.log.error(
             "Dead-lettering event {event} ({messageId}) of {group} after {attempts} attempt(s):"
             " {reason}",
@@ -754,14 +739,13 @@ class AMQPBus(Service):
         origin: Origin | None = None,
         idempotent: bool = False,
     ) -> Deferred[Any]:
-        priority = Priority.NORMAL if priority is None else int(priority)
-        if not 0 <= priority <= 9:
-            return fail(ValueError(f"priority must be 0 to 9, not {priority}"))
+        try:
+            priority = checkPriority(priority)
+        except ValueError:
+            return fail()
         origin = origin if origin is not None else Origin(self.caller)
         now = self._clock.seconds()
-        deadline = now + (self.defaultTimeout if timeout is None else timeout)
-        if origin.deadline is not None:
-            deadline = min(deadline, origin.deadline)
+        deadline = callDeadline(now, timeout, self.defaultTimeout, origin)
         messageId = newMessageId()
         try:
             data = self._codec.encode(payload, callBinding(service, method, messageId))
@@ -790,14 +774,6 @@ class AMQPBus(Service):
             if pending in self._waiting:
                 self._waiting.remove(pending)
 
-        def timedOut(result: Any, timeout: float) -> Failure:
-            return Failure(
-                DeadlineExceeded(
-                    f"no answer from service {service.hex} to {method} within {timeout:g}s",
-                    {"service": service.hex, "method": method},
-                )
-            )
-
         d: Deferred[Any] = Deferred(abandon)
         pending = _PendingCall(
             messageId=messageId,
@@ -811,7 +787,9 @@ class AMQPBus(Service):
             sentOn=None,
         )
         self._calls[messageId] = pending
-        d.addTimeout(max(deadline - now, 0.0), self._clock, onTimeoutCancel=timedOut)
+        d.addTimeout(
+            max(deadline - now, 0.0), self._clock, onTimeoutCancel=timeoutFailure(service, method)
+        )
         if self.connected:
             self._send(pending)
         else:
@@ -837,16 +815,11 @@ class AMQPBus(Service):
             return  # timed out, cancelled or answered already
         binding = replyBinding(call.service, call.method, call.messageId)
         try:
-            answer = self._codec.decode(delivery.body, binding)
-        except MalformedMessage as e:
+            result = resultOf(self._codec.decode(delivery.body, binding))
+        except ServiceError as e:
             call.deferred.errback(e)
             return
-        if isinstance(answer, dict) and "error" in answer:
-            call.deferred.errback(errorFromWire(answer["error"]))
-        elif isinstance(answer, dict) and "ok" in answer:
-            call.deferred.callback(answer["ok"])
-        else:
-            call.deferred.errback(MalformedMessage("a reply that is neither ok nor error"))
+        call.deferred.callback(result)
 
     def _returned(self, delivery: Delivery) -> None:
         if delivery.exchange != RPC_EXCHANGE:

@@ -1,0 +1,132 @@
+# -*- test-case-name: tests.test_localbus,tests.amqp.test_bus -*-
+"""
+The rules every bus applies the same way: deadlines, priorities, the
+envelope of replies, and what happens to an event whose handler failed.
+Kept in one place so the in-process and AMQP buses cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .context import Origin, Priority
+from .errors import (
+    DeadlineExceeded,
+    InternalError,
+    MalformedMessage,
+    ServiceError,
+    errorFromWire,
+    errorToWire,
+)
+from .serviceid import ServiceId
+
+__all__ = [
+    "checkPriority",
+    "callDeadline",
+    "timeoutFailure",
+    "replyFor",
+    "internalReply",
+    "resultOf",
+    "retryDelay",
+    "failureReason",
+]
+
+log = Logger()
+
+
+def checkPriority(priority: int | None) -> int:
+    """
+    @raise ValueError: not one of AMQP's priorities, 0 to 9.
+    """
+    priority = Priority.NORMAL if priority is None else int(priority)
+    if not 0 <= priority <= 9:
+        raise ValueError(f"priority must be 0 to 9, not {priority}")
+    return priority
+
+
+def callDeadline(now: float, timeout: float | None, default: float, origin: Origin) -> float:
+    """
+    When a call's answer stops being useful: its own timeout, never later
+    than the deadline it inherited.
+    """
+    deadline = now + (default if timeout is None else timeout)
+    if origin.deadline is not None:
+        deadline = min(deadline, origin.deadline)
+    return deadline
+
+
+def timeoutFailure(service: ServiceId, method: str) -> Callable[[Any, float], Failure]:
+    """
+    For C{Deferred.addTimeout}'s C{onTimeoutCancel}: the L{DeadlineExceeded}
+    a caller gets.
+    """
+
+    def timedOut(result: Any, timeout: float) -> Failure:
+        return Failure(
+            DeadlineExceeded(
+                f"no answer from service {service.hex} to {method} within {timeout:g}s",
+                {"service": service.hex, "method": method},
+            )
+        )
+
+    return timedOut
+
+
+def replyFor(result: Any, service: ServiceId, method: str) -> dict[str, Any]:
+    """
+    The reply envelope for a handler's C{result}: C{{"ok": value}} or
+    C{{"error": ...}}.  An unexpected failure is logged with its traceback
+    and answered with a bare internal error.
+    """
+    if not isinstance(result, Failure):
+        return {"ok": result}
+    if result.check(ServiceError):
+        return {"error": errorToWire(result.value)}
+    log.failure(
+        "Unhandled error in {method} of {service}", result, method=method, service=service.hex
+    )
+    return internalReply(method)
+
+
+def internalReply(method: str) -> dict[str, Any]:
+    return {"error": errorToWire(InternalError(f"internal error in {method}"))}
+
+
+def resultOf(answer: Any) -> Any:
+    """
+    The value in a reply envelope.
+
+    @raise ServiceError: the typed error it carries.
+    """
+    if isinstance(answer, dict):
+        if "error" in answer:
+            raise errorFromWire(answer["error"])
+        if "ok" in answer:
+            return answer["ok"]
+    raise MalformedMessage("a reply that is neither ok nor error")
+
+
+def retryDelay(failure: Failure, attempt: int, delays: tuple[float, ...]) -> float | None:
+    """
+    How long to wait before the next attempt at an event whose handler
+    failed at attempt C{attempt}, or C{None} to dead-letter it now (the
+    delays are used up, or the error is one no retry can cure).
+    """
+    permanent = isinstance(failure.value, ServiceError) and failure.value.permanent
+    if permanent or attempt > len(delays):
+        return None
+    return delays[attempt - 1]
+
+
+def failureReason(failure: Failure) -> str:
+    """
+    What a dead letter records as its error; unexpected ones are logged
+    with their traceback.
+    """
+    if isinstance(failure.value, ServiceError):
+        return f"{failure.value.code}: {failure.value.message}"
+    log.failure("Event handler failed", failure)
+    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
