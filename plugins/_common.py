@@ -121,12 +121,13 @@ def serviceProcess(options: usage.Options, reactor: Any, serviceClass: Any, buil
     (C{build(bus, database)}, an instance of C{serviceClass}), and a gate
     that ends the process if the service cannot start.
     """
-    from twisted.application.service import MultiService, Service
+    from twisted.application.service import Service
 
-    from ._lifecycle import ReadinessGate
+    from ._lifecycle import ReadinessGate, StopInOrder
 
-    top = MultiService()
+    top = StopInOrder()
     bus = makeBus(options, reactor, serviceClass.serviceId, serviceClass.name)
+    bus.drainTimeout = options["drain-timeout"]
     bus.setServiceParent(top)
     service = build(bus, makeDatabase(options["db"], reactor))
     service.drainTimeout = options["drain-timeout"]

@@ -10,13 +10,20 @@ import gc
 import os
 from typing import Any, Callable
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import (
+    Deferred,
+    FirstError,
+    gatherResults,
+    inlineCallbacks,
+    maybeDeferred,
+)
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 __all__ = [
+    "StopInOrder",
     "HealthFile",
     "ListeningService",
     "ReadinessGate",
@@ -48,6 +55,24 @@ def freezeStartupObjects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+class StopInOrder(MultiService):
+    """
+    A MultiService that stops its children one at a time, last added first,
+    each once the one after it has finished stopping.  Twisted's stops them
+    all at once, and a process's services must drain the work they hold
+    (answering through the bus) before the bus they answer through closes.
+    """
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            try:
+                yield maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("Stopping {service} failed", service=service)
 
 
 class ListeningService(Service):

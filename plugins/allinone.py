@@ -10,7 +10,6 @@ import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from twisted.application.service import MultiService
 from twisted.python import usage
 
 from ._common import ARGON2, checkDatabase, checkPositive, makeDatabase, passwordHasher
@@ -75,9 +74,9 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from services.post.service import PostService
     from txplatform.localbus import LocalBus
 
-    from ._lifecycle import ReadinessGate
+    from ._lifecycle import ReadinessGate, StopInOrder
 
-    top = MultiService()
+    top = StopInOrder()
     bus = LocalBus(reactor)
     bus.setServiceParent(top)
     services = [

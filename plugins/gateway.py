@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.python import usage
 
 from ._common import BUS, HEALTH_FILE, checkBus, checkPositive, makeBus
@@ -55,10 +54,13 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         from twisted.internet import reactor
     from services import GATEWAY_ID
 
-    from ._lifecycle import ReadinessGate
+    from ._lifecycle import ReadinessGate, StopInOrder
 
-    top = MultiService()
+    top = StopInOrder()
     bus = makeBus(options, reactor, GATEWAY_ID, "gateway")
+    # On SIGTERM the listener closes first; requests in hand get their
+    # answers before the bus goes.
+    bus.drainTimeout = options["call-timeout"]
     bus.setServiceParent(top)
     # Listen once the bus is up, so a gateway is only ever reached when it
     # can do something.

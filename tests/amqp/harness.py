@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from txplatform.amqp import frames
 from txplatform.amqp.bus import AMQPBus, deadQueue, eventQueue, rpcQueue
 from txplatform.amqp.url import BrokerURL
 from txplatform.serviceid import ServiceId
@@ -35,6 +36,7 @@ class BrokerTestCase(TestCase):
         # The 0xf0xxxx range is left to tests.
         serviceId = ServiceId.fromInt(0xF00000 | random.getrandbits(20))
         self._queues.add(rpcQueue(serviceId))
+        self._queues.add(deadQueue(f"rpc.{serviceId.hex}"))
         return serviceId
 
     def newGroup(self, *patterns: str) -> str:
@@ -72,3 +74,19 @@ class BrokerTestCase(TestCase):
                 yield bus._channel.queue_delete(queue=queue)
         finally:
             yield bus.stopService()
+
+    @inlineCallbacks
+    def deadLetters(self, bus: Any, group: str) -> Any:
+        """
+        The messages in C{group}'s dead-letter queue, left in place.
+        """
+        protocol = bus._protocol
+        found = []
+        while True:
+            delivery = yield protocol.get(1, deadQueue(group))
+            if delivery is None:
+                break
+            found.append(delivery)
+        if found:
+            protocol.transport.write(frames.nack(1, found[-1].deliveryTag, True, True))
+        return found

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,7 +18,14 @@ from twisted.trial.unittest import SkipTest
 from zope.interface.verify import verifyObject
 
 from txplatform.amqp import frames
-from txplatform.amqp.bus import EVENTS_EXCHANGE, deadQueue, eventQueue
+from txplatform.amqp.bus import (
+    EVENTS_EXCHANGE,
+    REPLY_TO,
+    RPC_EXCHANGE,
+    deadQueue,
+    eventQueue,
+    rpcQueue,
+)
 from txplatform.amqp.frames import Properties
 from txplatform.context import Origin, Priority
 from txplatform.errors import (
@@ -215,6 +223,100 @@ class CallTests(BrokerTestCase):
         self.assertEqual((yield held), "first")
         yield stopped
 
+    @inlineCallbacks
+    def test_untrustedHeaders(self) -> Any:
+        """
+        Headers are read, not trusted: a caller id that is not hex leaves
+        the caller unknown, and a request asking for its answer in some
+        queue other than a direct reply-to is served without publishing
+        there.  Both are acknowledged.
+        """
+        service = self.newServiceId()
+        seen = []
+        server = yield self.makeBus()
+        yield server.serve(service, {"work": lambda p, c: seen.append(c.caller) or {}})
+        client = yield self.makeBus()
+        target = f"test-target-{uuid.uuid4().hex[:10]}"
+        self._queues.add(target)
+        yield client._channel.queue_declare(queue=target)
+        for messageId, replyTo, caller in [
+            ("m1", REPLY_TO, "zzzzzz"),
+            ("m2", target, CALLER.hex),
+        ]:
+            client._protocol.publish(
+                1,
+                RPC_EXCHANGE,
+                service.hex,
+                Properties(
+                    message_id=messageId,
+                    correlation_id=messageId,
+                    type="work",
+                    reply_to=replyTo,
+                    headers={"x-caller": caller},
+                ),
+                b"{}",
+            )
+        yield eventually(lambda: len(seen) == 2)
+        self.assertEqual(seen, [None, CALLER])
+        yield sleep(0.2)
+        self.assertIsNone((yield client._protocol.get(1, target)))
+        yield server.stopService()
+        ok = yield client._channel.queue_declare(
+            queue=rpcQueue(service), durable=True, arguments={"x-max-priority": 9}
+        )
+        self.assertEqual(ok.message_count, 0)
+
+    @inlineCallbacks
+    def test_malformedCall(self) -> Any:
+        """
+        A request whose payload cannot be decoded is answered with
+        MalformedMessage and kept in the service's dead letters; the
+        service goes on serving.
+        """
+        service = self.newServiceId()
+        bus = yield self.makeBus()
+        yield bus.serve(service, {"echo": lambda p, c: p})
+        real = bus._codec
+
+        class Garbling:
+            def encode(self, payload: Any, binding: bytes) -> bytes:
+                if payload == "garble":
+                    return b"\xff not json"
+                return real.encode(payload, binding)
+
+            def decode(self, data: bytes, binding: bytes) -> Any:
+                return real.decode(data, binding)
+
+        bus._codec = Garbling()
+        yield self.assertFailure(bus.call(service, "echo", "garble"), MalformedMessage)
+        self.assertEqual((yield bus.call(service, "echo", "fine")), "fine")
+        [dead] = yield eventually(lambda: self.deadLetters(bus, f"rpc.{service.hex}"))
+        self.assertIn("not JSON", dead.properties.headers["x-error"])
+        self.assertEqual(dead.properties.type, "echo")
+
+    @inlineCallbacks
+    def test_longMethodName(self) -> Any:
+        """
+        A method name too long for AMQP fails the call cleanly.
+        """
+        bus = yield self.makeBus()
+        yield self.assertFailure(bus.call(self.newServiceId(), "m" * 300, {}), ValueError)
+
+    @inlineCallbacks
+    def test_stopWaitsForAnswers(self) -> Any:
+        """
+        A stopping bus (a gateway on SIGTERM) waits for the answers to the
+        calls it has in flight before it closes its connection.
+        """
+        service = self.newServiceId()
+        server = yield self.makeBus()
+        yield server.serve(service, {"slow": lambda p, c: sleep(0.5).addCallback(lambda _: 7)})
+        client = yield self.makeBus()
+        answer = client.call(service, "slow", {})
+        yield sleep(0.1)
+        yield client.stopService()
+        self.assertEqual(self.successResultOf(answer), 7)
+
 
 class EventTests(BrokerTestCase):
     @inlineCallbacks
@@ -367,6 +469,95 @@ class EventTests(BrokerTestCase):
         self.assertTrue(any("not JSON" in d.properties.headers["x-error"] for d in dead))
 
     @inlineCallbacks
+    def test_unreadableHeaders(self) -> Any:
+        """
+        An event whose headers cannot be read goes to the dead letters at
+        once; the connection stays up and the next event is handled.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        got = []
+        bus = yield self.makeBus()
+        yield bus.subscribe(event, lambda p, c: got.append(p), group)
+        protocol = bus._protocol
+        nested: dict = {}
+        for _ in range(frames.MAX_NESTING + 2):
+            nested = {"n": nested}
+        protocol.publish(
+            1, EVENTS_EXCHANGE, event, Properties(message_id="deep", headers=nested), b"{}"
+        )
+        yield bus.publish(event, {"good": True})
+        yield eventually(lambda: got == [{"good": True}])
+        [dead] = yield eventually(lambda: self.deadLetters(bus, group))
+        self.assertIn("nested", dead.properties.headers["x-error"])
+        self.assertIs(bus._protocol, protocol)
+
+    @inlineCallbacks
+    def test_stopGivesBackRetries(self) -> Any:
+        """
+        An event waiting for its next attempt is given back at once when its
+        subscriber stops, and another member of the group gets it.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        failing = yield self.makeBus(retryDelays=(30.0,))
+        tried = []
+
+        def fail(payload: Any, context: Any) -> Any:
+            tried.append(context.attempt)
+            raise RuntimeError("not now")
+
+        subscription = yield failing.subscribe(event, fail, group)
+        yield failing.publish(event, {"n": 1})
+        yield eventually(lambda: tried == [1])
+        other = yield self.makeBus()
+        got = []
+        yield other.subscribe(event, lambda p, c: got.append(p), group)
+        started = reactor.seconds()
+        yield subscription.stop()
+        self.assertLess(reactor.seconds() - started, 5)
+        yield eventually(lambda: got == [{"n": 1}])
+        self.flushLoggedErrors(RuntimeError)
+
+    @inlineCallbacks
+    def test_retryKeepsTheEvent(self) -> Any:
+        """
+        A retried event (a copy put back in the queue) keeps its event name,
+        message id and trace.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        contexts = []
+
+        def flaky(payload: Any, context: Any) -> Any:
+            contexts.append(context)
+            if context.attempt == 1:
+                raise RuntimeError("once")
+
+        bus = yield self.makeBus()
+        yield bus.subscribe(event, flaky, group)
+        yield bus.publish(event, {}, origin=Origin(CALLER, "trace-1"), messageId="keep-1")
+        yield eventually(lambda: len(contexts) == 2)
+        self.assertEqual(
+            [(c.event, c.messageId, c.correlationId, c.source, c.attempt) for c in contexts],
+            [(event, "keep-1", "trace-1", CALLER, 1), (event, "keep-1", "trace-1", CALLER, 2)],
+        )
+        self.flushLoggedErrors(RuntimeError)
+
+    @inlineCallbacks
+    def test_confirmTimeout(self) -> Any:
+        """
+        A publish the broker does not confirm in time fails with Unavailable
+        (the outbox then publishes it again).
+        """
+        bus = yield self.makeBus()
+        bus.confirmTimeout = 0.2
+        bus._protocol.dataReceived = lambda data: None  # the broker goes quiet
+        error = yield self.assertFailure(bus.publish(self.newEvent(), {}), Unavailable)
+        self.assertIn("did not confirm", error.message)
+        bus._protocol.transport.loseConnection()
+
+    @inlineCallbacks
     def test_quorumQueues(self) -> Any:
         """
         With ?queue_type=quorum, a group's queue and its dead letters are
@@ -408,19 +599,3 @@ class EventTests(BrokerTestCase):
         yield confirmed
         yield bus.stopService()
         yield self.assertFailure(bus.publish(self.newEvent(), {}), Unavailable)
-
-    @inlineCallbacks
-    def deadLetters(self, bus: Any, group: str) -> Any:
-        """
-        The messages in C{group}'s dead-letter queue, left in place.
-        """
-        protocol = bus._protocol
-        found = []
-        while True:
-            delivery = yield protocol.get(1, deadQueue(group))
-            if delivery is None:
-                break
-            found.append(delivery)
-        if found:
-            protocol.transport.write(frames.nack(1, found[-1].deliveryTag, True, True))
-        return found

@@ -77,6 +77,37 @@ class TableTests(SynchronousTestCase):
         self.assertRaises(FrameError, frames.decodeTable, b"\x00\x00\x00\x03\x01kZ", 0)
         self.assertRaises(FrameError, frames.decodeTable, b"\x00\x00\x00\x09\x01kS\x00\x00", 0)
         self.assertRaises(FrameError, frames.encodeTable, {"x": object()})
+        self.assertRaises(FrameError, frames.encodeTable, {"x": 2**64})
+
+    def test_nestingLimit(self) -> None:
+        """
+        Tables and arrays nested past MAX_NESTING are frame errors, not a
+        blown interpreter stack.
+        """
+        table: dict = {}
+        for _ in range(frames.MAX_NESTING):
+            table = {"t": table}
+        frames.decodeTable(frames.encodeTable(table), 0)
+        self.assertRaises(FrameError, frames.decodeTable, frames.encodeTable({"t": table}), 0)
+        array: list = []
+        for _ in range(frames.MAX_NESTING + 1):
+            array = [array]
+        self.assertRaises(FrameError, frames.decodeTable, frames.encodeTable({"a": array}), 0)
+        deep = b"\x00\x00\x00\x00"
+        for _ in range(3000):
+            deep = frames._U32.pack(len(deep) + 3) + b"\x01tF" + deep
+        self.assertRaises(FrameError, frames.decodeTable, deep, 0)
+
+    def test_decimals(self) -> None:
+        """
+        Decimals keep their value, positive exponents included; those that
+        do not fit AMQP's decimal are refused.
+        """
+        for value in ["1E+2", "12.5", "-0.001", "0", "7"]:
+            decoded, _ = frames.decodeTable(frames.encodeTable({"d": Decimal(value)}), 0)
+            self.assertEqual(decoded["d"], Decimal(value))
+        for bad in ["NaN", "1E+20", "1E-300"]:
+            self.assertRaises(FrameError, frames.encodeTable, {"d": Decimal(bad)})
 
 
 def _normalise(value):
@@ -93,6 +124,13 @@ def _normalise(value):
 
 
 class PublishTests(SynchronousTestCase):
+    def test_noRoomForBody(self) -> None:
+        """
+        A frame size too small to carry a body is refused rather than
+        silently sending a header without its body.
+        """
+        self.assertRaises(FrameError, frames.publish, 1, "x", "k", Properties(), b"b", 8)
+
     def test_matchesTxamqp(self) -> None:
         """
         A publish is the method, header and body frames txamqp decodes to

@@ -16,7 +16,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.amqp import frames
 from txplatform.amqp.frames import Properties
-from txplatform.amqp.protocol import AMQPConnection, AMQPDelegate, PublishNacked
+from txplatform.amqp.protocol import (
+    FRAME_MAX,
+    AMQPConnection,
+    AMQPDelegate,
+    PublishNacked,
+    PublishReturned,
+)
 from txplatform.amqp.spec import loadSpec
 
 
@@ -184,4 +190,147 @@ class HeartbeatTests(ConnectionTestMixin, SynchronousTestCase):
             connection.dataReceived(deliver("c", 1, b"", Properties()))
         self.assertFalse(transport.disconnecting)
         clock.advance(3)
+        self.assertTrue(transport.disconnecting)
+
+
+def header(properties: bytes, bodySize: int) -> bytes:
+    payload = frames._HEADER_HEAD.pack(60, 0, bodySize, 0)[:-2] + properties
+    return frames._frame(frames.FRAME_HEADER, 1, payload)
+
+
+def deliverMethod(tag: str, deliveryTag: int) -> bytes:
+    args = (
+        frames._shortstr(tag)
+        + struct.pack("!QB", deliveryTag, 0)
+        + frames._shortstr("txplatform.events")
+        + frames._shortstr("post.created")
+    )
+    return method(1, 60, 60, args)
+
+
+class MalformedMessageTests(ConnectionTestMixin, SynchronousTestCase):
+    def test_unreadableHeaders(self) -> None:
+        """
+        A message whose headers cannot be read (nested past the limit, or
+        cut short) reaches its consumer marked malformed, body and all; the
+        connection and the next message carry on.
+        """
+        connection, transport, _ = self.connect()
+        got = []
+        connection.onDeliver["c"] = got.append
+        nested: dict = {}
+        for _ in range(frames.MAX_NESTING + 5):
+            nested = {"n": nested}
+        deep = frames.encodeProperties(Properties(headers=nested))
+        cut = struct.pack("!H", 1 << 13) + b"\x00\x00\x00\x10\x01k"  # headers, truncated
+        connection.dataReceived(
+            deliverMethod("c", 1)
+            + header(deep, 3)
+            + frames._frame(frames.FRAME_BODY, 1, b"abc")
+            + deliverMethod("c", 2)
+            + header(cut, 0)
+            + deliver("c", 3, b"fine", Properties(message_id="ok"))
+        )
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual([d.deliveryTag for d in got], [1, 2, 3])
+        self.assertIn("nested", got[0].malformed)
+        self.assertEqual(got[0].body, b"abc")
+        self.assertIsNotNone(got[1].malformed)
+        self.assertIsNone(got[2].malformed)
+        self.assertEqual(got[2].properties.message_id, "ok")
+
+    def test_unknownConsumer(self) -> None:
+        """
+        A delivery for a consumer that is gone is given back to the queue.
+        """
+        connection, transport, _ = self.connect()
+        connection.dataReceived(deliver("gone", 7, b"x", Properties()))
+        self.assertEqual(transport.value(), frames.reject(1, 7, True))
+
+
+class ReturnedConfirmTests(ConnectionTestMixin, SynchronousTestCase):
+    def returned(self, messageId: str) -> bytes:
+        args = (
+            struct.pack("!H", 312)
+            + frames._shortstr("NO_ROUTE")
+            + frames._shortstr("txplatform.dead")
+            + frames._shortstr("group")
+        )
+        return method(1, 60, 50, args) + header(
+            frames.encodeProperties(Properties(message_id=messageId)), 0
+        )
+
+    def test_mandatoryReturned(self) -> None:
+        """
+        A confirmed mandatory message that the broker returned (no queue
+        took it) fails with PublishReturned even though the broker acks it;
+        one that was routed succeeds.
+        """
+        connection, _, _ = self.connect()
+        others = []
+        connection.attach(others.append, lambda reason: None)
+        connection.startConfirming(1)
+        lost = connection.publish(
+            1, "x", "k", Properties(message_id="a"), b"", mandatory=True, confirm=True
+        )
+        kept = connection.publish(
+            1, "x", "k", Properties(message_id="b"), b"", mandatory=True, confirm=True
+        )
+        connection.dataReceived(self.returned("a") + method(1, 60, 80, struct.pack("!QB", 2, 1)))
+        self.failureResultOf(lost, PublishReturned)
+        self.successResultOf(kept)
+        self.assertEqual(others, [])
+        self.assertEqual(connection._returnable[1], {})
+
+    def test_lateConfirm(self) -> None:
+        """
+        A confirm for a publication its publisher stopped waiting for is
+        ignored.
+        """
+        connection, _, _ = self.connect()
+        connection.startConfirming(1)
+        d = connection.publish(1, "x", "k", Properties(), b"", confirm=True)
+        d.cancel()
+        self.failureResultOf(d)
+        connection.dataReceived(method(1, 60, 80, struct.pack("!QB", 1, 0)))
+
+
+class TuneTests(ConnectionTestMixin, SynchronousTestCase):
+    def test_frameMax(self) -> None:
+        """
+        The frame size is the smaller of the broker's and ours, and ours
+        when the broker sets no limit (0).
+        """
+        sent = []
+
+        class Channel:
+            def connection_tune_ok(self, *args):
+                sent.append(args)
+
+        class Tune:
+            channel_max = 2047
+
+            def __init__(self, frame_max):
+                self.frame_max = frame_max
+
+        for offered, expected in [(0, FRAME_MAX), (4096, 4096), (10 * FRAME_MAX, FRAME_MAX)]:
+            connection, _, _ = self.connect(heartbeat=7)
+            connection.delegate.connection_tune(Channel(), Tune(offered))
+            self.assertEqual(connection.MAX_LENGTH, expected)
+            self.assertEqual(sent[-1], (2047, expected, 7))
+
+
+class HeartbeatTimingTests(ConnectionTestMixin, SynchronousTestCase):
+    def test_dropsOnTime(self) -> None:
+        """
+        Silence is noticed three heartbeats after the last frame, not up to
+        three more after the check that saw traffic.
+        """
+        connection, transport, clock = self.connect(heartbeat=1)
+        connection.onDeliver["c"] = lambda delivery: None
+        clock.advance(2.5)
+        connection.dataReceived(deliver("c", 1, b"", Properties()))
+        clock.advance(0.5)  # the first check, at 3 s: traffic 0.5 s ago
+        self.assertFalse(transport.disconnecting)
+        clock.advance(2.6)  # 3.1 s after the last frame
         self.assertTrue(transport.disconnecting)

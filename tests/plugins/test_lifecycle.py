@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from plugins._lifecycle import HealthFile, ListeningService, ReadinessGate
+from plugins._lifecycle import HealthFile, ListeningService, ReadinessGate, StopInOrder
 
 
 class FakeReactor:
@@ -143,3 +143,39 @@ class HealthFileTests(SynchronousTestCase):
         clock.advance(5)
         with open(path) as f:
             self.assertEqual(f.read(), "1005\n")
+
+
+class StopInOrderTests(SynchronousTestCase):
+    def test_oneAfterTheOther(self) -> None:
+        """
+        Children stop last added first, each only once the one after it has
+        finished stopping; a child that fails to stop does not stop the
+        others from stopping.
+        """
+        events: list[str] = []
+        pending: dict[str, Deferred[None]] = {}
+
+        class Slow(Service):
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def stopService(self) -> Any:
+                super().stopService()
+                events.append(f"stop {self.name}")
+                if self.name == "broken":
+                    return fail(RuntimeError("cannot stop"))
+                pending[self.name] = Deferred()
+                return pending[self.name]
+
+        top = StopInOrder()
+        for name in ("bus", "service", "broken"):
+            Slow(name).setServiceParent(top)
+        top.startService()
+        done = top.stopService()
+        self.assertEqual(events, ["stop broken", "stop service"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        pending["service"].callback(None)
+        self.assertEqual(events, ["stop broken", "stop service", "stop bus"])
+        self.assertNoResult(done)
+        pending["bus"].callback(None)
+        self.successResultOf(done)

@@ -35,6 +35,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -52,6 +53,7 @@ from ..busrules import (
 from ..codec import JSONCodec, callBinding, eventBinding, replyBinding
 from ..context import CallContext, EventContext, Origin, Priority, newMessageId
 from ..errors import (
+    MalformedMessage,
     ServiceError,
     Unavailable,
     UnknownMethod,
@@ -96,6 +98,40 @@ def deadQueue(group: str) -> str:
 
 def _millis(seconds: float) -> int:
     return int(seconds * 1000)
+
+
+def _callerOf(headers: Mapping[str, Any]) -> ServiceId | None:
+    # Headers come from whoever could publish: read them, never trust them
+    # to be well-formed.
+    caller = headers.get("x-caller")
+    if isinstance(caller, str):
+        try:
+            return ServiceId.fromHex(caller)
+        except ValueError:
+            return None
+    return None
+
+
+def _traceOf(headers: Mapping[str, Any], messageId: str) -> str:
+    trace = headers.get("x-trace")
+    return trace if isinstance(trace, str) and trace else messageId
+
+
+def _intHeader(headers: Mapping[str, Any], name: str) -> int | None:
+    value = headers.get(name)
+    return value if type(value) is int else None
+
+
+def eventOf(delivery: Delivery) -> str:
+    """
+    The event a delivery is: its routing key, or for a copy put straight in
+    a queue (a retry, a replayed dead letter), the event it was a copy of.
+    """
+    if delivery.exchange == "":
+        event = (delivery.properties.headers or {}).get("x-event")
+        if isinstance(event, str):
+            return event
+    return delivery.routingKey
 
 
 class _Factory(Factory):
@@ -144,6 +180,8 @@ class _Consumer:
         self.prefetch = prefetch
         self.inflight = 0
         self.stopping = False
+        #: The broker confirmed the cancel: nothing more is delivered to us.
+        self.cancelled = False
         self.tag = f"{type(self).__name__.strip('_').lower()}-{newMessageId()}"
         self._drained: list[Deferred[None]] = []
 
@@ -170,14 +208,42 @@ class _Consumer:
         protocol.onDeliver[self.tag] = lambda delivery: self._deliver(protocol, delivery)
         yield channel.basic_qos(prefetch_count=self.prefetch, global_=False)
         yield channel.basic_consume(queue=self.queueName(), consumer_tag=self.tag, no_ack=False)
+        if self.stopping:
+            # Stopped while consume was on its way: the cancel sent then
+            # reached the broker before the consumer existed.
+            yield channel.basic_cancel(consumer_tag=self.tag)
 
     def _deliver(self, protocol: AMQPConnection, delivery: Delivery) -> None:
         self.inflight += 1
         try:
-            self.delivered(protocol, delivery)
+            if delivery.malformed is not None:
+                self.malformed(protocol, delivery, delivery.malformed)
+            else:
+                self.delivered(protocol, delivery)
         except Exception:
+            # A bug of ours: refuse the message rather than hold it forever.
             self.log.failure("Delivery to {tag} failed", tag=self.tag)
+            protocol.reject(delivery.channel, delivery.deliveryTag, requeue=False)
             self.finished()
+
+    def malformed(self, protocol: AMQPConnection, delivery: Delivery, reason: str) -> None:
+        """
+        A message that cannot be handled at all: dead-letter it at once.
+        """
+        self.log.error(
+            "Dead-lettering a malformed message ({messageId}) from {queue}: {reason}",
+            messageId=delivery.properties.message_id,
+            queue=self.queueName(),
+            reason=reason,
+        )
+        self._bus._deadLetterAndSettle(self, protocol, delivery, self.deadGroup(), reason, 1)
+
+    def deadGroup(self) -> str | None:
+        """
+        The dead-letter queue (its group name) of this consumer's messages;
+        C{None} to drop them instead.
+        """
+        raise NotImplementedError
 
     def finished(self) -> None:
         self.inflight -= 1
@@ -186,20 +252,30 @@ class _Consumer:
             for d in drained:
                 d.callback(None)
 
-    def stop(self) -> Deferred[None]:
+    @inlineCallbacks
+    def stop(self) -> Any:
         """
-        Cancel the consumer (the broker stops delivering); fire once the
-        messages in hand are handled and acknowledged.
+        Cancel the consumer and wait until the broker confirmed it (no more
+        deliveries on the way); fire once the messages in hand are handled
+        and acknowledged.  Cancelled when the service gives up waiting (its
+        drain deadline).
         """
         if not self.stopping:
             self.stopping = True
-            self._bus._forget(self)
-        if not self.inflight:
-            return succeed(None)
-        # Cancelled when the service gives up waiting (its drain deadline).
-        d: Deferred[None] = Deferred(self._drained.remove)
-        self._drained.append(d)
-        return d
+            yield self._bus._forget(self)
+            self.cancelled = True
+            # Only now: given back before the cancel, they could come
+            # straight back to us.
+            self.stopRetries()
+        if self.inflight:
+            d: Deferred[None] = Deferred(self._drained.remove)
+            self._drained.append(d)
+            yield d
+
+    def stopRetries(self) -> None:
+        """
+        Give back the messages waiting for another attempt.
+        """
 
 
 class _Server(_Consumer):
@@ -224,15 +300,19 @@ class _Server(_Consumer):
     @inlineCallbacks
     def declare(self, channel: Any) -> Any:
         yield self._bus._declareRPCQueue(channel, self.service)
+        yield self._bus._declareDead(channel, self.deadGroup())
+
+    def deadGroup(self) -> str:
+        return f"rpc.{self.service.hex}"
 
     def delivered(self, protocol: AMQPConnection, delivery: Delivery) -> None:
         bus = self._bus
         properties = delivery.properties
         headers = properties.headers or {}
         now = bus._clock.seconds()
-        deadline = headers.get("x-deadline")
+        deadline = _intHeader(headers, "x-deadline")
         method = properties.type or ""
-        if isinstance(deadline, int) and deadline / 1000 <= now:
+        if deadline is not None and deadline / 1000 <= now:
             # The caller has given up: doing the work now would be waste at
             # best, and a surprise at worst.
             self.log.debug(
@@ -250,16 +330,14 @@ class _Server(_Consumer):
                 messageId=properties.message_id,
                 service=self.service.hex,
             )
-        caller = headers.get("x-caller")
+        messageId = properties.message_id or ""
         context = CallContext(
-            messageId=properties.message_id or "",
+            messageId=messageId,
             service=self.service,
             method=method,
-            caller=ServiceId.fromHex(caller)
-            if isinstance(caller, str) and len(caller) == 6
-            else None,
-            correlationId=headers.get("x-trace") or properties.message_id or "",
-            deadline=deadline / 1000 if isinstance(deadline, int) else now + bus.defaultTimeout,
+            caller=_callerOf(headers),
+            correlationId=_traceOf(headers, messageId),
+            deadline=deadline / 1000 if deadline is not None else now + bus.defaultTimeout,
             priority=properties.priority if properties.priority is not None else Priority.NORMAL,
             redelivered=delivery.redelivered,
         )
@@ -272,6 +350,15 @@ class _Server(_Consumer):
             payload = bus._codec.decode(
                 delivery.body, callBinding(self.service, method, context.messageId)
             )
+        except MalformedMessage as e:
+            # The caller hears why; the message is kept for inspection.
+            self._reply(Failure(), delivery, context)
+            self.malformed(protocol, delivery, e.message)
+            return
+        except BaseException:
+            self._answer(Failure(), protocol, delivery, context)
+            return
+        try:
             result = handler(payload, context)
         except BaseException:
             self._answer(Failure(), protocol, delivery, context)
@@ -284,18 +371,31 @@ class _Server(_Consumer):
     def _answer(
         self, result: Any, protocol: AMQPConnection, delivery: Delivery, context: CallContext
     ) -> None:
+        self._reply(result, delivery, context)
+        self._settle(protocol, delivery)
+
+    def _reply(self, result: Any, delivery: Delivery, context: CallContext) -> None:
         bus = self._bus
         reply = replyFor(result, self.service, context.method)
         replyTo = delivery.properties.reply_to
-        if replyTo:
-            binding = replyBinding(self.service, context.method, context.messageId)
-            try:
-                data = bus._codec.encode(reply, binding)
-            except (TypeError, ValueError):
-                self.log.failure("Unencodable result from {method}", method=context.method)
-                data = bus._codec.encode(internalReply(context.method), binding)
-            bus._publishReply(replyTo, delivery.properties.correlation_id, data)
-        self._settle(protocol, delivery)
+        if not replyTo:
+            return
+        if not replyTo.startswith(REPLY_TO + "."):
+            # Only a caller's direct reply-to pseudo-queue: anything else
+            # would let a request make this service publish into any queue.
+            self.log.warn(
+                "Not answering call {messageId}: it asks for replies to {replyTo!r}",
+                messageId=context.messageId,
+                replyTo=replyTo[:100],
+            )
+            return
+        binding = replyBinding(self.service, context.method, context.messageId)
+        try:
+            data = bus._codec.encode(reply, binding)
+        except (TypeError, ValueError):
+            self.log.failure("Unencodable result from {method}", method=context.method)
+            data = bus._codec.encode(internalReply(context.method), binding)
+        bus._publishReply(replyTo, delivery.properties.correlation_id, data, context)
 
     def _settle(self, protocol: AMQPConnection, delivery: Delivery) -> None:
         # Acknowledged only now that the work is done; on a connection that
@@ -324,6 +424,10 @@ class _Subscription(_Consumer):
         self._handler = handler
         self._privateQueue: str | None = None
         self._onGap = onGap
+        # Failed messages held unacknowledged until their next attempt (or,
+        # once stopping, until the consumer is cancelled): the timer, if
+        # any, and where each came from.
+        self._retrying: list[tuple[Any, AMQPConnection, Delivery]] = []
 
     def queueName(self) -> str:
         if self.group is None:
@@ -346,26 +450,25 @@ class _Subscription(_Consumer):
         else:
             yield self._bus._declareGroup(channel, self.group, self.pattern)
 
-    def delivered(self, protocol: AMQPConnection, delivery: Delivery) -> None:
-        headers = delivery.properties.headers or {}
-        attempt = headers.get("x-attempt", 1) if isinstance(headers.get("x-attempt"), int) else 1
-        self._attempt(protocol, delivery, attempt)
+    def deadGroup(self) -> str | None:
+        return self.group
 
-    def _attempt(self, protocol: AMQPConnection, delivery: Delivery, attempt: int) -> None:
+    def delivered(self, protocol: AMQPConnection, delivery: Delivery) -> None:
         bus = self._bus
         properties = delivery.properties
         headers = properties.headers or {}
-        source = headers.get("x-caller")
+        # The attempt travels with the message (see _retry), so a crash or
+        # a reconnection does not start the count again.
+        attempt = max(_intHeader(headers, "x-attempt") or 1, 1)
         messageId = properties.message_id or ""
+        event = eventOf(delivery)
         try:
-            payload = bus._codec.decode(delivery.body, eventBinding(delivery.routingKey, messageId))
+            payload = bus._codec.decode(delivery.body, eventBinding(event, messageId))
             context = EventContext(
                 messageId=messageId,
-                event=delivery.routingKey,
-                source=ServiceId.fromHex(source)
-                if isinstance(source, str) and len(source) == 6
-                else None,
-                correlationId=headers.get("x-trace") or messageId,
+                event=event,
+                source=_callerOf(headers),
+                correlationId=_traceOf(headers, messageId),
                 publishedAt=(properties.timestamp or 0) * 1.0,
                 attempt=attempt,
             )
@@ -398,11 +501,18 @@ class _Subscription(_Consumer):
             self.finished()
             return
         delay = retryDelay(failure, attempt, bus.retryDelays)
+        if delay is not None and self.stopping:
+            # Another member of the group tries it next; stop() gives it
+            # back once no more deliveries can reach us.
+            self._retrying.append((None, protocol, delivery))
+            if self.cancelled:
+                self.stopRetries()
+            return
         if delay is not None:
             self.log.warn(
                 "Event {event} ({messageId}) failed in {group}, attempt {attempt}; retrying in"
                 " {delay}s: {error}",
-                event=delivery.routingKey,
+                event=eventOf(delivery),
                 messageId=delivery.properties.message_id,
                 group=self.group or "(private)",
                 attempt=attempt,
@@ -411,33 +521,47 @@ class _Subscription(_Consumer):
             )
             # Kept unacknowledged meanwhile: if this replica dies, the broker
             # redelivers it elsewhere.
-            bus._later(delay, self._attempt, protocol, delivery, attempt + 1)
+            call = bus._clock.callLater(delay, self._retry, protocol, delivery, attempt + 1)
+            self._retrying.append((call, protocol, delivery))
             return
         reason = failureReason(failure)
         self.log.error(
             "Dead-lettering event {event} ({messageId}) of {group} after {attempts} attempt(s):"
             " {reason}",
-            event=delivery.routingKey,
+            event=eventOf(delivery),
             messageId=delivery.properties.message_id,
             group=self.group or "(private)",
             attempts=attempt,
             reason=reason,
         )
-        if self.group is None:
-            protocol.ack(delivery.channel, delivery.deliveryTag)
-            self.finished()
+        bus._deadLetterAndSettle(self, protocol, delivery, self.group, reason, attempt)
+
+    def _retry(self, protocol: AMQPConnection, delivery: Delivery, attempt: int) -> None:
+        """
+        Put a copy marked with its next attempt at the back of the queue,
+        and acknowledge the original once the broker has the copy.
+        """
+        self._retrying = [r for r in self._retrying if r[0] is None or r[0].active()]
+        if protocol.lost:
+            self.finished()  # the broker already gave it back
             return
-        d = bus._deadLetter(delivery, self.group, self.queueName(), reason, attempt)
+        d = self._bus._publishCopy(
+            protocol,
+            delivery,
+            self.queueName(),
+            {"x-attempt": attempt, "x-event": eventOf(delivery)},
+        )
+        self._bus._settleAfter(d, self, protocol, delivery)
 
-        def settled(result: Any) -> None:
-            if isinstance(result, Failure):
-                # Not stored: give it back, it comes again later.
-                protocol.reject(delivery.channel, delivery.deliveryTag, requeue=True)
-            else:
-                protocol.ack(delivery.channel, delivery.deliveryTag)
-            self.finished()
-
-        d.addBoth(settled)
+    def stopRetries(self) -> None:
+        retrying, self._retrying = self._retrying, []
+        for call, protocol, delivery in retrying:
+            if call is None or call.active():
+                if call is not None:
+                    call.cancel()
+                if not protocol.lost:
+                    protocol.reject(delivery.channel, delivery.deliveryTag, requeue=True)
+                self.finished()
 
 
 @implementer(IBus)
@@ -483,7 +607,10 @@ class AMQPBus(Service):
         self._consumers: list[_Consumer] = []
         self._calls: dict[str, _PendingCall] = {}
         self._waiting: list[_PendingCall] = []
-        self._retries: set[Any] = set()
+        #: On stop, how long to wait for answers to the calls in flight.
+        self.drainTimeout = 10.0
+        #: How long to wait for the broker to confirm a message.
+        self.confirmTimeout = 30.0
         self._declared: set[tuple[str, str]] = set()
         self._connections = itertools.count(1)
         self._connected: list[Deferred[None]] = []
@@ -504,6 +631,7 @@ class AMQPBus(Service):
                 "publisher_confirms": True,
                 "basic.nack": True,
                 "consumer_cancel_notify": True,
+                "connection.blocked": True,
                 "authentication_failure_close": True,
             },
         }
@@ -530,16 +658,16 @@ class AMQPBus(Service):
     @inlineCallbacks
     def _stop(self) -> Any:
         super().stopService()
-        for call in list(self._retries):
-            if call.active():
-                call.cancel()
-        self._retries.clear()
+        for consumer in list(self._consumers):
+            consumer.stopRetries()
+        # The services stopped first (see plugins' StopInOrder); what is
+        # left in flight are our own calls: their answers are on the way.
+        deadline = self._clock.seconds() + self.drainTimeout
+        while self._calls and self.connected and self._clock.seconds() < deadline:
+            yield deferLater(self._clock, 0.05, lambda: None)
         protocol = self._protocol
         if protocol is not None and not protocol.lost:
-            try:
-                yield protocol.close(within=2)
-            except Exception:
-                pass
+            yield protocol.closeCleanly(2)
         yield self._service.stopService()
         self._failWaiting(Unavailable("the bus is stopping"))
 
@@ -548,18 +676,6 @@ class AMQPBus(Service):
         Fires once connected: a process waits for it before it listens.
         """
         return self.whenConnected()
-
-    def _later(self, delay: float, f: Callable[..., Any], *args: Any) -> None:
-        """
-        Call C{f} later, unless the bus stops first.
-        """
-
-        def run() -> None:
-            self._retries.discard(call)
-            f(*args)
-
-        call = self._clock.callLater(delay, run)
-        self._retries.add(call)
 
     def whenConnected(self) -> Deferred[None]:
         """
@@ -580,7 +696,10 @@ class AMQPBus(Service):
         url = self.url
         protocol = proxy.attach(self._returned, lambda reason: self._lost(protocol, reason))
         response = b"\0" + url.username.encode("utf-8") + b"\0" + url.password.encode("utf-8")
-        yield protocol.start(response, mechanism="PLAIN", locale="en_US")
+        # Heartbeats only start once connected: bound the handshake itself.
+        yield protocol.start(response, mechanism="PLAIN", locale="en_US").addTimeout(
+            url.connectTimeout, self._clock
+        )
         channel = yield protocol.channel(CHANNEL)
         yield channel.channel_open()
         yield channel.exchange_declare(exchange=RPC_EXCHANGE, type="direct", durable=True)
@@ -673,15 +792,21 @@ class AMQPBus(Service):
         return {"x-queue-type": self.url.queueType} if self.url.queueType != "classic" else {}
 
     @inlineCallbacks
-    def _declareGroup(self, channel: Any, group: str, pattern: str) -> Any:
+    def _declareDead(self, channel: Any, group: str) -> Any:
         dead = ("dead", group)
-        typed = self.queueArguments()
         if dead not in self._declared:
-            yield channel.queue_declare(queue=deadQueue(group), durable=True, arguments=typed)
+            yield channel.queue_declare(
+                queue=deadQueue(group), durable=True, arguments=self.queueArguments()
+            )
             yield channel.queue_bind(
                 queue=deadQueue(group), exchange=DEAD_EXCHANGE, routing_key=group
             )
             self._declared.add(dead)
+
+    @inlineCallbacks
+    def _declareGroup(self, channel: Any, group: str, pattern: str) -> Any:
+        typed = self.queueArguments()
+        yield self._declareDead(channel, group)
         key = ("events", eventQueue(group, pattern))
         if key in self._declared:
             return
@@ -701,13 +826,19 @@ class AMQPBus(Service):
         )
         self._declared.add(key)
 
-    def _forget(self, consumer: _Consumer) -> None:
+    def _forget(self, consumer: _Consumer) -> Deferred[Any]:
+        """
+        Withdraw C{consumer}; fires when the broker confirmed the cancel (or
+        the connection is gone, which cancels it too).
+        """
         if consumer in self._consumers:
             self._consumers.remove(consumer)
         protocol, channel = self._protocol, self._channel
-        if protocol is not None and not protocol.lost:
-            d = channel.basic_cancel(consumer_tag=consumer.tag)
-            d.addErrback(lambda f: None)
+        if protocol is None or protocol.lost or consumer.startedOn is not protocol:
+            return succeed(None)
+        d = channel.basic_cancel(consumer_tag=consumer.tag)
+        d.addErrback(lambda f: None)
+        return d
 
     def _addConsumer(self, consumer: _Consumer) -> Deferred[ISubscription]:
         """
@@ -741,6 +872,8 @@ class AMQPBus(Service):
     ) -> Deferred[Any]:
         try:
             priority = checkPriority(priority)
+            if len(method.encode("utf-8")) > 255:
+                raise ValueError(f"a method name holds at most 255 bytes: {method[:40]!r}...")
         except ValueError:
             return fail()
         origin = origin if origin is not None else Origin(self.caller)
@@ -819,6 +952,12 @@ class AMQPBus(Service):
         except ServiceError as e:
             call.deferred.errback(e)
             return
+        except Exception:
+            self.log.failure("Unreadable reply to {method}", method=call.method)
+            call.deferred.errback(
+                MalformedMessage(f"service {call.service.hex} sent an unreadable reply")
+            )
+            return
         call.deferred.callback(result)
 
     def _returned(self, delivery: Delivery) -> None:
@@ -832,12 +971,22 @@ class AMQPBus(Service):
                 )
             )
 
-    def _publishReply(self, replyTo: str, correlationId: str | None, data: bytes) -> None:
+    def _publishReply(
+        self, replyTo: str, correlationId: str | None, data: bytes, context: CallContext
+    ) -> None:
         protocol = self._protocol
         if protocol is None or protocol.lost:
             self.log.warn("A reply was lost with the broker connection")
             return
-        properties = Properties(correlation_id=correlationId, headers={"x-schema": SCHEMA_VERSION})
+        properties = Properties(
+            message_id=newMessageId(),
+            correlation_id=correlationId,
+            headers={
+                "x-caller": context.service.hex,
+                "x-trace": context.correlationId,
+                "x-schema": SCHEMA_VERSION,
+            },
+        )
         protocol.publish(CHANNEL, "", replyTo, properties, data)
 
     def serve(
@@ -881,8 +1030,21 @@ class AMQPBus(Service):
             headers=headers,
         )
         d = protocol.publish(CHANNEL, EVENTS_EXCHANGE, event, properties, data, confirm=True)
+        return self._confirmed(d, f"event {event} ({messageId})")
+
+    def _confirmed(self, d: Deferred[None] | None, what: str) -> Deferred[None]:
+        """
+        C{d}, a publisher confirm, failing with L{Unavailable} if the broker
+        has not confirmed within C{confirmTimeout} (a resource alarm blocks
+        publishers, or a confirm went missing): whoever published it then
+        publishes it again (same message id) or gives it back.
+        """
         assert d is not None
-        return d
+
+        def timedOut(result: Any, timeout: float) -> Any:
+            return Failure(Unavailable(f"the broker did not confirm {what} within {timeout:g}s"))
+
+        return d.addTimeout(self.confirmTimeout, self._clock, onTimeoutCancel=timedOut)
 
     def subscribe(
         self,
@@ -913,16 +1075,91 @@ class AMQPBus(Service):
                 "x-error": reason[:2000],
                 "x-attempts": attempts,
                 "x-original-queue": queue,
-                "x-original-routing-key": delivery.routingKey,
+                "x-original-routing-key": eventOf(delivery),
                 "x-dead-lettered-at": _millis(self._clock.seconds()),
             }
         )
         properties = Properties(
-            message_id=original.message_id,
+            message_id=original.message_id or newMessageId(),
             delivery_mode=2,
             timestamp=original.timestamp,
+            type=original.type,
             headers=headers,
         )
-        d = protocol.publish(CHANNEL, DEAD_EXCHANGE, group, properties, delivery.body, confirm=True)
-        assert d is not None
-        return d
+        # Mandatory: if the dead-letter queue is gone, the confirm fails and
+        # the original is given back rather than acknowledged into nothing.
+        d = protocol.publish(
+            CHANNEL, DEAD_EXCHANGE, group, properties, delivery.body, mandatory=True, confirm=True
+        )
+        return self._confirmed(d, f"dead letter {properties.message_id}")
+
+    def _deadLetterAndSettle(
+        self,
+        consumer: _Consumer,
+        protocol: AMQPConnection,
+        delivery: Delivery,
+        group: str | None,
+        reason: str,
+        attempts: int,
+    ) -> None:
+        """
+        Dead-letter C{delivery} into C{group}'s queue, then acknowledge it;
+        without a group (a private subscription), just acknowledge it.
+        """
+        if group is None:
+            protocol.ack(delivery.channel, delivery.deliveryTag)
+            consumer.finished()
+            return
+        d = self._deadLetter(delivery, group, consumer.queueName(), reason, attempts)
+        self._settleAfter(d, consumer, protocol, delivery)
+
+    def _publishCopy(
+        self,
+        protocol: AMQPConnection,
+        delivery: Delivery,
+        queue: str,
+        headers: Mapping[str, Any],
+    ) -> Deferred[None]:
+        """
+        Publish a copy of C{delivery} straight to C{queue} (through the
+        default exchange), with C{headers} added.
+        """
+        original = delivery.properties
+        properties = Properties(
+            content_type=original.content_type,
+            message_id=original.message_id or newMessageId(),
+            delivery_mode=2,
+            timestamp=original.timestamp,
+            type=original.type,
+            headers={**(original.headers or {}), **headers},
+        )
+        d = protocol.publish(
+            CHANNEL, "", queue, properties, delivery.body, mandatory=True, confirm=True
+        )
+        return self._confirmed(d, f"a copy of {properties.message_id}")
+
+    def _settleAfter(
+        self,
+        d: Deferred[None],
+        consumer: _Consumer,
+        protocol: AMQPConnection,
+        delivery: Delivery,
+    ) -> None:
+        """
+        Once what C{d} stored is confirmed, acknowledge C{delivery}; if it
+        was not stored, give C{delivery} back to its queue.
+        """
+
+        def settled(result: Any) -> None:
+            if isinstance(result, Failure):
+                self.log.warn(
+                    "Giving back {messageId}: {why}",
+                    messageId=delivery.properties.message_id,
+                    why=result.getErrorMessage(),
+                )
+                protocol.reject(delivery.channel, delivery.deliveryTag, requeue=True)
+            else:
+                protocol.ack(delivery.channel, delivery.deliveryTag)
+            consumer.finished()
+
+        d.addBoth(settled)

@@ -7,8 +7,8 @@ Dead letters: list them, look at one, send them back to their group.
     txplatform-deadletters --bus amqp://... replay MESSAGE_ID | --all
     txplatform-deadletters --bus amqp://... drop MESSAGE_ID
 
-A group's dead letters wait in C{txplatform.dead.<group>}, each with the
-error, the number of attempts and the queue it came from in its headers.
+A group's dead letters wait in C{txplatform.dead.<group>} (a service's
+malformed calls in group C{rpc.<service id>}), each with the error, the number of attempts and the queue it came from in its headers.
 Looking does not consume them (they are taken and given back); replaying
 publishes a message to the queue it came from, so only that group sees it
 again, and removes it from the dead letters once the broker confirmed it.
@@ -27,9 +27,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import react
 
 from ..codec import loads
-from . import frames
 from .bus import CHANNEL, AMQPBus, deadQueue
 from .frames import Delivery, Properties
+from .protocol import PublishReturned
 from .url import BrokerURL
 
 __all__ = ["DeadLetter", "browse", "replay", "drop", "main"]
@@ -111,7 +111,7 @@ def _takeAll(bus: AMQPBus, group: str) -> Any:
 
 def _giveBack(bus: AMQPBus, deliveries: Iterable[Delivery]) -> None:
     for delivery in deliveries:
-        bus._protocol.transport.write(frames.nack(CHANNEL, delivery.deliveryTag, False, True))
+        bus._protocol.reject(CHANNEL, delivery.deliveryTag, requeue=True)
 
 
 @inlineCallbacks
@@ -146,16 +146,31 @@ def _settle(
                     continue
                 original = letter.properties
                 headers = {k: v for k, v in (original.headers or {}).items() if k not in _OURS}
+                # The event it is (the routing key is now the queue's name).
+                headers["x-event"] = letter.event
+                headers.pop("x-attempt", None)
                 properties = Properties(
-                    message_id=original.message_id,
+                    message_id=original.message_id or letter.messageId or "replayed",
                     delivery_mode=2,
                     timestamp=original.timestamp,
+                    type=original.type,
                     headers=headers,
                 )
                 # Straight to the queue it came from: only its group sees it.
-                yield bus._protocol.publish(
-                    CHANNEL, "", letter.queue, properties, letter.body, confirm=True
-                )
+                # Mandatory: if that queue is gone, the letter stays here.
+                try:
+                    yield bus._protocol.publish(
+                        CHANNEL,
+                        "",
+                        letter.queue,
+                        properties,
+                        letter.body,
+                        mandatory=True,
+                        confirm=True,
+                    )
+                except PublishReturned:
+                    keep.append(delivery)
+                    continue
             bus._protocol.ack(CHANNEL, delivery.deliveryTag)
             settled.append(letter)
         _giveBack(bus, keep)

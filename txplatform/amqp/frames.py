@@ -45,6 +45,7 @@ __all__ = [
     "parseAck",
     "parseNack",
     "FrameError",
+    "MalformedProperties",
 ]
 
 FRAME_METHOD = 1
@@ -68,6 +69,10 @@ _U64 = struct.Struct("!Q")
 _I64 = struct.Struct("!q")
 _ACK_ARGS = struct.Struct("!QB")
 _DELIVERY_TAG = struct.Struct("!QB")
+
+#: Tables and arrays nested deeper than this are refused: a few kilobytes of
+#: nesting would otherwise exhaust the interpreter's recursion limit.
+MAX_NESTING = 32
 
 
 class FrameError(ValueError):
@@ -94,7 +99,9 @@ def _encodeValue(value: Any) -> bytes:
     if isinstance(value, int):
         if -(2**31) <= value < 2**31:
             return b"I" + _I32.pack(value)
-        return b"l" + _I64.pack(value)
+        if -(2**63) <= value < 2**63:
+            return b"l" + _I64.pack(value)
+        raise FrameError(f"{value} does not fit a field table's 64-bit integer")
     if isinstance(value, float):
         return b"d" + struct.pack("!d", value)
     if isinstance(value, str):
@@ -110,8 +117,15 @@ def _encodeValue(value: Any) -> bytes:
         return b"A" + _U32.pack(len(items)) + items
     if isinstance(value, Decimal):
         sign, digits, exponent = value.as_tuple()
+        if not isinstance(exponent, int):
+            raise FrameError(f"cannot put {value} in a field table")
         integer = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
-        return b"D" + _U8.pack(-exponent if exponent < 0 else 0) + _I32.pack(integer)
+        # AMQP decimals are an integer and a count of decimal places.
+        if exponent > 0:
+            integer, exponent = integer * 10**exponent, 0
+        if not (-(2**31) <= integer < 2**31 and -exponent <= 255):
+            raise FrameError(f"{value} does not fit an AMQP decimal")
+        return b"D" + _U8.pack(-exponent) + _I32.pack(integer)
     raise FrameError(f"cannot put a {type(value).__name__} in a field table")
 
 
@@ -125,7 +139,7 @@ def encodeTable(table: dict[str, Any] | None) -> bytes:
     return _U32.pack(len(body)) + body
 
 
-def _decodeValue(data: bytes, offset: int) -> tuple[Any, int]:
+def _decodeValue(data: bytes, offset: int, depth: int) -> tuple[Any, int]:
     kind = data[offset : offset + 1]
     offset += 1
     if kind == b"S":
@@ -143,14 +157,16 @@ def _decodeValue(data: bytes, offset: int) -> tuple[Any, int]:
     if kind == b"t":
         return data[offset] != 0, offset + 1
     if kind == b"F":
-        return _decodeTable(data, offset)
+        return _decodeTable(data, offset, depth + 1)
     if kind == b"A":
+        if depth >= MAX_NESTING:
+            raise FrameError(f"field arrays nested over {MAX_NESTING} deep")
         (size,) = _U32.unpack_from(data, offset)
         offset += 4
         end = offset + size
         items = []
         while offset < end:
-            item, offset = _decodeValue(data, offset)
+            item, offset = _decodeValue(data, offset, depth + 1)
             items.append(item)
         return items, end
     if kind == b"T":
@@ -186,12 +202,14 @@ def decodeTable(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
     @raise FrameError: not a well-formed table.
     """
     try:
-        return _decodeTable(data, offset)
+        return _decodeTable(data, offset, 0)
     except (IndexError, struct.error) as e:
         raise FrameError(f"a truncated field table: {e}") from None
 
 
-def _decodeTable(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
+def _decodeTable(data: bytes, offset: int, depth: int) -> tuple[dict[str, Any], int]:
+    if depth > MAX_NESTING:
+        raise FrameError(f"field tables nested over {MAX_NESTING} deep")
     (size,) = _U32.unpack_from(data, offset)
     offset += 4
     end = offset + size
@@ -199,7 +217,7 @@ def _decodeTable(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
     while offset < end:
         length = data[offset]
         key = data[offset + 1 : offset + 1 + length].decode("utf-8", "replace")
-        value, offset = _decodeValue(data, offset + 1 + length)
+        value, offset = _decodeValue(data, offset + 1 + length, depth)
         table[key] = value
     if offset != end:
         raise FrameError("a field table overran its length")
@@ -273,8 +291,34 @@ def encodeProperties(properties: Properties) -> bytes:
 def decodeHeader(payload: bytes) -> tuple[int, Properties]:
     """
     The body size and properties in a content header frame's payload.
+
+    @raise FrameError: the frame is too short to hold a body size.
+    @raise MalformedProperties: the size is there, the properties are not
+        readable: a problem with this one message, not with the connection.
     """
-    _classId, _weight, size, flags = _HEADER_HEAD.unpack_from(payload, 0)
+    try:
+        _classId, _weight, size, flags = _HEADER_HEAD.unpack_from(payload, 0)
+    except struct.error as e:
+        raise FrameError(f"a truncated content header: {e}") from None
+    try:
+        return size, _decodeProperties(payload, flags)
+    except (FrameError, IndexError, struct.error, UnicodeError) as e:
+        raise MalformedProperties(size, str(e)) from None
+
+
+class MalformedProperties(FrameError):
+    """
+    A content header whose properties cannot be read.
+
+    @ivar size: The body size it announced.
+    """
+
+    def __init__(self, size: int, why: str) -> None:
+        super().__init__(f"unreadable message properties: {why}")
+        self.size = size
+
+
+def _decodeProperties(payload: bytes, flags: int) -> Properties:
     offset = _HEADER_HEAD.size
     if flags & 1:
         raise FrameError("more than one word of property flags")
@@ -295,7 +339,7 @@ def decodeHeader(payload: bytes) -> tuple[int, Properties]:
             (value,) = _U64.unpack_from(payload, offset)
             offset += 8
         setattr(properties, name, value)
-    return size, properties
+    return properties
 
 
 # Outgoing frames
@@ -328,6 +372,8 @@ def publish(
     header = _HEADER_HEAD.pack(BASIC, 0, len(body), 0)[:-2] + encodeProperties(properties)
     frames = [_frame(FRAME_METHOD, channel, method), _frame(FRAME_HEADER, channel, header)]
     chunk = frameMax - 8
+    if chunk <= 0:
+        raise FrameError(f"a frame size of {frameMax} leaves no room for a body")
     for start in range(0, len(body), chunk):
         frames.append(_frame(FRAME_BODY, channel, body[start : start + chunk]))
     return b"".join(frames)
@@ -378,6 +424,9 @@ class Delivery:
     replyCode: int = 0
     replyText: str = ""
     messageCount: int = 0
+    #: Why the message's properties could not be read, if they could not:
+    #: such a message is dead-lettered, not handled.
+    malformed: str | None = None
 
 
 def _readShortstr(data: bytes, offset: int) -> tuple[str, int]:

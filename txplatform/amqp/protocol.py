@@ -17,7 +17,7 @@ import struct
 from collections import defaultdict
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,15 +27,24 @@ from txamqp.protocol import AMQClient
 from . import frames
 from .frames import Delivery, Properties
 
-__all__ = ["AMQPConnection", "AMQPDelegate", "PublishNacked", "NotConnected"]
+__all__ = ["AMQPConnection", "AMQPDelegate", "PublishNacked", "PublishReturned", "NotConnected"]
 
 _HEAD = struct.Struct("!BHI")
 _CLASS_METHOD = struct.Struct("!HH")
+
+#: The largest frame we accept, and ask for when the broker sets no limit.
+FRAME_MAX = 131072
 
 
 class PublishNacked(Exception):
     """
     The broker refused to take responsibility for a published message.
+    """
+
+
+class PublishReturned(Exception):
+    """
+    The broker could not route a mandatory message to any queue.
     """
 
 
@@ -73,6 +82,15 @@ class AMQPDelegate(TwistedDelegate):
         payload = _CLASS_METHOD.pack(10, 11) + args
         self.client.transport.write(frames._frame(frames.FRAME_METHOD, 0, payload))
 
+    def connection_tune(self, ch: Any, msg: Any) -> None:
+        # txamqp takes the broker's frame_max as it is, but 0 means "no
+        # limit" there, and a huge one would let a single frame claim any
+        # amount of memory: settle on the smaller of the two.
+        frameMax = min(msg.frame_max or FRAME_MAX, FRAME_MAX)
+        self.client.MAX_LENGTH = frameMax
+        ch.connection_tune_ok(msg.channel_max, frameMax, self.client.heartbeatInterval)
+        self.client.started.fire()
+
     def channel_close(self, ch: Any, msg: Any) -> None:
         # A channel error means our state is off (a declaration refused,
         # publishing to an exchange that went away): start again from a new
@@ -85,6 +103,16 @@ class AMQPDelegate(TwistedDelegate):
         )
         super().channel_close(ch, msg)
         self.client.transport.loseConnection()
+
+    def connection_blocked(self, ch: Any, msg: Any) -> None:
+        # A resource alarm (memory, disk): the broker holds our publishes
+        # until it clears; their confirms time out meanwhile (see the bus).
+        self.log.warn("The broker blocks publishing: {reason}", reason=msg.reason)
+        self.client.blocked = True
+
+    def connection_unblocked(self, ch: Any, msg: Any) -> None:
+        self.log.info("The broker accepts publishing again")
+        self.client.blocked = False
 
     def basic_cancel(self, ch: Any, msg: Any) -> None:
         # The broker cancelled a consumer (its queue was deleted): reconnect,
@@ -114,8 +142,13 @@ class AMQPConnection(AMQClient):
         self._gets: dict[int, list[Deferred[Delivery | None]]] = defaultdict(list)
         self._publishSequence: dict[int, int] = {}
         self._unconfirmed: dict[int, dict[int, Deferred[None]]] = {}
+        # Confirmed mandatory publishes by message id, and those the broker
+        # returned: a return comes just before the confirm of its message.
+        self._returnable: dict[int, dict[str, int]] = {}
+        self._returnedSequences: dict[int, dict[int, str]] = {}
         self._lastReceived = clock.seconds()
         self.lost = False
+        self.blocked = False
 
     def attach(
         self, onReturn: Callable[[Delivery], None], onLost: Callable[[Failure], None]
@@ -204,7 +237,12 @@ class AMQPConnection(AMQClient):
             if assembling is None:
                 return False
             delivery = assembling[0]
-            delivery.bodySize, delivery.properties = frames.decodeHeader(payload)
+            try:
+                delivery.bodySize, delivery.properties = frames.decodeHeader(payload)
+            except frames.MalformedProperties as e:
+                # Someone published headers we cannot read: that message is
+                # refused, the connection and the other messages carry on.
+                delivery.bodySize, delivery.malformed = e.size, str(e)
             if delivery.bodySize == 0:
                 self._complete(channel)
             return True
@@ -230,11 +268,20 @@ class AMQPConnection(AMQClient):
         if delivery.consumerTag:
             handler = self.onDeliver.get(delivery.consumerTag)
             if handler is None:
+                # A consumer cancelled while this was on its way: give it back.
                 self.log.warn("A delivery for unknown consumer {tag}", tag=delivery.consumerTag)
+                if delivery.consumerTag != "replies":
+                    self.reject(channel, delivery.deliveryTag, requeue=True)
                 return
             handler(delivery)
         elif delivery.replyCode:
-            self.onReturn(delivery)
+            sequence = self._returnable.get(channel, {}).pop(
+                delivery.properties.message_id or "", None
+            )
+            if sequence is not None:
+                self._returnedSequences[channel][sequence] = delivery.replyText
+            else:
+                self.onReturn(delivery)
         else:
             waiters = self._gets.get(channel)
             if waiters:
@@ -242,10 +289,14 @@ class AMQPConnection(AMQClient):
 
     def check_heartbeat(self) -> None:
         # txamqp reschedules its check at every frame it processes; frames of
-        # the fast path do not go through it, so look at the last arrival.
+        # the fast path do not go through it, so look at the last arrival and
+        # check again when the limit would be reached from there.
         limit = self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT
-        if self.clock.seconds() - self._lastReceived < limit:
-            self.reschedule_check_heartbeat()
+        remaining = limit - (self.clock.seconds() - self._lastReceived)
+        if remaining > 0:
+            if self.checkHB is not None and self.checkHB.active():
+                self.checkHB.cancel()
+            self.checkHB = self.clock.callLater(remaining, self.check_heartbeat)
             return
         self.log.warn("No heartbeat from the broker for {limit}s: dropping", limit=limit)
         super().check_heartbeat()
@@ -258,6 +309,8 @@ class AMQPConnection(AMQClient):
         """
         self._publishSequence[channel] = 0
         self._unconfirmed[channel] = {}
+        self._returnable[channel] = {}
+        self._returnedSequences[channel] = {}
 
     def publish(
         self,
@@ -273,7 +326,9 @@ class AMQPConnection(AMQClient):
         Publish a message.
 
         @param confirm: Return a Deferred that fires when the broker confirms
-            the message (the channel must be confirming).
+            the message (the channel must be confirming).  With C{mandatory},
+            it fails with L{PublishReturned} if no queue took the message
+            (which needs a message id).
         """
         if self.lost or self.transport is None:
             return fail(NotConnected("not connected to the broker")) if confirm else None
@@ -293,6 +348,10 @@ class AMQPConnection(AMQClient):
             return None
         d: Deferred[None] = Deferred()
         self._unconfirmed[channel][sequence] = d
+        if mandatory:
+            if not properties.message_id:
+                raise ValueError("a confirmed mandatory message needs a message id")
+            self._returnable[channel][properties.message_id] = sequence
         return d
 
     def _confirmed(
@@ -307,15 +366,26 @@ class AMQPConnection(AMQClient):
                 if sequence > deliveryTag:
                     break
                 settled.append(sequence)
-            ds = [pending.pop(sequence) for sequence in settled]
         else:
-            d = pending.pop(deliveryTag, None)
-            ds = [d] if d is not None else []
-        for d in ds:
-            if error is None:
-                d.callback(None)
+            settled = [deliveryTag] if deliveryTag in pending else []
+        returned = self._returnedSequences.get(channel, {})
+        returnable = self._returnable.get(channel)
+        for sequence in settled:
+            d = pending.pop(sequence)
+            why = returned.pop(sequence, None)
+            if returnable and why is None:
+                for messageId, s in list(returnable.items()):
+                    if s == sequence:
+                        del returnable[messageId]
+                        break
+            if d.called:
+                continue  # the publisher stopped waiting (a timeout)
+            if error is not None:
+                d.errback(error(f"the broker refused message {sequence}"))
+            elif why is not None:
+                d.errback(PublishReturned(f"no queue took message {sequence}: {why}"))
             else:
-                d.errback(error(f"the broker refused message {deliveryTag}"))
+                d.callback(None)
 
     def ack(self, channel: int, deliveryTag: int, multiple: bool = False) -> None:
         if not self.lost and self.transport is not None:
@@ -330,6 +400,8 @@ class AMQPConnection(AMQClient):
         basic.get without automatic acknowledgement: the message, or None
         when the queue is empty.
         """
+        if self.lost or self.transport is None:
+            return fail(NotConnected("not connected to the broker"))
         d: Deferred[Delivery | None] = Deferred()
         self._gets[channel].append(d)
         args = (
@@ -341,18 +413,42 @@ class AMQPConnection(AMQClient):
 
     # Losing the connection
 
+    @inlineCallbacks
+    def closeCleanly(self, timeout: float) -> Any:
+        """
+        Say goodbye (connection.close), wait up to C{timeout} seconds for
+        close-ok, then drop the connection whatever the answer.
+
+        (txamqp's own C{close(within=...)} leaves its timer behind when the
+        connection is lost while it waits.)
+        """
+        if self.lost or self.closed:
+            return
+        try:
+            channel0 = yield self.channel(0)
+            yield channel0.connection_close(reply_code=200, reply_text="goodbye").addTimeout(
+                timeout, self.clock
+            )
+        except Exception:
+            pass  # gone or silent: closed all the same below
+        if not self.lost and self.transport is not None:
+            self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure) -> None:
         self.lost = True
         lost = Failure(ConnectionLost("the connection to the broker was lost"))
         for pending in self._unconfirmed.values():
             for d in pending.values():
-                d.errback(lost)
+                if not d.called:
+                    d.errback(lost)
             pending.clear()
         for waiters in self._gets.values():
             for d in waiters:
                 d.errback(lost)
             waiters.clear()
         self._assembling.clear()
+        self._returnable.clear()
+        self._returnedSequences.clear()
         try:
             super().connectionLost(reason)
         finally:

@@ -11,7 +11,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from attrs import frozen
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+from twisted.internet.ssl import (
+    Certificate,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
 
 __all__ = ["BrokerURL"]
 
@@ -63,6 +68,10 @@ class BrokerURL:
             port = parts.port or (5671 if tls else 5672)
         except ValueError as e:
             raise ValueError(f"in {cls._redact(url)!r}: {e}") from None
+        if not 0 <= heartbeat <= 65535:
+            raise ValueError(f"heartbeat is 0 to 65535 seconds, not {heartbeat}")
+        if not timeout > 0:
+            raise ValueError(f"connect_timeout must be positive, not {timeout:g}")
         if "cafile" in options and not tls:
             raise ValueError("cafile is for amqps:// URLs")
         queueType = options.get("queue_type", "classic")
@@ -106,7 +115,7 @@ class BrokerURL:
 
         if self.cafile is not None:
             with open(self.cafile, "rb") as f:
-                trust = Certificate.loadPEM(f.read())
+                trust = trustRootFromCertificates(_certificates(f.read()))
         else:
             trust = platformTrust()
         options = optionsForClientTLS(
@@ -115,3 +124,17 @@ class BrokerURL:
             extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
         )
         return wrapClientTLS(options, tcp)
+
+
+def _certificates(pem: bytes) -> list[Certificate]:
+    """
+    Every certificate in a PEM bundle (L{Certificate.loadPEM} reads the
+    first only).
+
+    @raise ValueError: there is none.
+    """
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN" in block]
+    if not blocks:
+        raise ValueError("no PEM certificate in the CA file")
+    return [Certificate.loadPEM(block) for block in blocks]
