@@ -53,6 +53,19 @@ LABELS = {
 }
 
 
+def keyFiles(directory: str) -> dict[str, str]:
+    """
+    Key files for the bus and each service, as txplatform-keys init makes.
+    """
+    from txplatform.crypto.keyfile import newKeyFile, writeKeyFile
+
+    paths = {}
+    for purpose in ("bus", "account", "post", "notify"):
+        paths[purpose] = os.path.join(directory, f"{purpose}.json")
+        writeKeyFile(paths[purpose], newKeyFile(purpose))
+    return paths
+
+
 def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -202,15 +215,18 @@ def main() -> None:
             BROKER,
             ready="ready",
         )
-        common = ["--bus", BROKER, "--db", database]
-        account = processes.twistd("account", *common, ready="serving")
-        posts = [processes.twistd("post", *common, ready="serving")]
-        processes.twistd("notify", *common, ready="serving")
+        keys = keyFiles(os.path.join(logs, "keys"))
+        common = ["--bus", BROKER, "--db", database, "--bus-keys", keys["bus"]]
+        account = processes.twistd("account", *common, "--keys", keys["account"], ready="serving")
+        posts = [processes.twistd("post", *common, "--keys", keys["post"], ready="serving")]
+        processes.twistd("notify", *common, "--keys", keys["notify"], ready="serving")
         gatewayPort = freePort()
         gateway = processes.twistd(
             "gateway",
             "--bus",
             BROKER,
+            "--bus-keys",
+            keys["bus"],
             "--listen",
             f"tcp:{gatewayPort}:interface=127.0.0.1",
             ready="listening",
@@ -236,7 +252,9 @@ def main() -> None:
         postURL = api + f"/v1/posts/{created['id']}"
         for replicas in (1, 2):
             if replicas == 2:
-                posts.append(processes.twistd("post", *common, ready="serving"))
+                posts.append(
+                    processes.twistd("post", *common, "--keys", keys["post"], ready="serving")
+                )
                 time.sleep(1)
             for round in range(arguments.rounds):
                 for name, url in [

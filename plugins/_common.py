@@ -15,6 +15,11 @@ from txplatform.database import databaseFromURL
 
 __all__ = [
     "BUS",
+    "BUS_KEYS",
+    "KEYS",
+    "KEY_RELOAD",
+    "checkKeys",
+    "loadKeys",
     "DRAIN_TIMEOUT",
     "HEALTH_FILE",
     "fromFile",
@@ -47,6 +52,30 @@ DRAIN_TIMEOUT = [
     None,
     10.0,
     "On SIGTERM, seconds to finish the work in hand before handing it back to the bus.",
+    float,
+]
+
+KEYS = [
+    "keys",
+    None,
+    None,
+    "This service's key file: its data at rest is encrypted with it. A path (mode 0600),"
+    " or env:NAME for the file's JSON in an environment variable. Required; make one"
+    " with: txplatform-keys init PATH --name SERVICE.",
+]
+BUS_KEYS = [
+    "bus-keys",
+    None,
+    None,
+    "The cluster's bus key file, the same for every process: every payload on the bus"
+    " is encrypted with it. A path or env:NAME. Required; make one with:"
+    " txplatform-keys init PATH --name bus --max-age 604800.",
+]
+KEY_RELOAD = [
+    "key-reload",
+    None,
+    10.0,
+    "Seconds between checks of the key files for changes (rotations).",
     float,
 ]
 
@@ -89,6 +118,39 @@ def checkDatabase(options: usage.Options, name: str = "db") -> None:
         )
 
 
+def checkKeys(options: usage.Options, service: str | None) -> None:
+    """
+    A production process refuses to start without its keys: the bus key
+    file, and C{service}'s own unless it is C{None} (the gateway stores
+    nothing).
+    """
+    from txplatform.crypto.keyfile import KeyFileError, readKeySource
+
+    checkPositive(options, "key-reload")
+    wanted = [("bus-keys", "bus")] + ([("keys", service)] if service is not None else [])
+    for name, purpose in wanted:
+        if options[name] is None:
+            raise usage.UsageError(f"--{name} is required: the platform encrypts everything")
+        try:
+            keyFile = readKeySource(options[name])
+        except KeyFileError as e:
+            raise usage.UsageError(f"--{name}: {e}") from None
+        if keyFile.name != purpose:
+            raise usage.UsageError(
+                f"--{name}: {options[name]} holds the keys of {keyFile.name!r}, not of {purpose!r}"
+            )
+
+
+def loadKeys(options: usage.Options, name: str, purpose: str, reactor: Any) -> Any:
+    from txplatform.crypto.keyfile import KeyFileError
+    from txplatform.crypto.keys import Keys
+
+    try:
+        return Keys(options[name], reactor, purpose, options["key-reload"])
+    except KeyFileError as e:
+        raise usage.UsageError(f"--{name}: {e}") from None
+
+
 def checkPositive(options: usage.Options, *names: str) -> None:
     for name in names:
         if options[name] <= 0:
@@ -107,8 +169,8 @@ def passwordHasher(options: usage.Options, reactor: Any) -> PasswordHasher:
     )
 
 
-def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str) -> Any:
-    return busFromURL(options["bus"], reactor, caller=caller, name=name)
+def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: Any) -> Any:
+    return busFromURL(options["bus"], reactor, caller=caller, name=name, codec=keys.payloadCodec())
 
 
 def makeDatabase(url: str, reactor: Any) -> Any:
@@ -117,19 +179,24 @@ def makeDatabase(url: str, reactor: Any) -> Any:
 
 def serviceProcess(options: usage.Options, reactor: Any, serviceClass: Any, build: Any) -> Any:
     """
-    The services of a process running one service: the bus, the service
-    (C{build(bus, database)}, an instance of C{serviceClass}), and a gate
-    that ends the process if the service cannot start.
+    The services of a process running one service: its key files' watchers,
+    the bus, the service (C{build(bus, database, fields)}, an instance of
+    C{serviceClass}), and a gate that ends the process if the service
+    cannot start.
     """
     from twisted.application.service import Service
 
     from ._lifecycle import ReadinessGate, StopInOrder
 
     top = StopInOrder()
-    bus = makeBus(options, reactor, serviceClass.serviceId, serviceClass.name)
+    busKeys = loadKeys(options, "bus-keys", "bus", reactor)
+    keys = loadKeys(options, "keys", serviceClass.name, reactor)
+    busKeys.service.setServiceParent(top)
+    keys.service.setServiceParent(top)
+    bus = makeBus(options, reactor, serviceClass.serviceId, serviceClass.name, busKeys)
     bus.drainTimeout = options["drain-timeout"]
     bus.setServiceParent(top)
-    service = build(bus, makeDatabase(options["db"], reactor))
+    service = build(bus, makeDatabase(options["db"], reactor), keys.fieldCodec())
     service.drainTimeout = options["drain-timeout"]
     service.setServiceParent(top)
     ReadinessGate(reactor, [service], Service()).setServiceParent(top)

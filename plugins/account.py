@@ -12,10 +12,14 @@ from twisted.python import usage
 from ._common import (
     ARGON2,
     BUS,
+    BUS_KEYS,
     DRAIN_TIMEOUT,
     HEALTH_FILE,
+    KEY_RELOAD,
+    KEYS,
     checkBus,
     checkDatabase,
+    checkKeys,
     checkPositive,
     passwordHasher,
     serviceProcess,
@@ -29,6 +33,9 @@ class Options(usage.Options):
     longdesc = "Run one replica of the Account service: accounts, login sessions and follows."
     optParameters = [
         BUS,
+        BUS_KEYS,
+        KEYS,
+        KEY_RELOAD,
         DRAIN_TIMEOUT,
         HEALTH_FILE,
         [
@@ -43,6 +50,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         checkBus(self)
+        checkKeys(self, "account")
         checkDatabase(self)
         checkPositive(
             self, "session-lifetime", "argon2-time-cost", "argon2-memory-cost", "argon2-parallelism"
@@ -58,11 +66,12 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         options,
         reactor,
         AccountService,
-        lambda bus, database: AccountService(
+        lambda bus, database, fields: AccountService(
             bus,
             database,
             reactor,
             passwordHasher(options, reactor),
+            fields=fields,
             sessionLifetime=options["session-lifetime"],
         ),
     )

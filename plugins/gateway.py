@@ -9,7 +9,17 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import BUS, HEALTH_FILE, checkBus, checkPositive, makeBus
+from ._common import (
+    BUS,
+    BUS_KEYS,
+    HEALTH_FILE,
+    KEY_RELOAD,
+    checkBus,
+    checkKeys,
+    checkPositive,
+    loadKeys,
+    makeBus,
+)
 
 LISTEN = ["listen", None, "tcp:8080", "Where to serve HTTP: a Twisted endpoint string."]
 CALL_TIMEOUT = [
@@ -31,10 +41,11 @@ MAX_BODY_SIZE = [
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run one replica of the HTTP gateway, the platform's only entry point."
-    optParameters = [BUS, LISTEN, CALL_TIMEOUT, MAX_BODY_SIZE, HEALTH_FILE]
+    optParameters = [BUS, BUS_KEYS, KEY_RELOAD, LISTEN, CALL_TIMEOUT, MAX_BODY_SIZE, HEALTH_FILE]
 
     def postOptions(self) -> None:
         checkBus(self)
+        checkKeys(self, None)
         checkPositive(self, "call-timeout", "max-body-size")
 
 
@@ -57,7 +68,9 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from ._lifecycle import ReadinessGate, StopInOrder
 
     top = StopInOrder()
-    bus = makeBus(options, reactor, GATEWAY_ID, "gateway")
+    busKeys = loadKeys(options, "bus-keys", "bus", reactor)
+    busKeys.service.setServiceParent(top)
+    bus = makeBus(options, reactor, GATEWAY_ID, "gateway", busKeys)
     # On SIGTERM the listener closes first; requests in hand get their
     # answers before the bus goes.
     bus.drainTimeout = options["call-timeout"]

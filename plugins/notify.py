@@ -9,7 +9,18 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import BUS, DRAIN_TIMEOUT, HEALTH_FILE, checkBus, checkDatabase, serviceProcess
+from ._common import (
+    BUS,
+    BUS_KEYS,
+    DRAIN_TIMEOUT,
+    HEALTH_FILE,
+    KEY_RELOAD,
+    KEYS,
+    checkBus,
+    checkDatabase,
+    checkKeys,
+    serviceProcess,
+)
 
 
 class Options(usage.Options):
@@ -19,6 +30,9 @@ class Options(usage.Options):
     )
     optParameters = [
         BUS,
+        BUS_KEYS,
+        KEYS,
+        KEY_RELOAD,
         DRAIN_TIMEOUT,
         HEALTH_FILE,
         [
@@ -31,6 +45,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         checkBus(self)
+        checkKeys(self, "notify")
         checkDatabase(self)
 
 
@@ -40,5 +55,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from services.notify.service import NotifyService
 
     return serviceProcess(
-        options, reactor, NotifyService, lambda bus, database: NotifyService(bus, database, reactor)
+        options,
+        reactor,
+        NotifyService,
+        lambda bus, database, fields: NotifyService(bus, database, reactor, fields),
     )

@@ -10,7 +10,18 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import BUS, DRAIN_TIMEOUT, HEALTH_FILE, checkBus, checkDatabase, serviceProcess
+from ._common import (
+    BUS,
+    BUS_KEYS,
+    DRAIN_TIMEOUT,
+    HEALTH_FILE,
+    KEY_RELOAD,
+    KEYS,
+    checkBus,
+    checkDatabase,
+    checkKeys,
+    serviceProcess,
+)
 
 CACHE_SIZE = [
     "post-cache-size",
@@ -31,6 +42,9 @@ class Options(usage.Options):
     longdesc = "Run one replica of the Post service: create, read, list and delete posts."
     optParameters = [
         BUS,
+        BUS_KEYS,
+        KEYS,
+        KEY_RELOAD,
         DRAIN_TIMEOUT,
         HEALTH_FILE,
         [
@@ -44,6 +58,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         checkBus(self)
+        checkKeys(self, "post")
         checkDatabase(self)
         checkCacheSize(self)
 
@@ -57,7 +72,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         options,
         reactor,
         PostService,
-        lambda bus, database: PostService(
-            bus, database, reactor, cacheSize=options["post-cache-size"]
+        lambda bus, database, fields: PostService(
+            bus, database, reactor, fields, cacheSize=options["post-cache-size"]
         ),
     )

@@ -162,3 +162,30 @@ def requireBroker() -> None:
     if inCI():
         raise AssertionError(message + "; CI must run the broker tests")
     raise SkipTest(message + "; set TXPLATFORM_TEST_AMQP or start the broker")
+
+
+def keyFiles(directory: str, period: float = 3600.0) -> dict[str, str]:
+    """
+    Fresh key files for the bus and every service in C{directory}, as an
+    operator makes them with C{txplatform-keys init}: their paths by purpose.
+    """
+    from txplatform.crypto.keyfile import newKeyFile, writeKeyFile
+
+    paths = {}
+    for purpose in ("bus", "account", "post", "notify"):
+        paths[purpose] = os.path.join(directory, f"{purpose}.json")
+        if not os.path.exists(paths[purpose]):
+            writeKeyFile(paths[purpose], newKeyFile(purpose, period))
+    return paths
+
+
+def keyArguments(paths: dict[str, str], command: str) -> list[str]:
+    """
+    The key options C{twistd COMMAND} needs.
+    """
+    if command == "txplatform":
+        return ["--keys-dir", os.path.dirname(paths["bus"])]
+    arguments = ["--bus-keys", paths["bus"]]
+    if command != "gateway":
+        arguments += ["--keys", paths[command]]
+    return arguments

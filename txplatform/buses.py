@@ -9,7 +9,7 @@ import os
 import socket
 from typing import Any
 
-from .interfaces import IBus
+from .interfaces import IBus, IPayloadCodec
 from .localbus import LocalBus
 from .serviceid import ServiceId
 
@@ -33,7 +33,11 @@ def checkBusURL(url: str) -> None:
 
 
 def busFromURL(
-    url: str, reactor: Any, caller: ServiceId | None = None, name: str = "txplatform"
+    url: str,
+    reactor: Any,
+    caller: ServiceId | None = None,
+    name: str = "txplatform",
+    codec: IPayloadCodec | None = None,
 ) -> IBus:
     """
     The bus C{url} names:
@@ -44,11 +48,13 @@ def busFromURL(
 
     @param caller: The service this process runs, stamped on its messages.
     @param name: Shown in the broker's list of connections.
+    @param codec: Turns payloads into bytes (the bus keys' encrypting codec
+        in every process; JSON when not given).
     @raise ValueError: an unknown kind of bus.
     """
     checkBusURL(url)
     if url in ("local", "local:"):
-        return LocalBus(reactor)
+        return LocalBus(reactor, codec=codec)
     from .amqp.bus import AMQPBus
     from .amqp.url import BrokerURL
 
@@ -56,5 +62,6 @@ def busFromURL(
         reactor,
         BrokerURL.parse(url),
         caller=caller,
+        codec=codec,
         connectionName=f"{name} on {socket.gethostname()} pid {os.getpid()}",
     )

@@ -63,13 +63,46 @@ class JSONCodec:
             raise MalformedMessage(f"payload is not JSON: {e}") from None
 
 
-def callBinding(service: ServiceId, method: str, messageId: str) -> bytes:
-    return b"\0".join([b"call", service.raw, method.encode(), messageId.encode()])
+def _fields(*fields: bytes) -> bytes:
+    # Length-prefixed, so that no choice of field values (a message id is
+    # whatever the sender put in its header) can make two bindings equal.
+    return b"".join(len(f).to_bytes(2, "big") + f for f in fields)
+
+
+def callBinding(
+    service: ServiceId,
+    method: str,
+    messageId: str,
+    caller: ServiceId | None = None,
+    correlationId: str = "",
+    deadlineMillis: int = 0,
+) -> bytes:
+    """
+    What a request is: its address, its id, who sends it, its trace and its
+    deadline (so that none of the headers carrying them can be changed).
+    """
+    return _fields(
+        b"call",
+        service.raw,
+        method.encode(),
+        messageId.encode(),
+        caller.raw if caller is not None else b"",
+        correlationId.encode(),
+        str(deadlineMillis).encode(),
+    )
 
 
 def replyBinding(service: ServiceId, method: str, messageId: str) -> bytes:
-    return b"\0".join([b"reply", service.raw, method.encode(), messageId.encode()])
+    return _fields(b"reply", service.raw, method.encode(), messageId.encode())
 
 
-def eventBinding(event: str, messageId: str) -> bytes:
-    return b"\0".join([b"event", event.encode(), messageId.encode()])
+def eventBinding(
+    event: str, messageId: str, source: ServiceId | None = None, correlationId: str = ""
+) -> bytes:
+    return _fields(
+        b"event",
+        event.encode(),
+        messageId.encode(),
+        source.raw if source is not None else b"",
+        correlationId.encode(),
+    )

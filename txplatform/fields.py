@@ -10,12 +10,15 @@ encrypting codec drops in at the same seam without changing any store.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
+from attrs import field, frozen
 from zope.interface import implementer
 
 from .errors import InternalError
 from .interfaces import IFieldCodec
 
-__all__ = ["PlainFieldCodec", "CorruptField"]
+__all__ = ["PlainFieldCodec", "CorruptField", "SealedTable"]
 
 
 class CorruptField(InternalError):
@@ -41,3 +44,28 @@ class PlainFieldCodec:
 
     def index(self, table: str, column: str, value: str) -> bytes:
         return value.encode("utf-8")
+
+    def indexes(self, table: str, column: str, value: str) -> list[bytes]:
+        return [self.index(table, column, value)]
+
+
+def _asTuple(value: Any) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@frozen
+class SealedTable:
+    """
+    Where a service keeps sealed fields: what a re-encryption job rewrites.
+
+    @ivar key: The primary key column; its value is the row id the fields
+        are bound to.
+    @ivar columns: The sealed columns.
+    @ivar indexes: For a sealed column with a blind index: the index column
+        and how the value is normalised before indexing.
+    """
+
+    table: str
+    key: str
+    columns: tuple[str, ...] = field(converter=_asTuple)
+    indexes: Mapping[str, tuple[str, Callable[[str], str]]] = field(factory=dict)

@@ -234,3 +234,11 @@ class IFieldCodec(Interface):
 
         @return: bytes
         """
+
+    def indexes(table, column, value):
+        """
+        Every lookup key C{value} may be stored under (one per readable key
+        version): what to look for.
+
+        @return: a non-empty list of bytes
+        """

@@ -79,6 +79,10 @@ class _PendingCall:
     abandoned: bool = False
 
 
+def _millis(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
 @frozen
 class _Delivery:
     messageId: str
@@ -241,7 +245,17 @@ class _CallWorker(_Worker):
                 {"method": call.method},
             )
         codec = self._bus._codec
-        payload = codec.decode(call.data, callBinding(call.service, call.method, call.messageId))
+        payload = codec.decode(
+            call.data,
+            callBinding(
+                call.service,
+                call.method,
+                call.messageId,
+                call.caller,
+                call.correlationId,
+                _millis(call.deadline),
+            ),
+        )
         return handler(payload, context)
 
     def _answer(self, result: Any, call: _PendingCall) -> None:
@@ -289,7 +303,10 @@ class _EventWorker(_Worker):
 
     def _invoke(self, delivery: _Delivery) -> Any:
         payload = self._bus._codec.decode(
-            delivery.data, eventBinding(delivery.event, delivery.messageId)
+            delivery.data,
+            eventBinding(
+                delivery.event, delivery.messageId, delivery.source, delivery.correlationId
+            ),
         )
         context = EventContext(
             messageId=delivery.messageId,
@@ -379,8 +396,14 @@ class LocalBus(Service):
                 Unavailable(f"no service {service.hex} on this bus", {"service": service.hex})
             )
         messageId = newMessageId()
+        correlationId = origin.correlationId or messageId
         try:
-            data = self._codec.encode(payload, callBinding(service, method, messageId))
+            data = self._codec.encode(
+                payload,
+                callBinding(
+                    service, method, messageId, origin.caller, correlationId, _millis(deadline)
+                ),
+            )
         except (TypeError, ValueError):
             return fail()
 
@@ -396,7 +419,7 @@ class LocalBus(Service):
             deadline=deadline,
             priority=priority,
             caller=origin.caller,
-            correlationId=origin.correlationId or messageId,
+            correlationId=correlationId,
             deferred=d,
         )
         d.addTimeout(
@@ -466,10 +489,13 @@ class LocalBus(Service):
         try:
             checkEventName(event)
             messageId = messageId or newMessageId()
-            data = self._codec.encode(payload, eventBinding(event, messageId))
+            origin = origin if origin is not None else Origin()
+            data = self._codec.encode(
+                payload,
+                eventBinding(event, messageId, origin.caller, origin.correlationId or messageId),
+            )
         except (TypeError, ValueError):
             return fail()
-        origin = origin if origin is not None else Origin()
         delivery = _Delivery(
             messageId=messageId,
             event=event,

@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from .context import CallContext, EventContext, Origin
 from .database import Migration
 from .errors import InvalidArgument, MalformedMessage
-from .fields import PlainFieldCodec
+from .fields import PlainFieldCodec, SealedTable
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
 from .messages import fromPayload, toPayload
 from .outbox import Outbox
@@ -361,6 +361,20 @@ class DatabaseService(BusService):
     """
 
     migrations: ClassVar[list[Migration]] = []
+    #: Where the service's own tables keep sealed fields.
+    sealed: ClassVar[list[SealedTable]] = []
+
+    @classmethod
+    def sealedTables(cls) -> list[SealedTable]:
+        """
+        Every table of the service holding sealed fields, its outbox and
+        reply log included.
+        """
+        return [
+            *cls.sealed,
+            SealedTable(f"{cls.name}_outbox", "message_id", ["payload"]),
+            SealedTable(f"{cls.name}_replies", "message_id", ["reply"]),
+        ]
 
     def __init__(
         self,

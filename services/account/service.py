@@ -15,6 +15,7 @@ from twisted.internet.task import LoopingCall
 
 from txplatform.context import CallContext
 from txplatform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from txplatform.fields import SealedTable
 from txplatform.interfaces import IBus, IDatabase, IFieldCodec
 from txplatform.pagination import decodeCursor, page
 from txplatform.recordid import newRecordId
@@ -47,6 +48,14 @@ class AccountService(DatabaseService):
     name = api.SERVICE_NAME
     serviceId = api.SERVICE_ID
     migrations = MIGRATIONS
+    sealed = [
+        SealedTable(
+            "accounts",
+            "id",
+            ["username", "email", "display_name"],
+            {"username": ("username_index", str.lower), "email": ("email_index", str.casefold)},
+        )
+    ]
 
     def __init__(
         self,

@@ -67,6 +67,10 @@ MIGRATIONS = [
 _COLUMNS = "id, username, email, display_name, password_hash, created_at"
 
 
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
 @frozen
 class AccountRow:
     id: str
@@ -116,10 +120,31 @@ class AccountStore:
     # Field handling (runs in the database thread)
 
     def usernameIndex(self, username: str) -> bytes:
+        """
+        The index to write: under the current key.
+        """
         return self._fields.index("accounts", "username", username.lower())
 
     def emailIndex(self, email: str) -> bytes:
         return self._fields.index("accounts", "email", email.casefold())
+
+    def usernameIndexes(self, username: str) -> list[bytes]:
+        """
+        The indexes to look for: one per readable key version, since rows
+        not yet re-encrypted keep the index of the version they were
+        written under.
+        """
+        return self._fields.indexes("accounts", "username", username.lower())
+
+    def emailIndexes(self, email: str) -> list[bytes]:
+        return self._fields.indexes("accounts", "email", email.casefold())
+
+    @staticmethod
+    def _claim(column: str, indexes: list[bytes]) -> str:
+        # UNIQUE only holds within a key version: during a rotation two
+        # writers could use two versions' indexes for one name.  Both lock
+        # the oldest version's index, which every replica agrees on.
+        return f"accounts.{column}:{indexes[-1].hex()}"
 
     def _seal(self, column: str, rowId: str, value: str) -> bytes:
         return self._fields.seal("accounts", column, rowId, value)
@@ -142,7 +167,8 @@ class AccountStore:
         return self._account(row) if row is not None else None
 
     def _byUsername(self, t: ITransaction, username: str) -> AccountRow | None:
-        return self._one(t, "username_index = ?", (self.usernameIndex(username),))
+        indexes = self.usernameIndexes(username)
+        return self._one(t, f"username_index IN ({_marks(indexes)})", indexes)
 
     # Accounts
 
@@ -155,14 +181,20 @@ class AccountStore:
         return self._database.runInteraction(self._create, account, record)
 
     def _create(self, t: ITransaction, account: AccountRow, record: Recorder | None) -> AccountRow:
-        usernameIndex = self.usernameIndex(account.username)
-        emailIndex = self.emailIndex(account.email)
+        usernameIndexes = self.usernameIndexes(account.username)
+        emailIndexes = self.emailIndexes(account.email)
+        t.lock(self._claim("username", usernameIndexes), self._claim("email", emailIndexes))
         if t.execute(
-            "SELECT 1 FROM accounts WHERE username_index = ?", (usernameIndex,)
+            f"SELECT 1 FROM accounts WHERE username_index IN ({_marks(usernameIndexes)})",
+            usernameIndexes,
         ).fetchone():
             raise Conflict("that username is taken", {"field": "username"})
-        if t.execute("SELECT 1 FROM accounts WHERE email_index = ?", (emailIndex,)).fetchone():
+        if t.execute(
+            f"SELECT 1 FROM accounts WHERE email_index IN ({_marks(emailIndexes)})", emailIndexes
+        ).fetchone():
             raise Conflict("that email address is already registered", {"field": "email"})
+        usernameIndex = self.usernameIndex(account.username)
+        emailIndex = self.emailIndex(account.email)
         try:
             t.execute(
                 "INSERT INTO accounts (id, username_index, username, email_index, email,"
@@ -205,7 +237,7 @@ class AccountStore:
         return self._database.runInteraction(self._resolve, usernames)
 
     def _resolve(self, t: ITransaction, usernames: Sequence[str]) -> list[AccountRow]:
-        indexes = sorted({self.usernameIndex(name) for name in usernames})
+        indexes = sorted({index for name in usernames for index in self.usernameIndexes(name)})
         found = []
         for start in range(0, len(indexes), 500):
             chunk = indexes[start : start + 500]
@@ -252,12 +284,15 @@ class AccountStore:
         params: list[Any] = []
         changed: list[str] = []
         if email is not None:
-            emailIndex = self.emailIndex(email)
-            owner = t.execute(
-                "SELECT id FROM accounts WHERE email_index = ?", (emailIndex,)
-            ).fetchone()
-            if owner is not None and owner[0] != accountId:
+            emailIndexes = self.emailIndexes(email)
+            t.lock(self._claim("email", emailIndexes))
+            owners = t.execute(
+                f"SELECT id FROM accounts WHERE email_index IN ({_marks(emailIndexes)})",
+                emailIndexes,
+            ).fetchall()
+            if any(owner != accountId for (owner,) in owners):
                 raise Conflict("that email address is already registered", {"field": "email"})
+            emailIndex = self.emailIndex(email)
             assignments += ["email_index = ?", "email = ?"]
             params += [emailIndex, self._seal("email", accountId, email)]
             changed.append("email")

@@ -12,6 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from txplatform.context import CallContext, EventContext
 from txplatform.errors import NotFound
+from txplatform.fields import SealedTable
 from txplatform.pagination import decodeCursor, page
 from txplatform.recordid import newRecordId
 from txplatform.service import DatabaseService, handles, rpc
@@ -30,6 +31,7 @@ class NotifyService(DatabaseService):
     name = api.SERVICE_NAME
     serviceId = api.SERVICE_ID
     migrations = MIGRATIONS
+    sealed = [SealedTable("notifications", "id", ["actor_username"])]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from txplatform.cache import ReadCache
 from txplatform.context import CallContext, EventContext
 from txplatform.errors import NotFound
+from txplatform.fields import SealedTable
 from txplatform.interfaces import IBus, IDatabase, IFieldCodec
 from txplatform.pagination import decodeCursor, page
 from txplatform.recordid import newRecordId, recordIdTime
@@ -38,6 +39,7 @@ class PostService(DatabaseService):
     name = api.SERVICE_NAME
     serviceId = api.SERVICE_ID
     migrations = MIGRATIONS
+    sealed = [SealedTable("posts", "id", ["author_username", "body"])]
 
     def __init__(
         self,

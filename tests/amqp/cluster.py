@@ -5,6 +5,7 @@ schema of its own.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -17,9 +18,18 @@ from twisted.trial.unittest import SkipTest
 
 from txplatform.amqp.bus import AMQPBus
 from txplatform.amqp.url import BrokerURL
+from txplatform.crypto.keys import Keys
 
 from ..processes import SERVING, Twistd, TwistdTestCase
-from ..support import BROKER_URL, POSTGRES_URL, inCI, newPostgresSchema, requireBroker
+from ..support import (
+    BROKER_URL,
+    POSTGRES_URL,
+    inCI,
+    keyArguments,
+    keyFiles,
+    newPostgresSchema,
+    requireBroker,
+)
 
 
 def rabbitmqctl(*arguments: str) -> Deferred[subprocess.CompletedProcess]:
@@ -54,13 +64,21 @@ class ClusterTestCase(TwistdTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.busURL = urlunsplit(urlsplit(BROKER_URL)._replace(path="/" + self.vhost))
         self.databaseURL = f"{POSTGRES_URL}?schema={self.schema}"
+        self.keys = keyFiles(os.path.abspath(self.mktemp()))
 
     def service(self, name: str, *options: str) -> Twistd:
         """
         Start a replica of service C{name}; its C{ready} fires once it serves.
         """
         return self.spawn(
-            name, "--bus", self.busURL, "--db", self.databaseURL, *options, ready=SERVING
+            name,
+            "--bus",
+            self.busURL,
+            "--db",
+            self.databaseURL,
+            *keyArguments(self.keys, name),
+            *options,
+            ready=SERVING,
         )
 
     def gateway(self, *options: str) -> Twistd:
@@ -68,7 +86,13 @@ class ClusterTestCase(TwistdTestCase):
         Start a gateway on an ephemeral loopback port; C{ready} gives it.
         """
         return self.spawn(
-            "gateway", "--bus", self.busURL, "--listen", "tcp:0:interface=127.0.0.1", *options
+            "gateway",
+            "--bus",
+            self.busURL,
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            *keyArguments(self.keys, "gateway"),
+            *options,
         )
 
     @inlineCallbacks
@@ -76,7 +100,8 @@ class ClusterTestCase(TwistdTestCase):
         """
         A bus client in the test process, on the test's vhost.
         """
-        bus = AMQPBus(reactor, BrokerURL.parse(self.busURL))
+        busKeys = Keys(self.keys["bus"], reactor, "bus")
+        bus = AMQPBus(reactor, BrokerURL.parse(self.busURL), codec=busKeys.payloadCodec())
         bus.startService()
         self.addCleanup(bus.stopService)
         yield bus.whenConnected()

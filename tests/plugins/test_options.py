@@ -2,6 +2,9 @@
 Tests for the twistd plugins: the dropin and each command's options.
 """
 
+import os
+import stat
+
 from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
@@ -10,6 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from plugins import account, allinone, gateway, notify, post
+
+from ..support import keyArguments, keyFiles
 
 COMMANDS = {
     "txplatform": allinone,
@@ -33,11 +38,54 @@ class DropinTests(SynchronousTestCase):
             self.assertIs(maker.options, COMMANDS[name].Options)
 
 
+def commandOf(module) -> str:
+    return next(name for name, m in COMMANDS.items() if m is module)
+
+
 class OptionsTests(SynchronousTestCase):
-    def parse(self, module, *args: str) -> usage.Options:
+    def setUp(self) -> None:
+        self.keys = keyFiles(self.mktemp())
+
+    def parse(self, module, *args: str, keys: bool = True) -> usage.Options:
         options = module.Options()
-        options.parseOptions(list(args))
+        extra = keyArguments(self.keys, commandOf(module)) if keys else []
+        options.parseOptions([*extra, *args])
         return options
+
+    def test_keysRequired(self) -> None:
+        """
+        A production process refuses to start without its key files, or
+        with unusable ones, saying why.
+        """
+        for module in [account, post, notify, gateway]:
+            error = self.assertRaises(usage.UsageError, self.parse, module, keys=False)
+            self.assertIn("--bus-keys is required", str(error))
+        error = self.assertRaises(
+            usage.UsageError, self.parse, post, "--bus-keys", self.keys["bus"], keys=False
+        )
+        self.assertIn("--keys is required", str(error))
+        error = self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            post,
+            "--bus-keys",
+            self.keys["bus"],
+            "--keys",
+            "/nonexistent/keys.json",
+            keys=False,
+        )
+        self.assertIn("cannot read the key file", str(error))
+        error = self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            post,
+            "--bus-keys",
+            self.keys["bus"],
+            "--keys",
+            self.keys["account"],
+            keys=False,
+        )
+        self.assertIn("holds the keys of 'account', not of 'post'", str(error))
 
     def test_help(self) -> None:
         """
@@ -126,20 +174,35 @@ class OptionsTests(SynchronousTestCase):
 
 
 class MakeServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.keys = keyFiles(self.mktemp())
+
     def test_allInOne(self) -> None:
         """
         The all-in-one process holds the bus, the three services and the
         gate that opens the HTTP port once they are ready.
         """
         options = allinone.Options()
-        options.parseOptions(["--data-dir", self.mktemp()])
+        dataDir = self.mktemp()
+        options.parseOptions(["--data-dir", dataDir])
         service = allinone.makeService(options, reactor=MemoryReactorClock())
+        for purpose in ["bus", "account", "post", "notify"]:
+            path = os.path.join(dataDir, "keys", f"{purpose}.json")
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         verifyObject(IService, service)
         names = [type(s).__name__ for s in service]
         self.assertEqual(
-            names, ["LocalBus", "AccountService", "PostService", "NotifyService", "ReadinessGate"]
+            names,
+            [
+                *["KeyringService"] * 4,
+                "LocalBus",
+                "AccountService",
+                "PostService",
+                "NotifyService",
+                "ReadinessGate",
+            ],
         )
-        for child in list(service)[1:4]:
+        for child in list(service)[5:8]:
             self.addCleanup(child.database.close)
 
     def test_single(self) -> None:
@@ -152,18 +215,26 @@ class MakeServiceTests(SynchronousTestCase):
             (notify, "NotifyService"),
         ]:
             options = module.Options()
-            options.parseOptions(["--db", f"sqlite:{self.mktemp()}/db.sqlite"])
+            options.parseOptions(
+                [
+                    *keyArguments(self.keys, module.__name__.split(".")[-1]),
+                    "--db",
+                    f"sqlite:{self.mktemp()}/db.sqlite",
+                ]
+            )
             service = module.makeService(options, reactor=MemoryReactorClock())
             self.assertIsInstance(service, MultiService)
             children = list(service)
-            self.assertEqual(type(children[1]).__name__, expected)
-            self.addCleanup(children[1].database.close)
+            self.assertEqual(type(children[3]).__name__, expected)
+            self.addCleanup(children[3].database.close)
 
     def test_gateway(self) -> None:
         """
         The gateway's command runs the bus and the listener.
         """
         options = gateway.Options()
-        options.parseOptions(["--listen", "tcp:0"])
+        options.parseOptions(["--listen", "tcp:0", *keyArguments(self.keys, "gateway")])
         service = gateway.makeService(options, reactor=MemoryReactorClock())
-        self.assertEqual([type(s).__name__ for s in service], ["LocalBus", "ReadinessGate"])
+        self.assertEqual(
+            [type(s).__name__ for s in service], ["KeyringService", "LocalBus", "ReadinessGate"]
+        )

@@ -348,7 +348,15 @@ class _Server(_Consumer):
                     f"service {self.service.hex} has no method {method!r}", {"method": method}
                 )
             payload = bus._codec.decode(
-                delivery.body, callBinding(self.service, method, context.messageId)
+                delivery.body,
+                callBinding(
+                    self.service,
+                    method,
+                    context.messageId,
+                    context.caller,
+                    context.correlationId,
+                    deadline or 0,
+                ),
             )
         except MalformedMessage as e:
             # The caller hears why; the message is kept for inspection.
@@ -463,12 +471,15 @@ class _Subscription(_Consumer):
         messageId = properties.message_id or ""
         event = eventOf(delivery)
         try:
-            payload = bus._codec.decode(delivery.body, eventBinding(event, messageId))
+            source, correlationId = _callerOf(headers), _traceOf(headers, messageId)
+            payload = bus._codec.decode(
+                delivery.body, eventBinding(event, messageId, source, correlationId)
+            )
             context = EventContext(
                 messageId=messageId,
                 event=event,
-                source=_callerOf(headers),
-                correlationId=_traceOf(headers, messageId),
+                source=source,
+                correlationId=correlationId,
                 publishedAt=(properties.timestamp or 0) * 1.0,
                 attempt=attempt,
             )
@@ -880,13 +891,16 @@ class AMQPBus(Service):
         now = self._clock.seconds()
         deadline = callDeadline(now, timeout, self.defaultTimeout, origin)
         messageId = newMessageId()
+        caller = origin.caller or self.caller
+        trace = origin.correlationId or messageId
         try:
-            data = self._codec.encode(payload, callBinding(service, method, messageId))
+            data = self._codec.encode(
+                payload, callBinding(service, method, messageId, caller, trace, _millis(deadline))
+            )
         except (TypeError, ValueError):
             return fail()
-        caller = origin.caller or self.caller
         headers: dict[str, Any] = {
-            "x-trace": origin.correlationId or messageId,
+            "x-trace": trace,
             "x-deadline": _millis(deadline),
             "x-schema": SCHEMA_VERSION,
         }
@@ -1009,16 +1023,17 @@ class AMQPBus(Service):
         try:
             checkEventName(event)
             messageId = messageId or newMessageId()
-            data = self._codec.encode(payload, eventBinding(event, messageId))
+            origin = origin if origin is not None else Origin(self.caller)
+            caller = origin.caller or self.caller
+            trace = origin.correlationId or messageId
+            data = self._codec.encode(payload, eventBinding(event, messageId, caller, trace))
         except (TypeError, ValueError):
             return fail()
         protocol = self._protocol
         if protocol is None or protocol.lost:
             return fail(Unavailable("not connected to the broker"))
-        origin = origin if origin is not None else Origin(self.caller)
-        caller = origin.caller or self.caller
         headers: dict[str, Any] = {
-            "x-trace": origin.correlationId or messageId,
+            "x-trace": trace,
             "x-schema": SCHEMA_VERSION,
         }
         if caller is not None:

@@ -1,0 +1,1 @@
+"""Encryption: the streaming AEAD, keyrings and the codecs built on them."""

@@ -1,0 +1,246 @@
+# -*- test-case-name: tests.crypto.test_cli -*-
+"""
+C{txplatform-keys}: make, rotate and retire key files, and move stored data
+to the newest key.
+
+    txplatform-keys init PATH --name account          # a new key file
+    txplatform-keys rotate PATH --activate-in 60      # a new master version
+    txplatform-keys reencrypt --service account --keys PATH --db URL
+    txplatform-keys status PATH [--service account --db URL]
+    txplatform-keys retire PATH --below 2 --service account --db URL
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Sequence, TextIO
+
+from twisted.internet.defer import inlineCallbacks
+
+from .keyfile import KeyFileError, newKeyFile, readKeySource, writeKeyFile
+
+__all__ = ["main", "run"]
+
+SERVICES = ("account", "post", "notify")
+
+
+def _serviceClass(name: str) -> Any:
+    if name == "account":
+        from services.account.service import AccountService
+
+        return AccountService
+    if name == "post":
+        from services.post.service import PostService
+
+        return PostService
+    from services.notify.service import NotifyService
+
+    return NotifyService
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="txplatform-keys", description="Key files: make, rotate, re-encrypt, retire."
+    )
+    commands = top.add_subparsers(dest="command", required=True)
+
+    init = commands.add_parser("init", help="write a new key file (mode 0600)")
+    init.add_argument("path")
+    init.add_argument("--name", required=True, help="bus, or the service: account, post, notify")
+    init.add_argument("--period", type=float, default=3600.0, help="epoch length, seconds")
+    init.add_argument(
+        "--max-age",
+        type=float,
+        default=None,
+        help="refuse data from epochs older than this (seconds); for the bus keys",
+    )
+
+    rotate = commands.add_parser("rotate", help="add a new master version")
+    rotate.add_argument("path")
+    rotate.add_argument(
+        "--activate-in",
+        type=float,
+        default=60.0,
+        help="seconds until replicas encrypt with it: longer than they take to see the file",
+    )
+
+    status = commands.add_parser("status", help="the versions, and what the data is under")
+    status.add_argument("path")
+    status.add_argument("--service", choices=SERVICES)
+    status.add_argument("--db")
+
+    reencrypt = commands.add_parser(
+        "reencrypt", help="rewrite stored rows under the current version (resumable)"
+    )
+    reencrypt.add_argument("--service", choices=SERVICES, required=True)
+    reencrypt.add_argument("--keys", required=True, help="the service's key file")
+    reencrypt.add_argument("--db", required=True)
+    reencrypt.add_argument("--batch", type=int, default=200)
+
+    retire = commands.add_parser("retire", help="delete the versions below a version")
+    retire.add_argument("path")
+    retire.add_argument("--below", type=int, required=True)
+    retire.add_argument("--service", choices=SERVICES)
+    retire.add_argument("--db", help="check first that no stored data needs them")
+    retire.add_argument("--force", action="store_true", help="retire without checking the database")
+    return top
+
+
+@inlineCallbacks
+def _withDatabase(reactor: Any, url: str, work: Any) -> Any:
+    from ..database import databaseFromURL
+
+    database = databaseFromURL(url, reactor=reactor)
+    database.start()
+    try:
+        result = yield work(database)
+    finally:
+        yield database.close()
+    return result
+
+
+def _codec(source: str, service: str, reactor: Any) -> Any:
+    from .codecs import SealedFieldCodec
+    from .keyfile import keyringFromSource
+    from .sealing import Sealer
+
+    return SealedFieldCodec(Sealer(keyringFromSource(source, reactor, service)))
+
+
+@inlineCallbacks
+def run(reactor: Any, argv: Sequence[str], out: TextIO = sys.stdout) -> Any:
+    """
+    Run one command; fires with the exit status.
+    """
+    try:
+        options = parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code
+    try:
+        if options.command == "init":
+            if os.path.exists(options.path):
+                raise KeyFileError(f"{options.path} exists: a key file is never overwritten")
+            writeKeyFile(options.path, newKeyFile(options.name, options.period, options.maxAge))
+            print(f"wrote {options.path}: keys of {options.name!r}, version 1", file=out)
+        elif options.command == "rotate":
+            keyFile = readKeySource(options.path)
+            activatesAt = time.time() + options.activate_in
+            rotated = keyFile.rotated(activatesAt)
+            writeKeyFile(options.path, rotated)
+            newest = rotated.versions[-1].version
+            print(
+                f"{options.path}: version {newest} added; replicas encrypt with it from"
+                f" {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(activatesAt))}"
+                f" (in {options.activate_in:g}s); then run reencrypt",
+                file=out,
+            )
+        elif options.command == "status":
+            yield _status(reactor, options, out)
+        elif options.command == "reencrypt":
+            return (yield _reencrypt(reactor, options, out))
+        elif options.command == "retire":
+            return (yield _retire(reactor, options, out))
+    except KeyFileError as e:
+        print(f"txplatform-keys: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _needsDatabase(options: Any) -> bool:
+    if (options.db is None) != (options.service is None):
+        raise KeyFileError("--service and --db go together")
+    return options.db is not None
+
+
+@inlineCallbacks
+def _status(reactor: Any, options: Any, out: TextIO) -> Any:
+    keyFile = readKeySource(options.path)
+    keyring = keyFile.keyring(reactor)
+    print(
+        f"keys of {keyFile.name!r}: period {keyFile.period:g}s, current version"
+        f" {keyring.currentVersion()}, readable {keyring.versions}",
+        file=out,
+    )
+    for master in keyFile.versions:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(master.activatesAt))
+        print(f"  version {master.version}: active from {when}", file=out)
+    if _needsDatabase(options):
+        counts = yield _counts(reactor, options.path, options.service, options.db)
+        for table, byVersion in counts.items():
+            shown = ", ".join(f"v{v}: {n}" for v, n in sorted(byVersion.items(), key=str))
+            print(f"  {table}: {shown or 'empty'}", file=out)
+
+
+def _counts(reactor: Any, source: str, service: str, url: str) -> Any:
+    from .reencrypt import versionCounts
+
+    codec = _codec(source, service, reactor)
+    tables = _serviceClass(service).sealedTables()
+    return _withDatabase(reactor, url, lambda db: versionCounts(db, codec, tables))
+
+
+@inlineCallbacks
+def _reencrypt(reactor: Any, options: Any, out: TextIO) -> Any:
+    from .reencrypt import Reencryption
+
+    codec = _codec(options.keys, options.service, reactor)
+    tables = _serviceClass(options.service).sealedTables()
+
+    def report(progress: Any) -> None:
+        print(
+            f"{progress.table}: {progress.seen}/{progress.total} rows read,"
+            f" {progress.rewritten} rewritten, {progress.unreadable} unreadable"
+            + (" (done)" if progress.complete else ""),
+            file=out,
+            flush=True,
+        )
+
+    def work(database: Any) -> Any:
+        return Reencryption(database, codec, tables, options.batch, report).run()
+
+    results = yield _withDatabase(reactor, options.db, work)
+    unreadable = sum(p.unreadable for p in results)
+    print(
+        f"moved to version {codec.keyring.currentVersion()}:"
+        f" {sum(p.rewritten for p in results)} rows rewritten, {unreadable} unreadable",
+        file=out,
+    )
+    return 2 if unreadable else 0
+
+
+@inlineCallbacks
+def _retire(reactor: Any, options: Any, out: TextIO) -> Any:
+    keyFile = readKeySource(options.path)
+    if _needsDatabase(options):
+        counts = yield _counts(reactor, options.path, options.service, options.db)
+        left = {
+            table: n
+            for table, byVersion in counts.items()
+            if (n := sum(c for v, c in byVersion.items() if v is not None and v < options.below))
+        }
+        if left:
+            raise KeyFileError(
+                f"rows still need versions below {options.below}: {left}; run reencrypt first"
+            )
+    elif not options.force:
+        raise KeyFileError(
+            "give --service and --db to check that no stored data needs the versions"
+            " retired (or --force)"
+        )
+    retired = keyFile.retired(options.below)
+    writeKeyFile(options.path, retired)
+    print(
+        f"{options.path}: versions below {options.below} retired; kept"
+        f" {[m.version for m in retired.versions]}",
+        file=out,
+    )
+    return 0
+
+
+def main() -> None:
+    from twisted.internet.task import react
+
+    react(lambda reactor: run(reactor, sys.argv[1:]))
