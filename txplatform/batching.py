@@ -79,8 +79,13 @@ class BatchLoader(Generic[K, V]):
         if self._waiting and self._inFlight < self._maxInFlight:
             self._dispatch()
         for key, deferreds in waiters.items():
+            # The loader may give an exception for one key (a row that
+            # cannot be read): only that key's callers get it.
+            value = result if isinstance(result, Failure) else result.get(key)
             for d in deferreds:
-                if isinstance(result, Failure):
-                    d.errback(result)
+                if isinstance(value, Failure):
+                    d.errback(value)
+                elif isinstance(value, Exception):
+                    d.errback(Failure(value))
                 else:
-                    d.callback(result.get(key))
+                    d.callback(value)

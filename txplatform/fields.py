@@ -10,15 +10,18 @@ encrypting codec drops in at the same seam without changing any store.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from attrs import field, frozen
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from .errors import InternalError
 from .interfaces import IFieldCodec
 
-__all__ = ["PlainFieldCodec", "CorruptField", "SealedTable"]
+__all__ = ["PlainFieldCodec", "CorruptField", "SealedTable", "readableRows"]
+
+_log = Logger()
 
 
 class CorruptField(InternalError):
@@ -69,3 +72,17 @@ class SealedTable:
     key: str
     columns: tuple[str, ...] = field(converter=_asTuple)
     indexes: Mapping[str, tuple[str, Callable[[str], str]]] = field(factory=dict)
+
+
+def readableRows(rows: Iterable[Any], convert: Callable[[Any], Any]) -> list[Any]:
+    """
+    C{convert} each row, leaving out (and logging) those whose fields cannot
+    be read: one damaged record must not hide the others from a listing.
+    """
+    readable = []
+    for row in rows:
+        try:
+            readable.append(convert(row))
+        except CorruptField as e:
+            _log.error("Left out of a listing: {error}", error=e.message)
+    return readable

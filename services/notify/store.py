@@ -11,6 +11,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 
 from txplatform.database import Migration
+from txplatform.fields import readableRows
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 from txplatform.timestamps import formatMillis
 
@@ -174,9 +175,7 @@ class NotifyStore:
             params.append(before)
         sql += " ORDER BY id DESC LIMIT ?"
         return self._database.runInteraction(
-            lambda t: [
-                self._notification(row) for row in t.execute(sql, (*params, limit)).fetchall()
-            ]
+            lambda t: readableRows(t.execute(sql, (*params, limit)).fetchall(), self._notification)
         )
 
     def markRead(self, recipientId: str, notificationId: str) -> Deferred[bool]:

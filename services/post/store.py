@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from txplatform.batching import BatchLoader
 from txplatform.database import Migration
 from txplatform.errors import NotFound, PermissionDenied
+from txplatform.fields import CorruptField, readableRows
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 from txplatform.outbox import Outbox
 from txplatform.replylog import Recorder
@@ -137,7 +138,13 @@ class PostStore:
     def _selectMany(self, t: ITransaction, postIds: list[str]) -> dict[str, PostRow]:
         marks = ", ".join("?" * len(postIds))
         rows = t.execute(f"SELECT {_COLUMNS} FROM posts WHERE id IN ({marks})", postIds).fetchall()
-        return {row[0]: self._post(row) for row in rows}
+        found: dict[str, PostRow | CorruptField] = {}
+        for row in rows:
+            try:
+                found[row[0]] = self._post(row)
+            except CorruptField as e:
+                found[row[0]] = e  # for that post's readers only
+        return found
 
     def byAuthor(self, authorId: str, limit: int, before: str | None) -> Deferred[list[PostRow]]:
         """
@@ -150,7 +157,7 @@ class PostStore:
             params.append(before)
         sql += " ORDER BY id DESC LIMIT ?"
         return self._database.runInteraction(
-            lambda t: [self._post(row) for row in t.execute(sql, (*params, limit)).fetchall()]
+            lambda t: readableRows(t.execute(sql, (*params, limit)).fetchall(), self._post)
         )
 
     def delete(self, postId: str, accountId: str, record: Recorder | None = None) -> Deferred[None]:

@@ -5,6 +5,7 @@ against SQLite or PostgreSQL.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import reactor
@@ -16,9 +17,10 @@ from services.account.service import AccountService
 from services.notify.service import NotifyService
 from services.post.service import PostService
 from txplatform.context import EventContext
+from txplatform.crypto.keys import Keys
 from txplatform.localbus import LocalBus
 
-from ..support import eventually
+from ..support import eventually, keyFiles
 
 
 class ShiftedClock:
@@ -71,9 +73,23 @@ class ServiceTestCase(TestCase):
     Mix in L{tests.support.SQLiteMixin} or L{tests.support.PostgresMixin}.
     """
 
+    #: When set: encrypt as production does, with key files of this epoch
+    #: period (a bus keyring, and one per service).
+    keyPeriod: float | None = None
+
     def setUp(self) -> Any:
         self.clock = ShiftedClock()
-        self.bus = LocalBus(reactor, defaultTimeout=5.0, retryDelays=(0.05, 0.1, 0.2))
+        self.keys: dict[str, Keys] = {}
+        codec = None
+        if self.keyPeriod is not None:
+            paths = keyFiles(os.path.abspath(self.mktemp()), self.keyPeriod)
+            self.keyPaths = paths
+            for purpose, path in paths.items():
+                self.keys[purpose] = Keys(path, reactor, purpose, interval=0.1)
+                self.keys[purpose].service.startService()
+                self.addCleanup(self.keys[purpose].service.stopService)
+            codec = self.keys["bus"].payloadCodec()
+        self.bus = LocalBus(reactor, defaultTimeout=5.0, retryDelays=(0.05, 0.1, 0.2), codec=codec)
         self.bus.startService()
         self.addCleanup(self.bus.stopService)
         self.recorder = EventRecorder()
@@ -90,17 +106,28 @@ class ServiceTestCase(TestCase):
         service.startPublishing()
         return service
 
+    def fields(self, service: str) -> Any:
+        """
+        The field codec of C{service}: sealed when the test encrypts.
+        """
+        return self.keys[service].fieldCodec() if self.keys else None
+
     def startAccount(self, **kwargs: Any) -> Deferred[AccountService]:
         kwargs.setdefault("passwords", cheapPasswords())
+        kwargs.setdefault("fields", self.fields("account"))
         return self.start(
             AccountService(self.bus, self.makeDatabase("account"), self.clock, **kwargs)
         )
 
     def startPost(self) -> Deferred[PostService]:
-        return self.start(PostService(self.bus, self.makeDatabase("post"), self.clock))
+        return self.start(
+            PostService(self.bus, self.makeDatabase("post"), self.clock, self.fields("post"))
+        )
 
     def startNotify(self) -> Deferred[NotifyService]:
-        return self.start(NotifyService(self.bus, self.makeDatabase("notify"), self.clock))
+        return self.start(
+            NotifyService(self.bus, self.makeDatabase("notify"), self.clock, self.fields("notify"))
+        )
 
     def call(self, service: Any, method: str, **payload: Any) -> Deferred[Any]:
         return self.bus.call(service, method, payload)
