@@ -41,6 +41,14 @@ def _serviceClass(name: str) -> Any:
     return NotifyService
 
 
+def _databaseErrors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    import psycopg
+
+    return (sqlite3.Error, psycopg.Error)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="txplatform-keys", description="Key files: make, rotate, re-encrypt, retire."
@@ -123,7 +131,7 @@ def run(reactor: Any, argv: Sequence[str], out: TextIO = sys.stdout) -> Any:
         if options.command == "init":
             if os.path.exists(options.path):
                 raise KeyFileError(f"{options.path} exists: a key file is never overwritten")
-            writeKeyFile(options.path, newKeyFile(options.name, options.period, options.maxAge))
+            writeKeyFile(options.path, newKeyFile(options.name, options.period, options.max_age))
             print(f"wrote {options.path}: keys of {options.name!r}, version 1", file=out)
         elif options.command == "rotate":
             keyFile = readKeySource(options.path)
@@ -145,6 +153,9 @@ def run(reactor: Any, argv: Sequence[str], out: TextIO = sys.stdout) -> Any:
             return (yield _retire(reactor, options, out))
     except KeyFileError as e:
         print(f"txplatform-keys: {e}", file=sys.stderr)
+        return 1
+    except _databaseErrors() as e:
+        print(f"txplatform-keys: the database: {e}", file=sys.stderr)
         return 1
     return 0
 
@@ -170,7 +181,8 @@ def _status(reactor: Any, options: Any, out: TextIO) -> Any:
     if _needsDatabase(options):
         counts = yield _counts(reactor, options.path, options.service, options.db)
         for table, byVersion in counts.items():
-            shown = ", ".join(f"v{v}: {n}" for v, n in sorted(byVersion.items(), key=str))
+            ordered = sorted(byVersion.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+            shown = ", ".join(f"v{v}: {n}" for v, n in ordered)
             print(f"  {table}: {shown or 'empty'}", file=out)
 
 
@@ -203,11 +215,15 @@ def _reencrypt(reactor: Any, options: Any, out: TextIO) -> Any:
 
     results = yield _withDatabase(reactor, options.db, work)
     unreadable = sum(p.unreadable for p in results)
+    changed = sum(p.changed for p in results)
     print(
         f"moved to version {codec.keyring.currentVersion()}:"
         f" {sum(p.rewritten for p in results)} rows rewritten, {unreadable} unreadable",
         file=out,
     )
+    if changed:
+        print(f"{changed} rows changed while being rewritten: run reencrypt again", file=out)
+        return 3
     return 2 if unreadable else 0
 
 

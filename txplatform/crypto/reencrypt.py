@@ -8,8 +8,7 @@ of a service in key order, a batch per transaction, and rewrites each
 sealed field (and blind index) not under the target version.  Its place is
 saved after each batch in the C{key_reencryption} table, so an interrupted
 run continues where it stopped.  Updates are optimistic: a row changed by
-the service meanwhile is left alone (the service wrote it under the current
-version anyway).  Once a run reports nothing left under old versions, the
+the service meanwhile is left alone and counted, for another run to take.  Once a run reports nothing left under old versions, the
 old version can be retired.
 """
 
@@ -55,6 +54,9 @@ class TableProgress:
     complete: bool = False
     rewritten: int = 0
     unreadable: int = 0
+    #: Rows the service changed between our read and our write: left for
+    #: the next run, which finds them (or finds them already moved).
+    changed: int = 0
     #: Rows of the table (at the start of the run), for reporting.
     total: int = 0
     seen: int = 0
@@ -179,6 +181,8 @@ class Reencryption:
         )
         if t.rowcount:
             progress.rewritten += 1
+        else:
+            progress.changed += 1
 
 
 def versionCounts(
