@@ -24,7 +24,7 @@ from txplatform.timestamps import formatMillis, nowMillis
 
 from . import api
 from .passwords import PasswordHasher
-from .store import MIGRATIONS, AccountRow, AccountStore
+from .store import MIGRATIONS, NORMALISE, AccountRow, AccountStore
 
 __all__ = ["AccountService"]
 
@@ -53,7 +53,10 @@ class AccountService(DatabaseService):
             "accounts",
             "id",
             ["username", "email", "display_name"],
-            {"username": ("username_index", str.lower), "email": ("email_index", str.casefold)},
+            {
+                "username": ("username_index", NORMALISE["username"]),
+                "email": ("email_index", NORMALISE["email"]),
+            },
         )
     ]
 

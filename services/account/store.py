@@ -67,6 +67,11 @@ MIGRATIONS = [
 _COLUMNS = "id, username, email, display_name, password_hash, created_at"
 
 
+#: How each indexed field is normalised before its blind index is taken:
+#: the lookups here and the re-encryption job (AccountService.sealed) share it.
+NORMALISE = {"username": str.lower, "email": str.casefold}
+
+
 def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
@@ -123,10 +128,10 @@ class AccountStore:
         """
         The index to write: under the current key.
         """
-        return self._fields.index("accounts", "username", username.lower())
+        return self._fields.index("accounts", "username", NORMALISE["username"](username))
 
     def emailIndex(self, email: str) -> bytes:
-        return self._fields.index("accounts", "email", email.casefold())
+        return self._fields.index("accounts", "email", NORMALISE["email"](email))
 
     def usernameIndexes(self, username: str) -> list[bytes]:
         """
@@ -134,10 +139,10 @@ class AccountStore:
         not yet re-encrypted keep the index of the version they were
         written under.
         """
-        return self._fields.indexes("accounts", "username", username.lower())
+        return self._fields.indexes("accounts", "username", NORMALISE["username"](username))
 
     def emailIndexes(self, email: str) -> list[bytes]:
-        return self._fields.indexes("accounts", "email", email.casefold())
+        return self._fields.indexes("accounts", "email", NORMALISE["email"](email))
 
     @staticmethod
     def _claim(column: str, indexes: list[bytes]) -> str:
