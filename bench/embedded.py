@@ -6,7 +6,11 @@ For each scenario (hello world, login, create a post, read a post, read
 notifications) at 1 and 16 concurrent clients, wrk drives the server for
 --duration seconds; the rounds interleave scenarios so that machine noise
 spreads over all of them, and the report gives medians over the rounds.
-It also reads the platform's resident memory when idle and after the load.
+It also reads the platform's resident memory when idle and after the load,
+and measures what encryption costs: creating a post, reading one and
+reading notifications on the platform as shipped (post cache off) and on
+the same platform with plaintext on the bus and in SQLite
+(bench/plaintext_platform.py), in the same rounds.
 
     python bench/embedded.py [--duration 5] [--rounds 3] [--write docs/benchmarks.md]
 
@@ -34,6 +38,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 PASSWORD = "correct horse"
 BEGIN, END = "<!-- embedded:begin -->", "<!-- embedded:end -->"
+ENCRYPTED, PLAINTEXT = "encrypted", "plaintext"
+
+
+def platformCommand(port: int, dataDir: str, *options: str) -> list[str]:
+    """
+    The command running the embedded platform (twistd -n txplatform) on a
+    loopback port.
+    """
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "txplatform",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--data-dir",
+        dataDir,
+        *options,
+    ]
 
 
 def freePort() -> int:
@@ -194,35 +219,41 @@ def main() -> None:
     def startPlatform(name: str, *options: str) -> tuple[subprocess.Popen, str]:
         port = freePort()
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from twisted.scripts.twistd import run; run()",
-                "-n",
-                "--pidfile=",
-                "txplatform",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--data-dir",
-                os.path.join(work, name),
-                *options,
-            ],
-            stdout=logs,
-            stderr=logs,
+            platformCommand(port, os.path.join(work, name), *options), stdout=logs, stderr=logs
         )
         return process, f"http://127.0.0.1:{port}"
 
     server, api = startPlatform("var")
     uncached, uncachedAPI = startPlatform("var-nocache", "--post-cache-size", "0")
+    # The same platform with JSON on the bus and UTF-8 in SQLite, in the
+    # clear: the baseline of what encryption costs.
+    plainPort = freePort()
+    plain = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(HERE, "plaintext_platform.py"),
+            "--listen",
+            f"tcp:{plainPort}:interface=127.0.0.1",
+            "--data-dir",
+            os.path.join(work, "var-plaintext"),
+            "--post-cache-size",
+            "0",
+        ],
+        stdout=logs,
+        stderr=logs,
+    )
+    plainAPI = f"http://127.0.0.1:{plainPort}"
     try:
         helloURL = f"http://127.0.0.1:{helloPort}/"
         waitForHTTP(helloURL, hello)
         waitForHTTP(api + "/healthz", server)
         waitForHTTP(uncachedAPI + "/healthz", uncached)
+        waitForHTTP(plainAPI + "/healthz", plain)
         time.sleep(2)
         idle = rss(server.pid)
         tokens, postId = populate(api)
-        _, uncachedPostId = populate(uncachedAPI)
+        uncachedTokens, uncachedPostId = populate(uncachedAPI)
+        plainTokens, plainPostId = populate(plainAPI)
 
         scenarios = {
             "Klein hello world (baseline)": (helloURL, None),
@@ -243,6 +274,32 @@ def main() -> None:
                 luaScript(work, "notifications", "GET", None, tokens["reader"]),
             ),
         }
+        for label, base, someTokens, somePostId in [
+            (ENCRYPTED, uncachedAPI, uncachedTokens, uncachedPostId),
+            (PLAINTEXT, plainAPI, plainTokens, plainPostId),
+        ]:
+            scenarios.update(
+                {
+                    f"{label}: create a post": (
+                        base + "/v1/posts",
+                        luaScript(
+                            work,
+                            f"create-{label}",
+                            "POST",
+                            {"body": "benchmark post"},
+                            someTokens["author"],
+                        ),
+                    ),
+                    f"{label}: read notifications": (
+                        base + "/v1/notifications",
+                        luaScript(
+                            work, f"notifications-{label}", "GET", None, someTokens["reader"]
+                        ),
+                    ),
+                }
+            )
+            if label == PLAINTEXT:
+                scenarios[f"{label}: read a post"] = (base + f"/v1/posts/{somePostId}", None)
         if args.only:
             scenarios = {
                 name: spec
@@ -264,9 +321,9 @@ def main() -> None:
                     )
         loaded = rss(server.pid)
     finally:
-        for process in (hello, server, uncached):
+        for process in (hello, server, uncached, plain):
             process.terminate()
-        for process in (hello, server, uncached):
+        for process in (hello, server, uncached, plain):
             process.wait(timeout=30)
         logs.close()
 
@@ -283,6 +340,8 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name in scenarios:
+        if name.startswith((ENCRYPTED, PLAINTEXT)):
+            continue
         for clients in (1, 16):
             rps = median(name, clients, "rps")
             ratio = rps / median(baseline, clients, "rps")
@@ -303,6 +362,35 @@ def main() -> None:
             lines[-1] += f"; **{cold:.2f}x** with the post cache off (every read goes to SQLite)."
         else:
             lines[-1] += "."
+    costs = [
+        (what, encrypted, f"{PLAINTEXT}: {what}")
+        for what, encrypted in [
+            ("create a post", f"{ENCRYPTED}: create a post"),
+            ("read a post", "read a post, post cache off"),
+            ("read notifications", f"{ENCRYPTED}: read notifications"),
+        ]
+        if (encrypted, 16) in results and (f"{PLAINTEXT}: {what}", 16) in results
+    ]
+    if costs:
+        lines += [
+            "",
+            "What encryption costs: the platform as shipped (post cache off) against the same"
+            " platform with plaintext on the bus and in SQLite (`bench/plaintext_platform.py`),"
+            " same run.",
+            "",
+            "| scenario | clients | encrypted req/s | plaintext req/s | encrypted / plaintext"
+            " | encrypted p50 ms | plaintext p50 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for what, encrypted, plaintext in costs:
+            for clients in (1, 16):
+                rps = median(encrypted, clients, "rps")
+                base = median(plaintext, clients, "rps")
+                lines.append(
+                    f"| {what} | {clients} | {rps:.0f} | {base:.0f} | {rps / base:.2f}"
+                    f" | {median(encrypted, clients, 'p50'):.2f}"
+                    f" | {median(plaintext, clients, 'p50'):.2f} |"
+                )
     lines += [
         "",
         f"Resident memory of the all-in-one process: **{idle['VmRSS']:.1f} MiB** idle after start"

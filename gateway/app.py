@@ -9,6 +9,7 @@ priority, and turns every outcome into JSON or problem details.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from attrs import frozen
 from klein import Klein
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -35,9 +37,11 @@ from txplatform.messages import fromPayload, fromQuery, toPayload
 from txplatform.serviceid import ServiceId
 
 from . import schemas
+from .admission import Admission
 from .operations import Operation, operation
 from .problems import HTTPProblem, problemFor
 from .site import GatewaySite
+from .streams import NotificationStreams
 
 __all__ = ["Gateway", "Principal"]
 
@@ -46,6 +50,14 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}\Z")
 _USERNAME = re.compile(r"^[a-z0-9_]{3,32}\Z")
 _RECORD_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}\Z")
+
+
+_OVERLOADED = HTTPProblem(
+    503,
+    "overloaded",
+    "the gateway is busy with more urgent work: try again shortly",
+    headers={"Retry-After": "1"},
+)
 
 
 @frozen
@@ -103,6 +115,55 @@ class _URLGuard(Resource):
         return self._wrapped.render(request)
 
 
+class _CORS(Resource):
+    """
+    Cross-origin access for browser scripts from the configured origins:
+    answers preflights itself (Klein would say 405 to OPTIONS), and adds
+    the CORS headers to the answers of allowed origins.
+    """
+
+    isLeaf = True
+    _methods = b"GET, POST, PUT, PATCH, DELETE"
+    _headers = b"Authorization, Content-Type, X-Request-Id, Last-Event-ID"
+    _exposed = b"X-Request-Id, Location, Retry-After"
+
+    def __init__(self, gateway: Gateway, wrapped: Resource, origins: list[str]) -> None:
+        super().__init__()
+        self._gateway = gateway
+        self._wrapped = wrapped
+        self._any = "*" in origins
+        self._origins = {o.rstrip("/").encode("ascii") for o in origins if o != "*"}
+
+    def _allowed(self, origin: bytes) -> bool:
+        return self._any or origin in self._origins
+
+    def render(self, request: IRequest) -> Any:
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return self._wrapped.render(request)
+        request.setHeader(b"Vary", b"Origin")
+        allowed = self._allowed(origin)
+        preflight = request.method == b"OPTIONS" and request.getHeader(
+            b"access-control-request-method"
+        )
+        if preflight:
+            if not allowed:
+                problem = HTTPProblem(
+                    403, "permission_denied", "this origin may not call the API from a browser"
+                )
+                return self._gateway._problem(request, Failure(problem))
+            request.setResponseCode(204)
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Access-Control-Allow-Methods", self._methods)
+            request.setHeader(b"Access-Control-Allow-Headers", self._headers)
+            request.setHeader(b"Access-Control-Max-Age", b"600")
+            return b""
+        if allowed:
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Access-Control-Expose-Headers", self._exposed)
+        return self._wrapped.render(request)
+
+
 class Gateway:
     """
     The HTTP API, served from L{resource} or L{site}.
@@ -110,6 +171,15 @@ class Gateway:
     @param callTimeout: Seconds one HTTP request may spend waiting on
         services, across all the calls it makes.
     @param maxBodySize: Largest request body accepted, in bytes.
+    @param corsOrigins: Origins (C{scheme://host[:port]}, or C{*}) whose
+        browser scripts may call the API.
+    @param trustedProxies: Address ranges whose C{X-Forwarded-For} is
+        believed (see L{clientAddress}).
+    @param maxInFlight: Requests this replica works on at once, the high
+        class's limit; lower classes stop being admitted earlier
+        (L{gateway.admission}).
+    @param shedDelay: Seconds a refused request waits for its 503 (its
+        Retry-After).
     """
 
     app = Klein()
@@ -121,8 +191,18 @@ class Gateway:
         clock: IReactorTime,
         callTimeout: float = 5.0,
         maxBodySize: int = 64 * 1024,
+        corsOrigins: list[str] | None = None,
+        trustedProxies: list[str] | None = None,
+        maxInFlight: int = 512,
+        heartbeat: float = 15.0,
+        shedDelay: float = 1.0,
     ) -> None:
         self.bus = bus
+        self.shedDelay = shedDelay
+        self.admission = Admission(maxInFlight)
+        self.streams = NotificationStreams(bus, clock, heartbeat)
+        self.corsOrigins = list(corsOrigins or [])
+        self.trustedProxies = [ipaddress.ip_network(n, strict=False) for n in trustedProxies or []]
         self.clock = clock
         self.callTimeout = callTimeout
         self.maxBodySize = maxBodySize
@@ -130,12 +210,42 @@ class Gateway:
         self._openapi: bytes | None = None
 
     def resource(self) -> Any:
-        return _URLGuard(self, self.app.resource())
+        resource: Resource = self.app.resource()
+        if self.corsOrigins:
+            resource = _CORS(self, resource, self.corsOrigins)
+        return _URLGuard(self, resource)
 
     def site(self, **kwargs: Any) -> GatewaySite:
         return GatewaySite(self.resource(), maxBodySize=self.maxBodySize, **kwargs)
 
     # The machinery every operation goes through
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trustedProxies)
+
+    def clientAddress(self, request: IRequest) -> str:
+        """
+        The client's address: the peer's, unless the peer is a trusted
+        proxy (a load balancer), in which case the nearest address in
+        C{X-Forwarded-For} that is not a trusted proxy.  Anything else in
+        that header could have been written by the client.
+        """
+        peer = getattr(request.getClientAddress(), "host", "") or ""
+        if not self.trustedProxies or not self._trusted(peer):
+            return peer
+        forwarded = b",".join(request.requestHeaders.getRawHeaders(b"x-forwarded-for", []))
+        hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                try:
+                    return str(ipaddress.ip_address(hop))
+                except ValueError:
+                    return peer  # not an address: ignore the header
+        return peer
 
     def _exchange(self, request: IRequest, priority: Priority = Priority.NORMAL) -> _Exchange:
         exchange = getattr(request, "_txplatformExchange", None)
@@ -156,6 +266,14 @@ class Gateway:
         this runs for every request.)
         """
         self._exchange(request, op.priority)
+        if not self.admission.admit(op.priority):
+            return self._shed(request)
+        if op.streaming:
+            # Admitted as any request, but a stream lasts: it does not keep
+            # its place among the requests in flight.
+            self.admission.release()
+        else:
+            request.notifyFinish().addBoth(self._released)
         if op.auth:
             request.setHeader("Cache-Control", "no-store")
             d = self._authenticate(request)
@@ -178,6 +296,8 @@ class Gateway:
         if op.query is not None:
             kwargs["query"] = fromQuery(op.query, self._queryArguments(request))
         result = f(self, request, **kwargs)
+        if op.streaming:
+            return result  # the handler writes the response itself
         if isinstance(result, Deferred):
             return result.addCallback(self._render, request, op)
         return self._render(result, request, op)
@@ -220,13 +340,22 @@ class Gateway:
             idempotent=idempotent,
         )
 
-    def _authenticate(self, request: IRequest) -> Deferred[Principal]:
-        header = request.getHeader("authorization")
-        if not header:
-            return fail(Unauthenticated("this needs a token: send Authorization: Bearer <token>"))
-        scheme, _, token = header.partition(" ")
+    @staticmethod
+    def _bearer(request: IRequest) -> str | None:
+        """
+        The bearer token of C{request}, if its Authorization header has one.
+        """
+        scheme, _, token = (request.getHeader("authorization") or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not _TOKEN.match(token):
+            return None
+        return token
+
+    def _authenticate(self, request: IRequest) -> Deferred[Principal]:
+        if not request.getHeader("authorization"):
+            return fail(Unauthenticated("this needs a token: send Authorization: Bearer <token>"))
+        token = self._bearer(request)
+        if token is None:
             return fail(Unauthenticated("the Authorization header must be Bearer <token>"))
         d = self.call(
             request, account.SERVICE_ID, "verify_token", {"token": token}, idempotent=True
@@ -275,6 +404,25 @@ class Gateway:
                     [(name.decode("utf-8", "replace"), "must be UTF-8")]
                 ) from None
         return arguments
+
+    def _shed(self, request: IRequest) -> Any:
+        """
+        Refuse C{request} for now: 503 with Retry-After, sent only after the
+        time it says.  The connection reads nothing meanwhile (HTTP/1.1
+        answers in order), so a client that does not wait as told is slowed
+        to one request a second per connection instead of taking the turns
+        of the reactor that more urgent requests need.
+        """
+        body = self._problem(request, Failure(_OVERLOADED))
+        if not self.shedDelay:
+            return body
+        d = deferLater(self.clock, self.shedDelay, lambda: body)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return d
+
+    def _released(self, result: Any) -> None:
+        # Finished or lost (the client went away): either way, it is done.
+        self.admission.release()
 
     @app.handle_errors(Exception)
     def _problem(self, request: IRequest, failure: Failure) -> bytes:
@@ -476,12 +624,15 @@ class Gateway:
         body=account.Login,
         response=schemas.SESSION,
         priority=Priority.HIGH,
-        errors=(401,),
+        errors=(401, 429),
     )
     @inlineCallbacks
     def login(self, request: IRequest, body: account.Login) -> Any:
         request.setHeader("Cache-Control", "no-store")
-        session = yield self.call(request, account.SERVICE_ID, "login", body)
+        attempt = account.LoginAttempt(
+            username=body.username, password=body.password, client=self.clientAddress(request)
+        )
+        session = yield self.call(request, account.SERVICE_ID, "login", attempt)
         return {"token": session["token"], "expires_at": session["expires_at"]}
 
     @app.route("/v1/sessions/current", methods=["DELETE"])
@@ -507,7 +658,7 @@ class Gateway:
         status=201,
         body=schemas.NewPost,
         response=schemas.POST,
-        errors=(404,),
+        errors=(404, 429),
     )
     @inlineCallbacks
     def createPost(self, request: IRequest, principal: Principal, body: schemas.NewPost) -> Any:
@@ -550,6 +701,33 @@ class Gateway:
         )
 
     # Notifications
+
+    @app.route("/v1/notifications/stream", methods=["GET"])
+    @operation(
+        "Receive your new notifications as they arrive",
+        tag="notifications",
+        auth=True,
+        response=schemas.NOTIFICATION,
+        priority=Priority.LOW,
+        streaming=True,
+        errors=(400,),
+        description="Server-Sent Events: each new notification is an event"
+        " `notification` whose `id` is the notification's id and whose `data` is the"
+        " notification (JSON). Reconnect with `Last-Event-ID` to get what was missed"
+        " first. A comment every 15 seconds keeps the stream alive; the stream ends"
+        " when the session does.",
+    )
+    def notificationStream(self, request: IRequest, principal: Principal) -> Any:
+        last = request.getHeader("last-event-id")
+        if last is not None and not _RECORD_ID.match(last):
+            raise HTTPProblem(400, "invalid_argument", "Last-Event-ID is not a notification id")
+        return self.streams.open(
+            request,
+            principal.account_id,
+            self._bearer(request),
+            self._exchange(request).requestId,
+            last,
+        )
 
     @app.route("/v1/notifications", methods=["GET"])
     @operation(

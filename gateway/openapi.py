@@ -39,6 +39,7 @@ _DESCRIPTIONS = {
     403: "Not yours, or a wrong password.",
     404: "Not found.",
     409: "Conflicts with an existing account (username or email taken).",
+    429: "Too many (failed logins, or posts): try again after `Retry-After` seconds.",
 }
 
 
@@ -77,7 +78,14 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
             ]
         responses: dict[str, Any] = {}
         success: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
-        if op.response is not None:
+        if op.streaming:
+            success["content"] = {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "x-event-schema": op.response,
+                }
+            }
+        elif op.response is not None:
             success["content"] = {"application/json": {"schema": op.response}}
         responses[str(op.status)] = success
         errors = {

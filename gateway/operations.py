@@ -34,6 +34,9 @@ class Operation:
     @ivar errors: Error statuses this operation can answer with, besides
         those every operation can (400 for a bad body, 500, 503...).
     @ivar priority: Priority of the calls it makes to services.
+    @ivar streaming: Whether it answers with a stream of Server-Sent Events
+        written by the handler, rather than one body: it then holds no
+        place among the requests in flight once admitted.
     """
 
     summary: str
@@ -46,6 +49,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     priority: Priority = Priority.NORMAL
     description: str = ""
+    streaming: bool = False
 
 
 def operation(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

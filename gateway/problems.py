@@ -9,6 +9,7 @@ a bare 500 that names the request id, while the traceback goes to the log.
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -30,6 +31,7 @@ _STATUS_FOR_CODE = {
     "permission_denied": 403,
     "not_found": 404,
     "conflict": 409,
+    "resource_exhausted": 429,
     "unavailable": 503,
     "deadline_exceeded": 503,
 }
@@ -103,6 +105,11 @@ def problemFor(failure: Failure, requestId: str, serviceNames: dict[str, str]) -
             extra["errors"] = error.details["errors"]
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="txplatform"'
+        if status == 429:
+            wait = error.details.get("retry_after")
+            seconds = max(1, math.ceil(wait)) if isinstance(wait, (int, float)) else 1
+            headers["Retry-After"] = str(seconds)
+            extra["retry_after"] = seconds
         if status == 503:
             name = serviceNames.get(error.details.get("service", ""))
             service = f"the {name} service" if name else "a service"

@@ -143,6 +143,10 @@ PROBLEM = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "request_id": {"type": "string"},
+        "retry_after": {
+            "type": "integer",
+            "description": "With 429: seconds to wait, as in the Retry-After header.",
+        },
         "errors": {
             "type": "array",
             "items": {

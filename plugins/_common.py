@@ -15,6 +15,7 @@ from txplatform.database import databaseFromURL
 
 __all__ = [
     "BUS",
+    "DIRECT",
     "BUS_KEYS",
     "KEYS",
     "KEY_RELOAD",
@@ -25,6 +26,7 @@ __all__ = [
     "fromFile",
     "ARGON2",
     "checkBus",
+    "serviceIdOf",
     "checkDatabase",
     "checkPositive",
     "passwordHasher",
@@ -37,8 +39,47 @@ BUS = [
     "bus",
     None,
     "local:",
-    "The message bus: local: (in-process) or amqp://user:password@host:5672/vhost"
-    " (amqps:// for TLS; ?cafile=PATH to trust a CA, ?heartbeat=SECONDS).",
+    "The message bus: local: (in-process), amqp://user:password@host:5672/vhost"
+    " (amqps:// for TLS; ?cafile=PATH to trust a CA, ?heartbeat=SECONDS), or"
+    " direct:RANGE[?port=7300&table=PATH] for calls straight to each service over the"
+    " secure channel, at the address its id gives in RANGE (127.0.0.0/8 on one host).",
+]
+DIRECT = [
+    [
+        "identity",
+        None,
+        None,
+        "With --bus direct:..., this process's channel identity file (mode 0600, or"
+        " env:NAME): make one with txplatform-channel keygen PATH --service NAME.",
+    ],
+    [
+        "trust",
+        None,
+        None,
+        "With --bus direct:..., the trust file: the keys of the peers accepted, each for"
+        " its service.",
+    ],
+    [
+        "event-bus",
+        None,
+        None,
+        "With --bus direct:..., the bus that carries events (amqp://...); without one,"
+        " publishing and subscribing fail.",
+    ],
+    [
+        "direct-listen",
+        None,
+        None,
+        "With --bus direct:..., listen on this endpoint instead of the service's derived"
+        " address (replicas sharing a host; list them in the address table).",
+    ],
+    [
+        "sidecar-socket",
+        None,
+        None,
+        "With --bus direct:..., take calls from this replica's sidecar (twistd sidecar) on"
+        " this UNIX socket (mode 0600) instead of ending the secure channels here.",
+    ],
 ]
 HEALTH_FILE = [
     "health-file",
@@ -75,7 +116,8 @@ KEY_RELOAD = [
     "key-reload",
     None,
     10.0,
-    "Seconds between checks of the key files for changes (rotations).",
+    "Seconds between checks of the key files for changes (rotations), and of the trust"
+    " file with --bus direct:... (keys removed are refused and their channels closed).",
     float,
 ]
 
@@ -101,12 +143,61 @@ def fromFile(options: usage.Options, name: str) -> None:
             raise usage.UsageError(f"--{name}: cannot read {value[1:]}: {e.strerror}") from None
 
 
-def checkBus(options: usage.Options) -> None:
+def serviceIdOf(name: str) -> Any:
+    """
+    The id of one of the platform's services (or the gateway).
+    """
+    from services import platformRegistry
+
+    return platformRegistry().idFor(name)
+
+
+def checkBus(options: usage.Options, serviceId: Any = None) -> None:
+    """
+    Check --bus, and for the direct transport its identity, trust and event
+    bus: the identity must speak for C{serviceId}, this process's service.
+    """
     fromFile(options, "bus")
     try:
         checkBusURL(options["bus"])
     except ValueError as e:
         raise usage.UsageError(f"--bus: {e}") from None
+    if not options["bus"].startswith("direct:"):
+        for name in ("identity", "trust", "event-bus", "direct-listen", "sidecar-socket"):
+            if options.get(name) is not None:
+                raise usage.UsageError(f"--{name} goes with --bus direct:...")
+        return
+    from txplatform.channel.identity import IdentityError, readIdentity, readTrust
+    from txplatform.direct.addresses import AddressBook, AddressError, parseDirectURL
+
+    for name in ("identity", "trust"):
+        if options[name] is None:
+            raise usage.UsageError(f"--{name} is required with --bus direct:...")
+    if options.get("sidecar-socket") is not None and options.get("direct-listen") is not None:
+        raise usage.UsageError("--sidecar-socket and --direct-listen: one or the other")
+    try:
+        identity = readIdentity(options["identity"])
+        readTrust(options["trust"])
+    except IdentityError as e:
+        raise usage.UsageError(str(e)) from None
+    if serviceId is not None and identity.serviceId != serviceId:
+        raise usage.UsageError(
+            f"--identity: {options['identity']} speaks for service {identity.serviceId.hex},"
+            f" this process is {serviceId.hex}"
+        )
+    try:
+        network, port, table = parseDirectURL(options["bus"])
+        AddressBook.withTableFile(network, port, table)
+    except AddressError as e:
+        raise usage.UsageError(f"--bus: {e}") from None
+    if options["event-bus"] is not None:
+        fromFile(options, "event-bus")
+        if options["event-bus"].startswith("direct:"):
+            raise usage.UsageError("--event-bus: events need a broker (amqp://...) or local:")
+        try:
+            checkBusURL(options["event-bus"])
+        except ValueError as e:
+            raise usage.UsageError(f"--event-bus: {e}") from None
 
 
 def checkDatabase(options: usage.Options, name: str = "db") -> None:
@@ -170,7 +261,36 @@ def passwordHasher(options: usage.Options, reactor: Any) -> PasswordHasher:
 
 
 def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: Any) -> Any:
-    return busFromURL(options["bus"], reactor, caller=caller, name=name, codec=keys.payloadCodec())
+    codec = keys.payloadCodec()
+    if not options["bus"].startswith("direct:"):
+        return busFromURL(options["bus"], reactor, caller=caller, name=name, codec=codec)
+    from txplatform.channel.identity import TrustFileService, readIdentity, readTrust
+    from txplatform.channel.protocol import ChannelSettings
+    from txplatform.direct.addresses import AddressBook, parseDirectURL
+    from txplatform.direct.bus import DirectBus
+
+    network, port, table = parseDirectURL(options["bus"])
+    events = None
+    if options["event-bus"] is not None:
+        events = busFromURL(options["event-bus"], reactor, caller=caller, name=name, codec=codec)
+    trust = readTrust(options["trust"])
+    bus = DirectBus(
+        reactor,
+        ChannelSettings(readIdentity(options["identity"]), trust, reactor),
+        AddressBook.withTableFile(network, port, table),
+        codec=codec,
+        events=events,
+        listen=(
+            f"unix:{options['sidecar-socket']}:mode=600"
+            if options.get("sidecar-socket")
+            else options.get("direct-listen")
+        ),
+        behindSidecar=bool(options.get("sidecar-socket")),
+    )
+    # Trust changes (a key added, or removed: its channels close) are taken
+    # while running.
+    TrustFileService(options["trust"], trust, options["key-reload"]).setServiceParent(bus)
+    return bus
 
 
 def makeDatabase(url: str, reactor: Any) -> Any:

@@ -122,6 +122,23 @@ class ListeningService(Service):
         return None
 
 
+class Listeners(MultiService):
+    """
+    Several L{ListeningService}s started and stopped together (a gateway's
+    HTTP and HTTPS).
+    """
+
+    @property
+    def address(self) -> Any:
+        """
+        The first one's address once all listen; C{None} before.
+        """
+        addresses = [service.address for service in self if hasattr(service, "address")]
+        if not addresses or any(a is None for a in addresses):
+            return None
+        return addresses[0]
+
+
 class ReadinessGate(Service):
     """
     Once every service in C{first} reports it started (served and

@@ -13,6 +13,7 @@ from ._common import (
     ARGON2,
     BUS,
     BUS_KEYS,
+    DIRECT,
     DRAIN_TIMEOUT,
     HEALTH_FILE,
     KEY_RELOAD,
@@ -22,6 +23,7 @@ from ._common import (
     checkKeys,
     checkPositive,
     passwordHasher,
+    serviceIdOf,
     serviceProcess,
 )
 
@@ -33,6 +35,7 @@ class Options(usage.Options):
     longdesc = "Run one replica of the Account service: accounts, login sessions and follows."
     optParameters = [
         BUS,
+        *DIRECT,
         BUS_KEYS,
         KEYS,
         KEY_RELOAD,
@@ -49,7 +52,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        checkBus(self)
+        checkBus(self, serviceIdOf("account"))
         checkKeys(self, "account")
         checkDatabase(self)
         checkPositive(

@@ -22,8 +22,17 @@ from ._common import (
     passwordHasher,
 )
 from .account import SESSION_LIFETIME
-from .gateway import CALL_TIMEOUT, LISTEN, MAX_BODY_SIZE, gatewayListener
-from .post import CACHE_SIZE, checkCacheSize
+from .gateway import (
+    CALL_TIMEOUT,
+    HTTPS,
+    LAG_LIMIT,
+    LISTEN,
+    MAX_BODY_SIZE,
+    MAX_IN_FLIGHT,
+    checkEdge,
+    gatewayListener,
+)
+from .post import CACHE_SIZE, POST_RATE, checkCacheSize
 
 SERVICES = ("account", "post", "notify")
 PURPOSES = ("bus", *SERVICES)
@@ -31,6 +40,14 @@ PURPOSES = ("bus", *SERVICES)
 
 class Options(usage.Options):
     synopsis = "[options]"
+    optFlags = [
+        [
+            "log-calls",
+            None,
+            "Log every call each service serves, with its request id (by default only the"
+            " gateway's request and the calls that fail are logged).",
+        ]
+    ]
     longdesc = (
         "Run the gateway and the Account, Post and Notify services in one process,"
         " on the in-process bus, with SQLite files in --data-dir (or PostgreSQL with"
@@ -38,6 +55,7 @@ class Options(usage.Options):
     )
     optParameters = [
         LISTEN,
+        *HTTPS,
         ["data-dir", None, "var", "Directory of the SQLite files."],
         ["db", None, None, "Use this PostgreSQL database instead: postgresql://user@host/db."],
         [
@@ -57,13 +75,17 @@ class Options(usage.Options):
         KEY_RELOAD,
         CALL_TIMEOUT,
         MAX_BODY_SIZE,
+        MAX_IN_FLIGHT,
+        LAG_LIMIT,
         SESSION_LIFETIME,
         CACHE_SIZE,
+        POST_RATE,
         *ARGON2,
     ]
 
     def postOptions(self) -> None:
         checkCacheSize(self)
+        checkEdge(self)
         if self["db"] is not None:
             checkDatabase(self)
             if self["db"].startswith("sqlite:"):
@@ -74,6 +96,7 @@ class Options(usage.Options):
             "key-reload",
             "call-timeout",
             "max-body-size",
+            "max-in-flight",
             "session-lifetime",
             "argon2-time-cost",
             "argon2-memory-cost",
@@ -115,20 +138,41 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from services.account.service import AccountService
-    from services.notify.service import NotifyService
-    from services.post.service import PostService
     from txplatform.crypto.keys import Keys
-    from txplatform.localbus import LocalBus
 
-    from ._lifecycle import ReadinessGate, StopInOrder
+    from ._lifecycle import StopInOrder
 
     top = StopInOrder()
     keys = {}
     for purpose in PURPOSES:
         keys[purpose] = Keys(options.keyFile(purpose), reactor, purpose, options["key-reload"])
         keys[purpose].service.setServiceParent(top)
-    bus = LocalBus(reactor, codec=keys["bus"].payloadCodec())
+    assemble(
+        top,
+        options,
+        reactor,
+        keys["bus"].payloadCodec(),
+        {service: keys[service].fieldCodec() for service in SERVICES},
+    )
+    return top
+
+
+def assemble(
+    top: Any, options: Options, reactor: Any, payloadCodec: Any, fieldCodecs: dict[str, Any]
+) -> None:
+    """
+    Add the bus, the services and the gateway to C{top}, with these codecs:
+    the keys' encrypting ones (L{makeService}), or plain ones for the
+    benchmark that measures what encryption costs (bench/embedded.py).
+    """
+    from services.account.service import AccountService
+    from services.notify.service import NotifyService
+    from services.post.service import PostService
+    from txplatform.localbus import LocalBus
+
+    from ._lifecycle import ReadinessGate
+
+    bus = LocalBus(reactor, codec=payloadCodec)
     bus.setServiceParent(top)
     services = [
         AccountService(
@@ -136,25 +180,26 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             makeDatabase(options.databaseURL("account"), reactor),
             reactor,
             passwordHasher(options, reactor),
-            fields=keys["account"].fieldCodec(),
+            fields=fieldCodecs["account"],
             sessionLifetime=options["session-lifetime"],
         ),
         PostService(
             bus,
             makeDatabase(options.databaseURL("post"), reactor),
             reactor,
-            keys["post"].fieldCodec(),
+            fieldCodecs["post"],
             cacheSize=options["post-cache-size"],
+            postRate=options["post-rate"],
         ),
         NotifyService(
             bus,
             makeDatabase(options.databaseURL("notify"), reactor),
             reactor,
-            keys["notify"].fieldCodec(),
+            fieldCodecs["notify"],
         ),
     ]
     for service in services:
+        service.logCalls = options["log-calls"]
         service.setServiceParent(top)
     listener = gatewayListener(options, reactor, bus)
     ReadinessGate(reactor, services, listener).setServiceParent(top)
-    return top

@@ -12,6 +12,7 @@ from twisted.python import usage
 from ._common import (
     BUS,
     BUS_KEYS,
+    DIRECT,
     HEALTH_FILE,
     KEY_RELOAD,
     checkBus,
@@ -19,14 +20,63 @@ from ._common import (
     checkPositive,
     loadKeys,
     makeBus,
+    serviceIdOf,
 )
 
-LISTEN = ["listen", None, "tcp:8080", "Where to serve HTTP: a Twisted endpoint string."]
+LISTEN = [
+    "listen",
+    None,
+    None,
+    "Where to serve HTTP: a Twisted endpoint string. Default: tcp:8080, unless --https is"
+    " given (then HTTPS only).",
+]
+HTTPS = [
+    ["https", None, None, "Where to serve HTTPS (TLS 1.2 at least), e.g. tcp:8443."],
+    [
+        "tls-cert",
+        None,
+        None,
+        "With --https: the PEM file of the certificate, then any intermediates.",
+    ],
+    ["tls-key", None, None, "With --https: the PEM file of the certificate's private key."],
+    [
+        "trusted-proxies",
+        None,
+        None,
+        "Address ranges of the load balancers in front, comma-separated (10.0.0.0/8,"
+        " 127.0.0.1): from them the client's address is read from X-Forwarded-For (for"
+        " rate limits and logs). Default: none, the peer is the client.",
+    ],
+    [
+        "cors-origins",
+        None,
+        None,
+        "Origins whose browser scripts may call the API, comma-separated (or *): answered"
+        " with CORS headers, preflights included. Default: none.",
+    ],
+]
 CALL_TIMEOUT = [
     "call-timeout",
     None,
     5.0,
     "Seconds a request may wait on services before it gets 503.",
+    float,
+]
+MAX_IN_FLIGHT = [
+    "max-in-flight",
+    None,
+    512,
+    "Requests one gateway works on at once: low-priority routes (listings, feeds) stop"
+    " being admitted at half of it, writes at four fifths, sessions only at the limit;"
+    " the refused get 503 with Retry-After.",
+    int,
+]
+LAG_LIMIT = [
+    "lag-limit",
+    None,
+    20.0,
+    "Milliseconds of reactor lateness past which low-priority routes are refused (twice as"
+    " much: writes too), whatever is in flight; 0 turns it off.",
     float,
 ]
 MAX_BODY_SIZE = [
@@ -41,23 +91,103 @@ MAX_BODY_SIZE = [
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run one replica of the HTTP gateway, the platform's only entry point."
-    optParameters = [BUS, BUS_KEYS, KEY_RELOAD, LISTEN, CALL_TIMEOUT, MAX_BODY_SIZE, HEALTH_FILE]
+    optParameters = [
+        BUS,
+        *DIRECT,
+        BUS_KEYS,
+        KEY_RELOAD,
+        LISTEN,
+        *HTTPS,
+        CALL_TIMEOUT,
+        MAX_BODY_SIZE,
+        MAX_IN_FLIGHT,
+        LAG_LIMIT,
+        HEALTH_FILE,
+    ]
 
     def postOptions(self) -> None:
-        checkBus(self)
+        checkBus(self, serviceIdOf("gateway"))
         checkKeys(self, None)
-        checkPositive(self, "call-timeout", "max-body-size")
+        checkPositive(self, "call-timeout", "max-body-size", "max-in-flight")
+        checkEdge(self)
+
+
+def checkEdge(options: usage.Options) -> None:
+    """
+    Check the listeners: HTTP where configured (tcp:8080 when nothing is),
+    HTTPS with a certificate and its key, CORS origins.
+    """
+    if options["https"] is None:
+        for name in ("tls-cert", "tls-key"):
+            if options[name] is not None:
+                raise usage.UsageError(f"--{name} goes with --https")
+        if options["listen"] is None:
+            options["listen"] = "tcp:8080"
+    else:
+        from gateway.tls import TLSConfigError, serverOptions
+
+        for name in ("tls-cert", "tls-key"):
+            if options[name] is None:
+                raise usage.UsageError(f"--https needs --{name}")
+        try:
+            options.tlsOptions = serverOptions(options["tls-cert"], options["tls-key"])
+        except TLSConfigError as e:
+            raise usage.UsageError(str(e)) from None
+    import ipaddress
+
+    proxies = options["trusted-proxies"]
+    options.trustedProxies = [p.strip() for p in proxies.split(",") if p.strip()] if proxies else []
+    for network in options.trustedProxies:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise usage.UsageError(
+                f"--trusted-proxies: {network!r} is not an address or range"
+            ) from None
+    origins = options["cors-origins"]
+    options.corsOrigins = [o.strip() for o in origins.split(",") if o.strip()] if origins else []
+    for origin in options.corsOrigins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise usage.UsageError(
+                f"--cors-origins: {origin!r} is not an origin (scheme://host[:port]) or *"
+            )
 
 
 def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
+    """
+    The gateway's listeners: HTTP and/or HTTPS, as configured.
+    """
     from gateway import Gateway
+    from gateway.tls import wrapTLS
 
-    from ._lifecycle import ListeningService
+    from ._lifecycle import Listeners, ListeningService
 
     gateway = Gateway(
-        bus, reactor, callTimeout=options["call-timeout"], maxBodySize=options["max-body-size"]
+        bus,
+        reactor,
+        callTimeout=options["call-timeout"],
+        maxBodySize=options["max-body-size"],
+        corsOrigins=getattr(options, "corsOrigins", []),
+        trustedProxies=getattr(options, "trustedProxies", []),
+        maxInFlight=options["max-in-flight"],
     )
-    return ListeningService(reactor, options["listen"], gateway.site(), "Gateway")
+    listeners = Listeners()
+    if options["lag-limit"] > 0:
+        from gateway.admission import LagMonitor
+
+        monitor = LagMonitor(reactor)
+        gateway.admission.monitor = monitor
+        gateway.admission.lagLimit = options["lag-limit"] / 1000
+        monitor.setServiceParent(listeners)
+    if options["listen"] is not None:
+        ListeningService(reactor, options["listen"], gateway.site(), "Gateway").setServiceParent(
+            listeners
+        )
+    if options["https"] is not None:
+        ListeningService(
+            reactor, options["https"], wrapTLS(options.tlsOptions, gateway.site()), "Gateway HTTPS"
+        ).setServiceParent(listeners)
+    return listeners
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:

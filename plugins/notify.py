@@ -12,6 +12,7 @@ from twisted.python import usage
 from ._common import (
     BUS,
     BUS_KEYS,
+    DIRECT,
     DRAIN_TIMEOUT,
     HEALTH_FILE,
     KEY_RELOAD,
@@ -19,6 +20,7 @@ from ._common import (
     checkBus,
     checkDatabase,
     checkKeys,
+    serviceIdOf,
     serviceProcess,
 )
 
@@ -30,6 +32,7 @@ class Options(usage.Options):
     )
     optParameters = [
         BUS,
+        *DIRECT,
         BUS_KEYS,
         KEYS,
         KEY_RELOAD,
@@ -44,7 +47,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        checkBus(self)
+        checkBus(self, serviceIdOf("notify"))
         checkKeys(self, "notify")
         checkDatabase(self)
 

@@ -13,6 +13,7 @@ from twisted.python import usage
 from ._common import (
     BUS,
     BUS_KEYS,
+    DIRECT,
     DRAIN_TIMEOUT,
     HEALTH_FILE,
     KEY_RELOAD,
@@ -20,6 +21,7 @@ from ._common import (
     checkBus,
     checkDatabase,
     checkKeys,
+    serviceIdOf,
     serviceProcess,
 )
 
@@ -32,9 +34,21 @@ CACHE_SIZE = [
 ]
 
 
+POST_RATE = [
+    "post-rate",
+    None,
+    0,
+    "Posts an author may create per minute, counted in the database across replicas and"
+    " gateways (429 with Retry-After beyond), such as 30. Default: 0, no limit.",
+    int,
+]
+
+
 def checkCacheSize(options: usage.Options) -> None:
     if options["post-cache-size"] < 0:
         raise usage.UsageError("--post-cache-size cannot be negative")
+    if options["post-rate"] < 0:
+        raise usage.UsageError("--post-rate cannot be negative")
 
 
 class Options(usage.Options):
@@ -42,6 +56,7 @@ class Options(usage.Options):
     longdesc = "Run one replica of the Post service: create, read, list and delete posts."
     optParameters = [
         BUS,
+        *DIRECT,
         BUS_KEYS,
         KEYS,
         KEY_RELOAD,
@@ -54,10 +69,11 @@ class Options(usage.Options):
             "Database: sqlite:PATH or postgresql://user@host:port/dbname.",
         ],
         CACHE_SIZE,
+        POST_RATE,
     ]
 
     def postOptions(self) -> None:
-        checkBus(self)
+        checkBus(self, serviceIdOf("post"))
         checkKeys(self, "post")
         checkDatabase(self)
         checkCacheSize(self)
@@ -73,6 +89,11 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         reactor,
         PostService,
         lambda bus, database, fields: PostService(
-            bus, database, reactor, fields, cacheSize=options["post-cache-size"]
+            bus,
+            database,
+            reactor,
+            fields,
+            cacheSize=options["post-cache-size"],
+            postRate=options["post-rate"],
         ),
     )

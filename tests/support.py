@@ -6,6 +6,8 @@ eventually-true conditions on the real reactor.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from typing import Any, Callable
 
@@ -19,6 +21,18 @@ from txplatform.database import PostgresDatabase, SQLiteDatabase
 POSTGRES_URL = os.environ.get(
     "TXPLATFORM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+def socketDirectory(case: TestCase) -> str:
+    """
+    A fresh directory for UNIX sockets, removed after the test.
+
+    Not under trial's _trial_temp: a socket path must fit in sun_path (108
+    bytes on Linux), and a checkout in a deep directory makes those too long.
+    """
+    directory = tempfile.mkdtemp(prefix="txp-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 def inCI() -> bool:

@@ -27,8 +27,14 @@ def checkBusURL(url: str) -> None:
 
         BrokerURL.parse(url)
         return
+    if url.startswith("direct:"):
+        from .direct.addresses import parseDirectURL
+
+        parseDirectURL(url)
+        return
     raise ValueError(
-        f"unknown bus {url!r}: use local: (in-process) or amqp://user:password@host:5672/vhost"
+        f"unknown bus {url!r}: use local: (in-process), amqp://user:password@host:5672/vhost"
+        " or direct:RANGE"
     )
 
 
@@ -53,6 +59,8 @@ def busFromURL(
     @raise ValueError: an unknown kind of bus.
     """
     checkBusURL(url)
+    if url.startswith("direct:"):
+        raise ValueError("a direct: bus needs the secure channel's settings: see DirectBus")
     if url in ("local", "local:"):
         return LocalBus(reactor, codec=codec)
     from .amqp.bus import AMQPBus

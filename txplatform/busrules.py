@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from attrs import frozen
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .context import Origin, Priority
+from .codec import callBinding
+from .context import Origin, Priority, newMessageId
 from .errors import (
     DeadlineExceeded,
     InternalError,
@@ -21,9 +23,13 @@ from .errors import (
     errorFromWire,
     errorToWire,
 )
+from .interfaces import IPayloadCodec
 from .serviceid import ServiceId
 
 __all__ = [
+    "millis",
+    "OutgoingCall",
+    "prepareCall",
     "checkPriority",
     "callDeadline",
     "timeoutFailure",
@@ -45,6 +51,63 @@ def checkPriority(priority: int | None) -> int:
     if not 0 <= priority <= 9:
         raise ValueError(f"priority must be 0 to 9, not {priority}")
     return priority
+
+
+def millis(seconds: float) -> int:
+    """
+    Seconds as the whole milliseconds that travel in headers and bindings.
+    """
+    return int(seconds * 1000)
+
+
+@frozen
+class OutgoingCall:
+    """
+    A call made ready to send: its checked priority, its deadline, its ids
+    and its payload encoded and bound to all of them.
+    """
+
+    priority: int
+    deadline: float
+    messageId: str
+    caller: ServiceId | None
+    correlationId: str
+    data: bytes
+
+    @property
+    def deadlineMillis(self) -> int:
+        return millis(self.deadline)
+
+
+def prepareCall(
+    codec: IPayloadCodec,
+    now: float,
+    defaultTimeout: float,
+    service: ServiceId,
+    method: str,
+    payload: Any,
+    timeout: float | None,
+    priority: int | None,
+    origin: Origin,
+    caller: ServiceId | None,
+) -> OutgoingCall:
+    """
+    What every bus does before sending a call: check its priority, take
+    its deadline (never past the one it inherited), give it an id (and a
+    trace id, the inherited one if any), and encode its payload bound to
+    where it goes, who sends it and until when.
+
+    @raise ValueError: A bad priority, or a payload the codec refuses.
+    @raise TypeError: A payload the codec cannot encode.
+    """
+    priority = checkPriority(priority)
+    deadline = callDeadline(now, timeout, defaultTimeout, origin)
+    messageId = newMessageId()
+    correlationId = origin.correlationId or messageId
+    data = codec.encode(
+        payload, callBinding(service, method, messageId, caller, correlationId, millis(deadline))
+    )
+    return OutgoingCall(priority, deadline, messageId, caller, correlationId, data)
 
 
 def callDeadline(now: float, timeout: float | None, default: float, origin: Origin) -> float:

@@ -21,6 +21,7 @@ __all__ = [
     "PermissionDenied",
     "NotFound",
     "Conflict",
+    "ResourceExhausted",
     "Unavailable",
     "DeadlineExceeded",
     "UnknownMethod",
@@ -104,6 +105,14 @@ class Conflict(ServiceError):
     permanent = True
 
 
+class ResourceExhausted(ServiceError):
+    """
+    Too many attempts: try again after C{details["retry_after"]} seconds.
+    """
+
+    code = "resource_exhausted"
+
+
 class Unavailable(ServiceError):
     """
     The callee could not be reached or is not serving.
@@ -147,6 +156,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
         PermissionDenied,
         NotFound,
         Conflict,
+        ResourceExhausted,
         Unavailable,
         DeadlineExceeded,
         UnknownMethod,

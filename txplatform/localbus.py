@@ -26,10 +26,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .busrules import (
-    callDeadline,
-    checkPriority,
     failureReason,
     internalReply,
+    millis,
+    prepareCall,
     replyFor,
     resultOf,
     retryDelay,
@@ -77,10 +77,10 @@ class _PendingCall:
     correlationId: str
     deferred: Deferred = field(repr=False)
     abandoned: bool = False
-
-
-def _millis(seconds: float) -> int:
-    return int(seconds * 1000)
+    # A call that came from elsewhere (the direct transport): its deadline
+    # as bound in its payload, and its answer wanted encoded.
+    deadlineMillis: int | None = None
+    encodedReply: bool = False
 
 
 @frozen
@@ -245,6 +245,7 @@ class _CallWorker(_Worker):
                 {"method": call.method},
             )
         codec = self._bus._codec
+        deadlineMillis = call.deadlineMillis
         payload = codec.decode(
             call.data,
             callBinding(
@@ -253,7 +254,7 @@ class _CallWorker(_Worker):
                 call.messageId,
                 call.caller,
                 call.correlationId,
-                _millis(call.deadline),
+                millis(call.deadline) if deadlineMillis is None else deadlineMillis,
             ),
         )
         return handler(payload, context)
@@ -383,26 +384,25 @@ class LocalBus(Service):
         origin: Origin | None = None,
         idempotent: bool = False,
     ) -> Deferred[Any]:
-        try:
-            priority = checkPriority(priority)
-        except ValueError:
-            return fail()
-        origin = origin if origin is not None else Origin()
-        now = self._clock.seconds()
-        deadline = callDeadline(now, timeout, self.defaultTimeout, origin)
         queue = self._calls.get(service)
         if queue is None:
             return fail(
                 Unavailable(f"no service {service.hex} on this bus", {"service": service.hex})
             )
-        messageId = newMessageId()
-        correlationId = origin.correlationId or messageId
+        origin = origin if origin is not None else Origin()
+        now = self._clock.seconds()
         try:
-            data = self._codec.encode(
+            call = prepareCall(
+                self._codec,
+                now,
+                self.defaultTimeout,
+                service,
+                method,
                 payload,
-                callBinding(
-                    service, method, messageId, origin.caller, correlationId, _millis(deadline)
-                ),
+                timeout,
+                priority,
+                origin,
+                origin.caller,
             )
         except (TypeError, ValueError):
             return fail()
@@ -412,18 +412,20 @@ class LocalBus(Service):
 
         d: Deferred[Any] = Deferred(abandon)
         pending = _PendingCall(
-            messageId=messageId,
+            messageId=call.messageId,
             service=service,
             method=method,
-            data=data,
-            deadline=deadline,
-            priority=priority,
-            caller=origin.caller,
-            correlationId=correlationId,
+            data=call.data,
+            deadline=call.deadline,
+            priority=call.priority,
+            caller=call.caller,
+            correlationId=call.correlationId,
             deferred=d,
         )
         d.addTimeout(
-            max(deadline - now, 0.0), self._clock, onTimeoutCancel=timeoutFailure(service, method)
+            max(call.deadline - now, 0.0),
+            self._clock,
+            onTimeoutCancel=timeoutFailure(service, method),
         )
         queue.put(pending)
         return d
@@ -441,12 +443,62 @@ class LocalBus(Service):
                 service=call.service.hex,
             )
             data = self._codec.encode(internalReply(call.method), binding)
+        if call.encodedReply:
+            call.deferred.callback(data)
+            return
         try:
             result = resultOf(self._codec.decode(data, binding))
         except ServiceError as e:
             call.deferred.errback(e)
             return
         call.deferred.callback(result)
+
+    def accept(
+        self,
+        service: ServiceId,
+        method: str,
+        data: bytes,
+        messageId: str,
+        caller: ServiceId | None,
+        correlationId: str,
+        deadlineMillis: int,
+        priority: int,
+    ) -> Deferred[bytes]:
+        """
+        Queue a call that arrived encoded from another process (the direct
+        transport), to be served as any other: in priority order, dropped
+        past its deadline, its payload decoded and checked against its
+        binding by the worker.
+
+        @return: A Deferred of the encoded reply, for the caller to decode;
+            it fails with L{Unavailable} when nobody serves C{service} here,
+            and with L{DeadlineExceeded} when the deadline passes first.
+        """
+        queue = self._calls.get(service)
+        if queue is None:
+            return fail(Unavailable(f"no service {service.hex} here", {"service": service.hex}))
+        deadline = deadlineMillis / 1000
+        d: Deferred[bytes] = Deferred(lambda d: setattr(pending, "abandoned", True))
+        pending = _PendingCall(
+            messageId=messageId,
+            service=service,
+            method=method,
+            data=data,
+            deadline=deadline,
+            priority=priority,
+            caller=caller,
+            correlationId=correlationId,
+            deferred=d,
+            deadlineMillis=deadlineMillis,
+            encodedReply=True,
+        )
+        d.addTimeout(
+            max(deadline - self._clock.seconds(), 0.0),
+            self._clock,
+            onTimeoutCancel=timeoutFailure(service, method),
+        )
+        queue.put(pending)
+        return d
 
     def serve(
         self,

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 
 from .context import CallContext, EventContext, Origin
 from .database import Migration
-from .errors import InvalidArgument, MalformedMessage
+from .errors import InvalidArgument, MalformedMessage, ServiceError
 from .fields import PlainFieldCodec, SealedTable
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
 from .messages import fromPayload, toPayload
@@ -139,6 +139,9 @@ class BusService(Service):
     eventPrefetch: ClassVar[int | None] = None
     #: Seconds a stopping replica waits for its work in hand.
     drainTimeout: float = 10.0
+    #: Log every call served (with its trace id); when false, only those
+    #: that fail (the all-in-one's default: its gateway logs each request).
+    logCalls = True
     _stoppedEarly = False
 
     def __init__(self, bus: IBus, clock: IReactorTime) -> None:
@@ -285,6 +288,12 @@ class BusService(Service):
 
     def _callHandler(self, spec: _RpcSpec) -> Callable[[Any, CallContext], Any]:
         def handle(payload: Any, context: CallContext) -> Any:
+            started = self.clock.seconds()
+            d = maybeDeferred(parse, payload, context)
+            d.addBoth(self._logCall, spec.name, context, started)
+            return d
+
+        def parse(payload: Any, context: CallContext) -> Any:
             request = fromPayload(spec.requestType, payload)
             if context.redelivered and not spec.idempotent:
                 return self.replay(context).addCallback(
@@ -299,6 +308,30 @@ class BusService(Service):
             return _asPayload(result)
 
         return handle
+
+    def _logCall(self, result: Any, method: str, context: CallContext, started: float) -> Any:
+        """
+        One structured event per call served, with the trace id the gateway
+        gave the request (its X-Request-Id): a request can be followed
+        through every service it touched.
+        """
+        if isinstance(result, Failure):
+            error = result.value
+            outcome = error.code if isinstance(error, ServiceError) else "internal"
+        elif self.logCalls:
+            outcome = "ok"
+        else:
+            return result
+        self.log.info(
+            "{service} {method} from {caller} [trace {trace}]: {outcome} in {duration:.1f} ms",
+            service=self.name,
+            method=method,
+            caller=context.caller.hex if context.caller is not None else "-",
+            trace=context.correlationId,
+            outcome=outcome,
+            duration=(self.clock.seconds() - started) * 1000,
+        )
+        return result
 
     def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
         """

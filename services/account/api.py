@@ -121,6 +121,18 @@ class Login:
 
 
 @message
+class LoginAttempt:
+    """
+    A login as the gateway sends it: with the client's address, which the
+    Account service throttles failures by.
+    """
+
+    username: str = usernameLookupField()
+    password: str = string(minLength=1, maxLength=1024)
+    client: str | None = string(maxLength=64, default=None)
+
+
+@message
 class Logout:
     session_id: str = string(minLength=1, maxLength=64)
 

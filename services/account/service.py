@@ -25,6 +25,7 @@ from txplatform.timestamps import formatMillis, nowMillis
 from . import api
 from .passwords import PasswordHasher
 from .store import MIGRATIONS, NORMALISE, AccountRow, AccountStore
+from .throttle import LoginThrottle
 
 __all__ = ["AccountService"]
 
@@ -72,6 +73,7 @@ class AccountService(DatabaseService):
     ) -> None:
         super().__init__(bus, database, clock, fields)
         self.store = AccountStore(database, self.fields, self.outbox)
+        self.throttle = LoginThrottle(database, self.fields, clock)
         self.passwords = passwords
         self.sessionLifetime = sessionLifetime
         self._sweeper = LoopingCall(self.sweepSessions)
@@ -94,6 +96,7 @@ class AccountService(DatabaseService):
         table small).
         """
         d = self.store.deleteExpiredSessions(nowMillis(self.clock))
+        d.addCallback(lambda _: self.throttle.sweep())
         d.addErrback(lambda f: self.log.failure("Could not sweep expired sessions", f))
         return d
 
@@ -192,16 +195,23 @@ class AccountService(DatabaseService):
 
     # Sessions
 
-    @rpc(api.Login)
+    @rpc(api.LoginAttempt)
     @inlineCallbacks
-    def login(self, request: api.Login, context: CallContext) -> Any:
+    def login(self, request: api.LoginAttempt, context: CallContext) -> Any:
+        keys = self.throttle.keys(request.username, request.client)
+        # Refused before any password work: a blocked brute force costs
+        # one query, not an argon2id hash.
+        yield self.throttle.check(keys)
         account = yield self.store.byUsername(request.username)
         if account is None:
             yield self.passwords.verifyNothing(request.password)
+            yield self.throttle.failed(keys)
             raise Unauthenticated(_BAD_LOGIN)
         matches = yield self.passwords.verify(account.password_hash, request.password)
         if not matches:
+            yield self.throttle.failed(keys)
             raise Unauthenticated(_BAD_LOGIN)
+        yield self.throttle.succeeded(keys[0])
         if self.passwords.needsRehash(account.password_hash):
             newHash = yield self.passwords.hash(request.password)
             yield self.store.rehash(account.id, newHash)

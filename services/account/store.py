@@ -23,6 +23,7 @@ from txplatform.replylog import Recorder
 from txplatform.timestamps import formatMillis
 
 from . import api
+from .throttle import MIGRATION as THROTTLE_MIGRATION
 
 __all__ = ["MIGRATIONS", "AccountRow", "SessionRow", "AccountStore"]
 
@@ -63,6 +64,8 @@ MIGRATIONS = [
         ),
     )
 ]
+
+MIGRATIONS.append(THROTTLE_MIGRATION)
 
 _COLUMNS = "id, username, email, display_name, password_hash, created_at"
 

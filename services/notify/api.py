@@ -15,6 +15,12 @@ SERVICE_ID = ServiceId.fromHex("010003")
 MENTION = "mention"
 FOLLOWED_POST = "followed_post"
 
+#: Published for new notifications, in batches of at most EVENT_BATCH:
+#: C{{"notifications": [{"recipient_id", "id", "kind", "actor", "post_id",
+#: "created_at", "read"}, ...]}}.  What live streams deliver.
+NOTIFICATION_CREATED = "notification.created"
+EVENT_BATCH = 500
+
 
 def notificationIdField(**kwargs):
     return string(

@@ -35,7 +35,7 @@ class NotifyService(DatabaseService):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.store = NotifyStore(self.database, self.fields)
+        self.store = NotifyStore(self.database, self.fields, self.outbox)
 
     @rpc(api.ListNotifications)
     @inlineCallbacks
@@ -106,6 +106,8 @@ class NotifyService(DatabaseService):
             for recipient, kind in ordered
         ]
         added = yield self.store.add(notifications)
+        if added:
+            self.outbox.flush()
         self.log.debug("Post {post} notified {added} account(s)", post=event.post_id, added=added)
 
     @handles(post.POST_DELETED, post.PostDeleted)

@@ -13,7 +13,10 @@ from twisted.internet.defer import Deferred
 from txplatform.database import Migration
 from txplatform.fields import readableRows
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
+from txplatform.outbox import Outbox
 from txplatform.timestamps import formatMillis
+
+from . import api
 
 __all__ = ["MIGRATIONS", "NotificationRow", "NotifyStore"]
 
@@ -78,9 +81,10 @@ class NotificationRow:
 
 
 class NotifyStore:
-    def __init__(self, database: IDatabase, fields: IFieldCodec) -> None:
+    def __init__(self, database: IDatabase, fields: IFieldCodec, outbox: Outbox) -> None:
         self._database = database
         self._fields = fields
+        self._outbox = outbox
 
     def _notification(self, row: Sequence[Any]) -> NotificationRow:
         nid, recipient, kind, actorId, actorUsername, postId, createdAt, isRead = row
@@ -137,7 +141,7 @@ class NotifyStore:
         )
         if self._isGone(t, "post", [first.post_id]) or self._isGone(t, "account", [first.actor_id]):
             return 0
-        added = 0
+        added: list[NotificationRow] = []
         for n in notifications:
             if self._isGone(t, "account", [n.recipient_id]):
                 continue
@@ -155,8 +159,22 @@ class NotifyStore:
                     n.read,
                 ),
             )
-            added += t.rowcount
-        return added
+            if t.rowcount:
+                added.append(n)
+        # Announced in the same transaction: live streams hear of exactly
+        # the notifications stored.
+        for start in range(0, len(added), api.EVENT_BATCH):
+            self._outbox.stage(
+                t,
+                api.NOTIFICATION_CREATED,
+                {
+                    "notifications": [
+                        {"recipient_id": n.recipient_id, **n.view()}
+                        for n in added[start : start + api.EVENT_BATCH]
+                    ]
+                },
+            )
+        return len(added)
 
     def forRecipient(
         self, recipientId: str, unread: bool | None, limit: int, before: str | None

@@ -49,9 +49,17 @@ class PostService(DatabaseService):
         fields: IFieldCodec | None = None,
         cacheSize: int = 4096,
         cacheTTL: float = 60.0,
+        postRate: int = 0,
+        postRatePeriod: float = 60.0,
     ) -> None:
+        """
+        @param postRate: Posts an author may create per C{postRatePeriod}
+            seconds (0: no limit); more get L{ResourceExhausted}.
+        """
         super().__init__(bus, database, clock, fields)
         self.store = PostStore(self.database, self.fields, self.outbox)
+        self.store.rate = postRate
+        self.store.ratePeriod = postRatePeriod
         self.cache: ReadCache[str, tuple[dict[str, Any], str]] = ReadCache(
             clock, cacheSize, cacheTTL
         )

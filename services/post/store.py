@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 
 from txplatform.batching import BatchLoader
 from txplatform.database import Migration
-from txplatform.errors import NotFound, PermissionDenied
+from txplatform.errors import NotFound, PermissionDenied, ResourceExhausted
 from txplatform.fields import CorruptField, readableRows
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 from txplatform.outbox import Outbox
@@ -68,6 +68,15 @@ class PostRow:
 
 
 class PostStore:
+    """
+    @ivar rate: At most this many posts per author in C{ratePeriod}
+        seconds (0: no limit), counted in the database so that every
+        replica (and every gateway) sees the same count.
+    """
+
+    rate = 0
+    ratePeriod = 60.0
+
     def __init__(self, database: IDatabase, fields: IFieldCodec, outbox: Outbox) -> None:
         self._database = database
         self._fields = fields
@@ -104,6 +113,8 @@ class PostStore:
             "SELECT 1 FROM post_deleted_authors WHERE account_id = ?", (post.author_id,)
         ).fetchone():
             raise NotFound("the author's account no longer exists")
+        if self.rate:
+            self._checkRate(t, post)
         t.execute(
             f"INSERT INTO posts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
             (
@@ -128,6 +139,27 @@ class PostStore:
         if record is not None:
             record(t, post)
         return post
+
+    def _checkRate(self, t: ITransaction, post: PostRow) -> None:
+        """
+        Refuse a post beyond the author's rate: the author's C{rate}-th
+        newest post is the one that must be older than the period (under
+        the author's lock, so concurrent posts count exactly).
+        """
+        row = t.execute(
+            "SELECT created_at FROM posts WHERE author_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+            (post.author_id, self.rate - 1),
+        ).fetchone()
+        if row is None:
+            return
+        period = int(self.ratePeriod * 1000)
+        wait = (row[0] + period - post.created_at) / 1000
+        if wait > 0:
+            raise ResourceExhausted(
+                f"at most {self.rate} posts per {self.ratePeriod:g} s:"
+                f" try again in {max(1, round(wait))} s",
+                {"retry_after": wait},
+            )
 
     def get(self, postId: str) -> Deferred[PostRow | None]:
         return self._loader.get(postId)

@@ -208,3 +208,70 @@ class ClusterTests(ClusterTestCase):
             status, _ = yield self.request(gateway, "PATCH", "/v1/posts")
             self.assertEqual(status, 405)
         self.assertTrue(all(self.requests), self.requests)
+
+    @inlineCallbacks
+    def test_loginThrottleAcrossGateways(self) -> Any:
+        """
+        A brute force spread over both gateways is counted as one: after
+        six failures, three through each, the right password gets 429.
+        """
+        status, _ = yield self.request(
+            0,
+            "POST",
+            "/v1/accounts",
+            {"username": "target", "email": "target@example.com", "password": PASSWORD},
+        )
+        self.assertEqual(status, 201)
+        for attempt in range(6):
+            status, body = yield self.request(
+                attempt % 2, "POST", "/v1/sessions", {"username": "target", "password": "guess"}
+            )
+            self.assertEqual(status, 401, body)
+        status, body = yield self.request(
+            1, "POST", "/v1/sessions", {"username": "target", "password": PASSWORD}
+        )
+        self.assertEqual(status, 429, body)
+        self.assertEqual(body["retry_after"], 1)
+        self.assertEqual(self.requests, [4, 4])
+
+    @inlineCallbacks
+    def test_streamAcrossGateways(self) -> Any:
+        """
+        A notification made through one gateway reaches a stream open on
+        the other: every gateway hears every notification.created.
+        """
+        import treq
+
+        from ..gateway.test_streams import EventStream
+
+        for name in ("alice", "bob"):
+            status, _ = yield self.request(
+                0,
+                "POST",
+                "/v1/accounts",
+                {"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+            )
+            self.assertEqual(status, 201)
+        tokens = {}
+        for gateway, name in [(0, "alice"), (1, "bob")]:
+            status, session = yield self.request(
+                gateway, "POST", "/v1/sessions", {"username": name, "password": PASSWORD}
+            )
+            tokens[name] = session["token"]
+        response = yield treq.get(
+            f"http://127.0.0.1:{self.ports[0]}/v1/notifications/stream",
+            headers={"Authorization": [f"Bearer {tokens['bob']}"]},
+            unbuffered=True,
+            persistent=False,
+        )
+        stream = EventStream()
+        ended = treq.collect(response, stream.feed)
+        self.addCleanup(lambda: ended.addErrback(lambda f: None))
+        self.addCleanup(response.original._transport.loseConnection)
+        yield eventually(lambda: stream.retry == 3000)
+        status, created = yield self.request(
+            1, "POST", "/v1/posts", {"body": "across @bob"}, token=tokens["alice"]
+        )
+        self.assertEqual(status, 201)
+        yield eventually(lambda: stream.events, timeout=20)
+        self.assertEqual(stream.events[0]["data"]["post_id"], created["id"])

@@ -32,6 +32,7 @@ from txplatform.crypto.stream import (
     EncryptingConsumer,
     SegmentDecrypter,
     SegmentEncrypter,
+    SegmentKey,
     decryptSegments,
     encryptSegments,
     segmentNonce,
@@ -56,6 +57,12 @@ class Layout:
     aad: bytes = b"aad"
     noncePrefix: bytes = b"prefix!"
     key: bytes = KEY
+    # Writes below this size are copied together, larger ones held as they
+    # are: 1 holds every write apart, 10**9 copies them all.
+    coalesce: int = 16
+    # Segments that arrived in pieces and are no larger are joined: 0 uses
+    # the incremental cipher for all of them.
+    join: int = 0
 
     @property
     def aead(self) -> AESGCM:
@@ -70,11 +77,20 @@ class Layout:
     def decrypt(self, ciphertext: bytes) -> bytes:
         return decryptSegments(*self.args(), ciphertext, self.segmentSize)
 
+    def streamArgs(self) -> tuple:
+        return (SegmentKey(self.key), self.noncePrefix, self.aad, self.headerLength)
+
     def encrypter(self) -> SegmentEncrypter:
-        return SegmentEncrypter(*self.args(), self.segmentSize)
+        encrypter = SegmentEncrypter(*self.streamArgs(), self.segmentSize)
+        encrypter.coalesce = self.coalesce
+        encrypter.join = self.join
+        return encrypter
 
     def decrypter(self) -> SegmentDecrypter:
-        return SegmentDecrypter(*self.args(), self.segmentSize)
+        decrypter = SegmentDecrypter(*self.streamArgs(), self.segmentSize)
+        decrypter.coalesce = self.coalesce
+        decrypter.join = self.join
+        return decrypter
 
     def encryptStreaming(self, pieces: list[bytes]) -> bytes:
         encrypter = self.encrypter()
@@ -104,6 +120,8 @@ def layouts(draw: st.DrawFn) -> Layout:
         headerLength=draw(st.integers(0, segmentSize - TAG_SIZE - 1)),
         aad=draw(st.binary(max_size=20)),
         noncePrefix=draw(st.binary(min_size=NONCE_PREFIX_SIZE, max_size=NONCE_PREFIX_SIZE)),
+        coalesce=draw(st.sampled_from([1, 16, 10**9])),
+        join=draw(st.sampled_from([0, 50, 10**9])),
     )
 
 
@@ -435,6 +453,60 @@ class LayoutTests(RefusalMixin, SynchronousTestCase):
         self.assertEqual(decrypter.update(memoryview(ciphertext)) + decrypter.finalize(), plaintext)
         self.assertEqual(self.layout.decrypt(memoryview(ciphertext)), plaintext)
 
+    def test_mutableWrites(self) -> None:
+        """
+        A write is held until its segment is complete, but a C{bytearray}
+        (or a view of one) that the caller changes after L{update} does not
+        change the stream, small or large.
+        """
+        plaintext = bytes(range(100))
+        ciphertext = self.layout.encrypt(plaintext)
+        for coalesce in [1, 10**9]:
+            layout = Layout(segmentSize=48, headerLength=8, coalesce=coalesce)
+            for source, make, expected in [
+                (plaintext, layout.encrypter, ciphertext),
+                (ciphertext, layout.decrypter, plaintext),
+            ]:
+                transform = make()
+                first, second = bytearray(source[:20]), bytearray(source[20:])
+                out = transform.update(first)
+                first[:] = bytes(20)
+                out += transform.update(memoryview(second))
+                second[:] = bytes(len(second))
+                out += transform.finalize()
+                self.assertEqual(out, expected)
+
+    def test_piecewise(self) -> None:
+        """
+        A segment that arrived in several writes comes out in several
+        pieces, from L{updateSequence} (joined, from L{update}): the
+        ciphertext of each write, then the tag; its plaintext is given only
+        once the tag has been checked.
+        """
+        layout = Layout(segmentSize=48, headerLength=8, coalesce=1)
+        plaintext = bytes(range(60))
+        ciphertext = layout.encrypt(plaintext)
+        encrypter = layout.encrypter()
+        self.assertEqual(encrypter.updateSequence(plaintext[:10]), [])
+        self.assertEqual(encrypter.updateSequence(plaintext[10:20]), [])
+        pieces = encrypter.updateSequence(plaintext[20:30])
+        self.assertEqual([len(p) for p in pieces], [10, 10, 4, TAG_SIZE])
+        self.assertEqual(b"".join(pieces), ciphertext[:40])
+        rest = encrypter.updateSequence(plaintext[30:]) + encrypter.finalizeSequence()
+        self.assertEqual(b"".join(pieces + rest), ciphertext)
+
+        decrypter = layout.decrypter()
+        self.assertEqual(decrypter.updateSequence(ciphertext[:30]), [])
+        # The tag of segment 0 is split between these two writes.
+        self.assertEqual(decrypter.updateSequence(ciphertext[30:35]), [])
+        pieces = decrypter.updateSequence(ciphertext[35:50])
+        self.assertEqual([len(p) for p in pieces], [24])
+        self.assertEqual(b"".join(pieces), plaintext[:24])
+        self.assertEqual(
+            b"".join(decrypter.updateSequence(ciphertext[50:]) + decrypter.finalizeSequence()),
+            plaintext[24:],
+        )
+
     def test_defaultSegmentSize(self) -> None:
         """
         Segments are 1 MiB unless said otherwise.
@@ -702,6 +774,18 @@ class ConsumerTests(SynchronousTestCase):
         its producer, passes nothing on from that segment on, and its
         finish raises the error.
         """
+        self.assertTamperedRefused()
+
+    def test_tamperedPiecewise(self) -> None:
+        """
+        So too when every write is held as a piece of its own: the segment
+        that fails was decrypted piece by piece, and none of its pieces
+        gets through.
+        """
+        self.layout = Layout(segmentSize=64, headerLength=11, coalesce=1)
+        self.assertTamperedRefused()
+
+    def assertTamperedRefused(self) -> None:
         ciphertext = self.layout.encrypt(self.plaintext)
         first = self.layout.segmentSize - self.layout.headerLength
         tampered = tamper(ciphertext, first + 64 + 10)
@@ -817,7 +901,9 @@ class ValidationTests(SynchronousTestCase):
     ) -> None:
         aead = AESGCM(KEY)
         for make in [SegmentEncrypter, SegmentDecrypter]:
-            self.assertRaises(exception, make, aead, noncePrefix, b"", headerLength, segmentSize)
+            self.assertRaises(
+                exception, make, SegmentKey(KEY), noncePrefix, b"", headerLength, segmentSize
+            )
         for oneShot in [encryptSegments, decryptSegments]:
             for data in [b"", bytes(100)]:
                 self.assertRaises(

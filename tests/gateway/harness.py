@@ -90,6 +90,9 @@ class PlatformTestCase(ServiceTestCase):
 
     callTimeout = 5.0
     maxBodySize = 64 * 1024
+    corsOrigins: list[str] | None = None
+    trustedProxies: list[str] | None = None
+    heartbeat = 15.0
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -98,7 +101,13 @@ class PlatformTestCase(ServiceTestCase):
         self.posts = yield self.startPost()
         self.notify = yield self.startNotify()
         self.gateway = Gateway(
-            self.bus, self.clock, callTimeout=self.callTimeout, maxBodySize=self.maxBodySize
+            self.bus,
+            self.clock,
+            callTimeout=self.callTimeout,
+            maxBodySize=self.maxBodySize,
+            corsOrigins=self.corsOrigins,
+            trustedProxies=self.trustedProxies,
+            heartbeat=self.heartbeat,
         )
         self.port = reactor.listenTCP(0, self.gateway.site(), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)

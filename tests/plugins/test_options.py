@@ -42,6 +42,37 @@ def commandOf(module) -> str:
     return next(name for name, m in COMMANDS.items() if m is module)
 
 
+def identityFiles(directory: str) -> dict[str, str]:
+    """
+    Identity files for every command, and a trust file trusting them all.
+    """
+    from txplatform.channel.identity import (
+        Identity,
+        Peer,
+        TrustStore,
+        writeIdentity,
+        writeTrust,
+    )
+    from txplatform.serviceid import ServiceId
+
+    os.makedirs(directory)
+    paths = {}
+    trust = TrustStore()
+    for name, hexId in [
+        ("account", "010001"),
+        ("post", "010002"),
+        ("notify", "010003"),
+        ("gateway", "010100"),
+    ]:
+        identity = Identity.generate(ServiceId.fromHex(hexId))
+        paths[name] = os.path.join(directory, f"{name}.identity")
+        writeIdentity(paths[name], identity)
+        trust.add(Peer(identity.serviceId, identity.public))
+    paths["trust"] = os.path.join(directory, "trust.json")
+    writeTrust(paths["trust"], trust)
+    return paths
+
+
 class OptionsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.keys = keyFiles(self.mktemp())
@@ -125,6 +156,83 @@ class OptionsTests(SynchronousTestCase):
         for module in [account, post, notify, gateway]:
             self.parse(module, "--bus", "local:")
             self.assertRaises(usage.UsageError, self.parse, module, "--bus", "carrier-pigeon:")
+
+    def test_directBus(self) -> None:
+        """
+        --bus direct:... needs the process's identity (for its own service)
+        and a trust file; an event bus is optional but not direct; the
+        channel options go with the direct bus only.
+        """
+        paths = identityFiles(self.mktemp())
+        for module in [account, post, notify, gateway]:
+            name = commandOf(module)
+            direct = ["--bus", "direct:127.0.0.0/8?port=7300", "--trust", paths["trust"]]
+            options = self.parse(
+                module, *direct, "--identity", paths[name], "--event-bus", "local:"
+            )
+            self.assertEqual(options["event-bus"], "local:")
+            self.assertRaises(usage.UsageError, self.parse, module, *direct)
+            other = "post" if name != "post" else "account"
+            error = self.assertRaises(
+                usage.UsageError, self.parse, module, *direct, "--identity", paths[other]
+            )
+            self.assertIn("speaks for service", str(error))
+            self.assertRaises(
+                usage.UsageError,
+                self.parse,
+                module,
+                *direct,
+                "--identity",
+                paths[name],
+                "--event-bus",
+                "direct:",
+            )
+            error = self.assertRaises(
+                usage.UsageError, self.parse, module, "--identity", paths[name]
+            )
+            self.assertIn("goes with --bus direct:", str(error))
+            self.assertRaises(
+                usage.UsageError,
+                self.parse,
+                module,
+                "--bus",
+                "direct:10.0.0.0/16",
+                "--identity",
+                paths[name],
+                "--trust",
+                paths["trust"],
+            )
+
+    def test_https(self) -> None:
+        """
+        --https needs a certificate and its key, and then serves HTTPS only
+        unless --listen asks for HTTP too; without it, HTTP on tcp:8080.
+        """
+        from ..gateway.test_edge import makeCertificate
+
+        cert, key = makeCertificate(self.mktemp())
+        _, otherKey = makeCertificate(self.mktemp())
+        for module in [gateway, allinone]:
+            options = self.parse(module)
+            self.assertEqual((options["listen"], options["https"]), ("tcp:8080", None))
+            tls = ["--https", "tcp:0", "--tls-cert", cert, "--tls-key", key]
+            options = self.parse(module, *tls)
+            self.assertIsNone(options["listen"])
+            options = self.parse(module, *tls, "--listen", "tcp:0")
+            self.assertEqual(options["listen"], "tcp:0")
+            for args, message in [
+                (["--https", "tcp:0", "--tls-cert", cert], "--https needs --tls-key"),
+                (["--tls-cert", cert], "--tls-cert goes with --https"),
+                (["--https", "tcp:0", "--tls-cert", cert, "--tls-key", otherKey], "is not the key"),
+                (["--cors-origins", "app.example"], "is not an origin"),
+                (["--trusted-proxies", "10.0.0.0/8,nonsense"], "is not an address or range"),
+            ]:
+                error = self.assertRaises(usage.UsageError, self.parse, module, *args)
+                self.assertIn(message, str(error))
+            options = self.parse(module, "--cors-origins", "https://a.example, https://b.example")
+            self.assertEqual(options.corsOrigins, ["https://a.example", "https://b.example"])
+            options = self.parse(module, "--trusted-proxies", "10.0.0.0/8, 127.0.0.1")
+            self.assertEqual(options.trustedProxies, ["10.0.0.0/8", "127.0.0.1"])
 
     def test_secretsFromFiles(self) -> None:
         """
@@ -228,6 +336,37 @@ class MakeServiceTests(SynchronousTestCase):
             self.assertEqual(type(children[3]).__name__, expected)
             self.addCleanup(children[3].database.close)
 
+    def test_direct(self) -> None:
+        """
+        With --bus direct:..., a service's command runs a DirectBus for its
+        identity, with its event bus.
+        """
+        paths = identityFiles(self.mktemp())
+        options = post.Options()
+        options.parseOptions(
+            [
+                *keyArguments(self.keys, "post"),
+                "--db",
+                f"sqlite:{self.mktemp()}/db.sqlite",
+                "--bus",
+                "direct:127.0.0.0/8?port=7300",
+                "--identity",
+                paths["post"],
+                "--trust",
+                paths["trust"],
+                "--event-bus",
+                "local:",
+            ]
+        )
+        service = post.makeService(options, reactor=MemoryReactorClock())
+        children = list(service)
+        bus = children[2]
+        self.assertEqual(type(bus).__name__, "DirectBus")
+        self.assertEqual(bus.caller.hex, "010002")
+        self.assertEqual(bus.listenAddress(), "tcp:7300:interface=127.1.0.2")
+        self.assertEqual([type(s).__name__ for s in bus], ["LocalBus", "TrustFileService"])
+        self.addCleanup(children[3].database.close)
+
     def test_gateway(self) -> None:
         """
         The gateway's command runs the bus and the listener.
@@ -238,3 +377,34 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(
             [type(s).__name__ for s in service], ["KeyringService", "LocalBus", "ReadinessGate"]
         )
+
+    def test_gatewayHTTPS(self) -> None:
+        """
+        With --https (and --listen), the gateway listens twice, HTTPS over
+        TLS.
+        """
+        from ..gateway.test_edge import makeCertificate
+
+        cert, key = makeCertificate(self.mktemp())
+        options = gateway.Options()
+        options.parseOptions(
+            [
+                "--listen",
+                "tcp:0",
+                "--https",
+                "tcp:0",
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                key,
+                *keyArguments(self.keys, "gateway"),
+            ]
+        )
+        listeners = gateway.gatewayListener(options, MemoryReactorClock(), None)
+        self.assertEqual(
+            [type(s).__name__ for s in listeners],
+            ["LagMonitor", "ListeningService", "ListeningService"],
+        )
+        http, https = list(listeners)[1:]
+        self.assertEqual([http.description, https.description], ["tcp:0", "tcp:0"])
+        self.assertEqual(type(https._factory).__name__, "TLSMemoryBIOFactory")

@@ -119,9 +119,11 @@ class ServiceTestCase(TestCase):
             AccountService(self.bus, self.makeDatabase("account"), self.clock, **kwargs)
         )
 
-    def startPost(self) -> Deferred[PostService]:
+    def startPost(self, **kwargs: Any) -> Deferred[PostService]:
         return self.start(
-            PostService(self.bus, self.makeDatabase("post"), self.clock, self.fields("post"))
+            PostService(
+                self.bus, self.makeDatabase("post"), self.clock, self.fields("post"), **kwargs
+            )
         )
 
     def startNotify(self) -> Deferred[NotifyService]:

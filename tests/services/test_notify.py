@@ -96,6 +96,41 @@ class NotifyTestsMixin:
         )
 
     @inlineCallbacks
+    def test_announced(self) -> Any:
+        """
+        New notifications are announced (notification.created) with their
+        recipients and views, once: a redelivered post.created, which adds
+        nothing, announces nothing.
+        """
+        yield self.follow("bob", "alice")
+        created = yield self.post("alice", "hi @carol")
+        [event] = yield self.recorder.waitFor(api.NOTIFICATION_CREATED)
+        announced = sorted(event["notifications"], key=lambda n: n["kind"])
+        self.assertEqual(
+            [(n["recipient_id"], n["kind"], n["actor"], n["post_id"]) for n in announced],
+            [
+                (self.ids["bob"], "followed_post", "alice", created["id"]),
+                (self.ids["carol"], "mention", "alice", created["id"]),
+            ],
+        )
+        stored = (yield self.notifications("carol"))["items"]
+        self.assertEqual([n["id"] for n in stored], [announced[1]["id"]])
+        yield self.settle()
+        yield self.bus.publish(
+            post.POST_CREATED,
+            {
+                "post_id": created["id"],
+                "author_id": self.ids["alice"],
+                "author_username": "alice",
+                "body": "hi @carol",
+                "created_at": 0,
+            },
+        )
+        yield self.settle()
+        yield self.notify.outbox.flush()
+        self.assertEqual(len(self.recorder.named(api.NOTIFICATION_CREATED)), 1)
+
+    @inlineCallbacks
     def test_redelivery(self) -> Any:
         """
         The same post.created handled twice adds nothing the second time.

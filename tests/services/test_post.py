@@ -10,7 +10,7 @@ from services.account import api as account
 from services.post import api
 from services.post.service import PostService
 from txplatform.database import PostgresDatabase, SQLiteDatabase
-from txplatform.errors import InvalidArgument, NotFound, PermissionDenied
+from txplatform.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from txplatform.recordid import isRecordId
 
 from ..support import POSTGRES_URL, PostgresMixin, SQLiteMixin, eventually
@@ -307,3 +307,44 @@ class PostgresPostCacheTests(PostgresMixin, PostCacheTestsMixin, ServiceTestCase
         other = PostgresDatabase(POSTGRES_URL, schema=database.schema)
         self.addCleanup(other.close)
         return other
+
+
+class PostRateTestsMixin:
+    """
+    The per-author post rate, counted in the database.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.service = yield self.startPost(postRate=3, postRatePeriod=60.0)
+
+    def create(self, author: str = "01hx" + "a" * 22, body: str = "x") -> Any:
+        return self.bus.call(
+            api.SERVICE_ID,
+            "create_post",
+            {"author_id": author, "author_username": "alice", "body": body},
+        )
+
+    @inlineCallbacks
+    def test_rate(self) -> Any:
+        """
+        Three posts a minute pass; the fourth is refused with the time to
+        wait, another author is not; a minute after the first, it passes.
+        """
+        for n in range(3):
+            yield self.create(body=f"post {n}")
+        error = yield self.assertFailure(self.create(), ResourceExhausted)
+        self.assertGreater(error.details["retry_after"], 55)
+        self.assertLessEqual(error.details["retry_after"], 60)
+        yield self.create(author="01hx" + "b" * 22)
+        self.clock.offset += 61
+        yield self.create()
+
+
+class SQLitePostRateTests(SQLiteMixin, PostRateTestsMixin, ServiceTestCase):
+    pass
+
+
+class PostgresPostRateTests(PostgresMixin, PostRateTestsMixin, ServiceTestCase):
+    pass

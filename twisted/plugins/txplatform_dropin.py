@@ -22,3 +22,9 @@ post = ServiceMaker("txplatform post", "plugins.post", "The Post service of txpl
 notify = ServiceMaker(
     "txplatform notify", "plugins.notify", "The Notify service of txplatform.", "notify"
 )
+sidecar = ServiceMaker(
+    "txplatform sidecar",
+    "plugins.sidecar",
+    "Beside a service replica: secure-channel ingress, health and Prometheus metrics.",
+    "sidecar",
+)

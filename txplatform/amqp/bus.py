@@ -41,10 +41,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..busrules import (
-    callDeadline,
-    checkPriority,
     failureReason,
     internalReply,
+    millis,
+    prepareCall,
     replyFor,
     resultOf,
     retryDelay,
@@ -94,10 +94,6 @@ def eventQueue(group: str, pattern: str) -> str:
 
 def deadQueue(group: str) -> str:
     return f"txplatform.dead.{group}"
-
-
-def _millis(seconds: float) -> int:
-    return int(seconds * 1000)
 
 
 def _callerOf(headers: Mapping[str, Any]) -> ServiceId | None:
@@ -881,27 +877,30 @@ class AMQPBus(Service):
         origin: Origin | None = None,
         idempotent: bool = False,
     ) -> Deferred[Any]:
-        try:
-            priority = checkPriority(priority)
-            if len(method.encode("utf-8")) > 255:
-                raise ValueError(f"a method name holds at most 255 bytes: {method[:40]!r}...")
-        except ValueError:
-            return fail()
         origin = origin if origin is not None else Origin(self.caller)
         now = self._clock.seconds()
-        deadline = callDeadline(now, timeout, self.defaultTimeout, origin)
-        messageId = newMessageId()
-        caller = origin.caller or self.caller
-        trace = origin.correlationId or messageId
         try:
-            data = self._codec.encode(
-                payload, callBinding(service, method, messageId, caller, trace, _millis(deadline))
+            if len(method.encode("utf-8")) > 255:
+                raise ValueError(f"a method name holds at most 255 bytes: {method[:40]!r}...")
+            call = prepareCall(
+                self._codec,
+                now,
+                self.defaultTimeout,
+                service,
+                method,
+                payload,
+                timeout,
+                priority,
+                origin,
+                origin.caller or self.caller,
             )
         except (TypeError, ValueError):
             return fail()
+        messageId, caller, trace = call.messageId, call.caller, call.correlationId
+        priority, deadline, data = call.priority, call.deadline, call.data
         headers: dict[str, Any] = {
             "x-trace": trace,
-            "x-deadline": _millis(deadline),
+            "x-deadline": millis(deadline),
             "x-schema": SCHEMA_VERSION,
         }
         if caller is not None:
@@ -948,7 +947,7 @@ class AMQPBus(Service):
         if call.deferred.called or remaining <= 0:
             return
         # The broker drops a request still queued past its deadline.
-        call.properties.expiration = str(max(_millis(remaining), 1))
+        call.properties.expiration = str(max(millis(remaining), 1))
         protocol = self._protocol
         assert protocol is not None
         call.sentOn = protocol
@@ -1091,7 +1090,7 @@ class AMQPBus(Service):
                 "x-attempts": attempts,
                 "x-original-queue": queue,
                 "x-original-routing-key": eventOf(delivery),
-                "x-dead-lettered-at": _millis(self._clock.seconds()),
+                "x-dead-lettered-at": millis(self._clock.seconds()),
             }
         )
         properties = Properties(

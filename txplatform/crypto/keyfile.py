@@ -44,7 +44,9 @@ __all__ = [
     "KeyFile",
     "newKeyFile",
     "readKeySource",
+    "readSecretSource",
     "writeKeyFile",
+    "writeSecretFile",
     "ensureKeyFile",
     "keyringFromSource",
     "KeyringService",
@@ -187,28 +189,42 @@ def readKeySource(source: str) -> KeyFile:
     @raise KeyFileError: Missing, unreadable, readable by others, or not a
         key file.
     """
+    text, label = readSecretSource(source, "key file")
+    return KeyFile.fromJSON(text, label)
+
+
+def readSecretSource(source: str, what: str) -> tuple[str, str]:
+    """
+    Read a secret's text from a path, refusing a file of ours that others
+    can read, or from C{env:NAME}.
+
+    @param what: What the secret is, for messages ("key file").
+
+    @return: The text, and a label for messages (the path, or C{$NAME}).
+
+    @raise KeyFileError: Missing, unreadable, or readable by others.
+    """
     if source.startswith("env:"):
         name = source[4:]
         text = os.environ.get(name)
         if text is None:
             raise KeyFileError(f"the environment variable {name} is not set")
-        return KeyFile.fromJSON(text, f"${name}")
+        return text, f"${name}"
     try:
         with open(source, encoding="utf-8") as f:
             st = os.fstat(f.fileno())
             text = f.read()
     except OSError as e:
-        raise KeyFileError(f"cannot read the key file {source}: {e.strerror}") from None
+        raise KeyFileError(f"cannot read the {what} {source}: {e.strerror}") from None
     mode = st.st_mode
     # Only our own files: a secret mounted by the platform (Kubernetes,
     # Docker) belongs to it, with the mode it chose.
     ours = st.st_uid == os.getuid() and not _mountedSecret(source)
     if ours and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
-            f"the key file {source} is readable by others (mode {stat.S_IMODE(mode):o});"
-            f" chmod 600 it"
+            f"the {what} {source} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it"
         )
-    return KeyFile.fromJSON(text, source)
+    return text, source
 
 
 def _mountedSecret(path: str) -> bool:
@@ -221,13 +237,21 @@ def writeKeyFile(path: str, keyFile: KeyFile) -> None:
     """
     Write atomically (replace), with mode 0600 from the start.
     """
+    writeSecretFile(path, keyFile.toJSON())
+
+
+def writeSecretFile(path: str, text: str) -> None:
+    """
+    Write C{text} to C{path} atomically (replace), with mode 0600 from the
+    start, in a directory created 0700 if missing.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(keyFile.toJSON())
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)

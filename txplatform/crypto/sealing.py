@@ -36,7 +36,6 @@ from typing import Callable
 
 from attrs import frozen
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -47,6 +46,7 @@ from .stream import (
     DecryptionError,
     SegmentDecrypter,
     SegmentEncrypter,
+    SegmentKey,
     ciphertextSize,
     decryptSegments,
     encryptSegmentsInto,
@@ -106,8 +106,8 @@ class Header:
         return cls(version, epoch, salt, prefix)
 
 
-def _sessionKey(epochKey: bytes, salt: bytes) -> AESGCM:
-    return AESGCM(HKDF(SHA256(), 32, salt=salt, info=_SESSION_INFO).derive(epochKey))
+def _sessionKey(epochKey: bytes, salt: bytes) -> SegmentKey:
+    return SegmentKey(HKDF(SHA256(), 32, salt=salt, info=_SESSION_INFO).derive(epochKey))
 
 
 class _Session:
@@ -120,7 +120,8 @@ class _Session:
         self.version = version
         self.epoch = epoch
         self.salt = os.urandom(_SALT_SIZE)
-        self.aead = _sessionKey(epochKey, self.salt)
+        self.key = _sessionKey(epochKey, self.salt)
+        self.aead = self.key.aead
         self._envelope = _ENVELOPE.pack(FORMAT, AES256GCM, version, epoch) + self.salt
         # next() on a count is atomic under the GIL: fields are sealed in
         # database threads as well as in the reactor's.
@@ -159,7 +160,7 @@ class Sealer:
         self._until = float("-inf")
         self._generation = -1
         self._lock = threading.Lock()
-        self._readerKey: Callable[[int, int, bytes], AESGCM] = lru_cache(maxsize=1024)(
+        self._readerKey: Callable[[int, int, bytes], SegmentKey] = lru_cache(maxsize=1024)(
             self._deriveReaderKey
         )
 
@@ -222,15 +223,15 @@ class Sealer:
         session = self._current()
         header, prefix = session.header()
         return header, SegmentEncrypter(
-            session.aead, prefix, header + context, HEADER_SIZE, self.segmentSize
+            session.key, prefix, header + context, HEADER_SIZE, self.segmentSize
         )
 
     # Reading
 
-    def _deriveReaderKey(self, version: int, epoch: int, salt: bytes) -> AESGCM:
+    def _deriveReaderKey(self, version: int, epoch: int, salt: bytes) -> SegmentKey:
         return _sessionKey(self.keyring.epochKey(version, epoch), salt)
 
-    def _key(self, header: Header, maxAge: float | None) -> AESGCM:
+    def _key(self, header: Header, maxAge: float | None) -> SegmentKey:
         self.keyring.check(header.version, header.epoch, maxAge)
         return self._readerKey(header.version, header.epoch, header.salt)
 
@@ -254,7 +255,7 @@ class Sealer:
             Header.parse(view)
         self.keyring.check(version, epoch, maxAge)
         header = view[:HEADER_SIZE].tobytes()
-        aead = self._readerKey(version, epoch, header[_ENVELOPE.size : -_PREFIX_SIZE])
+        aead = self._readerKey(version, epoch, header[_ENVELOPE.size : -_PREFIX_SIZE]).aead
         if len(view) - HEADER_SIZE <= self._firstPlaintext + TAG_SIZE:
             try:
                 return aead.decrypt(

@@ -31,8 +31,17 @@ from __future__ import annotations
 
 import operator
 import struct
+from collections import deque
+from typing import Union
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import (
+    AEADDecryptionContext,
+    AEADEncryptionContext,
+    Cipher,
+    algorithms,
+    modes,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.interfaces import IConsumer, IProducer
 from zope.interface import implementer
@@ -42,6 +51,7 @@ __all__ = [
     "TAG_SIZE",
     "DEFAULT_SEGMENT_SIZE",
     "DecryptionError",
+    "SegmentKey",
     "segmentNonce",
     "SegmentEncrypter",
     "SegmentDecrypter",
@@ -67,6 +77,9 @@ _ONLY = _nonceSuffix(0, 1)
 
 _TRUNCATED = "the stream ends without its final segment (truncated)"
 
+# Part of a stream as held: a write, a slice of one, or small writes joined.
+Piece = Union[bytes, bytearray, memoryview]
+
 
 class DecryptionError(Exception):
     """
@@ -74,6 +87,43 @@ class DecryptionError(Exception):
     reordered, from another stream, or read with the wrong key or associated
     data.  The message says which segment, or what is missing.
     """
+
+
+class SegmentKey:
+    """
+    An AES-GCM key in the two forms the segments need: the one-shot AEAD,
+    for a segment that arrived in one piece, and the incremental cipher, for
+    one that arrived in several (so that they are not joined first: on large
+    streams, that copy costs as much as the encryption).
+    """
+
+    __slots__ = ("aead", "_algorithm")
+
+    def __init__(self, secret: bytes) -> None:
+        """
+        @param secret: 32 bytes (16 or 24 for AES-128 or -192, as in
+            Tink's test vectors).
+
+        @raise ValueError: Not an AES key size.
+        """
+        self.aead = AESGCM(secret)
+        self._algorithm = algorithms.AES(secret)
+
+    def encryptor(self, nonce: bytes, aad: bytes) -> AEADEncryptionContext:
+        """
+        An incremental encryption of one segment.
+        """
+        encryptor = Cipher(self._algorithm, modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        return encryptor
+
+    def decryptor(self, nonce: bytes, aad: bytes) -> AEADDecryptionContext:
+        """
+        An incremental decryption of one segment.
+        """
+        decryptor = Cipher(self._algorithm, modes.GCM(nonce)).decryptor()
+        decryptor.authenticate_additional_data(aad)
+        return decryptor
 
 
 def segmentNonce(noncePrefix: bytes, index: int, last: bool) -> bytes:
@@ -301,43 +351,133 @@ def _refusal(
     segmentSize: int,
 ) -> DecryptionError:
     """
-    Say why a stream that L{decryptSegments} refused does not authenticate.
-    Asking L{SegmentDecrypter} costs the failure path a second pass, and
-    makes sure that both ways of reading a stream give the same reasons.
+    Say why a stream that L{decryptSegments} refused does not authenticate,
+    in the words of L{SegmentDecrypter}: the failure path pays a second
+    pass, segment by segment.
     """
-    decrypter = SegmentDecrypter(aead, noncePrefix, aad, headerLength, segmentSize)
-    try:
-        decrypter.update(ciphertext)
-        decrypter.finalize()
-    except DecryptionError as e:
-        return e
-    # Not reached: both decrypt the same segments with the same nonces.
+    view = memoryview(ciphertext)
+    start, end = 0, segmentSize - headerLength
+    for index in range(_MAX_SEGMENTS):
+        last = end >= len(view)
+        segment = view[start:end]
+        if last and len(segment) < TAG_SIZE:
+            return DecryptionError(_TRUNCATED)
+        try:
+            aead.decrypt(noncePrefix + _nonceSuffix(index, last), segment, aad)
+        except InvalidTag:
+            return _segmentRefusal(aead, noncePrefix, aad, index, segment, last)
+        if last:
+            break
+        start, end = end, end + segmentSize
+    # Not reached: decryptSegments decrypted the same segments.
     return DecryptionError("the stream does not authenticate")
+
+
+def _segmentRefusal(
+    aead: AESGCM,
+    noncePrefix: bytes,
+    aad: bytes,
+    index: int,
+    segment: bytes | bytearray | memoryview,
+    last: bool,
+) -> DecryptionError:
+    """
+    Say why segment C{index} does not authenticate.  Trying the other flag
+    tells a stream cut at a segment boundary, or one with data after its
+    final segment, from damage.
+    """
+    try:
+        aead.decrypt(noncePrefix + _nonceSuffix(index, not last), segment, aad)
+    except InvalidTag:
+        return DecryptionError(f"segment {index} does not authenticate")
+    if last:
+        return DecryptionError(_TRUNCATED)
+    return DecryptionError(f"data after the final segment (segment {index} is final)")
+
+
+def _split(pieces: list[Piece], at: int) -> tuple[list[Piece], bytes]:
+    """
+    Cut C{pieces} after C{at} bytes: the pieces before, and the bytes after
+    (a tag: a few bytes, joined).
+    """
+    before: list[Piece] = []
+    for i, piece in enumerate(pieces):
+        size = len(piece)
+        if size <= at:
+            before.append(piece)
+            at -= size
+            continue
+        view = memoryview(piece)
+        if at:
+            before.append(view[:at])
+        return before, b"".join([view[at:], *pieces[i + 1 :]])
+    return before, b""
 
 
 class _Segmenter:
     """
     Cut a stream into segments as it arrives, holding back a full segment
     until more data shows that it is not the final one.
+
+    What it holds are the writes themselves, not a copy: a segment that
+    arrived in several writes is transformed piece by piece with the
+    incremental cipher.  A write is copied only if it is small (see
+    C{coalesce}) or mutable (a C{bytearray}, or a view of one: the caller
+    may reuse it).
+
+    @cvar coalesce: Writes smaller than this many bytes are copied together,
+        so that a stream written a few bytes at a time does not cost a
+        cipher call per write; larger ones are held as they came.
+    @cvar join: A segment of up to this many bytes that arrived in several
+        pieces is joined and handled in one AEAD call: copying it costs less
+        than setting up the incremental cipher.
     """
 
-    def __init__(self, first: int, rest: int) -> None:
-        self._buffer = bytearray()
-        self._capacity = first
-        self._rest = rest
+    coalesce = 16 * 1024
+    join = 128 * 1024
+    _inputLess: int
+
+    def __init__(
+        self,
+        key: SegmentKey,
+        noncePrefix: bytes,
+        aad: bytes,
+        headerLength: int,
+        segmentSize: int = DEFAULT_SEGMENT_SIZE,
+    ) -> None:
+        """
+        @param key: The stream's key.
+
+        @see: L{encryptSegments} for the other parameters.
+
+        @raise ValueError: Bad parameters.
+        """
+        noncePrefix, first = _checkLayout(noncePrefix, headerLength, segmentSize)
+        self._key = key
+        self._noncePrefix = noncePrefix
+        self._aad = aad
+        self._held: deque[Piece] = deque()
+        self._heldSize = 0
+        # The last held piece when it is this object's own buffer, which
+        # small writes extend.
+        self._tail: bytearray | None = None
+        # How much input a segment takes: segment 0 is shorter, by the header.
+        self._capacity = first - self._inputLess
+        self._rest = segmentSize - self._inputLess
         self._index = 0
         self._finalized = False
         self._failure: Exception | None = None
 
-    def _segment(self, data: bytes | bytearray | memoryview, last: bool) -> bytes:
+    def _segment(self, pieces: list[Piece], last: bool) -> list[bytes]:
         """
-        Transform the next segment, whose index is C{self._index}.
+        Transform the next segment, whose index is C{self._index}, given as
+        the pieces that make it up.
         """
         raise NotImplementedError()
 
-    def _next(self, data: bytes | bytearray | memoryview, last: bool) -> bytes:
+    def _next(self, pieces: list[Piece], last: bool) -> list[bytes]:
         try:
-            result = self._segment(data, last)
+            result = self._segment(pieces, last)
         except Exception as e:
             self._failure = e
             raise
@@ -351,47 +491,87 @@ class _Segmenter:
         if self._finalized:
             raise ValueError("finalize() was already called")
 
-    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+    def _hold(self, data: bytes | bytearray | memoryview) -> None:
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")
+            if not (data.readonly and type(data.obj) is bytes):
+                data = data.tobytes() if len(data) >= self.coalesce else data
+        size = len(data)
+        if not size:
+            return
+        self._heldSize += size
+        if size < self.coalesce:
+            if self._tail is None:
+                self._tail = bytearray()
+                self._held.append(self._tail)
+            self._tail += data
+        else:
+            self._tail = None
+            self._held.append(data)
+
+    def _take(self, size: int) -> list[Piece]:
+        """
+        Remove the first C{size} held bytes.
+        """
+        held = self._held
+        self._heldSize -= size
+        pieces = []
+        while size:
+            piece = held[0]
+            length = len(piece)
+            if length <= size:
+                pieces.append(held.popleft())
+                size -= length
+                if piece is self._tail:
+                    self._tail = None
+                continue
+            view = memoryview(piece)
+            pieces.append(view[:size])
+            if piece is self._tail:
+                # A new buffer: the old one cannot grow while viewed.
+                self._tail = held[0] = bytearray(view[size:])
+            else:
+                held[0] = view[size:]
+            break
+        return pieces
+
+    def updateSequence(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """
         Take the next part of the stream.
 
-        @return: The segments it completes that are known not to be the
-            final one: a full segment is held back until data after it
-            arrives.
+        @return: The output of the segments it completes that are known not
+            to be the final one (a full segment is held back until data
+            after it arrives), in pieces: joining them would copy them all,
+            and a consumer such as a transport takes them one by one.
         """
         self._check()
-        view = memoryview(data).cast("B")
-        size = len(view)
-        buffer = self._buffer
-        out = []
-        start = 0
-        if buffer:
-            start = min(self._capacity - len(buffer), size)
-            buffer += view[:start]
-            if start == size:
-                return b""
-            out.append(self._next(buffer, False))
-            buffer.clear()
-        # Whole segments straight from data, without copying it in.
-        capacity = self._capacity
-        while size - start > capacity:
-            out.append(self._next(view[start : start + capacity], False))
-            start += capacity
-            capacity = self._capacity
-        buffer += view[start:]
-        return b"".join(out)
+        self._hold(data)
+        out: list[bytes] = []
+        while self._heldSize > self._capacity:
+            out += self._next(self._take(self._capacity), False)
+        return out
 
-    def finalize(self) -> bytes:
+    def finalizeSequence(self) -> list[bytes]:
         """
         End the stream.
 
-        @return: Its final segment.
+        @return: The output of its final segment, in pieces.
         """
         self._check()
         self._finalized = True
-        result = self._next(self._buffer, True)
-        self._buffer = bytearray()
-        return result
+        return self._next(self._take(self._heldSize), True)
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        """
+        L{updateSequence}, joined.
+        """
+        return b"".join(self.updateSequence(data))
+
+    def finalize(self) -> bytes:
+        """
+        L{finalizeSequence}, joined.
+        """
+        return b"".join(self.finalizeSequence())
 
 
 class SegmentEncrypter(_Segmenter):
@@ -403,54 +583,46 @@ class SegmentEncrypter(_Segmenter):
     before returning): feed big data in parts.
     """
 
-    def __init__(
-        self,
-        aead: AESGCM,
-        noncePrefix: bytes,
-        aad: bytes,
-        headerLength: int,
-        segmentSize: int = DEFAULT_SEGMENT_SIZE,
-    ) -> None:
-        """
-        @see: L{encryptSegments} for the parameters.
+    # What a segment holds of its input besides its output: plaintext in,
+    # so a segment's input is its size less the tag.
+    _inputLess = TAG_SIZE
 
-        @raise ValueError: Bad parameters.
-        """
-        noncePrefix, first = _checkLayout(noncePrefix, headerLength, segmentSize)
-        super().__init__(first - TAG_SIZE, segmentSize - TAG_SIZE)
-        self._aead = aead
-        self._noncePrefix = noncePrefix
-        self._aad = aad
-
-    def _segment(self, data: bytes | bytearray | memoryview, last: bool) -> bytes:
+    def _segment(self, pieces: list[Piece], last: bool) -> list[bytes]:
         index = self._index
         if index >= _MAX_SEGMENTS:
             raise ValueError(_tooManySegments(index + 1))
-        return self._aead.encrypt(self._noncePrefix + _nonceSuffix(index, last), data, self._aad)
+        nonce = self._noncePrefix + _nonceSuffix(index, last)
+        if len(pieces) <= 1 or sum(map(len, pieces)) <= self.join:
+            return [self._key.aead.encrypt(nonce, b"".join(pieces), self._aad)]
+        encryptor = self._key.encryptor(nonce, self._aad)
+        out = [encryptor.update(piece) for piece in pieces]
+        encryptor.finalize()  # nothing more in GCM, but the tag
+        out.append(encryptor.tag)
+        return out
 
-    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+    def updateSequence(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """
         Take the next part of the plaintext.
 
-        @return: The segments completed by it, except one that could still
-            be the final segment.
+        @return: The ciphertext of the segments completed by it, except one
+            that could still be the final segment, in pieces.
 
         @raise ValueError: Already finalized, or the stream reached 2**32
             segments.
         """
-        return super().update(data)
+        return super().updateSequence(data)
 
-    def finalize(self) -> bytes:
+    def finalizeSequence(self) -> list[bytes]:
         """
         End the stream: encrypt what is left as the final segment (empty if
         nothing is left).
 
-        @return: The final segment.
+        @return: The final segment, in pieces.
 
         @raise ValueError: Already finalized, or the stream reached 2**32
             segments.
         """
-        return super().finalize()
+        return super().finalizeSequence()
 
 
 class SegmentDecrypter(_Segmenter):
@@ -466,70 +638,54 @@ class SegmentDecrypter(_Segmenter):
     Every call does work in proportion to its data: feed big data in parts.
     """
 
-    def __init__(
-        self,
-        aead: AESGCM,
-        noncePrefix: bytes,
-        aad: bytes,
-        headerLength: int,
-        segmentSize: int = DEFAULT_SEGMENT_SIZE,
-    ) -> None:
-        """
-        @see: L{encryptSegments} for the parameters.
+    _inputLess = 0  # ciphertext in: a whole segment
 
-        @raise ValueError: Bad parameters.
-        """
-        noncePrefix, first = _checkLayout(noncePrefix, headerLength, segmentSize)
-        super().__init__(first, segmentSize)
-        self._aead = aead
-        self._noncePrefix = noncePrefix
-        self._aad = aad
-
-    def _segment(self, data: bytes | bytearray | memoryview, last: bool) -> bytes:
+    def _segment(self, pieces: list[Piece], last: bool) -> list[bytes]:
         index = self._index
         if index >= _MAX_SEGMENTS:
             raise DecryptionError(_tooManySegments(index + 1))
-        if last and len(data) < TAG_SIZE:
+        size = sum(map(len, pieces))
+        if last and size < TAG_SIZE:
             raise DecryptionError(_TRUNCATED)
+        nonce = self._noncePrefix + _nonceSuffix(index, last)
+        aead = self._key.aead
         try:
-            return self._aead.decrypt(
-                self._noncePrefix + _nonceSuffix(index, last), data, self._aad
-            )
+            if len(pieces) == 1 or size <= self.join:
+                return [aead.decrypt(nonce, b"".join(pieces), self._aad)]
+            body, tag = _split(pieces, size - TAG_SIZE)
+            decryptor = self._key.decryptor(nonce, self._aad)
+            # Held until the tag is checked: unverified plaintext goes nowhere.
+            out = [decryptor.update(piece) for piece in body]
+            decryptor.finalize_with_tag(tag)
         except InvalidTag:
-            pass
-        # Trying the other flag tells a stream cut at a segment boundary, or
-        # one with data after its final segment, from damage.
-        try:
-            self._aead.decrypt(self._noncePrefix + _nonceSuffix(index, not last), data, self._aad)
-        except InvalidTag:
-            raise DecryptionError(f"segment {index} does not authenticate") from None
-        if last:
-            raise DecryptionError(_TRUNCATED)
-        raise DecryptionError(f"data after the final segment (segment {index} is final)")
+            segment = b"".join(pieces)
+        else:
+            return out
+        raise _segmentRefusal(aead, self._noncePrefix, self._aad, index, segment, last)
 
-    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+    def updateSequence(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """
         Take the next part of the ciphertext (after the header).
 
-        @return: The plaintext of the segments verified by it.
+        @return: The plaintext of the segments verified by it, in pieces.
 
         @raise DecryptionError: A segment does not authenticate, or there
             is data after the final one.
         @raise ValueError: Already finalized.
         """
-        return super().update(data)
+        return super().updateSequence(data)
 
-    def finalize(self) -> bytes:
+    def finalizeSequence(self) -> list[bytes]:
         """
         End the stream: verify its final segment.
 
-        @return: The plaintext of the final segment.
+        @return: The plaintext of the final segment, in pieces.
 
         @raise DecryptionError: The stream is truncated, or its last segment
             does not authenticate.
         @raise ValueError: Already finalized.
         """
-        return super().finalize()
+        return super().finalizeSequence()
 
 
 @implementer(IConsumer)
@@ -579,10 +735,10 @@ class EncryptingConsumer:
         """
         Encrypt C{data}, writing the segments it completes.
         """
-        ciphertext = self._encrypter.update(data)
+        pieces = self._encrypter.updateSequence(data)
         self._writeHeader()
-        if ciphertext:
-            self._consumer.write(ciphertext)
+        for piece in pieces:
+            self._consumer.write(piece)
 
     def finish(self) -> None:
         """
@@ -590,9 +746,10 @@ class EncryptingConsumer:
 
         @raise ValueError: Called again.
         """
-        final = self._encrypter.finalize()
+        pieces = self._encrypter.finalizeSequence()
         self._writeHeader()
-        self._consumer.write(final)
+        for piece in pieces:
+            self._consumer.write(piece)
 
 
 @implementer(IConsumer)
@@ -657,12 +814,13 @@ class DecryptingConsumer:
         if self._failure is not None:
             return
         try:
-            plaintext = self._decrypter.update(data)
+            pieces = self._decrypter.updateSequence(data)
         except DecryptionError as e:
             self._fail(e)
             return
-        if plaintext:
-            self._consumer.write(plaintext)
+        for piece in pieces:
+            if piece:
+                self._consumer.write(piece)
 
     def finish(self) -> bytes:
         """
@@ -677,10 +835,11 @@ class DecryptingConsumer:
         if self._failure is not None:
             raise self._failure
         try:
-            plaintext = self._decrypter.finalize()
+            pieces = self._decrypter.finalizeSequence()
         except DecryptionError as e:
             self._fail(e)
             raise
-        if plaintext:
-            self._consumer.write(plaintext)
-        return plaintext
+        for piece in pieces:
+            if piece:
+                self._consumer.write(piece)
+        return b"".join(pieces)

@@ -1,0 +1,167 @@
+"""
+The platform deployed on the direct transport: account, post, notify and a
+gateway, each its own twistd process, calling one another over secure
+channels at 127.x.y.z addresses derived from their ids, with events on
+RabbitMQ.  The services are the same code as on AMQP: only options change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+from typing import Any
+
+from twisted.internet.defer import gatherResults, inlineCallbacks
+
+from txplatform.channel.identity import Identity, Peer, TrustStore, writeIdentity, writeTrust
+from txplatform.direct.addresses import AddressBook
+
+from ..amqp.cluster import ClusterTestCase
+from ..support import eventually
+
+SERVICES = {"account": "010001", "post": "010002", "notify": "010003", "gateway": "010100"}
+
+
+def freeEverywhere(hosts: list[str]) -> int:
+    """
+    A port free on every one of C{hosts} (each service listens on its own
+    address, all on one port).
+    """
+    for _ in range(100):
+        port = random.randint(20000, 60000)
+        try:
+            for host in hosts:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no common free port")
+
+
+class DirectPlatformTests(ClusterTestCase):
+    timeout = 180
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        book = AddressBook("127.0.0.0/8")
+        from txplatform.serviceid import ServiceId
+
+        self.hosts = {name: book.derivedHost(ServiceId.fromHex(i)) for name, i in SERVICES.items()}
+        self.port = freeEverywhere(list(self.hosts.values()))
+        self.directURL = f"direct:127.0.0.0/8?port={self.port}"
+        trust = TrustStore()
+        self.identities = {}
+        for name, hexId in SERVICES.items():
+            identity = Identity.generate(ServiceId.fromHex(hexId))
+            path = os.path.join(directory, f"{name}.identity")
+            writeIdentity(path, identity)
+            trust.add(Peer(identity.serviceId, identity.public, name))
+            self.identities[name] = path
+        self.trust = os.path.join(directory, "trust.json")
+        writeTrust(self.trust, trust)
+
+    def directOptions(self, name: str) -> list[str]:
+        return [
+            "--bus",
+            self.directURL,
+            "--event-bus",
+            self.busURL,
+            "--identity",
+            self.identities[name],
+            "--trust",
+            self.trust,
+        ]
+
+    def start(self) -> Any:
+        from ..processes import SERVING
+        from ..support import keyArguments
+
+        services = [
+            self.spawn(
+                name,
+                *self.directOptions(name),
+                "--db",
+                self.databaseURL,
+                *keyArguments(self.keys, name),
+                ready=SERVING,
+            )
+            for name in ["account", "post", "notify"]
+        ]
+        gateway = self.spawn(
+            "gateway",
+            *self.directOptions("gateway"),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            *keyArguments(self.keys, "gateway"),
+        )
+        names = ["account", "post", "notify", "gateway"]
+        self.processes = dict(zip(names, [*services, gateway], strict=True))
+        return gatherResults([p.ready for p in services] + [gateway.ready])
+
+    @inlineCallbacks
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        headers = {"Content-Type": ["application/json"]}
+        if token:
+            headers["Authorization"] = [f"Bearer {token}"]
+        response = yield self.client().request(
+            method,
+            f"http://127.0.0.1:{self.gatewayPort}{path}",
+            headers=headers,
+            data=json.dumps(body).encode() if body is not None else None,
+        )
+        content = yield response.content()
+        return response.code, (json.loads(content) if content else None)
+
+    @inlineCallbacks
+    def test_platform(self) -> Any:
+        """
+        Accounts, sessions, posts and the notifications their events cause
+        all work with calls going directly between the processes.
+        """
+        ready = yield self.start()
+        self.gatewayPort = ready[-1]
+        for name in ["alice", "bob"]:
+            status, body = yield self.request(
+                "POST",
+                "/v1/accounts",
+                {"username": name, "email": f"{name}@example.com", "password": "correct horse"},
+            )
+            self.assertEqual(status, 201, body)
+        status, session = yield self.request(
+            "POST", "/v1/sessions", {"username": "alice", "password": "correct horse"}
+        )
+        self.assertEqual(status, 201, session)
+        status, post = yield self.request(
+            "POST", "/v1/posts", {"body": "hello @bob"}, token=session["token"]
+        )
+        self.assertEqual(status, 201, post)
+        status, again = yield self.request("GET", f"/v1/posts/{post['id']}")
+        self.assertEqual((status, again["body"]), (200, "hello @bob"))
+        status, bobSession = yield self.request(
+            "POST", "/v1/sessions", {"username": "bob", "password": "correct horse"}
+        )
+
+        @inlineCallbacks
+        def notified() -> Any:
+            status, page = yield self.request("GET", "/v1/notifications", token=bobSession["token"])
+            self.assertEqual(status, 200, page)
+            return page if page["items"] else None
+
+        yield eventually(notified, timeout=20)
+        # The calls went over the direct transport: each service says where
+        # it took them.
+        for name in ["account", "post", "notify"]:
+            process = self.processes[name]
+            self.assertIn(
+                f"takes direct calls on IPv4Address(type='TCP', host='{self.hosts[name]}',"
+                f" port={self.port})".encode(),
+                process.output,
+            )
+        for process in self.processes.values():
+            self.assertNotIn(b"Traceback", process.output, process.output.decode()[-3000:])

@@ -1,0 +1,204 @@
+"""
+Tests for L{gateway.admission}, alone and in a gateway over real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from gateway import Gateway
+from gateway.admission import Admission, LagMonitor
+from txplatform.context import Priority
+from txplatform.errors import NotFound
+
+from ..support import eventually
+
+
+class AdmissionTests(SynchronousTestCase):
+    def test_thresholds(self) -> None:
+        """
+        Low work stops at half the capacity, normal work at four fifths,
+        high work at the capacity.
+        """
+        admission = Admission(10)
+        self.assertEqual(
+            admission.thresholds, {Priority.LOW: 5, Priority.NORMAL: 8, Priority.HIGH: 10}
+        )
+        admitted = [admission.admit(Priority.LOW) for _ in range(7)]
+        self.assertEqual(admitted, [True] * 5 + [False] * 2)
+        self.assertEqual([admission.admit(Priority.NORMAL) for _ in range(4)], [True] * 3 + [False])
+        self.assertEqual([admission.admit(Priority.HIGH) for _ in range(3)], [True, True, False])
+        self.assertEqual(
+            dict(admission.shed), {Priority.LOW: 2, Priority.NORMAL: 1, Priority.HIGH: 1}
+        )
+        admission.release()
+        self.assertFalse(admission.admit(Priority.LOW))
+        self.assertTrue(admission.admit(Priority.HIGH))
+
+    def test_neverHighBeforeLower(self) -> None:
+        """
+        Whatever the mix, when a high request is refused no lower one is
+        admitted.
+        """
+        import random
+
+        generator = random.Random(5)
+        admission = Admission(20)
+        for _ in range(2000):
+            if admission.inFlight and generator.random() < 0.45:
+                admission.release()
+                continue
+            priority = generator.choice(list(Priority))
+            if not admission.admit(priority) and priority == Priority.HIGH:
+                for lower in (Priority.LOW, Priority.NORMAL):
+                    self.assertFalse(admission.admit(lower))
+
+    def test_unlistedPriority(self) -> None:
+        """
+        A priority between classes counts as the class below it.
+        """
+        admission = Admission(10)
+        for _ in range(5):
+            admission.admit(Priority.LOW)
+        self.assertFalse(admission.admit(3))
+        self.assertTrue(admission.admit(7))
+
+    def test_invalid(self) -> None:
+        self.assertRaises(ValueError, Admission, 0)
+        self.assertRaises(ValueError, Admission, 10, {Priority.LOW: 0.9, Priority.HIGH: 0.5})
+
+
+class LagTests(SynchronousTestCase):
+    def test_lag(self) -> None:
+        """
+        The monitor measures how late its timer fires, smoothed; stopped,
+        it leaves no timer.
+        """
+        clock = Clock()
+        monitor = LagMonitor(clock, interval=0.05, smoothing=0.5)
+        monitor.startService()
+        clock.advance(0.05)
+        self.assertEqual(monitor.lag, 0.0)
+        clock.advance(0.15)  # a turn 100 ms late
+        self.assertAlmostEqual(monitor.lag, 0.05)
+        for _ in range(10):
+            clock.advance(0.05)
+        self.assertLess(monitor.lag, 0.001)
+        monitor.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_lateReactorSheds(self) -> None:
+        """
+        A late reactor refuses the low class past the limit and the normal
+        class past twice the limit, whatever is in flight; never the high
+        class.
+        """
+        monitor = LagMonitor(Clock())
+        admission = Admission(100)
+        admission.monitor = monitor
+        admission.lagLimit = 0.02
+        monitor.lag = 0.03
+        self.assertEqual(
+            [admission.admit(p) for p in (Priority.LOW, Priority.NORMAL, Priority.HIGH)],
+            [False, True, True],
+        )
+        monitor.lag = 0.05
+        self.assertEqual(
+            [admission.admit(p) for p in (Priority.LOW, Priority.NORMAL, Priority.HIGH)],
+            [False, False, True],
+        )
+        monitor.lag = 0.0
+        self.assertTrue(admission.admit(Priority.LOW))
+
+
+class StubBus:
+    """
+    A bus whose calls wait until the test answers them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Deferred]] = []
+
+    def call(self, service: Any, method: str, payload: Any, **kwargs: Any) -> Deferred:
+        d: Deferred = Deferred()
+        self.calls.append((method, d))
+        return d
+
+
+class ShedTests(TestCase):
+    """
+    A gateway at its limits, over real HTTP.
+    """
+
+    def setUp(self) -> None:
+        self.bus = StubBus()
+        self.gateway = Gateway(
+            self.bus,  # type: ignore[arg-type]
+            reactor,
+            maxInFlight=4,
+            shedDelay=0.2,
+        )
+        self.port = reactor.listenTCP(0, self.gateway.site(), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.agent = Agent(reactor, pool=pool)
+
+    def request(self, method: str, path: str, body: Any = None) -> Deferred:
+        import treq
+
+        return treq.request(
+            method,
+            f"http://127.0.0.1:{self.port.getHost().port}{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": ["application/json"]},
+            agent=self.agent,
+        )
+
+    @inlineCallbacks
+    def test_shedsLowestFirst(self):  # type: ignore[no-untyped-def]
+        """
+        With 4 in flight at most: low reads stop at 2, normal writes at 3,
+        logins (high) at 4; the refused get 503 problem details with
+        Retry-After at once; once work finishes, low reads are taken again.
+        """
+        low = [self.request("GET", "/v1/posts/01hx0000000000000000000000") for _ in range(2)]
+        yield eventually(lambda: len(self.bus.calls) == 2)
+        started = reactor.seconds()
+        refused = yield self.request("GET", "/v1/posts/01hx0000000000000000000000")
+        self.assertEqual(refused.code, 503)
+        # Answered after the delay, the connection idle meanwhile.
+        self.assertGreaterEqual(reactor.seconds() - started, 0.2)
+        self.assertEqual(refused.headers.getRawHeaders("retry-after"), ["1"])
+        problem = yield refused.json()
+        self.assertEqual(problem["type"], "urn:txplatform:problem:overloaded")
+
+        register = {"username": "alice", "email": "a@example.com", "password": "correct horse"}
+        normal = self.request("POST", "/v1/accounts", register)
+        yield eventually(lambda: len(self.bus.calls) == 3)
+        refused = yield self.request("POST", "/v1/accounts", register)
+        self.assertEqual(refused.code, 503)
+
+        login = {"username": "alice", "password": "correct horse"}
+        high = self.request("POST", "/v1/sessions", login)
+        yield eventually(lambda: len(self.bus.calls) == 4)
+        refused = yield self.request("POST", "/v1/sessions", login)
+        self.assertEqual(refused.code, 503)
+        self.assertEqual(self.gateway.admission.inFlight, 4)
+
+        for _, d in self.bus.calls:
+            d.errback(NotFound("gone"))
+        for response in [*low, normal, high]:
+            self.assertEqual((yield response).code, 404)
+        yield eventually(lambda: self.gateway.admission.inFlight == 0)
+        again = self.request("GET", "/v1/posts/01hx0000000000000000000000")
+        yield eventually(lambda: len(self.bus.calls) == 5)
+        self.bus.calls[-1][1].errback(NotFound("gone"))
+        self.assertEqual((yield again).code, 404)

@@ -1,0 +1,183 @@
+"""
+Tests for C{GET /v1/notifications/stream}: Server-Sent Events through real
+HTTP, the services behind on the in-process bus.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from twisted.internet.defer import Deferred, inlineCallbacks
+
+from ..support import SQLiteMixin, eventually
+from .harness import PlatformTestCase
+
+
+class EventStream:
+    """
+    A client reading one stream: its events and comments as they come.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.comments: list[str] = []
+        self.retry: int | None = None
+        self._buffer = b""
+        self.response: Any = None
+        self.ended: Deferred[Any] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n\n" in self._buffer:
+            block, self._buffer = self._buffer.split(b"\n\n", 1)
+            event: dict[str, Any] = {}
+            for line in block.decode().split("\n"):
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "":
+                    self.comments.append(value)
+                elif field == "retry":
+                    self.retry = int(value)
+                elif field == "data":
+                    event["data"] = json.loads(value)
+                else:
+                    event[field] = value
+            if "data" in event:
+                self.events.append(event)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e["id"] for e in self.events]
+
+
+class StreamTests(SQLiteMixin, PlatformTestCase):
+    heartbeat = 0.2
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        for name in ("alice", "bob"):
+            yield self.register(name)
+        self.tokens = {}
+        for name in ("alice", "bob"):
+            self.tokens[name] = yield self.login(name)
+
+    @inlineCallbacks
+    def open(self, who: str, lastEventId: str | None = None) -> Any:
+        headers = {"Authorization": [f"Bearer {self.tokens[who]}"]}
+        if lastEventId is not None:
+            headers["Last-Event-ID"] = [lastEventId]
+        response = yield treq.get(
+            self.url("/v1/notifications/stream"), headers=headers, unbuffered=True, persistent=False
+        )
+        stream = EventStream()
+        stream.response = response
+        stream.ended = treq.collect(response, stream.feed)
+        self.addCleanup(self.close, stream)
+        return stream
+
+    def close(self, stream: EventStream) -> Any:
+        if stream.ended is not None and not stream.ended.called:
+            stream.response.original._transport.loseConnection()  # the client goes away
+            return stream.ended.addErrback(lambda f: None)
+        return None
+
+    def post(self, who: str, body: str) -> Any:
+        return self.request("POST", "/v1/posts", json={"body": body}, token=self.tokens[who])
+
+    @inlineCallbacks
+    def test_live(self) -> Any:
+        """
+        A notification reaches its recipient's open stream as it is made:
+        an event with the notification's id and JSON; nobody else's.
+        """
+        bobs = yield self.open("bob")
+        alices = yield self.open("alice")
+        self.assertEqual(bobs.response.code, 200)
+        self.assertEqual(
+            bobs.response.headers.getRawHeaders("content-type"),
+            ["text/event-stream; charset=utf-8"],
+        )
+        yield eventually(lambda: bobs.retry == 3000)
+        created = (yield self.post("alice", "hello @bob")).json
+        yield eventually(lambda: bobs.events, timeout=10)
+        [event] = bobs.events
+        self.assertEqual(event["event"], "notification")
+        self.assertEqual(event["data"]["id"], event["id"])
+        self.assertEqual(
+            (event["data"]["kind"], event["data"]["actor"], event["data"]["post_id"]),
+            ("mention", "alice", created["id"]),
+        )
+        self.assertNotIn("recipient_id", event["data"])
+        stored = yield self.notificationsOf(self.tokens["bob"])
+        self.assertEqual([n["id"] for n in stored], bobs.ids)
+        self.assertEqual(alices.events, [])
+
+    @inlineCallbacks
+    def test_resume(self) -> Any:
+        """
+        Reconnecting with Last-Event-ID gives what was missed, oldest first,
+        then the live ones, each once.
+        """
+        stream = yield self.open("bob")
+        yield self.post("alice", "one @bob")
+        yield eventually(lambda: stream.events, timeout=10)
+        first = stream.ids[0]
+        yield self.close(stream)
+        yield eventually(lambda: len(self.gateway.streams) == 0)
+        for text in ("two @bob", "three @bob"):
+            yield self.post("alice", text)
+        yield eventually(
+            lambda: self.notificationsOf(self.tokens["bob"]).addCallback(
+                lambda items: len(items) == 3
+            ),
+            timeout=10,
+        )
+        resumed = yield self.open("bob", lastEventId=first)
+        yield eventually(lambda: len(resumed.events) == 2, timeout=10)
+        yield self.post("alice", "four @bob")
+        yield eventually(lambda: len(resumed.events) == 3, timeout=10)
+        stored = yield self.notificationsOf(self.tokens["bob"])
+        self.assertEqual(resumed.ids, sorted(n["id"] for n in stored)[1:])
+        self.assertEqual(resumed.ids, sorted(resumed.ids))
+
+    @inlineCallbacks
+    def test_heartbeatAndLogout(self) -> Any:
+        """
+        Heartbeats come as comments; once the session ends, the stream does.
+        """
+        stream = yield self.open("bob")
+        yield eventually(lambda: "ping" in stream.comments, timeout=5)
+        reply = yield self.request("DELETE", "/v1/sessions/current", token=self.tokens["bob"])
+        self.assertEqual(reply.status, 204)
+        yield stream.ended
+        yield eventually(lambda: len(self.gateway.streams) == 0)
+
+    @inlineCallbacks
+    def test_clientLeaves(self) -> Any:
+        """
+        When the client goes, its stream is forgotten and its heartbeat
+        stops.
+        """
+        stream = yield self.open("bob")
+        yield eventually(lambda: len(self.gateway.streams) == 1)
+        yield self.close(stream)
+        yield eventually(lambda: len(self.gateway.streams) == 0)
+        self.assertEqual(self.gateway.admission.inFlight, 0)
+
+    @inlineCallbacks
+    def test_refused(self) -> Any:
+        """
+        No token: 401; a Last-Event-ID that is not a notification id: 400.
+        """
+        reply = yield self.request("GET", "/v1/notifications/stream")
+        self.assertProblem(reply, 401)
+        reply = yield self.request(
+            "GET",
+            "/v1/notifications/stream",
+            token=self.tokens["bob"],
+            headers={"Last-Event-ID": "nope"},
+        )
+        self.assertProblem(reply, 400)

@@ -1,0 +1,76 @@
+"""
+Tests for C{twistd sidecar}'s options and service.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from plugins import sidecar
+
+from .test_options import identityFiles
+
+
+class SidecarOptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.paths = identityFiles(self.mktemp())
+
+    def parse(self, *args: str) -> usage.Options:
+        options = sidecar.Options()
+        options.parseOptions(list(args))
+        return options
+
+    def required(self) -> list[str]:
+        return [
+            "--for",
+            "post",
+            "--identity",
+            self.paths["post"],
+            "--trust",
+            self.paths["trust"],
+            "--forward",
+            "unix:/run/post.sock",
+        ]
+
+    def test_dropin(self) -> None:
+        """
+        twistd finds the sidecar command.
+        """
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
+        self.assertIs(makers["sidecar"].options, sidecar.Options)
+
+    def test_derivedAddress(self) -> None:
+        """
+        The sidecar listens at the address its service's id gives, unless
+        told otherwise.
+        """
+        options = self.parse(*self.required(), "--bus", "direct:10.0.0.0/8?port=7400")
+        self.assertEqual(options["listen"], "tcp:7400:interface=10.1.0.2")
+        options = self.parse(*self.required(), "--listen", "tcp:9999")
+        self.assertEqual(options["listen"], "tcp:9999")
+
+    def test_refusals(self) -> None:
+        """
+        Missing or mismatched options are refused, saying why.
+        """
+        base = self.required()
+        for args, message in [
+            (base[2:], "--for"),
+            ([*base[:2], *base[4:]], "--identity is required"),
+            (base[:6], "--forward is required"),
+            ([*base[:3], self.paths["account"], *base[4:]], "speaks for service 010001"),
+            ([*base, "--bus", "direct:10.0.0.0/16"], "--bus"),
+            ([*base, "--health-max-age", "0"], "positive"),
+        ]:
+            error = self.assertRaises(usage.UsageError, self.parse, *args)
+            self.assertIn(message, str(error))
+
+    def test_makeService(self) -> None:
+        options = self.parse(*self.required())
+        service = sidecar.makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(type(service).__name__, "Sidecar")
+        self.assertEqual(service.metrics.service, "post")

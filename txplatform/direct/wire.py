@@ -1,0 +1,162 @@
+# -*- test-case-name: tests.direct.test_wire -*-
+"""
+The direct transport's frames, carried inside the secure channel.
+
+Each frame is a 32-bit big-endian length and a body whose first byte is
+its kind.  Addresses are binary (the 3-byte service id), never names: a
+replica routes a call by reading three bytes.
+
+    CALL   kind 1 | service (3) | priority (1) | deadline, ms (8)
+           | message id | correlation id | method (each: length (1), bytes)
+           | payload (the rest: as the payload codec made it)
+    REPLY  kind 2 | message id (length (1), bytes) | reply payload (the rest)
+
+The caller of a call is not in the frame: it is the peer the secure channel
+authenticated, and the payload's binding names it, so the codec refuses a
+payload sealed by anyone else.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from attrs import frozen
+from twisted.protocols.basic import Int32StringReceiver
+
+from ..serviceid import ServiceId
+
+__all__ = [
+    "CALL",
+    "REPLY",
+    "MAX_FRAME",
+    "FrameError",
+    "CallFrame",
+    "ReplyFrame",
+    "parseFrame",
+    "DirectProtocol",
+]
+
+CALL, REPLY = 1, 2
+# The largest frame accepted: payloads are records, not bulk transfers.
+MAX_FRAME = 16 * 1024 * 1024
+
+_CALL = struct.Struct(">B3sBQ")
+
+
+class FrameError(ValueError):
+    """
+    Bytes that are not a frame; the message says what is wrong.
+    """
+
+
+def _short(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > 255:
+        raise ValueError(f"{text[:20]!r}... is longer than 255 bytes")
+    return bytes([len(raw)]) + raw
+
+
+def _readShort(body: bytes, at: int, what: str) -> tuple[str, int]:
+    if at >= len(body):
+        raise FrameError(f"the frame ends before its {what}")
+    length = body[at]
+    end = at + 1 + length
+    if end > len(body):
+        raise FrameError(f"the frame ends inside its {what}")
+    try:
+        return body[at + 1 : end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        raise FrameError(f"the frame's {what} is not UTF-8") from None
+
+
+@frozen
+class CallFrame:
+    service: ServiceId
+    priority: int
+    deadlineMillis: int
+    messageId: str
+    correlationId: str
+    method: str
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return b"".join(
+            [
+                _CALL.pack(CALL, self.service.raw, self.priority, self.deadlineMillis),
+                _short(self.messageId),
+                _short(self.correlationId),
+                _short(self.method),
+                self.payload,
+            ]
+        )
+
+
+@frozen
+class ReplyFrame:
+    messageId: str
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return bytes([REPLY]) + _short(self.messageId) + self.payload
+
+
+def parseFrame(body: bytes) -> CallFrame | ReplyFrame:
+    """
+    @raise FrameError: Not a frame of a known kind, or cut short.
+    """
+    if not body:
+        raise FrameError("an empty frame")
+    kind = body[0]
+    if kind == CALL:
+        if len(body) < _CALL.size:
+            raise FrameError("a call frame shorter than its header")
+        _, service, priority, deadline = _CALL.unpack_from(body)
+        if priority > 9:
+            raise FrameError(f"priority {priority} is not 0 to 9")
+        messageId, at = _readShort(body, _CALL.size, "message id")
+        correlationId, at = _readShort(body, at, "correlation id")
+        method, at = _readShort(body, at, "method")
+        return CallFrame(
+            ServiceId(service), priority, deadline, messageId, correlationId, method, body[at:]
+        )
+    if kind == REPLY:
+        messageId, at = _readShort(body, 1, "message id")
+        return ReplyFrame(messageId, body[at:])
+    raise FrameError(f"a frame of unknown kind {kind}")
+
+
+class DirectProtocol(Int32StringReceiver):
+    """
+    Frames both ways on one secure channel: calls from the peer go to
+    C{bus.frameReceived}, as do replies to this side's calls.
+    """
+
+    MAX_LENGTH = MAX_FRAME
+    open = False
+
+    def __init__(self, bus: Any) -> None:
+        self._bus = bus
+
+    def itself(self) -> DirectProtocol:
+        """
+        This protocol, even when reached through a proxy (ClientService's).
+        """
+        return self
+
+    def connectionMade(self) -> None:
+        self.open = True
+        self._bus.connectionMade(self)
+
+    def stringReceived(self, body: bytes) -> None:
+        self._bus.frameReceived(self, body)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self._bus.frameTooLong(self, length)
+
+    def send(self, frame: CallFrame | ReplyFrame) -> None:
+        self.sendString(frame.encode())
+
+    def connectionLost(self, reason: Any) -> None:
+        self.open = False
+        self._bus.connectionLost(self, reason)
