@@ -10,7 +10,6 @@ priority, and turns every outcome into JSON or problem details.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
@@ -28,16 +27,24 @@ from twisted.web.resource import Resource
 from services import GATEWAY_ID, platformRegistry
 from services.account import api as account
 from services.notify import api as notify
+from services.parser import api as parser
 from services.post import api as post
 from txplatform.codec import dumps
 from txplatform.context import Origin, Priority, newMessageId
-from txplatform.errors import InvalidArgument, NotFound, ServiceError, Unauthenticated
+from txplatform.errors import (
+    InvalidArgument,
+    MalformedJSON,
+    NotFound,
+    ServiceError,
+    Unauthenticated,
+)
 from txplatform.interfaces import IBus
 from txplatform.messages import fromPayload, fromQuery, toPayload
 from txplatform.serviceid import ServiceId
 
 from . import schemas
 from .admission import Admission
+from .bodies import decodeBody
 from .operations import Operation, operation
 from .problems import HTTPProblem, problemFor
 from .site import GatewaySite
@@ -84,10 +91,6 @@ class _Exchange:
         self.deadline = deadline
         self.priority = priority
         self.origin = Origin(GATEWAY_ID, requestId, deadline)
-
-
-def _reject(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
 
 
 class _URLGuard(Resource):
@@ -180,6 +183,9 @@ class Gateway:
         (L{gateway.admission}).
     @param shedDelay: Seconds a refused request waits for its 503 (its
         Retry-After).
+    @param parserOver: Bodies larger than this many bytes are decoded and
+        checked by the parser service's replicas rather than here; C{None}:
+        all here.
     """
 
     app = Klein()
@@ -196,8 +202,10 @@ class Gateway:
         maxInFlight: int = 512,
         heartbeat: float = 15.0,
         shedDelay: float = 1.0,
+        parserOver: int | None = None,
     ) -> None:
         self.bus = bus
+        self.parserOver = parserOver
         self.shedDelay = shedDelay
         self.admission = Admission(maxInFlight)
         self.streams = NotificationStreams(bus, clock, heartbeat)
@@ -291,16 +299,54 @@ class Gateway:
         kwargs = dict(path)
         if principal is not None:
             kwargs["principal"] = principal
-        if op.body is not None:
-            kwargs["body"] = self._parseBody(request, op.body)
         if op.query is not None:
             kwargs["query"] = fromQuery(op.query, self._queryArguments(request))
+        if op.body is None:
+            return self._handle(kwargs, op, f, request)
+        raw = self._rawBody(request)
+        if self.parserOver is not None and len(raw) > self.parserOver:
+            d = self._parseElsewhere(request, f.__name__, op.body, raw)
+            return d.addCallback(self._withBody, kwargs, op, f, request)
+        kwargs["body"] = decodeBody(raw, op.body)
+        return self._handle(kwargs, op, f, request)
+
+    def _withBody(
+        self, body: Any, kwargs: dict[str, Any], op: Operation, f: Callable[..., Any], request: Any
+    ) -> Any:
+        kwargs["body"] = body
+        return self._handle(kwargs, op, f, request)
+
+    def _handle(
+        self, kwargs: dict[str, Any], op: Operation, f: Callable[..., Any], request: IRequest
+    ) -> Any:
         result = f(self, request, **kwargs)
         if op.streaming:
             return result  # the handler writes the response itself
         if isinstance(result, Deferred):
             return result.addCallback(self._render, request, op)
         return self._render(result, request, op)
+
+    def _parseElsewhere(
+        self, request: IRequest, operationId: str, messageType: type, raw: bytes
+    ) -> Deferred[Any]:
+        """
+        Have a parser replica decode and check a large body: the JSON work
+        (and a flood of it) happens in its process, not on this reactor.
+        Its answer is checked again here, which costs little: what comes
+        back is a message within its schema's limits.
+        """
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return fail(MalformedJSON(f"the body is not UTF-8 (byte {e.start})"))
+        d = self.call(
+            request,
+            parser.SERVICE_ID,
+            "parse",
+            {"operation": operationId, "body": text},
+            idempotent=True,
+        )
+        return d.addCallback(lambda reply: fromPayload(messageType, reply["message"]))
 
     @staticmethod
     def _render(result: Any, request: IRequest, op: Operation) -> bytes:
@@ -362,7 +408,7 @@ class Gateway:
         )
         return d.addCallback(lambda s: Principal(s["account_id"], s["username"], s["session_id"]))
 
-    def _parseBody(self, request: IRequest, messageType: type) -> Any:
+    def _rawBody(self, request: IRequest) -> bytes:
         if getattr(request, "bodyTooLarge", False):
             raise HTTPProblem(
                 413, "body_too_large", f"the body is larger than {self.maxBodySize} bytes"
@@ -374,24 +420,7 @@ class Gateway:
                 "unsupported_media_type",
                 "send the body as JSON, with Content-Type: application/json",
             )
-        raw = request.content.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise HTTPProblem(
-                400, "malformed_json", f"the body is not UTF-8 (byte {e.start})"
-            ) from None
-        try:
-            value = json.loads(text, parse_constant=_reject)
-        except json.JSONDecodeError as e:
-            raise HTTPProblem(
-                400,
-                "malformed_json",
-                f"the body is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
-            ) from None
-        except (ValueError, RecursionError) as e:
-            raise HTTPProblem(400, "malformed_json", f"the body is not valid JSON: {e}") from None
-        return fromPayload(messageType, value)
+        return request.content.read()
 
     @staticmethod
     def _queryArguments(request: IRequest) -> dict[str, str]:

@@ -27,6 +27,7 @@ PROBLEM_TYPE_PREFIX = "urn:txplatform:problem:"
 
 _STATUS_FOR_CODE = {
     "invalid_argument": 400,
+    "malformed_json": 400,
     "unauthenticated": 401,
     "permission_denied": 403,
     "not_found": 404,

@@ -301,22 +301,29 @@ def serviceProcess(options: usage.Options, reactor: Any, serviceClass: Any, buil
     """
     The services of a process running one service: its key files' watchers,
     the bus, the service (C{build(bus, database, fields)}, an instance of
-    C{serviceClass}), and a gate that ends the process if the service
-    cannot start.
+    C{serviceClass}; C{build(bus)} for a service that stores nothing), and
+    a gate that ends the process if the service cannot start.
     """
     from twisted.application.service import Service
+
+    from txplatform.service import DatabaseService
 
     from ._lifecycle import ReadinessGate, StopInOrder
 
     top = StopInOrder()
     busKeys = loadKeys(options, "bus-keys", "bus", reactor)
-    keys = loadKeys(options, "keys", serviceClass.name, reactor)
     busKeys.service.setServiceParent(top)
-    keys.service.setServiceParent(top)
+    stores = issubclass(serviceClass, DatabaseService)
+    if stores:
+        keys = loadKeys(options, "keys", serviceClass.name, reactor)
+        keys.service.setServiceParent(top)
     bus = makeBus(options, reactor, serviceClass.serviceId, serviceClass.name, busKeys)
     bus.drainTimeout = options["drain-timeout"]
     bus.setServiceParent(top)
-    service = build(bus, makeDatabase(options["db"], reactor), keys.fieldCodec())
+    if stores:
+        service = build(bus, makeDatabase(options["db"], reactor), keys.fieldCodec())
+    else:
+        service = build(bus)
     service.drainTimeout = options["drain-timeout"]
     service.setServiceParent(top)
     ReadinessGate(reactor, [service], Service()).setServiceParent(top)

@@ -86,6 +86,15 @@ MAX_BODY_SIZE = [
     "Largest request body, in bytes (413 above).",
     int,
 ]
+PARSER_OVER = [
+    "parser-over",
+    None,
+    None,
+    "Hand request bodies over this many bytes to the parser service's replicas (twistd"
+    " parser) to decode and check, so large bodies do not hold up this process. Default:"
+    " every body is parsed here.",
+    int,
+]
 
 
 class Options(usage.Options):
@@ -100,6 +109,7 @@ class Options(usage.Options):
         *HTTPS,
         CALL_TIMEOUT,
         MAX_BODY_SIZE,
+        PARSER_OVER,
         MAX_IN_FLIGHT,
         LAG_LIMIT,
         HEALTH_FILE,
@@ -109,6 +119,8 @@ class Options(usage.Options):
         checkBus(self, serviceIdOf("gateway"))
         checkKeys(self, None)
         checkPositive(self, "call-timeout", "max-body-size", "max-in-flight")
+        if self["parser-over"] is not None and self["parser-over"] < 0:
+            raise usage.UsageError(f"--parser-over must be 0 or more, not {self['parser-over']}")
         checkEdge(self)
 
 
@@ -170,6 +182,7 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         corsOrigins=getattr(options, "corsOrigins", []),
         trustedProxies=getattr(options, "trustedProxies", []),
         maxInFlight=options["max-in-flight"],
+        parserOver=options.get("parser-over"),
     )
     listeners = Listeners()
     if options["lag-limit"] > 0:

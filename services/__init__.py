@@ -17,6 +17,7 @@ def platformRegistry() -> ServiceRegistry:
     """
     from .account import api as account
     from .notify import api as notify
+    from .parser import api as parser
     from .post import api as post
 
     return ServiceRegistry(
@@ -24,6 +25,7 @@ def platformRegistry() -> ServiceRegistry:
             (account.SERVICE_NAME, account.SERVICE_ID),
             (post.SERVICE_NAME, post.SERVICE_ID),
             (notify.SERVICE_NAME, notify.SERVICE_ID),
+            (parser.SERVICE_NAME, parser.SERVICE_ID),
             ("gateway", GATEWAY_ID),
         ]
     )

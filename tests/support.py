@@ -200,6 +200,6 @@ def keyArguments(paths: dict[str, str], command: str) -> list[str]:
     if command == "txplatform":
         return ["--keys-dir", os.path.dirname(paths["bus"])]
     arguments = ["--bus-keys", paths["bus"]]
-    if command != "gateway":
+    if command not in ("gateway", "parser"):  # they store nothing
         arguments += ["--keys", paths[command]]
     return arguments

@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txplatform.codec import JSONCodec
 from txplatform.errors import (
     InvalidArgument,
+    MalformedJSON,
     MalformedMessage,
     NotFound,
     ServiceError,
@@ -32,6 +33,28 @@ class WireTests(SynchronousTestCase):
         error = InvalidArgument.forFields([("a", "is required"), ("", "whole body")])
         self.assertEqual(error.message, "a: is required; whole body")
         self.assertEqual(error.details["errors"][0], {"field": "a", "reason": "is required"})
+
+    def test_manyFieldErrors(self) -> None:
+        """
+        Past twenty problems, the rest are counted rather than listed: an
+        answer never grows with the number of fields sent.
+        """
+        error = InvalidArgument.forFields([(f"f{n}", "is not a known field") for n in range(500)])
+        self.assertEqual(len(error.details["errors"]), 21)
+        self.assertEqual(
+            error.details["errors"][-1], {"field": "", "reason": "and 480 more problems"}
+        )
+        self.assertTrue(error.message.endswith("; and 480 more problems"))
+
+    def test_malformedJSON(self) -> None:
+        """
+        MalformedJSON crosses the bus as itself: an invalid argument of its
+        own code.
+        """
+        again = errorFromWire(errorToWire(MalformedJSON("the body is not valid JSON")))
+        self.assertIsInstance(again, MalformedJSON)
+        self.assertIsInstance(again, InvalidArgument)
+        self.assertEqual(again.code, "malformed_json")
 
     def test_unknownCode(self) -> None:
         """

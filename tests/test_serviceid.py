@@ -110,5 +110,5 @@ class ServiceRegistryTests(SynchronousTestCase):
         """
         registry = platformRegistry()
         names = [name for name, _ in registry]
-        self.assertEqual(sorted(names), ["account", "gateway", "notify", "post"])
+        self.assertEqual(sorted(names), ["account", "gateway", "notify", "parser", "post"])
         self.assertEqual(registry.idFor("account").hex, "010001")

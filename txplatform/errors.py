@@ -17,6 +17,7 @@ from typing import Any, Mapping
 __all__ = [
     "ServiceError",
     "InvalidArgument",
+    "MalformedJSON",
     "Unauthenticated",
     "PermissionDenied",
     "NotFound",
@@ -76,13 +77,29 @@ class InvalidArgument(ServiceError):
     code = "invalid_argument"
     permanent = True
 
+    #: Problems reported by field at most: a body with thousands of unknown
+    #: fields gets a short answer, not one larger than itself.
+    MAX_REPORTED = 20
+
     @classmethod
     def forFields(cls, errors: list[tuple[str, str]]) -> InvalidArgument:
+        if len(errors) > cls.MAX_REPORTED:
+            more = len(errors) - cls.MAX_REPORTED
+            errors = errors[: cls.MAX_REPORTED] + [("", f"and {more} more problems")]
         message = "; ".join(f"{name}: {reason}" if name else reason for name, reason in errors)
         return cls(
             message,
             {"errors": [{"field": name, "reason": reason} for name, reason in errors]},
         )
+
+
+class MalformedJSON(InvalidArgument):
+    """
+    A request body that is not JSON text (or not UTF-8): raised where bodies
+    are decoded, the gateway or a parser replica, so both answer alike.
+    """
+
+    code = "malformed_json"
 
 
 class Unauthenticated(ServiceError):
@@ -152,6 +169,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
     cls.code: cls
     for cls in [
         InvalidArgument,
+        MalformedJSON,
         Unauthenticated,
         PermissionDenied,
         NotFound,

@@ -62,6 +62,7 @@ class _StringSpec:
     multiline: bool = False
     nullable: bool = False
     description: str = ""
+    controls: bool = False
 
     def check(self, value: object) -> str | None:
         if not isinstance(value, str):
@@ -70,7 +71,9 @@ class _StringSpec:
             value.encode("utf-8")
         except UnicodeEncodeError:
             return "must be valid Unicode text (no lone surrogates)"
-        if _CONTROL.search(value) or (not self.multiline and _NEWLINE.search(value)):
+        if not self.controls and (
+            _CONTROL.search(value) or (not self.multiline and _NEWLINE.search(value))
+        ):
             return "must not contain control characters"
         if len(value) < self.minLength:
             if self.minLength == 1:
@@ -171,6 +174,7 @@ def string(
     hint: str | None = None,
     format: str | None = None,
     multiline: bool = False,
+    controls: bool = False,
     nullable: bool = False,
     description: str = "",
     default: Any = NOTHING,
@@ -178,10 +182,14 @@ def string(
     """
     A text field.  C{pattern} must match the whole value; C{hint} says in
     words what it accepts, for error messages.  A field with a C{default} may
-    be left out.
+    be left out.  Control characters are refused unless C{controls} (for
+    text carried as it came, such as a request body to parse); C{multiline}
+    allows only line breaks and tabs.
     """
     return _field(
-        _StringSpec(minLength, maxLength, pattern, hint, format, multiline, nullable, description),
+        _StringSpec(
+            minLength, maxLength, pattern, hint, format, multiline, nullable, description, controls
+        ),
         default,
     )
 

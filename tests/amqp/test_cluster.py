@@ -11,20 +11,24 @@ from typing import Any
 
 from twisted.internet.defer import gatherResults, inlineCallbacks
 
-from ..support import eventually
+from ..processes import SERVING
+from ..support import eventually, keyArguments
 from .cluster import ClusterTestCase
 
 PASSWORD = "correct horse"
 
 
-class ClusterTests(ClusterTestCase):
+class TwoGatewaysTestCase(ClusterTestCase):
+    """
+    Service replicas and two gateways, each its own process; requests go
+    through either.
+    """
+
     timeout = 240
 
     @inlineCallbacks
-    def setUp(self) -> Any:
-        yield super().setUp()
-        replicas = [self.service(name) for name in ["account", "post", "notify"] for _ in range(2)]
-        gateways = [self.gateway(), self.gateway()]
+    def startPlatform(self, replicas: list[Any], *gatewayOptions: str) -> Any:
+        gateways = [self.gateway(*gatewayOptions), self.gateway(*gatewayOptions)]
         self.processes = replicas + gateways
         yield gatherResults([p.ready for p in replicas])
         self.ports = yield gatherResults([g.ready for g in gateways])
@@ -66,6 +70,14 @@ class ClusterTests(ClusterTestCase):
                 response.headers.getRawHeaders("content-type"), ["application/problem+json"]
             )
         return response.code, (json.loads(content) if content else None)
+
+
+class ClusterTests(TwoGatewaysTestCase):
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        replicas = [self.service(name) for name in ["account", "post", "notify"] for _ in range(2)]
+        yield self.startPlatform(replicas)
 
     @inlineCallbacks
     def test_contractThroughBothGateways(self) -> Any:
@@ -275,3 +287,69 @@ class ClusterTests(ClusterTestCase):
         self.assertEqual(status, 201)
         yield eventually(lambda: stream.events, timeout=20)
         self.assertEqual(stream.events[0]["data"]["post_id"], created["id"])
+
+
+class ParserPoolTests(TwoGatewaysTestCase):
+    """
+    Two gateways handing every body to a pool of two parser replicas.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.parsers = [self.parser(), self.parser()]
+        replicas = [self.service(name) for name in ["account", "post", "notify"]]
+        yield self.startPlatform(replicas + self.parsers, "--parser-over", "0")
+
+    def parser(self) -> Any:
+        return self.spawn(
+            "parser", "--bus", self.busURL, *keyArguments(self.keys, "parser"), ready=SERVING
+        )
+
+    @inlineCallbacks
+    def test_bodiesThroughThePool(self) -> Any:
+        """
+        Through either gateway, bodies are parsed by the pool: valid ones
+        do their work, malformed and invalid ones get the same problems as
+        ever; with one parser killed, the other carries on.
+        """
+        for gateway, name in [(0, "alice"), (1, "bob")]:
+            status, body = yield self.request(
+                gateway,
+                "POST",
+                "/v1/accounts",
+                {"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+            )
+            self.assertEqual(status, 201, body)
+        status, session = yield self.request(
+            1, "POST", "/v1/sessions", {"username": "alice", "password": PASSWORD}
+        )
+        self.assertEqual(status, 201, session)
+        status, problem = yield self.request(
+            0, "POST", "/v1/posts", {"body": "hi @bob", "extra": 1}, token=session["token"]
+        )
+        self.assertEqual((status, problem["errors"][0]["field"]), (400, "extra"))
+        response = yield self.http.post(
+            f"http://127.0.0.1:{self.ports[1]}/v1/posts",
+            data=b'{"body": "unfinished',
+            headers={
+                "Content-Type": ["application/json"],
+                "Authorization": [f"Bearer {session['token']}"],
+            },
+        )
+        problem = yield response.json()
+        self.assertEqual(
+            (response.code, problem["type"]), (400, "urn:txplatform:problem:malformed_json")
+        )
+        before = self.parsers[1].output.count(b"parser parse from 010100")
+        self.parsers[0].transport.signalProcess("KILL")
+        yield self.parsers[0].ended
+        for gateway in (0, 1, 0, 1):
+            status, body = yield self.request(
+                gateway, "POST", "/v1/posts", {"body": "hello @bob"}, token=session["token"]
+            )
+            self.assertEqual(status, 201, body)
+        # The survivor logged the four parses the posts needed.
+        yield eventually(
+            lambda: self.parsers[1].output.count(b"parser parse from 010100") >= before + 4
+        )

@@ -17,6 +17,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway import Gateway
 from gateway.openapi import openapiDocument
+from services.parser.service import ParserService
 
 from ..services.harness import ServiceTestCase
 
@@ -93,6 +94,8 @@ class PlatformTestCase(ServiceTestCase):
     corsOrigins: list[str] | None = None
     trustedProxies: list[str] | None = None
     heartbeat = 15.0
+    #: Set: bodies over this many bytes go to a parser replica (started too).
+    parserOver: int | None = None
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -100,6 +103,8 @@ class PlatformTestCase(ServiceTestCase):
         self.accounts = yield self.startAccount()
         self.posts = yield self.startPost()
         self.notify = yield self.startNotify()
+        if self.parserOver is not None:
+            self.parser = yield self.start(ParserService(self.bus, self.clock))
         self.gateway = Gateway(
             self.bus,
             self.clock,
@@ -108,6 +113,7 @@ class PlatformTestCase(ServiceTestCase):
             corsOrigins=self.corsOrigins,
             trustedProxies=self.trustedProxies,
             heartbeat=self.heartbeat,
+            parserOver=self.parserOver,
         )
         self.port = reactor.listenTCP(0, self.gateway.site(), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)

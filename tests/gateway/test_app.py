@@ -11,6 +11,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from services.parser.service import ParserService
+
 from ..support import PostgresMixin, SQLiteMixin, eventually
 from .harness import PASSWORD, PlatformTestCase
 
@@ -742,3 +744,98 @@ class FailureTests(SQLiteMixin, PlatformTestCase):
         reply = yield self.request("GET", "/v1/accounts/alice/posts")
         self.assertProblem(reply, 500, "internal")
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+
+class Spy:
+    def __init__(self, **methods: Any) -> None:
+        self.__dict__.update(methods)
+
+
+class ParserPoolGatewayTests(
+    SQLiteMixin,
+    AccountEndpointTests,
+    MeEndpointTests,
+    SessionEndpointTests,
+    PostEndpointTests,
+    PlatformTestCase,
+):
+    """
+    The endpoints again with every non-empty body handed to a parser
+    replica: clients cannot tell who parsed their body.
+    """
+
+    parserOver = 0
+
+    @inlineCallbacks
+    def test_handedOver(self) -> Any:
+        """
+        Bodies over the limit go to the parser service, those at or under it
+        are parsed by the gateway (counted from the parser's calls).
+        """
+        seen: list[str] = []
+        call = self.bus.call
+
+        def counting(service: Any, method: str, payload: Any, **kwargs: Any) -> Any:
+            if service == ParserService.serviceId:
+                seen.append(payload["operation"])
+            return call(service, method, payload, **kwargs)
+
+        self.gateway.bus = Spy(call=counting)
+        self.gateway.parserOver = 60
+        body = {"username": "alice", "email": "alice@example.com", "password": PASSWORD}
+        reply = yield self.request("POST", "/v1/accounts", json=body)
+        self.assertEqual(reply.status, 201)
+        self.assertEqual(seen, ["register"])
+        reply = yield self.request(
+            "POST", "/v1/sessions", json={"username": "alice", "password": PASSWORD}
+        )
+        self.assertEqual(reply.status, 201)
+        self.assertEqual(seen, ["register"])  # 49 bytes: parsed here
+
+    @inlineCallbacks
+    def test_thousandsOfFields(self) -> Any:
+        """
+        A large body of unknown fields gets a short answer (the first
+        problems and a count of the rest), from the parser as from the
+        gateway.
+        """
+        body = {f"field{n}": n for n in range(3000)}
+        for over in (0, None):
+            self.gateway.parserOver = over
+            reply = yield self.request("POST", "/v1/accounts", json=body)
+            problem = self.assertProblem(reply, 400, "invalid_argument")
+            self.assertEqual(len(problem["errors"]), 21)
+            self.assertEqual(problem["errors"][-1]["reason"], "and 2983 more problems")
+            self.assertLess(len(reply.body), 4096)
+
+
+class ParserUnavailableTests(SQLiteMixin, PlatformTestCase):
+    """
+    A gateway that hands bodies to a parser service nobody runs.
+    """
+
+    parserOver = 0
+    callTimeout = 0.3
+
+    @inlineCallbacks
+    def test_noParser(self) -> Any:
+        """
+        With no parser replica to answer, large bodies get 503 naming the
+        parser service, with Retry-After; small ones are still served.
+        """
+        yield self.parser.stopService()
+        self.gateway.parserOver = 100
+        reply = yield self.request(
+            "POST",
+            "/v1/accounts",
+            json={"username": "alice", "email": "alice@example.com", "password": "x" * 200},
+        )
+        problem = self.assertProblem(reply, 503)
+        self.assertIn("parser service", problem["detail"])
+        self.assertEqual(reply.header("retry-after"), "1")
+        reply = yield self.request(
+            "POST",
+            "/v1/accounts",
+            json={"username": "alice", "email": "alice@example.com", "password": PASSWORD},
+        )
+        self.assertEqual(reply.status, 201)

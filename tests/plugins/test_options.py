@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from plugins import account, allinone, gateway, notify, post
+from plugins import account, allinone, gateway, notify, parser, post
 
 from ..support import keyArguments, keyFiles
 
@@ -22,6 +22,7 @@ COMMANDS = {
     "account": account,
     "post": post,
     "notify": notify,
+    "parser": parser,
 }
 
 
@@ -62,6 +63,7 @@ def identityFiles(directory: str) -> dict[str, str]:
         ("account", "010001"),
         ("post", "010002"),
         ("notify", "010003"),
+        ("parser", "010004"),
         ("gateway", "010100"),
     ]:
         identity = Identity.generate(ServiceId.fromHex(hexId))
@@ -88,7 +90,7 @@ class OptionsTests(SynchronousTestCase):
         A production process refuses to start without its key files, or
         with unusable ones, saying why.
         """
-        for module in [account, post, notify, gateway]:
+        for module in [account, post, notify, gateway, parser]:
             error = self.assertRaises(usage.UsageError, self.parse, module, keys=False)
             self.assertIn("--bus-keys is required", str(error))
         error = self.assertRaises(
@@ -153,7 +155,7 @@ class OptionsTests(SynchronousTestCase):
         """
         --bus takes the buses this release has.
         """
-        for module in [account, post, notify, gateway]:
+        for module in [account, post, notify, gateway, parser]:
             self.parse(module, "--bus", "local:")
             self.assertRaises(usage.UsageError, self.parse, module, "--bus", "carrier-pigeon:")
 
@@ -366,6 +368,37 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(bus.listenAddress(), "tcp:7300:interface=127.1.0.2")
         self.assertEqual([type(s).__name__ for s in bus], ["LocalBus", "TrustFileService"])
         self.addCleanup(children[3].database.close)
+
+    def test_parser(self) -> None:
+        """
+        A parser replica runs the bus and the service: no database, no keys
+        of its own (it stores nothing).
+        """
+        options = parser.Options()
+        options.parseOptions(keyArguments(self.keys, "parser"))
+        service = parser.makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(
+            [type(s).__name__ for s in service],
+            ["KeyringService", "LocalBus", "ParserService", "ReadinessGate"],
+        )
+
+    def test_parserOver(self) -> None:
+        """
+        The gateway hands bodies over --parser-over bytes to the parser
+        service; by default it parses them all itself.
+        """
+        options = gateway.Options()
+        options.parseOptions(keyArguments(self.keys, "gateway"))
+        self.assertIsNone(options["parser-over"])
+        options = gateway.Options()
+        options.parseOptions(["--parser-over", "16384", *keyArguments(self.keys, "gateway")])
+        self.assertEqual(options["parser-over"], 16384)
+        error = self.assertRaises(
+            usage.UsageError,
+            gateway.Options().parseOptions,
+            ["--parser-over", "-1", *keyArguments(self.keys, "gateway")],
+        )
+        self.assertIn("--parser-over must be 0 or more", str(error))
 
     def test_gateway(self) -> None:
         """

@@ -197,7 +197,7 @@ class InstalledCommandsTests(TestCase):
             [twistd, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
         )
         self.assertEqual(listing.returncode, 0, listing.stderr)
-        for command in ["txplatform", "gateway", "account", "post", "notify"]:
+        for command in ["txplatform", "gateway", "account", "post", "notify", "parser"]:
             self.assertRegex(listing.stdout, rf"\n\s+{command}\s")
             helped = subprocess.run(
                 [twistd, command, "--help"],

@@ -22,6 +22,12 @@ post = ServiceMaker("txplatform post", "plugins.post", "The Post service of txpl
 notify = ServiceMaker(
     "txplatform notify", "plugins.notify", "The Notify service of txplatform.", "notify"
 )
+parser = ServiceMaker(
+    "txplatform parser",
+    "plugins.parser",
+    "Decodes and checks request bodies for gateways (a pool of replicas).",
+    "parser",
+)
 sidecar = ServiceMaker(
     "txplatform sidecar",
     "plugins.sidecar",
