@@ -10,6 +10,7 @@ priority, and turns every outcome into JSON or problem details.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
@@ -35,6 +36,7 @@ from txplatform.errors import (
     InvalidArgument,
     MalformedJSON,
     NotFound,
+    ResourceExhausted,
     ServiceError,
     Unauthenticated,
 )
@@ -47,6 +49,7 @@ from .admission import Admission
 from .bodies import decodeBody
 from .operations import Operation, operation
 from .problems import HTTPProblem, problemFor
+from .ratelimit import AddressRateLimit
 from .site import GatewaySite
 from .streams import NotificationStreams
 
@@ -186,6 +189,8 @@ class Gateway:
     @param parserOver: Bodies larger than this many bytes are decoded and
         checked by the parser service's replicas rather than here; C{None}:
         all here.
+    @param rateLimit: Limits requests per client address (shared with the
+        other replicas); C{None}: no limit.
     """
 
     app = Klein()
@@ -203,9 +208,11 @@ class Gateway:
         heartbeat: float = 15.0,
         shedDelay: float = 1.0,
         parserOver: int | None = None,
+        rateLimit: AddressRateLimit | None = None,
     ) -> None:
         self.bus = bus
         self.parserOver = parserOver
+        self.rateLimit = rateLimit
         self.shedDelay = shedDelay
         self.admission = Admission(maxInFlight)
         self.streams = NotificationStreams(bus, clock, heartbeat)
@@ -274,6 +281,19 @@ class Gateway:
         this runs for every request.)
         """
         self._exchange(request, op.priority)
+        if self.rateLimit is not None and op.rateLimited:
+            wait = self.rateLimit.check(self.clientAddress(request))
+            if wait is not None:
+                seconds = max(1, math.ceil(wait))
+                return self._problem(
+                    request,
+                    Failure(
+                        ResourceExhausted(
+                            f"too many requests from your address: try again in {seconds} s",
+                            {"retry_after": seconds},
+                        )
+                    ),
+                )
         if not self.admission.admit(op.priority):
             return self._shed(request)
         if op.streaming:
@@ -800,7 +820,12 @@ class Gateway:
     # The platform itself
 
     @app.route("/v1/openapi.json", methods=["GET"])
-    @operation("This API's OpenAPI 3.1 document", tag="platform", response={"type": "object"})
+    @operation(
+        "This API's OpenAPI 3.1 document",
+        tag="platform",
+        response={"type": "object"},
+        rateLimited=False,
+    )
     def openapi(self, request: IRequest) -> bytes:
         if self._openapi is None:
             from .openapi import openapiDocument
@@ -809,6 +834,11 @@ class Gateway:
         return self._openapi
 
     @app.route("/healthz", methods=["GET"])
-    @operation("Liveness: the gateway is serving", tag="platform", response=schemas.HEALTH)
+    @operation(
+        "Liveness: the gateway is serving",
+        tag="platform",
+        response=schemas.HEALTH,
+        rateLimited=False,
+    )
     def health(self, request: IRequest) -> Any:
         return {"status": "ok"}

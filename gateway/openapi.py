@@ -39,7 +39,8 @@ _DESCRIPTIONS = {
     403: "Not yours, or a wrong password.",
     404: "Not found.",
     409: "Conflicts with an existing account (username or email taken).",
-    429: "Too many (failed logins, or posts): try again after `Retry-After` seconds.",
+    429: "Too many requests (from this address where the gateway limits them, failed"
+    " logins, posts): try again after `Retry-After` seconds.",
 }
 
 
@@ -96,6 +97,8 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
         if op.auth:
             errors.update(_AUTH_ERRORS)
         errors.update(_COMMON_ERRORS)
+        if op.rateLimited and getattr(gateway, "rateLimit", None) is not None:
+            errors[429] = _DESCRIPTIONS[429]
         for status in sorted(errors):
             responses[str(status)] = _problem(errors[status])
         entry: dict[str, Any] = {

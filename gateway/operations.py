@@ -37,6 +37,8 @@ class Operation:
     @ivar streaming: Whether it answers with a stream of Server-Sent Events
         written by the handler, rather than one body: it then holds no
         place among the requests in flight once admitted.
+    @ivar rateLimited: Whether it counts against the client address's rate
+        limit (not for probes such as the health check).
     """
 
     summary: str
@@ -50,6 +52,7 @@ class Operation:
     priority: Priority = Priority.NORMAL
     description: str = ""
     streaming: bool = False
+    rateLimited: bool = True
 
 
 def operation(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -29,6 +29,7 @@ from .gateway import (
     LISTEN,
     MAX_BODY_SIZE,
     MAX_IN_FLIGHT,
+    RATE_LIMIT,
     checkEdge,
     gatewayListener,
 )
@@ -77,6 +78,7 @@ class Options(usage.Options):
         MAX_BODY_SIZE,
         MAX_IN_FLIGHT,
         LAG_LIMIT,
+        RATE_LIMIT,
         SESSION_LIFETIME,
         CACHE_SIZE,
         POST_RATE,

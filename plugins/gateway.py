@@ -86,6 +86,14 @@ MAX_BODY_SIZE = [
     "Largest request body, in bytes (413 above).",
     int,
 ]
+RATE_LIMIT = [
+    "rate-limit",
+    None,
+    None,
+    "Requests admitted per client address (IPv6: per /64), as REQUESTS/SECONDS, e.g."
+    " 600/60; past it, 429 with Retry-After. Counted across every gateway on the bus."
+    " Behind a load balancer, give --trusted-proxies. Default: no limit.",
+]
 PARSER_OVER = [
     "parser-over",
     None,
@@ -110,6 +118,7 @@ class Options(usage.Options):
         CALL_TIMEOUT,
         MAX_BODY_SIZE,
         PARSER_OVER,
+        RATE_LIMIT,
         MAX_IN_FLIGHT,
         LAG_LIMIT,
         HEALTH_FILE,
@@ -156,6 +165,13 @@ def checkEdge(options: usage.Options) -> None:
             raise usage.UsageError(
                 f"--trusted-proxies: {network!r} is not an address or range"
             ) from None
+    if options.get("rate-limit") is not None:
+        from gateway.ratelimit import parseRateLimit
+
+        try:
+            options.rateLimit = parseRateLimit(options["rate-limit"])
+        except ValueError as e:
+            raise usage.UsageError(f"--rate-limit: {e}") from None
     origins = options["cors-origins"]
     options.corsOrigins = [o.strip() for o in origins.split(",") if o.strip()] if origins else []
     for origin in options.corsOrigins:
@@ -174,6 +190,14 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
 
     from ._lifecycle import Listeners, ListeningService
 
+    listeners = Listeners()
+    rateLimit = None
+    if getattr(options, "rateLimit", None) is not None:
+        from gateway.ratelimit import AddressRateLimit
+
+        limit, window = options.rateLimit
+        rateLimit = AddressRateLimit(bus, reactor, limit, window)
+        rateLimit.setServiceParent(listeners)
     gateway = Gateway(
         bus,
         reactor,
@@ -183,8 +207,8 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         trustedProxies=getattr(options, "trustedProxies", []),
         maxInFlight=options["max-in-flight"],
         parserOver=options.get("parser-over"),
+        rateLimit=rateLimit,
     )
-    listeners = Listeners()
     if options["lag-limit"] > 0:
         from gateway.admission import LagMonitor
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 
 from ..processes import SERVING
 from ..support import eventually, keyArguments
@@ -353,3 +355,46 @@ class ParserPoolTests(TwoGatewaysTestCase):
         yield eventually(
             lambda: self.parsers[1].output.count(b"parser parse from 010100") >= before + 4
         )
+
+
+class RateLimitAcrossGatewaysTests(TwoGatewaysTestCase):
+    """
+    Two gateways limiting requests per client address to 10 a minute,
+    sharing their counts over RabbitMQ.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        yield self.startPlatform(
+            [self.service("account")],
+            "--rate-limit",
+            "10/60",
+            "--trusted-proxies",
+            "127.0.0.1",
+        )
+
+    @inlineCallbacks
+    def test_sharedLimit(self) -> Any:
+        """
+        A client spreading its requests over both gateways gets ten in all,
+        then 429 from either; another client is not affected.
+        """
+        client = {"X_Forwarded_For": "198.51.100.7"}
+        for _ in range(6):
+            status, _ = yield self.request(0, "GET", "/v1/accounts/nobody", **client)
+            self.assertEqual(status, 404)
+        yield deferLater(reactor, 1.5, lambda: None)  # shared every 0.5 s
+        for _ in range(4):
+            status, _ = yield self.request(1, "GET", "/v1/accounts/nobody", **client)
+            self.assertEqual(status, 404)
+        status, problem = yield self.request(1, "GET", "/v1/accounts/nobody", **client)
+        self.assertEqual(status, 429, problem)
+        self.assertGreaterEqual(problem["retry_after"], 1)
+        yield deferLater(reactor, 1.5, lambda: None)
+        status, problem = yield self.request(0, "GET", "/v1/accounts/nobody", **client)
+        self.assertEqual(status, 429, problem)
+        status, _ = yield self.request(
+            0, "GET", "/v1/accounts/nobody", X_Forwarded_For="198.51.100.8"
+        )
+        self.assertEqual(status, 404)

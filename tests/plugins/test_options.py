@@ -400,6 +400,30 @@ class MakeServiceTests(SynchronousTestCase):
         )
         self.assertIn("--parser-over must be 0 or more", str(error))
 
+    def test_rateLimit(self) -> None:
+        """
+        --rate-limit REQUESTS/SECONDS gives the gateway (and the all-in-one)
+        a limiter sharing counts on the bus; anything else is refused.
+        """
+        options = gateway.Options()
+        options.parseOptions(
+            ["--listen", "tcp:0", "--rate-limit", "600/60", *keyArguments(self.keys, "gateway")]
+        )
+        self.assertEqual(options.rateLimit, (600, 60.0))
+        listeners = gateway.gatewayListener(options, MemoryReactorClock(), object())
+        [limiter] = [s for s in listeners if type(s).__name__ == "AddressRateLimit"]
+        self.assertEqual((limiter.limit, limiter.window), (600, 60.0))
+        for bad in ["600", "0/60", "many/60"]:
+            error = self.assertRaises(
+                usage.UsageError,
+                gateway.Options().parseOptions,
+                ["--rate-limit", bad, *keyArguments(self.keys, "gateway")],
+            )
+            self.assertIn("--rate-limit", str(error))
+        options = allinone.Options()
+        options.parseOptions(["--rate-limit", "5/1"])
+        self.assertEqual(options.rateLimit, (5, 1.0))
+
     def test_gateway(self) -> None:
         """
         The gateway's command runs the bus and the listener.
