@@ -622,12 +622,15 @@ class AMQPBus(Service):
         self._connections = itertools.count(1)
         self._connected: list[Deferred[None]] = []
         self._stopping: Deferred[None] | None = None
+        backoff = backoffPolicy(initialDelay=0.2, factor=2.0, maxDelay=10.0)
+        #: Connections lost before they were ready, in a row (see _prepareOrLost).
+        self._lostEarly = 0
         self._service = ClientService(
             url.endpoint(reactor),
             _Factory(self),
-            retryPolicy=backoffPolicy(initialDelay=0.2, factor=2.0, maxDelay=10.0),
+            retryPolicy=lambda attempts: backoff(attempts + self._lostEarly),
             clock=reactor,
-            prepareConnection=self._prepare,
+            prepareConnection=self._prepareOrLost,
         )
 
     def clientProperties(self) -> dict[str, Any]:
@@ -698,6 +701,29 @@ class AMQPBus(Service):
     def connected(self) -> bool:
         return self._protocol is not None and not self._protocol.lost
 
+    def _prepareOrLost(self, proxy: AMQPConnection) -> Deferred[None]:
+        """
+        L{_prepare}, for ClientService, which cannot take a preparation that
+        fails because its connection was lost (the broker refused the
+        login, a TLS certificate did not check out): the loss notice that
+        follows finds it already waiting to retry and raises NoTransition.
+        Such a failure is logged and reported as success instead; the loss
+        then makes it retry, and the back-off still grows.
+        """
+
+        def lost(failure: Failure) -> Failure | None:
+            if not proxy.lost:
+                return failure
+            self._lostEarly += 1
+            self.log.warn(
+                "The connection to {broker} was lost before it was ready: {why}",
+                broker=str(self.url),
+                why=failure.getErrorMessage() or failure.type.__name__,
+            )
+            return None
+
+        return self._prepare(proxy).addErrback(lost)
+
     @inlineCallbacks
     def _prepare(self, proxy: AMQPConnection) -> Any:
         url = self.url
@@ -730,6 +756,7 @@ class AMQPBus(Service):
                 started.add(consumer)
                 yield consumer.start(protocol, channel)
         generation = next(self._connections)
+        self._lostEarly = 0
         self.log.info(
             "Connected to {broker} ({consumers} consumer(s), connection {n})",
             broker=str(url),
