@@ -36,9 +36,18 @@ class ComposeTests(SynchronousTestCase):
         """
         self.assertEqual(
             set(self.services),
-            {"rabbitmq", "postgres", "loadbalancer", "gateway", "account", "post", "notify"},
+            {
+                "rabbitmq",
+                "postgres",
+                "loadbalancer",
+                "gateway",
+                "account",
+                "post",
+                "notify",
+                "parser",
+            },
         )
-        for name in ["gateway", "account", "post", "notify"]:
+        for name in ["gateway", "account", "post", "notify", "parser"]:
             service = self.services[name]
             self.assertEqual(service["deploy"]["replicas"], 2, name)
             self.assertIn("healthcheck", service, name)
@@ -50,7 +59,7 @@ class ComposeTests(SynchronousTestCase):
         """
         Broker and database URLs come from secret files, never inline.
         """
-        for name in ["account", "post", "notify", "gateway"]:
+        for name in ["account", "post", "notify", "gateway", "parser"]:
             command = self.services[name]["command"]
             self.assertIn("@/run/secrets/bus_url", command)
             self.assertNotIn("amqp://", " ".join(command))
@@ -87,7 +96,7 @@ class KubernetesTests(SynchronousTestCase):
         probes, resource limits and a grace period for draining.
         """
         deployments = self.kind("Deployment")
-        self.assertEqual(set(deployments), {"gateway", "account", "post", "notify"})
+        self.assertEqual(set(deployments), {"gateway", "account", "post", "notify", "parser"})
         for name, deployment in deployments.items():
             spec = deployment["spec"]["template"]["spec"]
             [container] = spec["containers"]
