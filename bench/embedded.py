@@ -160,6 +160,27 @@ def runWrk(url: str, clients: int, duration: float, script: str | None) -> dict[
     return parseWrk(result.stdout)
 
 
+def startWrk(
+    url: str, clients: int, duration: float, script: str | None = None
+) -> subprocess.Popen:
+    """
+    wrk running in the background (to overlap with another); see L{finished}.
+    """
+    command = ["wrk", "--latency", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{duration:g}s"]
+    command += ["--timeout", "10s"]
+    if script:
+        command += ["-s", script]
+    return subprocess.Popen(command + [url], stdout=subprocess.PIPE, text=True)
+
+
+def finished(process: subprocess.Popen) -> dict[str, Any]:
+    """
+    What a wrk started with L{startWrk} measured, once it ends.
+    """
+    output, _ = process.communicate(timeout=120)
+    return parseWrk(output)
+
+
 def populate(api: str) -> tuple[dict[str, str], str]:
     """
     An author with 25 posts mentioning a reader, who therefore has

@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from amqp import Processes, freePort, keyFiles  # noqa: E402
-from embedded import PASSWORD, http, parseWrk  # noqa: E402
+from embedded import PASSWORD, finished, http, startWrk  # noqa: E402
 from sections import writeSection  # noqa: E402
 
 VHOST = "txplatform-bench-parser"
@@ -67,19 +67,6 @@ def floodScript(directory: str) -> str:
         f.write(f"wrk.body = {json.dumps(largeBody().decode())}\n")
         f.write('wrk.headers["Content-Type"] = "application/json"\n')
     return path
-
-
-def wrk(url: str, clients: int, duration: float, script: str | None = None) -> subprocess.Popen:
-    command = ["wrk", "--latency", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{duration:g}s"]
-    command += ["--timeout", "10s"]
-    if script:
-        command += ["-s", script]
-    return subprocess.Popen(command + [url], stdout=subprocess.PIPE, text=True)
-
-
-def finished(process: subprocess.Popen) -> dict[str, Any]:
-    output, _ = process.communicate(timeout=120)
-    return parseWrk(output)
 
 
 def main() -> None:
@@ -147,9 +134,9 @@ def main() -> None:
         for round in range(args.rounds):
             for mode, url in urls.items():
                 small = url + "/v1/accounts/author"
-                unloaded = finished(wrk(small, args.small, args.duration))
-                flood = wrk(url + "/v1/accounts", args.flood, args.duration + 2, script)
-                loaded = finished(wrk(small, args.small, args.duration))
+                unloaded = finished(startWrk(small, args.small, args.duration))
+                flood = startWrk(url + "/v1/accounts", args.flood, args.duration + 2, script)
+                loaded = finished(startWrk(small, args.small, args.duration))
                 flooded = finished(flood)
                 for kind, measured in [("unloaded", unloaded), ("loaded", loaded)]:
                     if measured["non2xx"] or measured["socketErrors"]:

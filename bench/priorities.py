@@ -34,29 +34,17 @@ sys.path.insert(0, HERE)
 
 from embedded import (  # noqa: E402
     PASSWORD,
+    finished,
     freePort,
     http,
     luaScript,
-    parseWrk,
     platformCommand,
+    startWrk,
     waitForHTTP,
 )
 from sections import writeSection  # noqa: E402
 
 BEGIN, END = "<!-- priorities:begin -->", "<!-- priorities:end -->"
-
-
-def wrk(url: str, clients: int, duration: float, script: str | None) -> subprocess.Popen:
-    command = ["wrk", "--latency", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{duration:g}s"]
-    command += ["--timeout", "10s"]
-    if script:
-        command += ["-s", script]
-    return subprocess.Popen(command + [url], stdout=subprocess.PIPE, text=True)
-
-
-def finished(process: subprocess.Popen) -> dict[str, Any]:
-    output, _ = process.communicate(timeout=120)
-    return parseWrk(output)
 
 
 def main() -> None:
@@ -106,10 +94,14 @@ def main() -> None:
         login = luaScript(work, "login", "POST", {"username": "author", "password": PASSWORD}, None)
         reads = api + "/v1/accounts/author/posts"
         for round in range(args.rounds):
-            results["unloaded"].append(finished(wrk(api + "/v1/sessions", 1, args.duration, login)))
-            flood = wrk(reads, args.flood, args.duration + 4, None)
+            results["unloaded"].append(
+                finished(startWrk(api + "/v1/sessions", 1, args.duration, login))
+            )
+            flood = startWrk(reads, args.flood, args.duration + 4, None)
             time.sleep(2)  # the flood at full speed first
-            results["loaded"].append(finished(wrk(api + "/v1/sessions", 1, args.duration, login)))
+            results["loaded"].append(
+                finished(startWrk(api + "/v1/sessions", 1, args.duration, login))
+            )
             results["flood"].append(finished(flood))
             print(
                 f"round {round + 1}: login p99 unloaded {results['unloaded'][-1]['p99']:.1f} ms,"
