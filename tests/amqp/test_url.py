@@ -2,12 +2,16 @@
 Tests for L{txplatform.amqp.url}.
 """
 
+import os
+
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.amqp.url import BrokerURL, _certificates
 from txplatform.buses import checkBusURL
+
+from ..gateway.test_edge import makeCertificate
 
 
 class BrokerURLTests(SynchronousTestCase):
@@ -66,7 +70,11 @@ class BrokerURLTests(SynchronousTestCase):
         """
         Every certificate of a CA file is trusted, not just the first.
         """
-        pems = [_selfSigned(name) for name in ("First CA", "Second CA")]
+        pems = []
+        for name in ("First CA", "Second CA"):
+            certPath, _ = makeCertificate(os.path.abspath(self.mktemp()), name)
+            with open(certPath, "rb") as f:
+                pems.append(f.read())
         certificates = _certificates(b"junk before\n" + b"".join(pems))
         self.assertEqual(
             [c.getSubject().commonName for c in certificates], [b"First CA", b"Second CA"]
@@ -81,27 +89,3 @@ class BrokerURLTests(SynchronousTestCase):
         checkBusURL("amqp://guest:guest@127.0.0.1/")
         self.assertRaises(ValueError, checkBusURL, "carrier-pigeon:")
         self.assertRaises(ValueError, checkBusURL, "amqp://")
-
-
-def _selfSigned(name: str) -> bytes:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM)
