@@ -105,7 +105,7 @@ def main() -> None:
             port = freePort()
             extra = ["--parser-over", str(PARSER_OVER)] if mode == "pool" else []
             # Nothing shed: the point is what parsing does to latency.
-            extra += ["--lag-limit", "0", "--max-in-flight", "4096"]
+            extra += ["--busy-limit", "0", "--max-in-flight", "4096"]
             processes.twistd(
                 "gateway",
                 *bus,

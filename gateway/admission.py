@@ -15,14 +15,15 @@ class, then the normal one, while the high class is still taken.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 
 from txplatform.context import Priority
 
-__all__ = ["Admission", "LagMonitor"]
+__all__ = ["Admission", "BusyMonitor"]
 
 # Thresholds as shares of the capacity, by class.
 DEFAULT_SHARES = {Priority.LOW: 0.5, Priority.NORMAL: 0.8, Priority.HIGH: 1.0}
@@ -56,11 +57,12 @@ class Admission:
         eligible = [p for p in self.thresholds if p <= priority]
         return max(eligible) if eligible else min(self.thresholds)
 
-    #: With a L{LagMonitor}: past C{lagLimit} seconds of lateness the low
-    #: class is refused whatever is in flight, past twice as much the
-    #: normal class too.
-    monitor: LagMonitor | None = None
-    lagLimit = 0.02
+    #: With a L{BusyMonitor}: a reactor busier than C{busyLimit} refuses
+    #: the low class whatever is in flight, and busier than halfway from
+    #: there to full the normal class too, keeping the rest of its time for
+    #: the high class.
+    monitor: BusyMonitor | None = None
+    busyLimit = 0.5
 
     def admit(self, priority: int) -> bool:
         """
@@ -68,8 +70,10 @@ class Admission:
         """
         klass = self._class(priority)
         if self.monitor is not None and klass != max(self.thresholds):
-            lag = self.monitor.lag
-            if lag > self.lagLimit * (2 if klass > min(self.thresholds) else 1):
+            limit = self.busyLimit
+            if klass > min(self.thresholds):
+                limit = (1 + limit) / 2
+            if self.monitor.busy > limit:
                 self.shed[klass] += 1
                 return False
         if self.inFlight >= self.thresholds[klass]:
@@ -86,23 +90,34 @@ class Admission:
         self.inFlight -= 1
 
 
-class LagMonitor(Service):
+class BusyMonitor(Service):
     """
-    How late the reactor runs: a timer due every C{interval} seconds notes
-    how much later it fires, smoothed.  Admission by requests in flight
-    misses the overload of many short requests (each finishes quickly, few
-    are in flight, yet the reactor never rests and every request waits its
-    turn); a late reactor shows it.
+    How busy the reactor is: the share of the wall-clock time its thread
+    spent on the CPU, measured by a timer every C{interval} seconds and
+    smoothed.  Admission by requests in flight misses the overload of many
+    short requests (each finishes quickly, few are in flight, yet the
+    reactor never rests and every request waits its turn at every
+    crossing); a busy reactor shows it.  Its lateness would not: a reactor
+    at full load still runs timers nearly on time, a turn being short.
 
-    @ivar lag: The smoothed lateness, seconds.
+    @ivar busy: The smoothed share, from 0 (idle) to 1 (never waiting).
     """
 
-    def __init__(self, clock: Any, interval: float = 0.05, smoothing: float = 0.3) -> None:
+    def __init__(
+        self,
+        clock: Any,
+        interval: float = 0.05,
+        smoothing: float = 0.3,
+        cpuTime: Callable[[], float] = time.thread_time,
+    ) -> None:
         self._clock = clock
         self.interval = interval
         self._smoothing = smoothing
-        self.lag = 0.0
-        self._last = 0.0
+        # Read in the reactor's thread: the CPU time of that thread alone,
+        # not of the threads hashing passwords or waiting on databases.
+        self._cpuTime = cpuTime
+        self.busy = 0.0
+        self._last = (0.0, 0.0)
         self._call: Any = None
 
     def startService(self) -> None:
@@ -115,14 +130,16 @@ class LagMonitor(Service):
 
     def start(self) -> None:
         if self._call is None:
-            self._last = self._clock.seconds()
+            self._last = (self._clock.seconds(), self._cpuTime())
             self._call = self._clock.callLater(self.interval, self._tick)
 
     def _tick(self) -> None:
-        now = self._clock.seconds()
-        late = max(0.0, now - self._last - self.interval)
-        self.lag += self._smoothing * (late - self.lag)
-        self._last = now
+        now, cpu = self._clock.seconds(), self._cpuTime()
+        elapsed = now - self._last[0]
+        if elapsed > 0:
+            share = min(1.0, max(0.0, (cpu - self._last[1]) / elapsed))
+            self.busy += self._smoothing * (share - self.busy)
+        self._last = (now, cpu)
         self._call = self._clock.callLater(self.interval, self._tick)
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import random
 import re
 from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
@@ -184,8 +185,8 @@ class Gateway:
     @param maxInFlight: Requests this replica works on at once, the high
         class's limit; lower classes stop being admitted earlier
         (L{gateway.admission}).
-    @param shedDelay: Seconds a refused request waits for its 503 (its
-        Retry-After).
+    @param shedDelay: Seconds a refused request waits at least for its 503
+        (its Retry-After).
     @param parserOver: Bodies larger than this many bytes are decoded and
         checked by the parser service's replicas rather than here; C{None}:
         all here.
@@ -214,6 +215,7 @@ class Gateway:
         self.parserOver = parserOver
         self.rateLimit = rateLimit
         self.shedDelay = shedDelay
+        self._random = random.Random()
         self.admission = Admission(maxInFlight)
         self.streams = NotificationStreams(bus, clock, heartbeat)
         self.corsOrigins = list(corsOrigins or [])
@@ -460,12 +462,16 @@ class Gateway:
         time it says.  The connection reads nothing meanwhile (HTTP/1.1
         answers in order), so a client that does not wait as told is slowed
         to one request a second per connection instead of taking the turns
-        of the reactor that more urgent requests need.
+        of the reactor that more urgent requests need.  The wait is drawn
+        between one and one and a half times C{shedDelay}: refused together,
+        a flood's connections would otherwise come back together, and their
+        burst would hold the reactor for a whole turn at a time.
         """
         body = self._problem(request, Failure(_OVERLOADED))
         if not self.shedDelay:
             return body
-        d = deferLater(self.clock, self.shedDelay, lambda: body)
+        delay = self.shedDelay * self._random.uniform(1.0, 1.5)
+        d = deferLater(self.clock, delay, lambda: body)
         request.notifyFinish().addErrback(lambda _: d.cancel())
         return d
 

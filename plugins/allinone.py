@@ -23,9 +23,9 @@ from ._common import (
 )
 from .account import SESSION_LIFETIME
 from .gateway import (
+    BUSY_LIMIT,
     CALL_TIMEOUT,
     HTTPS,
-    LAG_LIMIT,
     LISTEN,
     MAX_BODY_SIZE,
     MAX_IN_FLIGHT,
@@ -77,7 +77,7 @@ class Options(usage.Options):
         CALL_TIMEOUT,
         MAX_BODY_SIZE,
         MAX_IN_FLIGHT,
-        LAG_LIMIT,
+        BUSY_LIMIT,
         RATE_LIMIT,
         SESSION_LIFETIME,
         CACHE_SIZE,

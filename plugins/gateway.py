@@ -71,12 +71,13 @@ MAX_IN_FLIGHT = [
     " the refused get 503 with Retry-After.",
     int,
 ]
-LAG_LIMIT = [
-    "lag-limit",
+BUSY_LIMIT = [
+    "busy-limit",
     None,
-    20.0,
-    "Milliseconds of reactor lateness past which low-priority routes are refused (twice as"
-    " much: writes too), whatever is in flight; 0 turns it off.",
+    50.0,
+    "Percent of its time the reactor may be busy before low-priority routes are refused"
+    " (halfway from there to 100: writes too), whatever is in flight, keeping the rest for"
+    " sessions; 0 turns it off.",
     float,
 ]
 MAX_BODY_SIZE = [
@@ -120,7 +121,7 @@ class Options(usage.Options):
         PARSER_OVER,
         RATE_LIMIT,
         MAX_IN_FLIGHT,
-        LAG_LIMIT,
+        BUSY_LIMIT,
         HEALTH_FILE,
     ]
 
@@ -154,6 +155,10 @@ def checkEdge(options: usage.Options) -> None:
             options.tlsOptions = serverOptions(options["tls-cert"], options["tls-key"])
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
+    if not 0 <= options["busy-limit"] < 100:
+        raise usage.UsageError(
+            f"--busy-limit is a percentage below 100 (0: off), not {options['busy-limit']:g}"
+        )
     import ipaddress
 
     proxies = options["trusted-proxies"]
@@ -209,12 +214,12 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         parserOver=options.get("parser-over"),
         rateLimit=rateLimit,
     )
-    if options["lag-limit"] > 0:
-        from gateway.admission import LagMonitor
+    if options["busy-limit"] > 0:
+        from gateway.admission import BusyMonitor
 
-        monitor = LagMonitor(reactor)
+        monitor = BusyMonitor(reactor)
         gateway.admission.monitor = monitor
-        gateway.admission.lagLimit = options["lag-limit"] / 1000
+        gateway.admission.busyLimit = options["busy-limit"] / 100
         monitor.setServiceParent(listeners)
     if options["listen"] is not None:
         ListeningService(reactor, options["listen"], gateway.site(), "Gateway").setServiceParent(

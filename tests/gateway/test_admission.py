@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway import Gateway
-from gateway.admission import Admission, LagMonitor
+from gateway.admission import Admission, BusyMonitor
 from txplatform.context import Priority
 from txplatform.errors import NotFound
 
@@ -75,47 +75,143 @@ class AdmissionTests(SynchronousTestCase):
         self.assertRaises(ValueError, Admission, 10, {Priority.LOW: 0.9, Priority.HIGH: 0.5})
 
 
-class LagTests(SynchronousTestCase):
-    def test_lag(self) -> None:
+class FakeCPU:
+    """
+    The reactor thread's CPU time, as a test sets it.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+class BusyTests(SynchronousTestCase):
+    def test_busy(self) -> None:
         """
-        The monitor measures how late its timer fires, smoothed; stopped,
-        it leaves no timer.
+        The monitor measures the share of each interval the reactor's
+        thread spent on the CPU, smoothed; stopped, it leaves no timer.
         """
-        clock = Clock()
-        monitor = LagMonitor(clock, interval=0.05, smoothing=0.5)
+        clock, cpu = Clock(), FakeCPU()
+        monitor = BusyMonitor(clock, interval=0.05, smoothing=0.5, cpuTime=cpu)
         monitor.startService()
         clock.advance(0.05)
-        self.assertEqual(monitor.lag, 0.0)
-        clock.advance(0.15)  # a turn 100 ms late
-        self.assertAlmostEqual(monitor.lag, 0.05)
-        for _ in range(10):
+        self.assertEqual(monitor.busy, 0.0)
+        cpu.seconds += 0.04  # 80% of the next interval
+        clock.advance(0.05)
+        self.assertAlmostEqual(monitor.busy, 0.4)
+        cpu.seconds += 0.05
+        clock.advance(0.05)
+        self.assertAlmostEqual(monitor.busy, 0.7)
+        for _ in range(20):
             clock.advance(0.05)
-        self.assertLess(monitor.lag, 0.001)
+        self.assertLess(monitor.busy, 0.001)
         monitor.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_lateReactorSheds(self) -> None:
+    def test_lateTick(self) -> None:
         """
-        A late reactor refuses the low class past the limit and the normal
-        class past twice the limit, whatever is in flight; never the high
-        class.
+        A tick that comes late measures the share over the time that really
+        passed, and never more than all of it.
         """
-        monitor = LagMonitor(Clock())
+        clock, cpu = Clock(), FakeCPU()
+        monitor = BusyMonitor(clock, interval=0.05, smoothing=1.0, cpuTime=cpu)
+        monitor.start()
+        cpu.seconds += 0.1
+        clock.advance(0.2)  # one turn of 100 ms on the CPU, 100 ms idle
+        self.assertAlmostEqual(monitor.busy, 0.5)
+        cpu.seconds += 0.2  # several threads' worth would be a clock error
+        clock.advance(0.05)
+        self.assertEqual(monitor.busy, 1.0)
+        monitor.stop()
+
+    def test_threadTime(self) -> None:
+        """
+        By default the monitor reads the CPU time of the thread it runs in
+        (the reactor's): spinning in that thread counts; sleeping, or
+        another thread spinning (hashing a password), does not.
+        """
+        import threading
+        import time
+
+        monitor = BusyMonitor(Clock())
+
+        def spin(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                pass
+
+        before = monitor._cpuTime()
+        time.sleep(0.05)
+        other = threading.Thread(target=spin, args=(0.2,))
+        other.start()
+        other.join()
+        self.assertLess(monitor._cpuTime() - before, 0.02)
+        before = monitor._cpuTime()
+        deadline = time.monotonic() + 10
+        while monitor._cpuTime() - before < 0.05 and time.monotonic() < deadline:
+            pass
+        self.assertGreaterEqual(monitor._cpuTime() - before, 0.05)
+
+    def test_busyReactorSheds(self) -> None:
+        """
+        A busy reactor refuses the low class past the limit and the normal
+        class past halfway from the limit to full, whatever is in flight;
+        never the high class.
+        """
+        monitor = BusyMonitor(Clock())
         admission = Admission(100)
         admission.monitor = monitor
-        admission.lagLimit = 0.02
-        monitor.lag = 0.03
-        self.assertEqual(
-            [admission.admit(p) for p in (Priority.LOW, Priority.NORMAL, Priority.HIGH)],
-            [False, True, True],
-        )
-        monitor.lag = 0.05
-        self.assertEqual(
-            [admission.admit(p) for p in (Priority.LOW, Priority.NORMAL, Priority.HIGH)],
-            [False, False, True],
-        )
-        monitor.lag = 0.0
+        admission.busyLimit = 0.5
+        classes = (Priority.LOW, Priority.NORMAL, Priority.HIGH)
+        monitor.busy = 0.6
+        self.assertEqual([admission.admit(p) for p in classes], [False, True, True])
+        monitor.busy = 0.8
+        self.assertEqual([admission.admit(p) for p in classes], [False, False, True])
+        monitor.busy = 1.0
+        self.assertEqual([admission.admit(p) for p in classes], [False, False, True])
+        self.assertEqual(admission.shed, {Priority.LOW: 3, Priority.NORMAL: 2})
+        monitor.busy = 0.5
         self.assertTrue(admission.admit(Priority.LOW))
+
+
+class ShedDelayTests(SynchronousTestCase):
+    def test_spread(self) -> None:
+        """
+        Refused requests get their 503 no sooner than C{shedDelay} and no
+        later than half as long again, spread over that span: a flood
+        refused at once does not come back at once.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        clock = Clock()
+        gateway = Gateway(StubBus(), clock, shedDelay=1.0)  # type: ignore[arg-type]
+        answered: list[float] = []
+        for _ in range(50):
+            d = gateway._shed(DummyRequest([b""]))
+            d.addCallback(lambda body: answered.append(clock.seconds()))
+        for _ in range(160):
+            clock.advance(0.01)
+        self.assertEqual(len(answered), 50)
+        self.assertGreaterEqual(min(answered), 1.0)
+        self.assertLessEqual(max(answered), 1.51)
+        # 50 draws over half a second: at least a dozen distinct 10 ms turns.
+        self.assertGreater(len(set(answered)), 12)
+
+    def test_gone(self) -> None:
+        """
+        A client that leaves before its 503 leaves no timer behind.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        clock = Clock()
+        gateway = Gateway(StubBus(), clock, shedDelay=1.0)  # type: ignore[arg-type]
+        request = DummyRequest([b""])
+        gateway._shed(request).addErrback(lambda f: None)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        request.processingFailed(Exception("connection lost"))
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class StubBus:

@@ -267,6 +267,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, self.parse, post, "--post-cache-size", "-1")
         self.assertEqual(self.parse(allinone, "--post-cache-size", "0")["post-cache-size"], 0)
 
+    def test_busyLimit(self) -> None:
+        """
+        The busy limit is a percentage below 100, 0 turning it off; the
+        gateway then runs no monitor.
+        """
+        self.assertEqual(self.parse(gateway)["busy-limit"], 50.0)
+        self.assertEqual(self.parse(allinone, "--busy-limit", "70")["busy-limit"], 70.0)
+        for wrong in ("100", "-1", "busy"):
+            self.assertRaises(usage.UsageError, self.parse, gateway, "--busy-limit", wrong)
+        options = self.parse(gateway, "--busy-limit", "0")
+        listeners = gateway.gatewayListener(options, MemoryReactorClock(), None)
+        self.assertEqual([type(s).__name__ for s in listeners], ["ListeningService"])
+
     def test_allInOneDatabases(self) -> None:
         """
         The all-in-one gives each service its own SQLite file, or its own
@@ -460,7 +473,7 @@ class MakeServiceTests(SynchronousTestCase):
         listeners = gateway.gatewayListener(options, MemoryReactorClock(), None)
         self.assertEqual(
             [type(s).__name__ for s in listeners],
-            ["LagMonitor", "ListeningService", "ListeningService"],
+            ["BusyMonitor", "ListeningService", "ListeningService"],
         )
         http, https = list(listeners)[1:]
         self.assertEqual([http.description, https.description], ["tcp:0", "tcp:0"])
