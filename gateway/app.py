@@ -82,6 +82,10 @@ class Principal:
     session_id: str
 
 
+def _principal(session: dict[str, Any]) -> Principal:
+    return Principal(session["account_id"], session["username"], session["session_id"])
+
+
 class _Exchange:
     """
     What the gateway keeps about one HTTP request (a plain slotted class:
@@ -306,7 +310,7 @@ class Gateway:
             request.notifyFinish().addBoth(self._released)
         if op.auth:
             request.setHeader("Cache-Control", "no-store")
-            d = self._authenticate(request)
+            d = self._authenticate(request, op.ticket)
             return d.addCallback(self._proceed, op, f, request, path)
         return self._proceed(None, op, f, request, path)
 
@@ -419,8 +423,11 @@ class Gateway:
             return None
         return token
 
-    def _authenticate(self, request: IRequest) -> Deferred[Principal]:
+    def _authenticate(self, request: IRequest, ticketAllowed: bool = False) -> Deferred[Principal]:
         if not request.getHeader("authorization"):
+            tickets = (request.args or {}).get(b"ticket")
+            if ticketAllowed and tickets:
+                return self._redeem(request, tickets[0])
             return fail(Unauthenticated("this needs a token: send Authorization: Bearer <token>"))
         token = self._bearer(request)
         if token is None:
@@ -428,7 +435,21 @@ class Gateway:
         d = self.call(
             request, account.SERVICE_ID, "verify_token", {"token": token}, idempotent=True
         )
-        return d.addCallback(lambda s: Principal(s["account_id"], s["username"], s["session_id"]))
+        return d.addCallback(_principal)
+
+    def _redeem(self, request: IRequest, ticket: bytes) -> Deferred[Principal]:
+        """
+        The session a stream ticket stands for; the ticket is used up.
+        """
+        text = ticket.decode("ascii", "replace")
+        if not _TOKEN.match(text):
+            return fail(Unauthenticated("the stream ticket is invalid, expired or already used"))
+        # Not idempotent: sent again after a lost reply, the ticket would be
+        # refused as used; the client asks for another.
+        d = self.call(
+            request, account.SERVICE_ID, "redeem_ticket", {"ticket": text}, idempotent=False
+        )
+        return d.addCallback(_principal)
 
     def _rawBody(self, request: IRequest) -> bytes:
         if getattr(request, "bodyTooLarge", False):
@@ -762,6 +783,7 @@ class Gateway:
         "Receive your new notifications as they arrive",
         tag="notifications",
         auth=True,
+        ticket=True,
         response=schemas.NOTIFICATION,
         priority=Priority.LOW,
         streaming=True,
@@ -770,7 +792,8 @@ class Gateway:
         " `notification` whose `id` is the notification's id and whose `data` is the"
         " notification (JSON). Reconnect with `Last-Event-ID` to get what was missed"
         " first. A comment every 15 seconds keeps the stream alive; the stream ends"
-        " when the session does.",
+        " when the session does. A browser's `EventSource`, which cannot send a token,"
+        " passes a ticket instead: `?ticket=` from `POST /v1/notifications/stream/tickets`.",
     )
     def notificationStream(self, request: IRequest, principal: Principal) -> Any:
         last = request.getHeader("last-event-id")
@@ -779,9 +802,31 @@ class Gateway:
         return self.streams.open(
             request,
             principal.account_id,
-            self._bearer(request),
+            principal.session_id,
             self._exchange(request).requestId,
             last,
+        )
+
+    @app.route("/v1/notifications/stream/tickets", methods=["POST"])
+    @operation(
+        "Get a ticket to open your notification stream with",
+        tag="notifications",
+        auth=True,
+        status=201,
+        response=schemas.STREAM_TICKET,
+        description="For clients that cannot send the Authorization header, such as a"
+        " browser's `EventSource`: open `/v1/notifications/stream?ticket=<ticket>` within a"
+        " minute. A ticket opens one stream, once, and stands for the session that asked"
+        " for it: the stream ends when that session does. Each reconnection needs a new"
+        " ticket.",
+    )
+    def streamTicket(self, request: IRequest, principal: Principal) -> Any:
+        return self.call(
+            request,
+            account.SERVICE_ID,
+            "issue_ticket",
+            {"session_id": principal.session_id},
+            idempotent=False,
         )
 
     @app.route("/v1/notifications", methods=["GET"])

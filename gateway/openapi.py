@@ -119,6 +119,8 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
             }
         if op.auth:
             entry["security"] = [{"bearer": []}]
+            if op.ticket:
+                entry["security"].append({"streamTicket": []})
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = entry
     return {
@@ -133,6 +135,15 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": {"Problem": schemas.PROBLEM},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "streamTicket": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "ticket",
+                    "description": "Single use, for a minute: from"
+                    " POST /v1/notifications/stream/tickets.",
+                },
+            },
         },
     }

@@ -39,6 +39,9 @@ class Operation:
         place among the requests in flight once admitted.
     @ivar rateLimited: Whether it counts against the client address's rate
         limit (not for probes such as the health check).
+    @ivar ticket: Whether a stream ticket in the query (C{?ticket=}) may
+        stand for the bearer token, for clients that cannot send headers (a
+        browser's C{EventSource}).
     """
 
     summary: str
@@ -53,6 +56,7 @@ class Operation:
     description: str = ""
     streaming: bool = False
     rateLimited: bool = True
+    ticket: bool = False
 
 
 def operation(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -119,6 +119,16 @@ SESSION = _object(
     }
 )
 
+STREAM_TICKET = _object(
+    {
+        "ticket": {
+            "type": "string",
+            "description": "Open `/v1/notifications/stream?ticket=<ticket>` with it, once.",
+        },
+        "expires_at": _TIMESTAMP,
+    }
+)
+
 HEALTH = _object({"status": {"type": "string", "enum": ["ok"]}})
 
 

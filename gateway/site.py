@@ -11,12 +11,17 @@ the limit.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 __all__ = ["BoundedRequest", "GatewaySite"]
+
+# Stream tickets are single-use and short-lived, yet a credential until
+# used: they stay out of the logs.
+_TICKET = re.compile(rb"([?&]ticket=)[^&]*")
 
 
 class BoundedRequest(Request):
@@ -74,7 +79,7 @@ class GatewaySite(Site):
             '{client} "{method} {uri}" {status} {length} {requestId}',
             client=getattr(client, "host", "-"),
             method=request.method.decode("ascii", "replace"),
-            uri=request.uri.decode("ascii", "replace"),
+            uri=_TICKET.sub(rb"\1-", request.uri).decode("ascii", "replace"),
             status=request.code,
             length=request.sentLength,
             requestId=exchange.requestId if exchange is not None else "-",

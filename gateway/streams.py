@@ -10,7 +10,7 @@ replica can serve any user's stream.  A client that reconnects with
 C{Last-Event-ID} (the id of the last notification it got; ids are
 time-ordered) first gets what it missed, from the Notify service, then the
 live ones, each once.  A comment every C{heartbeat} seconds keeps proxies
-from closing an idle stream, and checks that the token still holds: a
+from closing an idle stream, and checks that the session still holds: a
 stream whose session ended, expired or was revoked, ends.  After the bus
 lost its connection (events may have been missed), every stream catches
 up the same way.
@@ -53,14 +53,16 @@ class _Stream:
         streams: NotificationStreams,
         request: IRequest,
         accountId: str,
-        token: str,
+        sessionId: str,
         requestId: str,
         lastEventId: str | None,
     ) -> None:
         self._streams = streams
         self.request = request
         self.accountId = accountId
-        self._token = token
+        # Checked by id, not by token: a stream opened with a ticket has no
+        # token, and one opened with a token need not keep it.
+        self._sessionId = sessionId
         self._requestId = requestId
         self.lastSent = lastEventId or ""
         self._catchingUp = False
@@ -147,13 +149,13 @@ class _Stream:
     @inlineCallbacks
     def beat(self) -> Any:
         """
-        A heartbeat, after checking that the token still holds.
+        A heartbeat, after checking that the session still holds.
         """
         try:
             yield self._streams.bus.call(
                 account.SERVICE_ID,
-                "verify_token",
-                {"token": self._token},
+                "verify_session",
+                {"session_id": self._sessionId},
                 priority=Priority.HIGH,
                 origin=self._origin(),
                 idempotent=True,
@@ -191,7 +193,7 @@ class NotificationStreams:
     The streams open on this gateway replica, and the subscription that
     feeds them.
 
-    @ivar heartbeat: Seconds between heartbeats (and token checks).
+    @ivar heartbeat: Seconds between heartbeats (and session checks).
     """
 
     log = Logger()
@@ -228,7 +230,7 @@ class NotificationStreams:
         self,
         request: IRequest,
         accountId: str,
-        token: str,
+        sessionId: str,
         requestId: str,
         lastEventId: str | None,
     ) -> Deferred[bytes]:
@@ -238,7 +240,7 @@ class NotificationStreams:
         @return: A Deferred that fires when the stream ends from this side,
             and whose cancellation (the client went away) closes it.
         """
-        stream = _Stream(self, request, accountId, token, requestId, lastEventId)
+        stream = _Stream(self, request, accountId, sessionId, requestId, lastEventId)
         d = self._subscribe()
 
         def subscribed(_: Any) -> Deferred[bytes]:

@@ -143,6 +143,30 @@ class VerifyToken:
 
 
 @message
+class VerifySession:
+    """
+    Whether a session (by id) still holds: what a long-lived stream checks.
+    """
+
+    session_id: str = string(minLength=1, maxLength=64)
+
+
+@message
+class IssueTicket:
+    """
+    A short-lived, single-use ticket standing for a session where a bearer
+    token cannot be sent (a browser's EventSource sends no headers).
+    """
+
+    session_id: str = string(minLength=1, maxLength=64)
+
+
+@message
+class RedeemTicket:
+    ticket: str = string(minLength=1, maxLength=256)
+
+
+@message
 class Follow:
     account_id: str = accountIdField()
     username: str = usernameLookupField()

@@ -24,7 +24,7 @@ from txplatform.timestamps import formatMillis, nowMillis
 
 from . import api
 from .passwords import PasswordHasher
-from .store import MIGRATIONS, NORMALISE, AccountRow, AccountStore
+from .store import MIGRATIONS, NORMALISE, AccountRow, AccountStore, SessionRow
 from .throttle import LoginThrottle
 
 __all__ = ["AccountService"]
@@ -41,11 +41,23 @@ def hashToken(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+def _sessionReply(session: SessionRow) -> dict[str, Any]:
+    return {
+        "account_id": session.account_id,
+        "username": session.username,
+        "session_id": session.id,
+        "expires_at": formatMillis(session.expires_at),
+    }
+
+
 class AccountService(DatabaseService):
     """
     @param sessionLifetime: Seconds a session lasts from login.
+    @ivar ticketLifetime: Seconds a stream ticket can be redeemed in: enough
+        for a browser to open its stream, little for a leaked URL.
     """
 
+    ticketLifetime = 60.0
     name = api.SERVICE_NAME
     serviceId = api.SERVICE_ID
     migrations = MIGRATIONS
@@ -237,12 +249,38 @@ class AccountService(DatabaseService):
         session = yield self.store.session(hashToken(request.token), nowMillis(self.clock))
         if session is None:
             raise Unauthenticated("the token is invalid, expired or revoked")
-        return {
-            "account_id": session.account_id,
-            "username": session.username,
-            "session_id": session.id,
-            "expires_at": formatMillis(session.expires_at),
-        }
+        return _sessionReply(session)
+
+    @rpc(api.VerifySession)
+    @inlineCallbacks
+    def verify_session(self, request: api.VerifySession, context: CallContext) -> Any:
+        session = yield self.store.sessionById(request.session_id, nowMillis(self.clock))
+        if session is None:
+            raise Unauthenticated("the session ended, expired or was revoked")
+        return _sessionReply(session)
+
+    @rpc(api.IssueTicket)
+    @inlineCallbacks
+    def issue_ticket(self, request: api.IssueTicket, context: CallContext) -> Any:
+        # Redelivered, this issues a second ticket: the first one's holder
+        # never got it, and it lapses unused.
+        ticket = secrets.token_urlsafe(32)
+        now = nowMillis(self.clock)
+        expiresAt = now + int(self.ticketLifetime * 1000)
+        created = yield self.store.createTicket(
+            hashToken(ticket), request.session_id, now, expiresAt
+        )
+        if not created:
+            raise Unauthenticated("the session ended, expired or was revoked")
+        return {"ticket": ticket, "expires_at": formatMillis(expiresAt)}
+
+    @rpc(api.RedeemTicket)
+    @inlineCallbacks
+    def redeem_ticket(self, request: api.RedeemTicket, context: CallContext) -> Any:
+        session = yield self.store.redeemTicket(hashToken(request.ticket), nowMillis(self.clock))
+        if session is None:
+            raise Unauthenticated("the stream ticket is invalid, expired or already used")
+        return _sessionReply(session)
 
     @rpc(api.Logout)
     @inlineCallbacks

@@ -67,6 +67,22 @@ MIGRATIONS = [
 
 MIGRATIONS.append(THROTTLE_MIGRATION)
 
+MIGRATIONS.append(
+    Migration(
+        3,
+        "stream tickets: single-use stand-ins for a session's token",
+        (
+            """CREATE TABLE account_stream_tickets (
+                ticket_hash {bytes} PRIMARY KEY,
+                session_id {id} NOT NULL REFERENCES account_sessions (id) ON DELETE CASCADE,
+                expires_at {bigint} NOT NULL
+            )""",
+            "CREATE INDEX account_stream_tickets_by_session ON account_stream_tickets (session_id)",
+            "CREATE INDEX account_stream_tickets_by_expiry ON account_stream_tickets (expires_at)",
+        ),
+    )
+)
+
 _COLUMNS = "id, username, email, display_name, password_hash, created_at"
 
 
@@ -420,12 +436,83 @@ class AccountStore:
             "DELETE FROM account_sessions WHERE id = ?", (sessionId,)
         )
 
-    def deleteExpiredSessions(self, now: int) -> Deferred[int]:
-        return self._database.runInteraction(
-            lambda t: (
-                t.execute("DELETE FROM account_sessions WHERE expires_at <= ?", (now,)).rowcount
-            )
+    def sessionById(self, sessionId: str, now: int) -> Deferred[SessionRow | None]:
+        """
+        The unexpired session C{sessionId}.
+        """
+        return self._database.runInteraction(self._sessionById, sessionId, now)
+
+    def _sessionById(self, t: ITransaction, sessionId: str, now: int) -> SessionRow | None:
+        row = t.execute(
+            "SELECT s.id, s.account_id, a.username, s.expires_at"
+            " FROM account_sessions s JOIN accounts a ON a.id = s.account_id"
+            " WHERE s.id = ? AND s.expires_at > ?",
+            (sessionId, now),
+        ).fetchone()
+        if row is None:
+            return None
+        sessionId, accountId, username, expiresAt = row
+        return SessionRow(
+            id=sessionId,
+            account_id=accountId,
+            username=self._fields.open("accounts", "username", accountId, bytes(username)),
+            expires_at=expiresAt,
         )
+
+    def createTicket(
+        self, ticketHash: bytes, sessionId: str, now: int, expiresAt: int
+    ) -> Deferred[bool]:
+        """
+        Record a stream ticket for C{sessionId}, if that session holds.
+
+        @return: whether it did.
+        """
+        return self._database.runInteraction(
+            self._createTicket, ticketHash, sessionId, now, expiresAt
+        )
+
+    def _createTicket(
+        self, t: ITransaction, ticketHash: bytes, sessionId: str, now: int, expiresAt: int
+    ) -> bool:
+        t.execute(
+            "INSERT INTO account_stream_tickets (ticket_hash, session_id, expires_at)"
+            " SELECT ?, id, ? FROM account_sessions WHERE id = ? AND expires_at > ?",
+            (ticketHash, expiresAt, sessionId, now),
+        )
+        return t.rowcount == 1
+
+    def redeemTicket(self, ticketHash: bytes, now: int) -> Deferred[SessionRow | None]:
+        """
+        The session an unexpired, unused ticket stands for; the ticket is
+        used up, whatever the session's state.  Of two redeeming the same
+        ticket at once, one gets the session: the one whose delete took it.
+        """
+        return self._database.runInteraction(self._redeemTicket, ticketHash, now)
+
+    def _redeemTicket(self, t: ITransaction, ticketHash: bytes, now: int) -> SessionRow | None:
+        row = t.execute(
+            "SELECT session_id, expires_at FROM account_stream_tickets WHERE ticket_hash = ?",
+            (ticketHash,),
+        ).fetchone()
+        if row is None:
+            return None
+        t.execute("DELETE FROM account_stream_tickets WHERE ticket_hash = ?", (ticketHash,))
+        if t.rowcount != 1 or row[1] <= now:
+            return None
+        return self._sessionById(t, row[0], now)
+
+    def deleteExpiredSessions(self, now: int) -> Deferred[int]:
+        """
+        Delete expired sessions and stream tickets.
+
+        @return: how many sessions.
+        """
+        return self._database.runInteraction(self._deleteExpired, now)
+
+    @staticmethod
+    def _deleteExpired(t: ITransaction, now: int) -> int:
+        t.execute("DELETE FROM account_stream_tickets WHERE expires_at <= ?", (now,))
+        return t.execute("DELETE FROM account_sessions WHERE expires_at <= ?", (now,)).rowcount
 
     # Follows
 

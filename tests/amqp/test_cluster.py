@@ -252,7 +252,9 @@ class ClusterTests(TwoGatewaysTestCase):
     def test_streamAcrossGateways(self) -> Any:
         """
         A notification made through one gateway reaches a stream open on
-        the other: every gateway hears every notification.created.
+        the other: every gateway hears every notification.created.  The
+        stream is opened as a browser would, with a ticket asked for
+        through the other gateway.
         """
         import treq
 
@@ -272,12 +274,16 @@ class ClusterTests(TwoGatewaysTestCase):
                 gateway, "POST", "/v1/sessions", {"username": name, "password": PASSWORD}
             )
             tokens[name] = session["token"]
+        status, issued = yield self.request(
+            1, "POST", "/v1/notifications/stream/tickets", token=tokens["bob"]
+        )
+        self.assertEqual(status, 201, issued)
         response = yield treq.get(
-            f"http://127.0.0.1:{self.ports[0]}/v1/notifications/stream",
-            headers={"Authorization": [f"Bearer {tokens['bob']}"]},
+            f"http://127.0.0.1:{self.ports[0]}/v1/notifications/stream?ticket={issued['ticket']}",
             unbuffered=True,
             persistent=False,
         )
+        self.assertEqual(response.code, 200)
         stream = EventStream()
         ended = treq.collect(response, stream.feed)
         self.addCleanup(lambda: ended.addErrback(lambda f: None))

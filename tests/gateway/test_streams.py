@@ -52,7 +52,11 @@ class EventStream:
         return [e["id"] for e in self.events]
 
 
-class StreamTests(SQLiteMixin, PlatformTestCase):
+class StreamTestCase(SQLiteMixin, PlatformTestCase):
+    """
+    Alice and Bob, logged in, and a client for their streams.
+    """
+
     heartbeat = 0.2
 
     @inlineCallbacks
@@ -65,13 +69,18 @@ class StreamTests(SQLiteMixin, PlatformTestCase):
             self.tokens[name] = yield self.login(name)
 
     @inlineCallbacks
-    def open(self, who: str, lastEventId: str | None = None) -> Any:
-        headers = {"Authorization": [f"Bearer {self.tokens[who]}"]}
+    def open(self, who: str, lastEventId: str | None = None, ticket: str | None = None) -> Any:
+        """
+        Open C{who}'s stream with their token, or with C{ticket} (and no
+        header at all, as a browser's EventSource does).
+        """
+        headers = {"Authorization": [f"Bearer {self.tokens[who]}"]} if ticket is None else {}
         if lastEventId is not None:
             headers["Last-Event-ID"] = [lastEventId]
-        response = yield treq.get(
-            self.url("/v1/notifications/stream"), headers=headers, unbuffered=True, persistent=False
-        )
+        url = self.url("/v1/notifications/stream")
+        if ticket is not None:
+            url += f"?ticket={ticket}"
+        response = yield treq.get(url, headers=headers, unbuffered=True, persistent=False)
         stream = EventStream()
         stream.response = response
         stream.ended = treq.collect(response, stream.feed)
@@ -87,6 +96,8 @@ class StreamTests(SQLiteMixin, PlatformTestCase):
     def post(self, who: str, body: str) -> Any:
         return self.request("POST", "/v1/posts", json={"body": body}, token=self.tokens[who])
 
+
+class StreamTests(StreamTestCase):
     @inlineCallbacks
     def test_live(self) -> Any:
         """
@@ -181,3 +192,79 @@ class StreamTests(SQLiteMixin, PlatformTestCase):
             headers={"Last-Event-ID": "nope"},
         )
         self.assertProblem(reply, 400)
+
+
+class TicketTests(StreamTestCase):
+    """
+    Streams opened with a ticket rather than a token: what a browser's
+    EventSource, which cannot send headers, does.
+    """
+
+    @inlineCallbacks
+    def ticket(self, who: str) -> Any:
+        reply = yield self.request(
+            "POST", "/v1/notifications/stream/tickets", token=self.tokens[who]
+        )
+        self.assertEqual(reply.status, 201)
+        self.assertEqual(sorted(reply.json), ["expires_at", "ticket"])
+        return reply.json["ticket"]
+
+    @inlineCallbacks
+    def test_ticketStream(self) -> Any:
+        """
+        A ticket opens its session's stream, which gets that account's
+        notifications live; used, it opens nothing more; it stays out of the
+        access log.
+        """
+        from twisted.logger import globalLogPublisher
+
+        logged: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "uri" in event:
+                logged.append(event["uri"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        ticket = yield self.ticket("bob")
+        stream = yield self.open("bob", ticket=ticket)
+        self.assertEqual(stream.response.code, 200)
+        yield self.post("alice", "hello @bob")
+        yield eventually(lambda: stream.events, timeout=10)
+        self.assertEqual(stream.events[0]["data"]["actor"], "alice")
+        again = yield self.request("GET", f"/v1/notifications/stream?ticket={ticket}")
+        self.assertProblem(again, 401)
+        self.assertIn("already used", again.json["detail"])
+        yield eventually(lambda: "/v1/notifications/stream?ticket=-" in logged)
+        self.assertFalse([uri for uri in logged if ticket in uri])
+
+    @inlineCallbacks
+    def test_ticketStreamEndsWithSession(self) -> Any:
+        """
+        A stream opened with a ticket ends when the session that asked for
+        the ticket does.
+        """
+        stream = yield self.open("bob", ticket=(yield self.ticket("bob")))
+        yield eventually(lambda: "ping" in stream.comments, timeout=5)
+        reply = yield self.request("DELETE", "/v1/sessions/current", token=self.tokens["bob"])
+        self.assertEqual(reply.status, 204)
+        yield stream.ended
+        yield eventually(lambda: len(self.gateway.streams) == 0)
+
+    @inlineCallbacks
+    def test_badTickets(self) -> Any:
+        """
+        A made-up ticket, a malformed one, or a ticket anywhere but the
+        stream: 401 problem details.  A ticket needs a token to get.
+        """
+        ticket = yield self.ticket("bob")
+        for query in ("ticket=" + "x" * 43, "ticket=%00", "ticket="):
+            reply = yield self.request("GET", f"/v1/notifications/stream?{query}")
+            self.assertProblem(reply, 401)
+        reply = yield self.request("GET", f"/v1/notifications?ticket={ticket}")
+        self.assertProblem(reply, 401)
+        reply = yield self.request("POST", "/v1/notifications/stream/tickets")
+        self.assertProblem(reply, 401)
+        # Unused by all that, the ticket still opens the stream.
+        stream = yield self.open("bob", ticket=ticket)
+        self.assertEqual(stream.response.code, 200)

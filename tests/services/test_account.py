@@ -6,10 +6,11 @@ import hashlib
 from typing import Any
 
 from argon2 import extract_parameters
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks
 
 from services.account import api
 from services.account.passwords import Argon2Parameters, PasswordHasher
+from services.account.service import hashToken
 from txplatform.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from txplatform.recordid import isRecordId
 
@@ -389,6 +390,102 @@ class AccountTestsMixin:
         yield self.service.sweepSessions()
         rows = yield self.service.database.runQuery("SELECT id FROM account_sessions")
         self.assertEqual(rows, [])
+
+    @inlineCallbacks
+    def test_verifySession(self) -> Any:
+        """
+        A session checks by its id as by its token, until it ends: logged
+        out, expired, or its account deleted.
+        """
+        alice = yield self.register("alice")
+        session = yield self.login("alice")
+        other = yield self.login("alice")
+        verified = yield self.call("verify_session", session_id=session["session_id"])
+        self.assertEqual(verified, (yield self.call("verify_token", token=session["token"])))
+        yield self.call("logout", session_id=session["session_id"])
+        yield self.assertFailure(
+            self.call("verify_session", session_id=session["session_id"]), Unauthenticated
+        )
+        yield self.call("verify_session", session_id=other["session_id"])
+        self.clock.offset = self.service.sessionLifetime + 1
+        yield self.assertFailure(
+            self.call("verify_session", session_id=other["session_id"]), Unauthenticated
+        )
+        self.clock.offset = 0
+        yield self.call("delete_account", account_id=alice["id"], password=PASSWORD)
+        yield self.assertFailure(
+            self.call("verify_session", session_id=other["session_id"]), Unauthenticated
+        )
+
+    @inlineCallbacks
+    def test_ticket(self) -> Any:
+        """
+        A stream ticket is random, stored only hashed, and redeems once, as
+        its session; a second redemption, or one after a minute, fails.
+        """
+        alice = yield self.register("alice")
+        session = yield self.login("alice")
+        issued = yield self.call("issue_ticket", session_id=session["session_id"])
+        self.assertGreaterEqual(len(issued["ticket"]), 43)
+        self.assertNotEqual(issued["ticket"], session["token"])
+        rows = yield self.service.database.runQuery(
+            "SELECT ticket_hash FROM account_stream_tickets"
+        )
+        self.assertEqual([bytes(r[0]) for r in rows], [hashToken(issued["ticket"])])
+        redeemed = yield self.call("redeem_ticket", ticket=issued["ticket"])
+        self.assertEqual(
+            redeemed,
+            {
+                "account_id": alice["id"],
+                "username": "alice",
+                "session_id": session["session_id"],
+                "expires_at": session["expires_at"],
+            },
+        )
+        yield self.assertFailure(
+            self.call("redeem_ticket", ticket=issued["ticket"]), Unauthenticated
+        )
+        late = yield self.call("issue_ticket", session_id=session["session_id"])
+        self.clock.offset = self.service.ticketLifetime + 1
+        yield self.assertFailure(self.call("redeem_ticket", ticket=late["ticket"]), Unauthenticated)
+        yield self.assertFailure(self.call("redeem_ticket", ticket="made-up"), Unauthenticated)
+        yield self.service.sweepSessions()
+        rows = yield self.service.database.runQuery("SELECT * FROM account_stream_tickets")
+        self.assertEqual(rows, [])
+
+    @inlineCallbacks
+    def test_ticketOfEndedSession(self) -> Any:
+        """
+        No ticket for a session that ended; a ticket dies with its session.
+        """
+        yield self.register("alice")
+        session = yield self.login("alice")
+        issued = yield self.call("issue_ticket", session_id=session["session_id"])
+        yield self.call("logout", session_id=session["session_id"])
+        yield self.assertFailure(
+            self.call("redeem_ticket", ticket=issued["ticket"]), Unauthenticated
+        )
+        yield self.assertFailure(
+            self.call("issue_ticket", session_id=session["session_id"]), Unauthenticated
+        )
+        rows = yield self.service.database.runQuery("SELECT * FROM account_stream_tickets")
+        self.assertEqual(rows, [])
+
+    @inlineCallbacks
+    def test_ticketRedeemedOnce(self) -> Any:
+        """
+        Of many redeeming one ticket at once, exactly one gets the session.
+        """
+        yield self.register("alice")
+        session = yield self.login("alice")
+        issued = yield self.call("issue_ticket", session_id=session["session_id"])
+        attempts = [self.call("redeem_ticket", ticket=issued["ticket"]) for _ in range(8)]
+        results = yield DeferredList(attempts, consumeErrors=True)
+        won = [r for ok, r in results if ok]
+        lost = [r for ok, r in results if not ok]
+        self.assertEqual(len(won), 1)
+        self.assertEqual(won[0]["session_id"], session["session_id"])
+        self.assertTrue(all(f.check(Unauthenticated) for f in lost))
 
     @inlineCallbacks
     def test_rehashOnLogin(self) -> Any:
