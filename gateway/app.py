@@ -50,7 +50,7 @@ from .admission import Admission
 from .bodies import decodeBody
 from .operations import Operation, operation
 from .problems import HTTPProblem, problemFor
-from .ratelimit import AddressRateLimit
+from .ratelimit import AccountRateLimit, AddressRateLimit
 from .site import GatewaySite
 from .streams import NotificationStreams
 
@@ -80,6 +80,14 @@ class Principal:
     account_id: str
     username: str
     session_id: str
+
+
+def _tooMany(whose: str, wait: float) -> ResourceExhausted:
+    seconds = max(1, math.ceil(wait))
+    return ResourceExhausted(
+        f"too many requests from your {whose}: try again in {seconds} s",
+        {"retry_after": seconds},
+    )
 
 
 def _principal(session: dict[str, Any]) -> Principal:
@@ -196,6 +204,8 @@ class Gateway:
         all here.
     @param rateLimit: Limits requests per client address (shared with the
         other replicas); C{None}: no limit.
+    @param accountRateLimit: Limits authenticated requests per account,
+        likewise.
     """
 
     app = Klein()
@@ -214,10 +224,12 @@ class Gateway:
         shedDelay: float = 1.0,
         parserOver: int | None = None,
         rateLimit: AddressRateLimit | None = None,
+        accountRateLimit: AccountRateLimit | None = None,
     ) -> None:
         self.bus = bus
         self.parserOver = parserOver
         self.rateLimit = rateLimit
+        self.accountRateLimit = accountRateLimit
         self.shedDelay = shedDelay
         self._random = random.Random()
         self.admission = Admission(maxInFlight)
@@ -290,16 +302,7 @@ class Gateway:
         if self.rateLimit is not None and op.rateLimited:
             wait = self.rateLimit.check(self.clientAddress(request))
             if wait is not None:
-                seconds = max(1, math.ceil(wait))
-                return self._problem(
-                    request,
-                    Failure(
-                        ResourceExhausted(
-                            f"too many requests from your address: try again in {seconds} s",
-                            {"retry_after": seconds},
-                        )
-                    ),
-                )
+                return self._problem(request, Failure(_tooMany("address", wait)))
         if not self.admission.admit(op.priority):
             return self._shed(request)
         if op.streaming:
@@ -325,6 +328,10 @@ class Gateway:
         kwargs = dict(path)
         if principal is not None:
             kwargs["principal"] = principal
+            if self.accountRateLimit is not None and op.rateLimited:
+                wait = self.accountRateLimit.check(principal.account_id)
+                if wait is not None:
+                    raise _tooMany("account", wait)
         if op.query is not None:
             kwargs["query"] = fromQuery(op.query, self._queryArguments(request))
         if op.body is None:

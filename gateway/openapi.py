@@ -97,7 +97,10 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
         if op.auth:
             errors.update(_AUTH_ERRORS)
         errors.update(_COMMON_ERRORS)
-        if op.rateLimited and getattr(gateway, "rateLimit", None) is not None:
+        limited = getattr(gateway, "rateLimit", None) is not None or (
+            op.auth and getattr(gateway, "accountRateLimit", None) is not None
+        )
+        if op.rateLimited and limited:
             errors[429] = _DESCRIPTIONS[429]
         for status in sorted(errors):
             responses[str(status)] = _problem(errors[status])

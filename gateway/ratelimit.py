@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.gateway.test_ratelimit -*-
 """
-Requests per client address, limited across every gateway replica.
+Requests per client address, and per account, limited across every
+gateway replica.
 
 Each replica counts the requests it admits per address, in windows of
 C{window} seconds aligned to the clock (so replicas agree on them without
@@ -16,6 +17,9 @@ spreading requests over replicas thus gets at most the limit plus what the
 replicas admit in one sharing interval.
 
 IPv6 clients are counted by /64, the block one subscriber usually holds.
+Accounts are counted by id, whatever addresses their requests come from
+(one account driven from many addresses).  Each kind of limit shares its
+counts under its own C{scope}.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from twisted.logger import Logger
 
 from txplatform.interfaces import IBus
 
-__all__ = ["AddressRateLimit", "USAGE_EVENT", "addressKey", "parseRateLimit"]
+__all__ = [
+    "AccountRateLimit",
+    "AddressRateLimit",
+    "USAGE_EVENT",
+    "addressKey",
+    "parseRateLimit",
+]
 
 USAGE_EVENT = "gateway.usage"
 #: Addresses per usage event: bounded messages, however many clients.
@@ -104,9 +114,16 @@ class AddressRateLimit(Service):
     @ivar limit: Requests admitted per address per C{window} seconds.
     @ivar maxTracked: Addresses counted per window at most, bounding memory;
         past it, new addresses go uncounted until the window ends (logged).
+    @ivar scope: What is counted, in the usage events: replicas count
+        addresses and accounts apart.
     """
 
     log = Logger()
+    scope = "address"
+
+    @staticmethod
+    def key(subject: str) -> str:
+        return addressKey(subject)
 
     def __init__(
         self,
@@ -150,15 +167,16 @@ class AddressRateLimit(Service):
     def _estimate(self, key: str, elapsed: float) -> float:
         return self._current.count(key) + self._previous.count(key) * (1 - elapsed)
 
-    def check(self, address: str) -> float | None:
+    def check(self, subject: str) -> float | None:
         """
-        Count a request from C{address}, or refuse it.
+        Count a request from C{subject} (an address, or an account), or
+        refuse it.
 
         @return: C{None} if admitted; otherwise the seconds after which the
-            address may try again.
+            subject may try again.
         """
         self._roll()
-        key = addressKey(address)
+        key = self.key(subject)
         now = self.clock.seconds()
         elapsed = now / self.window - self._current.index  # fraction of this window gone
         if self._estimate(key, elapsed) + 1 > self.limit:
@@ -168,8 +186,9 @@ class AddressRateLimit(Service):
             if not self._full:
                 self._full = True
                 self.log.warn(
-                    "Rate limit: {count} addresses this window; new ones go uncounted",
+                    "Rate limit: {count} {scope} keys this window; new ones go uncounted",
                     count=len(local),
+                    scope=self.scope,
                 )
             return None
         local[key] = local.get(key, 0) + 1
@@ -222,7 +241,12 @@ class AddressRateLimit(Service):
             counts = {k: self._current.local[k] for k in keys[start : start + _BATCH]}
             d = self.bus.publish(
                 USAGE_EVENT,
-                {"replica": self.replica, "window": self._current.index, "counts": counts},
+                {
+                    "replica": self.replica,
+                    "scope": self.scope,
+                    "window": self._current.index,
+                    "counts": counts,
+                },
             )
             d.addErrback(
                 lambda f: self.log.warn("Rate limit: usage not shared: {why}", why=f.value)
@@ -230,6 +254,8 @@ class AddressRateLimit(Service):
 
     def _received(self, payload: Any, context: Any) -> None:
         if not isinstance(payload, dict) or payload.get("replica") == self.replica:
+            return
+        if payload.get("scope", "address") != self.scope:
             return
         replica, index, counts = (
             payload.get("replica"),
@@ -242,3 +268,15 @@ class AddressRateLimit(Service):
         for window in (self._current, self._previous):
             if window.index == index:
                 window.merge(replica, counts)
+
+
+class AccountRateLimit(AddressRateLimit):
+    """
+    Requests per account (its id), for authenticated requests.
+    """
+
+    scope = "account"
+
+    @staticmethod
+    def key(subject: str) -> str:
+        return subject

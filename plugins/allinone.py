@@ -23,6 +23,7 @@ from ._common import (
 )
 from .account import SESSION_LIFETIME
 from .gateway import (
+    ACCOUNT_RATE_LIMIT,
     BUSY_LIMIT,
     CALL_TIMEOUT,
     HTTPS,
@@ -79,6 +80,7 @@ class Options(usage.Options):
         MAX_IN_FLIGHT,
         BUSY_LIMIT,
         RATE_LIMIT,
+        ACCOUNT_RATE_LIMIT,
         SESSION_LIFETIME,
         CACHE_SIZE,
         POST_RATE,

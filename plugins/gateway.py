@@ -95,6 +95,14 @@ RATE_LIMIT = [
     " 600/60; past it, 429 with Retry-After. Counted across every gateway on the bus."
     " Behind a load balancer, give --trusted-proxies. Default: no limit.",
 ]
+ACCOUNT_RATE_LIMIT = [
+    "account-rate-limit",
+    None,
+    None,
+    "Authenticated requests admitted per account, as REQUESTS/SECONDS, e.g. 1200/60,"
+    " whatever addresses they come from; past it, 429 with Retry-After. Counted across"
+    " every gateway on the bus. Default: no limit.",
+]
 PARSER_OVER = [
     "parser-over",
     None,
@@ -120,6 +128,7 @@ class Options(usage.Options):
         MAX_BODY_SIZE,
         PARSER_OVER,
         RATE_LIMIT,
+        ACCOUNT_RATE_LIMIT,
         MAX_IN_FLIGHT,
         BUSY_LIMIT,
         HEALTH_FILE,
@@ -170,13 +179,18 @@ def checkEdge(options: usage.Options) -> None:
             raise usage.UsageError(
                 f"--trusted-proxies: {network!r} is not an address or range"
             ) from None
-    if options.get("rate-limit") is not None:
-        from gateway.ratelimit import parseRateLimit
+    from gateway.ratelimit import parseRateLimit
 
-        try:
-            options.rateLimit = parseRateLimit(options["rate-limit"])
-        except ValueError as e:
-            raise usage.UsageError(f"--rate-limit: {e}") from None
+    for name, attribute in [
+        ("rate-limit", "rateLimit"),
+        ("account-rate-limit", "accountRateLimit"),
+    ]:
+        setattr(options, attribute, None)
+        if options.get(name) is not None:
+            try:
+                setattr(options, attribute, parseRateLimit(options[name]))
+            except ValueError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
     origins = options["cors-origins"]
     options.corsOrigins = [o.strip() for o in origins.split(",") if o.strip()] if origins else []
     for origin in options.corsOrigins:
@@ -196,6 +210,13 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
     from ._lifecycle import Listeners, ListeningService
 
     listeners = Listeners()
+    accountRateLimit = None
+    if getattr(options, "accountRateLimit", None) is not None:
+        from gateway.ratelimit import AccountRateLimit
+
+        limit, window = options.accountRateLimit
+        accountRateLimit = AccountRateLimit(bus, reactor, limit, window)
+        accountRateLimit.setServiceParent(listeners)
     rateLimit = None
     if getattr(options, "rateLimit", None) is not None:
         from gateway.ratelimit import AddressRateLimit
@@ -213,6 +234,7 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         maxInFlight=options["max-in-flight"],
         parserOver=options.get("parser-over"),
         rateLimit=rateLimit,
+        accountRateLimit=accountRateLimit,
     )
     if options["busy-limit"] > 0:
         from gateway.admission import BusyMonitor

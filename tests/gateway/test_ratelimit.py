@@ -1,6 +1,7 @@
 """
-Tests for gateway.ratelimit: requests per address, counted across gateway
-replicas sharing one bus (a Clock drives time and the in-process bus).
+Tests for gateway.ratelimit: requests per address and per account, counted
+across gateway replicas sharing one bus (a Clock drives time and the
+in-process bus).
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.openapi import openapiDocument
-from gateway.ratelimit import USAGE_EVENT, AddressRateLimit, addressKey, parseRateLimit
+from gateway.ratelimit import (
+    USAGE_EVENT,
+    AccountRateLimit,
+    AddressRateLimit,
+    addressKey,
+    parseRateLimit,
+)
 from txplatform.localbus import LocalBus
 
 from ..support import SQLiteMixin
@@ -129,6 +136,29 @@ class LimitTests(SynchronousTestCase):
             self.clock.advance(0)
         self.assertEqual(self.admitted(limiter, "a", 10), 5)
 
+    def test_scopes(self) -> None:
+        """
+        Accounts are counted by id, apart from addresses: replicas share
+        each kind's counts, and neither counts the other's.
+        """
+        addresses = self.replica()
+        accounts = [AccountRateLimit(self.bus, self.clock, 10, 60.0, share=0.5) for _ in "ab"]
+        for limiter in accounts:
+            limiter.startService()
+            self.addCleanup(limiter.stopService)
+        self.clock.advance(0)
+        self.assertEqual(self.admitted(accounts[0], "01hx0000000000000000000000", 6), 6)
+        self.assertEqual(self.admitted(addresses, "01hx0000000000000000000000", 2), 2)
+        self.settle()
+        self.assertEqual(self.admitted(accounts[1], "01hx0000000000000000000000", 10), 4)
+        self.assertEqual(self.admitted(addresses, "01hx0000000000000000000000", 10), 8)
+        # Old replicas' events, without a scope, count addresses.
+        window = addresses._current.index
+        self.bus.publish(USAGE_EVENT, {"replica": "old", "window": window, "counts": {"a": 7}})
+        self.settle()
+        self.assertEqual(self.admitted(addresses, "a", 10), 3)
+        self.assertEqual(self.admitted(accounts[0], "a", 10), 10)
+
     def test_ownEventsIgnored(self) -> None:
         """
         A replica hears its own usage events and does not count them twice.
@@ -191,3 +221,52 @@ class GatewayRateLimitTests(SQLiteMixin, PlatformTestCase):
             "GET", "/v1/accounts/nobody", headers={"X-Forwarded-For": "198.51.100.8"}
         )
         self.assertEqual(reply.status, 404)
+
+
+class GatewayAccountRateLimitTests(SQLiteMixin, PlatformTestCase):
+    """
+    The limit per account through HTTP: an account's requests count
+    together whatever address they come from; other accounts, and requests
+    without a token, are not affected.
+    """
+
+    trustedProxies = ["127.0.0.1"]
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        limiter = AccountRateLimit(self.bus, self.clock, limit=4, window=60)
+        limiter.startService()
+        self.addCleanup(limiter.stopService)
+        self.gateway.accountRateLimit = limiter
+        self.openapi = OpenAPIChecker(openapiDocument(self.gateway))
+        for name in ("alice", "bob"):
+            yield self.register(name)
+
+    @inlineCallbacks
+    def test_limited(self) -> Any:
+        alice = yield self.login("alice")
+        for n in range(4):
+            reply = yield self.request(
+                "GET", "/v1/me", token=alice, headers={"X-Forwarded-For": f"198.51.100.{n}"}
+            )
+            self.assertEqual(reply.status, 200)
+        reply = yield self.request(
+            "GET", "/v1/me", token=alice, headers={"X-Forwarded-For": "203.0.113.1"}
+        )
+        problem = self.assertProblem(reply, 429, "resource_exhausted")
+        self.assertIn("too many requests from your account", problem["detail"])
+        self.assertEqual(reply.header("retry-after"), str(problem["retry_after"]))
+        # Another session of the same account shares the count.
+        again = yield self.login("alice")
+        reply = yield self.request("GET", "/v1/notifications", token=again)
+        self.assertProblem(reply, 429, "resource_exhausted")
+        # Others are not affected, nor requests without a token.
+        bob = yield self.login("bob")
+        reply = yield self.request("GET", "/v1/me", token=bob)
+        self.assertEqual(reply.status, 200)
+        reply = yield self.request("GET", "/v1/accounts/alice")
+        self.assertEqual(reply.status, 200)
+        document = openapiDocument(self.gateway)
+        self.assertIn("429", document["paths"]["/v1/me"]["get"]["responses"])
+        self.assertNotIn("429", document["paths"]["/v1/accounts/{username}"]["get"]["responses"])

@@ -436,6 +436,38 @@ class MakeServiceTests(SynchronousTestCase):
         options = allinone.Options()
         options.parseOptions(["--rate-limit", "5/1"])
         self.assertEqual(options.rateLimit, (5, 1.0))
+        self.assertIsNone(options.accountRateLimit)
+
+    def test_accountRateLimit(self) -> None:
+        """
+        --account-rate-limit gives the gateway (and the all-in-one) a
+        limiter per account, beside or without the one per address.
+        """
+        options = gateway.Options()
+        options.parseOptions(
+            [
+                "--listen",
+                "tcp:0",
+                "--account-rate-limit",
+                "1200/60",
+                *keyArguments(self.keys, "gateway"),
+            ]
+        )
+        listeners = gateway.gatewayListener(options, MemoryReactorClock(), object())
+        limiters = {type(s).__name__: s for s in listeners if "RateLimit" in type(s).__name__}
+        self.assertEqual(list(limiters), ["AccountRateLimit"])
+        self.assertEqual(
+            (limiters["AccountRateLimit"].limit, limiters["AccountRateLimit"].window), (1200, 60.0)
+        )
+        error = self.assertRaises(
+            usage.UsageError,
+            gateway.Options().parseOptions,
+            ["--account-rate-limit", "1200", *keyArguments(self.keys, "gateway")],
+        )
+        self.assertIn("--account-rate-limit", str(error))
+        options = allinone.Options()
+        options.parseOptions(["--account-rate-limit", "5/1", "--rate-limit", "9/1"])
+        self.assertEqual((options.accountRateLimit, options.rateLimit), ((5, 1.0), (9, 1.0)))
 
     def test_gateway(self) -> None:
         """
