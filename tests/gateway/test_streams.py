@@ -93,6 +93,17 @@ class StreamTestCase(SQLiteMixin, PlatformTestCase):
             return stream.ended.addErrback(lambda f: None)
         return None
 
+    @inlineCallbacks
+    def endsWithSession(self, stream: EventStream) -> Any:
+        """
+        Check that Bob's C{stream} beats, and ends once he logs out.
+        """
+        yield eventually(lambda: "ping" in stream.comments, timeout=5)
+        reply = yield self.request("DELETE", "/v1/sessions/current", token=self.tokens["bob"])
+        self.assertEqual(reply.status, 204)
+        yield stream.ended
+        yield eventually(lambda: len(self.gateway.streams) == 0)
+
     def post(self, who: str, body: str) -> Any:
         return self.request("POST", "/v1/posts", json={"body": body}, token=self.tokens[who])
 
@@ -159,12 +170,7 @@ class StreamTests(StreamTestCase):
         """
         Heartbeats come as comments; once the session ends, the stream does.
         """
-        stream = yield self.open("bob")
-        yield eventually(lambda: "ping" in stream.comments, timeout=5)
-        reply = yield self.request("DELETE", "/v1/sessions/current", token=self.tokens["bob"])
-        self.assertEqual(reply.status, 204)
-        yield stream.ended
-        yield eventually(lambda: len(self.gateway.streams) == 0)
+        yield self.endsWithSession((yield self.open("bob")))
 
     @inlineCallbacks
     def test_clientLeaves(self) -> Any:
@@ -244,12 +250,7 @@ class TicketTests(StreamTestCase):
         A stream opened with a ticket ends when the session that asked for
         the ticket does.
         """
-        stream = yield self.open("bob", ticket=(yield self.ticket("bob")))
-        yield eventually(lambda: "ping" in stream.comments, timeout=5)
-        reply = yield self.request("DELETE", "/v1/sessions/current", token=self.tokens["bob"])
-        self.assertEqual(reply.status, 204)
-        yield stream.ended
-        yield eventually(lambda: len(self.gateway.streams) == 0)
+        yield self.endsWithSession((yield self.open("bob", ticket=(yield self.ticket("bob")))))
 
     @inlineCallbacks
     def test_badTickets(self) -> Any:
