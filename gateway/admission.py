@@ -8,13 +8,15 @@ admitted while the requests in flight on this replica are fewer than its
 class's threshold, a share of the capacity: low work stops being admitted
 first, then normal work, and high work only at full capacity, so the high
 class is never refused while a lower one is admitted.  Refused requests get
-503 with C{Retry-After}, before any parsing or bus call.  A L{LagMonitor}
-adds the other sign of overload: a reactor running late refuses the low
-class, then the normal one, while the high class is still taken.
+503 with C{Retry-After}, before any parsing or bus call.  A L{BusyMonitor}
+adds the other sign of overload: a reactor busy most of its time refuses
+the low class, then the normal one, while higher classes are coming and
+the high class is still taken.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -51,6 +53,7 @@ class Admission:
         self.inFlight = 0
         self.admitted: Counter[Priority] = Counter()
         self.shed: Counter[Priority] = Counter()
+        self._lastSeen: dict[Priority, float] = {}
 
     def _class(self, priority: int) -> Priority:
         # The highest class not above the request's priority.
@@ -60,20 +63,22 @@ class Admission:
     #: With a L{BusyMonitor}: a reactor busier than C{busyLimit} refuses
     #: the low class whatever is in flight, and busier than halfway from
     #: there to full the normal class too, keeping the rest of its time for
-    #: the high class.
+    #: the higher classes, while they are there: only if a request of a
+    #: higher class came in the last C{reserveFor} seconds.  Alone, a class
+    #: may have the whole reactor.
     monitor: BusyMonitor | None = None
     busyLimit = 0.5
+    reserveFor = 2.0
 
     def admit(self, priority: int) -> bool:
         """
         Take a request of C{priority} on, if its class is still admitted.
         """
         klass = self._class(priority)
-        if self.monitor is not None and klass != max(self.thresholds):
-            limit = self.busyLimit
-            if klass > min(self.thresholds):
-                limit = (1 + limit) / 2
-            if self.monitor.busy > limit:
+        if self.monitor is not None:
+            now = self.monitor.clock.seconds()
+            self._lastSeen[klass] = now
+            if self._reserved(klass, now):
                 self.shed[klass] += 1
                 return False
         if self.inFlight >= self.thresholds[klass]:
@@ -82,6 +87,23 @@ class Admission:
         self.inFlight += 1
         self.admitted[klass] += 1
         return True
+
+    def _reserved(self, klass: Priority, now: float) -> bool:
+        """
+        Whether the reactor's time left is kept from C{klass} for a higher
+        class.
+        """
+        assert self.monitor is not None
+        higher = [p for p in self.thresholds if p > klass]
+        if not higher:
+            return False
+        limit = self.busyLimit
+        if klass > min(self.thresholds):
+            limit = (1 + limit) / 2
+        if self.monitor.busy <= limit:
+            return False
+        since = now - self.reserveFor
+        return any(self._lastSeen.get(p, -math.inf) > since for p in higher)
 
     def release(self) -> None:
         """
@@ -110,7 +132,7 @@ class BusyMonitor(Service):
         smoothing: float = 0.3,
         cpuTime: Callable[[], float] = time.thread_time,
     ) -> None:
-        self._clock = clock
+        self.clock = clock
         self.interval = interval
         self._smoothing = smoothing
         # Read in the reactor's thread: the CPU time of that thread alone,
@@ -130,17 +152,17 @@ class BusyMonitor(Service):
 
     def start(self) -> None:
         if self._call is None:
-            self._last = (self._clock.seconds(), self._cpuTime())
-            self._call = self._clock.callLater(self.interval, self._tick)
+            self._last = (self.clock.seconds(), self._cpuTime())
+            self._call = self.clock.callLater(self.interval, self._tick)
 
     def _tick(self) -> None:
-        now, cpu = self._clock.seconds(), self._cpuTime()
+        now, cpu = self.clock.seconds(), self._cpuTime()
         elapsed = now - self._last[0]
         if elapsed > 0:
             share = min(1.0, max(0.0, (cpu - self._last[1]) / elapsed))
             self.busy += self._smoothing * (share - self.busy)
         self._last = (now, cpu)
-        self._call = self._clock.callLater(self.interval, self._tick)
+        self._call = self.clock.callLater(self.interval, self._tick)
 
     def stop(self) -> None:
         if self._call is not None and self._call.active():

@@ -77,7 +77,7 @@ BUSY_LIMIT = [
     50.0,
     "Percent of its time the reactor may be busy before low-priority routes are refused"
     " (halfway from there to 100: writes too), whatever is in flight, keeping the rest for"
-    " sessions; 0 turns it off.",
+    " higher-priority routes while they come; 0 turns it off.",
     float,
 ]
 MAX_BODY_SIZE = [

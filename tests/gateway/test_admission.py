@@ -156,16 +156,18 @@ class BusyTests(SynchronousTestCase):
 
     def test_busyReactorSheds(self) -> None:
         """
-        A busy reactor refuses the low class past the limit and the normal
-        class past halfway from the limit to full, whatever is in flight;
-        never the high class.
+        While higher classes are coming, a busy reactor refuses the low
+        class past the limit and the normal class past halfway from the
+        limit to full, whatever is in flight; never the high class.
         """
-        monitor = BusyMonitor(Clock())
+        clock = Clock()
+        monitor = BusyMonitor(clock)
         admission = Admission(100)
         admission.monitor = monitor
         admission.busyLimit = 0.5
         classes = (Priority.LOW, Priority.NORMAL, Priority.HIGH)
         monitor.busy = 0.6
+        self.assertEqual([admission.admit(p) for p in classes], [True, True, True])
         self.assertEqual([admission.admit(p) for p in classes], [False, True, True])
         monitor.busy = 0.8
         self.assertEqual([admission.admit(p) for p in classes], [False, False, True])
@@ -174,6 +176,31 @@ class BusyTests(SynchronousTestCase):
         self.assertEqual(admission.shed, {Priority.LOW: 3, Priority.NORMAL: 2})
         monitor.busy = 0.5
         self.assertTrue(admission.admit(Priority.LOW))
+
+    def test_aloneTakesAll(self) -> None:
+        """
+        The reactor's time is kept for higher classes only while they come:
+        a class alone, or once the higher ones stopped for C{reserveFor}
+        seconds, is admitted however busy the reactor.
+        """
+        clock = Clock()
+        monitor = BusyMonitor(clock)
+        admission = Admission(100)
+        admission.monitor = monitor
+        monitor.busy = 0.95
+        self.assertTrue(all(admission.admit(Priority.LOW) for _ in range(10)))
+        self.assertTrue(admission.admit(Priority.NORMAL))
+        self.assertFalse(admission.admit(Priority.LOW))
+        clock.advance(admission.reserveFor - 0.1)
+        self.assertFalse(admission.admit(Priority.LOW))
+        clock.advance(0.2)
+        self.assertTrue(admission.admit(Priority.LOW))
+        self.assertTrue(admission.admit(Priority.HIGH))
+        self.assertEqual(
+            [admission.admit(p) for p in (Priority.LOW, Priority.NORMAL)], [False, False]
+        )
+        clock.advance(admission.reserveFor + 0.1)
+        self.assertTrue(admission.admit(Priority.NORMAL))
 
 
 class ShedDelayTests(SynchronousTestCase):
