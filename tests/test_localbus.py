@@ -425,6 +425,32 @@ class EventTests(BusTestMixin, SynchronousTestCase):
         self.assertEqual(attempts, [1, 2, 3])
         self.assertEqual(self.bus.deadLetters(), [])
 
+    def test_deadLettersBounded(self) -> None:
+        """
+        Past C{maxDeadLetters}, the oldest dead letters are forgotten, and
+        it is logged.
+        """
+        from twisted.logger import globalLogPublisher
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.bus.maxDeadLetters = 3
+        self.bus.retryDelays = ()
+
+        def broken(payload: Any, context: Any) -> Any:
+            raise RuntimeError("always")
+
+        self.subscribe("x.y", broken, "g")
+        for n in range(5):
+            self.bus.publish("x.y", {"n": n}, messageId=f"m{n}")
+        self.turn()
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual([d.messageId for d in self.bus.deadLetters("g")], ["m2", "m3", "m4"])
+        self.assertEqual(
+            [e["key"] for e in logged if "limit" in e and "key" in e], ["g/m0", "g/m1"]
+        )
+
     def test_deadLetterAndReplay(self) -> None:
         """
         Once the retries are used up the event is dead-lettered with the

@@ -333,10 +333,13 @@ class LocalBus(Service):
     @param defaultTimeout: Seconds a call waits when the caller gives none.
     @param retryDelays: Delays before each redelivery of a failed event; once
         they are used up the event is dead-lettered.
+    @ivar maxDeadLetters: Dead letters kept at most; past it, the oldest
+        are forgotten (logged).
     """
 
     log = Logger()
     name = "bus"
+    maxDeadLetters = 10_000
 
     def __init__(
         self,
@@ -632,6 +635,16 @@ class LocalBus(Service):
             at=self._clock.seconds(),
             delivery=delivery,
         )
+        if len(self._deadLetters) > self.maxDeadLetters:
+            # Oldest first (dicts keep insertion order): a handler failing
+            # on every event must not grow the process without bound.
+            oldest = next(iter(self._deadLetters))
+            del self._deadLetters[oldest]
+            self.log.warn(
+                "More than {limit} dead letters: forgot the oldest, {key}",
+                limit=self.maxDeadLetters,
+                key=oldest,
+            )
 
     def deadLetters(self, group: str | None = None) -> list[DeadLetter]:
         """
