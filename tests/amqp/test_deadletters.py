@@ -24,10 +24,11 @@ class DeadLetterCommandTests(BrokerTestCase):
         return code, out.getvalue()
 
     @inlineCallbacks
-    def deadLetter(self) -> Any:
+    def deadLetter(self, codec: Any = None) -> Any:
         """
         A group whose handler fails until fixed, and one event that it
-        dead-lettered: C{(group, handled, fix)}.
+        dead-lettered (through a bus with C{codec}, if given): C{(group,
+        handled, fix)}.
         """
         event = self.newEvent()
         group = self.newGroup(event)
@@ -39,7 +40,7 @@ class DeadLetterCommandTests(BrokerTestCase):
                 raise RuntimeError("the disk is full")
             handled.append(payload)
 
-        bus = yield self.makeBus()
+        bus = yield self.makeBus(codec=codec)
         yield bus.subscribe(event, handler, group)
         yield bus.publish(event, {"n": 1}, messageId="letter-1")
         yield eventually(
@@ -95,3 +96,36 @@ class DeadLetterCommandTests(BrokerTestCase):
         self.assertEqual(code, 1)
         self.assertIn("no dead letter letter-1", output)
         self.assertEqual(handled, [])
+
+    @inlineCallbacks
+    def test_showSealed(self) -> Any:
+        """
+        A payload sealed under the bus keys shows only given them
+        (--bus-keys); other keys do not open it; a bad key file is refused.
+        """
+        from txplatform.crypto.keys import loadKeys
+
+        from ..support import keyFiles
+
+        keys = keyFiles(self.mktemp())
+        others = keyFiles(self.mktemp())
+        codec = loadKeys(keys["bus"], reactor, "bus").payloadCodec()
+        group, _, _ = yield self.deadLetter(codec)
+        code, shown = yield self.command("--group", group, "show", "letter-1")
+        self.assertEqual(code, 0)
+        self.assertIn("not JSON; give --bus-keys", shown)
+        self.assertNotIn('"n": 1', shown)
+        code, shown = yield self.command(
+            "--bus-keys", keys["bus"], "--group", group, "show", "letter-1"
+        )
+        self.assertEqual(code, 0)
+        self.assertIn('"n": 1', shown)
+        code, shown = yield self.command(
+            "--bus-keys", others["bus"], "--group", group, "show", "letter-1"
+        )
+        self.assertIn("the bus keys do not open it", shown)
+        code, shown = yield self.command(
+            "--bus-keys", self.mktemp(), "--group", group, "show", "letter-1"
+        )
+        self.assertEqual(code, 2)
+        self.assertIn("--bus-keys", shown)

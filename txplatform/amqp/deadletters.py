@@ -3,7 +3,7 @@
 Dead letters: list them, look at one, send them back to their group.
 
     txplatform-deadletters --bus amqp://... list [--group notify]
-    txplatform-deadletters --bus amqp://... show MESSAGE_ID
+    txplatform-deadletters --bus amqp://... [--bus-keys FILE] show MESSAGE_ID
     txplatform-deadletters --bus amqp://... replay MESSAGE_ID | --all
     txplatform-deadletters --bus amqp://... drop MESSAGE_ID
 
@@ -12,6 +12,9 @@ malformed calls in group C{rpc.<service id>}), each with the error, the number o
 Looking does not consume them (they are taken and given back); replaying
 publishes a message to the queue it came from, so only that group sees it
 again, and removes it from the dead letters once the broker confirmed it.
+Payloads sealed under the bus keys (as the platform's are) are shown only
+given the key file (C{--bus-keys}): opened, and checked against the
+letter's event, message id, caller and trace, as the consumer would.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from attrs import frozen
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import react
 
-from ..codec import loads
-from .bus import CHANNEL, AMQPBus, deadQueue
+from ..codec import eventBinding, loads
+from ..errors import MalformedMessage
+from ..interfaces import IPayloadCodec
+from .bus import CHANNEL, AMQPBus, _callerOf, _traceOf, deadQueue
 from .frames import Delivery, Properties
 from .protocol import PublishReturned
 from .url import BrokerURL
@@ -74,10 +79,19 @@ class DeadLetter:
             properties=delivery.properties,
         )
 
-    def payload(self) -> Any:
+    def payload(self, codec: IPayloadCodec | None = None) -> Any:
         """
-        The decoded payload, or the raw bytes if it is not JSON.
+        The decoded payload: opened by C{codec} (the bus keys' codec) if
+        given; otherwise parsed as JSON, or the raw bytes if it is not.
+
+        @raise txplatform.errors.MalformedMessage: C{codec} refused it.
         """
+        if codec is not None:
+            headers = self.properties.headers or {}
+            binding = eventBinding(
+                self.event, self.messageId, _callerOf(headers), _traceOf(headers, self.messageId)
+            )
+            return codec.decode(self.body, binding)
         try:
             return loads(self.body)
         except (ValueError, UnicodeDecodeError):
@@ -203,11 +217,27 @@ def _describe(letter: DeadLetter) -> str:
     )
 
 
+def _showPayload(letter: DeadLetter, codec: IPayloadCodec | None) -> str:
+    if codec is not None and not letter.group.startswith("rpc."):
+        try:
+            return json.dumps(letter.payload(codec), indent=2)
+        except MalformedMessage as e:
+            return f"(the bus keys do not open it: {e.message})"
+    payload = letter.payload()
+    if isinstance(payload, bytes):
+        hint = "" if codec is not None else "; give --bus-keys to open a sealed payload"
+        return f"({len(payload)} bytes, not JSON{hint})"
+    return json.dumps(payload, indent=2)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="txplatform-deadletters", description=__doc__.split("\n\n")[1]
     )
     parser.add_argument("--bus", required=True, help="amqp://user:password@host:5672/vhost")
+    parser.add_argument(
+        "--bus-keys", help="the bus key file, to show payloads sealed under it (show)"
+    )
     parser.add_argument(
         "--group",
         action="append",
@@ -230,6 +260,16 @@ def _parser() -> argparse.ArgumentParser:
 def _run(reactor: Any, argv: list[str], out: Any) -> Any:
     arguments = _parser().parse_args(argv)
     groups = arguments.group or list(PLATFORM_GROUPS)
+    codec = None
+    if arguments.bus_keys is not None:
+        from ..crypto.keyfile import KeyFileError
+        from ..crypto.keys import loadKeys
+
+        try:
+            codec = loadKeys(arguments.bus_keys, reactor, "bus").payloadCodec()
+        except KeyFileError as e:
+            print(f"--bus-keys: {e}", file=out)
+            return 2
     bus = AMQPBus(reactor, BrokerURL.parse(arguments.bus), connectionName="txplatform-deadletters")
     bus.startService()
     try:
@@ -250,13 +290,7 @@ def _run(reactor: Any, argv: list[str], out: Any) -> Any:
             for letter in letters:
                 print(_describe(letter), file=out)
                 print(json.dumps(letter.properties.headers, indent=2, default=str), file=out)
-                payload = letter.payload()
-                print(
-                    json.dumps(payload, indent=2)
-                    if not isinstance(payload, bytes)
-                    else repr(payload),
-                    file=out,
-                )
+                print(_showPayload(letter, codec), file=out)
         elif arguments.command == "replay":
             letters = yield replay(bus, groups, pick)
             print(f"replayed {len(letters)} dead letter(s)", file=out)
