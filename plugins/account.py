@@ -28,6 +28,20 @@ from ._common import (
 )
 
 SESSION_LIFETIME = ["session-lifetime", None, 24 * 3600.0, "Seconds a login session lasts.", float]
+SESSION_IDLE = [
+    "session-idle",
+    None,
+    8 * 3600.0,
+    "Seconds a login session lasts unused (noted at most once a minute); 0: until its"
+    " lifetime ends.",
+    float,
+]
+
+
+def sessionIdle(options: usage.Options) -> float | None:
+    if options["session-idle"] < 0:
+        raise usage.UsageError(f"--session-idle must be 0 or more, not {options['session-idle']:g}")
+    return options["session-idle"] or None
 
 
 class Options(usage.Options):
@@ -48,6 +62,7 @@ class Options(usage.Options):
             "Database: sqlite:PATH or postgresql://user@host:port/dbname.",
         ],
         SESSION_LIFETIME,
+        SESSION_IDLE,
         *ARGON2,
     ]
 
@@ -58,6 +73,7 @@ class Options(usage.Options):
         checkPositive(
             self, "session-lifetime", "argon2-time-cost", "argon2-memory-cost", "argon2-parallelism"
         )
+        sessionIdle(self)
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:
@@ -76,5 +92,6 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             passwordHasher(options, reactor),
             fields=fields,
             sessionLifetime=options["session-lifetime"],
+            sessionIdle=sessionIdle(options),
         ),
     )

@@ -21,7 +21,7 @@ from ._common import (
     makeDatabase,
     passwordHasher,
 )
-from .account import SESSION_LIFETIME
+from .account import SESSION_IDLE, SESSION_LIFETIME, sessionIdle
 from .gateway import (
     ACCOUNT_RATE_LIMIT,
     BUSY_LIMIT,
@@ -82,6 +82,7 @@ class Options(usage.Options):
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
         SESSION_LIFETIME,
+        SESSION_IDLE,
         CACHE_SIZE,
         POST_RATE,
         *ARGON2,
@@ -106,6 +107,7 @@ class Options(usage.Options):
             "argon2-memory-cost",
             "argon2-parallelism",
         )
+        sessionIdle(self)
         self.ensureKeys()
 
     def ensureKeys(self) -> None:
@@ -186,6 +188,7 @@ def assemble(
             passwordHasher(options, reactor),
             fields=fieldCodecs["account"],
             sessionLifetime=options["session-lifetime"],
+            sessionIdle=sessionIdle(options),
         ),
         PostService(
             bus,

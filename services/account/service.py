@@ -53,11 +53,16 @@ def _sessionReply(session: SessionRow) -> dict[str, Any]:
 class AccountService(DatabaseService):
     """
     @param sessionLifetime: Seconds a session lasts from login.
+    @param sessionIdle: Seconds a session lasts unused (C{None}: until its
+        lifetime ends).  Use is noted at most once per C{touchEvery}
+        seconds per session, so the idle timeout is that much coarse, and
+        checking a token costs a write at most once a minute.
     @ivar ticketLifetime: Seconds a stream ticket can be redeemed in: enough
         for a browser to open its stream, little for a leaked URL.
     """
 
     ticketLifetime = 60.0
+    touchEvery = 60.0
     name = api.SERVICE_NAME
     serviceId = api.SERVICE_ID
     migrations = MIGRATIONS
@@ -81,6 +86,7 @@ class AccountService(DatabaseService):
         passwords: PasswordHasher,
         fields: IFieldCodec | None = None,
         sessionLifetime: float = 24 * 3600,
+        sessionIdle: float | None = 8 * 3600,
         sweepInterval: float = 600,
     ) -> None:
         super().__init__(bus, database, clock, fields)
@@ -88,6 +94,7 @@ class AccountService(DatabaseService):
         self.throttle = LoginThrottle(database, self.fields, clock)
         self.passwords = passwords
         self.sessionLifetime = sessionLifetime
+        self.sessionIdle = sessionIdle
         self._sweeper = LoopingCall(self.sweepSessions)
         self._sweeper.clock = clock
         self._sweepInterval = sweepInterval
@@ -107,7 +114,9 @@ class AccountService(DatabaseService):
         Delete expired sessions (they are refused anyway; this keeps the
         table small).
         """
-        d = self.store.deleteExpiredSessions(nowMillis(self.clock))
+        now = nowMillis(self.clock)
+        unusedSince = None if self.sessionIdle is None else now - int(self.sessionIdle * 1000)
+        d = self.store.deleteExpiredSessions(now, unusedSince)
         d.addCallback(lambda _: self.throttle.sweep())
         d.addErrback(lambda f: self.log.failure("Could not sweep expired sessions", f))
         return d
@@ -243,21 +252,37 @@ class AccountService(DatabaseService):
             "session_id": sessionId,
         }
 
+    @inlineCallbacks
+    def _use(self, session: SessionRow | None, refusal: str) -> Any:
+        """
+        C{session} if it holds (not expired, not idle too long), noting its
+        use; otherwise L{Unauthenticated} with C{refusal}.
+        """
+        now = nowMillis(self.clock)
+        if session is None or session.expires_at <= now:
+            raise Unauthenticated(refusal)
+        if self.sessionIdle is not None:
+            if session.last_used_at <= now - int(self.sessionIdle * 1000):
+                raise Unauthenticated(refusal)
+            if now - session.last_used_at >= self.touchEvery * 1000:
+                try:
+                    yield self.store.touchSession(session.id, now)
+                except Exception:
+                    # The session holds; only its idle clock was not reset.
+                    self.log.failure("Could not note the use of session {id}", id=session.id)
+        return _sessionReply(session)
+
     @rpc(api.VerifyToken)
     @inlineCallbacks
     def verify_token(self, request: api.VerifyToken, context: CallContext) -> Any:
-        session = yield self.store.session(hashToken(request.token), nowMillis(self.clock))
-        if session is None:
-            raise Unauthenticated("the token is invalid, expired or revoked")
-        return _sessionReply(session)
+        session = yield self.store.session(hashToken(request.token))
+        return (yield self._use(session, "the token is invalid, expired or revoked"))
 
     @rpc(api.VerifySession)
     @inlineCallbacks
     def verify_session(self, request: api.VerifySession, context: CallContext) -> Any:
-        session = yield self.store.sessionById(request.session_id, nowMillis(self.clock))
-        if session is None:
-            raise Unauthenticated("the session ended, expired or was revoked")
-        return _sessionReply(session)
+        session = yield self.store.sessionById(request.session_id)
+        return (yield self._use(session, "the session ended, expired or was revoked"))
 
     @rpc(api.IssueTicket)
     @inlineCallbacks
@@ -278,9 +303,7 @@ class AccountService(DatabaseService):
     @inlineCallbacks
     def redeem_ticket(self, request: api.RedeemTicket, context: CallContext) -> Any:
         session = yield self.store.redeemTicket(hashToken(request.ticket), nowMillis(self.clock))
-        if session is None:
-            raise Unauthenticated("the stream ticket is invalid, expired or already used")
-        return _sessionReply(session)
+        return (yield self._use(session, "the stream ticket is invalid, expired or already used"))
 
     @rpc(api.Logout)
     @inlineCallbacks

@@ -83,7 +83,20 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    Migration(
+        4,
+        "when each session was last used, for the idle timeout",
+        (
+            "ALTER TABLE account_sessions ADD COLUMN last_used_at {bigint}",
+            "UPDATE account_sessions SET last_used_at = created_at",
+            "CREATE INDEX account_sessions_by_use ON account_sessions (last_used_at)",
+        ),
+    )
+)
+
 _COLUMNS = "id, username, email, display_name, password_hash, created_at"
+_SESSION_COLUMNS = "s.id, s.account_id, a.username, s.expires_at, s.last_used_at"
 
 
 #: How each indexed field is normalised before its blind index is taken:
@@ -128,6 +141,7 @@ class SessionRow:
     account_id: str
     username: str
     expires_at: int
+    last_used_at: int
 
 
 class AccountStore:
@@ -392,9 +406,10 @@ class AccountStore:
         @raise NotFound: the account was deleted meanwhile.
         """
         d = self._database.runOperation(
-            "INSERT INTO account_sessions (id, token_hash, account_id, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (sessionId, tokenHash, accountId, now, expiresAt),
+            "INSERT INTO account_sessions"
+            " (id, token_hash, account_id, created_at, expires_at, last_used_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (sessionId, tokenHash, accountId, now, expiresAt, now),
         )
 
         def accountGone(failure: Any) -> None:
@@ -403,12 +418,11 @@ class AccountStore:
 
         return d.addErrback(accountGone)
 
-    def session(self, tokenHash: bytes, now: int) -> Deferred[SessionRow | None]:
+    def session(self, tokenHash: bytes) -> Deferred[SessionRow | None]:
         """
-        The unexpired session whose token hashes to C{tokenHash}.
+        The session whose token hashes to C{tokenHash}, expired or not.
         """
-        d = self._sessions.get(tokenHash)
-        return d.addCallback(lambda s: s if s is not None and s.expires_at > now else None)
+        return self._sessions.get(tokenHash)
 
     def _sessionsByHash(self, hashes: list[bytes]) -> Deferred[dict[bytes, SessionRow]]:
         return self._database.runInteraction(self._selectSessions, hashes)
@@ -416,47 +430,50 @@ class AccountStore:
     def _selectSessions(self, t: ITransaction, hashes: list[bytes]) -> dict[bytes, SessionRow]:
         marks = ", ".join("?" * len(hashes))
         rows = t.execute(
-            "SELECT s.token_hash, s.id, s.account_id, a.username, s.expires_at"
+            f"SELECT s.token_hash, {_SESSION_COLUMNS}"
             " FROM account_sessions s JOIN accounts a ON a.id = s.account_id"
             f" WHERE s.token_hash IN ({marks})",
             hashes,
         ).fetchall()
-        return {
-            bytes(tokenHash): SessionRow(
-                id=sessionId,
-                account_id=accountId,
-                username=self._fields.open("accounts", "username", accountId, bytes(username)),
-                expires_at=expiresAt,
-            )
-            for tokenHash, sessionId, accountId, username, expiresAt in rows
-        }
+        return {bytes(row[0]): self._sessionRow(row[1:]) for row in rows}
+
+    def _sessionRow(self, row: Sequence[Any]) -> SessionRow:
+        sessionId, accountId, username, expiresAt, lastUsedAt = row
+        return SessionRow(
+            id=sessionId,
+            account_id=accountId,
+            username=self._fields.open("accounts", "username", accountId, bytes(username)),
+            expires_at=expiresAt,
+            last_used_at=lastUsedAt,
+        )
 
     def deleteSession(self, sessionId: str) -> Deferred[None]:
         return self._database.runOperation(
             "DELETE FROM account_sessions WHERE id = ?", (sessionId,)
         )
 
-    def sessionById(self, sessionId: str, now: int) -> Deferred[SessionRow | None]:
+    def sessionById(self, sessionId: str) -> Deferred[SessionRow | None]:
         """
-        The unexpired session C{sessionId}.
+        The session C{sessionId}, expired or not.
         """
-        return self._database.runInteraction(self._sessionById, sessionId, now)
+        return self._database.runInteraction(self._sessionById, sessionId)
 
-    def _sessionById(self, t: ITransaction, sessionId: str, now: int) -> SessionRow | None:
+    def _sessionById(self, t: ITransaction, sessionId: str) -> SessionRow | None:
         row = t.execute(
-            "SELECT s.id, s.account_id, a.username, s.expires_at"
+            f"SELECT {_SESSION_COLUMNS}"
             " FROM account_sessions s JOIN accounts a ON a.id = s.account_id"
-            " WHERE s.id = ? AND s.expires_at > ?",
-            (sessionId, now),
+            " WHERE s.id = ?",
+            (sessionId,),
         ).fetchone()
-        if row is None:
-            return None
-        sessionId, accountId, username, expiresAt = row
-        return SessionRow(
-            id=sessionId,
-            account_id=accountId,
-            username=self._fields.open("accounts", "username", accountId, bytes(username)),
-            expires_at=expiresAt,
+        return None if row is None else self._sessionRow(row)
+
+    def touchSession(self, sessionId: str, now: int) -> Deferred[None]:
+        """
+        Note that session C{sessionId} was used at C{now}.
+        """
+        return self._database.runOperation(
+            "UPDATE account_sessions SET last_used_at = ? WHERE id = ? AND last_used_at < ?",
+            (now, sessionId, now),
         )
 
     def createTicket(
@@ -483,9 +500,9 @@ class AccountStore:
 
     def redeemTicket(self, ticketHash: bytes, now: int) -> Deferred[SessionRow | None]:
         """
-        The session an unexpired, unused ticket stands for; the ticket is
-        used up, whatever the session's state.  Of two redeeming the same
-        ticket at once, one gets the session: the one whose delete took it.
+        The session (expired or not) an unexpired, unused ticket stands
+        for; the ticket is used up.  Of two redeeming the same ticket at
+        once, one gets the session: the one whose delete took it.
         """
         return self._database.runInteraction(self._redeemTicket, ticketHash, now)
 
@@ -499,20 +516,28 @@ class AccountStore:
         t.execute("DELETE FROM account_stream_tickets WHERE ticket_hash = ?", (ticketHash,))
         if t.rowcount != 1 or row[1] <= now:
             return None
-        return self._sessionById(t, row[0], now)
+        return self._sessionById(t, row[0])
 
-    def deleteExpiredSessions(self, now: int) -> Deferred[int]:
+    def deleteExpiredSessions(self, now: int, unusedSince: int | None = None) -> Deferred[int]:
         """
-        Delete expired sessions and stream tickets.
+        Delete expired sessions, those unused since C{unusedSince} if given,
+        and expired stream tickets.
 
         @return: how many sessions.
         """
-        return self._database.runInteraction(self._deleteExpired, now)
+        return self._database.runInteraction(self._deleteExpired, now, unusedSince)
 
     @staticmethod
-    def _deleteExpired(t: ITransaction, now: int) -> int:
+    def _deleteExpired(t: ITransaction, now: int, unusedSince: int | None) -> int:
         t.execute("DELETE FROM account_stream_tickets WHERE expires_at <= ?", (now,))
-        return t.execute("DELETE FROM account_sessions WHERE expires_at <= ?", (now,)).rowcount
+        if unusedSince is None:
+            t.execute("DELETE FROM account_sessions WHERE expires_at <= ?", (now,))
+        else:
+            t.execute(
+                "DELETE FROM account_sessions WHERE expires_at <= ? OR last_used_at <= ?",
+                (now, unusedSince),
+            )
+        return t.rowcount
 
     # Follows
 

@@ -267,6 +267,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, self.parse, post, "--post-cache-size", "-1")
         self.assertEqual(self.parse(allinone, "--post-cache-size", "0")["post-cache-size"], 0)
 
+    def test_sessionIdle(self) -> None:
+        """
+        Sessions lapse after 8 idle hours unless told otherwise; 0 turns
+        the idle timeout off; it cannot be negative.
+        """
+        from plugins.account import sessionIdle
+
+        self.assertEqual(sessionIdle(self.parse(account)), 8 * 3600.0)
+        self.assertEqual(sessionIdle(self.parse(allinone, "--session-idle", "900")), 900.0)
+        self.assertIsNone(sessionIdle(self.parse(account, "--session-idle", "0")))
+        for module in (account, allinone):
+            self.assertRaises(usage.UsageError, self.parse, module, "--session-idle", "-1")
+
     def test_busyLimit(self) -> None:
         """
         The busy limit is a percentage below 100, 0 turning it off; the

@@ -392,6 +392,103 @@ class AccountTestsMixin:
         self.assertEqual(rows, [])
 
     @inlineCallbacks
+    def lastUsed(self, sessionId: str) -> Any:
+        [[at]] = yield self.service.database.runQuery(
+            "SELECT last_used_at FROM account_sessions WHERE id = ?", (sessionId,)
+        )
+        return at
+
+    @inlineCallbacks
+    def test_idle(self) -> Any:
+        """
+        A session unused for C{sessionIdle} seconds is refused, by token,
+        by id and through a ticket, and swept; each use (noted at most once
+        per C{touchEvery}) starts the idle time again.
+        """
+        self.service.sessionIdle = idle = 3600
+        yield self.register("alice")
+        session = yield self.login("alice")
+        issued = yield self.call("issue_ticket", session_id=session["session_id"])
+        created = yield self.lastUsed(session["session_id"])
+        self.clock.offset = 10
+        yield self.call("verify_token", token=session["token"])
+        self.assertEqual((yield self.lastUsed(session["session_id"])), created)
+        self.clock.offset = idle - 10
+        yield self.call("verify_session", session_id=session["session_id"])
+        used = yield self.lastUsed(session["session_id"])
+        self.assertLess(abs((used - created) / 1000 - (idle - 10)), 1)
+        self.clock.offset = 2 * idle - 30
+        yield self.call("verify_token", token=session["token"])
+        self.clock.offset = 3 * idle  # still within its lifetime
+        yield self.assertFailure(self.call("verify_token", token=session["token"]), Unauthenticated)
+        yield self.assertFailure(
+            self.call("verify_session", session_id=session["session_id"]), Unauthenticated
+        )
+        yield self.service.sweepSessions()
+        rows = yield self.service.database.runQuery("SELECT id FROM account_sessions")
+        self.assertEqual(rows, [])
+        # (Its ticket went with it; an idle session's live ticket is refused too.)
+        yield self.assertFailure(
+            self.call("redeem_ticket", ticket=issued["ticket"]), Unauthenticated
+        )
+
+    @inlineCallbacks
+    def test_idleMigration(self) -> Any:
+        """
+        Sessions from before the idle timeout count as last used when they
+        were created.
+        """
+        from services.account.store import MIGRATIONS
+
+        database = self.makeDatabase("older")
+        yield database.migrate("account", MIGRATIONS[:3])
+        yield database.runOperation(
+            "INSERT INTO accounts (id, username_index, username, email_index, email,"
+            " display_name, password_hash, created_at, updated_at)"
+            " VALUES ('a', ?, ?, ?, ?, ?, 'x', 1, 1)",
+            (b"u", b"u", b"e", b"e", b"d"),
+        )
+        yield database.runOperation(
+            "INSERT INTO account_sessions (id, token_hash, account_id, created_at, expires_at)"
+            " VALUES ('s', ?, 'a', 1234, 5678)",
+            (b"h",),
+        )
+        applied = yield database.migrate("account", MIGRATIONS)
+        self.assertEqual(applied, [4])
+        rows = yield database.runQuery("SELECT last_used_at FROM account_sessions")
+        self.assertEqual(rows, [(1234,)])
+
+    @inlineCallbacks
+    def test_idleTicket(self) -> Any:
+        """
+        A ticket of a session that went idle after it was issued opens
+        nothing.
+        """
+        yield self.register("alice")
+        session = yield self.login("alice")
+        self.service.ticketLifetime = 3 * self.service.sessionIdle
+        issued = yield self.call("issue_ticket", session_id=session["session_id"])
+        self.clock.offset = self.service.sessionIdle + 1
+        yield self.assertFailure(
+            self.call("redeem_ticket", ticket=issued["ticket"]), Unauthenticated
+        )
+
+    @inlineCallbacks
+    def test_idleOff(self) -> Any:
+        """
+        Without an idle timeout a session lasts its lifetime, however long
+        unused.
+        """
+        self.service.sessionIdle = None
+        yield self.register("alice")
+        session = yield self.login("alice")
+        self.clock.offset = self.service.sessionLifetime - 1
+        yield self.call("verify_token", token=session["token"])
+        yield self.service.sweepSessions()
+        self.clock.offset = self.service.sessionLifetime + 1
+        yield self.assertFailure(self.call("verify_token", token=session["token"]), Unauthenticated)
+
+    @inlineCallbacks
     def test_verifySession(self) -> Any:
         """
         A session checks by its id as by its token, until it ends: logged
