@@ -800,10 +800,18 @@ class Gateway:
         " notification (JSON). Reconnect with `Last-Event-ID` to get what was missed"
         " first. A comment every 15 seconds keeps the stream alive; the stream ends"
         " when the session does. A browser's `EventSource`, which cannot send a token,"
-        " passes a ticket instead: `?ticket=` from `POST /v1/notifications/stream/tickets`.",
+        " passes a ticket instead: `?ticket=` from `POST /v1/notifications/stream/tickets`."
+        " A ticket opens one stream: to resume after an error, open a new `EventSource` with"
+        " a new ticket and `&last_event_id=` (the last `id` received), which stands for the"
+        " header.",
     )
     def notificationStream(self, request: IRequest, principal: Principal) -> Any:
         last = request.getHeader("last-event-id")
+        if last is None:
+            # A new EventSource (as after a ticket was used up) cannot send
+            # the header: it may say where it was in the query instead.
+            given = (request.args or {}).get(b"last_event_id")
+            last = given[0].decode("ascii", "replace") if given else None
         if last is not None and not _RECORD_ID.match(last):
             raise HTTPProblem(400, "invalid_argument", "Last-Event-ID is not a notification id")
         return self.streams.open(

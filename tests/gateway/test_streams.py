@@ -253,6 +253,30 @@ class TicketTests(StreamTestCase):
         yield self.endsWithSession((yield self.open("bob", ticket=(yield self.ticket("bob")))))
 
     @inlineCallbacks
+    def test_resumeWithTicket(self) -> Any:
+        """
+        A browser resuming after its ticket was used up opens a new stream
+        with a new ticket and the last id it got in the query: it gets what
+        it missed, then the live ones.
+        """
+        first = yield self.open("bob", ticket=(yield self.ticket("bob")))
+        yield self.post("alice", "one @bob")
+        yield eventually(lambda: first.events, timeout=10)
+        yield self.close(first)
+        missed = (yield self.post("alice", "two @bob")).json
+        ticket = yield self.ticket("bob")
+        second = yield self.open("bob", ticket=f"{ticket}&last_event_id={first.events[-1]['id']}")
+        yield eventually(lambda: second.events, timeout=10)
+        self.assertEqual([e["data"]["post_id"] for e in second.events], [missed["id"]])
+        live = (yield self.post("alice", "three @bob")).json
+        yield eventually(lambda: len(second.events) == 2, timeout=10)
+        self.assertEqual(second.events[1]["data"]["post_id"], live["id"])
+        reply = yield self.request(
+            "GET", "/v1/notifications/stream?last_event_id=nope", token=self.tokens["bob"]
+        )
+        self.assertProblem(reply, 400)
+
+    @inlineCallbacks
     def test_badTickets(self) -> Any:
         """
         A made-up ticket, a malformed one, or a ticket anywhere but the
