@@ -297,6 +297,15 @@ def makeDatabase(url: str, reactor: Any) -> Any:
     return databaseFromURL(url, reactor=reactor)
 
 
+#: The service processes' flag (the all-in-one has its own wording).
+LOG_CALLS = [
+    "log-calls",
+    None,
+    "Log every call served, with its trace id (the request's X-Request-Id); by default only"
+    " the calls that fail, the gateway logging every request.",
+]
+
+
 def serviceProcess(options: usage.Options, reactor: Any, serviceClass: Any, build: Any) -> Any:
     """
     The services of a process running one service: its key files' watchers,
@@ -325,6 +334,7 @@ def serviceProcess(options: usage.Options, reactor: Any, serviceClass: Any, buil
     else:
         service = build(bus)
     service.drainTimeout = options["drain-timeout"]
+    service.logCalls = options["log-calls"]
     service.setServiceParent(top)
     ReadinessGate(reactor, [service], Service()).setServiceParent(top)
     if options["health-file"]:

@@ -18,6 +18,7 @@ from ._common import (
     HEALTH_FILE,
     KEY_RELOAD,
     KEYS,
+    LOG_CALLS,
     checkBus,
     checkDatabase,
     checkKeys,
@@ -47,6 +48,7 @@ def sessionIdle(options: usage.Options) -> float | None:
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run one replica of the Account service: accounts, login sessions and follows."
+    optFlags = [LOG_CALLS]
     optParameters = [
         BUS,
         *DIRECT,

@@ -17,6 +17,7 @@ from ._common import (
     HEALTH_FILE,
     KEY_RELOAD,
     KEYS,
+    LOG_CALLS,
     checkBus,
     checkDatabase,
     checkKeys,
@@ -30,6 +31,7 @@ class Options(usage.Options):
     longdesc = (
         "Run one replica of the Notify service: notifications for mentions and followed authors."
     )
+    optFlags = [LOG_CALLS]
     optParameters = [
         BUS,
         *DIRECT,

@@ -17,6 +17,7 @@ from ._common import (
     DRAIN_TIMEOUT,
     HEALTH_FILE,
     KEY_RELOAD,
+    LOG_CALLS,
     checkBus,
     checkKeys,
     serviceIdOf,
@@ -31,6 +32,7 @@ class Options(usage.Options):
         " gateways hand over (gateway --parser-over), against the schemas the OpenAPI"
         " document publishes. It stores nothing: run as many as parsing needs."
     )
+    optFlags = [LOG_CALLS]
     optParameters = [BUS, *DIRECT, BUS_KEYS, KEY_RELOAD, DRAIN_TIMEOUT, HEALTH_FILE]
 
     def postOptions(self) -> None:

@@ -18,6 +18,7 @@ from ._common import (
     HEALTH_FILE,
     KEY_RELOAD,
     KEYS,
+    LOG_CALLS,
     checkBus,
     checkDatabase,
     checkKeys,
@@ -54,6 +55,7 @@ def checkCacheSize(options: usage.Options) -> None:
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run one replica of the Post service: create, read, list and delete posts."
+    optFlags = [LOG_CALLS]
     optParameters = [
         BUS,
         *DIRECT,

@@ -45,6 +45,11 @@ class TraceTests(SQLiteMixin, PlatformTestCase):
 
     @inlineCallbacks
     def test_followed(self) -> Any:
+        """
+        With C{logCalls} (C{--log-calls}), every call served is logged with
+        the request's id as its trace, beside the gateway's access event.
+        """
+        self.accounts.logCalls = True
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -83,9 +88,9 @@ class TraceTests(SQLiteMixin, PlatformTestCase):
     @inlineCallbacks
     def test_onlyFailures(self) -> Any:
         """
-        A service told not to log every call still logs those that fail.
+        By default a service logs only the calls that fail.
         """
-        self.accounts.logCalls = False
+        self.assertFalse(self.accounts.logCalls)
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)

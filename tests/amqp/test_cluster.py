@@ -310,8 +310,14 @@ class ParserPoolTests(TwoGatewaysTestCase):
         yield self.startPlatform(replicas + self.parsers, "--parser-over", "0")
 
     def parser(self) -> Any:
+        # Logging every call: the test counts the survivor's parses.
         return self.spawn(
-            "parser", "--bus", self.busURL, *keyArguments(self.keys, "parser"), ready=SERVING
+            "parser",
+            "--bus",
+            self.busURL,
+            "--log-calls",
+            *keyArguments(self.keys, "parser"),
+            ready=SERVING,
         )
 
     @inlineCallbacks

@@ -362,7 +362,25 @@ class MakeServiceTests(SynchronousTestCase):
             self.assertIsInstance(service, MultiService)
             children = list(service)
             self.assertEqual(type(children[3]).__name__, expected)
+            self.assertFalse(children[3].logCalls)
             self.addCleanup(children[3].database.close)
+
+    def test_logCalls(self) -> None:
+        """
+        --log-calls has a service process log every call it serves.
+        """
+        options = post.Options()
+        options.parseOptions(
+            [
+                *keyArguments(self.keys, "post"),
+                "--db",
+                f"sqlite:{self.mktemp()}/db.sqlite",
+                "--log-calls",
+            ]
+        )
+        service = list(post.makeService(options, reactor=MemoryReactorClock()))[3]
+        self.addCleanup(service.database.close)
+        self.assertTrue(service.logCalls)
 
     def test_direct(self) -> None:
         """
