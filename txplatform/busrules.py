@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,6 +34,7 @@ __all__ = [
     "prepareCall",
     "checkPriority",
     "callDeadline",
+    "awaitAnswer",
     "timeoutFailure",
     "replyFor",
     "internalReply",
@@ -119,6 +122,25 @@ def callDeadline(now: float, timeout: float | None, default: float, origin: Orig
     if origin.deadline is not None:
         deadline = min(deadline, origin.deadline)
     return deadline
+
+
+def awaitAnswer(
+    clock: IReactorTime,
+    service: ServiceId,
+    method: str,
+    deadline: float,
+    canceller: Callable[[Deferred[Any]], None],
+) -> Deferred[Any]:
+    """
+    What every bus hands the caller of a call: a Deferred for the answer,
+    withdrawn by C{canceller} if the caller cancels it, and failing with
+    L{DeadlineExceeded} (cancelling it likewise) once C{deadline} passes.
+    """
+    d: Deferred[Any] = Deferred(canceller)
+    d.addTimeout(
+        max(deadline - clock.seconds(), 0.0), clock, onTimeoutCancel=timeoutFailure(service, method)
+    )
+    return d
 
 
 def timeoutFailure(service: ServiceId, method: str) -> Callable[[Any, float], Failure]:

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .busrules import (
+    awaitAnswer,
     failureReason,
     internalReply,
     millis,
@@ -33,7 +34,6 @@ from .busrules import (
     replyFor,
     resultOf,
     retryDelay,
-    timeoutFailure,
 )
 from .codec import JSONCodec, callBinding, eventBinding, replyBinding
 from .context import CallContext, EventContext, Origin, newMessageId
@@ -413,7 +413,7 @@ class LocalBus(Service):
         def abandon(d: Deferred[Any]) -> None:
             pending.abandoned = True
 
-        d: Deferred[Any] = Deferred(abandon)
+        d = awaitAnswer(self._clock, service, method, call.deadline, abandon)
         pending = _PendingCall(
             messageId=call.messageId,
             service=service,
@@ -424,11 +424,6 @@ class LocalBus(Service):
             caller=call.caller,
             correlationId=call.correlationId,
             deferred=d,
-        )
-        d.addTimeout(
-            max(call.deadline - now, 0.0),
-            self._clock,
-            onTimeoutCancel=timeoutFailure(service, method),
         )
         queue.put(pending)
         return d
@@ -481,7 +476,9 @@ class LocalBus(Service):
         if queue is None:
             return fail(Unavailable(f"no service {service.hex} here", {"service": service.hex}))
         deadline = deadlineMillis / 1000
-        d: Deferred[bytes] = Deferred(lambda d: setattr(pending, "abandoned", True))
+        d = awaitAnswer(
+            self._clock, service, method, deadline, lambda d: setattr(pending, "abandoned", True)
+        )
         pending = _PendingCall(
             messageId=messageId,
             service=service,
@@ -494,11 +491,6 @@ class LocalBus(Service):
             deferred=d,
             deadlineMillis=deadlineMillis,
             encodedReply=True,
-        )
-        d.addTimeout(
-            max(deadline - self._clock.seconds(), 0.0),
-            self._clock,
-            onTimeoutCancel=timeoutFailure(service, method),
         )
         queue.put(pending)
         return d

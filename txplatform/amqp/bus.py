@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..busrules import (
+    awaitAnswer,
     failureReason,
     internalReply,
     millis,
@@ -48,7 +49,6 @@ from ..busrules import (
     replyFor,
     resultOf,
     retryDelay,
-    timeoutFailure,
 )
 from ..codec import JSONCodec, callBinding, eventBinding, replyBinding
 from ..context import CallContext, EventContext, Origin, Priority, newMessageId
@@ -947,7 +947,7 @@ class AMQPBus(Service):
             if pending in self._waiting:
                 self._waiting.remove(pending)
 
-        d: Deferred[Any] = Deferred(abandon)
+        d = awaitAnswer(self._clock, service, method, deadline, abandon)
         pending = _PendingCall(
             messageId=messageId,
             service=service,
@@ -960,9 +960,6 @@ class AMQPBus(Service):
             sentOn=None,
         )
         self._calls[messageId] = pending
-        d.addTimeout(
-            max(deadline - now, 0.0), self._clock, onTimeoutCancel=timeoutFailure(service, method)
-        )
         if self.connected:
             self._send(pending)
         else:

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..busrules import prepareCall, resultOf, timeoutFailure
+from ..busrules import awaitAnswer, prepareCall, resultOf
 from ..channel.forward import ForwardedFactory
 from ..channel.protocol import ChannelClientEndpoint, ChannelServerEndpoint, ChannelSettings
 from ..codec import JSONCodec, replyBinding
@@ -382,11 +382,12 @@ class DirectBus(MultiService):
             method,
             call.data,
         )
-        d: Deferred[Any] = Deferred(lambda d: self._outgoing.pop(messageId, None))
-        d.addTimeout(
-            max(call.deadline - now, 0.0),
+        d = awaitAnswer(
             self._reactor,
-            onTimeoutCancel=timeoutFailure(service, method),
+            service,
+            method,
+            call.deadline,
+            lambda d: self._outgoing.pop(messageId, None),
         )
         outgoing = _Outgoing(frame, service, idempotent, d)
         self._outgoing[messageId] = outgoing
