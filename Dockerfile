@@ -10,6 +10,7 @@ COPY services services
 COPY gateway gateway
 COPY plugins plugins
 COPY twisted twisted
+COPY src src
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

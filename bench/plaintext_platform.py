@@ -20,8 +20,8 @@ def main() -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.python.usage import UsageError
 
-    from plugins import allinone
-    from plugins._lifecycle import StopInOrder
+    from txplatform_plugins import allinone
+    from txplatform_plugins._lifecycle import StopInOrder
     from txplatform.codec import JSONCodec
     from txplatform.fields import PlainFieldCodec
 

@@ -26,11 +26,11 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from services import GATEWAY_ID, platformRegistry
-from services.account import api as account
-from services.notify import api as notify
-from services.parser import api as parser
-from services.post import api as post
+from txplatform_services import GATEWAY_ID, platformRegistry
+from txplatform_services.account import api as account
+from txplatform_services.notify import api as notify
+from txplatform_services.parser import api as parser
+from txplatform_services.post import api as post
 from txplatform.codec import dumps
 from txplatform.context import Origin, Priority, newMessageId
 from txplatform.errors import (
@@ -196,7 +196,7 @@ class Gateway:
         believed (see L{clientAddress}).
     @param maxInFlight: Requests this replica works on at once, the high
         class's limit; lower classes stop being admitted earlier
-        (L{gateway.admission}).
+        (L{txplatform_gateway.admission}).
     @param shedDelay: Seconds a refused request waits at least for its 503
         (its Retry-After).
     @param parserOver: Bodies larger than this many bytes are decoded and

@@ -3,7 +3,7 @@
 Request bodies: from bytes to a checked message.
 
 The gateway decodes small bodies itself and hands larger ones to the parser
-service (L{services.parser}); both run L{decodeBody}, against the message
+service (L{txplatform_services.parser}); both run L{decodeBody}, against the message
 classes the OpenAPI document publishes (L{bodyMessages}), so a client gets
 the same answer whichever did the work.
 """

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.account.api import (
+from txplatform_services.account.api import (
     cursorField,
     displayNameField,
     emailField,
     limitField,
     passwordField,
 )
-from services.post.api import bodyField
+from txplatform_services.post.api import bodyField
 from txplatform.messages import boolean, message, string
 
 # Bodies (POST /v1/accounts and POST /v1/sessions take the services'

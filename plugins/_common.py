@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from services.account.passwords import Argon2Parameters, PasswordHasher
+from txplatform_services.account.passwords import Argon2Parameters, PasswordHasher
 from txplatform.buses import busFromURL, checkBusURL
 from txplatform.database import databaseFromURL
 
@@ -147,7 +147,7 @@ def serviceIdOf(name: str) -> Any:
     """
     The id of one of the platform's services (or the gateway).
     """
-    from services import platformRegistry
+    from txplatform_services import platformRegistry
 
     return platformRegistry().idFor(name)
 

@@ -81,7 +81,7 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from services.account.service import AccountService
+    from txplatform_services.account.service import AccountService
 
     return serviceProcess(
         options,

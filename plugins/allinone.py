@@ -171,9 +171,9 @@ def assemble(
     the keys' encrypting ones (L{makeService}), or plain ones for the
     benchmark that measures what encryption costs (bench/embedded.py).
     """
-    from services.account.service import AccountService
-    from services.notify.service import NotifyService
-    from services.post.service import PostService
+    from txplatform_services.account.service import AccountService
+    from txplatform_services.notify.service import NotifyService
+    from txplatform_services.post.service import PostService
     from txplatform.localbus import LocalBus
 
     from ._lifecycle import ReadinessGate

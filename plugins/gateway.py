@@ -155,7 +155,7 @@ def checkEdge(options: usage.Options) -> None:
         if options["listen"] is None:
             options["listen"] = "tcp:8080"
     else:
-        from gateway.tls import TLSConfigError, serverOptions
+        from txplatform_gateway.tls import TLSConfigError, serverOptions
 
         for name in ("tls-cert", "tls-key"):
             if options[name] is None:
@@ -179,7 +179,7 @@ def checkEdge(options: usage.Options) -> None:
             raise usage.UsageError(
                 f"--trusted-proxies: {network!r} is not an address or range"
             ) from None
-    from gateway.ratelimit import parseRateLimit
+    from txplatform_gateway.ratelimit import parseRateLimit
 
     for name, attribute in [
         ("rate-limit", "rateLimit"),
@@ -204,22 +204,22 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
     """
     The gateway's listeners: HTTP and/or HTTPS, as configured.
     """
-    from gateway import Gateway
-    from gateway.tls import wrapTLS
+    from txplatform_gateway import Gateway
+    from txplatform_gateway.tls import wrapTLS
 
     from ._lifecycle import Listeners, ListeningService
 
     listeners = Listeners()
     accountRateLimit = None
     if getattr(options, "accountRateLimit", None) is not None:
-        from gateway.ratelimit import AccountRateLimit
+        from txplatform_gateway.ratelimit import AccountRateLimit
 
         limit, window = options.accountRateLimit
         accountRateLimit = AccountRateLimit(bus, reactor, limit, window)
         accountRateLimit.setServiceParent(listeners)
     rateLimit = None
     if getattr(options, "rateLimit", None) is not None:
-        from gateway.ratelimit import AddressRateLimit
+        from txplatform_gateway.ratelimit import AddressRateLimit
 
         limit, window = options.rateLimit
         rateLimit = AddressRateLimit(bus, reactor, limit, window)
@@ -237,7 +237,7 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         accountRateLimit=accountRateLimit,
     )
     if options["busy-limit"] > 0:
-        from gateway.admission import BusyMonitor
+        from txplatform_gateway.admission import BusyMonitor
 
         monitor = BusyMonitor(reactor)
         gateway.admission.monitor = monitor
@@ -257,7 +257,7 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from services import GATEWAY_ID
+    from txplatform_services import GATEWAY_ID
 
     from ._lifecycle import ReadinessGate, StopInOrder
 

@@ -57,7 +57,7 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from services.notify.service import NotifyService
+    from txplatform_services.notify.service import NotifyService
 
     return serviceProcess(
         options,

@@ -43,6 +43,6 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from services.parser.service import ParserService
+    from txplatform_services.parser.service import ParserService
 
     return serviceProcess(options, reactor, ParserService, lambda bus: ParserService(bus, reactor))

@@ -84,7 +84,7 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from services.post.service import PostService
+    from txplatform_services.post.service import PostService
 
     return serviceProcess(
         options,

@@ -4,7 +4,7 @@ Tests for L{txplatform.serviceid}.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from services import platformRegistry
+from txplatform_services import platformRegistry
 from txplatform.serviceid import ServiceId, ServiceIdCollision, ServiceRegistry, UnknownService
 
 

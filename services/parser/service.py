@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.bodies import bodyMessages, decodeBody
+from txplatform_gateway.bodies import bodyMessages, decodeBody
 from txplatform.context import CallContext
 from txplatform.errors import UnknownMethod
 from txplatform.messages import toPayload

@@ -10,8 +10,8 @@ from typing import Any
 
 from twisted.internet.defer import DeferredSemaphore, gatherResults, inlineCallbacks
 
-from services.account import api as account
-from services.post import api as post
+from txplatform_services.account import api as account
+from txplatform_services.post import api as post
 
 from ..support import eventually
 from .cluster import ClusterTestCase

@@ -18,8 +18,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from services.account import api
-from services.account.service import AccountService
+from txplatform_services.account import api
+from txplatform_services.account.service import AccountService
 from txplatform.crypto.cli import run
 from txplatform.crypto.codecs import SealedFieldCodec
 from txplatform.crypto.keyfile import keyringFromSource, newKeyFile, readKeySource, writeKeyFile

@@ -12,8 +12,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.python.components import proxyForInterface
 
-from services.account import api
-from services.account.service import AccountService
+from txplatform_services.account import api
+from txplatform_services.account.service import AccountService
 from txplatform.crypto.codecs import SealedFieldCodec
 from txplatform.crypto.keyring import Keyring, MasterKey
 from txplatform.crypto.reencrypt import Reencryption, TableProgress, versionCounts

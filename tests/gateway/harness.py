@@ -15,9 +15,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway import Gateway
-from gateway.openapi import openapiDocument
-from services.parser.service import ParserService
+from txplatform_gateway import Gateway
+from txplatform_gateway.openapi import openapiDocument
+from txplatform_services.parser.service import ParserService
 
 from ..services.harness import ServiceTestCase
 

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.admission}, alone and in a gateway over real HTTP.
+Tests for L{txplatform_gateway.admission}, alone and in a gateway over real HTTP.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway import Gateway
-from gateway.admission import Admission, BusyMonitor
+from txplatform_gateway import Gateway
+from txplatform_gateway.admission import Admission, BusyMonitor
 from txplatform.context import Priority
 from txplatform.errors import NotFound
 

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from services.parser.service import ParserService
+from txplatform_services.parser.service import ParserService
 
 from ..support import PostgresMixin, SQLiteMixin, eventually
 from .harness import PASSWORD, PlatformTestCase

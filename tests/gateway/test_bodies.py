@@ -8,10 +8,10 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway import Gateway
-from gateway.bodies import bodyMessages, decodeBody, decodeJSON
-from gateway.openapi import openapiDocument
-from services.account.api import Login
+from txplatform_gateway import Gateway
+from txplatform_gateway.bodies import bodyMessages, decodeBody, decodeJSON
+from txplatform_gateway.openapi import openapiDocument
+from txplatform_services.account.api import Login
 from txplatform.errors import InvalidArgument, MalformedJSON
 from txplatform.localbus import LocalBus
 from txplatform.messages import jsonSchema

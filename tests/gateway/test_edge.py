@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
-from gateway.tls import TLSConfigError, serverOptions, wrapTLS
+from txplatform_gateway.tls import TLSConfigError, serverOptions, wrapTLS
 
 from ..support import SQLiteMixin
 from .harness import PASSWORD, PlatformTestCase
@@ -294,7 +294,7 @@ class ClientAddressTests(SynchronousTestCase):
         from twisted.internet.address import IPv4Address
         from twisted.web.test.requesthelper import DummyRequest
 
-        from gateway import Gateway
+        from txplatform_gateway import Gateway
 
         gateway = Gateway(None, None, trustedProxies=["10.0.0.0/8"])  # type: ignore[arg-type]
 

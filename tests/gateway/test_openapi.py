@@ -1,13 +1,13 @@
 """
-Tests for L{gateway.openapi} and L{gateway.operations}.
+Tests for L{txplatform_gateway.openapi} and L{txplatform_gateway.operations}.
 """
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway import Gateway
-from gateway.openapi import openapiDocument, openapiPath
-from gateway.operations import operationOf
+from txplatform_gateway import Gateway
+from txplatform_gateway.openapi import openapiDocument, openapiPath
+from txplatform_gateway.operations import operationOf
 from txplatform.localbus import LocalBus
 
 

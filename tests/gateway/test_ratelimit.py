@@ -12,8 +12,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.openapi import openapiDocument
-from gateway.ratelimit import (
+from txplatform_gateway.openapi import openapiDocument
+from txplatform_gateway.ratelimit import (
     USAGE_EVENT,
     AccountRateLimit,
     AddressRateLimit,

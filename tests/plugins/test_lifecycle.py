@@ -1,5 +1,5 @@
 """
-Tests for L{plugins._lifecycle}.
+Tests for L{txplatform_plugins._lifecycle}.
 """
 
 import os
@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from plugins._lifecycle import HealthFile, ListeningService, ReadinessGate, StopInOrder
+from txplatform_plugins._lifecycle import HealthFile, ListeningService, ReadinessGate, StopInOrder
 
 
 class FakeReactor:

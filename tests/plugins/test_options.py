@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from plugins import account, allinone, gateway, notify, parser, post
+from txplatform_plugins import account, allinone, gateway, notify, parser, post
 
 from ..support import keyArguments, keyFiles
 
@@ -272,7 +272,7 @@ class OptionsTests(SynchronousTestCase):
         Sessions lapse after 8 idle hours unless told otherwise; 0 turns
         the idle timeout off; it cannot be negative.
         """
-        from plugins.account import sessionIdle
+        from txplatform_plugins.account import sessionIdle
 
         self.assertEqual(sessionIdle(self.parse(account)), 8 * 3600.0)
         self.assertEqual(sessionIdle(self.parse(allinone, "--session-idle", "900")), 900.0)

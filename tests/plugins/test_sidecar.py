@@ -10,7 +10,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from plugins import sidecar
+from txplatform_plugins import sidecar
 
 from .test_options import identityFiles
 

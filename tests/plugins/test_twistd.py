@@ -163,7 +163,7 @@ class InstalledCommandsTests(TestCase):
         elsewhere = os.path.abspath(self.mktemp())
         os.makedirs(elsewhere)
         installed = subprocess.run(
-            [sys.executable, "-c", "import txplatform, plugins, services, gateway"],
+            [sys.executable, "-c", "import txplatform, txplatform_plugins, txplatform_services, txplatform_gateway"],
             cwd=elsewhere,
             env=env,
             capture_output=True,
@@ -209,3 +209,80 @@ class InstalledCommandsTests(TestCase):
             )
             self.assertEqual(helped.returncode, 0, helped.stderr)
             self.assertIn("--", helped.stdout)
+
+
+#: The import names the distribution may claim: its own, and the dropin in
+#: Twisted's plugin package.
+OWN_NAMES = {"txplatform", "txplatform_services", "txplatform_gateway", "txplatform_plugins"}
+
+
+class PackagingTests(TestCase):
+    """
+    What installing txplatform puts on a machine.
+    """
+
+    timeout = 300
+
+    def test_topLevelNames(self) -> None:
+        """
+        The installed files claim no generic top-level import name (such as
+        C{services} or C{gateway}, which other distributions use): every
+        file is under one of txplatform's names, Twisted's plugin package,
+        or the distribution's metadata.
+        """
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            files = distribution("txplatform").files or []
+        except PackageNotFoundError:
+            if inCI():
+                raise
+            raise SkipTest("txplatform is not installed here (pip install . first)")
+        tops = {f.parts[0] for f in files if not f.parts[0].endswith(".dist-info")}
+        tops = {t for t in tops if not t.startswith("__editable__") and t != "__pycache__"}
+        self.assertLessEqual(tops - {"twisted", "bin", ".."}, OWN_NAMES)
+        plugins = {f.name for f in files if f.parts[:2] == ("twisted", "plugins")}
+        self.assertEqual({n for n in plugins if n.endswith(".py")}, {"txplatform_dropin.py"})
+
+    def test_editable(self) -> None:
+        """
+        C{pip install -e .} in a new virtual environment gives working
+        twistd commands, run from another directory: the code is the
+        checkout's.
+        """
+        if shutil.which("pip", path=os.path.dirname(sys.executable)) is None and not inCI():
+            raise SkipTest("pip is not available here")
+        checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        venv = os.path.abspath(self.mktemp())
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+        python = os.path.join(venv, "bin", "python")
+        pip = subprocess.run(
+            [python, "-m", "pip", "install", "-q", "-e", checkout],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        self.assertEqual(pip.returncode, 0, pip.stderr)
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        where = subprocess.run(
+            [python, "-c", "import txplatform_services; print(txplatform_services.__file__)"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        self.assertTrue(where.stdout.startswith(checkout), where.stdout + where.stderr)
+        twistd = os.path.join(venv, "bin", "twistd")
+        listing = subprocess.run(
+            [twistd, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        for command in ["txplatform", "gateway", "account", "post", "notify"]:
+            self.assertRegex(listing.stdout, rf"\n\s+{command}\s")
+        helped = subprocess.run(
+            [twistd, "account", "--help"], cwd=elsewhere, env=env, capture_output=True, text=True
+        )
+        self.assertEqual(helped.returncode, 0, helped.stderr)
+        self.assertIn("--argon2-time-cost", helped.stdout)

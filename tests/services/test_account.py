@@ -8,9 +8,9 @@ from typing import Any
 from argon2 import extract_parameters
 from twisted.internet.defer import DeferredList, inlineCallbacks
 
-from services.account import api
-from services.account.passwords import Argon2Parameters, PasswordHasher
-from services.account.service import hashToken
+from txplatform_services.account import api
+from txplatform_services.account.passwords import Argon2Parameters, PasswordHasher
+from txplatform_services.account.service import hashToken
 from txplatform.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from txplatform.recordid import isRecordId
 
@@ -438,7 +438,7 @@ class AccountTestsMixin:
         Sessions from before the idle timeout count as last used when they
         were created.
         """
-        from services.account.store import MIGRATIONS
+        from txplatform_services.account.store import MIGRATIONS
 
         database = self.makeDatabase("older")
         yield database.migrate("account", MIGRATIONS[:3])

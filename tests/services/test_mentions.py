@@ -1,10 +1,10 @@
 """
-Tests for L{services.notify.mentions}.
+Tests for L{txplatform_services.notify.mentions}.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from services.notify.mentions import mentionedUsernames
+from txplatform_services.notify.mentions import mentionedUsernames
 
 
 class MentionTests(SynchronousTestCase):

@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.bodies import bodyMessages, decodeBody
-from services.parser import api
-from services.parser.service import ParserService
+from txplatform_gateway.bodies import bodyMessages, decodeBody
+from txplatform_services.parser import api
+from txplatform_services.parser.service import ParserService
 from txplatform.context import CallContext
 from txplatform.errors import (
     InvalidArgument,

@@ -1,5 +1,5 @@
 """
-Tests for L{services.account.passwords}.
+Tests for L{txplatform_services.account.passwords}.
 """
 
 from typing import Any
@@ -10,7 +10,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 
-from services.account.passwords import Argon2Parameters, PasswordHasher
+from txplatform_services.account.passwords import Argon2Parameters, PasswordHasher
 
 
 class PasswordHasherTests(TestCase):

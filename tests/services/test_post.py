@@ -6,9 +6,9 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 
-from services.account import api as account
-from services.post import api
-from services.post.service import PostService
+from txplatform_services.account import api as account
+from txplatform_services.post import api
+from txplatform_services.post.service import PostService
 from txplatform.database import PostgresDatabase, SQLiteDatabase
 from txplatform.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from txplatform.recordid import isRecordId

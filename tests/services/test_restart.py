@@ -11,12 +11,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from plugins._lifecycle import ReadinessGate
-from services.account.service import AccountService
-from services.notify import api as notify
-from services.notify.service import NotifyService
-from services.post.service import PostService
-from services.post.store import PostRow
+from txplatform_plugins._lifecycle import ReadinessGate
+from txplatform_services.account.service import AccountService
+from txplatform_services.notify import api as notify
+from txplatform_services.notify.service import NotifyService
+from txplatform_services.post.service import PostService
+from txplatform_services.post.store import PostRow
 from txplatform.database import SQLiteDatabase
 from txplatform.localbus import LocalBus
 from txplatform.recordid import newRecordId, recordIdTime

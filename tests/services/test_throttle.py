@@ -1,5 +1,5 @@
 """
-Tests for L{services.account.throttle}: failed logins throttled per account
+Tests for L{txplatform_services.account.throttle}: failed logins throttled per account
 and per client address, through the Account service, on SQLite and on
 PostgreSQL.
 """
@@ -10,8 +10,8 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
-from services.account import api
-from services.account.throttle import TABLE
+from txplatform_services.account import api
+from txplatform_services.account.throttle import TABLE
 from txplatform.errors import ResourceExhausted, Unauthenticated
 
 from ..support import PostgresMixin, SQLiteMixin

@@ -8,29 +8,29 @@ from twisted.application.service import ServiceMaker
 
 txplatform = ServiceMaker(
     "txplatform",
-    "plugins.allinone",
+    "txplatform_plugins.allinone",
     "The whole platform (gateway, account, post, notify) in one process.",
     "txplatform",
 )
 gateway = ServiceMaker(
-    "txplatform gateway", "plugins.gateway", "The HTTP gateway of txplatform.", "gateway"
+    "txplatform gateway", "txplatform_plugins.gateway", "The HTTP gateway of txplatform.", "gateway"
 )
 account = ServiceMaker(
-    "txplatform account", "plugins.account", "The Account service of txplatform.", "account"
+    "txplatform account", "txplatform_plugins.account", "The Account service of txplatform.", "account"
 )
-post = ServiceMaker("txplatform post", "plugins.post", "The Post service of txplatform.", "post")
+post = ServiceMaker("txplatform post", "txplatform_plugins.post", "The Post service of txplatform.", "post")
 notify = ServiceMaker(
-    "txplatform notify", "plugins.notify", "The Notify service of txplatform.", "notify"
+    "txplatform notify", "txplatform_plugins.notify", "The Notify service of txplatform.", "notify"
 )
 parser = ServiceMaker(
     "txplatform parser",
-    "plugins.parser",
+    "txplatform_plugins.parser",
     "Decodes and checks request bodies for gateways (a pool of replicas).",
     "parser",
 )
 sidecar = ServiceMaker(
     "txplatform sidecar",
-    "plugins.sidecar",
+    "txplatform_plugins.sidecar",
     "Beside a service replica: secure-channel ingress, health and Prometheus metrics.",
     "sidecar",
 )

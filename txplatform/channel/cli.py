@@ -41,7 +41,7 @@ def serviceIdFrom(text: str) -> ServiceId:
         return ServiceId.fromHex(text)
     except ValueError:
         pass
-    from services import platformRegistry
+    from txplatform_services import platformRegistry
     from txplatform.serviceid import UnknownService
 
     try:

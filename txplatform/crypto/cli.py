@@ -29,14 +29,14 @@ SERVICES = ("account", "post", "notify")
 
 def _serviceClass(name: str) -> Any:
     if name == "account":
-        from services.account.service import AccountService
+        from txplatform_services.account.service import AccountService
 
         return AccountService
     if name == "post":
-        from services.post.service import PostService
+        from txplatform_services.post.service import PostService
 
         return PostService
-    from services.notify.service import NotifyService
+    from txplatform_services.notify.service import NotifyService
 
     return NotifyService
 
