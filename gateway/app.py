@@ -26,11 +26,11 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from txplatform_services import GATEWAY_ID, platformRegistry
 from txplatform_services.account import api as account
 from txplatform_services.notify import api as notify
 from txplatform_services.parser import api as parser
 from txplatform_services.post import api as post
+from txplatform.catalogue import GATEWAY_ID, Catalogue, installedServices
 from txplatform.codec import dumps
 from txplatform.context import Origin, Priority, newMessageId
 from txplatform.errors import (
@@ -206,6 +206,8 @@ class Gateway:
         other replicas); C{None}: no limit.
     @param accountRateLimit: Limits authenticated requests per account,
         likewise.
+    @param catalogue: The services, to name them in errors; by default
+        those installed.
     """
 
     app = Klein()
@@ -225,6 +227,7 @@ class Gateway:
         parserOver: int | None = None,
         rateLimit: AddressRateLimit | None = None,
         accountRateLimit: AccountRateLimit | None = None,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self.bus = bus
         self.parserOver = parserOver
@@ -239,7 +242,8 @@ class Gateway:
         self.clock = clock
         self.callTimeout = callTimeout
         self.maxBodySize = maxBodySize
-        self._serviceNames = {sid.hex: name for name, sid in platformRegistry()}
+        registry = (catalogue or installedServices()).registry()
+        self._serviceNames = {sid.hex: name for name, sid in registry}
         self._openapi: bytes | None = None
 
     def resource(self) -> Any:

@@ -9,9 +9,10 @@ from typing import Any
 
 from twisted.python import usage
 
-from txplatform_services.account.passwords import Argon2Parameters, PasswordHasher
 from txplatform.buses import busFromURL, checkBusURL
+from txplatform.catalogue import ServiceParts
 from txplatform.database import databaseFromURL
+from txplatform.options import checkPositive
 
 __all__ = [
     "BUS",
@@ -24,12 +25,9 @@ __all__ = [
     "DRAIN_TIMEOUT",
     "HEALTH_FILE",
     "fromFile",
-    "ARGON2",
     "checkBus",
-    "serviceIdOf",
     "checkDatabase",
     "checkPositive",
-    "passwordHasher",
     "makeBus",
     "makeDatabase",
     "serviceProcess",
@@ -121,13 +119,6 @@ KEY_RELOAD = [
     float,
 ]
 
-ARGON2 = [
-    ["argon2-time-cost", None, Argon2Parameters().timeCost, "argon2id passes.", int],
-    ["argon2-memory-cost", None, Argon2Parameters().memoryCost, "argon2id memory, KiB.", int],
-    ["argon2-parallelism", None, Argon2Parameters().parallelism, "argon2id lanes.", int],
-]
-
-
 def fromFile(options: usage.Options, name: str) -> None:
     """
     An option given as C{@PATH} takes its value from that file (its first
@@ -141,15 +132,6 @@ def fromFile(options: usage.Options, name: str) -> None:
                 options[name] = f.readline().strip()
         except OSError as e:
             raise usage.UsageError(f"--{name}: cannot read {value[1:]}: {e.strerror}") from None
-
-
-def serviceIdOf(name: str) -> Any:
-    """
-    The id of one of the platform's services (or the gateway).
-    """
-    from txplatform_services import platformRegistry
-
-    return platformRegistry().idFor(name)
 
 
 def checkBus(options: usage.Options, serviceId: Any = None) -> None:
@@ -242,24 +224,6 @@ def loadKeys(options: usage.Options, name: str, purpose: str, reactor: Any) -> A
         raise usage.UsageError(f"--{name}: {e}") from None
 
 
-def checkPositive(options: usage.Options, *names: str) -> None:
-    for name in names:
-        if options[name] <= 0:
-            raise usage.UsageError(f"--{name} must be positive, not {options[name]}")
-
-
-def passwordHasher(options: usage.Options, reactor: Any) -> PasswordHasher:
-    checkPositive(options, "argon2-time-cost", "argon2-memory-cost", "argon2-parallelism")
-    return PasswordHasher(
-        reactor,
-        Argon2Parameters(
-            timeCost=options["argon2-time-cost"],
-            memoryCost=options["argon2-memory-cost"],
-            parallelism=options["argon2-parallelism"],
-        ),
-    )
-
-
 def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: Any) -> Any:
     codec = keys.payloadCodec()
     if not options["bus"].startswith("direct:"):
@@ -306,33 +270,33 @@ LOG_CALLS = [
 ]
 
 
-def serviceProcess(options: usage.Options, reactor: Any, serviceClass: Any, build: Any) -> Any:
+def serviceProcess(options: usage.Options, reactor: Any, declaration: Any, stores: bool) -> Any:
     """
     The services of a process running one service: its key files' watchers,
-    the bus, the service (C{build(bus, database, fields)}, an instance of
-    C{serviceClass}; C{build(bus)} for a service that stores nothing), and
-    a gate that ends the process if the service cannot start.
+    the bus, the service the declaration makes, and a gate that ends the
+    process if the service cannot start.
+
+    @param stores: Whether the service keeps data: it then has a database
+        (C{--db}) and a key file of its own (C{--keys}).
     """
     from twisted.application.service import Service
-
-    from txplatform.service import DatabaseService
 
     from ._lifecycle import ReadinessGate, StopInOrder
 
     top = StopInOrder()
     busKeys = loadKeys(options, "bus-keys", "bus", reactor)
     busKeys.service.setServiceParent(top)
-    stores = issubclass(serviceClass, DatabaseService)
+    database = fields = None
     if stores:
-        keys = loadKeys(options, "keys", serviceClass.name, reactor)
+        keys = loadKeys(options, "keys", declaration.name, reactor)
         keys.service.setServiceParent(top)
-    bus = makeBus(options, reactor, serviceClass.serviceId, serviceClass.name, busKeys)
+        fields = keys.fieldCodec()
+    bus = makeBus(options, reactor, declaration.serviceId, declaration.name, busKeys)
     bus.drainTimeout = options["drain-timeout"]
     bus.setServiceParent(top)
     if stores:
-        service = build(bus, makeDatabase(options["db"], reactor), keys.fieldCodec())
-    else:
-        service = build(bus)
+        database = makeDatabase(options["db"], reactor)
+    service = declaration.make(ServiceParts(bus, reactor, options, database, fields))
     service.drainTimeout = options["drain-timeout"]
     service.logCalls = options["log-calls"]
     service.setServiceParent(top)

@@ -13,15 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from twisted.python import usage
 
-from ._common import (
-    ARGON2,
-    KEY_RELOAD,
-    checkDatabase,
-    checkPositive,
-    makeDatabase,
-    passwordHasher,
-)
-from .account import SESSION_IDLE, SESSION_LIFETIME, sessionIdle
+from txplatform.catalogue import Catalogue, CatalogueError, ServiceParts, installedServices
+
+from ._common import KEY_RELOAD, checkDatabase, checkPositive, makeDatabase
 from .gateway import (
     ACCOUNT_RATE_LIMIT,
     BUSY_LIMIT,
@@ -34,13 +28,15 @@ from .gateway import (
     checkEdge,
     gatewayListener,
 )
-from .post import CACHE_SIZE, POST_RATE, checkCacheSize
 
-SERVICES = ("account", "post", "notify")
-PURPOSES = ("bus", *SERVICES)
+__all__ = ["BaseOptions", "Options", "optionsFor", "makeService", "assemble"]
 
 
-class Options(usage.Options):
+class BaseOptions(usage.Options):
+    """
+    The all-in-one's own options; L{optionsFor} adds every service's.
+    """
+
     synopsis = "[options]"
     optFlags = [
         [
@@ -51,15 +47,22 @@ class Options(usage.Options):
         ]
     ]
     longdesc = (
-        "Run the gateway and the Account, Post and Notify services in one process,"
-        " on the in-process bus, with SQLite files in --data-dir (or PostgreSQL with"
-        " --db, one schema per service)."
+        "Run the gateway and every installed service (or those --services names) in one"
+        " process, on the in-process bus, with SQLite files in --data-dir (or PostgreSQL"
+        " with --db, one schema per service)."
     )
+    catalogue: Catalogue
     optParameters = [
         LISTEN,
         *HTTPS,
         ["data-dir", None, "var", "Directory of the SQLite files."],
         ["db", None, None, "Use this PostgreSQL database instead: postgresql://user@host/db."],
+        [
+            "services",
+            None,
+            None,
+            "The services to run, by name, separated by commas. Default: every installed one.",
+        ],
         [
             "keys-dir",
             None,
@@ -81,15 +84,15 @@ class Options(usage.Options):
         BUSY_LIMIT,
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
-        SESSION_LIFETIME,
-        SESSION_IDLE,
-        CACHE_SIZE,
-        POST_RATE,
-        *ARGON2,
     ]
 
     def postOptions(self) -> None:
-        checkCacheSize(self)
+        if self["services"] is not None:
+            names = [n.strip() for n in self["services"].split(",") if n.strip()]
+            try:
+                self.catalogue = self.catalogue.only(names)
+            except KeyError as e:
+                raise usage.UsageError(f"--services: {e.args[0]}") from None
         checkEdge(self)
         if self["db"] is not None:
             checkDatabase(self)
@@ -102,13 +105,18 @@ class Options(usage.Options):
             "call-timeout",
             "max-body-size",
             "max-in-flight",
-            "session-lifetime",
-            "argon2-time-cost",
-            "argon2-memory-cost",
-            "argon2-parallelism",
         )
-        sessionIdle(self)
+        for declaration in self.catalogue:
+            if declaration.check is not None:
+                declaration.check(self)
         self.ensureKeys()
+
+    def purposes(self) -> list[str]:
+        """
+        The key files this process needs: the bus's, and one for each
+        service that stores anything.
+        """
+        return ["bus", *(d.name for d in self.catalogue if d.stores())]
 
     def ensureKeys(self) -> None:
         """
@@ -116,7 +124,7 @@ class Options(usage.Options):
         """
         from txplatform.crypto.keyfile import KeyFileError, ensureKeyFile
 
-        for purpose in PURPOSES:
+        for purpose in self.purposes():
             path = self.keyFile(purpose)
             try:
                 ensureKeyFile(path, purpose, self["key-period"])
@@ -141,7 +149,43 @@ class Options(usage.Options):
         return urlunsplit(parts._replace(query=query))
 
 
-def makeService(options: Options, reactor: Any = None) -> Any:
+def optionsFor(catalogue: Catalogue) -> type[BaseOptions]:
+    """
+    The all-in-one's options with those of every service in C{catalogue}.
+
+    @raise CatalogueError: Two services declare one option, or one of the
+        all-in-one's own.
+    """
+    declaredBy = {row[0]: "txplatform" for row in [*BaseOptions.optParameters, *BaseOptions.optFlags]}
+    parameters, flags = [], []
+    for declaration in catalogue:
+        for rows, into in [(declaration.options, parameters), (declaration.flags, flags)]:
+            for row in rows:
+                if row[0] in declaredBy:
+                    raise CatalogueError(
+                        f"{declaredBy[row[0]]!r} and {declaration.name!r} both declare the"
+                        f" option --{row[0]}"
+                    )
+                declaredBy[row[0]] = declaration.name
+                into.append(list(row))
+    return type(
+        "Options",
+        (BaseOptions,),
+        {"optParameters": parameters, "optFlags": flags, "catalogue": catalogue},
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # Options depend on the services installed: made when first asked for.
+    if name == "Options":
+        try:
+            return optionsFor(installedServices())
+        except CatalogueError as e:
+            raise usage.UsageError(str(e)) from None
+    raise AttributeError(name)
+
+
+def makeService(options: BaseOptions, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
     from txplatform.crypto.keys import Keys
@@ -150,7 +194,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
 
     top = StopInOrder()
     keys = {}
-    for purpose in PURPOSES:
+    for purpose in options.purposes():
         keys[purpose] = Keys(options.keyFile(purpose), reactor, purpose, options["key-reload"])
         keys[purpose].service.setServiceParent(top)
     assemble(
@@ -158,55 +202,36 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         options,
         reactor,
         keys["bus"].payloadCodec(),
-        {service: keys[service].fieldCodec() for service in SERVICES},
+        {name: key.fieldCodec() for name, key in keys.items() if name != "bus"},
     )
     return top
 
 
 def assemble(
-    top: Any, options: Options, reactor: Any, payloadCodec: Any, fieldCodecs: dict[str, Any]
+    top: Any, options: BaseOptions, reactor: Any, payloadCodec: Any, fieldCodecs: dict[str, Any]
 ) -> None:
     """
     Add the bus, the services and the gateway to C{top}, with these codecs:
     the keys' encrypting ones (L{makeService}), or plain ones for the
     benchmark that measures what encryption costs (bench/embedded.py).
     """
-    from txplatform_services.account.service import AccountService
-    from txplatform_services.notify.service import NotifyService
-    from txplatform_services.post.service import PostService
     from txplatform.localbus import LocalBus
 
     from ._lifecycle import ReadinessGate
 
     bus = LocalBus(reactor, codec=payloadCodec)
     bus.setServiceParent(top)
-    services = [
-        AccountService(
-            bus,
-            makeDatabase(options.databaseURL("account"), reactor),
-            reactor,
-            passwordHasher(options, reactor),
-            fields=fieldCodecs["account"],
-            sessionLifetime=options["session-lifetime"],
-            sessionIdle=sessionIdle(options),
-        ),
-        PostService(
-            bus,
-            makeDatabase(options.databaseURL("post"), reactor),
-            reactor,
-            fieldCodecs["post"],
-            cacheSize=options["post-cache-size"],
-            postRate=options["post-rate"],
-        ),
-        NotifyService(
-            bus,
-            makeDatabase(options.databaseURL("notify"), reactor),
-            reactor,
-            fieldCodecs["notify"],
-        ),
-    ]
-    for service in services:
+    services = []
+    for declaration in options.catalogue:
+        database = None
+        if declaration.stores():
+            database = makeDatabase(options.databaseURL(declaration.name), reactor)
+        parts = ServiceParts(
+            bus, reactor, options, database, fieldCodecs.get(declaration.name)
+        )
+        service = declaration.make(parts)
         service.logCalls = options["log-calls"]
         service.setServiceParent(top)
+        services.append(service)
     listener = gatewayListener(options, reactor, bus)
     ReadinessGate(reactor, services, listener).setServiceParent(top)

@@ -9,6 +9,8 @@ from typing import Any
 
 from twisted.python import usage
 
+from txplatform.catalogue import GATEWAY_ID
+
 from ._common import (
     BUS,
     BUS_KEYS,
@@ -20,7 +22,6 @@ from ._common import (
     checkPositive,
     loadKeys,
     makeBus,
-    serviceIdOf,
 )
 
 LISTEN = [
@@ -135,7 +136,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        checkBus(self, serviceIdOf("gateway"))
+        checkBus(self, GATEWAY_ID)
         checkKeys(self, None)
         checkPositive(self, "call-timeout", "max-body-size", "max-in-flight")
         if self["parser-over"] is not None and self["parser-over"] < 0:
@@ -257,8 +258,6 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from txplatform_services import GATEWAY_ID
-
     from ._lifecycle import ReadinessGate, StopInOrder
 
     top = StopInOrder()

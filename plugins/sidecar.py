@@ -10,9 +10,6 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import serviceIdOf
-
-SERVICES = ("account", "post", "notify")
 
 
 class Options(usage.Options):
@@ -24,7 +21,7 @@ class Options(usage.Options):
         " /readyz and /metrics (Prometheus) for orchestrators."
     )
     optParameters = [
-        ["for", None, None, f"The service beside which this runs: {', '.join(SERVICES)}."],
+        ["for", None, None, "The service beside which this runs (an installed service's name)."],
         [
             "identity",
             None,
@@ -68,8 +65,14 @@ class Options(usage.Options):
         from txplatform.channel.identity import IdentityError, readIdentity, readTrust
         from txplatform.direct.addresses import AddressBook, AddressError, parseDirectURL
 
-        if self["for"] not in SERVICES:
-            raise usage.UsageError(f"--for: one of {', '.join(SERVICES)}")
+        from txplatform.catalogue import CatalogueError, installedServices
+
+        try:
+            catalogue = installedServices()
+        except CatalogueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["for"] not in catalogue:
+            raise usage.UsageError(f"--for: one of {', '.join(catalogue.names())}")
         for name in ("identity", "trust", "forward"):
             if self[name] is None:
                 raise usage.UsageError(f"--{name} is required")
@@ -78,7 +81,7 @@ class Options(usage.Options):
             readTrust(self["trust"])
         except IdentityError as e:
             raise usage.UsageError(str(e)) from None
-        serviceId = serviceIdOf(self["for"])
+        serviceId = catalogue.get(self["for"]).serviceId
         if identity.serviceId != serviceId:
             raise usage.UsageError(
                 f"--identity speaks for service {identity.serviceId.hex},"

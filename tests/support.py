@@ -183,10 +183,12 @@ def keyFiles(directory: str, period: float = 3600.0) -> dict[str, str]:
     Fresh key files for the bus and every service in C{directory}, as an
     operator makes them with C{txplatform-keys init}: their paths by purpose.
     """
+    from txplatform.catalogue import installedServices
     from txplatform.crypto.keyfile import newKeyFile, writeKeyFile
 
     paths = {}
-    for purpose in ("bus", "account", "post", "notify"):
+    storing = [d.name for d in installedServices() if d.stores()]
+    for purpose in ("bus", *storing):
         paths[purpose] = os.path.join(directory, f"{purpose}.json")
         if not os.path.exists(paths[purpose]):
             writeKeyFile(paths[purpose], newKeyFile(purpose, period))
@@ -200,6 +202,6 @@ def keyArguments(paths: dict[str, str], command: str) -> list[str]:
     if command == "txplatform":
         return ["--keys-dir", os.path.dirname(paths["bus"])]
     arguments = ["--bus-keys", paths["bus"]]
-    if command not in ("gateway", "parser"):  # they store nothing
+    if command in paths:  # a service that stores
         arguments += ["--keys", paths[command]]
     return arguments

@@ -12,9 +12,32 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from txplatform_plugins import account, allinone, gateway, notify, parser, post
+from txplatform_plugins import allinone, gateway
+from txplatform_plugins import service as serviceCommand
+from txplatform_plugins.commands import ServiceCommand
 
 from ..support import keyArguments, keyFiles
+
+
+class _Command:
+    """
+    A service's twistd command, shaped like the maker modules of the other
+    commands (C{Options}, C{makeService}), so the tests treat all alike.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.command = ServiceCommand(name)
+        self.__name__ = f"txplatform_plugins.{name}"
+
+    @property
+    def Options(self):
+        return self.command.options
+
+    def makeService(self, options, reactor=None):
+        return serviceCommand.makeService(options, reactor)
+
+
+account, post, notify, parser = (_Command(n) for n in ("account", "post", "notify", "parser"))
 
 COMMANDS = {
     "txplatform": allinone,
@@ -36,7 +59,11 @@ class DropinTests(SynchronousTestCase):
         for name, maker in makers.items():
             verifyObject(IServiceMaker, maker)
             self.assertTrue(IPlugin.providedBy(maker))
-            self.assertIs(maker.options, COMMANDS[name].Options)
+            if isinstance(COMMANDS[name], _Command):
+                self.assertTrue(issubclass(maker.options, serviceCommand.ServiceOptions))
+                self.assertEqual(maker.options.declaration.name, name)
+            else:
+                self.assertEqual(maker.options.__module__, COMMANDS[name].__name__)
 
 
 def commandOf(module) -> str:
@@ -272,7 +299,7 @@ class OptionsTests(SynchronousTestCase):
         Sessions lapse after 8 idle hours unless told otherwise; 0 turns
         the idle timeout off; it cannot be negative.
         """
-        from txplatform_plugins.account import sessionIdle
+        from txplatform_services.account import _sessionIdle as sessionIdle
 
         self.assertEqual(sessionIdle(self.parse(account)), 8 * 3600.0)
         self.assertEqual(sessionIdle(self.parse(allinone, "--session-idle", "900")), 900.0)
@@ -315,8 +342,8 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_allInOne(self) -> None:
         """
-        The all-in-one process holds the bus, the three services and the
-        gate that opens the HTTP port once they are ready.
+        The all-in-one process holds the bus, every installed service and
+        the gate that opens the HTTP port once they are ready.
         """
         options = allinone.Options()
         dataDir = self.mktemp()
@@ -333,13 +360,40 @@ class MakeServiceTests(SynchronousTestCase):
                 *["KeyringService"] * 4,
                 "LocalBus",
                 "AccountService",
-                "PostService",
                 "NotifyService",
+                "ParserService",
+                "PostService",
                 "ReadinessGate",
             ],
         )
-        for child in list(service)[5:8]:
-            self.addCleanup(child.database.close)
+        for child in service:
+            if hasattr(child, "database"):
+                self.addCleanup(child.database.close)
+
+    def test_someServices(self) -> None:
+        """
+        C{--services} runs only the services it names, with key files for
+        just those; a name not installed is refused, naming those that are.
+        """
+        options = allinone.Options()
+        dataDir = self.mktemp()
+        options.parseOptions(["--data-dir", dataDir, "--services", "post,account"])
+        service = allinone.makeService(options, reactor=MemoryReactorClock())
+        names = [type(s).__name__ for s in service]
+        self.assertEqual(names[3:6], ["LocalBus", "PostService", "AccountService"])
+        self.assertEqual(sorted(os.listdir(os.path.join(dataDir, "keys"))), [
+            "account.json", "bus.json", "post.json"
+        ])
+        for child in service:
+            if hasattr(child, "database"):
+                self.addCleanup(child.database.close)
+        error = self.assertRaises(
+            usage.UsageError, allinone.Options().parseOptions, ["--services", "post,likes"]
+        )
+        self.assertEqual(
+            str(error),
+            "--services: no service is named 'likes' (installed: account, notify, parser, post)",
+        )
 
     def test_single(self) -> None:
         """

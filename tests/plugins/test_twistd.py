@@ -253,19 +253,22 @@ class PackagingTests(TestCase):
         if shutil.which("pip", path=os.path.dirname(sys.executable)) is None and not inCI():
             raise SkipTest("pip is not available here")
         checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # Nothing of this environment's may leak in (trial -j sets
+        # PYTHONPATH): pip would find Twisted installed and skip it.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         venv = os.path.abspath(self.mktemp())
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120, env=env)
         python = os.path.join(venv, "bin", "python")
         pip = subprocess.run(
             [python, "-m", "pip", "install", "-q", "-e", checkout],
             capture_output=True,
             text=True,
             timeout=240,
+            env=env,
         )
         self.assertEqual(pip.returncode, 0, pip.stderr)
         elsewhere = os.path.abspath(self.mktemp())
         os.makedirs(elsewhere)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         where = subprocess.run(
             [python, "-c", "import txplatform_services; print(txplatform_services.__file__)"],
             cwd=elsewhere,

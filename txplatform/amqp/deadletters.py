@@ -39,8 +39,20 @@ from .url import BrokerURL
 
 __all__ = ["DeadLetter", "browse", "replay", "drop", "main"]
 
-#: The groups of the platform's own services.
-PLATFORM_GROUPS = ("account", "post", "notify")
+
+def installedGroups() -> list[str]:
+    """
+    The consumer groups of the installed services' event handlers.
+    """
+    from ..catalogue import installedServices
+
+    groups: list[str] = []
+    for declaration in installedServices():
+        for spec in declaration.serviceClass().eventHandlers():
+            group = None if spec.private else spec.group or declaration.name
+            if group is not None and group not in groups:
+                groups.append(group)
+    return groups
 
 _OURS = (
     "x-error",
@@ -241,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--group",
         action="append",
-        help="a consumer group (repeatable); the platform's services by default",
+        help="a consumer group (repeatable); by default those of every installed service",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the dead letters")
@@ -259,7 +271,16 @@ def _parser() -> argparse.ArgumentParser:
 @inlineCallbacks
 def _run(reactor: Any, argv: list[str], out: Any) -> Any:
     arguments = _parser().parse_args(argv)
-    groups = arguments.group or list(PLATFORM_GROUPS)
+    if arguments.group:
+        groups = arguments.group
+    else:
+        from ..catalogue import CatalogueError
+
+        try:
+            groups = installedGroups()
+        except CatalogueError as e:
+            print(f"txplatform-deadletters: {e}", file=sys.stderr)
+            return 2
     codec = None
     if arguments.bus_keys is not None:
         from ..crypto.keyfile import KeyFileError

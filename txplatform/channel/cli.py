@@ -35,20 +35,22 @@ __all__ = ["main", "run"]
 def serviceIdFrom(text: str) -> ServiceId:
     """
     A service id from its six hex digits or the name of one of the
-    platform's services.
+    installed services.
     """
     try:
         return ServiceId.fromHex(text)
     except ValueError:
         pass
-    from txplatform_services import platformRegistry
+    from txplatform.catalogue import CatalogueError, installedServices
     from txplatform.serviceid import UnknownService
 
     try:
-        return platformRegistry().idFor(text)
+        return installedServices().registry().idFor(text)
+    except CatalogueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     except (UnknownService, ValueError):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is neither six hex digits nor a service of the platform"
+            f"{text!r} is neither six hex digits nor an installed service"
         ) from None
 
 

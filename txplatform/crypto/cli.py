@@ -24,21 +24,30 @@ from .keyfile import KeyFileError, newKeyFile, readKeySource, writeKeyFile
 
 __all__ = ["main", "run"]
 
-SERVICES = ("account", "post", "notify")
+
+def _storingService(name: str) -> str:
+    """
+    The name of an installed service that stores data (and so has a key
+    file of its own), for argparse.
+    """
+    from ..catalogue import CatalogueError, installedServices
+
+    try:
+        catalogue = installedServices()
+    except CatalogueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if name not in catalogue or not catalogue.get(name).stores():
+        storing = ", ".join(d.name for d in catalogue if d.stores()) or "none"
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not an installed service that stores data ({storing})"
+        )
+    return name
 
 
 def _serviceClass(name: str) -> Any:
-    if name == "account":
-        from txplatform_services.account.service import AccountService
+    from ..catalogue import installedServices
 
-        return AccountService
-    if name == "post":
-        from txplatform_services.post.service import PostService
-
-        return PostService
-    from txplatform_services.notify.service import NotifyService
-
-    return NotifyService
+    return installedServices().get(name).serviceClass()
 
 
 def _databaseErrors() -> tuple[type[BaseException], ...]:
@@ -57,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="write a new key file (mode 0600)")
     init.add_argument("path")
-    init.add_argument("--name", required=True, help="bus, or the service: account, post, notify")
+    init.add_argument("--name", required=True, help="bus, or the name of the service whose data the keys encrypt")
     init.add_argument("--period", type=float, default=3600.0, help="epoch length, seconds")
     init.add_argument(
         "--max-age",
@@ -77,13 +86,13 @@ def parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="the versions, and what the data is under")
     status.add_argument("path")
-    status.add_argument("--service", choices=SERVICES)
+    status.add_argument("--service", type=_storingService)
     status.add_argument("--db")
 
     reencrypt = commands.add_parser(
         "reencrypt", help="rewrite stored rows under the current version (resumable)"
     )
-    reencrypt.add_argument("--service", choices=SERVICES, required=True)
+    reencrypt.add_argument("--service", type=_storingService, required=True)
     reencrypt.add_argument("--keys", required=True, help="the service's key file")
     reencrypt.add_argument("--db", required=True)
     reencrypt.add_argument("--batch", type=int, default=200)
@@ -91,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     retire = commands.add_parser("retire", help="delete the versions below a version")
     retire.add_argument("path")
     retire.add_argument("--below", type=int, required=True)
-    retire.add_argument("--service", choices=SERVICES)
+    retire.add_argument("--service", type=_storingService)
     retire.add_argument("--db", help="check first that no stored data needs them")
     retire.add_argument("--force", action="store_true", help="retire without checking the database")
     return top

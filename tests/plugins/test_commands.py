@@ -1,0 +1,142 @@
+"""
+Tests for L{txplatform_plugins.commands}: a twistd command for every
+installed service, listed as soon as the service is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from txplatform.catalogue import Catalogue, CatalogueError
+from txplatform_plugins.commands import ServiceCommand, commands, keepPluginCacheFresh
+
+from ..support import inCI
+
+
+class ServiceCommandTests(SynchronousTestCase):
+    def test_commands(self) -> None:
+        """
+        There is a command for every installed service, and the fixed ones.
+        """
+        found = commands()
+        for name in ["txplatform", "gateway", "sidecar", "account", "post", "notify", "parser"]:
+            self.assertIn(name, found)
+        self.assertIsInstance(found["post"], ServiceCommand)
+
+    def test_unloadable(self) -> None:
+        """
+        A service that cannot be loaded still has a command, described by
+        why it cannot be loaded; using it is a usage error saying so.
+        """
+
+        def broken() -> Catalogue:
+            raise CatalogueError("services 'a' (from a 1.0) and 'b' (from b 1.0) both claim")
+
+        command = ServiceCommand("a", broken)
+        self.assertIn("cannot be loaded: services 'a'", command.description)
+        from twisted.python.usage import UsageError
+
+        error = self.assertRaises(UsageError, lambda: command.options)
+        self.assertIn("(from b 1.0)", str(error))
+
+    def test_fresh(self) -> None:
+        """
+        The dropin is dated after any plugin cache, so Twisted always reads
+        it again.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("")
+        keepPluginCacheFresh(path)
+        self.assertGreater(os.stat(path).st_mtime, 4.0e9)
+        keepPluginCacheFresh(os.path.join(path, "missing"))  # no error
+
+
+DECLARE = """
+from txplatform.catalogue import ServiceDeclaration
+from txplatform.serviceid import ServiceId
+
+declaration = ServiceDeclaration(
+    name="{name}",
+    serviceId=ServiceId.fromHex("{hex}"),
+    service="txplatform_services.parser.service:ParserService",
+    summary="A service installed after the plugin cache was made.",
+)
+"""
+
+
+class InstalledLaterTests(TestCase):
+    """
+    A service package installed after twistd last ran.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.twistd = shutil.which("twistd", path=os.path.dirname(sys.executable))
+        if self.twistd is None:
+            if inCI():
+                raise AssertionError("twistd is not installed here")
+            raise SkipTest("twistd is not installed here (pip install . first)")
+        self.elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(self.elsewhere)
+
+    def twistdRun(self, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        if path is not None:
+            env["PYTHONPATH"] = path
+        return subprocess.run(
+            [self.twistd, *args], cwd=self.elsewhere, env=env, capture_output=True, text=True,
+            timeout=60,
+        )
+
+    def install(self, name: str, hexId: str) -> str:
+        """
+        A directory holding a distribution that declares service C{name}.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(directory, f"{name}_pkg-1.0.dist-info"))
+        with open(os.path.join(directory, f"{name}_declared.py"), "w") as f:
+            f.write(DECLARE.format(name=name, hex=hexId))
+        info = os.path.join(directory, f"{name}_pkg-1.0.dist-info")
+        with open(os.path.join(info, "METADATA"), "w") as f:
+            f.write(f"Metadata-Version: 2.1\nName: {name}-pkg\nVersion: 1.0\n")
+        with open(os.path.join(info, "entry_points.txt"), "w") as f:
+            f.write(textwrap.dedent(f"""\
+                [txplatform.services]
+                {name} = {name}_declared:declaration
+            """))
+        return directory
+
+    def test_listedAtOnce(self) -> None:
+        """
+        The first twistd run after a service is installed lists its
+        command, although Twisted's plugin cache was made before.
+        """
+        self.assertEqual(self.twistdRun("--help").returncode, 0)
+        listing = self.twistdRun("--help", path=self.install("stars", "020002"))
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        self.assertRegex(listing.stdout, r"\n\s+stars\s+A service installed after")
+        helped = self.twistdRun("stars", "--help", path=self.install("stars", "020002"))
+        self.assertIn("Run one replica of the stars service", helped.stdout)
+
+    def test_clash(self) -> None:
+        """
+        A service claiming a built-in service's id stops twistd txplatform
+        before anything starts, with an error naming both packages.
+        """
+        result = self.twistdRun(
+            "-n", "txplatform", "--data-dir", os.path.abspath(self.mktemp()),
+            path=self.install("stars", "010001"),
+        )
+        self.assertNotEqual(result.returncode, 0)
+        output = result.stdout + result.stderr
+        self.assertIn("'account' (from txplatform 0.1.0) and 'stars' (from stars-pkg 1.0)", output)
+        self.assertIn("both claim the id 010001", output)
+        self.assertNotIn("Traceback", output)
