@@ -1,8 +1,10 @@
 """
-The Klein web gateway: the platform's only entry point for clients.
+The Klein web gateway: the platform's only entry point for clients.  It
+serves the HTTP operations the installed services declare
+(L{txplatform.routes}).
 """
 
-from .app import Gateway, Principal
+from .app import Gateway, RouteConflict
 from .site import GatewaySite
 
-__all__ = ["Gateway", "GatewaySite", "Principal"]
+__all__ = ["Gateway", "GatewaySite", "RouteConflict"]

@@ -2,9 +2,14 @@
 """
 The gateway: the only door clients use.
 
-It parses and checks HTTP requests, authenticates bearer tokens with the
-Account service, calls the services over the bus with a deadline and a
-priority, and turns every outcome into JSON or problem details.
+The gateway is the request pipeline, and knows no service: each installed
+service contributes its HTTP operations (L{txplatform.routes}), which the
+gateway serves.  For every request it assigns a request id, admits or sheds
+it by priority, applies the rate limits, authenticates bearer tokens (with
+the L{IAuthenticator} a service provides), decodes and checks the body and
+the query, calls the operation's handler with an L{IExchange} through which
+it calls services under the request's deadline and priority, and turns
+every outcome into JSON or problem details.
 """
 
 from __future__ import annotations
@@ -13,54 +18,66 @@ import ipaddress
 import math
 import random
 import re
-from typing import Any, Callable
+from typing import Any, Mapping
 from urllib.parse import unquote_to_bytes
 
-from attrs import frozen
 from klein import Klein
-from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
-from txplatform_services.account import api as account
-from txplatform_services.notify import api as notify
-from txplatform_services.parser import api as parser
-from txplatform_services.post import api as post
+import txplatform
+from txplatform.bodies import decodeBody
 from txplatform.catalogue import GATEWAY_ID, Catalogue, installedServices
 from txplatform.codec import dumps
 from txplatform.context import Origin, Priority, newMessageId
 from txplatform.errors import (
     InvalidArgument,
     MalformedJSON,
-    NotFound,
     ResourceExhausted,
     ServiceError,
     Unauthenticated,
 )
 from txplatform.interfaces import IBus
 from txplatform.messages import fromPayload, fromQuery, toPayload
+from txplatform.routes import (
+    IAuthenticator,
+    IExchange,
+    Principal,
+    Route,
+    RouteConflict,
+    RouteParts,
+    checkRoutes,
+    route,
+    routesOf,
+)
 from txplatform.serviceid import ServiceId
 
 from . import schemas
 from .admission import Admission
-from .bodies import decodeBody
-from .operations import Operation, operation
 from .problems import HTTPProblem, problemFor
 from .ratelimit import AccountRateLimit, AddressRateLimit
 from .site import GatewaySite
-from .streams import NotificationStreams
 
-__all__ = ["Gateway", "Principal"]
+__all__ = ["Gateway", "Exchange", "RouteConflict"]
 
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?\Z", re.IGNORECASE)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}\Z")
-_USERNAME = re.compile(r"^[a-z0-9_]{3,32}\Z")
-_RECORD_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}\Z")
+_VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+#: The OpenAPI document's C{info} unless the gateway is told otherwise.
+DEFAULT_INFO = {
+    "title": "txplatform",
+    "version": txplatform.__version__,
+    "description": "Errors are RFC 9457 problem details; pages take `limit` (1-100, default"
+    " 20) and an opaque `cursor`, and give `next` (null on the last page).",
+}
 
 
 _OVERLOADED = HTTPProblem(
@@ -71,17 +88,6 @@ _OVERLOADED = HTTPProblem(
 )
 
 
-@frozen
-class Principal:
-    """
-    Whoever a verified token belongs to.
-    """
-
-    account_id: str
-    username: str
-    session_id: str
-
-
 def _tooMany(whose: str, wait: float) -> ResourceExhausted:
     seconds = max(1, math.ceil(wait))
     return ResourceExhausted(
@@ -90,23 +96,59 @@ def _tooMany(whose: str, wait: float) -> ResourceExhausted:
     )
 
 
-def _principal(session: dict[str, Any]) -> Principal:
-    return Principal(session["account_id"], session["username"], session["session_id"])
-
-
-class _Exchange:
+@implementer(IExchange)
+class Exchange:
     """
-    What the gateway keeps about one HTTP request (a plain slotted class:
-    one is made per request).
+    What the gateway keeps about one HTTP request, as a component of it
+    (C{IExchange(request)}), and what its handler calls services through.
+    (A plain slotted class: one is made per request.)
     """
 
-    __slots__ = ("requestId", "deadline", "priority", "origin")
+    __slots__ = ("request", "requestId", "deadline", "priority", "origin", "_gateway")
 
-    def __init__(self, requestId: str, deadline: float, priority: Priority) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: IRequest,
+        requestId: str,
+        deadline: float,
+        priority: Priority,
+    ) -> None:
+        self._gateway = gateway
+        self.request = request
         self.requestId = requestId
         self.deadline = deadline
         self.priority = priority
         self.origin = Origin(GATEWAY_ID, requestId, deadline)
+
+    def clientAddress(self) -> str:
+        return self._gateway.clientAddress(self.request)
+
+    def call(
+        self, service: ServiceId, method: str, payload: Any, idempotent: bool | None = None
+    ) -> Any:
+        if not isinstance(payload, dict):
+            payload = toPayload(payload)
+        if idempotent is None:
+            idempotent = self.request.method in (b"GET", b"HEAD")
+        remaining = self.deadline - self._gateway.clock.seconds()
+        return self._gateway.bus.call(
+            service,
+            method,
+            payload,
+            timeout=max(remaining, 0.0),
+            priority=self.priority,
+            origin=self.origin,
+            idempotent=idempotent,
+        )
+
+
+def _kleinPath(path: str) -> str:
+    """
+    An OpenAPI path (C{/v1/posts/{post_id}}) as a werkzeug rule
+    (C{/v1/posts/<post_id>}).
+    """
+    return _VARIABLE.sub(r"<\1>", path)
 
 
 class _URLGuard(Resource):
@@ -130,7 +172,7 @@ class _URLGuard(Resource):
             problem = HTTPProblem(
                 404, "not_found", "there is nothing at this path (it is not valid UTF-8)"
             )
-            return self._gateway._problem(request, Failure(problem))
+            return self._gateway.problem(request, Failure(problem))
         return self._wrapped.render(request)
 
 
@@ -170,7 +212,7 @@ class _CORS(Resource):
                 problem = HTTPProblem(
                     403, "permission_denied", "this origin may not call the API from a browser"
                 )
-                return self._gateway._problem(request, Failure(problem))
+                return self._gateway.problem(request, Failure(problem))
             request.setResponseCode(204)
             request.setHeader(b"Access-Control-Allow-Origin", origin)
             request.setHeader(b"Access-Control-Allow-Methods", self._methods)
@@ -185,7 +227,9 @@ class _CORS(Resource):
 
 class Gateway:
     """
-    The HTTP API, served from L{resource} or L{site}.
+    The HTTP API, served from L{resource} or L{site}: the routes of every
+    service in the catalogue, and the gateway's own (its OpenAPI document
+    and its health check).
 
     @param callTimeout: Seconds one HTTP request may spend waiting on
         services, across all the calls it makes.
@@ -197,20 +241,29 @@ class Gateway:
     @param maxInFlight: Requests this replica works on at once, the high
         class's limit; lower classes stop being admitted earlier
         (L{txplatform_gateway.admission}).
+    @param heartbeat: Seconds between keep-alive comments on open streams.
     @param shedDelay: Seconds a refused request waits at least for its 503
         (its Retry-After).
     @param parserOver: Bodies larger than this many bytes are decoded and
-        checked by the parser service's replicas rather than here; C{None}:
-        all here.
+        checked by the replicas of the service C{parser} rather than here;
+        C{None}: all here.
+    @param parser: The id of the service that parses bodies (it serves
+        C{parse}, see L{txplatform_services.parser}), with C{parserOver}.
     @param rateLimit: Limits requests per client address (shared with the
         other replicas); C{None}: no limit.
     @param accountRateLimit: Limits authenticated requests per account,
         likewise.
-    @param catalogue: The services, to name them in errors; by default
-        those installed.
+    @param catalogue: The services whose routes to serve, and whose names
+        to give in errors; by default those installed.
+    @param routes: The route objects to serve, by who contributed them,
+        instead of those the catalogue's services declare.
+    @param info: The OpenAPI document's C{info} (C{title}, C{version},
+        C{description}), over L{DEFAULT_INFO}.
+
+    @raise RouteConflict: Two routes would shadow each other, or two route
+        objects authenticate.
     """
 
-    app = Klein()
     log = Logger()
 
     def __init__(
@@ -225,26 +278,65 @@ class Gateway:
         heartbeat: float = 15.0,
         shedDelay: float = 1.0,
         parserOver: int | None = None,
+        parser: ServiceId | None = None,
         rateLimit: AddressRateLimit | None = None,
         accountRateLimit: AccountRateLimit | None = None,
         catalogue: Catalogue | None = None,
+        routes: Mapping[str, object] | None = None,
+        info: Mapping[str, str] | None = None,
     ) -> None:
         self.bus = bus
+        self.clock = clock
         self.parserOver = parserOver
+        self.parser = parser
+        if parserOver is not None and parser is None:
+            raise ValueError("parserOver needs the parser service's id")
         self.rateLimit = rateLimit
         self.accountRateLimit = accountRateLimit
         self.shedDelay = shedDelay
         self._random = random.Random()
         self.admission = Admission(maxInFlight)
-        self.streams = NotificationStreams(bus, clock, heartbeat)
         self.corsOrigins = list(corsOrigins or [])
         self.trustedProxies = [ipaddress.ip_network(n, strict=False) for n in trustedProxies or []]
-        self.clock = clock
         self.callTimeout = callTimeout
         self.maxBodySize = maxBodySize
-        registry = (catalogue or installedServices()).registry()
-        self._serviceNames = {sid.hex: name for name, sid in registry}
+        self.info = {**DEFAULT_INFO, **(info or {})}
+        if catalogue is None:
+            catalogue = installedServices()
+        self._serviceNames = {sid.hex: name for name, sid in catalogue.registry()}
+        if routes is None:
+            parts = RouteParts(bus, clock, heartbeat)
+            routes = {f"the {d.name} service": d.routeClass()(parts) for d in catalogue if d.routes}
+        self.routeObjects = dict(routes)
+        self.authenticator = self._findAuthenticator()
+        self.routes: list[Route] = []
+        self.app = Klein()
+        self.app.handle_errors(Exception)(self.problem)
+        owned = [(owner, r) for owner, obj in self.routeObjects.items() for r in routesOf(obj)]
+        owned += [("the gateway", r) for r in routesOf(self)]
+        checkRoutes(owned)
+        for _, one in owned:
+            self._add(one)
         self._openapi: bytes | None = None
+
+    def _findAuthenticator(self) -> IAuthenticator | None:
+        found = [
+            (owner, obj)
+            for owner, obj in self.routeObjects.items()
+            if IAuthenticator.providedBy(obj)
+        ]
+        if len(found) > 1:
+            raise RouteConflict(
+                f"{found[0][0]} and {found[1][0]} both authenticate requests: one may"
+            )
+        return found[0][1] if found else None
+
+    def _add(self, one: Route) -> None:
+        def handle(request: IRequest, **path: Any) -> Any:
+            return self.runOperation(one, request, path)
+
+        self.routes.append(one)
+        self.app.route(_kleinPath(one.path), methods=[one.method], endpoint=one.name)(handle)
 
     def resource(self) -> Any:
         resource: Resource = self.app.resource()
@@ -284,29 +376,33 @@ class Gateway:
                     return peer  # not an address: ignore the header
         return peer
 
-    def _exchange(self, request: IRequest, priority: Priority = Priority.NORMAL) -> _Exchange:
-        exchange = getattr(request, "_txplatformExchange", None)
+    def exchange(self, request: IRequest, priority: Priority = Priority.NORMAL) -> Exchange:
+        """
+        The exchange of C{request}, made with C{priority} on first use.
+        """
+        exchange = request.getComponent(IExchange)
         if exchange is None:
             given = request.getHeader("x-request-id")
             requestId = given if given and _REQUEST_ID.match(given) else newMessageId()
-            exchange = _Exchange(requestId, self.clock.seconds() + self.callTimeout, priority)
-            request._txplatformExchange = exchange  # type: ignore[attr-defined]
+            exchange = Exchange(
+                self, request, requestId, self.clock.seconds() + self.callTimeout, priority
+            )
+            request.setComponent(IExchange, exchange)
             request.setHeader("X-Request-Id", requestId)
         return exchange
 
-    def runOperation(
-        self, op: Operation, f: Callable[..., Any], request: IRequest, path: dict[str, Any]
-    ) -> Any:
+    def runOperation(self, one: Route, request: IRequest, path: dict[str, Any]) -> Any:
         """
-        Run operation C{op}'s handler C{f} for C{request}: authenticate,
-        parse, call, render.  (Plain callbacks rather than inlineCallbacks:
-        this runs for every request.)
+        Answer C{request} with route C{one}: authenticate, parse, call,
+        render.  (Plain callbacks rather than inlineCallbacks: this runs
+        for every request.)
         """
-        self._exchange(request, op.priority)
+        op = one.operation
+        exchange = self.exchange(request, op.priority)
         if self.rateLimit is not None and op.rateLimited:
             wait = self.rateLimit.check(self.clientAddress(request))
             if wait is not None:
-                return self._problem(request, Failure(_tooMany("address", wait)))
+                return self.problem(request, Failure(_tooMany("address", wait)))
         if not self.admission.admit(op.priority):
             return self._shed(request)
         if op.streaming:
@@ -317,18 +413,15 @@ class Gateway:
             request.notifyFinish().addBoth(self._released)
         if op.auth:
             request.setHeader("Cache-Control", "no-store")
-            d = self._authenticate(request, op.ticket)
-            return d.addCallback(self._proceed, op, f, request, path)
-        return self._proceed(None, op, f, request, path)
+            d = self._authenticate(exchange, op.ticket)
+            return d.addCallback(self._proceed, one, exchange, path)
+        return self._proceed(None, one, exchange, path)
 
     def _proceed(
-        self,
-        principal: Principal | None,
-        op: Operation,
-        f: Callable[..., Any],
-        request: IRequest,
-        path: dict[str, Any],
+        self, principal: Principal | None, one: Route, exchange: Exchange, path: dict[str, Any]
     ) -> Any:
+        op = one.operation
+        request = exchange.request
         kwargs = dict(path)
         if principal is not None:
             kwargs["principal"] = principal
@@ -339,32 +432,28 @@ class Gateway:
         if op.query is not None:
             kwargs["query"] = fromQuery(op.query, self._queryArguments(request))
         if op.body is None:
-            return self._handle(kwargs, op, f, request)
+            return self._handle(kwargs, one, exchange)
         raw = self._rawBody(request)
         if self.parserOver is not None and len(raw) > self.parserOver:
-            d = self._parseElsewhere(request, f.__name__, op.body, raw)
-            return d.addCallback(self._withBody, kwargs, op, f, request)
+            d = self._parseElsewhere(exchange, one.name, op.body, raw)
+            return d.addCallback(self._withBody, kwargs, one, exchange)
         kwargs["body"] = decodeBody(raw, op.body)
-        return self._handle(kwargs, op, f, request)
+        return self._handle(kwargs, one, exchange)
 
-    def _withBody(
-        self, body: Any, kwargs: dict[str, Any], op: Operation, f: Callable[..., Any], request: Any
-    ) -> Any:
+    def _withBody(self, body: Any, kwargs: dict[str, Any], one: Route, exchange: Exchange) -> Any:
         kwargs["body"] = body
-        return self._handle(kwargs, op, f, request)
+        return self._handle(kwargs, one, exchange)
 
-    def _handle(
-        self, kwargs: dict[str, Any], op: Operation, f: Callable[..., Any], request: IRequest
-    ) -> Any:
-        result = f(self, request, **kwargs)
-        if op.streaming:
+    def _handle(self, kwargs: dict[str, Any], one: Route, exchange: Exchange) -> Any:
+        result = one.handler(exchange, **kwargs)
+        if one.operation.streaming:
             return result  # the handler writes the response itself
         if isinstance(result, Deferred):
-            return result.addCallback(self._render, request, op)
-        return self._render(result, request, op)
+            return result.addCallback(self._render, exchange.request, one.operation.status)
+        return self._render(result, exchange.request, one.operation.status)
 
     def _parseElsewhere(
-        self, request: IRequest, operationId: str, messageType: type, raw: bytes
+        self, exchange: Exchange, operationId: str, messageType: type, raw: bytes
     ) -> Deferred[Any]:
         """
         Have a parser replica decode and check a large body: the JSON work
@@ -376,52 +465,19 @@ class Gateway:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             return fail(MalformedJSON(f"the body is not UTF-8 (byte {e.start})"))
-        d = self.call(
-            request,
-            parser.SERVICE_ID,
-            "parse",
-            {"operation": operationId, "body": text},
-            idempotent=True,
+        d = exchange.call(
+            self.parser, "parse", {"operation": operationId, "body": text}, idempotent=True
         )
         return d.addCallback(lambda reply: fromPayload(messageType, reply["message"]))
 
     @staticmethod
-    def _render(result: Any, request: IRequest, op: Operation) -> bytes:
-        request.setResponseCode(op.status)
-        if op.status == 204:
+    def _render(result: Any, request: IRequest, status: int) -> bytes:
+        request.setResponseCode(status)
+        if status == 204:
             return b""
         request.setHeader("Content-Type", "application/json")
         # A final newline costs a byte and makes curl output readable.
         return result if isinstance(result, bytes) else dumps(result) + b"\n"
-
-    def call(
-        self,
-        request: IRequest,
-        service: ServiceId,
-        method: str,
-        payload: Any,
-        idempotent: bool | None = None,
-    ) -> Any:
-        """
-        Call a service for C{request}: under its deadline, with its priority
-        and its request id as the trace id.  Calls made for GET requests
-        are reads, which the bus may send again after a broken connection.
-        """
-        exchange = self._exchange(request)
-        if not isinstance(payload, dict):
-            payload = toPayload(payload)
-        if idempotent is None:
-            idempotent = request.method in (b"GET", b"HEAD")
-        remaining = exchange.deadline - self.clock.seconds()
-        return self.bus.call(
-            service,
-            method,
-            payload,
-            timeout=max(remaining, 0.0),
-            priority=exchange.priority,
-            origin=exchange.origin,
-            idempotent=idempotent,
-        )
 
     @staticmethod
     def _bearer(request: IRequest) -> str | None:
@@ -434,33 +490,26 @@ class Gateway:
             return None
         return token
 
-    def _authenticate(self, request: IRequest, ticketAllowed: bool = False) -> Deferred[Principal]:
+    def _authenticate(self, exchange: Exchange, ticketAllowed: bool = False) -> Any:
+        request = exchange.request
+        if self.authenticator is None:
+            return fail(
+                HTTPProblem(503, "unavailable", "no service installed here authenticates requests")
+            )
         if not request.getHeader("authorization"):
             tickets = (request.args or {}).get(b"ticket")
             if ticketAllowed and tickets:
-                return self._redeem(request, tickets[0])
+                ticket = tickets[0].decode("ascii", "replace")
+                if not _TOKEN.match(ticket):
+                    return fail(
+                        Unauthenticated("the stream ticket is invalid, expired or already used")
+                    )
+                return self.authenticator.redeem(exchange, ticket)
             return fail(Unauthenticated("this needs a token: send Authorization: Bearer <token>"))
         token = self._bearer(request)
         if token is None:
             return fail(Unauthenticated("the Authorization header must be Bearer <token>"))
-        d = self.call(
-            request, account.SERVICE_ID, "verify_token", {"token": token}, idempotent=True
-        )
-        return d.addCallback(_principal)
-
-    def _redeem(self, request: IRequest, ticket: bytes) -> Deferred[Principal]:
-        """
-        The session a stream ticket stands for; the ticket is used up.
-        """
-        text = ticket.decode("ascii", "replace")
-        if not _TOKEN.match(text):
-            return fail(Unauthenticated("the stream ticket is invalid, expired or already used"))
-        # Not idempotent: sent again after a lost reply, the ticket would be
-        # refused as used; the client asks for another.
-        d = self.call(
-            request, account.SERVICE_ID, "redeem_ticket", {"ticket": text}, idempotent=False
-        )
-        return d.addCallback(_principal)
+        return self.authenticator.authenticate(exchange, token)
 
     def _rawBody(self, request: IRequest) -> bytes:
         if getattr(request, "bodyTooLarge", False):
@@ -499,7 +548,7 @@ class Gateway:
         a flood's connections would otherwise come back together, and their
         burst would hold the reactor for a whole turn at a time.
         """
-        body = self._problem(request, Failure(_OVERLOADED))
+        body = self.problem(request, Failure(_OVERLOADED))
         if not self.shedDelay:
             return body
         delay = self.shedDelay * self._random.uniform(1.0, 1.5)
@@ -511,9 +560,11 @@ class Gateway:
         # Finished or lost (the client went away): either way, it is done.
         self.admission.release()
 
-    @app.handle_errors(Exception)
-    def _problem(self, request: IRequest, failure: Failure) -> bytes:
-        exchange = self._exchange(request)
+    def problem(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        Answer C{request} with the problem details of C{failure}.
+        """
+        exchange = self.exchange(request)
         problem = problemFor(failure, exchange.requestId, self._serviceNames)
         if not problem.expected:
             where = dict(
@@ -537,378 +588,30 @@ class Gateway:
             request.setHeader(name, value)
         return problem.body(exchange.requestId) + b"\n"
 
-    # Accounts
+    # The gateway's own routes
 
-    @app.route("/v1/accounts", methods=["POST"])
-    @operation(
-        "Register an account",
-        tag="accounts",
-        status=201,
-        body=account.Register,
-        response=schemas.OWN_ACCOUNT,
-        errors=(409,),
-    )
-    @inlineCallbacks
-    def register(self, request: IRequest, body: account.Register) -> Any:
-        created = yield self.call(request, account.SERVICE_ID, "register", body)
-        request.setHeader("Location", f"/v1/accounts/{created['username']}")
-        return created
-
-    @staticmethod
-    def _username(username: str) -> str:
-        """
-        Usernames in paths match case-insensitively; one that cannot exist
-        is simply not found.
-        """
-        username = username.lower()
-        if not _USERNAME.match(username):
-            raise NotFound(f"no account is named {username!r}")
-        return username
-
-    @app.route("/v1/accounts/<username>", methods=["GET"])
-    @operation(
-        "Read a public profile",
-        tag="accounts",
-        response=schemas.ACCOUNT,
-        errors=(404,),
-        priority=Priority.LOW,
-    )
-    def profile(self, request: IRequest, username: str) -> Any:
-        return self.call(
-            request, account.SERVICE_ID, "get_profile", {"username": self._username(username)}
-        )
-
-    @app.route("/v1/accounts/<username>/posts", methods=["GET"])
-    @operation(
-        "List an author's posts, newest first",
-        tag="posts",
-        query=schemas.PageQuery,
-        response=schemas.pageOf(schemas.POST),
-        errors=(404,),
-        priority=Priority.LOW,
-    )
-    @inlineCallbacks
-    def authorPosts(self, request: IRequest, username: str, query: schemas.PageQuery) -> Any:
-        author = yield self.call(
-            request, account.SERVICE_ID, "get_profile", {"username": self._username(username)}
-        )
-        return (
-            yield self.call(
-                request,
-                post.SERVICE_ID,
-                "list_posts",
-                post.ListPosts(author_id=author["id"], limit=query.limit, cursor=query.cursor),
-            )
-        )
-
-    # The caller's own account
-
-    @app.route("/v1/me", methods=["GET"])
-    @operation(
-        "Read your account", tag="me", auth=True, response=schemas.OWN_ACCOUNT, errors=(404,)
-    )
-    def me(self, request: IRequest, principal: Principal) -> Any:
-        return self.call(
-            request, account.SERVICE_ID, "get_account", {"account_id": principal.account_id}
-        )
-
-    @app.route("/v1/me", methods=["PATCH"])
-    @operation(
-        "Change your email, display name or password",
-        tag="me",
-        auth=True,
-        body=schemas.UpdateMe,
-        response=schemas.OWN_ACCOUNT,
-        errors=(403, 404, 409),
-        description="Changing the password needs `current_password` (403 if wrong) and"
-        " ends every other session.",
-    )
-    def updateMe(self, request: IRequest, principal: Principal, body: schemas.UpdateMe) -> Any:
-        return self.call(
-            request,
-            account.SERVICE_ID,
-            "update_account",
-            account.UpdateAccount(
-                account_id=principal.account_id,
-                session_id=principal.session_id,
-                email=body.email,
-                display_name=body.display_name,
-                password=body.password,
-                current_password=body.current_password,
-            ),
-        )
-
-    @app.route("/v1/me", methods=["DELETE"])
-    @operation(
-        "Delete your account, its posts and notifications",
-        tag="me",
-        auth=True,
-        status=204,
-        body=schemas.DeleteMe,
-        errors=(403, 404),
-    )
-    def deleteMe(self, request: IRequest, principal: Principal, body: schemas.DeleteMe) -> Any:
-        return self.call(
-            request,
-            account.SERVICE_ID,
-            "delete_account",
-            {"account_id": principal.account_id, "password": body.password},
-        )
-
-    @app.route("/v1/me/following", methods=["GET"])
-    @operation(
-        "List the accounts you follow, most recent first",
-        tag="me",
-        auth=True,
-        query=schemas.PageQuery,
-        response=schemas.pageOf(schemas.ACCOUNT),
-        priority=Priority.LOW,
-    )
-    def following(self, request: IRequest, principal: Principal, query: schemas.PageQuery) -> Any:
-        return self.call(
-            request,
-            account.SERVICE_ID,
-            "list_following",
-            account.ListFollowing(
-                account_id=principal.account_id, limit=query.limit, cursor=query.cursor
-            ),
-        )
-
-    @app.route("/v1/me/following/<username>", methods=["PUT"])
-    @operation(
-        "Follow an account",
-        tag="me",
-        auth=True,
-        status=204,
-        errors=(400, 404),
-        description="Following twice is harmless; following yourself is a 400.",
-    )
-    def follow(self, request: IRequest, principal: Principal, username: str) -> Any:
-        return self.call(
-            request,
-            account.SERVICE_ID,
-            "follow",
-            {"account_id": principal.account_id, "username": self._username(username)},
-        )
-
-    @app.route("/v1/me/following/<username>", methods=["DELETE"])
-    @operation("Stop following an account", tag="me", auth=True, status=204, errors=(404,))
-    def unfollow(self, request: IRequest, principal: Principal, username: str) -> Any:
-        return self.call(
-            request,
-            account.SERVICE_ID,
-            "unfollow",
-            {"account_id": principal.account_id, "username": self._username(username)},
-        )
-
-    # Sessions
-
-    @app.route("/v1/sessions", methods=["POST"])
-    @operation(
-        "Log in: trade a username and password for a token",
-        tag="sessions",
-        status=201,
-        body=account.Login,
-        response=schemas.SESSION,
-        priority=Priority.HIGH,
-        errors=(401, 429),
-    )
-    @inlineCallbacks
-    def login(self, request: IRequest, body: account.Login) -> Any:
-        request.setHeader("Cache-Control", "no-store")
-        attempt = account.LoginAttempt(
-            username=body.username, password=body.password, client=self.clientAddress(request)
-        )
-        session = yield self.call(request, account.SERVICE_ID, "login", attempt)
-        return {"token": session["token"], "expires_at": session["expires_at"]}
-
-    @app.route("/v1/sessions/current", methods=["DELETE"])
-    @operation(
-        "Log out: revoke the token used",
-        tag="sessions",
-        auth=True,
-        status=204,
-        priority=Priority.HIGH,
-    )
-    def logout(self, request: IRequest, principal: Principal) -> Any:
-        return self.call(
-            request, account.SERVICE_ID, "logout", {"session_id": principal.session_id}
-        )
-
-    # Posts
-
-    @app.route("/v1/posts", methods=["POST"])
-    @operation(
-        "Publish a post",
-        tag="posts",
-        auth=True,
-        status=201,
-        body=schemas.NewPost,
-        response=schemas.POST,
-        errors=(404, 429),
-    )
-    @inlineCallbacks
-    def createPost(self, request: IRequest, principal: Principal, body: schemas.NewPost) -> Any:
-        created = yield self.call(
-            request,
-            post.SERVICE_ID,
-            "create_post",
-            post.CreatePost(
-                author_id=principal.account_id,
-                author_username=principal.username,
-                body=body.body,
-            ),
-        )
-        request.setHeader("Location", f"/v1/posts/{created['id']}")
-        return created
-
-    @staticmethod
-    def _recordId(value: str, what: str) -> str:
-        if not _RECORD_ID.match(value):
-            raise NotFound(f"no such {what}")
-        return value
-
-    @app.route("/v1/posts/<post_id>", methods=["GET"])
-    @operation(
-        "Read a post", tag="posts", response=schemas.POST, errors=(404,), priority=Priority.LOW
-    )
-    def readPost(self, request: IRequest, post_id: str) -> Any:
-        return self.call(
-            request, post.SERVICE_ID, "get_post", {"post_id": self._recordId(post_id, "post")}
-        )
-
-    @app.route("/v1/posts/<post_id>", methods=["DELETE"])
-    @operation("Delete your post", tag="posts", auth=True, status=204, errors=(403, 404))
-    def deletePost(self, request: IRequest, principal: Principal, post_id: str) -> Any:
-        return self.call(
-            request,
-            post.SERVICE_ID,
-            "delete_post",
-            {"post_id": self._recordId(post_id, "post"), "account_id": principal.account_id},
-        )
-
-    # Notifications
-
-    @app.route("/v1/notifications/stream", methods=["GET"])
-    @operation(
-        "Receive your new notifications as they arrive",
-        tag="notifications",
-        auth=True,
-        ticket=True,
-        response=schemas.NOTIFICATION,
-        priority=Priority.LOW,
-        streaming=True,
-        errors=(400,),
-        description="Server-Sent Events: each new notification is an event"
-        " `notification` whose `id` is the notification's id and whose `data` is the"
-        " notification (JSON). Reconnect with `Last-Event-ID` to get what was missed"
-        " first. A comment every 15 seconds keeps the stream alive; the stream ends"
-        " when the session does. A browser's `EventSource`, which cannot send a token,"
-        " passes a ticket instead: `?ticket=` from `POST /v1/notifications/stream/tickets`."
-        " A ticket opens one stream: to resume after an error, open a new `EventSource` with"
-        " a new ticket and `&last_event_id=` (the last `id` received), which stands for the"
-        " header.",
-    )
-    def notificationStream(self, request: IRequest, principal: Principal) -> Any:
-        last = request.getHeader("last-event-id")
-        if last is None:
-            # A new EventSource (as after a ticket was used up) cannot send
-            # the header: it may say where it was in the query instead.
-            given = (request.args or {}).get(b"last_event_id")
-            last = given[0].decode("ascii", "replace") if given else None
-        if last is not None and not _RECORD_ID.match(last):
-            raise HTTPProblem(400, "invalid_argument", "Last-Event-ID is not a notification id")
-        return self.streams.open(
-            request,
-            principal.account_id,
-            principal.session_id,
-            self._exchange(request).requestId,
-            last,
-        )
-
-    @app.route("/v1/notifications/stream/tickets", methods=["POST"])
-    @operation(
-        "Get a ticket to open your notification stream with",
-        tag="notifications",
-        auth=True,
-        status=201,
-        response=schemas.STREAM_TICKET,
-        description="For clients that cannot send the Authorization header, such as a"
-        " browser's `EventSource`: open `/v1/notifications/stream?ticket=<ticket>` within a"
-        " minute. A ticket opens one stream, once, and stands for the session that asked"
-        " for it: the stream ends when that session does. Each reconnection needs a new"
-        " ticket.",
-    )
-    def streamTicket(self, request: IRequest, principal: Principal) -> Any:
-        return self.call(
-            request,
-            account.SERVICE_ID,
-            "issue_ticket",
-            {"session_id": principal.session_id},
-            idempotent=False,
-        )
-
-    @app.route("/v1/notifications", methods=["GET"])
-    @operation(
-        "List your notifications, newest first",
-        tag="notifications",
-        auth=True,
-        query=schemas.NotificationQuery,
-        response=schemas.pageOf(schemas.NOTIFICATION),
-        priority=Priority.LOW,
-    )
-    def notifications(
-        self, request: IRequest, principal: Principal, query: schemas.NotificationQuery
-    ) -> Any:
-        return self.call(
-            request,
-            notify.SERVICE_ID,
-            "list_notifications",
-            notify.ListNotifications(
-                account_id=principal.account_id,
-                unread=query.unread,
-                limit=query.limit,
-                cursor=query.cursor,
-            ),
-        )
-
-    @app.route("/v1/notifications/<notification_id>/read", methods=["POST"])
-    @operation(
-        "Mark a notification read", tag="notifications", auth=True, status=204, errors=(404,)
-    )
-    def markRead(self, request: IRequest, principal: Principal, notification_id: str) -> Any:
-        return self.call(
-            request,
-            notify.SERVICE_ID,
-            "mark_read",
-            {
-                "account_id": principal.account_id,
-                "notification_id": self._recordId(notification_id, "notification"),
-            },
-        )
-
-    # The platform itself
-
-    @app.route("/v1/openapi.json", methods=["GET"])
-    @operation(
+    @route(
+        "GET",
+        "/v1/openapi.json",
         "This API's OpenAPI 3.1 document",
         tag="platform",
         response={"type": "object"},
         rateLimited=False,
     )
-    def openapi(self, request: IRequest) -> bytes:
+    def openapi(self, exchange: IExchange) -> bytes:
         if self._openapi is None:
             from .openapi import openapiDocument
 
             self._openapi = dumps(openapiDocument(self)) + b"\n"
         return self._openapi
 
-    @app.route("/healthz", methods=["GET"])
-    @operation(
+    @route(
+        "GET",
+        "/healthz",
         "Liveness: the gateway is serving",
         tag="platform",
         response=schemas.HEALTH,
         rateLimited=False,
     )
-    def health(self, request: IRequest) -> Any:
+    def health(self, exchange: IExchange) -> Any:
         return {"status": "ok"}

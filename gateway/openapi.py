@@ -2,25 +2,22 @@
 """
 The OpenAPI 3.1 document, built from the gateway's routes as they are.
 
-Every route of the Klein app carries its L{Operation}; the document lists
-exactly those routes, with the schemas of the message classes the gateway
+The document lists exactly the routes the gateway serves, each as its
+L{txplatform.routes.Operation} declares it, with the schemas of the message classes the gateway
 checks bodies and queries against, so the document cannot describe an API
 the code does not serve.
 """
 
 from __future__ import annotations
 
-import re
 from http import HTTPStatus
 from typing import Any
 
-import txplatform
 from txplatform.messages import fieldSchemas, jsonSchema
 
 from . import schemas
-from .operations import operationOf
 
-__all__ = ["openapiDocument", "openapiPath"]
+__all__ = ["openapiDocument"]
 
 # Every operation may answer these.
 _COMMON_ERRORS = {
@@ -38,18 +35,10 @@ _DESCRIPTIONS = {
     401: "Authentication failed.",
     403: "Not yours, or a wrong password.",
     404: "Not found.",
-    409: "Conflicts with an existing account (username or email taken).",
+    409: "Conflicts with what exists.",
     429: "Too many requests (from this address where the gateway limits them, failed"
     " logins, posts): try again after `Retry-After` seconds.",
 }
-
-
-def openapiPath(rule: str) -> str:
-    """
-    A werkzeug rule (C{/v1/posts/<post_id>}) as an OpenAPI path
-    (C{/v1/posts/{post_id}}).
-    """
-    return re.sub(r"<(?:[a-z_]+:)?([a-z_]+)>", r"{\1}", rule)
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -63,14 +52,11 @@ def _problem(description: str) -> dict[str, Any]:
 
 def openapiDocument(gateway: Any) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for rule in gateway.app.url_map.iter_rules():
-        op = operationOf(gateway.app.endpoints[rule.endpoint])
-        if op is None:
-            raise ValueError(f"route {rule.rule} is not declared with @operation")
-        path = openapiPath(rule.rule)
+    for one in gateway.routes:
+        op = one.operation
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in rule.arguments
+            for name in one.variables
         ]
         if op.query is not None:
             parameters += [
@@ -89,9 +75,9 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
         elif op.response is not None:
             success["content"] = {"application/json": {"schema": op.response}}
         responses[str(op.status)] = success
-        errors = {
-            status: _DESCRIPTIONS.get(status, HTTPStatus(status).phrase) for status in op.errors
-        }
+        # What the gateway answers for every operation of this kind, then
+        # what this one says of its own answers (both, for one status).
+        errors: dict[int, str] = {}
         if op.body is not None or op.query is not None:
             errors.update(_BODY_ERRORS if op.body is not None else {400: _BODY_ERRORS[400]})
         if op.auth:
@@ -102,10 +88,15 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
         )
         if op.rateLimited and limited:
             errors[429] = _DESCRIPTIONS[429]
+        for status, said in op.errors.items():
+            if status in errors and said:
+                errors[status] = f"{errors[status]} {said}"
+            elif said or status not in errors:
+                errors[status] = said or _DESCRIPTIONS.get(status, HTTPStatus(status).phrase)
         for status in sorted(errors):
             responses[str(status)] = _problem(errors[status])
         entry: dict[str, Any] = {
-            "operationId": rule.endpoint,
+            "operationId": one.name,
             "summary": op.summary,
             "tags": [op.tag],
             "responses": responses,
@@ -124,17 +115,10 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
             entry["security"] = [{"bearer": []}]
             if op.ticket:
                 entry["security"].append({"streamTicket": []})
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = entry
+        paths.setdefault(one.path, {})[one.method.lower()] = entry
     return {
         "openapi": "3.1.0",
-        "info": {
-            "title": "txplatform",
-            "version": txplatform.__version__,
-            "description": "Accounts, posts and notifications.  Errors are RFC 9457"
-            " problem details; pages take `limit` (1-100, default 20) and an opaque"
-            " `cursor`, and give `next` (null on the last page).",
-        },
+        "info": dict(gateway.info),
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": {"Problem": schemas.PROBLEM},

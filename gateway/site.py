@@ -17,6 +17,8 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
+from txplatform.routes import IExchange
+
 __all__ = ["BoundedRequest", "GatewaySite"]
 
 # Stream tickets are single-use and short-lived, yet a credential until
@@ -73,7 +75,7 @@ class GatewaySite(Site):
         Twisted's Apache-style line: observers that write JSON keep every
         field, and nothing is formatted unless an observer asks.
         """
-        exchange = getattr(request, "_txplatformExchange", None)
+        exchange = request.getComponent(IExchange)
         client = request.getClientAddress()
         self._access.info(
             '{client} "{method} {uri}" {status} {length} {requestId}',

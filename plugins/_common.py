@@ -119,6 +119,7 @@ KEY_RELOAD = [
     float,
 ]
 
+
 def fromFile(options: usage.Options, name: str) -> None:
     """
     An option given as C{@PATH} takes its value from that file (its first

@@ -18,6 +18,7 @@ from txplatform.catalogue import Catalogue, CatalogueError, ServiceParts, instal
 from ._common import KEY_RELOAD, checkDatabase, checkPositive, makeDatabase
 from .gateway import (
     ACCOUNT_RATE_LIMIT,
+    API_INFO,
     BUSY_LIMIT,
     CALL_TIMEOUT,
     HTTPS,
@@ -29,7 +30,8 @@ from .gateway import (
     gatewayListener,
 )
 
-__all__ = ["BaseOptions", "Options", "optionsFor", "makeService", "assemble"]
+# Options (see __getattr__) is made from the installed services when first used.
+__all__ = ["BaseOptions", "optionsFor", "makeService", "assemble"]
 
 
 class BaseOptions(usage.Options):
@@ -84,6 +86,7 @@ class BaseOptions(usage.Options):
         BUSY_LIMIT,
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
+        *API_INFO,
     ]
 
     def postOptions(self) -> None:
@@ -156,7 +159,9 @@ def optionsFor(catalogue: Catalogue) -> type[BaseOptions]:
     @raise CatalogueError: Two services declare one option, or one of the
         all-in-one's own.
     """
-    declaredBy = {row[0]: "txplatform" for row in [*BaseOptions.optParameters, *BaseOptions.optFlags]}
+    declaredBy = {
+        row[0]: "txplatform" for row in [*BaseOptions.optParameters, *BaseOptions.optFlags]
+    }
     parameters, flags = [], []
     for declaration in catalogue:
         for rows, into in [(declaration.options, parameters), (declaration.flags, flags)]:
@@ -226,9 +231,7 @@ def assemble(
         database = None
         if declaration.stores():
             database = makeDatabase(options.databaseURL(declaration.name), reactor)
-        parts = ServiceParts(
-            bus, reactor, options, database, fieldCodecs.get(declaration.name)
-        )
+        parts = ServiceParts(bus, reactor, options, database, fieldCodecs.get(declaration.name))
         service = declaration.make(parts)
         service.logCalls = options["log-calls"]
         service.setServiceParent(top)

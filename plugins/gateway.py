@@ -113,6 +113,11 @@ PARSER_OVER = [
     " every body is parsed here.",
     int,
 ]
+API_INFO = [
+    ["api-title", None, None, "The title of the OpenAPI document (default: txplatform)."],
+    ["api-version", None, None, "The version the OpenAPI document gives the API."],
+    ["api-description", None, None, "The description of the API in its OpenAPI document."],
+]
 
 
 class Options(usage.Options):
@@ -128,6 +133,7 @@ class Options(usage.Options):
         CALL_TIMEOUT,
         MAX_BODY_SIZE,
         PARSER_OVER,
+        *API_INFO,
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
         MAX_IN_FLIGHT,
@@ -225,6 +231,16 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         limit, window = options.rateLimit
         rateLimit = AddressRateLimit(bus, reactor, limit, window)
         rateLimit.setServiceParent(listeners)
+    parser = None
+    if options.get("parser-over") is not None:
+        from txplatform.catalogue import installedServices
+
+        parser = installedServices().get("parser").serviceId
+    info = {
+        key: options[f"api-{key}"]
+        for key in ("title", "version", "description")
+        if options.get(f"api-{key}") is not None
+    }
     gateway = Gateway(
         bus,
         reactor,
@@ -234,6 +250,8 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         trustedProxies=getattr(options, "trustedProxies", []),
         maxInFlight=options["max-in-flight"],
         parserOver=options.get("parser-over"),
+        parser=parser,
+        info=info,
         rateLimit=rateLimit,
         accountRateLimit=accountRateLimit,
     )

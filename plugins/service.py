@@ -79,8 +79,7 @@ def optionsFor(declaration: ServiceDeclaration) -> type[ServiceOptions]:
             "stores": stores,
             "optParameters": own,
             "optFlags": [list(row) for row in declaration.flags],
-            "longdesc": f"Run one replica of the {declaration.name} service:"
-            f" {declaration.summary}",
+            "longdesc": f"Run one replica of the {declaration.name} service: {declaration.summary}",
         },
     )
 

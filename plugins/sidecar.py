@@ -11,7 +11,6 @@ from typing import Any
 from twisted.python import usage
 
 
-
 class Options(usage.Options):
     synopsis = "--for SERVICE --identity PATH --trust PATH --forward unix:PATH [options]"
     longdesc = (
@@ -62,10 +61,9 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        from txplatform.catalogue import CatalogueError, installedServices
         from txplatform.channel.identity import IdentityError, readIdentity, readTrust
         from txplatform.direct.addresses import AddressBook, AddressError, parseDirectURL
-
-        from txplatform.catalogue import CatalogueError, installedServices
 
         try:
             catalogue = installedServices()

@@ -85,9 +85,7 @@ class CatalogueTests(SynchronousTestCase):
         gateways' id, cannot be in one catalogue.
         """
         a = declaration("likes", "020001")
-        error = self.assertRaises(
-            CatalogueError, Catalogue, [a, declaration("likes", "020002")]
-        )
+        error = self.assertRaises(CatalogueError, Catalogue, [a, declaration("likes", "020002")])
         self.assertEqual(str(error), "two services are named 'likes'")
         error = self.assertRaises(
             CatalogueError,
@@ -100,9 +98,7 @@ class CatalogueTests(SynchronousTestCase):
             "services 'likes' (from likes 1.0) and 'stars' (from stars 2.0) both claim the id"
             " 020001",
         )
-        error = self.assertRaises(
-            CatalogueError, Catalogue, [declaration("likes", GATEWAY_ID.hex)]
-        )
+        error = self.assertRaises(CatalogueError, Catalogue, [declaration("likes", GATEWAY_ID.hex)])
         self.assertIn("the gateways'", str(error))
 
     def test_lookups(self) -> None:
@@ -117,9 +113,7 @@ class CatalogueTests(SynchronousTestCase):
         self.assertIn("stars", catalogue)
         self.assertEqual(catalogue.get("stars").serviceId.hex, "020002")
         error = self.assertRaises(KeyError, catalogue.get, "bookmarks")
-        self.assertEqual(
-            error.args[0], "no service is named 'bookmarks' (installed: likes, stars)"
-        )
+        self.assertEqual(error.args[0], "no service is named 'bookmarks' (installed: likes, stars)")
         self.assertEqual(catalogue.registry().idFor("gateway"), GATEWAY_ID)
         self.assertEqual(catalogue.only(["stars"]).names(), ["stars"])
         self.assertRaises(KeyError, catalogue.only, ["bookmarks"])
@@ -189,7 +183,9 @@ class EntryPointTests(SynchronousTestCase):
         distribution installed it.
         """
         self.install(
-            "likes-pkg", "likes_a", self.DECLARE.format(name="likes", hex="020001"),
+            "likes-pkg",
+            "likes_a",
+            self.DECLARE.format(name="likes", hex="020001"),
             {"likes": "likes_a:declaration"},
         )
         catalogue = self.catalogue()
@@ -202,11 +198,15 @@ class EntryPointTests(SynchronousTestCase):
         both.
         """
         self.install(
-            "likes-pkg", "likes_b", self.DECLARE.format(name="likes", hex="020001"),
+            "likes-pkg",
+            "likes_b",
+            self.DECLARE.format(name="likes", hex="020001"),
             {"likes": "likes_b:declaration"},
         )
         self.install(
-            "stars-pkg", "stars_b", self.DECLARE.format(name="stars", hex="020001"),
+            "stars-pkg",
+            "stars_b",
+            self.DECLARE.format(name="stars", hex="020001"),
             {"stars": "stars_b:declaration"},
         )
         error = self.assertRaises(CatalogueError, self.catalogue)
@@ -222,7 +222,9 @@ class EntryPointTests(SynchronousTestCase):
         """
         for dist, module in [("likes-pkg", "likes_c"), ("other-likes", "likes_d")]:
             self.install(
-                dist, module, self.DECLARE.format(name="likes", hex="020001"),
+                dist,
+                module,
+                self.DECLARE.format(name="likes", hex="020001"),
                 {"likes": f"{module}:declaration"},
             )
         error = self.assertRaises(CatalogueError, self.catalogue)
@@ -236,8 +238,12 @@ class EntryPointTests(SynchronousTestCase):
         declaration, or a declaration of another name, is refused with the
         distribution's name and the reason.
         """
-        self.install("broken-pkg", "broken_e", "raise ImportError('no such thing')\n",
-                     {"broken": "broken_e:declaration"})
+        self.install(
+            "broken-pkg",
+            "broken_e",
+            "raise ImportError('no such thing')\n",
+            {"broken": "broken_e:declaration"},
+        )
         error = self.assertRaises(CatalogueError, self.catalogue)
         self.assertIn("'broken' from broken-pkg 1.0 cannot be loaded", str(error))
         self.assertIn("ImportError: no such thing", str(error))
@@ -249,7 +255,9 @@ class EntryPointTests(SynchronousTestCase):
 
     def test_misnamed(self) -> None:
         self.install(
-            "likes-pkg", "likes_g", self.DECLARE.format(name="likes", hex="020001"),
+            "likes-pkg",
+            "likes_g",
+            self.DECLARE.format(name="likes", hex="020001"),
             {"stars": "likes_g:declaration"},
         )
         error = self.assertRaises(CatalogueError, self.catalogue)

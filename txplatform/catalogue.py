@@ -109,8 +109,8 @@ class ServiceDeclaration:
     @ivar build: Makes the service from L{ServiceParts}; by default its
         class called as C{Class(bus, database, reactor, fields)} if it
         stores, C{Class(bus, reactor)} if not.
-    @ivar routes: Where its HTTP operations are, as C{"module:attribute"}
-        (for the gateway), if it has any.
+    @ivar routes: Where the class of its HTTP operations is (see
+        L{txplatform.routes}), as C{"module:Class"}, if it has any.
     @ivar events: The events it publishes.
     """
 
@@ -139,6 +139,17 @@ class ServiceDeclaration:
         from .service import DatabaseService
 
         return issubclass(self.serviceClass(), DatabaseService)
+
+    def routeClass(self) -> type:
+        """
+        The class of its HTTP operations, imported now; the gateway makes
+        one with L{txplatform.routes.RouteParts}.
+
+        @raise LookupError: It has none.
+        """
+        if self.routes is None:
+            raise LookupError(f"the {self.name} service has no HTTP operations")
+        return _resolve(self.routes)
 
     def make(self, parts: ServiceParts) -> Any:
         """

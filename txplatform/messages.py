@@ -30,6 +30,11 @@ __all__ = [
     "toPayload",
     "fieldSchemas",
     "jsonSchema",
+    "RECORD_ID",
+    "recordIdField",
+    "limitField",
+    "cursorField",
+    "PageQuery",
 ]
 
 T = TypeVar("T")
@@ -342,3 +347,47 @@ def jsonSchema(cls: type) -> dict[str, Any]:
     if required:
         schema["required"] = required
     return schema
+
+
+# Fields many services' messages share: declared once, here.
+
+#: The pattern of record ids (L{txplatform.recordid}).
+RECORD_ID = "[0-9a-hjkmnp-tv-z]{26}"
+
+
+def recordIdField(what: str = "a record", **kwargs: Any) -> Any:
+    """
+    The id of a record (C{what}: which, for messages and the schema).
+    """
+    return string(
+        pattern=RECORD_ID, hint=f"the id of {what}", description=f"The id of {what}.", **kwargs
+    )
+
+
+def limitField(maximum: int = 100, default: int = 20) -> Any:
+    """
+    The size of a page of a listing.
+    """
+    return integer(minimum=1, maximum=maximum, default=default, description="Page size.")
+
+
+def cursorField() -> Any:
+    """
+    Where a page of a listing starts: the C{next} of the page before.
+    """
+    return string(
+        minLength=1,
+        maxLength=512,
+        default=None,
+        description="Opaque: the `next` of the previous page.",
+    )
+
+
+@message
+class PageQuery:
+    """
+    The query of a listing: C{?limit=&cursor=}.
+    """
+
+    limit: int = limitField()
+    cursor: str | None = cursorField()

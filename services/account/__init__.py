@@ -58,6 +58,7 @@ declaration = ServiceDeclaration(
     name=api.SERVICE_NAME,
     serviceId=api.SERVICE_ID,
     service="txplatform_services.account.service:AccountService",
+    routes="txplatform_services.account.routes:AccountRoutes",
     summary="Accounts, login sessions and follows.",
     options=[
         ["session-lifetime", None, 24 * 3600.0, "Seconds a login session lasts.", float],

@@ -5,7 +5,17 @@ take, and the events it publishes.  Callers import this module only.
 
 from __future__ import annotations
 
-from txplatform.messages import integer, message, string, stringList
+import re
+
+from txplatform.errors import NotFound
+from txplatform.messages import (
+    RECORD_ID,
+    cursorField,
+    limitField,
+    message,
+    string,
+    stringList,
+)
 from txplatform.serviceid import ServiceId
 
 SERVICE_NAME = "account"
@@ -17,7 +27,21 @@ ACCOUNT_DELETED = "account.deleted"
 ACCOUNT_FOLLOWED = "account.followed"
 ACCOUNT_UNFOLLOWED = "account.unfollowed"
 
-_RECORD_ID = "[0-9a-hjkmnp-tv-z]{26}"
+
+_USERNAME = re.compile(r"^[a-z0-9_]{3,32}\Z")
+
+
+def usernameFromPath(username: str) -> str:
+    """
+    A username from a URL path: they match case-insensitively, and one that
+    cannot exist is simply not found.
+
+    @raise NotFound: No account can have that name.
+    """
+    username = username.lower()
+    if not _USERNAME.match(username):
+        raise NotFound(f"no account is named {username!r}")
+    return username
 
 
 def usernameField(**kwargs):
@@ -56,20 +80,7 @@ def displayNameField(**kwargs):
 
 
 def accountIdField(**kwargs):
-    return string(pattern=_RECORD_ID, hint="an account id", description="An account id.", **kwargs)
-
-
-def limitField(maximum: int = 100, default: int = 20):
-    return integer(minimum=1, maximum=maximum, default=default, description="Page size.")
-
-
-def cursorField():
-    return string(
-        minLength=1,
-        maxLength=512,
-        default=None,
-        description="Opaque: the `next` of the previous page.",
-    )
+    return string(pattern=RECORD_ID, hint="an account id", description="An account id.", **kwargs)
 
 
 # Methods

@@ -12,6 +12,7 @@ declaration = ServiceDeclaration(
     name=api.SERVICE_NAME,
     serviceId=api.SERVICE_ID,
     service="txplatform_services.notify.service:NotifyService",
+    routes="txplatform_services.notify.routes:NotifyRoutes",
     summary="Notifications for mentions and followed authors.",
     events=[api.NOTIFICATION_CREATED],
 )

@@ -4,10 +4,10 @@ The Notify service's contract.
 
 from __future__ import annotations
 
-from txplatform.messages import boolean, message, string
+from txplatform.messages import boolean, cursorField, limitField, message, string
 from txplatform.serviceid import ServiceId
 
-from ..account.api import accountIdField, cursorField, limitField
+from ..account.api import accountIdField
 
 SERVICE_NAME = "notify"
 SERVICE_ID = ServiceId.fromHex("010003")

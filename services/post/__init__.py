@@ -31,6 +31,7 @@ declaration = ServiceDeclaration(
     name=api.SERVICE_NAME,
     serviceId=api.SERVICE_ID,
     service="txplatform_services.post.service:PostService",
+    routes="txplatform_services.post.routes:PostRoutes",
     summary="Create, read, list and delete posts.",
     options=[
         [

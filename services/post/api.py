@@ -4,10 +4,10 @@ The Post service's contract: identifier, messages and events.
 
 from __future__ import annotations
 
-from txplatform.messages import integer, message, string
+from txplatform.messages import cursorField, integer, limitField, message, string
 from txplatform.serviceid import ServiceId
 
-from ..account.api import accountIdField, cursorField, limitField, usernameField
+from ..account.api import accountIdField, usernameField
 
 SERVICE_NAME = "post"
 SERVICE_ID = ServiceId.fromHex("010002")

@@ -18,14 +18,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from txplatform_services.account import api
-from txplatform_services.account.service import AccountService
 from txplatform.crypto.cli import run
 from txplatform.crypto.codecs import SealedFieldCodec
 from txplatform.crypto.keyfile import keyringFromSource, newKeyFile, readKeySource, writeKeyFile
 from txplatform.crypto.sealing import Sealer
 from txplatform.database import databaseFromURL
 from txplatform.localbus import LocalBus
+from txplatform_services.account import api
+from txplatform_services.account.service import AccountService
 
 from ..services.harness import ShiftedClock, cheapPasswords
 from ..support import POSTGRES_URL, newPostgresSchema

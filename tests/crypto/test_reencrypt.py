@@ -12,8 +12,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.python.components import proxyForInterface
 
-from txplatform_services.account import api
-from txplatform_services.account.service import AccountService
 from txplatform.crypto.codecs import SealedFieldCodec
 from txplatform.crypto.keyring import Keyring, MasterKey
 from txplatform.crypto.reencrypt import Reencryption, TableProgress, versionCounts
@@ -21,6 +19,8 @@ from txplatform.crypto.sealing import Sealer
 from txplatform.errors import Conflict
 from txplatform.fields import CorruptField, SealedTable
 from txplatform.interfaces import IDatabase, ITransaction
+from txplatform_services.account import api
+from txplatform_services.account.service import AccountService
 
 from ..services.harness import ServiceTestCase
 from ..support import PostgresMixin, SQLiteMixin

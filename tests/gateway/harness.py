@@ -114,7 +114,9 @@ class PlatformTestCase(ServiceTestCase):
             trustedProxies=self.trustedProxies,
             heartbeat=self.heartbeat,
             parserOver=self.parserOver,
+            parser=ParserService.serviceId if self.parserOver is not None else None,
         )
+        self.streams = self.gateway.routeObjects["the notify service"].streams
         self.port = reactor.listenTCP(0, self.gateway.site(), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         pool = HTTPConnectionPool(reactor, persistent=False)

@@ -13,10 +13,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from txplatform_gateway import Gateway
-from txplatform_gateway.admission import Admission, BusyMonitor
 from txplatform.context import Priority
 from txplatform.errors import NotFound
+from txplatform_gateway import Gateway
+from txplatform_gateway.admission import Admission, BusyMonitor
 
 from ..support import eventually
 
@@ -210,13 +210,11 @@ class ShedDelayTests(SynchronousTestCase):
         later than half as long again, spread over that span: a flood
         refused at once does not come back at once.
         """
-        from twisted.web.test.requesthelper import DummyRequest
-
         clock = Clock()
         gateway = Gateway(StubBus(), clock, shedDelay=1.0)  # type: ignore[arg-type]
         answered: list[float] = []
         for _ in range(50):
-            d = gateway._shed(DummyRequest([b""]))
+            d = gateway._shed(serverRequest())
             d.addCallback(lambda body: answered.append(clock.seconds()))
         for _ in range(160):
             clock.advance(0.01)
@@ -230,15 +228,29 @@ class ShedDelayTests(SynchronousTestCase):
         """
         A client that leaves before its 503 leaves no timer behind.
         """
-        from twisted.web.test.requesthelper import DummyRequest
-
         clock = Clock()
         gateway = Gateway(StubBus(), clock, shedDelay=1.0)  # type: ignore[arg-type]
-        request = DummyRequest([b""])
+        request = serverRequest()
         gateway._shed(request).addErrback(lambda f: None)
         self.assertEqual(len(clock.getDelayedCalls()), 1)
-        request.processingFailed(Exception("connection lost"))
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        request.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+def serverRequest() -> Any:
+    """
+    A request as twisted.web makes them (the gateway keeps its state on it
+    as a component), over no connection.
+    """
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    request = Request(DummyChannel())
+    request.method, request.path, request.uri = b"GET", b"/v1/posts", b"/v1/posts"
+    return request
 
 
 class StubBus:

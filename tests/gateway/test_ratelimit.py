@@ -12,6 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txplatform.localbus import LocalBus
 from txplatform_gateway.openapi import openapiDocument
 from txplatform_gateway.ratelimit import (
     USAGE_EVENT,
@@ -20,7 +21,6 @@ from txplatform_gateway.ratelimit import (
     addressKey,
     parseRateLimit,
 )
-from txplatform.localbus import LocalBus
 
 from ..support import SQLiteMixin
 from .harness import OpenAPIChecker, PlatformTestCase

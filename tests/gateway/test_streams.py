@@ -102,7 +102,7 @@ class StreamTestCase(SQLiteMixin, PlatformTestCase):
         reply = yield self.request("DELETE", "/v1/sessions/current", token=self.tokens["bob"])
         self.assertEqual(reply.status, 204)
         yield stream.ended
-        yield eventually(lambda: len(self.gateway.streams) == 0)
+        yield eventually(lambda: len(self.streams) == 0)
 
     def post(self, who: str, body: str) -> Any:
         return self.request("POST", "/v1/posts", json={"body": body}, token=self.tokens[who])
@@ -148,7 +148,7 @@ class StreamTests(StreamTestCase):
         yield eventually(lambda: stream.events, timeout=10)
         first = stream.ids[0]
         yield self.close(stream)
-        yield eventually(lambda: len(self.gateway.streams) == 0)
+        yield eventually(lambda: len(self.streams) == 0)
         for text in ("two @bob", "three @bob"):
             yield self.post("alice", text)
         yield eventually(
@@ -179,9 +179,9 @@ class StreamTests(StreamTestCase):
         stops.
         """
         stream = yield self.open("bob")
-        yield eventually(lambda: len(self.gateway.streams) == 1)
+        yield eventually(lambda: len(self.streams) == 1)
         yield self.close(stream)
-        yield eventually(lambda: len(self.gateway.streams) == 0)
+        yield eventually(lambda: len(self.streams) == 0)
         self.assertEqual(self.gateway.admission.inFlight, 0)
 
     @inlineCallbacks

@@ -92,7 +92,11 @@ class InstalledLaterTests(TestCase):
         if path is not None:
             env["PYTHONPATH"] = path
         return subprocess.run(
-            [self.twistd, *args], cwd=self.elsewhere, env=env, capture_output=True, text=True,
+            [self.twistd, *args],
+            cwd=self.elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
             timeout=60,
         )
 
@@ -108,10 +112,12 @@ class InstalledLaterTests(TestCase):
         with open(os.path.join(info, "METADATA"), "w") as f:
             f.write(f"Metadata-Version: 2.1\nName: {name}-pkg\nVersion: 1.0\n")
         with open(os.path.join(info, "entry_points.txt"), "w") as f:
-            f.write(textwrap.dedent(f"""\
+            f.write(
+                textwrap.dedent(f"""\
                 [txplatform.services]
                 {name} = {name}_declared:declaration
-            """))
+            """)
+            )
         return directory
 
     def test_listedAtOnce(self) -> None:
@@ -132,7 +138,10 @@ class InstalledLaterTests(TestCase):
         before anything starts, with an error naming both packages.
         """
         result = self.twistdRun(
-            "-n", "txplatform", "--data-dir", os.path.abspath(self.mktemp()),
+            "-n",
+            "txplatform",
+            "--data-dir",
+            os.path.abspath(self.mktemp()),
             path=self.install("stars", "010001"),
         )
         self.assertNotEqual(result.returncode, 0)

@@ -381,9 +381,10 @@ class MakeServiceTests(SynchronousTestCase):
         service = allinone.makeService(options, reactor=MemoryReactorClock())
         names = [type(s).__name__ for s in service]
         self.assertEqual(names[3:6], ["LocalBus", "PostService", "AccountService"])
-        self.assertEqual(sorted(os.listdir(os.path.join(dataDir, "keys"))), [
-            "account.json", "bus.json", "post.json"
-        ])
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(dataDir, "keys"))),
+            ["account.json", "bus.json", "post.json"],
+        )
         for child in service:
             if hasattr(child, "database"):
                 self.addCleanup(child.database.close)

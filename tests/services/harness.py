@@ -12,13 +12,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from txplatform.context import EventContext
+from txplatform.crypto.keys import Keys
+from txplatform.localbus import LocalBus
 from txplatform_services.account.passwords import Argon2Parameters, PasswordHasher
 from txplatform_services.account.service import AccountService
 from txplatform_services.notify.service import NotifyService
 from txplatform_services.post.service import PostService
-from txplatform.context import EventContext
-from txplatform.crypto.keys import Keys
-from txplatform.localbus import LocalBus
 
 from ..support import eventually, keyFiles
 

@@ -8,11 +8,11 @@ from typing import Any
 from argon2 import extract_parameters
 from twisted.internet.defer import DeferredList, inlineCallbacks
 
+from txplatform.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from txplatform.recordid import isRecordId
 from txplatform_services.account import api
 from txplatform_services.account.passwords import Argon2Parameters, PasswordHasher
 from txplatform_services.account.service import hashToken
-from txplatform.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from txplatform.recordid import isRecordId
 
 from ..support import PostgresMixin, SQLiteMixin, eventually
 from .harness import ServiceTestCase, deliver

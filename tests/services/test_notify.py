@@ -7,10 +7,10 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
+from txplatform.errors import InvalidArgument, NotFound, Unavailable
 from txplatform_services.account import api as account
 from txplatform_services.notify import api
 from txplatform_services.post import api as post
-from txplatform.errors import InvalidArgument, NotFound, Unavailable
 
 from ..support import PostgresMixin, SQLiteMixin, eventually
 from .harness import ServiceTestCase

@@ -16,9 +16,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from txplatform_gateway.bodies import bodyMessages, decodeBody
-from txplatform_services.parser import api
-from txplatform_services.parser.service import ParserService
+from txplatform.bodies import decodeBody
+from txplatform.catalogue import installedServices
 from txplatform.context import CallContext
 from txplatform.errors import (
     InvalidArgument,
@@ -29,7 +28,11 @@ from txplatform.errors import (
     errorToWire,
 )
 from txplatform.localbus import LocalBus
-from txplatform.messages import toPayload
+from txplatform.messages import jsonSchema, toPayload
+from txplatform_gateway import Gateway
+from txplatform_gateway.openapi import openapiDocument
+from txplatform_services.parser import api
+from txplatform_services.parser.service import ParserService, installedBodyTypes
 
 from .harness import ServiceTestCase
 
@@ -87,14 +90,14 @@ class ParserServiceTests(SynchronousTestCase):
         return result["message"]
 
     @settings(max_examples=300, deadline=None)
-    @given(st.sampled_from(sorted(bodyMessages())), _TEXT)
+    @given(st.sampled_from(sorted(installedBodyTypes(installedServices()))), _TEXT)
     def test_sameAsTheGateway(self, operation: str, text: str) -> None:
         """
         For any body and any operation, the service gives what the gateway
         would have: the same message, or the same error (code, message,
         fields).
         """
-        messageType = bodyMessages()[operation]
+        messageType = installedBodyTypes(installedServices())[operation]
         local = outcome(lambda: toPayload(decodeBody(text.encode("utf-8"), messageType)))
         remote = outcome(lambda: self.viaService(operation, text))
         self.assertEqual(remote, local)
@@ -149,3 +152,26 @@ class ParserOverTheBusTests(ServiceTestCase):
             lambda f: [f]
         )
         self.assertIsInstance(failed[0].value, MalformedJSON)
+
+
+class CatalogueTests(SynchronousTestCase):
+    def test_sameAsOpenAPI(self) -> None:
+        """
+        The parser checks each operation's body against exactly the schema
+        the OpenAPI document publishes for it, under its operationId.
+        """
+        document = openapiDocument(Gateway(LocalBus(Clock()), Clock()))
+        published = {}
+        for operations in document["paths"].values():
+            for entry in operations.values():
+                if "requestBody" in entry:
+                    schema = entry["requestBody"]["content"]["application/json"]["schema"]
+                    published[entry["operationId"]] = schema
+        self.assertEqual(
+            {
+                name: jsonSchema(cls)
+                for name, cls in installedBodyTypes(installedServices()).items()
+            },
+            published,
+        )
+        self.assertEqual(len(published), 5)

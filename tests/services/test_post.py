@@ -6,12 +6,12 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 
-from txplatform_services.account import api as account
-from txplatform_services.post import api
-from txplatform_services.post.service import PostService
 from txplatform.database import PostgresDatabase, SQLiteDatabase
 from txplatform.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from txplatform.recordid import isRecordId
+from txplatform_services.account import api as account
+from txplatform_services.post import api
+from txplatform_services.post.service import PostService
 
 from ..support import POSTGRES_URL, PostgresMixin, SQLiteMixin, eventually
 from .harness import ServiceTestCase, deliver

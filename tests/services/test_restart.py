@@ -11,15 +11,15 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from txplatform.database import SQLiteDatabase
+from txplatform.localbus import LocalBus
+from txplatform.recordid import newRecordId, recordIdTime
 from txplatform_plugins._lifecycle import ReadinessGate
 from txplatform_services.account.service import AccountService
 from txplatform_services.notify import api as notify
 from txplatform_services.notify.service import NotifyService
 from txplatform_services.post.service import PostService
 from txplatform_services.post.store import PostRow
-from txplatform.database import SQLiteDatabase
-from txplatform.localbus import LocalBus
-from txplatform.recordid import newRecordId, recordIdTime
 
 from ..support import eventually
 from .harness import cheapPasswords

@@ -10,9 +10,9 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
+from txplatform.errors import ResourceExhausted, Unauthenticated
 from txplatform_services.account import api
 from txplatform_services.account.throttle import TABLE
-from txplatform.errors import ResourceExhausted, Unauthenticated
 
 from ..support import PostgresMixin, SQLiteMixin
 from .harness import ServiceTestCase

@@ -54,6 +54,7 @@ def installedGroups() -> list[str]:
                 groups.append(group)
     return groups
 
+
 _OURS = (
     "x-error",
     "x-attempts",

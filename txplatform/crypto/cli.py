@@ -66,7 +66,9 @@ def parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="write a new key file (mode 0600)")
     init.add_argument("path")
-    init.add_argument("--name", required=True, help="bus, or the name of the service whose data the keys encrypt")
+    init.add_argument(
+        "--name", required=True, help="bus, or the name of the service whose data the keys encrypt"
+    )
     init.add_argument("--period", type=float, default=3600.0, help="epoch length, seconds")
     init.add_argument(
         "--max-age",

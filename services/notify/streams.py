@@ -27,13 +27,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from txplatform_services.account import api as account
-from txplatform_services.notify import api as notify
 from txplatform.catalogue import GATEWAY_ID
 from txplatform.context import Origin, Priority
 from txplatform.errors import ServiceError, Unauthenticated
 from txplatform.interfaces import IBus
 from txplatform.once import Once
+
+from ..account import api as account
+from . import api as notify
 
 __all__ = ["NotificationStreams"]
 

@@ -1,25 +1,22 @@
-# -*- test-case-name: tests.gateway.test_bodies -*-
+# -*- test-case-name: tests.test_bodies -*-
 """
 Request bodies: from bytes to a checked message.
 
-The gateway decodes small bodies itself and hands larger ones to the parser
-service (L{txplatform_services.parser}); both run L{decodeBody}, against the message
-classes the OpenAPI document publishes (L{bodyMessages}), so a client gets
-the same answer whichever did the work.
+The gateway decodes small bodies itself and may hand larger ones to a
+parser pool; both run L{decodeBody}, against the message classes the routes
+declare (L{txplatform.routes.bodyTypes}), so a client gets the same answer
+whichever did the work.
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Any, TypeVar
 
-from txplatform.errors import MalformedJSON
-from txplatform.messages import fromPayload
+from .errors import MalformedJSON
+from .messages import fromPayload
 
-from .operations import operationOf
-
-__all__ = ["decodeBody", "decodeJSON", "bodyMessages"]
+__all__ = ["decodeBody", "decodeJSON"]
 
 T = TypeVar("T")
 
@@ -60,19 +57,3 @@ def decodeBody(raw: bytes | str, messageType: type[T]) -> T:
         and why).
     """
     return fromPayload(messageType, decodeJSON(raw))
-
-
-@lru_cache(maxsize=None)
-def bodyMessages() -> dict[str, type]:
-    """
-    The message class of each gateway operation that takes a body, by its
-    OpenAPI C{operationId}: the names parse calls use.
-    """
-    from .app import Gateway
-
-    found = {}
-    for rule in Gateway.app.url_map.iter_rules():
-        op = operationOf(Gateway.app.endpoints[rule.endpoint])
-        if op is not None and op.body is not None:
-            found[rule.endpoint] = op.body
-    return found
