@@ -44,7 +44,7 @@ from txplatform.errors import (
     Unauthenticated,
 )
 from txplatform.interfaces import IBus
-from txplatform.messages import fromPayload, fromQuery, toPayload
+from txplatform.messages import fromPayload, fromQuery, requestOf, toPayload
 from txplatform.routes import (
     IAuthenticator,
     IExchange,
@@ -125,8 +125,17 @@ class Exchange:
         return self._gateway.clientAddress(self.request)
 
     def call(
-        self, service: ServiceId, method: str, payload: Any, idempotent: bool | None = None
+        self,
+        service: Any,
+        method: str | None = None,
+        payload: Any = None,
+        idempotent: bool | None = None,
     ) -> Any:
+        if method is None:
+            spec = requestOf(service)
+            if spec is None:
+                raise TypeError(f"{type(service).__name__} is not a request message")
+            service, method, payload = spec.service, spec.method, service
         if not isinstance(payload, dict):
             payload = toPayload(payload)
         if idempotent is None:

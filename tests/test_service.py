@@ -11,8 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from txplatform.context import Origin, Priority
 from txplatform.errors import InvalidArgument, NotFound
 from txplatform.localbus import LocalBus
-from txplatform.messages import message, string
-from txplatform.service import BusService, handles, rpc
+from txplatform.messages import RequestSpec, message, request, requestOf, string
+from txplatform.service import BusService, callRequest, handles, rpc
 from txplatform.serviceid import ServiceId
 
 OTHER = ServiceId.fromHex("0000b2")
@@ -238,3 +238,64 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(self.service.cleaned, 1)
         self.assertEqual(self.successResultOf(d), {"late": True})
+
+
+ECHO_ID = ServiceId.fromHex("0000e1")
+
+
+@request(ECHO_ID, "echo")
+class Echo:
+    text: str = string(maxLength=20)
+
+
+class Echoer(BusService):
+    name = "echoer"
+    serviceId = ECHO_ID
+
+    @rpc(Echo)
+    def answer(self, request: Echo, context: Any) -> Any:
+        return {"text": request.text}
+
+
+class Asker(BusService):
+    name = "asker"
+    serviceId = ServiceId.fromHex("0000e2")
+
+
+class TypedCallTests(SynchronousTestCase):
+    """
+    Calls made with a request message (L{txplatform.messages.request}).
+    """
+
+    def test_methodFromRequest(self) -> None:
+        """
+        A method serving a request message is named by the request's
+        declaration, whatever the function is called; naming it otherwise
+        is refused.
+        """
+        self.assertEqual(list(Echoer.rpcMethods()), ["echo"])
+        self.assertEqual(requestOf(Echo(text="x")), RequestSpec(ECHO_ID, "echo"))
+        self.assertIsNone(requestOf(Hello))
+        self.assertRaises(ValueError, rpc, Echo, name="shout")
+
+    def test_call(self) -> None:
+        """
+        A service calls another with the request message alone; the bus
+        gets the method and the payload it stands for.
+        """
+        clock = Clock()
+        bus = LocalBus(clock)
+        bus.startService()
+        echoer, asker = Echoer(bus, clock), Asker(bus, clock)
+        echoer.startService()
+        asker.startService()
+        self.addCleanup(echoer.stopService)
+        self.addCleanup(asker.stopService)
+        clock.advance(0)
+        d = asker.call(Echo(text="hello"))
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(d), {"text": "hello"})
+        d = callRequest(bus, Echo(text="again"))
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(d), {"text": "again"})
+        self.assertRaises(TypeError, asker.call, Hello(name="not a request"))

@@ -21,6 +21,9 @@ from .errors import InvalidArgument
 
 __all__ = [
     "message",
+    "request",
+    "requestOf",
+    "RequestSpec",
     "string",
     "integer",
     "boolean",
@@ -55,6 +58,46 @@ def message(cls: type[T]) -> type[T]:
     Make C{cls} a message: a frozen, keyword-only attrs class.
     """
     return frozen(kw_only=True)(cls)
+
+
+_REQUEST = "__txplatform_request__"
+
+
+@frozen
+class RequestSpec:
+    """
+    The method a request message is for.
+
+    @ivar service: The service's id (a L{txplatform.serviceid.ServiceId}).
+    @ivar method: The method's name on the bus.
+    """
+
+    service: Any
+    method: str
+
+
+def request(service: Any, method: str) -> Callable[[type[T]], type[T]]:
+    """
+    Make the decorated class a message, and the request of C{method} of
+    the service whose id is C{service}: callers then send an instance as it
+    is (C{BusService.call(GetProfile(username=...))}), and the service
+    serving it declares C{@rpc(GetProfile)}.
+    """
+
+    def decorator(cls: type[T]) -> type[T]:
+        made = message(cls)
+        setattr(made, _REQUEST, RequestSpec(service, method))
+        return made
+
+    return decorator
+
+
+def requestOf(value: Any) -> RequestSpec | None:
+    """
+    The method a request message (or its class) is for, if it is one.
+    """
+    cls = value if isinstance(value, type) else type(value)
+    return cls.__dict__.get(_REQUEST)
 
 
 @frozen

@@ -273,11 +273,20 @@ class IExchange(Interface):
         The client's address (behind trusted proxies, the one they name).
         """
 
-    def call(service: Any, method: str, payload: Any, idempotent: bool | None = None) -> Any:
+    def call(
+        request: Any,
+        method: str | None = None,
+        payload: Any = None,
+        idempotent: bool | None = None,
+    ) -> Any:
         """
         Call a service for this request: under its deadline, with its
         priority and its id as the trace id.  Calls made for GET requests
         are reads, which the bus may send again after a broken connection.
+
+        @param request: A request message (L{txplatform.messages.request}),
+            sent to the method it is for; or, with C{method} and
+            C{payload}, the id of the service to call.
 
         @return: A Deferred of the reply.
         """

@@ -48,7 +48,7 @@ from .database import Migration
 from .errors import InvalidArgument, MalformedMessage, ServiceError
 from .fields import PlainFieldCodec, SealedTable
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
-from .messages import fromPayload, toPayload
+from .messages import fromPayload, requestOf, toPayload
 from .outbox import Outbox
 from .replylog import ReplyLog
 from .serviceid import ServiceId
@@ -85,15 +85,24 @@ def rpc(
     checked before the method runs) and a L{CallContext}.  It returns a
     JSON-compatible value or a message, or a Deferred of one.
 
-    @param name: The method's name on the bus; the function's by default.
+    @param name: The method's name on the bus: by default the one
+        C{requestType} declares (L{txplatform.messages.request}), or the
+        function's.
     @param idempotent: C{False} for a method whose effect must not happen
         twice: it records its reply with L{DatabaseService.replies} in the
         transaction of its change, and a redelivered call gets the recorded
         reply instead of running again.
     """
 
+    declared = requestOf(requestType)
+    if declared is not None and name is not None and name != declared.method:
+        raise ValueError(
+            f"{requestType.__name__} is the request of {declared.method!r}, not {name!r}"
+        )
+
     def decorator(function: Callable) -> Callable:
-        spec = _RpcSpec(name or function.__name__, requestType, function, idempotent)
+        method = name or (declared.method if declared is not None else function.__name__)
+        spec = _RpcSpec(method, requestType, function, idempotent)
         setattr(function, _RPC, spec)
         return function
 
@@ -351,6 +360,26 @@ class BusService(Service):
 
         return handle
 
+    def call(
+        self,
+        request: Any,
+        context: CallContext | EventContext | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+        idempotent: bool = False,
+    ) -> Deferred[Any]:
+        """
+        Send C{request}, a request message (L{txplatform.messages.request}),
+        to the method it is for, on behalf of the message in C{context}
+        (see L{callService}).
+        """
+        spec = requestOf(request)
+        if spec is None:
+            raise TypeError(f"{type(request).__name__} is not a request message")
+        return self.callService(
+            spec.service, spec.method, request, context, timeout, priority, idempotent
+        )
+
     def callService(
         self,
         service: ServiceId,
@@ -379,6 +408,19 @@ class BusService(Service):
             origin=origin,
             idempotent=idempotent,
         )
+
+
+def callRequest(bus: IBus, request: Any, **kwargs: Any) -> Deferred[Any]:
+    """
+    Send C{request}, a request message (L{txplatform.messages.request}), on
+    C{bus} to the method it is for; C{kwargs} go to L{IBus.call}.
+
+    @raise TypeError: It is not a request message.
+    """
+    spec = requestOf(request)
+    if spec is None:
+        raise TypeError(f"{type(request).__name__} is not a request message")
+    return bus.call(spec.service, spec.method, toPayload(request), **kwargs)
 
 
 def _asPayload(result: Any) -> Any:

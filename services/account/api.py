@@ -13,6 +13,7 @@ from txplatform.messages import (
     cursorField,
     limitField,
     message,
+    request,
     string,
     stringList,
 )
@@ -86,7 +87,7 @@ def accountIdField(**kwargs):
 # Methods
 
 
-@message
+@request(SERVICE_ID, "register")
 class Register:
     username: str = usernameField()
     email: str = emailField()
@@ -94,22 +95,22 @@ class Register:
     display_name: str | None = displayNameField(default=None)
 
 
-@message
+@request(SERVICE_ID, "get_profile")
 class GetProfile:
     username: str = usernameLookupField()
 
 
-@message
+@request(SERVICE_ID, "get_account")
 class GetAccount:
     account_id: str = accountIdField()
 
 
-@message
+@request(SERVICE_ID, "resolve_usernames")
 class ResolveUsernames:
     usernames: tuple[str, ...] = stringList(usernameLookupField(), maxItems=1000)
 
 
-@message
+@request(SERVICE_ID, "update_account")
 class UpdateAccount:
     account_id: str = accountIdField()
     session_id: str | None = string(maxLength=64, default=None)
@@ -119,7 +120,7 @@ class UpdateAccount:
     current_password: str | None = string(minLength=1, maxLength=1024, default=None)
 
 
-@message
+@request(SERVICE_ID, "delete_account")
 class DeleteAccount:
     account_id: str = accountIdField()
     password: str = string(minLength=1, maxLength=1024)
@@ -131,7 +132,7 @@ class Login:
     password: str = string(minLength=1, maxLength=1024)
 
 
-@message
+@request(SERVICE_ID, "login")
 class LoginAttempt:
     """
     A login as the gateway sends it: with the client's address, which the
@@ -143,17 +144,17 @@ class LoginAttempt:
     client: str | None = string(maxLength=64, default=None)
 
 
-@message
+@request(SERVICE_ID, "logout")
 class Logout:
     session_id: str = string(minLength=1, maxLength=64)
 
 
-@message
+@request(SERVICE_ID, "verify_token")
 class VerifyToken:
     token: str = string(minLength=1, maxLength=256)
 
 
-@message
+@request(SERVICE_ID, "verify_session")
 class VerifySession:
     """
     Whether a session (by id) still holds: what a long-lived stream checks.
@@ -162,7 +163,7 @@ class VerifySession:
     session_id: str = string(minLength=1, maxLength=64)
 
 
-@message
+@request(SERVICE_ID, "issue_ticket")
 class IssueTicket:
     """
     A short-lived, single-use ticket standing for a session where a bearer
@@ -172,31 +173,31 @@ class IssueTicket:
     session_id: str = string(minLength=1, maxLength=64)
 
 
-@message
+@request(SERVICE_ID, "redeem_ticket")
 class RedeemTicket:
     ticket: str = string(minLength=1, maxLength=256)
 
 
-@message
+@request(SERVICE_ID, "follow")
 class Follow:
     account_id: str = accountIdField()
     username: str = usernameLookupField()
 
 
-@message
+@request(SERVICE_ID, "unfollow")
 class Unfollow:
     account_id: str = accountIdField()
     username: str = usernameLookupField()
 
 
-@message
+@request(SERVICE_ID, "list_following")
 class ListFollowing:
     account_id: str = accountIdField()
     limit: int = limitField()
     cursor: str | None = cursorField()
 
 
-@message
+@request(SERVICE_ID, "list_followers")
 class ListFollowers:
     account_id: str = accountIdField()
     limit: int = limitField(maximum=1000, default=500)

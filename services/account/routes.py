@@ -70,13 +70,13 @@ class AccountRoutes:
     # How the gateway knows who calls
 
     def authenticate(self, exchange: IExchange, token: str) -> Deferred[Principal]:
-        d = exchange.call(api.SERVICE_ID, "verify_token", {"token": token}, idempotent=True)
+        d = exchange.call(api.VerifyToken(token=token), idempotent=True)
         return d.addCallback(_principal)
 
     def redeem(self, exchange: IExchange, ticket: str) -> Deferred[Principal]:
         # Not idempotent: sent again after a lost reply, the ticket would be
         # refused as used; the client asks for another.
-        d = exchange.call(api.SERVICE_ID, "redeem_ticket", {"ticket": ticket}, idempotent=False)
+        d = exchange.call(api.RedeemTicket(ticket=ticket), idempotent=False)
         return d.addCallback(_principal)
 
     # Accounts
@@ -93,7 +93,7 @@ class AccountRoutes:
     )
     @inlineCallbacks
     def register(self, exchange: IExchange, body: api.Register) -> Any:
-        created = yield exchange.call(api.SERVICE_ID, "register", body)
+        created = yield exchange.call(body)
         exchange.request.setHeader("Location", f"/v1/accounts/{created['username']}")
         return created
 
@@ -107,9 +107,7 @@ class AccountRoutes:
         priority=Priority.LOW,
     )
     def profile(self, exchange: IExchange, username: str) -> Any:
-        return exchange.call(
-            api.SERVICE_ID, "get_profile", {"username": api.usernameFromPath(username)}
-        )
+        return exchange.call(api.GetProfile(username=api.usernameFromPath(username)))
 
     # The caller's own account
 
@@ -123,7 +121,7 @@ class AccountRoutes:
         errors=(404,),
     )
     def me(self, exchange: IExchange, principal: Principal) -> Any:
-        return exchange.call(api.SERVICE_ID, "get_account", {"account_id": principal.account_id})
+        return exchange.call(api.GetAccount(account_id=principal.account_id))
 
     @route(
         "PATCH",
@@ -139,8 +137,6 @@ class AccountRoutes:
     )
     def updateMe(self, exchange: IExchange, principal: Principal, body: UpdateMe) -> Any:
         return exchange.call(
-            api.SERVICE_ID,
-            "update_account",
             api.UpdateAccount(
                 account_id=principal.account_id,
                 session_id=principal.session_id,
@@ -163,9 +159,7 @@ class AccountRoutes:
     )
     def deleteMe(self, exchange: IExchange, principal: Principal, body: DeleteMe) -> Any:
         return exchange.call(
-            api.SERVICE_ID,
-            "delete_account",
-            {"account_id": principal.account_id, "password": body.password},
+            api.DeleteAccount(account_id=principal.account_id, password=body.password),
         )
 
     @route(
@@ -180,8 +174,6 @@ class AccountRoutes:
     )
     def following(self, exchange: IExchange, principal: Principal, query: PageQuery) -> Any:
         return exchange.call(
-            api.SERVICE_ID,
-            "list_following",
             api.ListFollowing(
                 account_id=principal.account_id, limit=query.limit, cursor=query.cursor
             ),
@@ -199,9 +191,7 @@ class AccountRoutes:
     )
     def follow(self, exchange: IExchange, principal: Principal, username: str) -> Any:
         return exchange.call(
-            api.SERVICE_ID,
-            "follow",
-            {"account_id": principal.account_id, "username": api.usernameFromPath(username)},
+            api.Follow(account_id=principal.account_id, username=api.usernameFromPath(username)),
         )
 
     @route(
@@ -215,9 +205,7 @@ class AccountRoutes:
     )
     def unfollow(self, exchange: IExchange, principal: Principal, username: str) -> Any:
         return exchange.call(
-            api.SERVICE_ID,
-            "unfollow",
-            {"account_id": principal.account_id, "username": api.usernameFromPath(username)},
+            api.Unfollow(account_id=principal.account_id, username=api.usernameFromPath(username)),
         )
 
     # Sessions
@@ -239,7 +227,7 @@ class AccountRoutes:
         attempt = api.LoginAttempt(
             username=body.username, password=body.password, client=exchange.clientAddress()
         )
-        session = yield exchange.call(api.SERVICE_ID, "login", attempt)
+        session = yield exchange.call(attempt)
         return {"token": session["token"], "expires_at": session["expires_at"]}
 
     @route(
@@ -252,4 +240,4 @@ class AccountRoutes:
         priority=Priority.HIGH,
     )
     def logout(self, exchange: IExchange, principal: Principal) -> Any:
-        return exchange.call(api.SERVICE_ID, "logout", {"session_id": principal.session_id})
+        return exchange.call(api.Logout(session_id=principal.session_id))

@@ -4,7 +4,7 @@ The Notify service's contract.
 
 from __future__ import annotations
 
-from txplatform.messages import boolean, cursorField, limitField, message, string
+from txplatform.messages import boolean, cursorField, limitField, request, string
 from txplatform.serviceid import ServiceId
 
 from ..account.api import accountIdField
@@ -31,7 +31,7 @@ def notificationIdField(**kwargs):
     )
 
 
-@message
+@request(SERVICE_ID, "list_notifications")
 class ListNotifications:
     account_id: str = accountIdField()
     unread: bool | None = boolean(
@@ -41,7 +41,7 @@ class ListNotifications:
     cursor: str | None = cursorField()
 
 
-@message
+@request(SERVICE_ID, "mark_read")
 class MarkRead:
     account_id: str = accountIdField()
     notification_id: str = notificationIdField()

@@ -72,8 +72,6 @@ class NotifyRoutes:
         self, exchange: IExchange, principal: Principal, query: NotificationQuery
     ) -> Any:
         return exchange.call(
-            api.SERVICE_ID,
-            "list_notifications",
             api.ListNotifications(
                 account_id=principal.account_id,
                 unread=query.unread,
@@ -93,12 +91,10 @@ class NotifyRoutes:
     )
     def markRead(self, exchange: IExchange, principal: Principal, notification_id: str) -> Any:
         return exchange.call(
-            api.SERVICE_ID,
-            "mark_read",
-            {
-                "account_id": principal.account_id,
-                "notification_id": pathRecordId(notification_id, "notification"),
-            },
+            api.MarkRead(
+                account_id=principal.account_id,
+                notification_id=pathRecordId(notification_id, "notification"),
+            ),
         )
 
     @route(
@@ -152,8 +148,6 @@ class NotifyRoutes:
     )
     def streamTicket(self, exchange: IExchange, principal: Principal) -> Any:
         return exchange.call(
-            account.SERVICE_ID,
-            "issue_ticket",
-            {"session_id": principal.session_id},
+            account.IssueTicket(session_id=principal.session_id),
             idempotent=False,
         )

@@ -66,10 +66,8 @@ class NotifyService(DatabaseService):
             name for name in mentionedUsernames(event.body) if name != event.author_username
         ]
         for start in range(0, len(mentioned), 1000):
-            found = yield self.callService(
-                account.SERVICE_ID,
-                "resolve_usernames",
-                {"usernames": mentioned[start : start + 1000]},
+            found = yield self.call(
+                account.ResolveUsernames(usernames=mentioned[start : start + 1000]),
                 context,
                 idempotent=True,
             )
@@ -77,11 +75,10 @@ class NotifyService(DatabaseService):
                 recipients.setdefault(entry["id"], api.MENTION)
         cursor = None
         while True:
-            request = {"account_id": event.author_id, "limit": 500}
-            if cursor is not None:
-                request["cursor"] = cursor
-            followers = yield self.callService(
-                account.SERVICE_ID, "list_followers", request, context, idempotent=True
+            followers = yield self.call(
+                account.ListFollowers(account_id=event.author_id, limit=500, cursor=cursor),
+                context,
+                idempotent=True,
             )
             for followerId in followers["items"]:
                 recipients.setdefault(followerId, api.FOLLOWED_POST)

@@ -32,6 +32,7 @@ from txplatform.context import Origin, Priority
 from txplatform.errors import ServiceError, Unauthenticated
 from txplatform.interfaces import IBus
 from txplatform.once import Once
+from txplatform.service import callRequest
 
 from ..account import api as account
 from . import api as notify
@@ -119,12 +120,11 @@ class _Stream:
         try:
             cursor = None
             for _ in range(_CATCH_UP_PAGES):
-                request: dict[str, Any] = {"account_id": self.accountId, "limit": 100}
-                if cursor is not None:
-                    request["cursor"] = cursor
-                page = yield self._streams.bus.call(
-                    notify.SERVICE_ID,
-                    "list_notifications",
+                request = notify.ListNotifications(
+                    account_id=self.accountId, limit=100, cursor=cursor
+                )
+                page = yield callRequest(
+                    self._streams.bus,
                     request,
                     priority=Priority.LOW,
                     origin=self._origin(),
@@ -153,10 +153,9 @@ class _Stream:
         A heartbeat, after checking that the session still holds.
         """
         try:
-            yield self._streams.bus.call(
-                account.SERVICE_ID,
-                "verify_session",
-                {"session_id": self._sessionId},
+            yield callRequest(
+                self._streams.bus,
+                account.VerifySession(session_id=self._sessionId),
                 priority=Priority.HIGH,
                 origin=self._origin(),
                 idempotent=True,

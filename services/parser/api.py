@@ -4,7 +4,7 @@ The Parser service's contract.
 
 from __future__ import annotations
 
-from txplatform.messages import message, string
+from txplatform.messages import request, string
 from txplatform.serviceid import ServiceId
 
 SERVICE_NAME = "parser"
@@ -14,7 +14,7 @@ SERVICE_ID = ServiceId.fromHex("010004")
 BODY_MAX = 8 * 1024 * 1024
 
 
-@message
+@request(SERVICE_ID, "parse")
 class ParseBody:
     """
     A request body as the client sent it (decoded from UTF-8, nothing else),

@@ -4,7 +4,7 @@ The Post service's contract: identifier, messages and events.
 
 from __future__ import annotations
 
-from txplatform.messages import cursorField, integer, limitField, message, string
+from txplatform.messages import cursorField, integer, limitField, message, request, string
 from txplatform.serviceid import ServiceId
 
 from ..account.api import accountIdField, usernameField
@@ -39,26 +39,26 @@ def postIdField(**kwargs):
     )
 
 
-@message
+@request(SERVICE_ID, "create_post")
 class CreatePost:
     author_id: str = accountIdField()
     author_username: str = usernameField()
     body: str = bodyField()
 
 
-@message
+@request(SERVICE_ID, "get_post")
 class GetPost:
     post_id: str = postIdField()
 
 
-@message
+@request(SERVICE_ID, "list_posts")
 class ListPosts:
     author_id: str = accountIdField()
     limit: int = limitField()
     cursor: str | None = cursorField()
 
 
-@message
+@request(SERVICE_ID, "delete_post")
 class DeletePost:
     post_id: str = postIdField()
     account_id: str = accountIdField()

@@ -53,8 +53,6 @@ class PostRoutes:
     @inlineCallbacks
     def createPost(self, exchange: IExchange, principal: Principal, body: NewPost) -> Any:
         created = yield exchange.call(
-            api.SERVICE_ID,
-            "create_post",
             api.CreatePost(
                 author_id=principal.account_id,
                 author_username=principal.username,
@@ -74,7 +72,7 @@ class PostRoutes:
         priority=Priority.LOW,
     )
     def readPost(self, exchange: IExchange, post_id: str) -> Any:
-        return exchange.call(api.SERVICE_ID, "get_post", {"post_id": pathRecordId(post_id, "post")})
+        return exchange.call(api.GetPost(post_id=pathRecordId(post_id, "post")))
 
     @route(
         "DELETE",
@@ -87,9 +85,7 @@ class PostRoutes:
     )
     def deletePost(self, exchange: IExchange, principal: Principal, post_id: str) -> Any:
         return exchange.call(
-            api.SERVICE_ID,
-            "delete_post",
-            {"post_id": pathRecordId(post_id, "post"), "account_id": principal.account_id},
+            api.DeletePost(post_id=pathRecordId(post_id, "post"), account_id=principal.account_id),
         )
 
     @route(
@@ -105,12 +101,10 @@ class PostRoutes:
     @inlineCallbacks
     def authorPosts(self, exchange: IExchange, username: str, query: PageQuery) -> Any:
         author = yield exchange.call(
-            account.SERVICE_ID, "get_profile", {"username": account.usernameFromPath(username)}
+            account.GetProfile(username=account.usernameFromPath(username))
         )
         return (
             yield exchange.call(
-                api.SERVICE_ID,
-                "list_posts",
                 api.ListPosts(author_id=author["id"], limit=query.limit, cursor=query.cursor),
             )
         )

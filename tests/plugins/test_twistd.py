@@ -248,9 +248,7 @@ class PackagingTests(TestCase):
         editable = any(f.name.startswith("__editable__") for f in files)
         if not editable:  # an editable install holds a path, not files
             plugins = {f.name for f in files if f.parts[:2] == ("twisted", "plugins")}
-            self.assertEqual(
-                {n for n in plugins if n.endswith(".py")}, {"txplatform_dropin.py"}
-            )
+            self.assertEqual({n for n in plugins if n.endswith(".py")}, {"txplatform_dropin.py"})
 
     def test_editable(self) -> None:
         """
