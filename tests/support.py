@@ -184,15 +184,10 @@ def keyFiles(directory: str, period: float = 3600.0) -> dict[str, str]:
     operator makes them with C{txplatform-keys init}: their paths by purpose.
     """
     from txplatform.catalogue import installedServices
-    from txplatform.crypto.keyfile import newKeyFile, writeKeyFile
+    from txplatform.testing import testKeyFiles
 
-    paths = {}
     storing = [d.name for d in installedServices() if d.stores()]
-    for purpose in ("bus", *storing):
-        paths[purpose] = os.path.join(directory, f"{purpose}.json")
-        if not os.path.exists(paths[purpose]):
-            writeKeyFile(paths[purpose], newKeyFile(purpose, period))
-    return paths
+    return testKeyFiles(directory, ["bus", *storing], period)
 
 
 def keyArguments(paths: dict[str, str], command: str) -> list[str]:

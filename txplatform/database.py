@@ -251,7 +251,12 @@ class SQLiteDatabase(_AdbapiDatabase):
     }
     _driverIntegrityError = sqlite3.IntegrityError
 
-    def __init__(self, path: str, reactor: Any = None) -> None:
+    def __init__(self, path: str, reactor: Any = None, threadpool: Any = None) -> None:
+        """
+        @param threadpool: Where the database work runs, instead of a
+            thread of its own (L{txplatform.testing} runs it in the
+            reactor's thread, when a test says).
+        """
         pool = adbapi.ConnectionPool(
             "sqlite3",
             path,
@@ -261,6 +266,8 @@ class SQLiteDatabase(_AdbapiDatabase):
             cp_openfun=self._configure,
             cp_reactor=reactor,
         )
+        if threadpool is not None:
+            pool.threadpool = threadpool
         super().__init__(pool, f"sqlite:{path}")
         self.path = path
 

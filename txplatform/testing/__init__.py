@@ -1,0 +1,32 @@
+"""
+Test helpers for services and buses built on txplatform, shipped with it
+(as C{treq.testing} is with treq): import them in your own tests.
+
+  - L{ServiceHarness}: your services (and others') on the in-process bus,
+    on a clock that moves only when the test says, their database work
+    run in the test's thread: tests are synchronous and deterministic.
+  - L{EventRecorder}: every event published.
+  - L{ServiceHarness.fake}: other services' methods answered by functions.
+  - L{testKeyFiles}: key files, as C{txplatform-keys init} makes them.
+
+The gateway's own helper, a client over a gateway without a port, is
+L{txplatform_gateway.testing.GatewayClient}.
+"""
+
+from .harness import (
+    EventRecorder,
+    HarnessReactor,
+    InlineThreadPool,
+    NeverFired,
+    ServiceHarness,
+    testKeyFiles,
+)
+
+__all__ = [
+    "EventRecorder",
+    "HarnessReactor",
+    "InlineThreadPool",
+    "NeverFired",
+    "ServiceHarness",
+    "testKeyFiles",
+]
