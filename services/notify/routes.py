@@ -26,7 +26,11 @@ _NOTIFICATION_ID = re.compile(f"^{RECORD_ID}\\Z")
 NOTIFICATION = objectSchema(
     {
         "id": RECORD_ID_SCHEMA,
-        "kind": {"type": "string", "enum": [api.MENTION, api.FOLLOWED_POST]},
+        "kind": {
+            "type": "string",
+            "description": f"What happened: `{api.MENTION}`, `{api.FOLLOWED_POST}`, or a kind"
+            " another service notifies of (such as `liked`).",
+        },
         "actor": {"type": "string", "description": "Username of who did it."},
         "post_id": RECORD_ID_SCHEMA,
         "created_at": TIMESTAMP,

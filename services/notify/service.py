@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.services.test_notify -*-
 """
 The Notify service: turns posts into notifications for the accounts they
-mention and for their author's followers.
+mention and for their author's followers, and stores those other services
+ask for (L{api.Notify}).
 """
 
 from __future__ import annotations
@@ -54,6 +55,25 @@ class NotifyService(DatabaseService):
         if not found:
             raise NotFound("no such notification")
         return {}
+
+    @rpc(api.Notify)
+    @inlineCallbacks
+    def notify(self, request: api.Notify, context: CallContext) -> Any:
+        row = NotificationRow(
+            id=newRecordId(self.clock),
+            recipient_id=request.recipient_id,
+            kind=request.kind,
+            actor_id=request.actor_id,
+            actor_username=request.actor_username,
+            post_id=request.post_id,
+            created_at=nowMillis(self.clock),
+            read=False,
+            topic=f"{request.kind}:{request.topic}",
+        )
+        added = yield self.store.add([row])
+        if added:
+            self.outbox.flush()
+        return {"notified": bool(added)}
 
     @handles(post.POST_CREATED, post.PostCreated)
     @inlineCallbacks

@@ -52,7 +52,35 @@ MIGRATIONS = [
                 PRIMARY KEY (kind, id)
             )""",
         ),
-    )
+    ),
+    Migration(
+        2,
+        "notifications are unique per recipient and topic, not per post: any service may"
+        " notify (api.Notify), several times about one post",
+        (
+            """CREATE TABLE notifications_by_topic (
+                id {id} PRIMARY KEY,
+                recipient_id {id} NOT NULL,
+                kind TEXT NOT NULL,
+                actor_id {id} NOT NULL,
+                actor_username {bytes} NOT NULL,
+                post_id {id} NOT NULL,
+                created_at {bigint} NOT NULL,
+                is_read {bool} NOT NULL,
+                topic TEXT NOT NULL,
+                UNIQUE (recipient_id, topic)
+            )""",
+            "INSERT INTO notifications_by_topic"
+            " SELECT id, recipient_id, kind, actor_id, actor_username, post_id, created_at,"
+            " is_read, post_id FROM notifications",
+            "DROP TABLE notifications",
+            "ALTER TABLE notifications_by_topic RENAME TO notifications",
+            "CREATE INDEX notifications_by_recipient ON notifications (recipient_id, id)",
+            "CREATE INDEX notifications_by_state ON notifications (recipient_id, is_read, id)",
+            "CREATE INDEX notifications_by_post ON notifications (post_id)",
+            "CREATE INDEX notifications_by_actor ON notifications (actor_id)",
+        ),
+    ),
 ]
 
 _COLUMNS = "id, recipient_id, kind, actor_id, actor_username, post_id, created_at, is_read"
@@ -68,6 +96,9 @@ class NotificationRow:
     post_id: str
     created_at: int
     read: bool
+    #: What it is about: one notification per recipient and topic (the
+    #: post, unless the service that asked for it said otherwise).
+    topic: str | None = None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -146,7 +177,7 @@ class NotifyStore:
             if self._isGone(t, "account", [n.recipient_id]):
                 continue
             t.execute(
-                f"INSERT INTO notifications ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO notifications ({_COLUMNS}, topic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
                 (
                     n.id,
@@ -157,6 +188,7 @@ class NotifyStore:
                     n.post_id,
                     n.created_at,
                     n.read,
+                    n.topic or n.post_id,
                 ),
             )
             if t.rowcount:
