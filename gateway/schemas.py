@@ -25,7 +25,11 @@ from txplatform.messages import boolean, message, string
 # Register and Login messages as they are).
 
 
-@message
+@message(
+    # What the Account service's update_account refuses otherwise.
+    atLeastOne=("email", "display_name", "password"),
+    requires={"password": ("current_password",), "current_password": ("password",)},
+)
 class UpdateMe:
     email: str | None = emailField(default=None)
     display_name: str | None = displayNameField(default=None)
