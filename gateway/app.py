@@ -63,6 +63,12 @@ _USERNAME = re.compile(r"^[a-z0-9_]{3,32}\Z")
 _RECORD_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}\Z")
 
 
+#: What a listing refuses although the cursor has the form its schema gives.
+_CURSOR_RULE = {
+    "cursor": "is not the `next` of a page of this listing (edited, made up, or from"
+    " another listing)"
+}
+
 _OVERLOADED = HTTPProblem(
     503,
     "overloaded",
@@ -581,6 +587,7 @@ class Gateway:
         query=schemas.PageQuery,
         response=schemas.pageOf(schemas.POST),
         errors=(404,),
+        rules=_CURSOR_RULE,
         priority=Priority.LOW,
     )
     @inlineCallbacks
@@ -658,6 +665,7 @@ class Gateway:
         auth=True,
         query=schemas.PageQuery,
         response=schemas.pageOf(schemas.ACCOUNT),
+        rules=_CURSOR_RULE,
         priority=Priority.LOW,
     )
     def following(self, request: IRequest, principal: Principal, query: schemas.PageQuery) -> Any:
@@ -676,7 +684,8 @@ class Gateway:
         tag="me",
         auth=True,
         status=204,
-        errors=(400, 404),
+        errors=(404,),
+        rules={"username": "is your own (you cannot follow yourself)"},
         description="Following twice is harmless; following yourself is a 400.",
     )
     def follow(self, request: IRequest, principal: Principal, username: str) -> Any:
@@ -851,6 +860,7 @@ class Gateway:
         auth=True,
         query=schemas.NotificationQuery,
         response=schemas.pageOf(schemas.NOTIFICATION),
+        rules=_CURSOR_RULE,
         priority=Priority.LOW,
     )
     def notifications(

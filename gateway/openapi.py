@@ -33,6 +33,7 @@ _BODY_ERRORS = {
     413: "The body is over the size limit.",
     415: "The body is not `application/json`.",
 }
+_QUERY_ERROR = "Invalid query parameters (`errors` says which and why)."
 _DESCRIPTIONS = {
     400: "Invalid request.",
     401: "Authentication failed.",
@@ -92,8 +93,17 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
         errors = {
             status: _DESCRIPTIONS.get(status, HTTPStatus(status).phrase) for status in op.errors
         }
-        if op.body is not None or op.query is not None:
-            errors.update(_BODY_ERRORS if op.body is not None else {400: _BODY_ERRORS[400]})
+        if op.body is not None:
+            errors.update(_BODY_ERRORS)
+        elif op.query is not None:
+            errors[400] = _QUERY_ERROR
+        if op.rules:
+            # Refused although the schemas allow it: said in words, and in
+            # x-rules for tools (the fields the problem's errors name).
+            beyond = "; ".join(f"`{name}` {why}" for name, why in op.rules)
+            errors[400] = (
+                f"{errors.get(400, _DESCRIPTIONS[400])} Beyond the schemas, also when {beyond}."
+            )
         if op.auth:
             errors.update(_AUTH_ERRORS)
         errors.update(_COMMON_ERRORS)
@@ -104,6 +114,8 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
             errors[429] = _DESCRIPTIONS[429]
         for status in sorted(errors):
             responses[str(status)] = _problem(errors[status])
+        if op.rules:
+            responses["400"]["x-rules"] = dict(op.rules)
         entry: dict[str, Any] = {
             "operationId": rule.endpoint,
             "summary": op.summary,

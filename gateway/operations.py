@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import wraps
 from typing import Any, Callable
 
-from attrs import frozen
+from attrs import field, frozen
 
 from txplatform.context import Priority
 
@@ -42,6 +42,10 @@ class Operation:
     @ivar ticket: Whether a stream ticket in the query (C{?ticket=}) may
         stand for the bearer token, for clients that cannot send headers (a
         browser's C{EventSource}).
+    @ivar rules: What the operation refuses with a 400 although the schemas
+        allow it, because no schema can say it, by the field named in the
+        problem's C{errors}: C{{"username": "is your own"}}, given as a
+        dict.  The document lists them with the 400 answer (C{x-rules}).
     """
 
     summary: str
@@ -57,6 +61,9 @@ class Operation:
     streaming: bool = False
     rateLimited: bool = True
     ticket: bool = False
+    rules: tuple[tuple[str, str], ...] = field(
+        default=(), converter=lambda given: tuple(dict(given).items())
+    )
 
 
 def operation(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -6,6 +6,7 @@ take, and the events it publishes.  Callers import this module only.
 from __future__ import annotations
 
 from txplatform.messages import integer, message, string, stringList
+from txplatform.pagination import CURSOR_PATTERN
 from txplatform.serviceid import ServiceId
 
 SERVICE_NAME = "account"
@@ -67,6 +68,8 @@ def cursorField():
     return string(
         minLength=1,
         maxLength=512,
+        pattern=CURSOR_PATTERN,
+        hint="a cursor from this listing",
         default=None,
         description="Opaque: the `next` of the previous page.",
     )

@@ -9,6 +9,9 @@ from gateway import Gateway
 from gateway.openapi import openapiDocument, openapiPath
 from gateway.operations import operationOf
 from txplatform.localbus import LocalBus
+from txplatform.pagination import encodeCursor
+
+from ..support import ecmaValidator
 
 
 class OpenAPITests(SynchronousTestCase):
@@ -83,3 +86,35 @@ class OpenAPITests(SynchronousTestCase):
                 return b""
 
         self.assertRaises(ValueError, openapiDocument, Sloppy(LocalBus(Clock()), Clock()))
+
+    def test_rulesBeyondSchemas(self) -> None:
+        """
+        A 400 no schema can announce is declared by the operation: listed,
+        by field, with the 400 answer (C{x-rules}) and said in its
+        description.
+        """
+        paths = self.document["paths"]
+        refusal = paths["/v1/me/following/{username}"]["put"]["responses"]["400"]
+        self.assertEqual(list(refusal["x-rules"]), ["username"])
+        self.assertIn("follow yourself", refusal["description"])
+        for path in ["/v1/accounts/{username}/posts", "/v1/me/following", "/v1/notifications"]:
+            refusal = paths[path]["get"]["responses"]["400"]
+            self.assertEqual(list(refusal["x-rules"]), ["cursor"], path)
+            self.assertIn("`cursor`", refusal["description"])
+        self.assertNotIn("x-rules", paths["/v1/posts"]["post"]["responses"]["400"])
+
+    def test_cursorForm(self) -> None:
+        """
+        A cursor parameter states the form of cursors: base64url, so no
+        cursor is one character long.
+        """
+        [cursor] = [
+            p
+            for p in self.document["paths"]["/v1/notifications"]["get"]["parameters"]
+            if p["name"] == "cursor"
+        ]
+        validator = ecmaValidator(cursor["schema"])
+        for good in [encodeCursor("01aaaaaaaaaaaaaaaaaaaaaaaa"), "ab", "abc", "abcd"]:
+            self.assertTrue(validator.is_valid(good), good)
+        for bad in ["", "0", "abcde", "ab=", "a+b/"]:
+            self.assertFalse(validator.is_valid(bad), bad)
