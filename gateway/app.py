@@ -800,10 +800,11 @@ class Gateway:
         tag="notifications",
         auth=True,
         ticket=True,
+        query=schemas.StreamQuery,
         response=schemas.NOTIFICATION,
         priority=Priority.LOW,
         streaming=True,
-        errors=(400,),
+        rules={"Last-Event-ID": "(the header) is not a notification id"},
         description="Server-Sent Events: each new notification is an event"
         " `notification` whose `id` is the notification's id and whose `data` is the"
         " notification (JSON). Reconnect with `Last-Event-ID` to get what was missed"
@@ -814,15 +815,16 @@ class Gateway:
         " a new ticket and `&last_event_id=` (the last `id` received), which stands for the"
         " header.",
     )
-    def notificationStream(self, request: IRequest, principal: Principal) -> Any:
+    def notificationStream(
+        self, request: IRequest, principal: Principal, query: schemas.StreamQuery
+    ) -> Any:
         last = request.getHeader("last-event-id")
         if last is None:
             # A new EventSource (as after a ticket was used up) cannot send
             # the header: it may say where it was in the query instead.
-            given = (request.args or {}).get(b"last_event_id")
-            last = given[0].decode("ascii", "replace") if given else None
-        if last is not None and not _RECORD_ID.match(last):
-            raise HTTPProblem(400, "invalid_argument", "Last-Event-ID is not a notification id")
+            last = query.last_event_id
+        elif not _RECORD_ID.match(last):
+            raise InvalidArgument.forFields([("Last-Event-ID", "is not a notification id")])
         return self.streams.open(
             request,
             principal.account_id,

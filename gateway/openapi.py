@@ -53,6 +53,15 @@ def openapiPath(rule: str) -> str:
     return re.sub(r"<(?:[a-z_]+:)?([a-z_]+)>", r"{\1}", rule)
 
 
+def _pathSchema(rule: str, name: str) -> dict[str, Any]:
+    try:
+        return schemas.PATH_PARAMETERS[name]
+    except KeyError:
+        raise ValueError(
+            f"route {rule}: path parameter {name!r} has no schema in gateway.schemas"
+        ) from None
+
+
 def _problem(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -70,8 +79,8 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
             raise ValueError(f"route {rule.rule} is not declared with @operation")
         path = openapiPath(rule.rule)
         parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in rule.arguments
+            {"name": name, "in": "path", "required": True, "schema": _pathSchema(rule.rule, name)}
+            for name in re.findall(r"\{([a-z_]+)\}", path)
         ]
         if op.query is not None:
             parameters += [

@@ -18,6 +18,7 @@ from services.account.api import (
     limitField,
     passwordField,
 )
+from services.notify.api import notificationIdField
 from services.post.api import bodyField
 from txplatform.messages import boolean, message, string
 
@@ -62,6 +63,11 @@ class PageQuery:
 
 
 @message
+class StreamQuery:
+    last_event_id: str | None = notificationIdField(default=None)
+
+
+@message
 class NotificationQuery:
     unread: bool | None = boolean(
         default=None, description="true: only unread; false: only read; absent: all."
@@ -74,6 +80,18 @@ class NotificationQuery:
 
 _TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC."}
 _ID = {"type": "string", "pattern": "^[0-9a-hjkmnp-tv-z]{26}$"}
+
+# Path parameters, by name.  A value outside its schema names nothing the
+# API serves: it is a 404, as an unknown one is.
+PATH_PARAMETERS = {
+    "username": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_]{3,32}$",
+        "description": "A username, in any case.",
+    },
+    "post_id": {**_ID, "description": "A post id."},
+    "notification_id": {**_ID, "description": "A notification id."},
+}
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:

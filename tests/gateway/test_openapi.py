@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import Gateway
 from gateway.openapi import openapiDocument, openapiPath
-from gateway.operations import operationOf
+from gateway.operations import operation, operationOf
 from txplatform.localbus import LocalBus
 from txplatform.pagination import encodeCursor
 
@@ -118,3 +118,38 @@ class OpenAPITests(SynchronousTestCase):
             self.assertTrue(validator.is_valid(good), good)
         for bad in ["", "0", "abcde", "ab=", "a+b/"]:
             self.assertFalse(validator.is_valid(bad), bad)
+
+    def test_pathParameters(self) -> None:
+        """
+        Every path parameter states what a value must look like to name
+        anything (others are a 404); the stream's query states what may
+        stand for Last-Event-ID.
+        """
+        seen = set()
+        for path, method, entry in self.operations():
+            for parameter in entry.get("parameters", []):
+                if parameter["in"] == "path":
+                    self.assertIn("pattern", parameter["schema"], (method, path))
+                    seen.add(parameter["name"])
+        self.assertEqual(seen, {"username", "post_id", "notification_id"})
+        stream = self.document["paths"]["/v1/notifications/stream"]["get"]
+        [lastEventId] = stream["parameters"]
+        self.assertEqual(lastEventId["name"], "last_event_id")
+        self.assertIn("Last-Event-ID", stream["responses"]["400"]["x-rules"])
+
+    def test_undescribedPathParameter(self) -> None:
+        """
+        A path parameter without a schema cannot be documented.
+        """
+        from klein import Klein
+
+        class Sloppy(Gateway):
+            app = Klein()
+
+            @app.route("/things/<thing>")
+            @operation("A thing", tag="things")
+            def thing(self, request, thing):
+                return b""
+
+        error = self.assertRaises(ValueError, openapiDocument, Sloppy(LocalBus(Clock()), Clock()))
+        self.assertIn("'thing'", str(error))
