@@ -25,6 +25,17 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+def _ecmaPattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "string"):
+        if not re.search(re.sub(r"(?<!\\)\$", r"\\Z", pattern), instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_ECMAValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _ecmaPattern}
+)
+
+
 def ecmaValidator(schema: dict[str, Any]) -> Any:
     """
     A JSON Schema 2020-12 validator of C{schema}, formats asserted, whose
@@ -32,14 +43,7 @@ def ecmaValidator(schema: dict[str, Any]) -> Any:
     also matches before a final newline.  Our patterns use no other syntax
     the two read differently.
     """
-
-    def pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
-        if validator.is_type(instance, "string"):
-            if not re.search(re.sub(r"(?<!\\)\$", r"\\Z", pattern), instance):
-                yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
-
-    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern})
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return _ECMAValidator(schema, format_checker=_ECMAValidator.FORMAT_CHECKER)
 
 
 def socketDirectory(case: TestCase) -> str:

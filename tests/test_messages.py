@@ -223,6 +223,8 @@ class SchemaTests(SynchronousTestCase):
             string(),
             string(multiline=True),
             string(pattern=r"[\s\S]*\S[\s\S]*", multiline=True),
+            string(pattern=r"(?:[ -~]|[^a])+"),
+            string(pattern="[a-z0-9_-]+|[ -~]+"),
         ]:
             spec = spec.metadata["txplatform.spec"]
             validator = ecma(spec.jsonSchema())
@@ -234,6 +236,19 @@ class SchemaTests(SynchronousTestCase):
                 )
             for text in ["ab\n", "\n", "a\tb", "a\r\n"]:
                 self.assertEqual(validator.is_valid(text), spec.check(text) is None, text)
+
+    def test_printablePattern(self) -> None:
+        """
+        A pattern that can only match printable ASCII needs no
+        control-character pattern beside it; one with an escape, a C{.} or
+        a negated class might match anything, so it gets one.
+        """
+        for pattern in ["[a-z0-9_]+", "(?:[A-Za-z0-9_-]{4})*", "[!-~]|a b"]:
+            spec = string(pattern=pattern).metadata["txplatform.spec"]
+            self.assertNotIn("allOf", spec.jsonSchema(), pattern)
+        for pattern in [r"[\w]+", "a.b", "[^a]+", "[a-\u00ff]", "a\tb", "é+"]:
+            spec = string(pattern=pattern).metadata["txplatform.spec"]
+            self.assertIn("allOf", spec.jsonSchema(), pattern)
 
     def test_controlsAllowed(self) -> None:
         """
@@ -260,6 +275,8 @@ class SchemaTests(SynchronousTestCase):
             "nam\ufeffe@example.com",
             "name@exa\u3000mple.com",
             "name@example.com\n",
+            "na\x00me@example.com",
+            "name@exa\x85mple.com",
         ]:
             payload = {"name": "abc", "email": email}
             try:

@@ -49,9 +49,12 @@ _BREAKS = r"\t\n\r"
 _CONTROL = re.compile(f"[{_CONTROLS}]")
 _NEWLINE = re.compile(f"[{_BREAKS}]")
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
-# \s is not quite the same in both: ECMA-262's also has U+FEFF, which is
-# named here so that both refuse it (its other differences are controls).
-_EMAIL_PATTERN = r"[^@\s\ufeff]+@[^@\s\ufeff.]+(\.[^@\s\ufeff.]+)+"
+# What an email address's parts leave out: @, white space and control
+# characters, so that its pattern says all an email field accepts.  \s is
+# not quite the same in both: ECMA-262's also has U+FEFF, named here so
+# that both refuse it (its other differences are controls).
+_NOT_IN_EMAIL = rf"@\s\ufeff{_CONTROLS}"
+_EMAIL_PATTERN = rf"[^{_NOT_IN_EMAIL}]+@[^{_NOT_IN_EMAIL}.]+(\.[^{_NOT_IN_EMAIL}.]+)+"
 _EMAIL = re.compile(f"^{_EMAIL_PATTERN}\\Z")
 _RULES = "__txplatform_rules__"
 
@@ -85,6 +88,21 @@ def message(
         return made
 
     return make if cls is None else make(cls)
+
+
+def _printableOnly(pattern: str) -> bool:
+    """
+    Whether C{pattern} can only match printable ASCII, so that it needs no
+    control-character pattern beside it: it is written in printable ASCII,
+    without escapes, C{.} or a negated class, so every character it matches
+    is one it spells out or lies in a range between two printable ones.
+    """
+    return (
+        all(" " <= c <= "~" for c in pattern)
+        and "\\" not in pattern
+        and "." not in pattern
+        and "[^" not in pattern
+    )
 
 
 def _listed(names: tuple[str, ...]) -> str:
@@ -155,8 +173,9 @@ class _StringSpec:
     def jsonSchema(self) -> dict[str, Any]:
         """
         What L{check} accepts, as JSON Schema: its patterns, one for each
-        rule (the field's own, an email address's, no control characters),
-        in C{pattern} and, past the first, C{allOf}.
+        rule (the field's own, an email address's, no control characters;
+        not the last where the others already leave them out), in
+        C{pattern} and, past the first, C{allOf}.
         """
         schema: dict[str, Any] = {"type": "string"}
         if self.minLength:
@@ -168,7 +187,7 @@ class _StringSpec:
             patterns.append(f"^(?:{self.pattern})$" if "|" in self.pattern else f"^{self.pattern}$")
         if self.format == "email":
             patterns.append(f"^{_EMAIL_PATTERN}$")
-        if not self.controls:
+        elif not self.controls and not (self.pattern and _printableOnly(self.pattern)):
             refused = _CONTROLS if self.multiline else _CONTROLS + _BREAKS
             patterns.append(f"^[^{refused}]*$")
         if patterns:
