@@ -30,6 +30,7 @@ _BODY_ERRORS = {
     413: "The body is over the size limit.",
     415: "The body is not `application/json`.",
 }
+_QUERY_ERROR = "Invalid query parameters (`errors` says which and why)."
 _DESCRIPTIONS = {
     400: "Invalid request.",
     401: "Authentication failed.",
@@ -55,7 +56,12 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
     for one in gateway.routes:
         op = one.operation
         parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": op.parameters.get(name, {"type": "string"}),
+            }
             for name in one.variables
         ]
         if op.query is not None:
@@ -78,8 +84,10 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
         # What the gateway answers for every operation of this kind, then
         # what this one says of its own answers (both, for one status).
         errors: dict[int, str] = {}
-        if op.body is not None or op.query is not None:
-            errors.update(_BODY_ERRORS if op.body is not None else {400: _BODY_ERRORS[400]})
+        if op.body is not None:
+            errors.update(_BODY_ERRORS)
+        elif op.query is not None:
+            errors[400] = _QUERY_ERROR
         if op.auth:
             errors.update(_AUTH_ERRORS)
         errors.update(_COMMON_ERRORS)
@@ -93,8 +101,17 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
                 errors[status] = f"{errors[status]} {said}"
             elif said or status not in errors:
                 errors[status] = said or _DESCRIPTIONS.get(status, HTTPStatus(status).phrase)
+        if op.rules:
+            # Refused although the schemas allow it: said in words, and in
+            # x-rules for tools (the fields the problem's errors name).
+            beyond = "; ".join(f"`{name}` {why}" for name, why in op.rules.items())
+            errors[400] = (
+                f"{errors.get(400, _DESCRIPTIONS[400])} Beyond the schemas, also when {beyond}."
+            )
         for status in sorted(errors):
             responses[str(status)] = _problem(errors[status])
+        if op.rules:
+            responses["400"]["x-rules"] = dict(op.rules)
         entry: dict[str, Any] = {
             "operationId": one.name,
             "summary": op.summary,

@@ -6,11 +6,13 @@ eventually-true conditions on the real reactor.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from typing import Any, Callable
 
+import jsonschema
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -21,6 +23,27 @@ from txplatform.database import PostgresDatabase, SQLiteDatabase
 POSTGRES_URL = os.environ.get(
     "TXPLATFORM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+def _ecmaPattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "string"):
+        if not re.search(re.sub(r"(?<!\\)\$", r"\\Z", pattern), instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_ECMAValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _ecmaPattern}
+)
+
+
+def ecmaValidator(schema: dict[str, Any]) -> Any:
+    """
+    A JSON Schema 2020-12 validator of C{schema}, formats asserted, whose
+    patterns end as ECMA-262's (JSON Schema's regexes) do: Python's C{$}
+    also matches before a final newline.  Our patterns use no other syntax
+    the two read differently.
+    """
+    return _ECMAValidator(schema, format_checker=_ECMAValidator.FORMAT_CHECKER)
 
 
 def socketDirectory(case: TestCase) -> str:

@@ -18,6 +18,8 @@ from txplatform.messages import (
     toPayload,
 )
 
+from .support import ecmaValidator as ecma
+
 
 @message
 class Sample:
@@ -27,6 +29,17 @@ class Sample:
     count: int = integer(minimum=1, maximum=10, default=5)
     flag: bool | None = boolean(default=None)
     tags: tuple = stringList(string(maxLength=3), maxItems=2, default=())
+
+
+@message(
+    atLeastOne=("email", "name"),
+    requires={"password": ("current",), "current": ("password",)},
+)
+class Change:
+    email: str | None = string(format="email", default=None)
+    name: str | None = string(minLength=1, default=None)
+    password: str | None = string(minLength=1, default=None)
+    current: str | None = string(minLength=1, default=None)
 
 
 def reasons(error: InvalidArgument) -> dict:
@@ -199,3 +212,147 @@ class SchemaTests(SynchronousTestCase):
         for payload in bad:
             self.assertRaises(InvalidArgument, fromPayload, Sample, payload)
             self.assertFalse(validator.is_valid(payload), payload)
+
+    def test_controlCharactersStated(self) -> None:
+        """
+        The schema of a text field refuses exactly the characters its check
+        refuses as control characters, in one-line and multi-line fields,
+        combined with the field's own pattern.
+        """
+        for spec in [
+            string(),
+            string(multiline=True),
+            string(pattern=r"[\s\S]*\S[\s\S]*", multiline=True),
+            string(pattern=r"(?:[ -~]|[^a])+"),
+            string(pattern="[a-z0-9_-]+|[ -~]+"),
+        ]:
+            spec = spec.metadata["txplatform.spec"]
+            validator = ecma(spec.jsonSchema())
+            jsonschema.Draft202012Validator.check_schema(spec.jsonSchema())
+            for point in [*range(0x800), 0x2028, 0x3000, 0xFEFF, 0xFFFF, 0x1F600, 0x10FFFF]:
+                text = f"a{chr(point)}" if spec.pattern else chr(point)
+                self.assertEqual(
+                    validator.is_valid(text), spec.check(text) is None, (hex(point), spec)
+                )
+            for text in ["ab\n", "\n", "a\tb", "a\r\n"]:
+                self.assertEqual(validator.is_valid(text), spec.check(text) is None, text)
+
+    def test_printablePattern(self) -> None:
+        """
+        A pattern that can only match printable ASCII needs no
+        control-character pattern beside it; one with an escape, a C{.} or
+        a negated class might match anything, so it gets one.
+        """
+        for pattern in ["[a-z0-9_]+", "(?:[A-Za-z0-9_-]{4})*", "[!-~]|a b"]:
+            spec = string(pattern=pattern).metadata["txplatform.spec"]
+            self.assertNotIn("allOf", spec.jsonSchema(), pattern)
+        for pattern in [r"[\w]+", "a.b", "[^a]+", "[a-\u00ff]", "a\tb", "é+"]:
+            spec = string(pattern=pattern).metadata["txplatform.spec"]
+            self.assertIn("allOf", spec.jsonSchema(), pattern)
+
+    def test_controlsAllowed(self) -> None:
+        """
+        A field that takes text as it came (C{controls=True}) has no such
+        pattern.
+        """
+        spec = string(controls=True).metadata["txplatform.spec"]
+        self.assertEqual(spec.jsonSchema(), {"type": "string"})
+
+    def test_emailStated(self) -> None:
+        """
+        An email field's schema gives the pattern its check applies, beyond
+        the C{email} format (which allows far more).
+        """
+        validator = ecma(jsonSchema(Sample))
+        for email in [
+            "name@example.com",
+            "a.b+c@mail.example.org",
+            "name@localhost",
+            "a b@example.com",
+            '"a b"@example.com',
+            "name@@example.com",
+            "name@example.",
+            "nam\ufeffe@example.com",
+            "name@exa\u3000mple.com",
+            "name@example.com\n",
+            "na\x00me@example.com",
+            "name@exa\x85mple.com",
+        ]:
+            payload = {"name": "abc", "email": email}
+            try:
+                fromPayload(Sample, payload)
+            except InvalidArgument:
+                accepted = False
+            else:
+                accepted = True
+            self.assertEqual(validator.is_valid(payload), accepted, email)
+
+
+class RulesTests(SynchronousTestCase):
+    def test_atLeastOne(self) -> None:
+        """
+        A message may need one or more of some fields.
+        """
+        error = self.assertRaises(InvalidArgument, fromPayload, Change, {})
+        self.assertEqual(reasons(error), {"": "give at least one of email and name"})
+        self.assertEqual(fromPayload(Change, {"name": "x"}).name, "x")
+
+    def test_requires(self) -> None:
+        """
+        A field may need others beside it; every problem is reported at
+        once, with those of the fields.
+        """
+        error = self.assertRaises(InvalidArgument, fromPayload, Change, {"password": "x"})
+        self.assertEqual(
+            reasons(error),
+            {"": "give at least one of email and name", "current": "is required with password"},
+        )
+        error = self.assertRaises(
+            InvalidArgument, fromPayload, Change, {"name": "", "current": "x"}
+        )
+        self.assertEqual(
+            reasons(error),
+            {"name": "must not be empty", "password": "is required with current"},
+        )
+        fromPayload(Change, {"name": "x", "password": "y", "current": "z"})
+
+    def test_stated(self) -> None:
+        """
+        The schema states the rules (C{anyOf}, C{dependentRequired}) and
+        agrees with the check.
+        """
+        schema = jsonSchema(Change)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        self.assertEqual(
+            schema["dependentRequired"], {"password": ["current"], "current": ["password"]}
+        )
+        validator = ecma(schema)
+        for payload in [
+            {},
+            {"password": "x", "current": "y"},
+            {"email": "a@example.com"},
+            {"name": "x", "current": "y"},
+            {"name": "x", "password": "y"},
+            {"name": "x", "password": "y", "current": "z"},
+        ]:
+            try:
+                fromPayload(Change, payload)
+            except InvalidArgument:
+                accepted = False
+            else:
+                accepted = True
+            self.assertEqual(validator.is_valid(payload), accepted, payload)
+
+    def test_unknownField(self) -> None:
+        """
+        A rule naming a field the message does not have is a mistake caught
+        when the class is made.
+        """
+
+        def make() -> None:
+            @message(atLeastOne=("nope",))
+            class Broken:
+                name: str = string()
+
+        error = self.assertRaises(TypeError, make)
+        self.assertIn("'nope'", str(error))

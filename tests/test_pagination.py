@@ -5,12 +5,13 @@ L{txplatform.timestamps}.
 
 import base64
 import json
+import re
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.errors import InvalidArgument
-from txplatform.pagination import decodeCursor, encodeCursor, page
+from txplatform.pagination import CURSOR_PATTERN, decodeCursor, encodeCursor, page
 from txplatform.recordid import isRecordId, newRecordId, recordIdTime
 from txplatform.timestamps import formatMillis
 
@@ -53,6 +54,17 @@ class CursorTests(SynchronousTestCase):
         ]:
             cursor = base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode()
             self.assertRaises(InvalidArgument, decodeCursor, cursor, *types)
+
+    def test_form(self) -> None:
+        """
+        Every cursor has the form L{CURSOR_PATTERN} states (whatever its
+        length), and text that cannot be base64url has not.
+        """
+        for n in range(64):
+            for cursor in [encodeCursor(10**n, ID_A), encodeCursor(ID_A, "x" * n)]:
+                self.assertTrue(re.fullmatch(CURSOR_PATTERN, cursor), cursor)
+        for bad in ["0", "abcde", encodeCursor(ID_A) + "=", "ab+c", "ab/c", "a b"]:
+            self.assertIsNone(re.fullmatch(CURSOR_PATTERN, bad), bad)
 
     def test_page(self) -> None:
         """

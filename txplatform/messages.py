@@ -7,6 +7,9 @@ or L{stringList}.  From that one declaration come the parser that checks a
 JSON payload (L{fromPayload}), the payload it is turned back into
 (L{toPayload}) and the JSON Schema published in the OpenAPI document
 (L{jsonSchema}), so the validation code and the documentation cannot drift.
+Rules on the fields together (one of these is needed, that one goes with
+this one) are declared on the class, with L{message}'s keywords, and are
+checked and published the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Callable, TypeVar
 from attrs import NOTHING, Attribute, field, fields, frozen
 
 from .errors import InvalidArgument
+from .pagination import CURSOR_PATTERN
 
 __all__ = [
     "message",
@@ -46,18 +50,98 @@ _SPEC = "txplatform.spec"
 
 # Control characters (C0, DEL and C1) break logs and terminals, and
 # PostgreSQL refuses NUL in text; only tab and newlines are allowed, and only
-# in multi-line fields.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# in multi-line fields.  The classes are written with escapes that Python's
+# re and ECMA-262 (the regexes of JSON Schema) read alike: the schemas
+# published state exactly what the checks refuse.
+_CONTROLS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f"
+_BREAKS = r"\t\n\r"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+_NEWLINE = re.compile(f"[{_BREAKS}]")
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
-_NEWLINE = re.compile(r"[\r\n\t]")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\Z")
+# What an email address's parts leave out: @, white space and control
+# characters, so that its pattern says all an email field accepts.  \s is
+# not quite the same in both: ECMA-262's also has U+FEFF, named here so
+# that both refuse it (its other differences are controls).
+_NOT_IN_EMAIL = rf"@\s\ufeff{_CONTROLS}"
+_EMAIL_PATTERN = rf"[^{_NOT_IN_EMAIL}]+@[^{_NOT_IN_EMAIL}.]+(\.[^{_NOT_IN_EMAIL}.]+)+"
+_EMAIL = re.compile(f"^{_EMAIL_PATTERN}\\Z")
+_RULES = "__txplatform_rules__"
 
 
-def message(cls: type[T]) -> type[T]:
+def message(
+    cls: type[T] | None = None,
+    *,
+    atLeastOne: tuple[str, ...] = (),
+    requires: dict[str, tuple[str, ...]] | None = None,
+) -> Any:
     """
-    Make C{cls} a message: a frozen, keyword-only attrs class.
+    Make C{cls} a message: a frozen, keyword-only attrs class.  Used bare
+    (C{@message}) or with rules on which fields go together, which
+    L{fromPayload} checks and L{jsonSchema} states (C{anyOf},
+    C{dependentRequired}):
+
+    @param atLeastOne: Fields of which a payload must have one or more.
+    @param requires: Fields a field needs beside it, by field:
+        C{{"password": ("current_password",)}}.
     """
-    return frozen(kw_only=True)(cls)
+    rules = _Rules(atLeastOne, tuple((k, tuple(v)) for k, v in (requires or {}).items()))
+
+    def make(cls: type[T]) -> type[T]:
+        made = frozen(kw_only=True)(cls)
+        names = {a.name for a in fields(made)}
+        unknown = sorted(set(rules.names()) - names)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}")
+        if rules.atLeastOne or rules.requires:
+            setattr(made, _RULES, rules)
+        return made
+
+    return make if cls is None else make(cls)
+
+
+def _printableOnly(pattern: str) -> bool:
+    """
+    Whether C{pattern} can only match printable ASCII, so that it needs no
+    control-character pattern beside it: it is written in printable ASCII,
+    without escapes, C{.} or a negated class, so every character it matches
+    is one it spells out or lies in a range between two printable ones.
+    """
+    return (
+        all(" " <= c <= "~" for c in pattern)
+        and "\\" not in pattern
+        and "." not in pattern
+        and "[^" not in pattern
+    )
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+@frozen
+class _Rules:
+    atLeastOne: tuple[str, ...] = ()
+    requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def names(self) -> list[str]:
+        return [*self.atLeastOne, *(n for name, needed in self.requires for n in (name, *needed))]
+
+    def check(self, payload: dict[str, Any]) -> list[tuple[str, str]]:
+        errors = []
+        if self.atLeastOne and not any(name in payload for name in self.atLeastOne):
+            errors.append(("", f"give at least one of {_listed(self.atLeastOne)}"))
+        for name, needed in self.requires:
+            if name in payload:
+                errors += [(n, f"is required with {name}") for n in needed if n not in payload]
+        return errors
+
+    def jsonSchema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {}
+        if self.atLeastOne:
+            schema["anyOf"] = [{"required": [name]} for name in self.atLeastOne]
+        if self.requires:
+            schema["dependentRequired"] = {name: list(needed) for name, needed in self.requires}
+        return schema
 
 
 _REQUEST = "__txplatform_request__"
@@ -136,13 +220,29 @@ class _StringSpec:
         return None
 
     def jsonSchema(self) -> dict[str, Any]:
+        """
+        What L{check} accepts, as JSON Schema: its patterns, one for each
+        rule (the field's own, an email address's, no control characters;
+        not the last where the others already leave them out), in
+        C{pattern} and, past the first, C{allOf}.
+        """
         schema: dict[str, Any] = {"type": "string"}
         if self.minLength:
             schema["minLength"] = self.minLength
         if self.maxLength is not None:
             schema["maxLength"] = self.maxLength
+        patterns = []
         if self.pattern is not None:
-            schema["pattern"] = f"^{self.pattern}$"
+            patterns.append(f"^(?:{self.pattern})$" if "|" in self.pattern else f"^{self.pattern}$")
+        if self.format == "email":
+            patterns.append(f"^{_EMAIL_PATTERN}$")
+        elif not self.controls and not (self.pattern and _printableOnly(self.pattern)):
+            refused = _CONTROLS if self.multiline else _CONTROLS + _BREAKS
+            patterns.append(f"^[^{refused}]*$")
+        if patterns:
+            schema["pattern"] = patterns[0]
+        if patterns[1:]:
+            schema["allOf"] = [{"pattern": pattern} for pattern in patterns[1:]]
         if self.format is not None:
             schema["format"] = self.format
         return schema
@@ -299,6 +399,9 @@ def fromPayload(cls: type[T], payload: object) -> T:
             errors.append((name, reason))
         else:
             values[name] = value
+    rules = getattr(cls, _RULES, None)
+    if rules is not None:
+        errors += rules.check(payload)
     if errors:
         raise InvalidArgument.forFields(errors)
     return cls(**values)
@@ -389,6 +492,9 @@ def jsonSchema(cls: type) -> dict[str, Any]:
     schema = {"type": "object", "additionalProperties": False, "properties": properties}
     if required:
         schema["required"] = required
+    rules = getattr(cls, _RULES, None)
+    if rules is not None:
+        schema.update(rules.jsonSchema())
     return schema
 
 
@@ -421,6 +527,8 @@ def cursorField() -> Any:
     return string(
         minLength=1,
         maxLength=512,
+        pattern=CURSOR_PATTERN,
+        hint="a cursor from this listing",
         default=None,
         description="Opaque: the `next` of the previous page.",
     )

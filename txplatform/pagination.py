@@ -19,12 +19,25 @@ from typing import Any, Callable, Sequence, TypeVar
 from .errors import InvalidArgument
 from .recordid import isRecordId
 
-__all__ = ["encodeCursor", "decodeCursor", "page", "DEFAULT_LIMIT", "MAX_LIMIT"]
+__all__ = [
+    "encodeCursor",
+    "decodeCursor",
+    "page",
+    "CURSOR_PATTERN",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+]
 
 T = TypeVar("T")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+
+#: The form of every cursor L{encodeCursor} makes: base64url without
+#: padding (so never a length of 4n + 1).  What a cursor field checks and
+#: publishes; whether a cursor of that form was made here, for that listing,
+#: only L{decodeCursor} can tell.
+CURSOR_PATTERN = "(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?"
 
 
 def encodeCursor(*key: str | int) -> str:

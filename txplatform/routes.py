@@ -39,6 +39,7 @@ from .errors import NotFound
 from .messages import RECORD_ID
 
 __all__ = [
+    "CURSOR_RULE",
     "IAuthenticator",
     "IExchange",
     "Operation",
@@ -91,6 +92,13 @@ class Operation:
     @ivar ticket: Whether a stream ticket in the query (C{?ticket=}) may
         stand for the bearer token, for clients that cannot send headers (a
         browser's C{EventSource}).
+    @ivar rules: What the operation refuses with a 400 although the schemas
+        allow it, because no schema can say it, by the field named in the
+        problem's C{errors}: C{{"username": "is your own"}}.  The document
+        lists them with the 400 answer (C{x-rules}).
+    @ivar parameters: JSON Schemas of the path's variables, by name, for
+        the document (a value outside its schema is a 404, as any unknown
+        path is); a variable without one is any string.
     """
 
     summary: str
@@ -106,6 +114,15 @@ class Operation:
     streaming: bool = False
     rateLimited: bool = True
     ticket: bool = False
+    rules: Mapping[str, str] = field(factory=dict, converter=dict)
+    parameters: Mapping[str, dict[str, Any]] = field(factory=dict, converter=dict)
+
+
+#: What a listing refuses although its cursor has the form its schema gives.
+CURSOR_RULE = {
+    "cursor": "is not the `next` of a page of this listing (edited, made up, or from"
+    " another listing)"
+}
 
 
 @frozen

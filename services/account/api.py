@@ -31,6 +31,14 @@ ACCOUNT_UNFOLLOWED = "account.unfollowed"
 
 _USERNAME = re.compile(r"^[a-z0-9_]{3,32}\Z")
 
+#: The schema of a username in a URL path: any case (they match
+#: case-insensitively); another is a 404.
+USERNAME_IN_PATH = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_]{3,32}$",
+    "description": "A username, in any case.",
+}
+
 
 def usernameFromPath(username: str) -> str:
     """

@@ -14,7 +14,14 @@ from zope.interface import implementer
 
 from txplatform.context import Priority
 from txplatform.messages import PageQuery, message, string
-from txplatform.routes import IAuthenticator, IExchange, Principal, RouteParts, route
+from txplatform.routes import (
+    CURSOR_RULE,
+    IAuthenticator,
+    IExchange,
+    Principal,
+    RouteParts,
+    route,
+)
 from txplatform.schemas import RECORD_ID_SCHEMA, TIMESTAMP, objectSchema, pageOf
 
 from . import api
@@ -40,7 +47,11 @@ SESSION = objectSchema(
 )
 
 
-@message
+@message(
+    # What the Account service's update_account refuses otherwise.
+    atLeastOne=("email", "display_name", "password"),
+    requires={"password": ("current_password",), "current_password": ("password",)},
+)
 class UpdateMe:
     email: str | None = api.emailField(default=None)
     display_name: str | None = api.displayNameField(default=None)
@@ -104,6 +115,7 @@ class AccountRoutes:
         tag="accounts",
         response=ACCOUNT,
         errors=(404,),
+        parameters={"username": api.USERNAME_IN_PATH},
         priority=Priority.LOW,
     )
     def profile(self, exchange: IExchange, username: str) -> Any:
@@ -170,6 +182,7 @@ class AccountRoutes:
         auth=True,
         query=PageQuery,
         response=pageOf(ACCOUNT),
+        rules=CURSOR_RULE,
         priority=Priority.LOW,
     )
     def following(self, exchange: IExchange, principal: Principal, query: PageQuery) -> Any:
@@ -186,7 +199,9 @@ class AccountRoutes:
         tag="me",
         auth=True,
         status=204,
-        errors={400: "You cannot follow yourself.", 404: ""},
+        errors=(404,),
+        rules={"username": "is your own (you cannot follow yourself)"},
+        parameters={"username": api.USERNAME_IN_PATH},
         description="Following twice is harmless; following yourself is a 400.",
     )
     def follow(self, exchange: IExchange, principal: Principal, username: str) -> Any:
@@ -202,6 +217,7 @@ class AccountRoutes:
         auth=True,
         status=204,
         errors=(404,),
+        parameters={"username": api.USERNAME_IN_PATH},
     )
     def unfollow(self, exchange: IExchange, principal: Principal, username: str) -> Any:
         return exchange.call(

@@ -12,7 +12,7 @@ from typing import Any
 from txplatform.context import Priority
 from txplatform.errors import InvalidArgument
 from txplatform.messages import RECORD_ID, boolean, cursorField, limitField, message
-from txplatform.routes import IExchange, Principal, RouteParts, pathRecordId, route
+from txplatform.routes import CURSOR_RULE, IExchange, Principal, RouteParts, pathRecordId, route
 from txplatform.schemas import RECORD_ID_SCHEMA, TIMESTAMP, objectSchema, pageOf
 
 from ..account import api as account
@@ -50,6 +50,11 @@ STREAM_TICKET = objectSchema(
 
 
 @message
+class StreamQuery:
+    last_event_id: str | None = api.notificationIdField(default=None)
+
+
+@message
 class NotificationQuery:
     unread: bool | None = boolean(
         default=None, description="true: only unread; false: only read; absent: all."
@@ -70,6 +75,7 @@ class NotifyRoutes:
         auth=True,
         query=NotificationQuery,
         response=pageOf(NOTIFICATION),
+        rules=CURSOR_RULE,
         priority=Priority.LOW,
     )
     def notifications(
@@ -88,6 +94,7 @@ class NotifyRoutes:
         "POST",
         "/v1/notifications/{notification_id}/read",
         "Mark a notification read",
+        parameters={"notification_id": RECORD_ID_SCHEMA},
         tag="notifications",
         auth=True,
         status=204,
@@ -108,10 +115,11 @@ class NotifyRoutes:
         tag="notifications",
         auth=True,
         ticket=True,
+        query=StreamQuery,
         response=NOTIFICATION,
         priority=Priority.LOW,
         streaming=True,
-        errors={400: "`Last-Event-ID` (or `last_event_id`) is not a notification id."},
+        rules={"Last-Event-ID": "(the header) is not a notification id"},
         description="Server-Sent Events: each new notification is an event"
         " `notification` whose `id` is the notification's id and whose `data` is the"
         " notification (JSON). Reconnect with `Last-Event-ID` to get what was missed"
@@ -122,16 +130,17 @@ class NotifyRoutes:
         " a new ticket and `&last_event_id=` (the last `id` received), which stands for the"
         " header.",
     )
-    def notificationStream(self, exchange: IExchange, principal: Principal) -> Any:
+    def notificationStream(
+        self, exchange: IExchange, principal: Principal, query: StreamQuery
+    ) -> Any:
         request = exchange.request
         last = request.getHeader("last-event-id")
         if last is None:
             # A new EventSource (as after a ticket was used up) cannot send
             # the header: it may say where it was in the query instead.
-            given = (request.args or {}).get(b"last_event_id")
-            last = given[0].decode("ascii", "replace") if given else None
-        if last is not None and not _NOTIFICATION_ID.match(last):
-            raise InvalidArgument("Last-Event-ID is not a notification id")
+            last = query.last_event_id
+        elif not _NOTIFICATION_ID.match(last):
+            raise InvalidArgument.forFields([("Last-Event-ID", "is not a notification id")])
         return self.streams.open(
             request, principal.account_id, principal.session_id, exchange.requestId, last
         )

@@ -12,7 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from txplatform.context import Priority
 from txplatform.messages import PageQuery, message
-from txplatform.routes import IExchange, Principal, RouteParts, pathRecordId, route
+from txplatform.routes import CURSOR_RULE, IExchange, Principal, RouteParts, pathRecordId, route
 from txplatform.schemas import RECORD_ID_SCHEMA, TIMESTAMP, objectSchema, pageOf
 
 from ..account import api as account
@@ -66,6 +66,7 @@ class PostRoutes:
         "GET",
         "/v1/posts/{post_id}",
         "Read a post",
+        parameters={"post_id": RECORD_ID_SCHEMA},
         tag="posts",
         response=POST,
         errors=(404,),
@@ -78,6 +79,7 @@ class PostRoutes:
         "DELETE",
         "/v1/posts/{post_id}",
         "Delete your post",
+        parameters={"post_id": RECORD_ID_SCHEMA},
         tag="posts",
         auth=True,
         status=204,
@@ -96,6 +98,8 @@ class PostRoutes:
         query=PageQuery,
         response=pageOf(POST),
         errors=(404,),
+        rules=CURSOR_RULE,
+        parameters={"username": account.USERNAME_IN_PATH},
         priority=Priority.LOW,
     )
     @inlineCallbacks

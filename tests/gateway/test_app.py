@@ -191,6 +191,7 @@ class AccountEndpointTests:
             ("limit=ten", "limit"),
             ("limit=", "limit"),
             ("cursor=forged", "cursor"),
+            ("cursor=0", "cursor"),
         ]:
             reply = yield self.request("GET", f"/v1/accounts/alice/posts?{query}")
             problem = self.assertProblem(reply, 400, "invalid_argument")

@@ -7,8 +7,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.localbus import LocalBus
+from txplatform.pagination import encodeCursor
 from txplatform_gateway import Gateway
 from txplatform_gateway.openapi import openapiDocument
+
+from ..support import ecmaValidator
 
 
 class OpenAPITests(SynchronousTestCase):
@@ -85,8 +88,56 @@ class OpenAPITests(SynchronousTestCase):
         What an operation says of its own answers is in the document, with
         what the gateway says of the same status.
         """
-        follow = self.document["paths"]["/v1/me/following/{username}"]["put"]
-        self.assertEqual(follow["responses"]["400"]["description"], "You cannot follow yourself.")
         login = self.document["paths"]["/v1/sessions"]["post"]
         self.assertIn("Malformed JSON", login["responses"]["400"]["description"])
         self.assertIn("failed logins", login["responses"]["429"]["description"])
+
+    def test_rulesBeyondSchemas(self) -> None:
+        """
+        A 400 no schema can announce is declared by the operation: listed,
+        by field, with the 400 answer (C{x-rules}) and said in its
+        description.
+        """
+        paths = self.document["paths"]
+        refusal = paths["/v1/me/following/{username}"]["put"]["responses"]["400"]
+        self.assertEqual(list(refusal["x-rules"]), ["username"])
+        self.assertIn("follow yourself", refusal["description"])
+        for path in ["/v1/accounts/{username}/posts", "/v1/me/following", "/v1/notifications"]:
+            refusal = paths[path]["get"]["responses"]["400"]
+            self.assertEqual(list(refusal["x-rules"]), ["cursor"], path)
+            self.assertIn("`cursor`", refusal["description"])
+        self.assertNotIn("x-rules", paths["/v1/posts"]["post"]["responses"]["400"])
+
+    def test_cursorForm(self) -> None:
+        """
+        A cursor parameter states the form of cursors: base64url, so no
+        cursor is one character long.
+        """
+        [cursor] = [
+            p
+            for p in self.document["paths"]["/v1/notifications"]["get"]["parameters"]
+            if p["name"] == "cursor"
+        ]
+        validator = ecmaValidator(cursor["schema"])
+        for good in [encodeCursor("01aaaaaaaaaaaaaaaaaaaaaaaa"), "ab", "abc", "abcd"]:
+            self.assertTrue(validator.is_valid(good), good)
+        for bad in ["", "0", "abcde", "ab=", "a+b/"]:
+            self.assertFalse(validator.is_valid(bad), bad)
+
+    def test_pathParameters(self) -> None:
+        """
+        Every path parameter of the platform's routes states what a value
+        must look like to name anything (others are a 404); the stream's
+        query states what may stand for Last-Event-ID.
+        """
+        seen = set()
+        for path, method, entry in self.operations():
+            for parameter in entry.get("parameters", []):
+                if parameter["in"] == "path":
+                    self.assertIn("pattern", parameter["schema"], (method, path))
+                    seen.add(parameter["name"])
+        self.assertEqual(seen, {"username", "post_id", "notification_id"})
+        stream = self.document["paths"]["/v1/notifications/stream"]["get"]
+        [lastEventId] = stream["parameters"]
+        self.assertEqual(lastEventId["name"], "last_event_id")
+        self.assertIn("Last-Event-ID", stream["responses"]["400"]["x-rules"])

@@ -197,7 +197,8 @@ class StreamTests(StreamTestCase):
             token=self.tokens["bob"],
             headers={"Last-Event-ID": "nope"},
         )
-        self.assertProblem(reply, 400)
+        problem = self.assertProblem(reply, 400, "invalid_argument")
+        self.assertEqual(problem["errors"][0]["field"], "Last-Event-ID")
 
 
 class TicketTests(StreamTestCase):
@@ -274,7 +275,8 @@ class TicketTests(StreamTestCase):
         reply = yield self.request(
             "GET", "/v1/notifications/stream?last_event_id=nope", token=self.tokens["bob"]
         )
-        self.assertProblem(reply, 400)
+        problem = self.assertProblem(reply, 400, "invalid_argument")
+        self.assertEqual(problem["errors"][0]["field"], "last_event_id")
 
     @inlineCallbacks
     def test_badTickets(self) -> Any:
