@@ -1,0 +1,1 @@
+"""Test helpers for services and buses built on txplatform."""
