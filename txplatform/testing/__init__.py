@@ -8,11 +8,14 @@ Test helpers for services and buses built on txplatform, shipped with it
   - L{EventRecorder}: every event published.
   - L{ServiceHarness.fake}: other services' methods answered by functions.
   - L{testKeyFiles}: key files, as C{txplatform-keys init} makes them.
+  - L{BusContract}: the behaviour every bus must have, as test methods
+    any bus implementation (the platform's three, or yours) runs.
 
 The gateway's own helper, a client over a gateway without a port, is
 L{txplatform_gateway.testing.GatewayClient}.
 """
 
+from .buscontract import BusContract, BusPair
 from .harness import (
     EventRecorder,
     HarnessReactor,
@@ -23,6 +26,8 @@ from .harness import (
 )
 
 __all__ = [
+    "BusContract",
+    "BusPair",
     "EventRecorder",
     "HarnessReactor",
     "InlineThreadPool",
