@@ -39,6 +39,7 @@ from txplatform.context import Origin, Priority, newMessageId
 from txplatform.errors import (
     InvalidArgument,
     MalformedJSON,
+    NotFound,
     ResourceExhausted,
     ServiceError,
     Unauthenticated,
@@ -341,7 +342,18 @@ class Gateway:
         return found[0][1] if found else None
 
     def _add(self, one: Route) -> None:
+        patterns = {
+            name: re.compile(schema["pattern"])
+            for name, schema in one.operation.parameters.items()
+            if "pattern" in schema
+        }
+
         def handle(request: IRequest, **path: Any) -> Any:
+            for name, pattern in patterns.items():
+                if not pattern.search(path[name]):
+                    # Outside its declared schema, it names nothing here.
+                    self.exchange(request, one.operation.priority)
+                    return self.problem(request, Failure(NotFound(f"there is no such {name}")))
             return self.runOperation(one, request, path)
 
         self.routes.append(one)

@@ -96,9 +96,10 @@ class Operation:
         allow it, because no schema can say it, by the field named in the
         problem's C{errors}: C{{"username": "is your own"}}.  The document
         lists them with the 400 answer (C{x-rules}).
-    @ivar parameters: JSON Schemas of the path's variables, by name, for
-        the document (a value outside its schema is a 404, as any unknown
-        path is); a variable without one is any string.
+    @ivar parameters: JSON Schemas of the path's variables, by name: the
+        gateway answers 404 for a value outside its C{pattern} (it names
+        nothing, as an unknown path does) and publishes them; a variable
+        without one is any string.
     """
 
     summary: str

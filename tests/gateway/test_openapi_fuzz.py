@@ -273,7 +273,9 @@ class DocumentFuzzTests(SQLiteMixin, ServiceTestCase):
         if contentType.startswith(b"text/event-stream"):
             response.original._transport.loseConnection()  # the client goes away
             self.http.flush()
-            yield eventually(lambda: len(self.gateway.routeObjects["the notify service"].streams) == 0)
+            yield eventually(
+                lambda: len(self.gateway.routeObjects["the notify service"].streams) == 0
+            )
             return Reply(response.code, response.headers, b"")
         content = yield self.settle(self.http.content(response))
         return Reply(response.code, response.headers, content)
