@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
 from typing import Any
 
+from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest
 
 from txplatform.catalogue import installedServices
 
 from .amqp.cluster import ClusterTestCase
-from .processes import TwistdTestCase
+from .processes import SERVING, Twistd, TwistdTestCase
 from .support import eventually, inCI
 
 
@@ -137,3 +142,139 @@ class SizeTests(TwistdTestCase):
 
         self.assertLessEqual(count(os.path.join(example, "likes")), 150)
         self.assertLessEqual(count(os.path.join(example, "tests")), 100)
+
+
+def tutorial() -> str:
+    from .processes import CHECKOUT
+
+    with open(os.path.join(CHECKOUT, "docs", "tutorial.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", tutorial(), re.S)
+
+
+class TutorialTests(TwistdTestCase):
+    """
+    docs/tutorial.md shows the example as it is, and its commands run as
+    written.
+    """
+
+    def test_filesShown(self) -> None:
+        """
+        Every file of the example is shown whole, as it is.
+        """
+        from .processes import CHECKOUT
+
+        shown = blocks("python") + blocks("toml")
+        example = os.path.join(CHECKOUT, "examples", "likes")
+        for path in [
+            "pyproject.toml",
+            "likes/__init__.py",
+            "likes/api.py",
+            "likes/routes.py",
+            "likes/service.py",
+            "tests/test_likes.py",
+        ]:
+            with open(os.path.join(example, path), encoding="utf-8") as f:
+                self.assertIn(f.read(), [block for block in shown], path)
+
+    def test_installedAsShown(self) -> None:
+        """
+        .ci/run installs the example with the command the tutorial shows.
+        """
+        from .processes import CHECKOUT
+
+        [install] = [b.strip() for b in blocks("sh") if "pip install" in b]
+        with open(os.path.join(CHECKOUT, ".ci", "run"), encoding="utf-8") as f:
+            self.assertIn(install, f.read())
+
+    def test_testsAsShown(self) -> Any:
+        """
+        The example's tests run with the command shown, from its folder.
+        """
+        from .processes import CHECKOUT
+
+        requireLikes()
+        [command] = [b.strip() for b in blocks("sh") if "twisted.trial" in b]
+        self.assertEqual(command, "python -m twisted.trial tests")
+        result = subprocess.run(
+            [sys.executable, "-m", "twisted.trial", "--temp-directory", self.mktemp(), "tests"],
+            cwd=os.path.join(CHECKOUT, "examples", "likes"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout[-2000:] + result.stderr)
+        self.assertIn("PASSED", result.stdout)
+
+    @inlineCallbacks
+    def test_walkThrough(self) -> Any:
+        """
+        The tutorial's walk-through works against the platform after the
+        README's.
+        """
+        from .test_readme import blockAfter
+
+        requireLikes()
+        process = self.spawn(
+            "txplatform",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--data-dir",
+            os.path.abspath(self.mktemp()),
+        )
+        port = yield process.ready
+        [walk] = [b for b in blocks("sh") if "API=http://localhost:8080" in b]
+        output = ""
+        for script in [blockAfter("## Walk-through"), walk]:
+            script = script.replace("API=http://localhost:8080", f"API=http://127.0.0.1:{port}")
+            result = yield threads.deferToThreadPool(
+                reactor,
+                reactor.getThreadPool(),
+                subprocess.run,
+                ["bash", "-euo", "pipefail", "-c", script],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
+            output = result.stdout
+        self.assertIn('"count":1', output)
+        self.assertIn('"kind":"liked"', output)
+        self.assertIn('"actor":"bob"', output)
+
+
+class TutorialProcessTests(ClusterTestCase):
+    @inlineCallbacks
+    def test_ownProcess(self) -> Any:
+        """
+        The tutorial's production commands, run as written (on the test's
+        own vhost), make the key file and start a likes replica that serves.
+        """
+        requireLikes()
+        [block] = [b for b in blocks("sh") if "twistd -n" in b]
+        where = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(where, "keys"))
+        os.symlink(sys.prefix, os.path.join(where, ".venv"))
+        shutil.copy(self.keys["bus"], os.path.join(where, "keys", "bus.json"))
+        script = block.replace("amqp://guest:guest@127.0.0.1:5672/", self.busURL)
+        self.assertNotEqual(script, block)
+        # The last command becomes the shell itself, so ending it ends twistd.
+        script = script.replace(".venv/bin/twistd", "exec .venv/bin/twistd")
+        process = Twistd(SERVING)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        transport = reactor.spawnProcess(
+            process, "/bin/bash", ["bash", "-euo", "pipefail", "-c", script], env=env, path=where
+        )
+
+        def kill() -> Any:
+            if not process.ended.called:
+                transport.signalProcess("KILL")
+                return process.ended
+
+        self.addCleanup(kill)
+        process.transport = transport
+        yield process.ready
+        self.assertTrue(os.path.exists(os.path.join(where, "keys", "likes.json")))

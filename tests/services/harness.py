@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from txplatform.context import EventContext
+from txplatform import testing
 from txplatform.crypto.keys import Keys
 from txplatform.localbus import LocalBus
 from txplatform_services.account.passwords import Argon2Parameters, PasswordHasher
@@ -42,22 +42,10 @@ class ShiftedClock:
         return reactor.getDelayedCalls()
 
 
-class EventRecorder:
+class EventRecorder(testing.EventRecorder):
     """
-    Keeps every event matching a pattern, in its own group.
+    txplatform's recorder, waited on with the real reactor.
     """
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any, EventContext]] = []
-
-    def subscribe(self, bus: LocalBus, pattern: str = "#") -> Deferred[Any]:
-        return bus.subscribe(pattern, self._record, f"recorder-{id(self)}")
-
-    def _record(self, payload: Any, context: EventContext) -> None:
-        self.events.append((context.event, payload, context))
-
-    def named(self, name: str) -> list[Any]:
-        return [payload for event, payload, _ in self.events if event == name]
 
     def waitFor(self, name: str, count: int = 1) -> Deferred[Any]:
         return eventually(lambda: len(self.named(name)) >= count and self.named(name))
