@@ -66,6 +66,26 @@ class Twistd(ProcessProtocol):
         return self.transport.pid
 
 
+def runShell(script: str, timeout: float = 60) -> Deferred[Any]:
+    """
+    Run a documented shell block with bash (stopping at the first error),
+    in a thread: its C{subprocess.CompletedProcess}.
+    """
+    import subprocess
+
+    from twisted.internet import threads
+
+    return threads.deferToThreadPool(
+        reactor,
+        reactor.getThreadPool(),
+        subprocess.run,
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class TwistdTestCase(TestCase):
     timeout = 120
 

@@ -15,14 +15,14 @@ import subprocess
 import sys
 from typing import Any
 
-from twisted.internet import reactor, threads
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest
 
 from txplatform.catalogue import installedServices
 
 from .amqp.cluster import ClusterTestCase
-from .processes import SERVING, Twistd, TwistdTestCase
+from .processes import SERVING, Twistd, TwistdTestCase, runShell
 from .support import eventually, inCI
 
 
@@ -230,15 +230,7 @@ class TutorialTests(TwistdTestCase):
         output = ""
         for script in [blockAfter("## Walk-through"), walk]:
             script = script.replace("API=http://localhost:8080", f"API=http://127.0.0.1:{port}")
-            result = yield threads.deferToThreadPool(
-                reactor,
-                reactor.getThreadPool(),
-                subprocess.run,
-                ["bash", "-euo", "pipefail", "-c", script],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = yield runShell(script)
             self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
             output = result.stdout
         self.assertIn('"count":1', output)

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from typing import Any
 
-from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
 
-from .processes import CHECKOUT, TwistdTestCase
+from .processes import CHECKOUT, TwistdTestCase, runShell
 
 
 def readme() -> str:
@@ -62,15 +60,7 @@ class CommandTests(TwistdTestCase):
         port = yield process.ready
         script = block.replace("API=http://localhost:8080", f"API=http://127.0.0.1:{port}")
         self.assertNotEqual(script, block)
-        result = yield threads.deferToThreadPool(
-            reactor,
-            reactor.getThreadPool(),
-            subprocess.run,
-            ["bash", "-euo", "pipefail", "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = yield runShell(script)
         self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
         output = result.stdout
         for expected in [

@@ -110,5 +110,5 @@ class ServiceRegistryTests(SynchronousTestCase):
         """
         registry = installedServices().registry()
         names = [name for name, _ in registry]
-        self.assertEqual(sorted(names), ["account", "gateway", "notify", "parser", "post"])
+        self.assertLessEqual({"account", "gateway", "notify", "parser", "post"}, set(names))
         self.assertEqual(registry.idFor("account").hex, "010001")

@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 import jsonschema
-from attrs import frozen
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -17,6 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from txplatform_gateway import Gateway
 from txplatform_gateway.openapi import openapiDocument
+from txplatform_gateway.testing import Response
 from txplatform_services.parser.service import ParserService
 
 from ..services.harness import ServiceTestCase
@@ -24,19 +24,8 @@ from ..services.harness import ServiceTestCase
 PASSWORD = "correct horse"
 
 
-@frozen
-class Reply:
-    status: int
-    headers: Any
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        return values[0] if values else None
+#: What the gateway answered (the shipped helper's record).
+Reply = Response
 
 
 class OpenAPIChecker:
