@@ -43,7 +43,7 @@ def main() -> None:
         options,
         reactor,
         JSONCodec(),
-        {service: PlainFieldCodec() for service in allinone.SERVICES},
+        {purpose: PlainFieldCodec() for purpose in options.purposes() if purpose != "bus"},
     )
     top.privilegedStartService()
     top.startService()

@@ -258,6 +258,19 @@ def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: 
     return bus
 
 
+def makeDeclared(declaration: Any, parts: ServiceParts) -> Any:
+    """
+    The service C{declaration} makes; a process stops with the reason, no
+    traceback, if it cannot be made as declared.
+    """
+    from txplatform.catalogue import CatalogueError
+
+    try:
+        return declaration.make(parts)
+    except CatalogueError as e:
+        raise SystemExit(f"txplatform: {e}") from None
+
+
 def makeDatabase(url: str, reactor: Any) -> Any:
     return databaseFromURL(url, reactor=reactor)
 
@@ -297,7 +310,7 @@ def serviceProcess(options: usage.Options, reactor: Any, declaration: Any, store
     bus.setServiceParent(top)
     if stores:
         database = makeDatabase(options["db"], reactor)
-    service = declaration.make(ServiceParts(bus, reactor, options, database, fields))
+    service = makeDeclared(declaration, ServiceParts(bus, reactor, options, database, fields))
     service.drainTimeout = options["drain-timeout"]
     service.logCalls = options["log-calls"]
     service.setServiceParent(top)

@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from txplatform.catalogue import Catalogue, CatalogueError, ServiceParts, installedServices
 
-from ._common import KEY_RELOAD, checkDatabase, checkPositive, makeDatabase
+from ._common import KEY_RELOAD, checkDatabase, checkPositive, makeDatabase, makeDeclared
 from .gateway import (
     ACCOUNT_RATE_LIMIT,
     API_INFO,
@@ -232,7 +232,7 @@ def assemble(
         if declaration.stores():
             database = makeDatabase(options.databaseURL(declaration.name), reactor)
         parts = ServiceParts(bus, reactor, options, database, fieldCodecs.get(declaration.name))
-        service = declaration.make(parts)
+        service = makeDeclared(declaration, parts)
         service.logCalls = options["log-calls"]
         service.setServiceParent(top)
         services.append(service)

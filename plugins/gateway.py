@@ -241,20 +241,27 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         for key in ("title", "version", "description")
         if options.get(f"api-{key}") is not None
     }
-    gateway = Gateway(
-        bus,
-        reactor,
-        callTimeout=options["call-timeout"],
-        maxBodySize=options["max-body-size"],
-        corsOrigins=getattr(options, "corsOrigins", []),
-        trustedProxies=getattr(options, "trustedProxies", []),
-        maxInFlight=options["max-in-flight"],
-        parserOver=options.get("parser-over"),
-        parser=parser,
-        info=info,
-        rateLimit=rateLimit,
-        accountRateLimit=accountRateLimit,
-    )
+    from txplatform_gateway import RouteConflict
+
+    try:
+        gateway = Gateway(
+            bus,
+            reactor,
+            callTimeout=options["call-timeout"],
+            maxBodySize=options["max-body-size"],
+            corsOrigins=getattr(options, "corsOrigins", []),
+            trustedProxies=getattr(options, "trustedProxies", []),
+            maxInFlight=options["max-in-flight"],
+            parserOver=options.get("parser-over"),
+            parser=parser,
+            info=info,
+            rateLimit=rateLimit,
+            accountRateLimit=accountRateLimit,
+        )
+    except RouteConflict as e:
+        # An installed service's routes clash with another's: no traceback,
+        # the reason (naming both) and a failed start.
+        raise SystemExit(f"txplatform: cannot serve the installed services' routes: {e}")
     if options["busy-limit"] > 0:
         from txplatform_gateway.admission import BusyMonitor
 

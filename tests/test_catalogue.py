@@ -39,6 +39,9 @@ class Plain:
     A stand-in service class that stores nothing.
     """
 
+    name = "likes"
+    serviceId = ServiceId.fromHex("020001")
+
     def __init__(self, bus, reactor) -> None:
         self.bus = bus
         self.reactor = reactor
@@ -67,8 +70,19 @@ class DeclarationTests(SynchronousTestCase):
         """
         A build function gets the parts, options included.
         """
-        built = declaration("likes", "020001", build=lambda parts: parts.options["size"])
-        self.assertEqual(built.make(ServiceParts("bus", "reactor", {"size": 3})), 3)
+        built = declaration("likes", "020001", build=lambda parts: Plain(parts.options["size"], 0))
+        self.assertEqual(built.make(ServiceParts("bus", "reactor", {"size": 3})).bus, 3)
+
+    def test_madeAsDeclared(self) -> None:
+        """
+        A service made with another name or id than its declaration's is
+        refused: the bus and the key files would not agree.
+        """
+        for name, hexId in [("stars", "020001"), ("likes", "020002")]:
+            error = self.assertRaises(
+                CatalogueError, declaration(name, hexId).make, ServiceParts("bus", "reactor", {})
+            )
+            self.assertIn("is made as 'likes' (020001)", str(error))
 
     def test_stores(self) -> None:
         """

@@ -154,13 +154,22 @@ class ServiceDeclaration:
     def make(self, parts: ServiceParts) -> Any:
         """
         A new instance of the service.
+
+        @raise CatalogueError: It does not have the declared name and id.
         """
         if self.build is not None:
-            return self.build(parts)
-        cls = self.serviceClass()
-        if self.stores():
-            return cls(parts.bus, parts.database, parts.reactor, parts.fields)
-        return cls(parts.bus, parts.reactor)
+            service = self.build(parts)
+        elif self.stores():
+            service = self.serviceClass()(parts.bus, parts.database, parts.reactor, parts.fields)
+        else:
+            service = self.serviceClass()(parts.bus, parts.reactor)
+        made = (getattr(service, "name", None), getattr(service, "serviceId", None))
+        if made != (self.name, self.serviceId):
+            raise CatalogueError(
+                f"the service declared as {self.name!r} ({self.serviceId.hex}) is made as"
+                f" {made[0]!r} ({getattr(made[1], 'hex', made[1])})"
+            )
+        return service
 
 
 def _resolve(where: str) -> Any:

@@ -39,6 +39,7 @@ __all__ = [
     "jsonSchema",
     "RECORD_ID",
     "recordIdField",
+    "usernameField",
     "limitField",
     "cursorField",
     "PageQuery",
@@ -510,6 +511,20 @@ def recordIdField(what: str = "a record", **kwargs: Any) -> Any:
     """
     return string(
         pattern=RECORD_ID, hint=f"the id of {what}", description=f"The id of {what}.", **kwargs
+    )
+
+
+def usernameField(**kwargs: Any) -> Any:
+    """
+    A username as accounts have them.
+    """
+    return string(
+        minLength=3,
+        maxLength=32,
+        pattern="[a-z0-9_]+",
+        hint="lowercase letters a-z, digits and _ only",
+        description="3-32 characters: a-z, 0-9 and _.",
+        **kwargs,
     )
 
 

@@ -16,6 +16,7 @@ from txplatform.messages import (
     request,
     string,
     stringList,
+    usernameField,
 )
 from txplatform.serviceid import ServiceId
 
@@ -51,17 +52,6 @@ def usernameFromPath(username: str) -> str:
     if not _USERNAME.match(username):
         raise NotFound(f"no account is named {username!r}")
     return username
-
-
-def usernameField(**kwargs):
-    return string(
-        minLength=3,
-        maxLength=32,
-        pattern="[a-z0-9_]+",
-        hint="lowercase letters a-z, digits and _ only",
-        description="3-32 characters: a-z, 0-9 and _.",
-        **kwargs,
-    )
 
 
 def usernameLookupField(**kwargs):

@@ -4,10 +4,18 @@ The Post service's contract: identifier, messages and events.
 
 from __future__ import annotations
 
-from txplatform.messages import cursorField, integer, limitField, message, request, string
+from txplatform.messages import (
+    cursorField,
+    integer,
+    limitField,
+    message,
+    request,
+    string,
+    usernameField,
+)
 from txplatform.serviceid import ServiceId
 
-from ..account.api import accountIdField, usernameField
+from ..account.api import accountIdField
 
 SERVICE_NAME = "post"
 SERVICE_ID = ServiceId.fromHex("010002")

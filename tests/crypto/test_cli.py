@@ -160,6 +160,24 @@ class OfflineCommandTests(SynchronousTestCase):
             self.assertEqual(status, 1)
         self.assertEqual(self.stderr.getvalue().count("--service and --db go together"), 2)
 
+    def test_anyStoringService(self) -> None:
+        """
+        --service takes any installed service that stores data; another
+        name is a usage error listing those that do.
+        """
+        from txplatform.catalogue import installedServices
+
+        path = newKeyPath(self)
+        for command in (["status", path], ["reencrypt", "--keys", path, "--db", "sqlite::memory:"]):
+            for wrong in ("nosuch", "parser"):
+                status, _ = self.command(*command, "--service", wrong)
+                self.assertEqual(status, 2)
+        storing = ", ".join(d.name for d in installedServices() if d.stores())
+        self.assertIn(
+            f"'parser' is not an installed service that stores data ({storing})",
+            self.stderr.getvalue(),
+        )
+
     def test_retireWithoutCheckRefused(self) -> None:
         """
         retire without --service and --db refuses unless --force is given,

@@ -60,12 +60,19 @@ class ServiceCommandTests(SynchronousTestCase):
 
 DECLARE = """
 from txplatform.catalogue import ServiceDeclaration
+from txplatform.service import BusService
 from txplatform.serviceid import ServiceId
+
+
+class Service(BusService):
+    name = "{name}"
+    serviceId = ServiceId.fromHex("{hex}")
+
 
 declaration = ServiceDeclaration(
     name="{name}",
     serviceId=ServiceId.fromHex("{hex}"),
-    service="txplatform_services.parser.service:ParserService",
+    service="{name}_declared:Service",
     summary="A service installed after the plugin cache was made.",
 )
 """
@@ -148,4 +155,43 @@ class InstalledLaterTests(TestCase):
         output = result.stdout + result.stderr
         self.assertIn("'account' (from txplatform 0.1.0) and 'stars' (from stars-pkg 1.0)", output)
         self.assertIn("both claim the id 010001", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_routeShadowed(self) -> None:
+        """
+        A service whose route would shadow another's stops the process
+        before it listens, saying which, without a traceback.
+        """
+        directory = self.install("stars", "020003")
+        with open(os.path.join(directory, "stars_routes.py"), "w") as f:
+            f.write(
+                textwrap.dedent("""\
+                    from txplatform.routes import route
+
+                    class Routes:
+                        def __init__(self, parts):
+                            pass
+
+                        @route("GET", "/v1/posts/{id}", "Mine", tag="stars")
+                        def mine(self, exchange, id):
+                            return {}
+                """)
+            )
+        with open(os.path.join(directory, "stars_declared.py"), "a") as f:
+            f.write(
+                "\nimport attrs\ndeclaration = attrs.evolve(declaration, routes='stars_routes:Routes')\n"
+            )
+        result = self.twistdRun(
+            "-n",
+            "--pidfile=",
+            "txplatform",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--data-dir",
+            os.path.abspath(self.mktemp()),
+            path=directory,
+        )
+        self.assertNotEqual(result.returncode, 0)
+        output = result.stdout + result.stderr
+        self.assertIn("GET /v1/posts/{id} of the stars service would shadow", output)
         self.assertNotIn("Traceback", output)
