@@ -220,19 +220,15 @@ class AccountService(DatabaseService):
     @inlineCallbacks
     def login(self, request: api.LoginAttempt, context: CallContext) -> Any:
         keys = self.throttle.keys(request.username, request.client)
-        # Refused before any password work: a blocked brute force costs
-        # one query, not an argon2id hash.
-        yield self.throttle.check(keys)
-        account = yield self.store.byUsername(request.username)
-        if account is None:
-            yield self.passwords.verifyNothing(request.password)
-            yield self.throttle.failed(keys)
-            raise Unauthenticated(_BAD_LOGIN)
-        matches = yield self.passwords.verify(account.password_hash, request.password)
+        # Counted before any password work, and refused at once when the
+        # address is blocked: a blocked brute force costs one transaction,
+        # not an argon2id hash.
+        account, matches = yield self.throttle.check(
+            keys, lambda: self._checkPassword(request.username, request.password)
+        )
         if not matches:
-            yield self.throttle.failed(keys)
             raise Unauthenticated(_BAD_LOGIN)
-        yield self.throttle.succeeded(keys[0])
+        yield self.throttle.succeeded(keys)
         if self.passwords.needsRehash(account.password_hash):
             newHash = yield self.passwords.hash(request.password)
             yield self.store.rehash(account.id, newHash)
@@ -251,6 +247,19 @@ class AccountService(DatabaseService):
             "account_id": account.id,
             "session_id": sessionId,
         }
+
+    @inlineCallbacks
+    def _checkPassword(self, username: str, password: str) -> Any:
+        """
+        The account of C{username} and whether C{password} is its password;
+        an unknown username costs a hash as well, and matches nothing.
+        """
+        account = yield self.store.byUsername(username)
+        if account is None:
+            yield self.passwords.verifyNothing(password)
+            return None, False
+        matches = yield self.passwords.verify(account.password_hash, password)
+        return account, matches
 
     @inlineCallbacks
     def _use(self, session: SessionRow | None, refusal: str) -> Any:

@@ -1,34 +1,51 @@
 # -*- test-case-name: tests.services.test_throttle -*-
 """
-Login throttling: failed logins counted per account and per client address
-in the Account service's database, so that every gateway and every replica
-sees the same counts (a brute force spread over duplicated gateways is
-throttled as one).
+Login throttling, counted in the Account service's database so that every
+gateway and every replica sees the same counts (a brute force spread over
+duplicated gateways is throttled as one).
 
-After C{freeFailures} failures in a row, each further failure blocks the
-key for twice as long as the one before (from C{baseDelay}, at most
-C{maxDelay}); a blocked key's attempts are refused at once with
-L{ResourceExhausted} and its retry time, without checking the password.
-A success clears the account's count; a client address's count lapses
-C{window} seconds after its last failure (a success does not clear it: one
-valid account must not reset an address guessing at others).
+Every attempt is reserved as a failure before its password is checked, in
+one transaction under a lock on its keys: a burst of concurrent attempts
+counts as many failures as it has attempts, and only those a key's count
+allows reach the password check.  A success gives the reservation back.
 
-Keys are blind indexes (HMAC under the service's keyring): neither
-usernames nor addresses are stored in clear.
+An attempt counts against three keys:
+
+  - the account and the client address together, and the client address
+    alone (guessing at many accounts): these block hard.  After
+    C{freeFailures} failures in a row, each further failure blocks the key
+    for twice as long as the one before (from C{baseDelay}, at most
+    C{maxDelay}); a blocked key's attempts are refused at once with
+    L{ResourceExhausted} and the time to wait, before any password work;
+  - the account alone, from anywhere: this only slows.  Past its free
+    failures from other addresses, each attempt waits (at most C{maxSoftDelay} seconds) before
+    its password is checked, and at most C{concurrentChecks} checks of one
+    account run at once in a replica.  An attacker guessing from many
+    addresses is held to that pace, but cannot lock the owner out: the
+    owner's right password, from an address that has not failed, is never
+    refused by throttling.
+
+A success clears the account's counts; an address's count lapses C{window}
+seconds after its last failure (a success gives back only its own
+reservation: one valid account must not reset an address guessing at
+others).  Keys are blind indexes (HMAC under the service's keyring):
+neither usernames nor addresses are stored in clear.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from attrs import frozen
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from txplatform.database import Migration
 from txplatform.errors import ResourceExhausted
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 
-__all__ = ["LoginThrottle", "MIGRATION"]
+__all__ = ["LoginThrottle", "MIGRATION", "AttemptKeys"]
 
 TABLE = "account_login_failures"
 
@@ -47,7 +64,29 @@ MIGRATION = Migration(
 )
 
 
+@frozen
+class AttemptKeys:
+    """
+    What one login attempt counts against.
+
+    @ivar hard: Keys that block (the account with the address, the
+        address); without an address, the account.
+    @ivar soft: Keys that slow (the account, when there is an address).
+    @ivar account: The account's own key, cleared by a success.
+    """
+
+    hard: tuple[bytes, ...]
+    soft: tuple[bytes, ...]
+    account: bytes
+    client: bytes | None
+
+
 class LoginThrottle:
+    #: The longest an attempt waits on an account's failures from elsewhere.
+    maxSoftDelay = 3.0
+    #: Password checks of one account running at once in a replica.
+    concurrentChecks = 2
+
     def __init__(
         self,
         database: IDatabase,
@@ -65,16 +104,20 @@ class LoginThrottle:
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay
         self.window = window
+        self._checking: dict[bytes, DeferredSemaphore] = {}
 
-    def keys(self, username: str, client: str | None) -> list[bytes]:
+    def keys(self, username: str, client: str | None) -> AttemptKeys:
         """
-        The keys an attempt counts against: its account (by the normalised
-        username, whether the account exists or not) and its client address.
+        The keys an attempt counts against, whether the account exists or
+        not (the username normalised).
         """
-        keys = [b"u" + self._fields.index(TABLE, "username", username.lower())]
-        if client:
-            keys.append(b"c" + self._fields.index(TABLE, "client", client))
-        return keys
+        username = username.lower()
+        account = b"u" + self._fields.index(TABLE, "username", username)
+        if not client:
+            return AttemptKeys((account,), (), account, None)
+        address = b"c" + self._fields.index(TABLE, "client", client)
+        pair = b"p" + self._fields.index(TABLE, "pair", f"{username}\x00{client}")
+        return AttemptKeys((pair, address), (account,), account, address)
 
     def delay(self, failures: int) -> float:
         """
@@ -88,36 +131,38 @@ class LoginThrottle:
     def _now(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def check(self, keys: list[bytes]) -> Deferred[None]:
+    def reserve(self, keys: AttemptKeys) -> Deferred[float]:
         """
-        @raise ResourceExhausted: (in the Deferred) A key is blocked.
+        Count the attempt as a failure against every key, unless a hard key
+        is blocked.
+
+        @return: A Deferred of how many seconds the attempt should wait
+            before its password is checked (the account's slowing).
+        @raise ResourceExhausted: (in the Deferred) A hard key is blocked;
+            nothing was counted.
         """
-        marks = ", ".join("?" * len(keys))
-        d = self._database.runQuery(
-            f"SELECT MAX(blocked_until) FROM {TABLE} WHERE key IN ({marks})", tuple(keys)
+        return self._database.runInteraction(self._reserve, keys, self._now())
+
+    def _reserve(self, transaction: ITransaction, keys: AttemptKeys, now: int) -> float:
+        everything = keys.hard + keys.soft
+        # Concurrent attempts on one key take their turn here: each sees
+        # the counts of those before it.
+        transaction.lock(*(key.hex() for key in everything))
+        marks = ", ".join("?" * len(keys.hard))
+        transaction.execute(
+            f"SELECT MAX(blocked_until) FROM {TABLE} WHERE key IN ({marks})", keys.hard
         )
-
-        def blocked(rows: list[tuple[Any, ...]]) -> None:
-            until = rows[0][0] if rows and rows[0][0] is not None else 0
-            wait = (until - self._now()) / 1000
-            if wait > 0:
-                raise ResourceExhausted(
-                    f"too many failed logins: try again in {max(1, round(wait))} s",
-                    {"retry_after": wait},
-                )
-
-        return d.addCallback(blocked)
-
-    def failed(self, keys: list[bytes]) -> Deferred[None]:
-        """
-        Count a failure against every key, blocking those past their free
-        failures.
-        """
-        return self._database.runInteraction(self._failed, keys, self._now())
-
-    def _failed(self, transaction: ITransaction, keys: list[bytes], now: int) -> None:
+        row = transaction.fetchone()
+        until = row[0] if row and row[0] is not None else 0
+        wait = (until - now) / 1000
+        if wait > 0:
+            raise ResourceExhausted(
+                f"too many failed logins: try again in {max(1, round(wait))} s",
+                {"retry_after": wait},
+            )
         lapsed = now - int(self.window * 1000)
-        for key in keys:
+        counts = {}
+        for key in everything:
             # One statement per key: concurrent failures from other
             # gateways queue on the row instead of losing a count.
             transaction.execute(
@@ -128,19 +173,66 @@ class LoginThrottle:
                 (key, now, lapsed, now),
             )
             transaction.execute(f"SELECT failures FROM {TABLE} WHERE key = ?", (key,))
-            (failures,) = transaction.fetchone()
-            delay = self.delay(failures)
-            if delay:
+            (counts[key],) = transaction.fetchone()
+            delay = self.delay(counts[key])
+            if delay and key in keys.hard:
                 transaction.execute(
                     f"UPDATE {TABLE} SET blocked_until = ? WHERE key = ?",
                     (now + int(delay * 1000), key),
                 )
+        if not keys.soft:
+            return 0.0
+        # Slowed for the account's failures from other addresses only: an
+        # address's own are what its hard keys are for.
+        elsewhere = counts[keys.account] - counts[keys.hard[0]]
+        return min(self.delay(max(elsewhere, 0)), self.maxSoftDelay)
 
-    def succeeded(self, accountKey: bytes) -> Deferred[None]:
+    def check(self, keys: AttemptKeys, verify: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         """
-        Clear the account's count.
+        Reserve the attempt, wait as long as the account's failures say,
+        then run C{verify} (the password check), at most
+        C{concurrentChecks} at once per account.
         """
-        return self._database.runOperation(f"DELETE FROM {TABLE} WHERE key = ?", (accountKey,))
+        d = self.reserve(keys)
+
+        def slowed(delay: float) -> Deferred[Any]:
+            if not delay:
+                return self._limited(keys.account, verify)
+            return deferLater(self._clock, delay, self._limited, keys.account, verify)
+
+        return d.addCallback(slowed)
+
+    def _limited(self, account: bytes, verify: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        semaphore = self._checking.get(account)
+        if semaphore is None:
+            semaphore = self._checking[account] = DeferredSemaphore(self.concurrentChecks)
+
+        def done(result: Any) -> Any:
+            if semaphore.tokens == semaphore.limit and not semaphore.waiting:
+                self._checking.pop(account, None)
+            return result
+
+        return semaphore.run(verify).addBoth(done)
+
+    def succeeded(self, keys: AttemptKeys) -> Deferred[None]:
+        """
+        Clear the account's counts, and give the address back the failure
+        reserved for this attempt.
+        """
+        return self._database.runInteraction(self._succeeded, keys)
+
+    def _succeeded(self, transaction: ITransaction, keys: AttemptKeys) -> None:
+        cleared = [k for k in keys.hard + keys.soft if k != keys.client]
+        marks = ", ".join("?" * len(cleared))
+        transaction.execute(f"DELETE FROM {TABLE} WHERE key IN ({marks})", cleared)
+        if keys.client is not None:
+            # Any block on the address is this reservation's: one in force
+            # before it would have refused the attempt.
+            transaction.execute(
+                f"UPDATE {TABLE} SET failures = failures - 1, blocked_until = 0"
+                " WHERE key = ? AND failures > 0",
+                (keys.client,),
+            )
 
     def sweep(self) -> Deferred[None]:
         """
