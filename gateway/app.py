@@ -35,7 +35,7 @@ import txplatform
 from txplatform.bodies import decodeBody
 from txplatform.catalogue import GATEWAY_ID, Catalogue, installedServices
 from txplatform.codec import dumps
-from txplatform.context import Origin, Priority, newMessageId
+from txplatform.context import Origin, Priority, newRequestId
 from txplatform.errors import (
     InvalidArgument,
     MalformedJSON,
@@ -404,7 +404,7 @@ class Gateway:
         exchange = request.getComponent(IExchange)
         if exchange is None:
             given = request.getHeader("x-request-id")
-            requestId = given if given and _REQUEST_ID.match(given) else newMessageId()
+            requestId = given if given and _REQUEST_ID.match(given) else newRequestId()
             exchange = Exchange(
                 self, request, requestId, self.clock.seconds() + self.callTimeout, priority
             )

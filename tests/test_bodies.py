@@ -14,7 +14,9 @@ from txplatform_services.account.api import Login
 class DecodeTests(SynchronousTestCase):
     def test_strict(self) -> None:
         """
-        Only UTF-8 JSON, without NaN or Infinity; each refusal says where.
+        Only UTF-8 JSON, without NaN or Infinity, with each key once per
+        object (parsers disagree on which of two wins); each refusal says
+        where or what.
         """
         for raw, expected in [
             (b"\xff{}", "not UTF-8 (byte 0)"),
@@ -22,6 +24,8 @@ class DecodeTests(SynchronousTestCase):
             (b'{"a": -Infinity}', "-Infinity is not allowed"),
             (b'{"a": ', "line 1, column 7"),
             (b"[" * 100000, "not valid JSON"),
+            (b'{"a": 1, "b": {"c": 2, "c": 3}}', "the key 'c' appears twice"),
+            (b'{"password": "x", "password": "y"}', "the key 'password' appears twice"),
         ]:
             error = self.assertRaises(MalformedJSON, decodeJSON, raw)
             self.assertIn(expected, error.message)

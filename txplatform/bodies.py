@@ -25,9 +25,20 @@ def _reject(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        # Parsers disagree on which of two values wins: refuse both.
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return found
+
+
 def decodeJSON(raw: bytes | str) -> Any:
     """
-    Decode a JSON body, strictly: UTF-8 only, no NaN or Infinity.
+    Decode a JSON body, strictly: UTF-8 only, no NaN or Infinity, no key
+    twice in one object.
 
     @raise MalformedJSON: Saying where and why it is not JSON.
     """
@@ -39,7 +50,7 @@ def decodeJSON(raw: bytes | str) -> Any:
     else:
         text = raw
     try:
-        return json.loads(text, parse_constant=_reject)
+        return json.loads(text, parse_constant=_reject, object_pairs_hook=_object)
     except json.JSONDecodeError as e:
         raise MalformedJSON(
             f"the body is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"

@@ -14,7 +14,7 @@ from attrs import frozen
 
 from .serviceid import ServiceId
 
-__all__ = ["Priority", "Origin", "CallContext", "EventContext", "newMessageId"]
+__all__ = ["Priority", "Origin", "CallContext", "EventContext", "newMessageId", "newRequestId"]
 
 
 class Priority(enum.IntEnum):
@@ -48,6 +48,14 @@ def newMessageId() -> str:
     A 32-hex-digit id, unique across processes.
     """
     return f"{_prefix}{next(_counter):016x}"
+
+
+def newRequestId() -> str:
+    """
+    A random 32-hex-digit id for a request from outside: clients see it,
+    so it must not count requests as message ids do.
+    """
+    return os.urandom(16).hex()
 
 
 @frozen
