@@ -127,6 +127,13 @@ class BaseOptions(usage.Options):
         """
         from txplatform.crypto.keyfile import KeyFileError, ensureKeyFile
 
+        if self["db"] is None:
+            # Made here first, else as the key directory's parent: with the
+            # default mode, open to other users.
+            try:
+                os.makedirs(self["data-dir"], mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(f"cannot create --data-dir {self['data-dir']}: {e}")
         for purpose in self.purposes():
             path = self.keyFile(purpose)
             try:

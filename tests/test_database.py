@@ -2,6 +2,8 @@
 Tests for L{txplatform.database}, run on SQLite and on PostgreSQL.
 """
 
+import os
+import sqlite3
 import threading
 from typing import Any
 
@@ -280,3 +282,48 @@ class DatabaseFromURLTests(SynchronousTestCase):
         self.addCleanup(database.close)
         self.assertNotIn("secret", database.description)
         self.assertIn("sslmode=require", database.description)
+
+
+class SQLiteFileModeTests(SynchronousTestCase):
+    """
+    Only the process's user reads an SQLite database.
+    """
+
+    def test_private(self) -> None:
+        """
+        A new database's directory is 0700, its file and its journals 0600.
+        """
+        import stat
+
+        directory = os.path.join(os.path.abspath(self.mktemp()), "data")
+        path = os.path.join(directory, "db.sqlite")
+        database = SQLiteDatabase(path)
+        database.start()
+        self.addCleanup(database.close)
+        connection = sqlite3.connect(path)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE t (x)")
+        connection.execute("INSERT INTO t VALUES (1)")
+        connection.commit()
+        self.addCleanup(connection.close)
+        self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
+        for name in os.listdir(directory):
+            mode = stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode)
+            self.assertEqual(mode, 0o600, name)
+        self.assertIn("db.sqlite-wal", os.listdir(directory))
+
+    def test_looseReported(self) -> None:
+        """
+        An existing directory or file that others may read is reported.
+        """
+        from twisted.logger import capturedLogs
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory, mode=0o755)
+        os.chmod(directory, 0o755)
+        database = SQLiteDatabase(os.path.join(directory, "db.sqlite"))
+        with capturedLogs() as events:
+            database.start()
+        self.addCleanup(database.close)
+        [warning] = [e for e in events if "open to other users" in e["log_format"]]
+        self.assertEqual(warning["where"], directory)

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import stat
 import time
 import zlib
 from functools import lru_cache
@@ -273,12 +274,27 @@ class SQLiteDatabase(_AdbapiDatabase):
 
     def start(self) -> None:
         """
-        Create the file's directory if need be, and start the pool.
+        Create the file's directory (mode 0700) and the file (0600) if need
+        be, reporting looser modes of existing ones, and start the pool.
+        SQLite gives its journals the file's mode.
 
-        @raise OSError: the directory cannot be created.
+        @raise OSError: the directory or the file cannot be created.
         """
         if self.path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+            for where in (directory, self.path):
+                mode = stat.S_IMODE(os.stat(where).st_mode)
+                if mode & 0o077:
+                    self.log.warn(
+                        "{where} is open to other users (mode {mode:o}): the data in it is"
+                        " sealed, but its size, its rows and their times are not; chmod it"
+                        " 0700 (a directory) or 0600 (a file)",
+                        where=where,
+                        mode=mode,
+                    )
         super().start()
 
     @staticmethod

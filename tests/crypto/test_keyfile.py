@@ -52,6 +52,25 @@ class KeyFileTests(SynchronousTestCase):
         self.assertEqual([m.version for m in read.versions], [1, 2])
         self.assertEqual(read.versions[1].activatesAt, 123.0)
 
+    def test_notThroughLinks(self) -> None:
+        """
+        A key file is written to a file of its own: a link planted where it
+        goes is replaced, not followed, and nothing is left beside it.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        elsewhere = os.path.join(directory, "elsewhere")
+        with open(elsewhere, "w") as f:
+            f.write("untouched")
+        path = os.path.join(directory, "account.json")
+        os.symlink(elsewhere, path)
+        writeKeyFile(path, newKeyFile("account"))
+        self.assertFalse(os.path.islink(path))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(elsewhere) as f:
+            self.assertEqual(f.read(), "untouched")
+        self.assertEqual(sorted(os.listdir(directory)), ["account.json", "elsewhere"])
+
     def test_readableByOthers(self) -> None:
         """
         A key file others can read is refused, saying how to fix it.
