@@ -338,9 +338,10 @@ class EventTests(BusTestMixin, SynchronousTestCase):
         self.subscribe("post.*", lambda p, c: got["a2"].append(p["n"]), "groupA")
         self.subscribe("post.created", lambda p, c: got["b"].append(p["n"]), "groupB")
         self.subscribe("account.#", lambda p, c: got["other"].append(p["n"]), "groupC")
-        for n in range(6):
-            self.successResultOf(self.bus.publish("post.created", {"n": n}))
+        published = [self.bus.publish("post.created", {"n": n}) for n in range(6)]
         self.turn()
+        for d in published:
+            self.successResultOf(d)
         self.assertEqual(sorted(got["a1"] + got["a2"]), list(range(6)))
         self.assertTrue(got["a1"] and got["a2"])
         self.assertEqual(got["b"], list(range(6)))
@@ -385,16 +386,71 @@ class EventTests(BusTestMixin, SynchronousTestCase):
             ("m1", "post.created", CALLER, "trace", 1),
         )
 
+    def test_publishedOnceHandled(self) -> None:
+        """
+        Publishing fires once every group the event went to has handled it
+        (or dead-lettered it), not when it is queued: until then it lives
+        only in this process, and its publisher must keep it.  Private
+        subscriptions are not waited for.
+        """
+        handled: list[Deferred[None]] = []
+
+        def slow(payload: Any, context: Any) -> Any:
+            d: Deferred[None] = Deferred()
+            handled.append(d)
+            return d
+
+        self.subscribe("post.*", slow, "a")
+        self.subscribe("post.created", lambda p, c: None, "b")
+        self.subscribe("post.created", lambda p, c: Deferred(), None)  # never done
+        published = self.bus.publish("post.created", {})
+        self.turn()
+        self.assertNoResult(published)
+        handled[0].callback(None)
+        self.successResultOf(published)
+
+        def broken(payload: Any, context: Any) -> Any:
+            raise RuntimeError("no")
+
+        self.subscribe("bad.thing", broken, "c")
+        published = self.bus.publish("bad.thing", {})
+        self.turn()
+        for delay in self.bus.retryDelays:
+            self.assertNoResult(published)
+            self.clock.advance(delay)
+            self.turn()
+        self.successResultOf(published)  # dead-lettered: given up
+        self.assertEqual(len(self.bus.deadLetters("c")), 1)
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_consumerGone(self) -> None:
+        """
+        When a group's last member stops with events waiting, their
+        publishers are told; published again, an event waits once.
+        """
+        subscription = self.subscribe("x.y", lambda p, c: Deferred(), "g")
+        self.subscribe("x.y", lambda p, c: None, "h")
+        first = self.bus.publish("x.y", {"n": 1}, messageId="m1")
+        self.turn()
+        second = self.bus.publish("x.y", {"n": 2}, messageId="m2")
+        subscription.stop()
+        self.failureResultOf(second, Unavailable)
+        again = self.bus.publish("x.y", {"n": 2}, messageId="m2")
+        self.failureResultOf(again, Unavailable)
+        self.assertEqual(self.bus.pendingEvents("g", "x.y"), 1)
+        self.assertNoResult(first)  # in hand: drained or not, its handler says
+
     def test_durableGroup(self) -> None:
         """
         Once a group exists, events wait for it while it has no member, but
         events from before the group existed are not its own.
         """
         got = []
-        self.bus.publish("post.created", {"n": 0})
+        self.successResultOf(self.bus.publish("post.created", {"n": 0}))  # nobody's
         subscription = self.subscribe("post.created", lambda p, c: got.append(p["n"]), "g")
         self.successResultOf(subscription.stop())
-        self.bus.publish("post.created", {"n": 1})
+        # Kept for the group, in memory only: its publisher is told so.
+        self.failureResultOf(self.bus.publish("post.created", {"n": 1}), Unavailable)
         self.turn()
         self.assertEqual((got, self.bus.pendingEvents("g", "post.created")), ([], 1))
         self.subscribe("post.created", lambda p, c: got.append(p["n"]), "g")
@@ -562,8 +618,10 @@ class EventTests(BusTestMixin, SynchronousTestCase):
             raise RuntimeError("no")
 
         self.subscribe("x.y", fail, "g")
-        self.bus.publish("x.y", {})
+        published = self.bus.publish("x.y", {})
         self.turn()
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.bus.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Never handled: its publisher must keep it.
+        self.failureResultOf(published, Unavailable)

@@ -83,6 +83,51 @@ class _PendingCall:
     encodedReply: bool = False
 
 
+class _Settlement:
+    """
+    Whether every consumer group an event went to is done with it (handled
+    it, or gave it up as a dead letter): what its publisher's Deferred
+    waits for.  It fails when a group holding it has no consumer left, or
+    the bus stops: the event is then only in this process's memory, and its
+    publisher (an outbox) must keep it to publish again.
+    """
+
+    def __init__(self, bus: LocalBus, groups: set[str]) -> None:
+        self._bus = bus
+        self._groups = groups
+        self.done: Deferred[None] = Deferred()
+        bus._unsettled.add(self)
+
+    def settle(self, group: str) -> None:
+        self._groups.discard(group)
+        if not self._groups and not self.done.called:
+            self._bus._unsettled.discard(self)
+            self.done.callback(None)
+
+    def fail(self, why: str) -> None:
+        if not self.done.called:
+            self._bus._unsettled.discard(self)
+            self.done.errback(Unavailable(why))
+
+
+class _Settlements:
+    """
+    Several publishers of one event waiting on one delivery (an outbox
+    published it again while it waited in a group).
+    """
+
+    def __init__(self, settlements: list[Any]) -> None:
+        self._settlements = settlements
+
+    def settle(self, group: str) -> None:
+        for settlement in self._settlements:
+            settlement.settle(group)
+
+    def fail(self, why: str) -> None:
+        for settlement in self._settlements:
+            settlement.fail(why)
+
+
 @frozen
 class _Delivery:
     messageId: str
@@ -92,6 +137,7 @@ class _Delivery:
     correlationId: str
     publishedAt: float
     attempt: int = 1
+    settlement: _Settlement | _Settlements | None = field(default=None, eq=False, repr=False)
 
 
 @implementer(ISubscription)
@@ -269,11 +315,38 @@ class _EventQueue(_Queue):
         super().__init__(bus)
         self.group = group
         self.pattern = pattern
+        #: A replica's own subscription (group C{None} when subscribing).
+        self.private = group.startswith("~")
         self._pending: deque[_Delivery] = deque()
+        # The publishers waiting on each pending event, by message id.
+        self._waiting: dict[str, list[Any]] = {}
 
     def put(self, delivery: _Delivery) -> None:
-        self._pending.append(delivery)
+        waiting = self._waiting.get(delivery.messageId)
+        if waiting is None:
+            # Published again (an outbox's next pass) while it waits here,
+            # it waits once, for both publishers.
+            self._pending.append(delivery)
+            waiting = self._waiting[delivery.messageId] = []
+        if delivery.settlement is not None:
+            waiting.append(delivery.settlement)
+            if not self._workers:
+                delivery.settlement.fail(f"group {self.group} has no consumer now")
         self.wake()
+
+    def take(self) -> _Delivery:
+        delivery = self._pending.popleft()
+        waiting = self._waiting.pop(delivery.messageId, [])
+        if len(waiting) > 1:
+            return evolve(delivery, settlement=_Settlements(waiting))
+        return delivery
+
+    def removeWorker(self, worker: _Worker) -> None:
+        super().removeWorker(worker)
+        if not self._workers:
+            for waiting in self._waiting.values():
+                for settlement in waiting:
+                    settlement.fail(f"group {self.group} has no consumer now")
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -284,7 +357,7 @@ class _EventQueue(_Queue):
             if worker is None:
                 return
             assert isinstance(worker, _EventWorker)
-            worker.run(self._pending.popleft())
+            worker.run(self.take())
 
 
 class _EventWorker(_Worker):
@@ -299,8 +372,12 @@ class _EventWorker(_Worker):
     def run(self, delivery: _Delivery) -> None:
         self.started()
         d = maybeDeferred(self._invoke, delivery)
-        d.addErrback(self._failed, delivery)
+        d.addCallbacks(self._handled, self._failed, (delivery,), None, (delivery,))
         d.addBoth(lambda _: self.finished())
+
+    def _handled(self, result: Any, delivery: _Delivery) -> None:
+        if delivery.settlement is not None:
+            delivery.settlement.settle(self._eventQueue.group)
 
     def _invoke(self, delivery: _Delivery) -> Any:
         payload = self._bus._codec.decode(
@@ -362,6 +439,7 @@ class LocalBus(Service):
         self._dirty: set[_Queue] = set()
         self._pump: IDelayedCall | None = None
         self._retries: set[IDelayedCall] = set()
+        self._unsettled: set[_Settlement] = set()
 
     # Scheduling
 
@@ -551,10 +629,18 @@ class LocalBus(Service):
             correlationId=origin.correlationId or messageId,
             publishedAt=self._clock.seconds(),
         )
-        for queue in self._events.values():
-            if topicMatches(queue.pattern, event):
+        queues = [q for q in self._events.values() if topicMatches(q.pattern, event)]
+        # Private subscriptions (replicas' caches) are not waited for: they
+        # go with the process anyway.
+        groups = {q.group for q in queues if not q.private}
+        if not groups:
+            for queue in queues:
                 queue.put(delivery)
-        return succeed(None)
+            return succeed(None)
+        settlement = _Settlement(self, groups)
+        for queue in queues:
+            queue.put(delivery if queue.private else evolve(delivery, settlement=settlement))
+        return settlement.done
 
     def subscribe(
         self,
@@ -608,6 +694,9 @@ class LocalBus(Service):
             self._retries.add(call)
             return
         reason = failureReason(failure)
+        if delivery.settlement is not None:
+            # Given up: done with, as far as its publisher is concerned.
+            delivery.settlement.settle(queue.group)
         self.log.error(
             "Dead-lettered event {event} ({messageId}) of group {group} after"
             " {attempts} attempt(s): {reason}",
@@ -661,11 +750,15 @@ class LocalBus(Service):
 
     def stopService(self) -> None:
         """
-        Cancel pending redeliveries: events not yet acknowledged are lost
-        with the process, which is the embedded mode's durability.
+        Cancel pending redeliveries.  Events not yet handled go with the
+        process, but their publishers were never told they were done with
+        (L{publish} fires once every group is): an outbox keeps them and
+        publishes them again when the process starts anew.
         """
         super().stopService()
         for call in list(self._retries):
             if call.active():
                 call.cancel()
         self._retries.clear()
+        for settlement in list(self._unsettled):
+            settlement.fail("the bus stopped")

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    FirstError,
+    inlineCallbacks,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -198,11 +204,16 @@ class Outbox:
                     self._bus.publish(event, payload, origin=origin, messageId=messageId)
                 )
                 published.append(seq)
-            yield gatherResults(confirmations, consumeErrors=True)
-            if published:
-                marks = ", ".join("?" * len(published))
+            results = yield DeferredList(confirmations, consumeErrors=True)
+            confirmed = [seq for seq, (ok, _) in zip(published, results, strict=True) if ok]
+            if confirmed:
+                marks = ", ".join("?" * len(confirmed))
                 yield self._database.runOperation(
-                    f"DELETE FROM {self.table} WHERE seq IN ({marks})", published
+                    f"DELETE FROM {self.table} WHERE seq IN ({marks})", confirmed
                 )
+            failures = [result for ok, result in results if not ok]
+            if failures:
+                # Kept, to be published again on the next pass.
+                failures[0].raiseException()
             if len(rows) < self._batchSize or not published:
                 return

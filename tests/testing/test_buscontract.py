@@ -45,6 +45,8 @@ class LocalBusContractTests(BusContract, TestCase):
     same bus.
     """
 
+    durablePublish = False
+
     def makeBuses(self) -> Any:
         bus = LocalBus(reactor, retryDelays=RETRY_DELAYS)
         bus.startService()
