@@ -126,6 +126,9 @@ class ServiceTestCase(TestCase):
 def deliver(service: Any, method: str, payload: Any, messageId: str, redelivered: bool) -> Any:
     """
     Hand C{service} a call as the bus does, possibly as a redelivery.
+    Every call so handed shares one trace id, as the calls one gateway
+    request makes do, distinct from their message ids: what a call is
+    recognised by when redelivered is its message id alone.
     """
     from twisted.internet.defer import maybeDeferred
 
@@ -136,7 +139,7 @@ def deliver(service: Any, method: str, payload: Any, messageId: str, redelivered
         service=service.serviceId,
         method=method,
         caller=None,
-        correlationId=messageId,
+        correlationId="one-request",
         deadline=reactor.seconds() + 10,
         priority=5,
         redelivered=redelivered,

@@ -70,6 +70,16 @@ class ThrottleTestsMixin:
         self.assertEqual(verified, [])
 
     @inlineCallbacks
+    def test_caseInsensitive(self) -> Any:
+        """
+        Usernames match without regard to case, and so do their counts:
+        guesses as ALICE are guesses at alice.
+        """
+        yield self.fail(3, "ALICE")
+        yield self.fail(3, "Alice")
+        yield self.assertFailure(self.login("alice", PASSWORD), ResourceExhausted)
+
+    @inlineCallbacks
     def test_burstCounted(self) -> Any:
         """
         A burst of concurrent wrong guesses counts every guess it checks

@@ -112,3 +112,39 @@ class HarnessTests(SynchronousTestCase):
         from twisted.internet.defer import Deferred
 
         self.assertRaises(NeverFired, harness.run, Deferred(), within=5)
+
+
+class FollowersPagesTests(SynchronousTestCase):
+    def test_everyPage(self) -> None:
+        """
+        Notify goes through every page of an author's followers, not just
+        the first (500 a page).
+        """
+        harness = ServiceHarness(self.mktemp())
+        self.addCleanup(harness.stop)
+        author = "a" * 26
+        followers = [f"{n:026d}" for n in range(1200)]
+
+        def page(request: account.ListFollowers) -> dict:
+            start = int(request.cursor or 0)
+            items = followers[start : start + request.limit]
+            more = start + request.limit < len(followers)
+            return {"items": items, "next": str(start + request.limit) if more else None}
+
+        harness.fake(
+            {account.ListFollowers: page, account.ResolveUsernames: lambda r: {"accounts": []}}
+        )
+        harness.startService("notify")
+        harness.publish(
+            post.POST_CREATED,
+            {
+                "post_id": "p" * 26,
+                "author_id": author,
+                "author_username": "alice",
+                "body": "news",
+                "created_at": 0,
+            },
+        )
+        for who in (followers[0], followers[700], followers[-1]):
+            items = harness.call(notify.ListNotifications(account_id=who))["items"]
+            self.assertEqual([n["kind"] for n in items], ["followed_post"], who)
