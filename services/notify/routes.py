@@ -120,6 +120,7 @@ class NotifyRoutes:
         priority=Priority.LOW,
         streaming=True,
         rules={"Last-Event-ID": "(the header) is not a notification id"},
+        errors={429: "The account, or the address, has as many streams open as it may."},
         description="Server-Sent Events: each new notification is an event"
         " `notification` whose `id` is the notification's id and whose `data` is the"
         " notification (JSON). Reconnect with `Last-Event-ID` to get what was missed"
@@ -142,7 +143,12 @@ class NotifyRoutes:
         elif not _NOTIFICATION_ID.match(last):
             raise InvalidArgument.forFields([("Last-Event-ID", "is not a notification id")])
         return self.streams.open(
-            request, principal.account_id, principal.session_id, exchange.requestId, last
+            request,
+            principal.account_id,
+            principal.session_id,
+            exchange.requestId,
+            last,
+            exchange.clientAddress(),
         )
 
     @route(

@@ -29,7 +29,7 @@ from twisted.web.iweb import IRequest
 
 from txplatform.catalogue import GATEWAY_ID
 from txplatform.context import Origin, Priority
-from txplatform.errors import ServiceError, Unauthenticated
+from txplatform.errors import ResourceExhausted, ServiceError, Unauthenticated, Unavailable
 from txplatform.interfaces import IBus
 from txplatform.once import Once
 from txplatform.service import callRequest
@@ -73,6 +73,7 @@ class _Stream:
         self._heartbeat.clock = streams.clock
         self.done: Deferred[bytes] = Deferred(lambda d: self.close())
         self.closed = False
+        self.address = ""
 
     def start(self, catchUp: bool) -> None:
         request = self.request
@@ -194,15 +195,23 @@ class NotificationStreams:
     feeds them.
 
     @ivar heartbeat: Seconds between heartbeats (and session checks).
+    @ivar perAccount: Streams one account may have open on this replica: a
+        person's tabs and devices, not a token opening hundreds.
+    @ivar perAddress: Streams one client address may have open here.
+    @ivar total: Streams this replica holds at most.
     """
 
     log = Logger()
+    perAccount = 8
+    perAddress = 32
+    total = 10_000
 
     def __init__(self, bus: IBus, clock: IReactorTime, heartbeat: float = 15.0) -> None:
         self.bus = bus
         self.clock = clock
         self.heartbeat = heartbeat
         self._byAccount: dict[str, set[_Stream]] = {}
+        self._byAddress: dict[str, int] = {}
         # Subscribed with the first stream; tried again with the next if
         # that failed.
         self._subscribe = Once(self._startSubscription)
@@ -233,26 +242,57 @@ class NotificationStreams:
         sessionId: str,
         requestId: str,
         lastEventId: str | None,
+        address: str = "",
     ) -> Deferred[bytes]:
         """
         Serve a stream on C{request}.
 
         @return: A Deferred that fires when the stream ends from this side,
             and whose cancellation (the client went away) closes it.
+        @raise ResourceExhausted: The account or the address has as many
+            streams open as it may.
+        @raise Unavailable: This replica holds as many streams as it may.
         """
+        if len(self._byAccount.get(accountId, ())) >= self.perAccount:
+            raise ResourceExhausted(
+                f"this account has {self.perAccount} streams open already: close one",
+                {"retry_after": 5},
+            )
+        if self._byAddress.get(address, 0) >= self.perAddress:
+            raise ResourceExhausted(
+                f"your address has {self.perAddress} streams open already: close one",
+                {"retry_after": 5},
+            )
+        if len(self) >= self.total:
+            raise Unavailable("this gateway holds as many streams as it can: try another")
         stream = _Stream(self, request, accountId, sessionId, requestId, lastEventId)
+        stream.address = address
+        # Counted at once, before the subscription is up: concurrent opens
+        # see each other.
+        self._byAccount.setdefault(accountId, set()).add(stream)
+        self._byAddress[address] = self._byAddress.get(address, 0) + 1
         d = self._subscribe()
 
         def subscribed(_: Any) -> Deferred[bytes]:
-            self._byAccount.setdefault(accountId, set()).add(stream)
+            if stream.closed:
+                return stream.done
             stream.start(catchUp=lastEventId is not None)
             return stream.done
 
-        return d.addCallback(subscribed)
+        def failed(failure: Any) -> Any:
+            self.forget(stream)
+            return failure
+
+        return d.addCallbacks(subscribed, failed)
 
     def forget(self, stream: _Stream) -> None:
         streams = self._byAccount.get(stream.accountId)
-        if streams is not None:
+        if streams is not None and stream in streams:
             streams.discard(stream)
             if not streams:
                 del self._byAccount[stream.accountId]
+            left = self._byAddress.get(stream.address, 0) - 1
+            if left > 0:
+                self._byAddress[stream.address] = left
+            else:
+                self._byAddress.pop(stream.address, None)

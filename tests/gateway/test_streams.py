@@ -295,3 +295,37 @@ class TicketTests(StreamTestCase):
         # Unused by all that, the ticket still opens the stream.
         stream = yield self.open("bob", ticket=ticket)
         self.assertEqual(stream.response.code, 200)
+
+
+class StreamLimitTests(StreamTestCase):
+    @inlineCallbacks
+    def test_perAccount(self) -> Any:
+        """
+        One account may hold so many streams and no more: the next is
+        refused with 429 until one closes; another account is not counted.
+        """
+        self.streams.perAccount = 2
+        first = yield self.open("bob")
+        yield self.open("bob")
+        yield eventually(lambda: len(self.streams) == 2)
+        reply = yield self.request("GET", "/v1/notifications/stream", token=self.tokens["bob"])
+        problem = self.assertProblem(reply, 429)
+        self.assertIn("2 streams open", problem["detail"])
+        yield self.open("alice")
+        yield self.close(first)
+        yield eventually(lambda: len(self.streams) == 2)
+        again = yield self.open("bob")
+        self.assertEqual(again.response.code, 200)
+
+    @inlineCallbacks
+    def test_perAddress(self) -> Any:
+        """
+        One client address may hold so many streams, whatever the accounts.
+        """
+        self.streams.perAddress = 2
+        yield self.open("bob")
+        yield self.open("alice")
+        yield eventually(lambda: len(self.streams) == 2)
+        reply = yield self.request("GET", "/v1/notifications/stream", token=self.tokens["bob"])
+        problem = self.assertProblem(reply, 429)
+        self.assertIn("your address", problem["detail"])
