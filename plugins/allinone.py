@@ -21,6 +21,7 @@ from .gateway import (
     API_INFO,
     BUSY_LIMIT,
     CALL_TIMEOUT,
+    CONNECTION_LIMITS,
     HTTPS,
     LISTEN,
     MAX_BODY_SIZE,
@@ -86,6 +87,7 @@ class BaseOptions(usage.Options):
         BUSY_LIMIT,
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
+        *CONNECTION_LIMITS,
         *API_INFO,
     ]
 

@@ -113,6 +113,24 @@ PARSER_OVER = [
     " every body is parsed here.",
     int,
 ]
+CONNECTION_LIMITS = [
+    [
+        "header-timeout",
+        None,
+        10.0,
+        "Seconds a request's headers may take to arrive, however slowly they trickle (408 after).",
+        float,
+    ],
+    ["body-timeout", None, 30.0, "Seconds a request's body may take after its headers.", float],
+    [
+        "max-connections-per-address",
+        None,
+        256,
+        "Connections one client address may hold at once (behind a load balancer, its"
+        " own: raise it there); 0: no limit.",
+        int,
+    ],
+]
 API_INFO = [
     ["api-title", None, None, "The title of the OpenAPI document (default: txplatform)."],
     ["api-version", None, None, "The version the OpenAPI document gives the API."],
@@ -133,6 +151,7 @@ class Options(usage.Options):
         CALL_TIMEOUT,
         MAX_BODY_SIZE,
         PARSER_OVER,
+        *CONNECTION_LIMITS,
         *API_INFO,
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
@@ -171,6 +190,9 @@ def checkEdge(options: usage.Options) -> None:
             options.tlsOptions = serverOptions(options["tls-cert"], options["tls-key"])
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
+    checkPositive(options, "header-timeout", "body-timeout")
+    if options["max-connections-per-address"] < 0:
+        raise usage.UsageError("--max-connections-per-address cannot be negative")
     if not 0 <= options["busy-limit"] < 100:
         raise usage.UsageError(
             f"--busy-limit is a percentage below 100 (0: off), not {options['busy-limit']:g}"
@@ -262,6 +284,14 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         # An installed service's routes clash with another's: no traceback,
         # the reason (naming both) and a failed start.
         raise SystemExit(f"txplatform: cannot serve the installed services' routes: {e}")
+
+    def site() -> Any:
+        return gateway.site(
+            headerTimeout=options["header-timeout"],
+            bodyTimeout=options["body-timeout"],
+            maxConnectionsPerAddress=options["max-connections-per-address"],
+        )
+
     if options["busy-limit"] > 0:
         from txplatform_gateway.admission import BusyMonitor
 
@@ -270,12 +300,10 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         gateway.admission.busyLimit = options["busy-limit"] / 100
         monitor.setServiceParent(listeners)
     if options["listen"] is not None:
-        ListeningService(reactor, options["listen"], gateway.site(), "Gateway").setServiceParent(
-            listeners
-        )
+        ListeningService(reactor, options["listen"], site(), "Gateway").setServiceParent(listeners)
     if options["https"] is not None:
         ListeningService(
-            reactor, options["https"], wrapTLS(options.tlsOptions, gateway.site()), "Gateway HTTPS"
+            reactor, options["https"], wrapTLS(options.tlsOptions, site()), "Gateway HTTPS"
         ).setServiceParent(listeners)
     return listeners
 

@@ -1,0 +1,129 @@
+"""
+Tests for L{txplatform_gateway.site}: what a slow or greedy client gets
+before its request reaches the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from txplatform_gateway.site import GatewaySite
+
+
+class Hello(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return b"hello"
+
+
+class SiteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.site = GatewaySite(
+            Hello(),
+            maxBodySize=1000,
+            headerTimeout=5,
+            bodyTimeout=10,
+            maxConnectionsPerAddress=3,
+            reactor=self.clock,
+        )
+
+    def connect(self, host: str = "192.0.2.1") -> tuple[object, StringTransport]:
+        peer = IPv4Address("TCP", host, 40000)
+        channel = self.site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def answer(self, transport: StringTransport) -> tuple[int, dict]:
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        status = int(head.split(b" ")[1])
+        return status, json.loads(body) if body.startswith(b"{") else {}
+
+    def test_declaredTooLarge(self) -> None:
+        """
+        A body declared over the limit is answered 413 at once, before any
+        of it comes, and the connection ends.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(
+            b"POST /v1/posts HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n"
+        )
+        status, problem = self.answer(transport)
+        self.assertEqual((status, problem["type"]), (413, "urn:txplatform:problem:body_too_large"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_tricklingHeaders(self) -> None:
+        """
+        Headers that trickle in, a line now and then, get 408 once their
+        deadline passes, however recent the last line.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        for n in range(4):
+            self.clock.advance(1)
+            channel.dataReceived(b"X-Slow-%d: 1\r\n" % n)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1.1)
+        self.assertEqual(self.answer(transport)[0], 408)
+        self.assertTrue(transport.disconnecting)
+
+    def test_silent(self) -> None:
+        """
+        A connection that sends nothing is closed at the header deadline.
+        """
+        _, transport = self.connect()
+        self.clock.advance(5.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_slowBody(self) -> None:
+        """
+        A body that does not end in time (a chunked one that never ends)
+        gets 408.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+        )
+        for _ in range(9):
+            self.clock.advance(1)
+            channel.dataReceived(b"1\r\na\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1.1)
+        self.assertEqual(self.answer(transport)[0], 408)
+
+    def test_keptAlive(self) -> None:
+        """
+        Between requests, a kept-alive connection waits on the idle timeout
+        alone; the next request's headers get a deadline of their own.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"hello", transport.value())
+        self.clock.advance(20)
+        self.assertFalse(transport.disconnecting)
+        transport.clear()
+        channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(5.1)
+        self.assertEqual(self.answer(transport)[0], 408)
+
+    def test_connectionsPerAddress(self) -> None:
+        """
+        One address holds at most so many connections; others are not
+        counted with it, and a closed one makes room.
+        """
+        connections = [self.connect() for _ in range(3)]
+        channel, transport = self.connect()
+        self.assertEqual(self.answer(transport)[0], 503)
+        self.assertTrue(transport.disconnecting)
+        channel.connectionLost(None)
+        self.assertFalse(self.connect("192.0.2.2")[1].disconnecting)
+        first, _ = connections[0]
+        first.connectionLost(None)
+        self.assertFalse(self.connect()[1].disconnecting)
