@@ -61,11 +61,13 @@ class Admission:
         return max(eligible) if eligible else min(self.thresholds)
 
     #: With a L{BusyMonitor}: a reactor busier than C{busyLimit} refuses
-    #: the low class whatever is in flight, and busier than halfway from
-    #: there to full the normal class too, keeping the rest of its time for
-    #: the higher classes, while they are there: only if a request of a
-    #: higher class came in the last C{reserveFor} seconds.  Alone, a class
-    #: may have the whole reactor.
+    #: the low class, and busier than halfway from there to full the normal
+    #: class too, keeping the rest of its time for the higher classes, while
+    #: they are there: only if a request of a higher class came in the last
+    #: C{reserveFor} seconds.  Alone, a class may have the whole reactor;
+    #: and only while other requests are in flight: a request that arrives
+    #: when nothing else is being served (a client waiting for each answer)
+    #: waits for nobody, and is never refused for a busy reactor.
     monitor: BusyMonitor | None = None
     busyLimit = 0.5
     reserveFor = 2.0
@@ -100,7 +102,7 @@ class Admission:
         limit = self.busyLimit
         if klass > min(self.thresholds):
             limit = (1 + limit) / 2
-        if self.monitor.busy <= limit:
+        if self.monitor.busy <= limit or not self.inFlight:
             return False
         since = now - self.reserveFor
         return any(self._lastSeen.get(p, -math.inf) > since for p in higher)

@@ -177,6 +177,27 @@ class BusyTests(SynchronousTestCase):
         monitor.busy = 0.5
         self.assertTrue(admission.admit(Priority.LOW))
 
+    def test_loneClient(self) -> None:
+        """
+        A client that waits for each answer is never refused for a busy
+        reactor: its requests arrive when nothing else is in flight (the
+        embedded platform, one client posting 100 times then reading, was
+        refused before).  Let another request be in flight, and the
+        reservation holds again.
+        """
+        clock = Clock()
+        monitor = BusyMonitor(clock)
+        admission = Admission(100)
+        admission.monitor = monitor
+        monitor.busy = 0.99
+        for _ in range(100):
+            self.assertTrue(admission.admit(Priority.NORMAL))
+            admission.release()
+        self.assertTrue(admission.admit(Priority.LOW))
+        admission.release()
+        self.assertTrue(admission.admit(Priority.NORMAL))
+        self.assertFalse(admission.admit(Priority.LOW))
+
     def test_aloneTakesAll(self) -> None:
         """
         The reactor's time is kept for higher classes only while they come:
