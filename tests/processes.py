@@ -66,6 +66,26 @@ class Twistd(ProcessProtocol):
         return self.transport.pid
 
 
+def callJSON(
+    http: HTTPClient, port: int, method: str, path: str, body: Any = None, token: str = ""
+) -> Deferred[tuple[int, Any]]:
+    """
+    An HTTP request to a local port, as a client of the API sends it: its
+    status and its JSON body (C{None} if empty).
+    """
+    import json
+
+    headers = {"Authorization": [f"Bearer {token}"]} if token else {}
+    d = http.request(method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers)
+
+    def read(response: Any) -> Any:
+        return response.content().addCallback(
+            lambda content: (response.code, json.loads(content) if content else None)
+        )
+
+    return d.addCallback(read)
+
+
 def runShell(script: str, timeout: float = 60) -> Deferred[Any]:
     """
     Run a documented shell block with bash (stopping at the first error),

@@ -7,7 +7,6 @@ own C{twistd likes} process on RabbitMQ behind a gateway process.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ from twisted.trial.unittest import SkipTest
 from txplatform.catalogue import installedServices
 
 from .amqp.cluster import ClusterTestCase
-from .processes import SERVING, Twistd, TwistdTestCase, runShell
+from .processes import SERVING, Twistd, TwistdTestCase, callJSON, runShell
 from .support import eventually, inCI
 
 
@@ -40,14 +39,8 @@ class LikesFlow:
     Two users, a post, a like through the gateway: the author is notified.
     """
 
-    @inlineCallbacks
     def call(self, port: int, method: str, path: str, body: Any = None, token: str = "") -> Any:
-        headers = {"Authorization": [f"Bearer {token}"]} if token else {}
-        response = yield self.http.request(
-            method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers
-        )
-        content = yield response.content()
-        return response.code, (json.loads(content) if content else None)
+        return callJSON(self.http, port, method, path, body, token)
 
     @inlineCallbacks
     def likeAndCheck(self, port: int) -> Any:

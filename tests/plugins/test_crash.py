@@ -6,7 +6,6 @@ post answered 201 gets its notification, once.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from typing import Any
@@ -15,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 
-from ..processes import TwistdTestCase
+from ..processes import TwistdTestCase, callJSON
 from ..support import eventually
 
 PASSWORD = "correct horse"
@@ -24,14 +23,8 @@ PASSWORD = "correct horse"
 class CrashTests(TwistdTestCase):
     timeout = 240
 
-    @inlineCallbacks
     def call(self, port: int, method: str, path: str, body: Any = None, token: str = "") -> Any:
-        headers = {"Authorization": [f"Bearer {token}"]} if token else {}
-        response = yield self.http.request(
-            method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers
-        )
-        content = yield response.content()
-        return response.code, (json.loads(content) if content else None)
+        return callJSON(self.http, port, method, path, body, token)
 
     @inlineCallbacks
     def login(self, port: int, name: str) -> Any:
