@@ -356,3 +356,29 @@ class RulesTests(SynchronousTestCase):
 
         error = self.assertRaises(TypeError, make)
         self.assertIn("'nope'", str(error))
+
+
+class VisibleTests(SynchronousTestCase):
+    def test_invisibleRefused(self) -> None:
+        """
+        A visible-only field refuses zero-width and direction-control
+        characters, and its schema says so in the same terms; other text
+        fields keep them (an emoji sequence joins with U+200D).
+        """
+        import re
+
+        from txplatform.messages import fromPayload, jsonSchema, message, string
+
+        @message
+        class Named:
+            name: str = string(maxLength=64, visible=True)
+            text: str = string(maxLength=64, default="")
+
+        for sneaky in ["alice\u200b", "\u202eecila", "a\u2066b", "\ufeffbob"]:
+            error = self.assertRaises(InvalidArgument, fromPayload, Named, {"name": sneaky})
+            self.assertIn("invisible characters", error.message)
+            schema = jsonSchema(Named)["properties"]["name"]
+            patterns = [schema["pattern"], *(p["pattern"] for p in schema.get("allOf", []))]
+            self.assertFalse(all(re.search(p, sneaky) for p in patterns), sneaky)
+        family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+        self.assertEqual(fromPayload(Named, {"name": "Zoë", "text": family}).text, family)

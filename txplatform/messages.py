@@ -69,6 +69,31 @@ _EMAIL = re.compile(f"^{_EMAIL_PATTERN}\\Z")
 _RULES = "__txplatform_rules__"
 
 
+def _invisibles() -> str:
+    """
+    The invisible formatting characters of the Basic Multilingual Plane
+    (Unicode category Cf: zero-width spaces and joiners, bidirectional
+    controls, the byte order mark...), as a character class's ranges.
+    """
+    import unicodedata
+
+    ranges: list[tuple[int, int]] = []
+    for code in range(0x10000):
+        if 0xD800 <= code <= 0xDFFF or unicodedata.category(chr(code)) != "Cf":
+            continue
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+
+
+# Where a name must show what it is (an email address, a display name): a
+# right-to-left override or a zero-width space would make two look alike.
+_INVISIBLES = _invisibles()
+_INVISIBLE = re.compile(f"[{_INVISIBLES}]")
+
+
 def message(
     cls: type[T] | None = None,
     *,
@@ -196,6 +221,7 @@ class _StringSpec:
     nullable: bool = False
     description: str = ""
     controls: bool = False
+    visible: bool = False
 
     def check(self, value: object) -> str | None:
         if not isinstance(value, str):
@@ -208,6 +234,8 @@ class _StringSpec:
             _CONTROL.search(value) or (not self.multiline and _NEWLINE.search(value))
         ):
             return "must not contain control characters"
+        if self.visible and _INVISIBLE.search(value):
+            return "must not contain invisible characters (zero-width, direction controls)"
         if len(value) < self.minLength:
             if self.minLength == 1:
                 return "must not be empty"
@@ -240,6 +268,8 @@ class _StringSpec:
         elif not self.controls and not (self.pattern and _printableOnly(self.pattern)):
             refused = _CONTROLS if self.multiline else _CONTROLS + _BREAKS
             patterns.append(f"^[^{refused}]*$")
+        if self.visible:
+            patterns.append(f"^[^{_INVISIBLES}]*$")
         if patterns:
             schema["pattern"] = patterns[0]
         if patterns[1:]:
@@ -324,6 +354,7 @@ def string(
     format: str | None = None,
     multiline: bool = False,
     controls: bool = False,
+    visible: bool = False,
     nullable: bool = False,
     description: str = "",
     default: Any = NOTHING,
@@ -333,11 +364,22 @@ def string(
     words what it accepts, for error messages.  A field with a C{default} may
     be left out.  Control characters are refused unless C{controls} (for
     text carried as it came, such as a request body to parse); C{multiline}
-    allows only line breaks and tabs.
+    allows only line breaks and tabs.  C{visible} refuses invisible
+    formatting characters too (zero-width spaces and joiners, direction
+    controls), for names that must show what they are.
     """
     return _field(
         _StringSpec(
-            minLength, maxLength, pattern, hint, format, multiline, nullable, description, controls
+            minLength,
+            maxLength,
+            pattern,
+            hint,
+            format,
+            multiline,
+            nullable,
+            description,
+            controls,
+            visible,
         ),
         default,
     )

@@ -67,7 +67,9 @@ def usernameLookupField(**kwargs):
 
 
 def emailField(**kwargs):
-    return string(maxLength=254, format="email", description="An email address.", **kwargs)
+    return string(
+        maxLength=254, format="email", visible=True, description="An email address.", **kwargs
+    )
 
 
 def passwordField(description: str = "At least 10 characters.", **kwargs):
@@ -75,7 +77,13 @@ def passwordField(description: str = "At least 10 characters.", **kwargs):
 
 
 def displayNameField(**kwargs):
-    return string(minLength=1, maxLength=64, description="Shown instead of the username.", **kwargs)
+    return string(
+        minLength=1,
+        maxLength=64,
+        visible=True,
+        description="Shown instead of the username.",
+        **kwargs,
+    )
 
 
 def accountIdField(**kwargs):
