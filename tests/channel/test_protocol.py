@@ -320,6 +320,23 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(wire.serverTransport.value(), b"")
         self.assertIn("not a txplatform channel", " ".join(self.reasons()))
 
+    def test_lowOrderEphemeral(self) -> None:
+        """
+        A first handshake message whose ephemeral key is a low-order point
+        (all zeros) is refused in one logged line, no traceback, before
+        any application byte.
+        """
+        wire = self.wire()
+        hello = wire.clientTransport.value()
+        wire.clientTransport.clear()
+        server = self.wire()
+        server.serverTransport.clear()
+        server.server.dataReceived(hello[:-32] + b"\x00" * 32)
+        self.assertTrue(server.serverTransport.disconnecting)
+        self.assertEqual(server.serverTransport.value(), b"")
+        self.assertIn("low-order point", " ".join(self.reasons()))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_oversizedHandshakeFrame(self) -> None:
         """
         A handshake frame announcing more than a kilobyte is refused before

@@ -349,7 +349,13 @@ class ChannelProtocol(TransportPassThrough, Protocol):
             if payload:
                 raise _Refusal("the first handshake message carries data")
             hello = _HELLO.pack(self.settings.version, self.settings.identity.serviceId.raw)
-            self._sendFrame(handshake.writeMessage(hello))
+            try:
+                # The first Diffie-Hellman with the peer's ephemeral key:
+                # a low-order point fails here, and is the peer's fault.
+                answer = handshake.writeMessage(hello)
+            except NoiseError as e:
+                raise _Refusal(f"the handshake cannot go on ({e})") from None
+            self._sendFrame(answer)
             return
         else:
             # Message 3: the initiator's key and who it speaks for.
