@@ -354,8 +354,11 @@ class HandshakeTests(SynchronousTestCase):
         place among the pending handshakes freed.
         """
         wire = self.wire(serverKw={"handshakeTimeout": 5.0})
-        wire.clientTransport.clear()  # the client's first message is lost
-        self.assertEqual(wire.serverFactory.pending, {"127.0.0.2": 1})
+        # Only the preamble of the client's first message arrives.
+        preamble = wire.clientTransport.value()[:8]
+        wire.clientTransport.clear()
+        wire.server.dataReceived(preamble)
+        self.assertEqual(wire.serverFactory.pending, {"127.0.0.0/24": 1})
         self.clock.advance(4.9)
         self.assertFalse(wire.serverTransport.disconnecting)
         self.clock.advance(0.2)
@@ -386,26 +389,69 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(replay.serverApp.built, [])
         self.assertIn("does not authenticate", " ".join(self.reasons()))
 
-    def test_pendingLimits(self) -> None:
+    def test_pendingPerNetwork(self) -> None:
         """
-        Past its limits of pending handshakes, in all or per address, the
-        server refuses new connections outright.
+        Pending handshakes are bounded per source network (a /24): the
+        addresses of one network share the bound, another network has its
+        own; one that ends makes room.
         """
         factory = ChannelServerFactory(
-            settingsFor(self.clock, SERVER), SpyFactory(), maxPending=3, maxPendingPerAddress=2
+            settingsFor(self.clock, SERVER), SpyFactory(), maxPending=10, maxPendingPerNetwork=2
         )
         a = IPv4Address("TCP", "127.0.0.2", 1)
         b = IPv4Address("TCP", "127.0.0.3", 1)
-        first, second = factory.buildProtocol(a), factory.buildProtocol(a)
+        first, second = factory.buildProtocol(a), factory.buildProtocol(b)
         self.assertIsNone(factory.buildProtocol(a))
-        third = factory.buildProtocol(b)
-        self.assertIsNone(factory.buildProtocol(b))
-        for protocol in (first, second, third):
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.200", 1)))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.1.5", 1)))
+        for protocol in (first, second):
             assert protocol is not None
             protocol.makeConnection(StringTransport())
         assert first is not None
         first.connectionLost(Failure(ConnectionDone()))
         self.assertIsNotNone(factory.buildProtocol(a))
+
+    def test_silentMakeRoom(self) -> None:
+        """
+        When every place is taken, the oldest handshake that has not sent
+        its preamble goes to make room; one that has is kept, and when all
+        have, the newcomer is refused.
+        """
+        factory = ChannelServerFactory(
+            settingsFor(self.clock, SERVER), SpyFactory(), maxPending=2, maxPendingPerNetwork=10
+        )
+        transports = []
+        for n in range(2):
+            protocol = factory.buildProtocol(IPv4Address("TCP", f"10.0.{n}.1", 1))
+            transports.append(StringTransport())
+            protocol.makeConnection(transports[-1])
+        talker = factory.buildProtocol(IPv4Address("TCP", "10.0.9.1", 1))
+        self.assertIsNotNone(talker)
+        self.assertTrue(transports[0].disconnecting)  # the oldest silent one
+        self.assertFalse(transports[1].disconnecting)
+        assert talker is not None
+        talker.makeConnection(StringTransport())
+        talker.dataReceived(b"TXPC\x01" + SERVER_ID.raw)  # its preamble
+        newcomer = factory.buildProtocol(IPv4Address("TCP", "10.0.8.1", 1))
+        self.assertTrue(transports[1].disconnecting)
+        assert newcomer is not None
+        newcomer.makeConnection(StringTransport())
+        newcomer.dataReceived(b"TXPC\x01" + SERVER_ID.raw)
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.7.1", 1)))
+
+    def test_silentGoesSoon(self) -> None:
+        """
+        A connection that sends no preamble is closed after the preamble
+        timeout, well before the handshake's.
+        """
+        factory = ChannelServerFactory(settingsFor(self.clock, SERVER), SpyFactory())
+        protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.clock.advance(2.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("no preamble within 2 s", " ".join(self.reasons()))
+        self.assertEqual(factory.pending, {})
 
     def test_applicationRefuses(self) -> None:
         """

@@ -144,6 +144,9 @@ class ChannelSettings:
     @ivar trust: The peers' keys accepted.
     @ivar suite: The AEAD (the same on both sides: never negotiated).
     @ivar handshakeTimeout: Seconds a handshake may take.
+    @ivar preambleTimeout: Seconds a responder waits for the preamble (the
+        initiator sends it with its first message, at once): a connection
+        that says nothing goes soon.
     @ivar rekeyInterval: Seconds between rekeys of the sending key; a peer
         whose key lasts twice as long is dropped.
     @ivar rekeyBytes: Bytes sent under one key before rekeying; a peer
@@ -156,6 +159,7 @@ class ChannelSettings:
     reactor: IReactorTime = field(repr=False)
     suite: CipherSuite = AESGCM_SHA256
     handshakeTimeout: float = 10.0
+    preambleTimeout: float = 2.0
     rekeyInterval: float = 60.0
     rekeyBytes: int = 1 << 30
     version: int = VERSION
@@ -263,6 +267,8 @@ class ChannelProtocol(TransportPassThrough, Protocol):
     def connectionMade(self) -> None:
         settings = self.settings
         self._deadline = settings.reactor.callLater(settings.handshakeTimeout, self._tooSlow)
+        if not self.initiator:
+            self._silence = settings.reactor.callLater(settings.preambleTimeout, self._silent)
         assert self.target is not None
         self._handshake = HandshakeState(
             self.initiator,
@@ -273,6 +279,26 @@ class ChannelProtocol(TransportPassThrough, Protocol):
         if self.initiator:
             preamble = _PREAMBLE.pack(MAGIC, settings.version, self.target.raw)
             self._sendFrame(self._handshake.writeMessage(), preamble)
+
+    _silence: Any = None
+
+    @property
+    def silent(self) -> bool:
+        """
+        Whether the peer has not yet sent its preamble.
+        """
+        return not self._preambleRead
+
+    def _silent(self) -> None:
+        self._silence = None
+        if not self._preambleRead:
+            self._refuse(f"no preamble within {self.settings.preambleTimeout:g} s")
+
+    def evict(self) -> None:
+        """
+        End this handshake, which has not begun, to make room for others.
+        """
+        self._refuse("evicted: too many handshakes in progress, this one silent")
 
     def _tooSlow(self) -> None:
         self._deadline = None
@@ -303,6 +329,9 @@ class ChannelProtocol(TransportPassThrough, Protocol):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        if self._silence is not None and self._silence.active():
+            self._silence.cancel()
+        self._silence = None
         if self._onHandshakeEnd is not None:
             onEnd, self._onHandshakeEnd = self._onHandshakeEnd, None
             onEnd(self)
@@ -328,6 +357,9 @@ class ChannelProtocol(TransportPassThrough, Protocol):
                 f" this is {self.settings.identity.serviceId.hex}"
             )
         self._preambleRead = True
+        if self._silence is not None and self._silence.active():
+            self._silence.cancel()
+        self._silence = None
         return True
 
     def _handshakeFrame(self, body: bytes) -> None:
@@ -657,6 +689,21 @@ class ChannelProtocol(TransportPassThrough, Protocol):
             self.established.errback(error)
 
 
+def sourceNetwork(host: str) -> str:
+    """
+    The network a peer address counts against: its /24 (IPv4) or /64
+    (IPv6); anything else as it is.
+    """
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
 def _describe(address: Any) -> str:
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     return f"{host}:{port}" if host is not None else str(address)
@@ -667,8 +714,15 @@ class ChannelServerFactory(Factory):
     Accept secure channels for an application factory, building its
     protocols only for peers that completed the handshake.
 
+    A flood of connections that say nothing must not keep out peers that
+    complete their handshake at once: such connections go after
+    C{preambleTimeout}; pending handshakes are bounded per source network
+    (a /24 in IPv4, a /64 in IPv6: one attacker's addresses share one
+    bound); and when they are all taken, the oldest that has not sent its
+    preamble makes room for the newcomer.
+
     @ivar maxPending: Handshakes in progress at once, in all.
-    @ivar maxPendingPerAddress: ... from one address.
+    @ivar maxPendingPerNetwork: ... from one source network.
     """
 
     protocol = ChannelProtocol  # type: ignore[assignment]
@@ -679,13 +733,15 @@ class ChannelServerFactory(Factory):
         settings: ChannelSettings,
         applicationFactory: IProtocolFactory,
         maxPending: int = 1000,
-        maxPendingPerAddress: int = 100,
+        maxPendingPerNetwork: int = 100,
     ) -> None:
         self.settings = settings
         self.applicationFactory = applicationFactory
         self.maxPending = maxPending
-        self.maxPendingPerAddress = maxPendingPerAddress
+        self.maxPendingPerNetwork = maxPendingPerNetwork
         self.pending: dict[str, int] = {}
+        # In the order they came: the oldest silent one goes first.
+        self._handshakes: dict[ChannelProtocol, None] = {}
 
     def doStart(self) -> None:
         self.applicationFactory.doStart()
@@ -694,10 +750,9 @@ class ChannelServerFactory(Factory):
         self.applicationFactory.doStop()
 
     def buildProtocol(self, addr: Any) -> ChannelProtocol | None:
-        host = getattr(addr, "host", str(addr))
-        if (
-            sum(self.pending.values()) >= self.maxPending
-            or self.pending.get(host, 0) >= self.maxPendingPerAddress
+        network = sourceNetwork(getattr(addr, "host", str(addr)))
+        if self.pending.get(network, 0) >= self.maxPendingPerNetwork or (
+            len(self._handshakes) >= self.maxPending and not self._evictSilent()
         ):
             self.log.warn(
                 "Refused a secure channel from {peer}: too many handshakes in progress",
@@ -705,19 +760,29 @@ class ChannelServerFactory(Factory):
             )
             self.handshakeEnded(None)
             return None
-        self.pending[host] = self.pending.get(host, 0) + 1
+        self.pending[network] = self.pending.get(network, 0) + 1
 
         def ended(channel: ChannelProtocol) -> None:
-            left = self.pending[host] - 1
+            self._handshakes.pop(channel, None)
+            left = self.pending[network] - 1
             if left:
-                self.pending[host] = left
+                self.pending[network] = left
             else:
-                del self.pending[host]
+                del self.pending[network]
             self.handshakeEnded(channel)
 
-        return ChannelProtocol(
+        channel = ChannelProtocol(
             self.settings, self.applicationFactory, initiator=False, onHandshakeEnd=ended
         )
+        self._handshakes[channel] = None
+        return channel
+
+    def _evictSilent(self) -> bool:
+        for channel in self._handshakes:
+            if channel.silent and channel.transport is not None:
+                channel.evict()
+                return True
+        return False
 
     def handshakeEnded(self, channel: ChannelProtocol | None) -> None:
         """
