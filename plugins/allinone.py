@@ -138,6 +138,20 @@ class BaseOptions(usage.Options):
                 raise usage.UsageError(f"cannot create --data-dir {self['data-dir']}: {e}")
         for purpose in self.purposes():
             path = self.keyFile(purpose)
+            stored = None if purpose == "bus" else self.databaseURL(purpose)
+            if (
+                not os.path.exists(path)
+                and stored is not None
+                and stored.startswith("sqlite:")
+                and os.path.exists(stored[len("sqlite:") :])
+            ):
+                # New keys would serve with the old data unreadable, and
+                # make accounts that already exist anew.
+                raise usage.UsageError(
+                    f"the key file {path} is missing, but {stored[len('sqlite:') :]} holds"
+                    f" {purpose}'s data sealed with it: restore the key file (to start"
+                    " afresh, move the data away first)"
+                )
             try:
                 ensureKeyFile(path, purpose, self["key-period"])
             except OSError as e:

@@ -48,6 +48,7 @@ from .database import Migration
 from .errors import InvalidArgument, MalformedMessage, ServiceError
 from .fields import PlainFieldCodec, SealedTable
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
+from .keychecks import KeyChecks
 from .messages import fromPayload, requestOf, toPayload
 from .outbox import Outbox
 from .replylog import ReplyLog
@@ -465,6 +466,7 @@ class DatabaseService(BusService):
         self.fields = fields if fields is not None else PlainFieldCodec()
         self.outbox = Outbox(database, bus, self.fields, self.name, self.serviceId, clock)
         self.replies = ReplyLog(database, self.fields, self.name, clock)
+        self.keyChecks = KeyChecks(database, self.name, clock)
         self._replySweeper = LoopingCall(self._sweepReplies)
         self._replySweeper.clock = clock
 
@@ -474,6 +476,11 @@ class DatabaseService(BusService):
         yield self.database.migrate(self.name, self.migrations)
         yield self.database.migrate(self.outbox.table, self.outbox.migrations())
         yield self.database.migrate(self.replies.table, self.replies.migrations())
+        yield self.database.migrate(self.keyChecks.table, self.keyChecks.migrations())
+        checkValues = getattr(self.fields, "checkValues", None)
+        if checkValues is not None:
+            # Refused before anything is read or written with wrong keys.
+            yield self.keyChecks.verify(checkValues())
         self._replySweeper.start(600, now=False)
 
     def _sweepReplies(self) -> Any:

@@ -62,6 +62,12 @@ class SealedFieldCodec:
     def seal(self, table: str, column: str, rowId: str, value: str) -> bytes:
         return self.sealer.seal(value.encode("utf-8"), fieldContext(table, column, rowId))
 
+    def checkValues(self) -> dict[int, bytes]:
+        """
+        The check value of every readable version (L{Keyring.checkValue}).
+        """
+        return {v: self.keyring.checkValue(v) for v in self.keyring.versions}
+
     def open(self, table: str, column: str, rowId: str, data: bytes) -> str:
         context = fieldContext(table, column, rowId)
         try:

@@ -21,6 +21,7 @@ changed every epoch could not be looked up.
 
 from __future__ import annotations
 
+import hmac
 import math
 import struct
 from functools import lru_cache
@@ -138,6 +139,15 @@ class Keyring:
             if master.version < 1 or master.version >= 2**32:
                 raise ValueError(f"keyring {self.name!r}: bad version {master.version}")
             byVersion[master.version] = master
+        for version, master in byVersion.items():
+            known = self._masters.get(version)
+            if known is not None and known.secret != master.secret:
+                # Data sealed under the old secret would become unreadable,
+                # and blind indexes would stop matching (uniqueness lost).
+                raise ValueError(
+                    f"keyring {self.name!r}: the secret of version {version} changed; a"
+                    " version's secret never changes (rotate to a new version instead)"
+                )
         usable = [v for v in byVersion if v >= minDecryptVersion]
         if not usable:
             raise ValueError(
@@ -231,6 +241,16 @@ class Keyring:
         secret = self.master(version).secret
         info = b"\0".join([b"index", self._nameBytes, table.encode(), column.encode()])
         return _derive(secret, info)
+
+    def checkValue(self, version: int) -> bytes:
+        """
+        A value that tells this version's secret from any other without
+        revealing it (an HMAC of a constant under a key of its own), which
+        a database keeps to refuse other keys for its data.
+        """
+        secret = self.master(version).secret
+        key = _derive(secret, b"check\0" + self._nameBytes)
+        return hmac.new(key, b"txplatform key check", "sha256").digest()
 
     # Policy
 
