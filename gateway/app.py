@@ -45,7 +45,7 @@ from txplatform.errors import (
     Unauthenticated,
 )
 from txplatform.interfaces import IBus
-from txplatform.messages import fromPayload, fromQuery, requestOf, toPayload
+from txplatform.messages import fromPayload, fromQuery, requestTarget, toPayload
 from txplatform.routes import (
     IAuthenticator,
     IExchange,
@@ -133,9 +133,7 @@ class Exchange:
         idempotent: bool | None = None,
     ) -> Any:
         if method is None:
-            spec = requestOf(service)
-            if spec is None:
-                raise TypeError(f"{type(service).__name__} is not a request message")
+            spec = requestTarget(service)
             service, method, payload = spec.service, spec.method, service
         if not isinstance(payload, dict):
             payload = toPayload(payload)

@@ -27,6 +27,7 @@ __all__ = [
     "message",
     "request",
     "requestOf",
+    "requestTarget",
     "RequestSpec",
     "string",
     "integer",
@@ -208,6 +209,19 @@ def requestOf(value: Any) -> RequestSpec | None:
     """
     cls = value if isinstance(value, type) else type(value)
     return cls.__dict__.get(_REQUEST)
+
+
+def requestTarget(value: Any) -> RequestSpec:
+    """
+    The method a request message (or its class) is for.
+
+    @raise TypeError: It is not a request message.
+    """
+    spec = requestOf(value)
+    if spec is None:
+        name = value.__name__ if isinstance(value, type) else type(value).__name__
+        raise TypeError(f"{name} is not a request message")
+    return spec
 
 
 @frozen

@@ -49,7 +49,7 @@ from .errors import InvalidArgument, MalformedMessage, ServiceError
 from .fields import PlainFieldCodec, SealedTable
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
 from .keychecks import KeyChecks
-from .messages import fromPayload, requestOf, toPayload
+from .messages import fromPayload, requestOf, requestTarget, toPayload
 from .outbox import Outbox
 from .replylog import ReplyLog
 from .serviceid import ServiceId
@@ -374,9 +374,7 @@ class BusService(Service):
         to the method it is for, on behalf of the message in C{context}
         (see L{callService}).
         """
-        spec = requestOf(request)
-        if spec is None:
-            raise TypeError(f"{type(request).__name__} is not a request message")
+        spec = requestTarget(request)
         return self.callService(
             spec.service, spec.method, request, context, timeout, priority, idempotent
         )
@@ -418,9 +416,7 @@ def callRequest(bus: IBus, request: Any, **kwargs: Any) -> Deferred[Any]:
 
     @raise TypeError: It is not a request message.
     """
-    spec = requestOf(request)
-    if spec is None:
-        raise TypeError(f"{type(request).__name__} is not a request message")
+    spec = requestTarget(request)
     return bus.call(spec.service, spec.method, toPayload(request), **kwargs)
 
 

@@ -19,7 +19,7 @@ from ..catalogue import Catalogue, ServiceParts, installedServices
 from ..context import EventContext
 from ..database import SQLiteDatabase
 from ..localbus import LocalBus
-from ..messages import fromPayload, requestOf
+from ..messages import fromPayload, requestTarget
 from ..service import callRequest
 
 __all__ = [
@@ -314,9 +314,7 @@ class ServiceHarness:
         """
         byService: dict[Any, dict[str, Callable[..., Any]]] = {}
         for requestType, handler in handlers.items():
-            spec = requestOf(requestType)
-            if spec is None:
-                raise TypeError(f"{requestType.__name__} is not a request message")
+            spec = requestTarget(requestType)
 
             def answer(payload: Any, context: Any, t: type = requestType, h: Any = handler) -> Any:
                 return maybeDeferred(h, fromPayload(t, payload))
