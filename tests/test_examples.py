@@ -193,7 +193,14 @@ class TutorialTests(TwistdTestCase):
         [command] = [b.strip() for b in blocks("sh") if "twisted.trial" in b]
         self.assertEqual(command, "python -m twisted.trial tests")
         result = subprocess.run(
-            [sys.executable, "-m", "twisted.trial", "--temp-directory", self.mktemp(), "tests"],
+            [
+                sys.executable,
+                "-m",
+                "twisted.trial",
+                "--temp-directory",
+                os.path.abspath(self.mktemp()),
+                "tests",
+            ],
             cwd=os.path.join(CHECKOUT, "examples", "likes"),
             capture_output=True,
             text=True,
