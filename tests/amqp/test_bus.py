@@ -13,8 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from txplatform.amqp import frames
@@ -22,11 +23,13 @@ from txplatform.amqp.bus import (
     EVENTS_EXCHANGE,
     REPLY_TO,
     RPC_EXCHANGE,
+    AMQPBus,
     deadQueue,
     eventQueue,
     rpcQueue,
 )
 from txplatform.amqp.frames import Properties
+from txplatform.amqp.url import BrokerURL
 from txplatform.context import Origin, Priority
 from txplatform.errors import (
     DeadlineExceeded,
@@ -599,3 +602,58 @@ class EventTests(BrokerTestCase):
         yield confirmed
         yield bus.stopService()
         yield self.assertFailure(bus.publish(self.newEvent(), {}), Unavailable)
+
+
+class _Silent(Protocol):
+    """
+    A server that accepts and never answers: the AMQP handshake waits.
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+class UnreadyConnectionTests(TestCase):
+    """
+    Connections that never get ready (no broker behind the port, a
+    handshake that times out) are closed, by the bus, before it retries or
+    stops: ClientService would otherwise find their later loss in a state
+    with no transition for it (automat's NoTransition, logged).
+    """
+
+    def listen(self) -> Any:
+        factory = ServerFactory.forProtocol(_Silent)
+        factory.connections = []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return factory, port.getHost().port
+
+    @inlineCallbacks
+    def test_stopWhileHandshaking(self) -> Any:
+        """
+        Stopping while the handshake waits closes the connection, and its
+        loss is not an error.
+        """
+        factory, port = self.listen()
+        bus = AMQPBus(reactor, BrokerURL.parse(f"amqp://127.0.0.1:{port}/"))
+        bus.startService()
+        yield eventually(lambda: len(factory.connections) == 1)
+        yield bus.stopService()
+        yield factory.connections[0].lost.addTimeout(5, reactor)
+
+    @inlineCallbacks
+    def test_handshakeTimesOut(self) -> Any:
+        """
+        A handshake that times out is closed before the next attempt.
+        """
+        factory, port = self.listen()
+        bus = AMQPBus(reactor, BrokerURL.parse(f"amqp://127.0.0.1:{port}/?connect_timeout=0.2"))
+        bus.startService()
+        self.addCleanup(bus.stopService)
+        yield eventually(lambda: len(factory.connections) == 2, timeout=10)
+        self.assertTrue(factory.connections[0].lost.called)
+        self.assertFalse(bus.connected)

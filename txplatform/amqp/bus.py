@@ -141,6 +141,7 @@ class _Factory(Factory):
             delegate, bus.url.vhost, loadSpec(), bus.url.heartbeat, bus._clock
         )
         protocol.factory = self
+        protocol.onMade = bus._connectionMade
         return protocol
 
 
@@ -623,14 +624,21 @@ class AMQPBus(Service):
         self._connected: list[Deferred[None]] = []
         self._stopping: Deferred[None] | None = None
         backoff = backoffPolicy(initialDelay=0.2, factor=2.0, maxDelay=10.0)
-        #: Connections lost before they were ready, in a row (see _prepareOrLost).
+        #: Connections that failed before they were ready, in a row (see
+        #: _connectionMade).
         self._lostEarly = 0
+        # No prepareConnection: ClientService leaves the connection of a
+        # failed or cancelled preparation open, and its later loss then
+        # finds no transition (automat's NoTransition, in Waiting or
+        # Stopped).  To ClientService a connection is up once TCP (and TLS)
+        # is; the AMQP handshake and topology follow in _connectionMade,
+        # and a connection that does not get ready is closed, so that
+        # ClientService's own loss handling retries it.
         self._service = ClientService(
             url.endpoint(reactor),
             _Factory(self),
             retryPolicy=lambda attempts: backoff(attempts + self._lostEarly),
             clock=reactor,
-            prepareConnection=self._prepareOrLost,
         )
 
     def clientProperties(self) -> dict[str, Any]:
@@ -701,33 +709,30 @@ class AMQPBus(Service):
     def connected(self) -> bool:
         return self._protocol is not None and not self._protocol.lost
 
-    def _prepareOrLost(self, proxy: AMQPConnection) -> Deferred[None]:
+    def _connectionMade(self, protocol: AMQPConnection) -> None:
         """
-        L{_prepare}, for ClientService, which cannot take a preparation that
-        fails because its connection was lost (the broker refused the
-        login, a TLS certificate did not check out): the loss notice that
-        follows finds it already waiting to retry and raises NoTransition.
-        Such a failure is logged and reported as success instead; the loss
-        then makes it retry, and the back-off still grows.
+        A connection is up: log in, declare, start the consumers.  One that
+        fails on the way (refused login, bad certificate, a handshake that
+        times out) is logged in one line and closed; ClientService then
+        retries it, the back-off growing with each such failure in a row.
         """
 
-        def lost(failure: Failure) -> Failure | None:
-            if not proxy.lost:
-                return failure
+        def failed(failure: Failure) -> None:
             self._lostEarly += 1
             self.log.warn(
-                "The connection to {broker} was lost before it was ready: {why}",
+                "The connection to {broker} failed before it was ready: {why}",
                 broker=str(self.url),
                 why=failure.getErrorMessage() or failure.type.__name__,
             )
-            return None
+            if not protocol.lost and protocol.transport is not None:
+                protocol.transport.abortConnection()
 
-        return self._prepare(proxy).addErrback(lost)
+        self._prepare(protocol).addErrback(failed)
 
     @inlineCallbacks
-    def _prepare(self, proxy: AMQPConnection) -> Any:
+    def _prepare(self, protocol: AMQPConnection) -> Any:
         url = self.url
-        protocol = proxy.attach(self._returned, lambda reason: self._lost(protocol, reason))
+        protocol.attach(self._returned, lambda reason: self._lost(protocol, reason))
         response = b"\0" + url.username.encode("utf-8") + b"\0" + url.password.encode("utf-8")
         # Heartbeats only start once connected: bound the handshake itself.
         yield protocol.start(response, mechanism="PLAIN", locale="en_US").addTimeout(

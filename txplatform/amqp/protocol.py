@@ -128,6 +128,8 @@ class AMQPConnection(AMQClient):
     @ivar onDeliver: Maps consumer tags to callables taking a L{Delivery}.
     @ivar onReturn: Called with each L{Delivery} the broker returned.
     @ivar onLost: Called once with the reason when the connection is gone.
+    @ivar onMade: Called with the connection once it is made (before the
+        AMQP handshake, which the bus then runs).
     """
 
     log = Logger()
@@ -139,6 +141,7 @@ class AMQPConnection(AMQClient):
         self.onDeliver: dict[str, Callable[[Delivery], None]] = {}
         self.onReturn: Callable[[Delivery], None] = lambda delivery: None
         self.onLost: Callable[[Failure], None] = lambda reason: None
+        self.onMade: Callable[[AMQPConnection], None] = lambda protocol: None
         self._gets: dict[int, list[Deferred[Delivery | None]]] = defaultdict(list)
         self._publishSequence: dict[int, int] = {}
         self._unconfirmed: dict[int, dict[int, Deferred[None]]] = {}
@@ -161,6 +164,10 @@ class AMQPConnection(AMQClient):
         self.onReturn = onReturn
         self.onLost = onLost
         return self
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.onMade(self)
 
     # The protocol header: txamqp writes AMQP 1 1 0 9; this is 0-9-1's.
 
