@@ -20,10 +20,10 @@ def main() -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.python.usage import UsageError
 
-    from txplatform_plugins import allinone
-    from txplatform_plugins._lifecycle import StopInOrder
     from txplatform.codec import JSONCodec
     from txplatform.fields import PlainFieldCodec
+    from txplatform_plugins import allinone
+    from txplatform_plugins._lifecycle import StopInOrder
 
     options = allinone.Options()
     # No key files: ensureKeys would make them for nothing.

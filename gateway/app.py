@@ -14,6 +14,7 @@ every outcome into JSON or problem details.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import random
@@ -21,6 +22,7 @@ import re
 from typing import Any, Mapping
 from urllib.parse import unquote_to_bytes
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -71,6 +73,11 @@ _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?\Z", re.IGN
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}\Z")
 _VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+# Printable ASCII, optionally as a structured-field string ("..."), as the
+# IETF's Idempotency-Key header draft writes it.
+_IDEMPOTENCY_KEY = re.compile(r'^(?:"([\x20\x21\x23-\x7e]{1,255})"|([\x21\x23-\x7e]{1,255}))\Z')
+#: The methods whose requests may carry an Idempotency-Key.
+IDEMPOTENCY_KEY_METHODS = (b"POST", b"PATCH")
 
 #: The OpenAPI document's C{info} unless the gateway is told otherwise.
 DEFAULT_INFO = {
@@ -193,7 +200,7 @@ class _CORS(Resource):
 
     isLeaf = True
     _methods = b"GET, POST, PUT, PATCH, DELETE"
-    _headers = b"Authorization, Content-Type, X-Request-Id, Last-Event-ID"
+    _headers = b"Authorization, Content-Type, X-Request-Id, Last-Event-ID, Idempotency-Key"
     _exposed = b"X-Request-Id, Location, Retry-After"
 
     def __init__(self, gateway: Gateway, wrapped: Resource, origins: list[str]) -> None:
@@ -448,6 +455,12 @@ class Gateway:
                 wait = self.accountRateLimit.check(principal.account_id)
                 if wait is not None:
                     raise _tooMany("account", wait)
+        if request.method in IDEMPOTENCY_KEY_METHODS:
+            key = request.getHeader("idempotency-key")
+            if key is not None:
+                exchange.origin = attrs.evolve(
+                    exchange.origin, idempotencyKey=self._idempotencyKey(key, principal, request)
+                )
         if op.query is not None:
             kwargs["query"] = fromQuery(op.query, self._queryArguments(request))
         if op.body is None:
@@ -488,6 +501,40 @@ class Gateway:
             self.parser, "parse", {"operation": operationId, "body": text}, idempotent=True
         )
         return d.addCallback(lambda reply: fromPayload(messageType, reply["message"]))
+
+    @staticmethod
+    def _idempotencyKey(given: str, principal: Principal | None, request: IRequest) -> str:
+        """
+        What the calls of a request with C{Idempotency-Key: given} carry:
+        the key for this client (its account, if it authenticated) and this
+        method and path, so that no one else's request, nor another
+        operation, can share it.
+
+        @raise InvalidArgument: The header is not 1 to 255 printable ASCII
+            characters.
+        """
+        match = _IDEMPOTENCY_KEY.match(given)
+        if match is None:
+            raise InvalidArgument.forFields(
+                [
+                    (
+                        "Idempotency-Key",
+                        "must be 1 to 255 printable ASCII characters (a UUID, say),"
+                        " without spaces unless quoted",
+                    )
+                ]
+            )
+        key = match.group(1) or match.group(2)
+        account = principal.account_id if principal is not None else ""
+        scope = "\n".join(
+            [
+                account,
+                request.method.decode("ascii"),
+                request.path.decode("latin-1"),
+                key,
+            ]
+        )
+        return hashlib.sha256(scope.encode("utf-8")).hexdigest()
 
     @staticmethod
     def _render(result: Any, request: IRequest, status: int) -> bytes:

@@ -30,6 +30,24 @@ _BODY_ERRORS = {
     413: "The body is over the size limit.",
     415: "The body is not `application/json`.",
 }
+_IDEMPOTENCY_ERROR = (
+    "This `Idempotency-Key` was used before, by this client on this operation, with another body."
+)
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes retrying safe: a request sent again with the same key and body (by"
+    " the same client, to the same operation) gets the first one's answer for a day rather"
+    " than doing the work twice; the same key with another body gets 422. Use a new random"
+    " key (a UUID) per request, and the same one for its retries.",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 257,
+        "pattern": '^(?:"[ !#-~]{1,255}"|[!#-~]{1,255})$',
+    },
+}
 _QUERY_ERROR = "Invalid query parameters (`errors` says which and why)."
 _DESCRIPTIONS = {
     400: "Invalid request.",
@@ -69,6 +87,8 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
                 {"name": name, "in": "query", "required": required, "schema": schema}
                 for name, schema, required in fieldSchemas(op.query)
             ]
+        if one.method in ("POST", "PATCH"):
+            parameters.append(_IDEMPOTENCY_KEY)
         responses: dict[str, Any] = {}
         success: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
         if op.streaming:
@@ -90,6 +110,8 @@ def openapiDocument(gateway: Any) -> dict[str, Any]:
             errors[400] = _QUERY_ERROR
         if op.auth:
             errors.update(_AUTH_ERRORS)
+        if one.method in ("POST", "PATCH"):
+            errors[422] = _IDEMPOTENCY_ERROR
         errors.update(_COMMON_ERRORS)
         limited = getattr(gateway, "rateLimit", None) is not None or (
             op.auth and getattr(gateway, "accountRateLimit", None) is not None

@@ -32,6 +32,7 @@ _STATUS_FOR_CODE = {
     "permission_denied": 403,
     "not_found": 404,
     "conflict": 409,
+    "idempotency_key_reused": 422,
     "resource_exhausted": 429,
     "unavailable": 503,
     "deadline_exceeded": 503,

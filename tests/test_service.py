@@ -4,16 +4,19 @@ Tests for L{txplatform.service}.
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.context import Origin, Priority
-from txplatform.errors import InvalidArgument, NotFound
+from txplatform.database import Migration
+from txplatform.errors import IdempotencyKeyReused, InvalidArgument, NotFound
 from txplatform.localbus import LocalBus
 from txplatform.messages import RequestSpec, message, request, requestOf, string
-from txplatform.service import BusService, callRequest, handles, rpc
+from txplatform.service import BusService, DatabaseService, callRequest, handles, rpc
 from txplatform.serviceid import ServiceId
+from txplatform.testing import ServiceHarness
 
 OTHER = ServiceId.fromHex("0000b2")
 
@@ -299,3 +302,137 @@ class TypedCallTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(self.successResultOf(d), {"text": "again"})
         self.assertRaises(TypeError, asker.call, Hello(name="not a request"))
+
+
+@message
+class Note:
+    text: str = string(minLength=1, maxLength=100)
+
+
+class Notebook(DatabaseService):
+    """
+    A service that writes: C{add} records its reply in its transaction (a
+    non-idempotent write), C{touch} does not (harmless to repeat, but its
+    answer changes).
+    """
+
+    name = "notebook"
+    serviceId = ServiceId.fromHex("0000a5")
+    migrations = [
+        Migration(1, "notes", ["CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"])
+    ]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.touched = 0
+
+    @rpc(Note, idempotent=False)
+    def add(self, request: Note, context: Any) -> Any:
+        record = self.replies.recorder(context, lambda rowId: {"id": rowId})
+        if request.text == "refuse":
+            raise InvalidArgument("refused")
+
+        def add(t: Any) -> int:
+            t.execute("INSERT INTO notes (text) VALUES (?)", (request.text,))
+            [(rowId,)] = t.execute("SELECT max(id) FROM notes").fetchall()
+            if record is not None:
+                record(t, rowId)
+            return rowId
+
+        return self.database.runInteraction(add).addCallback(lambda rowId: {"id": rowId})
+
+    @rpc(Note)
+    def touch(self, request: Note, context: Any) -> Any:
+        self.touched += 1
+        return {"touched": self.touched}
+
+
+class IdempotencyKeyTests(SynchronousTestCase):
+    """
+    Calls that carry an idempotency key: the same key and payload answer
+    what the first call answered, without running again.
+    """
+
+    def setUp(self) -> None:
+        self.harness = ServiceHarness(self.mktemp())
+        self.addCleanup(self.harness.stop)
+        self.notebook = self.harness.start(
+            Notebook(self.harness.bus, self.harness.database("notebook"), self.harness.reactor)
+        )
+
+    def call(self, method: str, text: str, key: str | None, caller: Any = OTHER) -> Deferred:
+        return self.harness.bus.call(
+            Notebook.serviceId,
+            method,
+            {"text": text},
+            origin=Origin(caller, "trace", idempotencyKey=key),
+        )
+
+    def notes(self) -> list[Any]:
+        return self.harness.run(self.notebook.database.runQuery("SELECT id, text FROM notes"))
+
+    def test_sameKeySameAnswer(self) -> None:
+        """
+        A write sent again with its key gets the first answer and does not
+        happen twice; without a key, or with another key, it happens again.
+        """
+        first = self.harness.run(self.call("add", "one", "k1"))
+        self.assertEqual(self.harness.run(self.call("add", "one", "k1")), first)
+        self.assertEqual(len(self.notes()), 1)
+        self.assertNotEqual(self.harness.run(self.call("add", "one", "k2")), first)
+        self.assertNotEqual(self.harness.run(self.call("add", "one", None)), first)
+        self.assertEqual(len(self.notes()), 3)
+
+    def test_otherPayload(self) -> None:
+        """
+        The same key with another payload is refused, and nothing is done.
+        """
+        self.harness.run(self.call("add", "one", "k1"))
+        failure = self.failureResultOf(self.runFailing(self.call("add", "two", "k1")))
+        self.assertIsInstance(failure.value, IdempotencyKeyReused)
+        self.assertEqual([text for _, text in self.notes()], ["one"])
+
+    def test_keyPerCaller(self) -> None:
+        """
+        Another caller's key, though spelt the same, is its own.
+        """
+        first = self.harness.run(self.call("add", "one", "k1"))
+        other = self.harness.run(self.call("add", "one", "k1", caller=ServiceId.fromHex("0000b3")))
+        self.assertNotEqual(first, other)
+
+    def test_harmlessCalls(self) -> None:
+        """
+        A call whose handler records nothing itself has its answer recorded
+        after it ran: a retry with the key gets the same answer.
+        """
+        self.assertEqual(self.harness.run(self.call("touch", "x", "k1")), {"touched": 1})
+        self.assertEqual(self.harness.run(self.call("touch", "x", "k1")), {"touched": 1})
+        self.assertEqual(self.harness.run(self.call("touch", "x", None)), {"touched": 2})
+
+    def test_failuresNotRecorded(self) -> None:
+        """
+        A call that failed runs again when retried with its key.
+        """
+        for _ in range(2):
+            failure = self.failureResultOf(self.runFailing(self.call("add", "refuse", "k1")))
+            self.assertIsInstance(failure.value, InvalidArgument)
+
+    def test_atTheSameTime(self) -> None:
+        """
+        A retry that arrives while the first try still runs (both looked
+        for a reply before either recorded one) gets the first one's reply,
+        and what it did is rolled back: one note, not two.
+        """
+        first, second = self.call("add", "one", "k1"), self.call("add", "one", "k1")
+        self.assertEqual(self.harness.run(first), self.harness.run(second))
+        self.assertEqual(len(self.notes()), 1)
+
+    def runFailing(self, d: Deferred) -> Deferred:
+        results: list[Any] = []
+        d.addBoth(results.append)
+        self.harness.flush()
+        for _ in range(100):
+            if results:
+                break
+            self.harness.advance(0.1)
+        return fail(results[0]) if isinstance(results[0], Failure) else succeed(results[0])

@@ -32,6 +32,8 @@ __all__ = [
     "millis",
     "OutgoingCall",
     "prepareCall",
+    "checkIdempotencyKey",
+    "MAX_IDEMPOTENCY_KEY",
     "checkPriority",
     "callDeadline",
     "awaitAnswer",
@@ -76,6 +78,7 @@ class OutgoingCall:
     caller: ServiceId | None
     correlationId: str
     data: bytes
+    idempotencyKey: str | None = None
 
     @property
     def deadlineMillis(self) -> int:
@@ -100,17 +103,42 @@ def prepareCall(
     trace id, the inherited one if any), and encode its payload bound to
     where it goes, who sends it and until when.
 
-    @raise ValueError: A bad priority, or a payload the codec refuses.
+    @raise ValueError: A bad priority or idempotency key, or a payload the
+        codec refuses.
     @raise TypeError: A payload the codec cannot encode.
     """
     priority = checkPriority(priority)
+    key = origin.idempotencyKey
+    if key is not None:
+        checkIdempotencyKey(key)
     deadline = callDeadline(now, timeout, defaultTimeout, origin)
     messageId = newMessageId()
     correlationId = origin.correlationId or messageId
     data = codec.encode(
-        payload, callBinding(service, method, messageId, caller, correlationId, millis(deadline))
+        payload,
+        callBinding(service, method, messageId, caller, correlationId, millis(deadline), key),
     )
-    return OutgoingCall(priority, deadline, messageId, caller, correlationId, data)
+    return OutgoingCall(priority, deadline, messageId, caller, correlationId, data, key)
+
+
+#: The longest idempotency key a call carries, in bytes (the direct
+#: transport's frames give it one length byte).
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def checkIdempotencyKey(key: object) -> str:
+    """
+    @raise ValueError: C{key} is not a string of 1 to 255 printable ASCII
+        characters (every bus carries it as a header).
+    """
+    if (
+        not isinstance(key, str)
+        or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY
+        or not key.isascii()
+        or not key.isprintable()
+    ):
+        raise ValueError("an idempotency key is 1 to 255 printable ASCII characters")
+    return key
 
 
 def callDeadline(now: float, timeout: float | None, default: float, origin: Origin) -> float:

@@ -76,12 +76,14 @@ def callBinding(
     caller: ServiceId | None = None,
     correlationId: str = "",
     deadlineMillis: int = 0,
+    idempotencyKey: str | None = None,
 ) -> bytes:
     """
-    What a request is: its address, its id, who sends it, its trace and its
-    deadline (so that none of the headers carrying them can be changed).
+    What a request is: its address, its id, who sends it, its trace, its
+    deadline and its idempotency key if it has one (so that none of the
+    headers carrying them can be changed, added or removed).
     """
-    return _fields(
+    fields = [
         b"call",
         service.raw,
         method.encode(),
@@ -89,7 +91,10 @@ def callBinding(
         caller.raw if caller is not None else b"",
         correlationId.encode(),
         str(deadlineMillis).encode(),
-    )
+    ]
+    if idempotencyKey is not None:
+        fields.append(idempotencyKey.encode())
+    return _fields(*fields)
 
 
 def replyBinding(service: ServiceId, method: str, messageId: str) -> bytes:

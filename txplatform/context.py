@@ -68,11 +68,18 @@ class Origin:
         request causes (the gateway uses the HTTP request id).
     @ivar deadline: Absolute time (the bus clock's seconds) after which an
         answer is useless; nested calls never get a later deadline.
+    @ivar idempotencyKey: Makes the calls sent with this origin answer
+        again, from the callee's reply log, what the first call with the
+        same key (to the same method, from the same caller) answered,
+        rather than run again.  The gateway derives one from a client's
+        C{Idempotency-Key} header.  Not passed on to nested calls: they
+        are new work.
     """
 
     caller: ServiceId | None = None
     correlationId: str | None = None
     deadline: float | None = None
+    idempotencyKey: str | None = None
 
 
 @frozen
@@ -90,6 +97,24 @@ class CallContext:
     priority: int
     #: The bus delivered this call before, to a replica that did not finish.
     redelivered: bool = False
+    #: The caller's idempotency key (L{Origin.idempotencyKey}), if any.
+    idempotencyKey: str | None = None
+    #: A digest of the call's payload, set by the service before a handler
+    #: whose reply is recorded runs: a key used again with another payload
+    #: is refused rather than answered.
+    requestDigest: str | None = None
+
+    @property
+    def replyKey(self) -> str:
+        """
+        Under what this call's reply is recorded: its idempotency key, for
+        this caller and method, or else its message id (which a
+        redelivered call keeps).
+        """
+        if self.idempotencyKey is None:
+            return self.messageId
+        caller = self.caller.hex if self.caller is not None else "-"
+        return f"{caller}:{self.method}:{self.idempotencyKey}"
 
     def origin(self, caller: ServiceId | None) -> Origin:
         """

@@ -22,6 +22,7 @@ __all__ = [
     "PermissionDenied",
     "NotFound",
     "Conflict",
+    "IdempotencyKeyReused",
     "ResourceExhausted",
     "Unavailable",
     "DeadlineExceeded",
@@ -122,6 +123,16 @@ class Conflict(ServiceError):
     permanent = True
 
 
+class IdempotencyKeyReused(ServiceError):
+    """
+    A call's idempotency key was used before for another request: its
+    recorded reply belongs to that one.
+    """
+
+    code = "idempotency_key_reused"
+    permanent = True
+
+
 class ResourceExhausted(ServiceError):
     """
     Too many attempts: try again after C{details["retry_after"]} seconds.
@@ -174,6 +185,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
         PermissionDenied,
         NotFound,
         Conflict,
+        IdempotencyKeyReused,
         ResourceExhausted,
         Unavailable,
         DeadlineExceeded,

@@ -76,6 +76,7 @@ class _PendingCall:
     caller: ServiceId | None
     correlationId: str
     deferred: Deferred = field(repr=False)
+    idempotencyKey: str | None = None
     abandoned: bool = False
     # A call that came from elsewhere (the direct transport): its deadline
     # as bound in its payload, and its answer wanted encoded.
@@ -272,6 +273,7 @@ class _CallWorker(_Worker):
             correlationId=call.correlationId,
             deadline=call.deadline,
             priority=call.priority,
+            idempotencyKey=call.idempotencyKey,
         )
         try:
             result = self._invoke(call, context)
@@ -301,6 +303,7 @@ class _CallWorker(_Worker):
                 call.caller,
                 call.correlationId,
                 millis(call.deadline) if deadlineMillis is None else deadlineMillis,
+                call.idempotencyKey,
             ),
         )
         return handler(payload, context)
@@ -501,6 +504,7 @@ class LocalBus(Service):
             priority=call.priority,
             caller=call.caller,
             correlationId=call.correlationId,
+            idempotencyKey=call.idempotencyKey,
             deferred=d,
         )
         queue.put(pending)
@@ -539,6 +543,7 @@ class LocalBus(Service):
         correlationId: str,
         deadlineMillis: int,
         priority: int,
+        idempotencyKey: str | None = None,
     ) -> Deferred[bytes]:
         """
         Queue a call that arrived encoded from another process (the direct
@@ -567,6 +572,7 @@ class LocalBus(Service):
             caller=caller,
             correlationId=correlationId,
             deferred=d,
+            idempotencyKey=idempotencyKey,
             deadlineMillis=deadlineMillis,
             encodedReply=True,
         )

@@ -9,10 +9,20 @@ write succeeded).  So a service records the reply of each such call in the
 same transaction as the change it made, keyed by the call's message id, and
 a redelivered call whose reply is on record gets that reply again instead of
 running again.
+
+A call that carries an idempotency key (L{txplatform.context.Origin}: the
+gateway makes one from a client's C{Idempotency-Key} header) is recorded
+under that key instead, with a digest of its payload: the same key with the
+same payload gets the first reply for a day; with another payload it is
+refused (L{IdempotencyKeyReused}), since its reply belongs to another
+request.  The digest is sealed with the reply: a digest of a payload holding
+a password must not be there to guess at.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -21,11 +31,27 @@ from twisted.internet.interfaces import IReactorTime
 from .codec import dumps, loads
 from .context import CallContext
 from .database import Migration
+from .errors import IdempotencyKeyReused
 from .interfaces import IDatabase, IFieldCodec, ITransaction
 
-__all__ = ["ReplyLog", "Recorder"]
+__all__ = ["ReplyLog", "Recorder", "requestDigest", "DAY"]
 
 Recorder = Callable[[ITransaction, Any], None]
+
+DAY = 24 * 3600.0
+
+# Marks a recorded reply that comes with its request's digest (what older
+# versions stored was the reply alone).
+_ENVELOPE = "txplatform.reply/2"
+
+
+def requestDigest(payload: Any) -> str:
+    """
+    A digest of a call's payload, the same for the same content whatever
+    the order of its keys.
+    """
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class ReplyLog:
@@ -33,7 +59,8 @@ class ReplyLog:
     The reply log of one service (table C{<service>_replies}).
 
     @param retention: Seconds a reply is kept: longer than a call can wait
-        for redelivery.
+        for redelivery, and as long as a client may retry a request with
+        its idempotency key (a day).
     """
 
     def __init__(
@@ -42,7 +69,7 @@ class ReplyLog:
         fields: IFieldCodec,
         component: str,
         clock: IReactorTime,
-        retention: float = 3600.0,
+        retention: float = DAY,
     ) -> None:
         self._database = database
         self._fields = fields
@@ -72,38 +99,69 @@ class ReplyLog:
         """
         What a store calls inside its transaction with what it produced:
         C{render} turns that into the reply, which is recorded under the
-        call's message id.  None without a call to record.
+        call's reply key (L{CallContext.replyKey}).  None without a call to
+        record.
+
+        If a reply is on record under that key already (the same call ran
+        twice at once: a retry while the first try was still running), the
+        transaction fails on it, so that what the second run did is rolled
+        back; the service then answers the reply on record.
         """
         if context is None or not context.messageId:
             return None
-        messageId = context.messageId
 
         def record(transaction: ITransaction, produced: Any) -> None:
-            reply = render(produced)
-            sealed = self._fields.seal(self.table, "reply", messageId, dumps(reply).decode("utf-8"))
-            transaction.execute(
-                f"INSERT INTO {self.table} (message_id, reply, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (messageId, sealed, int(self._clock.seconds() * 1000)),
-            )
+            self._insert(transaction, context, render(produced), "")
 
         return record
 
-    def lookup(self, messageId: str) -> Deferred[tuple[bool, Any]]:
+    def remember(self, context: CallContext, reply: Any) -> Deferred[None]:
         """
-        C{(True, reply)} if a reply to C{messageId} is on record, else
+        Record C{reply} after the fact, in a transaction of its own, unless
+        the handler recorded it already in its own: for calls whose effect
+        is harmless to repeat but whose answer a retry with the same
+        idempotency key must get again.
+        """
+        return self._database.runInteraction(
+            self._insert, context, reply, " ON CONFLICT DO NOTHING"
+        )
+
+    def _insert(self, t: ITransaction, context: CallContext, reply: Any, conflict: str) -> None:
+        key = context.replyKey
+        text = dumps({"v": _ENVELOPE, "reply": reply, "digest": context.requestDigest})
+        sealed = self._fields.seal(self.table, "reply", key, text.decode("utf-8"))
+        t.execute(
+            f"INSERT INTO {self.table} (message_id, reply, created_at) VALUES (?, ?, ?){conflict}",
+            (key, sealed, int(self._clock.seconds() * 1000)),
+        )
+
+    def lookup(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
+        """
+        C{(True, reply)} if a reply to C{context}'s call is on record, else
         C{(False, None)}.
+
+        @raise IdempotencyKeyReused: (In the Deferred.) The reply on record
+            answered another request: the key was used again with another
+            payload.
         """
+        key = context.replyKey
 
         def found(rows: list[Any]) -> tuple[bool, Any]:
             if not rows:
                 return False, None
-            text = self._fields.open(self.table, "reply", messageId, bytes(rows[0][0]))
-            return True, loads(text)
+            recorded = loads(self._fields.open(self.table, "reply", key, bytes(rows[0][0])))
+            if not (isinstance(recorded, dict) and recorded.get("v") == _ENVELOPE):
+                return True, recorded  # recorded by an older version: the reply alone
+            digest = recorded.get("digest")
+            if digest and context.requestDigest and digest != context.requestDigest:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used for a request with another body: use a new"
+                    " key for a new request",
+                    {"method": context.method},
+                )
+            return True, recorded["reply"]
 
-        d = self._database.runQuery(
-            f"SELECT reply FROM {self.table} WHERE message_id = ?", (messageId,)
-        )
+        d = self._database.runQuery(f"SELECT reply FROM {self.table} WHERE message_id = ?", (key,))
         return d.addCallback(found)
 
     def sweep(self) -> Deferred[int]:

@@ -51,7 +51,7 @@ from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
 from .keychecks import KeyChecks
 from .messages import fromPayload, requestOf, requestTarget, toPayload
 from .outbox import Outbox
-from .replylog import ReplyLog
+from .replylog import ReplyLog, requestDigest
 from .serviceid import ServiceId
 from .topics import checkPattern
 
@@ -307,10 +307,9 @@ class BusService(Service):
 
         def parse(payload: Any, context: CallContext) -> Any:
             request = fromPayload(spec.requestType, payload)
-            if context.redelivered and not spec.idempotent:
-                return self.replay(context).addCallback(
-                    lambda found: found[1] if found[0] else run(request, context)
-                )
+            if context.idempotencyKey is not None or (context.redelivered and not spec.idempotent):
+                context = attrs.evolve(context, requestDigest=requestDigest(payload))
+                return self.replay(context).addCallback(once, request, context)
             return run(request, context)
 
         def run(request: Any, context: CallContext) -> Any:
@@ -318,6 +317,31 @@ class BusService(Service):
             if isinstance(result, Deferred):
                 return result.addCallback(_asPayload)
             return _asPayload(result)
+
+        def once(found: tuple[bool, Any], request: Any, context: CallContext) -> Any:
+            """
+            A call that may have run before (redelivered, or sent with an
+            idempotency key): the reply on record if it did, else run it and
+            record its reply.
+            """
+            if found[0]:
+                return found[1]
+
+            def ran(reply: Any) -> Any:
+                if context.idempotencyKey is None:
+                    return reply  # the handler recorded what needs recording
+                return self.remember(context, reply).addCallback(lambda _: reply)
+
+            def failed(failure: Failure) -> Any:
+                # The same call, run at the same time (a client's retry
+                # while its first try was still running), may have won: its
+                # reply stands, and this run was rolled back (or failed on
+                # what the other made).
+                return self.replay(context).addCallback(
+                    lambda again: again[1] if again[0] else failure
+                )
+
+            return maybeDeferred(run, request, context).addCallbacks(ran, failed)
 
         return handle
 
@@ -347,9 +371,18 @@ class BusService(Service):
 
     def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
         """
-        The recorded reply to a redelivered call, if there is one.
+        The recorded reply to a call that may have run before (redelivered,
+        or sent with an idempotency key), if there is one: C{(True, reply)},
+        else C{(False, None)}.  Nothing is recorded without a database.
         """
         return succeed((False, None))
+
+    def remember(self, context: CallContext, reply: Any) -> Deferred[None]:
+        """
+        Record C{reply} to a call with an idempotency key, if its handler
+        did not record it in its own transaction.
+        """
+        return succeed(None)
 
     def _eventHandler(self, spec: _HandlerSpec) -> Callable[[Any, EventContext], Any]:
         def handle(payload: Any, context: EventContext) -> Any:
@@ -484,7 +517,10 @@ class DatabaseService(BusService):
         return d.addErrback(lambda f: self.log.failure("Could not sweep old replies", f))
 
     def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
-        return self.replies.lookup(context.messageId)
+        return self.replies.lookup(context)
+
+    def remember(self, context: CallContext, reply: Any) -> Deferred[None]:
+        return self.replies.remember(context, reply)
 
     def startPublishing(self) -> None:
         """

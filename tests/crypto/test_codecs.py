@@ -107,7 +107,8 @@ class PayloadCodecTests(SynchronousTestCase):
     def test_movedPayload(self) -> None:
         """
         A payload sealed for one message does not open as another's: other
-        method, message id, caller, trace or deadline.
+        method, message id, caller, trace, deadline or idempotency key (one
+        added, removed or changed).
         """
         codec = keys(self).payloadCodec()
         binding = callBinding(SERVICE, "get", "m1", CALLER, "t1", 1000)
@@ -119,10 +120,15 @@ class PayloadCodecTests(SynchronousTestCase):
             callBinding(SERVICE, "get", "m1", None, "t1", 1000),
             callBinding(SERVICE, "get", "m1", CALLER, "t2", 1000),
             callBinding(SERVICE, "get", "m1", CALLER, "t1", 999999),
+            callBinding(SERVICE, "get", "m1", CALLER, "t1", 1000, "key"),
             eventBinding("get", "m1"),
         ]:
             error = self.assertRaises(MalformedMessage, codec.decode, data, other)
             self.assertIn("payload refused", error.message)
+        keyed = callBinding(SERVICE, "get", "m1", CALLER, "t1", 1000, "key")
+        data = codec.encode({"secret": 1}, keyed)
+        for other in [binding, callBinding(SERVICE, "get", "m1", CALLER, "t1", 1000, "kex")]:
+            self.assertRaises(MalformedMessage, codec.decode, data, other)
 
     def test_tooOld(self) -> None:
         """

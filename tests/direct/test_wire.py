@@ -22,6 +22,17 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(encoded[:4], b"\x01\x01\x00\x02")
         self.assertEqual(parseFrame(encoded), frame)
 
+    def test_idempotencyKey(self) -> None:
+        """
+        A call's idempotency key travels after its method; an empty one is
+        none.
+        """
+        frame = CallFrame(ServiceId.fromHex("010002"), 7, 1234, "m1", "t1", "add", b"p", "k-1")
+        self.assertEqual(parseFrame(frame.encode()), frame)
+        self.assertIn(b"\x03add\x03k-1p", frame.encode())
+        unkeyed = CallFrame(frame.service, 7, 1234, "m1", "t1", "add", b"p")
+        self.assertIsNone(parseFrame(unkeyed.encode()).idempotencyKey)
+
     def test_reply(self) -> None:
         frame = ReplyFrame("m1", b"answer")
         self.assertEqual(parseFrame(frame.encode()), frame)
@@ -33,6 +44,7 @@ class FrameTests(SynchronousTestCase):
             (b"\x01\x01\x00", "shorter than its header"),
             (b"\x01\x01\x00\x02\x0a" + bytes(8) + b"\x00\x00\x00", "priority 10"),
             (b"\x01\x01\x00\x02\x01" + bytes(8) + b"\x05ab", "inside its message id"),
+            (b"\x01\x01\x00\x02\x01" + bytes(8) + b"\x00\x00\x01x", "before its idempotency key"),
             (b"\x02", "before its message id"),
             (b"\x02\x02\xff\xfe", "not UTF-8"),
         ]:

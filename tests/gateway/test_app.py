@@ -493,6 +493,110 @@ class PostEndpointTests:
             self.assertProblem((yield self.request("GET", f"/v1/posts/{postId}")), 404)
 
 
+class IdempotencyKeyTests:
+    """
+    POST and PATCH with an Idempotency-Key header: a retry gets the first
+    answer instead of doing the work again.
+    """
+
+    @inlineCallbacks
+    def test_retriedPost(self) -> Any:
+        """
+        A post sent again with its key is answered as the first time (201,
+        the same post and Location) and made once; the same key with another
+        body is a 422 and makes nothing.
+        """
+        token = yield self.user("alice")
+        key = {"Idempotency-Key": "3b1a9a5e-0c6e-4d7e-9a53-2a7d1e0c6b11"}
+        first = yield self.request(
+            "POST", "/v1/posts", token=token, json={"body": "once"}, headers=key
+        )
+        again = yield self.request(
+            "POST", "/v1/posts", token=token, json={"body": "once"}, headers=key
+        )
+        self.assertEqual((first.status, again.status), (201, 201))
+        self.assertEqual(again.json, first.json)
+        self.assertEqual(again.header("location"), first.header("location"))
+        other = yield self.request(
+            "POST", "/v1/posts", token=token, json={"body": "twice"}, headers=key
+        )
+        self.assertProblem(other, 422, "idempotency_key_reused")
+        self.assertIn("Idempotency-Key", other.json["detail"])
+        page = (yield self.request("GET", "/v1/accounts/alice/posts")).json
+        self.assertEqual([p["body"] for p in page["items"]], ["once"])
+        # Without the key, or with a new one, it is a new post.
+        fresh = yield self.request(
+            "POST",
+            "/v1/posts",
+            token=token,
+            json={"body": "once"},
+            headers={"Idempotency-Key": "2"},
+        )
+        self.assertNotEqual(fresh.json["id"], first.json["id"])
+
+    @inlineCallbacks
+    def test_perClient(self) -> Any:
+        """
+        The same key from another account is that account's own: its post
+        is made, and nobody gets another's answer.
+        """
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        key = {"Idempotency-Key": "same"}
+        mine = yield self.request("POST", "/v1/posts", token=alice, json={"body": "x"}, headers=key)
+        his = yield self.request("POST", "/v1/posts", token=bob, json={"body": "x"}, headers=key)
+        self.assertEqual((mine.status, his.status), (201, 201))
+        self.assertEqual((mine.json["author"], his.json["author"]), ("alice", "bob"))
+
+    @inlineCallbacks
+    def test_retriedRegistration(self) -> Any:
+        """
+        A registration retried with its key gets 201 and the account, not
+        409: the retry of a request whose answer was lost.
+        """
+        body = {"username": "carol", "email": "carol@example.com", "password": PASSWORD}
+        key = {"Idempotency-Key": '"a quoted key"'}
+        first = yield self.request("POST", "/v1/accounts", json=body, headers=key)
+        again = yield self.request("POST", "/v1/accounts", json=body, headers=key)
+        self.assertEqual((first.status, again.status), (201, 201))
+        self.assertEqual(again.json, first.json)
+        self.assertProblem((yield self.request("POST", "/v1/accounts", json=body)), 409)
+
+    @inlineCallbacks
+    def test_retriedLogin(self) -> Any:
+        """
+        A login retried with its key gets the same session, not a second.
+        """
+        yield self.user("alice")
+        body = {"username": "alice", "password": PASSWORD}
+        key = {"Idempotency-Key": "login-1"}
+        first = yield self.request("POST", "/v1/sessions", json=body, headers=key)
+        again = yield self.request("POST", "/v1/sessions", json=body, headers=key)
+        self.assertEqual((first.status, again.status), (201, 201))
+        self.assertEqual(again.json["token"], first.json["token"])
+
+    @inlineCallbacks
+    def test_badKeys(self) -> Any:
+        """
+        A key that is empty, too long or not printable ASCII is a 400
+        naming the header, and nothing is made.
+        """
+        token = yield self.user("alice")
+        for bad in [b"", b"x" * 256, b"two words", b'"unclosed', b"caf\xc3\xa9"]:
+            reply = yield self.request(
+                "POST",
+                "/v1/posts",
+                token=token,
+                json={"body": "never"},
+                headers={b"Idempotency-Key": bad},
+            )
+            self.assertEqual(reply.status, 400, bad)
+            self.assertProblem(reply, 400, "invalid_argument")
+            self.assertEqual(reply.json["errors"][0]["field"], "Idempotency-Key")
+        page = (yield self.request("GET", "/v1/accounts/alice/posts")).json
+        self.assertEqual(page["items"], [])
+
+
 class NotificationEndpointTests:
     @inlineCallbacks
     def test_notifications(self) -> Any:
@@ -656,6 +760,7 @@ class SQLiteGatewayTests(
     MeEndpointTests,
     SessionEndpointTests,
     PostEndpointTests,
+    IdempotencyKeyTests,
     NotificationEndpointTests,
     PlatformEndpointTests,
     PlatformTestCase,
@@ -669,6 +774,7 @@ class PostgresGatewayTests(
     MeEndpointTests,
     SessionEndpointTests,
     PostEndpointTests,
+    IdempotencyKeyTests,
     NotificationEndpointTests,
     PlatformEndpointTests,
     PlatformTestCase,

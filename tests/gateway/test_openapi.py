@@ -92,6 +92,26 @@ class OpenAPITests(SynchronousTestCase):
         self.assertIn("Malformed JSON", login["responses"]["400"]["description"])
         self.assertIn("failed logins", login["responses"]["429"]["description"])
 
+    def test_idempotencyKeys(self) -> None:
+        """
+        Every POST and PATCH takes an optional Idempotency-Key header and
+        may answer 422 for a key used with another body; no other method
+        says so.
+        """
+        seen = 0
+        for path, entries in self.document["paths"].items():
+            for method, entry in entries.items():
+                headers = [p for p in entry.get("parameters", []) if p["in"] == "header"]
+                if method in ("post", "patch"):
+                    seen += 1
+                    [key] = headers
+                    self.assertEqual((key["name"], key["required"]), ("Idempotency-Key", False))
+                    self.assertIn("Idempotency-Key", entry["responses"]["422"]["description"])
+                else:
+                    self.assertEqual(headers, [], (method, path))
+                    self.assertNotIn("422", entry["responses"], (method, path))
+        self.assertGreaterEqual(seen, 5)
+
     def test_rulesBeyondSchemas(self) -> None:
         """
         A 400 no schema can announce is declared by the operation: listed,

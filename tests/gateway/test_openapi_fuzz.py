@@ -121,12 +121,15 @@ def requests(entry: dict[str, Any], known: dict[str, list[Any]]) -> st.SearchStr
     """
     path: dict[str, Any] = {}
     query: dict[str, Any] = {}
+    headers: dict[str, Any] = {}
     for parameter in entry.get("parameters", []):
         strategy = values(parameter["schema"], known.get(parameter["name"], []))
         if parameter["in"] == "path":
             path[parameter["name"]] = strategy
         elif parameter["in"] == "query":
             query[parameter["name"]] = strategy if parameter["required"] else _maybe(strategy)
+        elif parameter["in"] == "header":
+            headers[parameter["name"]] = strategy if parameter["required"] else _maybe(strategy)
         else:
             raise AssertionError(f"parameters in {parameter['in']} are not generated yet")
     body: st.SearchStrategy[Any] = st.just(_ABSENT)
@@ -137,6 +140,9 @@ def requests(entry: dict[str, Any], known: dict[str, list[Any]]) -> st.SearchStr
             "path": st.fixed_dictionaries(path),
             "query": st.fixed_dictionaries(query).map(
                 lambda q: {k: v for k, v in q.items() if v is not _ABSENT}
+            ),
+            "headers": st.fixed_dictionaries(headers).map(
+                lambda h: {k: v for k, v in h.items() if v is not _ABSENT}
             ),
             "body": body,
         }
@@ -254,12 +260,19 @@ class DocumentFuzzTests(SQLiteMixin, ServiceTestCase):
         return (yield d)
 
     @inlineCallbacks
-    def send(self, method: str, target: str, body: Any = _ABSENT, token: str | None = None) -> Any:
+    def send(
+        self,
+        method: str,
+        target: str,
+        body: Any = _ABSENT,
+        token: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> Any:
         """
         Send a request to the gateway and read the whole answer, except a
         stream's, whose connection is closed once it answered.
         """
-        headers = {}
+        headers = {name.encode("ascii"): [v.encode("ascii")] for name, v in (extra or {}).items()}
         data = None
         if token is not None:
             headers[b"Authorization"] = [f"Bearer {token}".encode("ascii")]
@@ -322,6 +335,9 @@ class DocumentFuzzTests(SQLiteMixin, ServiceTestCase):
         """
         failures: dict[tuple[str, str], list[str]] = {}
         tried = {}
+        # An idempotency key used again with another body is refused (422,
+        # declared): each request here is a first use.
+        usedKeys: set[str] = set()
         for template, entries in sorted(self.document["paths"].items()):
             for method, entry in sorted(entries.items()):
                 operation = f"{method.upper()} {template}"
@@ -329,11 +345,19 @@ class DocumentFuzzTests(SQLiteMixin, ServiceTestCase):
                 for request in examples(requests(entry, self.known), EXAMPLES):
                     token = (yield self.token("alice")) if "security" in entry else None
                     target = url(template, request)
-                    reply = yield self.send(method.upper(), target, request["body"], token)
+                    headers = dict(request["headers"])
+                    key = headers.get("Idempotency-Key")
+                    if key is not None:
+                        # "k" and k are one key, quoted or not.
+                        key = key[1:-1] if key.startswith('"') else key
+                        if key in usedKeys:
+                            del headers["Idempotency-Key"]
+                        usedKeys.add(key)
+                    reply = yield self.send(method.upper(), target, request["body"], token, headers)
                     tried[operation] += 1
                     wrong = self.verdict(method.upper(), target, entry, reply)
                     if wrong is not None:
-                        sent = f"{method.upper()} {target}"
+                        sent = f"{method.upper()} {target} {headers}"
                         if request["body"] is not _ABSENT:
                             sent += " " + json.dumps(request["body"])
                         failures.setdefault((operation, wrong[0]), []).append(

@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from ..busrules import (
     awaitAnswer,
+    checkIdempotencyKey,
     failureReason,
     internalReply,
     millis,
@@ -111,6 +112,13 @@ def _callerOf(headers: Mapping[str, Any]) -> ServiceId | None:
 def _traceOf(headers: Mapping[str, Any], messageId: str) -> str:
     trace = headers.get("x-trace")
     return trace if isinstance(trace, str) and trace else messageId
+
+
+def _keyOf(value: object) -> str | None:
+    try:
+        return checkIdempotencyKey(value)
+    except ValueError:
+        return None
 
 
 def _intHeader(headers: Mapping[str, Any], name: str) -> int | None:
@@ -328,6 +336,8 @@ class _Server(_Consumer):
                 service=self.service.hex,
             )
         messageId = properties.message_id or ""
+        rawKey = headers.get("x-idempotency-key")
+        key = _keyOf(rawKey)
         context = CallContext(
             messageId=messageId,
             service=self.service,
@@ -337,8 +347,13 @@ class _Server(_Consumer):
             deadline=deadline / 1000 if deadline is not None else now + bus.defaultTimeout,
             priority=properties.priority if properties.priority is not None else Priority.NORMAL,
             redelivered=delivery.redelivered,
+            idempotencyKey=key,
         )
         try:
+            if rawKey is not None and key is None:
+                raise MalformedMessage(
+                    "the x-idempotency-key header is not 1 to 255 printable ASCII characters"
+                )
             handler = self._handlers.get(method)
             if handler is None:
                 raise UnknownMethod(
@@ -353,6 +368,7 @@ class _Server(_Consumer):
                     context.caller,
                     context.correlationId,
                     deadline or 0,
+                    key,
                 ),
             )
         except MalformedMessage as e:
@@ -937,6 +953,8 @@ class AMQPBus(Service):
         }
         if caller is not None:
             headers["x-caller"] = caller.hex
+        if call.idempotencyKey is not None:
+            headers["x-idempotency-key"] = call.idempotencyKey
         properties = Properties(
             message_id=messageId,
             correlation_id=messageId,

@@ -270,6 +270,7 @@ class DirectBus(MultiService):
             frame.correlationId,
             frame.deadlineMillis,
             frame.priority,
+            frame.idempotencyKey,
         )
 
         def failed(failure: Failure) -> bytes | None:
@@ -381,6 +382,7 @@ class DirectBus(MultiService):
             call.correlationId,
             method,
             call.data,
+            call.idempotencyKey,
         )
         d = awaitAnswer(
             self._reactor,

@@ -7,7 +7,8 @@ its kind.  Addresses are binary (the 3-byte service id), never names: a
 replica routes a call by reading three bytes.
 
     CALL   kind 1 | service (3) | priority (1) | deadline, ms (8)
-           | message id | correlation id | method (each: length (1), bytes)
+           | message id | correlation id | method | idempotency key
+             (each: length (1), bytes; an empty key: none)
            | payload (the rest: as the payload codec made it)
     REPLY  kind 2 | message id (length (1), bytes) | reply payload (the rest)
 
@@ -79,6 +80,7 @@ class CallFrame:
     correlationId: str
     method: str
     payload: bytes
+    idempotencyKey: str | None = None
 
     def encode(self) -> bytes:
         return b"".join(
@@ -87,6 +89,7 @@ class CallFrame:
                 _short(self.messageId),
                 _short(self.correlationId),
                 _short(self.method),
+                _short(self.idempotencyKey or ""),
                 self.payload,
             ]
         )
@@ -117,8 +120,16 @@ def parseFrame(body: bytes) -> CallFrame | ReplyFrame:
         messageId, at = _readShort(body, _CALL.size, "message id")
         correlationId, at = _readShort(body, at, "correlation id")
         method, at = _readShort(body, at, "method")
+        key, at = _readShort(body, at, "idempotency key")
         return CallFrame(
-            ServiceId(service), priority, deadline, messageId, correlationId, method, body[at:]
+            ServiceId(service),
+            priority,
+            deadline,
+            messageId,
+            correlationId,
+            method,
+            body[at:],
+            key or None,
         )
     if kind == REPLY:
         messageId, at = _readShort(body, 1, "message id")

@@ -295,6 +295,33 @@ class BusContract(_TestCase):
         self.assertEqual(seen, [{"n": 1}])
 
     @inlineCallbacks
+    def test_idempotencyKey(self) -> Any:
+        """
+        A call's idempotency key (L{Origin.idempotencyKey}) reaches the
+        handler's context; a call without one has none; a key no bus can
+        carry (not 1 to 255 printable ASCII characters) is refused before
+        anything is sent.
+        """
+        seen: list[str | None] = []
+
+        def keyed(payload: Any, context: CallContext) -> Any:
+            seen.append(context.idempotencyKey)
+            return {}
+
+        pair = yield self._serving({"keyed": keyed})
+        key = "k" * 200 + "-0123456789"
+        origin = Origin(pair.callerService, "trace-key", idempotencyKey=key)
+        yield pair.caller.call(pair.service, "keyed", {}, origin=origin)
+        yield pair.caller.call(pair.service, "keyed", {}, origin=self._origin(pair))
+        self.assertEqual(seen, [key, None])
+        for bad in ["", "k" * 256, "new\nline", "caf\u00e9"]:
+            origin = Origin(pair.callerService, "trace-key", idempotencyKey=bad)
+            yield self.assertFailure(
+                pair.caller.call(pair.service, "keyed", {}, origin=origin), ValueError
+            )
+        self.assertEqual(len(seen), 2)
+
+    @inlineCallbacks
     def test_callContext(self) -> Any:
         """
         The handler gets a L{CallContext} naming the service and method, the
