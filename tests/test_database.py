@@ -82,6 +82,34 @@ class DatabaseTestsMixin:
         )
 
     @inlineCallbacks
+    def test_reindexStep(self) -> Any:
+        """
+        A migration that re-indexes a table calls the migration's caller
+        back for it, inside the migration's transaction, once; without a
+        callback it is refused; a failing re-index undoes the migration.
+        """
+        database = yield self.migrated()
+        step = Migration(3, "re-index", (), reindex=("things",))
+        self.assertRaises(ValueError, database.migrate, "things", THINGS + [step])
+        calls: list[str] = []
+
+        def broken(t: Any, table: str) -> None:
+            t.execute("INSERT INTO things (id, name) VALUES ('x', 'made by the re-index')")
+            raise RuntimeError("no keys")
+
+        yield self.assertFailure(database.migrate("things", THINGS + [step], broken), RuntimeError)
+        self.assertEqual((yield database.runQuery("SELECT id FROM things WHERE id = 'x'")), [])
+
+        def reindex(t: Any, table: str) -> None:
+            calls.append(table)
+            t.execute("INSERT INTO things (id, name) VALUES ('x', 'made by the re-index')")
+
+        self.assertEqual((yield database.migrate("things", THINGS + [step], reindex)), [3])
+        self.assertEqual((yield database.migrate("things", THINGS + [step], reindex)), [])
+        self.assertEqual(calls, ["things"])
+        self.assertEqual(len((yield database.runQuery("SELECT id FROM things WHERE id = 'x'"))), 1)
+
+    @inlineCallbacks
     def test_failedMigrationRollsBack(self) -> Any:
         """
         A migration that fails leaves nothing behind: neither its tables nor

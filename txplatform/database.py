@@ -59,11 +59,16 @@ class Migration:
 
     @ivar version: Applied in increasing order, once per database.
     @ivar statements: SQL statements, with the dialect's type names in braces.
+    @ivar reindex: Tables whose blind indexes this step computes again
+        from their sealed values, after its statements (when how a value
+        is normalised before indexing changed): the service does it, with
+        its keys (see L{IDatabase.migrate}).
     """
 
     version: int
     description: str
     statements: tuple[str, ...]
+    reindex: tuple[str, ...] = ()
 
 
 _MIGRATIONS_TABLE = """
@@ -168,12 +173,19 @@ class _AdbapiDatabase:
     def runOperation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
         return self.runInteraction(lambda t: t.execute(sql, params) and None)
 
-    def migrate(self, component: str, migrations: Iterable[Migration]) -> Deferred[list[int]]:
-        ordered = sorted(migrations)
+    def migrate(
+        self,
+        component: str,
+        migrations: Iterable[Migration],
+        reindex: Callable[[ITransaction, str], object] | None = None,
+    ) -> Deferred[list[int]]:
+        ordered = sorted(migrations, key=lambda m: m.version)
         versions = [m.version for m in ordered]
         if len(set(versions)) != len(versions):
             raise ValueError(f"duplicate migration versions for {component}: {versions}")
-        d = self.runInteraction(self._migrate, component, ordered)
+        if reindex is None and any(m.reindex for m in ordered):
+            raise ValueError(f"{component} has migrations that re-index tables: give reindex")
+        d = self.runInteraction(self._migrate, component, ordered, reindex)
 
         def report(applied: list[int]) -> list[int]:
             if applied:
@@ -194,7 +206,11 @@ class _AdbapiDatabase:
         raise NotImplementedError
 
     def _migrate(
-        self, transaction: _Transaction, component: str, migrations: list[Migration]
+        self,
+        transaction: _Transaction,
+        component: str,
+        migrations: list[Migration],
+        reindex: Callable[[ITransaction, str], object] | None,
     ) -> list[int]:
         self._lockForMigrations(transaction)
         transaction.execute(self.ddl(_MIGRATIONS_TABLE))
@@ -217,6 +233,9 @@ class _AdbapiDatabase:
                 continue
             for statement in migration.statements:
                 transaction.execute(self.ddl(statement))
+            for table in migration.reindex:
+                assert reindex is not None
+                reindex(transaction, table)
             transaction.execute(
                 "INSERT INTO schema_migrations (component, version, description, applied_at)"
                 " VALUES (?, ?, ?, ?)",

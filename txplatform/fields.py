@@ -10,6 +10,7 @@ encrypting codec drops in at the same seam without changing any store.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Callable, Iterable, Mapping
 
 from attrs import field, frozen
@@ -17,9 +18,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .errors import InternalError
-from .interfaces import IFieldCodec
+from .interfaces import IFieldCodec, ITransaction
 
-__all__ = ["PlainFieldCodec", "CorruptField", "SealedTable", "readableRows"]
+__all__ = ["PlainFieldCodec", "CorruptField", "SealedTable", "readableRows", "fold", "reindexRows"]
 
 _log = Logger()
 
@@ -50,6 +51,73 @@ class PlainFieldCodec:
 
     def indexes(self, table: str, column: str, value: str) -> list[bytes]:
         return [self.index(table, column, value)]
+
+
+def fold(text: str) -> str:
+    """
+    C{text} as blind indexes of what people type (email addresses, names)
+    should see it: NFKC-casefolded (Unicode's NFKC_Casefold, less its
+    removal of invisible characters, which fields refuse instead), with a
+    capital I with a dot above folding to a plain i.  So C{ＡＬＩＣＥ} (full
+    width), C{ALICE}, C{ALİCE} and C{alice} are one, and I{ﬁ} is I{fi}.
+
+    (Full case folding turns U+0130 into i and a combining dot above, which
+    no precomposed character absorbs: it would stay a second spelling of
+    i that looks the same.)
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKD", text).casefold())
+    return folded.replace("i\u0307", "i")
+
+
+def reindexRows(transaction: ITransaction, codec: IFieldCodec, table: SealedTable) -> int:
+    """
+    Compute the blind indexes of C{table} again, from its sealed values and
+    under how each is normalised now (C{table.indexes}), in C{transaction}:
+    the step of a migration that changed a normalisation.
+
+    Rows whose values now normalise alike (written apart under the old
+    rule) cannot all take the one index: the row that holds it already, or
+    else the oldest, takes it; the others keep their old index, which no
+    new lookup finds, and are logged by id for someone to resolve.
+    Unreadable rows are logged and left as they are.
+
+    @return: How many rows got a new index.
+    """
+    changed = 0
+    for column, (indexColumn, normalise) in table.indexes.items():
+        transaction.execute(
+            f"SELECT {table.key}, {column}, {indexColumn} FROM {table.table} ORDER BY {table.key}"
+        )
+        current: dict[str, bytes] = {}
+        wanted: dict[bytes, list[str]] = {}
+        for rowId, sealed, index in transaction.fetchall():
+            try:
+                value = codec.open(table.table, column, rowId, bytes(sealed))
+            except CorruptField as e:
+                _log.error("Cannot re-index: {error}", error=e.message)
+                continue
+            current[rowId] = bytes(index)
+            wanted.setdefault(codec.index(table.table, column, normalise(value)), []).append(rowId)
+        for index, rows in wanted.items():
+            holder = next((r for r in rows if current[r] == index), None)
+            if holder is None:
+                holder = rows[0]
+                transaction.execute(
+                    f"UPDATE {table.table} SET {indexColumn} = ? WHERE {table.key} = ?",
+                    (index, holder),
+                )
+                changed += 1
+            others = [r for r in rows if r != holder]
+            if others:
+                _log.warn(
+                    "{table}.{column} of rows {others} now normalises as that of row {holder}:"
+                    " they keep their old index, found by no lookup; resolve by hand",
+                    table=table.table,
+                    column=column,
+                    others=", ".join(others),
+                    holder=holder,
+                )
+    return changed
 
 
 def _asTuple(value: Any) -> tuple[str, ...]:

@@ -188,11 +188,15 @@ class IDatabase(Interface):
         @return: A Deferred firing when the statement has run.
         """
 
-    def migrate(component, migrations):
+    def migrate(component, migrations, reindex=None):
         """
         Apply the L{txplatform.database.Migration}s of C{component} not yet
-        applied, in order, one transaction each, holding a lock so replicas
+        applied, in order, in one transaction, holding a lock so replicas
         starting together apply each one once.
+
+        @param reindex: Called with the transaction and a table's name for
+            each table a migration re-indexes (L{Migration.reindex}); needed
+            when one does.
 
         @return: A Deferred of the list of versions applied.
         """

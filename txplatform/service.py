@@ -46,8 +46,8 @@ from twisted.python.failure import Failure
 from .context import CallContext, EventContext, Origin
 from .database import Migration
 from .errors import InvalidArgument, MalformedMessage, ServiceError
-from .fields import PlainFieldCodec, SealedTable
-from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription
+from .fields import PlainFieldCodec, SealedTable, reindexRows
+from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription, ITransaction
 from .keychecks import KeyChecks
 from .messages import fromPayload, requestOf, requestTarget, toPayload
 from .outbox import Outbox
@@ -502,7 +502,7 @@ class DatabaseService(BusService):
     @inlineCallbacks
     def prepare(self) -> Any:
         self.database.start()
-        yield self.database.migrate(self.name, self.migrations)
+        yield self.database.migrate(self.name, self.migrations, self._reindex)
         yield self.database.migrate(self.outbox.table, self.outbox.migrations())
         yield self.database.migrate(self.replies.table, self.replies.migrations())
         yield self.database.migrate(self.keyChecks.table, self.keyChecks.migrations())
@@ -511,6 +511,16 @@ class DatabaseService(BusService):
             # Refused before anything is read or written with wrong keys.
             yield self.keyChecks.verify(checkValues())
         self._replySweeper.start(600, now=False)
+
+    def _reindex(self, transaction: ITransaction, tableName: str) -> int:
+        """
+        A migration's re-index step (L{Migration.reindex}), with this
+        service's keys.
+        """
+        for table in self.sealedTables():
+            if table.table == tableName and table.indexes:
+                return reindexRows(transaction, self.fields, table)
+        raise ValueError(f"{self.name} declares no blind indexes in {tableName!r} (sealed)")
 
     def _sweepReplies(self) -> Any:
         d = self.replies.sweep()

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from txplatform.batching import BatchLoader
 from txplatform.database import IntegrityError, Migration, UniqueViolation
 from txplatform.errors import Conflict, InvalidArgument, NotFound
+from txplatform.fields import fold
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 from txplatform.outbox import Outbox
 from txplatform.replylog import Recorder
@@ -95,13 +96,24 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    Migration(
+        5,
+        "email indexes of NFKC-casefolded addresses (they were casefolded only)",
+        (),
+        reindex=("accounts",),
+    )
+)
+
 _COLUMNS = "id, username, email, display_name, password_hash, created_at"
 _SESSION_COLUMNS = "s.id, s.account_id, a.username, s.expires_at, s.last_used_at"
 
 
 #: How each indexed field is normalised before its blind index is taken:
 #: the lookups here and the re-encryption job (AccountService.sealed) share it.
-NORMALISE = {"username": str.lower, "email": str.casefold}
+#: Usernames are ASCII (api.usernameField); email addresses are not, so
+#: their full-width, compatibility and case variants are one address.
+NORMALISE = {"username": str.lower, "email": fold}
 
 
 def _marks(values: Sequence[object]) -> str:
