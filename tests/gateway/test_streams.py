@@ -11,6 +11,8 @@ from typing import Any
 import treq
 from twisted.internet.defer import Deferred, inlineCallbacks
 
+from txplatform.context import Priority
+
 from ..support import SQLiteMixin, eventually
 from .harness import PlatformTestCase
 
@@ -183,6 +185,32 @@ class StreamTests(StreamTestCase):
         yield self.close(stream)
         yield eventually(lambda: len(self.streams) == 0)
         self.assertEqual(self.gateway.admission.inFlight, 0)
+
+    @inlineCallbacks
+    def test_admitted(self) -> Any:
+        """
+        Opening a stream is admitted as low-priority work: a replica busy
+        enough to refuse listings refuses new streams too (503), while the
+        streams already open stay open (they hold no place among the
+        requests in flight).
+        """
+        stream = yield self.open("bob")
+        self.assertEqual(stream.response.code, 200)
+        admission = self.gateway.admission
+        self.gateway.shedDelay = 0
+        busy = admission.thresholds[Priority.LOW]
+        admission.inFlight += busy
+        try:
+            reply = yield self.request(
+                "GET", "/v1/notifications/stream", token=self.tokens["alice"]
+            )
+            self.assertProblem(reply, 503, "overloaded")
+            self.assertEqual(len(self.streams), 1)
+        finally:
+            admission.inFlight -= busy
+        again = yield self.open("alice")
+        self.assertEqual(again.response.code, 200)
+        yield eventually(lambda: len(self.streams) == 2)
 
     @inlineCallbacks
     def test_refused(self) -> Any:
