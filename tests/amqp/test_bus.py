@@ -30,6 +30,7 @@ from txplatform.amqp.bus import (
 )
 from txplatform.amqp.frames import Properties
 from txplatform.amqp.url import BrokerURL
+from txplatform.busrules import millis
 from txplatform.context import Origin, Priority
 from txplatform.errors import (
     DeadlineExceeded,
@@ -263,6 +264,43 @@ class CallTests(BrokerTestCase):
         self.assertEqual(seen, [None, CALLER])
         yield sleep(0.2)
         self.assertIsNone((yield client._protocol.get(1, target)))
+        yield server.stopService()
+        ok = yield client._channel.queue_declare(
+            queue=rpcQueue(service), durable=True, arguments={"x-max-priority": 9}
+        )
+        self.assertEqual(ok.message_count, 0)
+
+    @inlineCallbacks
+    def test_expiredDeliveryNotRun(self) -> Any:
+        """
+        A call delivered past its deadline is not run, even when the broker
+        delivers it (a call prefetched, or given back, outlives its message
+        expiry, which only drops messages waiting in the queue): the
+        replica checks C{x-deadline} itself, and settles the message.
+        """
+        service = self.newServiceId()
+        seen = []
+        server = yield self.makeBus()
+        yield server.serve(service, {"work": lambda p, c: seen.append(c.messageId) or {}})
+        client = yield self.makeBus()
+        now = millis(reactor.seconds())
+        for messageId, deadline in [("late", now - 1000), ("in-time", now + 60_000)]:
+            # No expiration property: only the header says it is late.
+            client._protocol.publish(
+                1,
+                RPC_EXCHANGE,
+                service.hex,
+                Properties(
+                    message_id=messageId,
+                    correlation_id=messageId,
+                    type="work",
+                    headers={"x-deadline": deadline},
+                ),
+                b"{}",
+            )
+        yield eventually(lambda: seen == ["in-time"])
+        yield sleep(0.2)
+        self.assertEqual(seen, ["in-time"])
         yield server.stopService()
         ok = yield client._channel.queue_declare(
             queue=rpcQueue(service), durable=True, arguments={"x-max-priority": 9}
@@ -520,6 +558,31 @@ class EventTests(BrokerTestCase):
         yield subscription.stop()
         self.assertLess(reactor.seconds() - started, 5)
         yield eventually(lambda: got == [{"n": 1}])
+        self.flushLoggedErrors(RuntimeError)
+
+    @inlineCallbacks
+    def test_deadLetterNotStoredGivesBack(self) -> Any:
+        """
+        A failed event is acknowledged only once its dead letter is
+        confirmed: with its group's dead-letter queue gone (the mandatory
+        publish comes back), it is given back to its queue, not lost, and
+        handled when it next succeeds.
+        """
+        event = self.newEvent()
+        group = self.newGroup(event)
+        calls = []
+
+        def failsOnce(payload: Any, context: Any) -> Any:
+            calls.append(payload)
+            if len(calls) == 1:
+                raise RuntimeError("fails once")
+
+        bus = yield self.makeBus(retryDelays=())
+        yield bus.subscribe(event, failsOnce, group)
+        yield bus._channel.queue_delete(queue=deadQueue(group))
+        yield bus.publish(event, {"n": 1})
+        yield eventually(lambda: len(calls) == 2)
+        self.assertEqual(calls, [{"n": 1}, {"n": 1}])
         self.flushLoggedErrors(RuntimeError)
 
     @inlineCallbacks
