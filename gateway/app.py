@@ -84,7 +84,11 @@ DEFAULT_INFO = {
     "title": "txplatform",
     "version": txplatform.__version__,
     "description": "Errors are RFC 9457 problem details; pages take `limit` (1-100, default"
-    " 20) and an opaque `cursor`, and give `next` (null on the last page).",
+    " 20) and an opaque `cursor`, and give `next` (null on the last page). A request whose"
+    " headers or body arrive too slowly gets 408, a body declared over the size limit 413"
+    " before it is read, a client address past its connection limit 503; a JSON body with a"
+    " key twice is malformed (400). POST and PATCH take an `Idempotency-Key` to make"
+    " retries safe (422 when the key was used with another body).",
 }
 
 

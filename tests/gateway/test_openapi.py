@@ -111,6 +111,9 @@ class OpenAPITests(SynchronousTestCase):
                     self.assertEqual(headers, [], (method, path))
                     self.assertNotIn("422", entry["responses"], (method, path))
         self.assertGreaterEqual(seen, 5)
+        said = self.document["info"]["description"]
+        for what in ["408", "413", "Idempotency-Key", "422"]:
+            self.assertIn(what, said)
 
     def test_rulesBeyondSchemas(self) -> None:
         """

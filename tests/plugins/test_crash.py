@@ -71,8 +71,8 @@ class CrashTests(TwistdTestCase):
         """
         Three SIGKILLs at random moments under a load of posts mentioning
         Bob (four clients at once); after each, the platform starts again
-        from its data directory. In the end, Bob has one notification for
-        every post that was answered 201, and none twice.
+        from its data directory. In the end, every post that was answered
+        201 is readable, and Bob has one notification for each, none twice.
         """
         dataDir = os.path.abspath(self.mktemp())
         arguments = ["txplatform", "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", dataDir]
@@ -105,3 +105,6 @@ class CrashTests(TwistdTestCase):
 
         ids = yield eventually(complete, timeout=60, interval=0.5)
         self.assertEqual(len(ids), len(set(ids)), "a post notified twice")
+        for postId in sorted(posted):
+            code, post = yield self.call(port, "GET", f"/v1/posts/{postId}")
+            self.assertEqual((code, post["id"]), (200, postId))
