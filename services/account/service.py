@@ -224,11 +224,12 @@ class AccountService(DatabaseService):
         # address is blocked: a blocked brute force costs one transaction,
         # not an argon2id hash.
         account, matches = yield self.throttle.check(
-            keys, lambda: self._checkPassword(request.username, request.password)
+            keys,
+            lambda: self._checkPassword(request.username, request.password),
+            matched=lambda checked: checked[1],
         )
         if not matches:
             raise Unauthenticated(_BAD_LOGIN)
-        yield self.throttle.succeeded(keys)
         if self.passwords.needsRehash(account.password_hash):
             newHash = yield self.passwords.hash(request.password)
             yield self.store.rehash(account.id, newHash)

@@ -86,6 +86,10 @@ class LoginThrottle:
     maxSoftDelay = 3.0
     #: Password checks of one account running at once in a replica.
     concurrentChecks = 2
+    #: Attempts from one address held from reservation to settlement at
+    #: once in a replica (fewer than freeFailures: right passwords sent
+    #: together never add up to a block).
+    concurrentAttempts = 2
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class LoginThrottle:
         self.maxDelay = maxDelay
         self.window = window
         self._checking: dict[bytes, DeferredSemaphore] = {}
+        self._attempting: dict[bytes, DeferredSemaphore] = {}
 
     def keys(self, username: str, client: str | None) -> AttemptKeys:
         """
@@ -187,32 +192,78 @@ class LoginThrottle:
         elsewhere = counts[keys.account] - counts[keys.hard[0]]
         return min(self.delay(max(elsewhere, 0)), self.maxSoftDelay)
 
-    def check(self, keys: AttemptKeys, verify: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+    def check(
+        self,
+        keys: AttemptKeys,
+        verify: Callable[[], Deferred[Any]],
+        matched: Callable[[Any], bool],
+    ) -> Deferred[Any]:
         """
         Reserve the attempt, wait as long as the account's failures say,
-        then run C{verify} (the password check), at most
-        C{concurrentChecks} at once per account.
+        run C{verify} (the password check; at most C{concurrentChecks} at
+        once per account), and give the reservation back if C{matched}
+        says its result is a success.
+
+        Attempts from one address (or on one account, without an address)
+        take their turn, at most C{concurrentAttempts} from reservation to
+        settlement at once in a replica: a burst of right passwords (a
+        client's retries, people behind one NAT) waits rather than piling
+        up reservations that would block the address, while a burst of
+        wrong ones is still counted in full.
         """
+        return self._limited(
+            self._attempting,
+            keys.hard[-1],
+            self.concurrentAttempts,
+            self._attempt,
+            keys,
+            verify,
+            matched,
+        )
+
+    def _attempt(
+        self, keys: AttemptKeys, verify: Callable[[], Deferred[Any]], matched: Callable[[Any], bool]
+    ) -> Deferred[Any]:
         d = self.reserve(keys)
 
         def slowed(delay: float) -> Deferred[Any]:
             if not delay:
-                return self._limited(keys.account, verify)
-            return deferLater(self._clock, delay, self._limited, keys.account, verify)
+                return self._limited(self._checking, keys.account, self.concurrentChecks, verify)
+            return deferLater(
+                self._clock,
+                delay,
+                self._limited,
+                self._checking,
+                keys.account,
+                self.concurrentChecks,
+                verify,
+            )
 
-        return d.addCallback(slowed)
+        def settled(result: Any) -> Any:
+            if not matched(result):
+                return result
+            return self.succeeded(keys).addCallback(lambda _: result)
 
-    def _limited(self, account: bytes, verify: Callable[[], Deferred[Any]]) -> Deferred[Any]:
-        semaphore = self._checking.get(account)
+        return d.addCallback(slowed).addCallback(settled)
+
+    @staticmethod
+    def _limited(
+        semaphores: dict[bytes, DeferredSemaphore],
+        key: bytes,
+        limit: int,
+        f: Callable[..., Deferred[Any]],
+        *args: Any,
+    ) -> Deferred[Any]:
+        semaphore = semaphores.get(key)
         if semaphore is None:
-            semaphore = self._checking[account] = DeferredSemaphore(self.concurrentChecks)
+            semaphore = semaphores[key] = DeferredSemaphore(limit)
 
         def done(result: Any) -> Any:
             if semaphore.tokens == semaphore.limit and not semaphore.waiting:
-                self._checking.pop(account, None)
+                semaphores.pop(key, None)
             return result
 
-        return semaphore.run(verify).addBoth(done)
+        return semaphore.run(f, *args).addBoth(done)
 
     def succeeded(self, keys: AttemptKeys) -> Deferred[None]:
         """

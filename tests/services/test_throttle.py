@@ -103,6 +103,29 @@ class ThrottleTestsMixin:
         self.assertEqual(kinds.count("ResourceExhausted"), 34)
 
     @inlineCallbacks
+    def test_burstOfRightPasswords(self) -> Any:
+        """
+        A burst of logins with the right password from one address (a
+        client's retries, people behind one NAT) all get in: the attempts
+        of one address take their turn from reservation to settlement, so
+        their reservations never add up to a block.
+        """
+        real = self.service.passwords.verify
+
+        def slowly(*args: Any) -> Any:
+            # Checks that take a while, as argon2id's do: the burst's
+            # attempts are all reserved before the first check is done.
+            return sleep(0.1).addCallback(lambda _: real(*args))
+
+        self.patch(self.service.passwords, "verify", slowly)
+        results = yield gatherResults(
+            [self.login("alice", PASSWORD).addErrback(lambda f: f.value) for _ in range(16)]
+            + [self.login("bob", PASSWORD).addErrback(lambda f: f.value) for _ in range(8)]
+        )
+        self.assertEqual([r for r in results if not isinstance(r, dict)], [])
+        yield self.login("alice", PASSWORD)
+
+    @inlineCallbacks
     def test_ownerNotLockedOut(self) -> Any:
         """
         Guesses at an account from many addresses cannot lock its owner
