@@ -1,0 +1,595 @@
+"""
+What a request costs across every process, on the production shape and on
+the embedded all-in-one, with the baselines measured in the same run:
+
+  - production: one gateway, one replica each of Account, Post and Notify
+    (twistd processes), RabbitMQ and PostgreSQL, all on this machine;
+  - embedded: twistd -n txplatform (SQLite, the in-process bus);
+  - baselines: Klein's hello world, a bare Klein app making one pika RPC
+    per request, and one argon2id verify at the Account service's
+    parameters (in this process).
+
+Each of login (POST /v1/sessions), create a post (POST /v1/posts, a body
+mentioning a reader who follows the author: one notification each, the
+mention, which wins over the followed post), read a post (GET /v1/posts/{id}) and read one's
+notifications (GET /v1/notifications) runs under wrk at --connections,
+--rounds times; the figures are medians.  CPU is read from /proc for every
+process involved, RabbitMQ's and PostgreSQL's included, from the start of a
+run until the work it caused has drained (notifications are made after the
+201), and divided by the requests answered.  Posts and notifications are
+counted in the databases around each create run: every post made must have
+its notification.  The messages each request puts through the broker are counted in a
+separate, sequential pass with RabbitMQ's firehose (the firehose costs the
+broker, so it is off while timing).
+
+    python bench/production.py [--duration 10] [--rounds 3] [--connections 16]
+        [--write docs/benchmarks.md]
+
+Needs RabbitMQ (rabbitmqctl on the PATH: the run uses a vhost of its own),
+PostgreSQL (TXPLATFORM_BENCH_POSTGRES, default
+postgresql://postgres@127.0.0.1/test; psql on the PATH), wrk, and pika
+(pip install '.[bench]').
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from typing import Any, Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from amqp import BROKER, POSTGRES, VHOST, Processes, freePort, keyFiles  # noqa: E402
+from embedded import PASSWORD, http, luaScript, waitForHTTP  # noqa: E402
+from sections import writeSection  # noqa: E402
+
+BEGIN, END = "<!-- production:begin -->", "<!-- production:end -->"
+REQUESTS = ["login", "create a post", "read a post", "read notifications"]
+_TICK = os.sysconf("SC_CLK_TCK")
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+# CPU, from /proc
+
+
+def _cpu(pid: int) -> float | None:
+    """
+    Seconds of CPU C{pid} has used (all its threads), or None if it is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _pidsNamed(name: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == name:
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+class CPUMeter:
+    """
+    CPU seconds of named groups of processes: a fixed pid each, or every
+    process of a name (RabbitMQ's beam.smp, PostgreSQL's postgres), counted
+    over the processes present at both ends of a measure.
+    """
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        taken = {}
+        for name, pids in self.groups.items():
+            taken[name] = {pid: cpu for pid in pids() if (cpu := _cpu(pid)) is not None}
+        return taken
+
+    @staticmethod
+    def between(
+        before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+    ) -> dict[str, float]:
+        used = {}
+        for name, pids in after.items():
+            used[name] = sum(
+                cpu - before[name][pid] for pid, cpu in pids.items() if pid in before[name]
+            )
+        return used
+
+    def drained(self, idle: float = 0.01, interval: float = 0.5, limit: float = 60.0) -> None:
+        """
+        Wait until the processes go quiet: less than C{idle} s of CPU in an
+        C{interval}, together (the work a run left queued is done).
+        """
+        deadline = time.time() + limit
+        last = self.snapshot()
+        while time.time() < deadline:
+            time.sleep(interval)
+            now = self.snapshot()
+            if sum(self.between(last, now).values()) < idle:
+                return
+            last = now
+
+
+# wrk
+
+
+def wrk(url: str, connections: int, duration: float, script: str | None) -> dict[str, float]:
+    command = [
+        "wrk",
+        "--latency",
+        "-t2",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "10s",
+    ]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        assert match, output
+        return float(match.group(1)) * _UNITS[match.group(2)]
+
+    total = int(re.search(r"(\d+) requests in", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "requests": total,
+        "failed": int(errors.group(1)) if errors else 0,
+    }
+
+
+def measure(
+    meter: CPUMeter, url: str, connections: int, duration: float, script: str | None
+) -> dict[str, Any]:
+    meter.drained()
+    before = meter.snapshot()
+    result = wrk(url, connections, duration, script)
+    meter.drained()
+    used = meter.between(before, meter.snapshot())
+    answered = max(result["requests"], 1)
+    result["cpu_ms"] = {name: seconds * 1000 / answered for name, seconds in used.items()}
+    result["cpu_total_ms"] = sum(result["cpu_ms"].values())
+    return result
+
+
+# The platform's requests
+
+
+def prepare(api: str, directory: str, tag: str) -> dict[str, Any]:
+    """
+    An author followed by a reader: the tokens of both, a post to read,
+    and the wrk scripts of the four requests.
+    """
+    for name in ["author", "reader"]:
+        body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+        status, _ = http("POST", api + "/v1/accounts", body)
+        assert status == 201, (status, _)
+    tokens = {
+        name: http("POST", api + "/v1/sessions", {"username": name, "password": PASSWORD})[1][
+            "token"
+        ]
+        for name in ["author", "reader"]
+    }
+    status, _ = http("PUT", api + "/v1/me/following/author", token=tokens["reader"])
+    assert status == 204, status
+    status, created = http("POST", api + "/v1/posts", {"body": "hello @reader"}, tokens["author"])
+    assert status == 201, status
+    return {
+        "tokens": tokens,
+        "urls": {
+            "login": api + "/v1/sessions",
+            "create a post": api + "/v1/posts",
+            "read a post": api + f"/v1/posts/{created['id']}",
+            "read notifications": api + "/v1/notifications",
+        },
+        "scripts": {
+            "login": luaScript(
+                directory,
+                f"{tag}-login",
+                "POST",
+                {"username": "author", "password": PASSWORD},
+                None,
+            ),
+            "create a post": luaScript(
+                directory, f"{tag}-create", "POST", {"body": "hello @reader"}, tokens["author"]
+            ),
+            "read a post": None,
+            "read notifications": luaScript(
+                directory, f"{tag}-notifications", "GET", None, tokens["reader"]
+            ),
+        },
+    }
+
+
+def argon2Baseline() -> dict[str, float]:
+    """
+    One argon2id verify at the Account service's default parameters: its
+    CPU and wall time (medians of 20).
+    """
+    from argon2 import PasswordHasher as Argon2
+
+    from txplatform_services.account.passwords import Argon2Parameters
+
+    parameters = Argon2Parameters()
+    argon2 = Argon2(
+        time_cost=parameters.timeCost,
+        memory_cost=parameters.memoryCost,
+        parallelism=parameters.parallelism,
+    )
+    hashed = argon2.hash(PASSWORD)
+    cpu, wall = [], []
+    for _ in range(20):
+        c, w = time.process_time(), time.perf_counter()
+        argon2.verify(hashed, PASSWORD)
+        cpu.append((time.process_time() - c) * 1000)
+        wall.append((time.perf_counter() - w) * 1000)
+    return {"cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall)}
+
+
+def countMessages(api: str, prepared: dict[str, Any], each: int = 20) -> dict[str, Counter[str]]:
+    """
+    The messages each request puts through the broker, by exchange, per
+    request: RabbitMQ's firehose on, C{each} requests one after another.
+    """
+    import pika
+
+    subprocess.run(["rabbitmqctl", "trace_on", "-p", VHOST], check=True, capture_output=True)
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER))
+    channel = connection.channel()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, "amq.rabbitmq.trace", "publish.#")
+    counts: dict[str, Counter[str]] = {}
+    try:
+        for name in REQUESTS:
+            channel.queue_purge(queue)
+            url = prepared["urls"][name]
+            tokens = prepared["tokens"]
+            for _ in range(each):
+                if name == "login":
+                    status, _ = http("POST", url, {"username": "author", "password": PASSWORD})
+                elif name == "create a post":
+                    status, _ = http("POST", url, {"body": "hello @reader"}, tokens["author"])
+                elif name == "read a post":
+                    status, _ = http("GET", url)
+                else:
+                    status, _ = http("GET", url, token=tokens["reader"])
+                assert status in (200, 201), (name, status)
+            time.sleep(2)  # the events and notifications that follow
+            seen: Counter[str] = Counter()
+            while True:
+                method, _, _ = channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    break
+                exchange = method.routing_key.removeprefix("publish.") or "(default: replies)"
+                seen[exchange] += 1
+            counts[name] = Counter({k: v / each for k, v in seen.items()})
+    finally:
+        connection.close()
+        subprocess.run(["rabbitmqctl", "trace_off", "-p", VHOST], capture_output=True)
+    return counts
+
+
+def countInPostgres(schema: str) -> tuple[int, int]:
+    """
+    Posts and notifications, in the production shape's database.
+    """
+    query = f"SELECT (SELECT count(*) FROM {schema}.posts), (SELECT count(*) FROM {schema}.notifications)"
+    result = subprocess.run(
+        ["psql", POSTGRES, "-tAc", query], capture_output=True, text=True, check=True
+    )
+    posts, notifications = result.stdout.strip().split("|")
+    return int(posts), int(notifications)
+
+
+def countInSQLite(dataDir: str) -> tuple[int, int]:
+    counts = []
+    for name, table in [("post", "posts"), ("notify", "notifications")]:
+        with sqlite3.connect(f"file:{dataDir}/{name}.sqlite?mode=ro", uri=True) as db:
+            counts.append(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    return counts[0], counts[1]
+
+
+def runShape(
+    meter: CPUMeter,
+    prepared: dict[str, Any],
+    arguments: argparse.Namespace,
+    results: dict[str, list[dict[str, Any]]],
+    label: str,
+    counts: Callable[[], tuple[int, int]],
+    baselines: dict[str, str],
+) -> None:
+    perPost = None
+    for round in range(arguments.rounds):
+        for name in REQUESTS:
+            before = counts() if name == "create a post" else (0, 0)
+            measured = measure(
+                meter,
+                prepared["urls"][name],
+                arguments.connections,
+                arguments.duration,
+                prepared["scripts"][name],
+            )
+            if name == "create a post":
+                after = counts()
+                posts, notified = after[0] - before[0], after[1] - before[1]
+                measured["notifications_per_post"] = notified / max(posts, 1)
+                perPost = measured["notifications_per_post"]
+            results.setdefault(f"{label}|{name}", []).append(measured)
+            print(
+                f"round {round + 1} {label} {name}: {measured['rps']:.0f} req/s,"
+                f" {measured['cpu_total_ms']:.2f} ms CPU/request, {measured['failed']} not 2xx"
+                + (f", {perPost:.2f} notifications/post" if name == "create a post" else ""),
+                file=sys.stderr,
+            )
+        for baseline, url in baselines.items():
+            measured = measure(meter, url, arguments.connections, arguments.duration, None)
+            results.setdefault(f"{label}|{baseline}", []).append(measured)
+            print(
+                f"round {round + 1} {label} {baseline}: {measured['rps']:.0f} req/s",
+                file=sys.stderr,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--write", help="replace the production section of this markdown file")
+    arguments = parser.parse_args()
+    for tool in ("wrk", "rabbitmqctl", "psql"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"this benchmark needs {tool}")
+    subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    schema = "bench_" + uuid.uuid4().hex[:10]
+    database = f"{POSTGRES}?schema={schema}"
+    logs = tempfile.mkdtemp(prefix="txplatform-production-")
+    processes = Processes(logs)
+    results: dict[str, list[dict[str, Any]]] = {}
+    messages: dict[str, Counter[str]] = {}
+    argon2 = argon2Baseline()
+    rabbit = lambda: _pidsNamed("beam.smp")  # noqa: E731
+    postgres = lambda: _pidsNamed("postgres")  # noqa: E731
+    try:
+        # The baselines, each its own process.
+        helloPort, pikaPort = freePort(), freePort()
+        hello = processes.start(
+            sys.executable,
+            os.path.join(HERE, "klein_hello.py"),
+            str(helloPort),
+            ready="Site starting",
+        )
+        echo = processes.start(
+            sys.executable,
+            os.path.join(HERE, "amqp_echo.py"),
+            "server",
+            "--impl",
+            "pika",
+            "--url",
+            BROKER,
+            ready="ready",
+        )
+        bare = processes.start(
+            sys.executable,
+            os.path.join(HERE, "klein_pika.py"),
+            str(pikaPort),
+            BROKER,
+            ready="ready",
+        )
+
+        # Production
+        keys = keyFiles(os.path.join(logs, "keys"))
+        common = ["--bus", BROKER, "--db", database, "--bus-keys", keys["bus"]]
+        started = {
+            name: processes.twistd(name, *common, "--keys", keys[name], ready="serving")
+            for name in ("account", "post", "notify")
+        }
+        gatewayPort = freePort()
+        started["gateway"] = processes.twistd(
+            "gateway",
+            "--bus",
+            BROKER,
+            "--bus-keys",
+            keys["bus"],
+            "--listen",
+            f"tcp:{gatewayPort}:interface=127.0.0.1",
+            ready="listening",
+        )
+        api = f"http://127.0.0.1:{gatewayPort}"
+        prepared = prepare(api, logs, "production")
+        messages = countMessages(api, prepared)
+        groups: dict[str, Callable[[], list[int]]] = {
+            name: (lambda pid=process.pid: [pid]) for name, process in started.items()
+        }
+        groups.update({"RabbitMQ": rabbit, "PostgreSQL": postgres})
+        runShape(
+            CPUMeter(groups),
+            prepared,
+            arguments,
+            results,
+            "production",
+            lambda: countInPostgres(schema),
+            {"Klein + pika (baseline)": f"http://127.0.0.1:{pikaPort}/"},
+        )
+        for process in started.values():
+            process.terminate()
+            process.wait(timeout=30)
+
+        # Embedded
+        dataDir = os.path.join(logs, "embedded")
+        port = freePort()
+        embedded = processes.start(
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "txplatform",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            dataDir,
+            ready="listening|Site starting",
+        )
+        waitForHTTP(f"http://127.0.0.1:{port}/healthz", embedded)
+        prepared = prepare(f"http://127.0.0.1:{port}", logs, "embedded")
+        runShape(
+            CPUMeter({"all-in-one": lambda: [embedded.pid]}),
+            prepared,
+            arguments,
+            results,
+            "embedded",
+            lambda: countInSQLite(dataDir),
+            {"Klein hello world (baseline)": f"http://127.0.0.1:{helloPort}/"},
+        )
+        del hello, bare, echo
+    finally:
+        processes.stopAll()
+        subprocess.run(
+            ["psql", POSTGRES, "-q", "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"],
+            capture_output=True,
+        )
+        shutil.rmtree(logs, ignore_errors=True)
+
+    report = render(arguments, results, messages, argon2)
+    print(report)
+    if arguments.write:
+        writeSection(arguments.write, BEGIN, END, report)
+
+
+def render(
+    arguments: argparse.Namespace,
+    results: dict[str, list[dict[str, Any]]],
+    messages: dict[str, Counter[str]],
+    argon2: dict[str, float],
+) -> str:
+    def med(key: str, field: str) -> float:
+        return statistics.median(r[field] for r in results[key])
+
+    def cpu(key: str, process: str) -> float:
+        return statistics.median(r["cpu_ms"][process] for r in results[key])
+
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}; {arguments.rounds} rounds of {arguments.duration:g} s"
+        f" at {arguments.connections} connections, medians; wrk, RabbitMQ and PostgreSQL share the"
+        " machine. CPU per request is each process's CPU from the start of a run until the work"
+        " it caused drained, divided by the requests answered.",
+        "",
+    ]
+    production = ["gateway", "account", "post", "notify", "RabbitMQ", "PostgreSQL"]
+    lines += [
+        "Production shape (one gateway, one replica of each service, RabbitMQ, PostgreSQL):",
+        "",
+        "| request | req/s | not 2xx | p50 ms | p99 ms | CPU ms/request: all | "
+        + " | ".join(production)
+        + " | broker messages/request |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(production) + "---|",
+    ]
+    for name in REQUESTS:
+        key = f"production|{name}"
+        sent = messages.get(name, Counter())
+        said = ", ".join(f"{k} {v:g}" for k, v in sorted(sent.items())) or "none"
+        lines.append(
+            f"| {name} | {med(key, 'rps'):.0f} | {med(key, 'failed'):.0f} | {med(key, 'p50'):.1f} |"
+            f" {med(key, 'p99'):.1f} | **{med(key, 'cpu_total_ms'):.2f}** | "
+            + " | ".join(f"{cpu(key, p):.2f}" for p in production)
+            + f" | {sum(sent.values()):g} ({said}) |"
+        )
+    baseline = "production|Klein + pika (baseline)"
+    lines += [
+        f"| Klein + pika (baseline) | {med(baseline, 'rps'):.0f} | {med(baseline, 'failed'):.0f} |"
+        f" {med(baseline, 'p50'):.1f} | {med(baseline, 'p99'):.1f} | | | | | | | | |",
+        "",
+        "Embedded all-in-one (twistd -n txplatform, SQLite):",
+        "",
+        "| request | req/s | not 2xx | p50 ms | p99 ms | CPU ms/request |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in [*REQUESTS, "Klein hello world (baseline)"]:
+        key = f"embedded|{name}"
+        total = f"{med(key, 'cpu_total_ms'):.2f}" if name in REQUESTS else ""
+        lines.append(
+            f"| {name} | {med(key, 'rps'):.0f} | {med(key, 'failed'):.0f} | {med(key, 'p50'):.1f} |"
+            f" {med(key, 'p99'):.1f} | {total} |"
+        )
+    perPost = {
+        shape: statistics.median(
+            r["notifications_per_post"] for r in results[f"{shape}|create a post"]
+        )
+        for shape in ("production", "embedded")
+    }
+    readRatio = med("production|read a post", "rps") / med(baseline, "rps")
+    helloRatio = med("embedded|read a post", "rps") / med(
+        "embedded|Klein hello world (baseline)", "rps"
+    )
+    loginCPU = cpu("production|login", "account")
+    loginRate = med("production|login", "rps")
+    ideal = (os.cpu_count() or 1) / (argon2["wall_ms"] / 1000)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    create = med("production|create a post", "cpu_total_ms")
+    read = med("production|read a post", "cpu_total_ms")
+    embeddedCreate = med("embedded|create a post", "cpu_total_ms")
+    lines += [
+        "",
+        f"Notifications made per post made (one: the reader is mentioned, and follows): production"
+        f" {perPost['production']:.2f}, embedded {perPost['embedded']:.2f}.",
+        "",
+        "Against the targets:",
+        "",
+        f"- create a post, production: {create:.2f} ms of CPU per request (target at most 3.0):"
+        f" {verdict(create <= 3.0)};",
+        f"- read a post, production: {read:.2f} ms (target at most 0.6): {verdict(read <= 0.6)};"
+        f" the gateway path at {readRatio:.2f}x Klein + pika (target at least 0.75):"
+        f" {verdict(readRatio >= 0.75)};",
+        f"- login: the account process {loginCPU:.1f} ms of CPU per login against"
+        f" {argon2['cpu_ms']:.1f} ms for one argon2id verify at its parameters,"
+        f" {loginCPU / argon2['cpu_ms']:.2f}x (target at most 1.1): {verdict(loginCPU <= 1.1 * argon2['cpu_ms'])};"
+        f" {loginRate:.0f} logins/s against {ideal:.0f} for cores / verify time"
+        f" ({argon2['wall_ms']:.1f} ms), {loginRate / ideal:.0%} (target at least 85%):"
+        f" {verdict(loginRate >= 0.85 * ideal)};",
+        f"- embedded, create a post: {embeddedCreate:.2f} ms (target at most 1.2):"
+        f" {verdict(embeddedCreate <= 1.2)}; read a post at {helloRatio:.2f}x Klein's hello world"
+        f" (target at least 0.6): {verdict(helloRatio >= 0.6)}.",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
