@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from txplatform.routes import IExchange
+
+from .accesslog import AccessLog
 
 __all__ = ["BoundedRequest", "GatewayChannel", "GatewaySite"]
 
@@ -170,13 +171,14 @@ class GatewaySite(Site):
     @ivar bodyTimeout: Seconds a request's body may take after its headers.
     @ivar maxConnectionsPerAddress: Connections one client address may hold
         at once (behind a proxy, the proxy's); 0: no limit.
+    @ivar accessLog: Where each request answered is noted (an
+        L{AccessLog}: batched lines by default).
     """
 
     protocol = GatewayChannel
     requestFactory = BoundedRequest
     # Tracebacks belong in the log, never in a response.
     displayTracebacks = False
-    _access = Logger()
 
     def __init__(
         self,
@@ -185,9 +187,11 @@ class GatewaySite(Site):
         headerTimeout: float = 10.0,
         bodyTimeout: float = 30.0,
         maxConnectionsPerAddress: int = 256,
+        accessLog: AccessLog | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
+        self.accessLog = accessLog if accessLog is not None else AccessLog(self.reactor)
         self.maxBodySize = maxBodySize
         self.headerTimeout = headerTimeout
         self.bodyTimeout = bodyTimeout
@@ -213,18 +217,20 @@ class GatewaySite(Site):
 
     def log(self, request: Any) -> None:
         """
-        One structured event per request, with its request id, instead of
-        Twisted's Apache-style line: observers that write JSON keep every
-        field, and nothing is formatted unless an observer asks.
+        Note the request in the access log, with its request id, instead of
+        Twisted's Apache-style line.
         """
         exchange = request.getComponent(IExchange)
         client = request.getClientAddress()
-        self._access.info(
-            '{client} "{method} {uri}" {status} {length} {requestId}',
-            client=getattr(client, "host", "-"),
-            method=request.method.decode("ascii", "replace"),
-            uri=_TICKET.sub(rb"\1-", request.uri).decode("ascii", "replace"),
-            status=request.code,
-            length=request.sentLength,
-            requestId=exchange.requestId if exchange is not None else "-",
+        self.accessLog.request(
+            getattr(client, "host", "-"),
+            request.method.decode("ascii", "replace"),
+            _TICKET.sub(rb"\1-", request.uri).decode("ascii", "replace"),
+            request.code,
+            request.sentLength,
+            exchange.requestId if exchange is not None else "-",
         )
+
+    def stopFactory(self) -> None:
+        self.accessLog.flush()
+        super().stopFactory()

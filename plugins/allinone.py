@@ -17,6 +17,7 @@ from txplatform.catalogue import Catalogue, CatalogueError, ServiceParts, instal
 
 from ._common import KEY_RELOAD, checkDatabase, checkPositive, makeDatabase, makeDeclared
 from .gateway import (
+    ACCESS_LOG,
     ACCOUNT_RATE_LIMIT,
     API_INFO,
     BUSY_LIMIT,
@@ -88,6 +89,7 @@ class BaseOptions(usage.Options):
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
         *CONNECTION_LIMITS,
+        ACCESS_LOG,
         *API_INFO,
     ]
 

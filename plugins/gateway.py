@@ -131,6 +131,13 @@ CONNECTION_LIMITS = [
         int,
     ],
 ]
+ACCESS_LOG = [
+    "access-log",
+    None,
+    "batched",
+    "The access log: batched (a line per request, the lines of a tenth of a second logged"
+    " as one event: cheap), events (one structured event per request, for JSON logs) or off.",
+]
 API_INFO = [
     ["api-title", None, None, "The title of the OpenAPI document (default: txplatform)."],
     ["api-version", None, None, "The version the OpenAPI document gives the API."],
@@ -152,6 +159,7 @@ class Options(usage.Options):
         MAX_BODY_SIZE,
         PARSER_OVER,
         *CONNECTION_LIMITS,
+        ACCESS_LOG,
         *API_INFO,
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
@@ -191,6 +199,12 @@ def checkEdge(options: usage.Options) -> None:
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
     checkPositive(options, "header-timeout", "body-timeout")
+    from txplatform_gateway.accesslog import ACCESS_LOG_MODES
+
+    if options["access-log"] not in ACCESS_LOG_MODES:
+        raise usage.UsageError(
+            f"--access-log is one of {', '.join(ACCESS_LOG_MODES)}, not {options['access-log']!r}"
+        )
     if options["max-connections-per-address"] < 0:
         raise usage.UsageError("--max-connections-per-address cannot be negative")
     if not 0 <= options["busy-limit"] < 100:
@@ -285,8 +299,13 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
         # the reason (naming both) and a failed start.
         raise SystemExit(f"txplatform: cannot serve the installed services' routes: {e}")
 
+    from txplatform_gateway.accesslog import AccessLog
+
+    accessLog = AccessLog(reactor, options["access-log"])
+
     def site() -> Any:
         return gateway.site(
+            accessLog=accessLog,
             headerTimeout=options["header-timeout"],
             bodyTimeout=options["body-timeout"],
             maxConnectionsPerAddress=options["max-connections-per-address"],

@@ -321,6 +321,23 @@ class OptionsTests(SynchronousTestCase):
         listeners = gateway.gatewayListener(options, MemoryReactorClock(), None)
         self.assertEqual([type(s).__name__ for s in listeners], ["ListeningService"])
 
+    def test_accessLog(self) -> None:
+        """
+        The access log is batched unless told otherwise; the site gets it.
+        """
+        self.assertEqual(self.parse(gateway)["access-log"], "batched")
+        options = self.parse(allinone, "--access-log", "off")
+        self.assertEqual(options["access-log"], "off")
+        error = self.assertRaises(usage.UsageError, self.parse, gateway, "--access-log", "loud")
+        self.assertIn("batched, events, off", str(error))
+        listeners = gateway.gatewayListener(
+            self.parse(gateway, "--access-log", "events", "--busy-limit", "0"),
+            MemoryReactorClock(),
+            None,
+        )
+        [listening] = list(listeners)
+        self.assertEqual(listening._factory.accessLog.mode, "events")
+
     def test_allInOneDatabases(self) -> None:
         """
         The all-in-one gives each service its own SQLite file, or its own
