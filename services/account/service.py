@@ -14,9 +14,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from txplatform.context import CallContext
+from txplatform.database import IntegrityError
 from txplatform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from txplatform.fields import SealedTable
-from txplatform.interfaces import IBus, IDatabase, IFieldCodec
+from txplatform.interfaces import IBus, IDatabase, IFieldCodec, ITransaction
 from txplatform.pagination import decodeCursor, page
 from txplatform.recordid import newRecordId
 from txplatform.service import DatabaseService, rpc
@@ -220,28 +221,41 @@ class AccountService(DatabaseService):
     @inlineCallbacks
     def login(self, request: api.LoginAttempt, context: CallContext) -> Any:
         keys = self.throttle.keys(request.username, request.client)
-        # Counted before any password work, and refused at once when the
-        # address is blocked: a blocked brute force costs one transaction,
-        # not an argon2id hash.
-        account, matches = yield self.throttle.check(
-            keys,
-            lambda: self._checkPassword(request.username, request.password),
-            matched=lambda checked: checked[1],
-        )
-        if not matches:
-            raise Unauthenticated(_BAD_LOGIN)
-        if self.passwords.needsRehash(account.password_hash):
-            newHash = yield self.passwords.hash(request.password)
-            yield self.store.rehash(account.id, newHash)
         token = secrets.token_urlsafe(32)
         now = nowMillis(self.clock)
         expiresAt = now + int(self.sessionLifetime * 1000)
         sessionId = newRecordId(self.clock)
+
+        def lookup(t: ITransaction) -> AccountRow | None:
+            return self.store.byUsernameIn(t, request.username)
+
+        def settle(t: ITransaction, checked: tuple[AccountRow, bool]) -> AccountRow:
+            account = checked[0]
+            self.store.addSession(t, sessionId, hashToken(token), account.id, now, expiresAt)
+            return account
+
+        # Counted before any password work (in the transaction that looks
+        # the account up), and refused at once when the address is
+        # blocked: a blocked brute force costs one transaction, not an
+        # argon2id hash.  A success is settled, and its session made, in
+        # one more.
         try:
-            yield self.store.createSession(sessionId, hashToken(token), account.id, now, expiresAt)
-        except NotFound:
+            checked = yield self.throttle.check(
+                keys,
+                lookup,
+                lambda account: self._checkPassword(account, request.password),
+                matched=lambda checked: checked[1],
+                settle=settle,
+            )
+        except IntegrityError:
             # Deleted while we checked the password: as if it never was.
             raise Unauthenticated(_BAD_LOGIN) from None
+        if not isinstance(checked, AccountRow):
+            raise Unauthenticated(_BAD_LOGIN)
+        account = checked
+        if self.passwords.needsRehash(account.password_hash):
+            newHash = yield self.passwords.hash(request.password)
+            yield self.store.rehash(account.id, newHash)
         return {
             "token": token,
             "expires_at": formatMillis(expiresAt),
@@ -250,12 +264,11 @@ class AccountService(DatabaseService):
         }
 
     @inlineCallbacks
-    def _checkPassword(self, username: str, password: str) -> Any:
+    def _checkPassword(self, account: AccountRow | None, password: str) -> Any:
         """
-        The account of C{username} and whether C{password} is its password;
-        an unknown username costs a hash as well, and matches nothing.
+        C{(account, whether password is its password)}; an unknown
+        username costs a hash as well, and matches nothing.
         """
-        account = yield self.store.byUsername(username)
         if account is None:
             yield self.passwords.verifyNothing(password)
             return None, False

@@ -280,6 +280,12 @@ class AccountStore:
     def byUsername(self, username: str) -> Deferred[AccountRow | None]:
         return self._database.runInteraction(self._byUsername, username)
 
+    def byUsernameIn(self, t: ITransaction, username: str) -> AccountRow | None:
+        """
+        L{byUsername}, in a transaction of the caller's.
+        """
+        return self._byUsername(t, username)
+
     def resolve(self, usernames: Sequence[str]) -> Deferred[list[AccountRow]]:
         """
         The accounts among C{usernames} (any case) that exist.
@@ -411,24 +417,26 @@ class AccountStore:
 
     # Sessions
 
-    def createSession(
-        self, sessionId: str, tokenHash: bytes, accountId: str, now: int, expiresAt: int
-    ) -> Deferred[None]:
+    def addSession(
+        self,
+        t: ITransaction,
+        sessionId: str,
+        tokenHash: bytes,
+        accountId: str,
+        now: int,
+        expiresAt: int,
+    ) -> None:
         """
-        @raise NotFound: the account was deleted meanwhile.
+        A session of C{accountId}'s, in a transaction of the caller's.
+
+        @raise IntegrityError: the account was deleted meanwhile.
         """
-        d = self._database.runOperation(
+        t.execute(
             "INSERT INTO account_sessions"
             " (id, token_hash, account_id, created_at, expires_at, last_used_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (sessionId, tokenHash, accountId, now, expiresAt, now),
         )
-
-        def accountGone(failure: Any) -> None:
-            failure.trap(IntegrityError)
-            raise NotFound("the account no longer exists")
-
-        return d.addErrback(accountGone)
 
     def session(self, tokenHash: bytes) -> Deferred[SessionRow | None]:
         """

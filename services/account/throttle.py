@@ -148,6 +148,16 @@ class LoginThrottle:
         """
         return self._database.runInteraction(self._reserve, keys, self._now())
 
+    def _reserveAnd(
+        self,
+        transaction: ITransaction,
+        keys: AttemptKeys,
+        now: int,
+        lookup: Callable[[ITransaction], Any],
+    ) -> tuple[float, Any]:
+        delay = self._reserve(transaction, keys, now)
+        return delay, lookup(transaction)
+
     def _reserve(self, transaction: ITransaction, keys: AttemptKeys, now: int) -> float:
         everything = keys.hard + keys.soft
         # Concurrent attempts on one key take their turn here: each sees
@@ -195,14 +205,21 @@ class LoginThrottle:
     def check(
         self,
         keys: AttemptKeys,
-        verify: Callable[[], Deferred[Any]],
+        lookup: Callable[[ITransaction], Any],
+        verify: Callable[[Any], Deferred[Any]],
         matched: Callable[[Any], bool],
+        settle: Callable[[ITransaction, Any], Any],
     ) -> Deferred[Any]:
         """
-        Reserve the attempt, wait as long as the account's failures say,
-        run C{verify} (the password check; at most C{concurrentChecks} at
-        once per account), and give the reservation back if C{matched}
-        says its result is a success.
+        An attempt, in two transactions around its password check: reserve
+        it (and C{lookup} what the check needs, in the same transaction),
+        wait as long as the account's failures say, C{verify} what was
+        looked up (the password check; at most C{concurrentChecks} at once
+        per account), and if C{matched} says its result is a success, give
+        the reservation back and C{settle} (make the session) in one more.
+
+        @return: A Deferred of what C{settle} returned on a success, or of
+            what C{verify} did otherwise.
 
         Attempts from one address (or on one account, without an address)
         take their turn, at most C{concurrentAttempts} from reservation to
@@ -217,34 +234,54 @@ class LoginThrottle:
             self.concurrentAttempts,
             self._attempt,
             keys,
+            lookup,
             verify,
             matched,
+            settle,
         )
 
     def _attempt(
-        self, keys: AttemptKeys, verify: Callable[[], Deferred[Any]], matched: Callable[[Any], bool]
+        self,
+        keys: AttemptKeys,
+        lookup: Callable[[ITransaction], Any],
+        verify: Callable[[Any], Deferred[Any]],
+        matched: Callable[[Any], bool],
+        settle: Callable[[ITransaction, Any], Any],
     ) -> Deferred[Any]:
-        d = self.reserve(keys)
+        d = self._database.runInteraction(self._reserveAnd, keys, self._now(), lookup)
 
-        def slowed(delay: float) -> Deferred[Any]:
+        def slowed(reserved: tuple[float, Any]) -> Deferred[Any]:
+            delay, looked = reserved
+            check = self._limited
             if not delay:
-                return self._limited(self._checking, keys.account, self.concurrentChecks, verify)
+                return check(self._checking, keys.account, self.concurrentChecks, verify, looked)
             return deferLater(
                 self._clock,
                 delay,
-                self._limited,
+                check,
                 self._checking,
                 keys.account,
                 self.concurrentChecks,
                 verify,
+                looked,
             )
 
         def settled(result: Any) -> Any:
             if not matched(result):
                 return result
-            return self.succeeded(keys).addCallback(lambda _: result)
+            return self._database.runInteraction(self._settle, keys, settle, result)
 
         return d.addCallback(slowed).addCallback(settled)
+
+    def _settle(
+        self,
+        transaction: ITransaction,
+        keys: AttemptKeys,
+        settle: Callable[[ITransaction, Any], Any],
+        result: Any,
+    ) -> Any:
+        self._succeeded(transaction, keys)
+        return settle(transaction, result)
 
     @staticmethod
     def _limited(

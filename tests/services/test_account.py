@@ -418,9 +418,18 @@ class AccountTestsMixin:
         A session for an account deleted meanwhile is refused cleanly, not
         with a database error.
         """
-        yield self.assertFailure(
-            self.service.store.createSession("s" * 26, b"h" * 32, "0" * 26, 0, 1), NotFound
-        )
+        yield self.register("alice")
+        real = self.service.passwords.verify
+        database = self.service.database
+
+        def verifyWhileDeleted(*args: Any) -> Any:
+            # The account goes while its password is being checked.
+            d = database.runOperation("DELETE FROM accounts WHERE username_index IS NOT NULL")
+            return d.addCallback(lambda _: real(*args))
+
+        self.patch(self.service.passwords, "verify", verifyWhileDeleted)
+        error = yield self.assertFailure(self.login("alice"), Unauthenticated)
+        self.assertIn("username or password", error.message)
 
     @inlineCallbacks
     def test_logout(self) -> Any:
