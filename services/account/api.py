@@ -210,6 +210,19 @@ class ListFollowers:
     cursor: str | None = cursorField()
 
 
+@request(SERVICE_ID, "audience")
+class Audience:
+    """
+    Who a post reaches, in one call: the accounts among C{mentioned} (any
+    case) that exist, and the first page of the author's followers (the
+    rest from L{ListFollowers}, with the cursor).
+    """
+
+    author_id: str = accountIdField()
+    mentioned: tuple[str, ...] = stringList(usernameLookupField(), maxItems=1000)
+    limit: int = limitField(maximum=1000, default=500)
+
+
 # Events
 
 

@@ -168,6 +168,10 @@ class AccountService(DatabaseService):
         accounts = yield self.store.resolve(request.usernames)
         return {"accounts": [{"id": a.id, "username": a.username} for a in accounts]}
 
+    @rpc(api.Audience)
+    def audience(self, request: api.Audience, context: CallContext) -> Any:
+        return self.store.audience(request.author_id, request.mentioned, request.limit)
+
     @rpc(api.UpdateAccount, idempotent=False)
     @inlineCallbacks
     def update_account(self, request: api.UpdateAccount, context: CallContext) -> Any:

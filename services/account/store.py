@@ -20,6 +20,7 @@ from txplatform.errors import Conflict, InvalidArgument, NotFound
 from txplatform.fields import fold
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
 from txplatform.outbox import Outbox
+from txplatform.pagination import page
 from txplatform.replylog import Recorder
 from txplatform.timestamps import formatMillis
 
@@ -642,6 +643,31 @@ class AccountStore:
         sql += " ORDER BY f.created_at DESC, f.followee_id DESC LIMIT ?"
         rows = t.execute(sql, (*params, limit)).fetchall()
         return [(self._account(row[:-1]), row[-1]) for row in rows]
+
+    def audience(
+        self, authorId: str, mentioned: Sequence[str], limit: int
+    ) -> Deferred[dict[str, Any]]:
+        """
+        The accounts among C{mentioned} that exist and the first C{limit}
+        followers of C{authorId}, in one transaction (see L{api.Audience}).
+        """
+        return self._database.runInteraction(self._audience, authorId, mentioned, limit)
+
+    def _audience(
+        self, t: ITransaction, authorId: str, mentioned: Sequence[str], limit: int
+    ) -> dict[str, Any]:
+        accounts = self._resolve(t, mentioned) if mentioned else []
+        t.execute(
+            "SELECT follower_id FROM account_follows WHERE followee_id = ?"
+            " ORDER BY follower_id LIMIT ?",
+            (authorId, limit + 1),
+        )
+        items, nextCursor = page([row[0] for row in t.fetchall()], limit, lambda i: (i,))
+        return {
+            "mentioned": [{"id": a.id, "username": a.username} for a in accounts],
+            "followers": items,
+            "next": nextCursor,
+        }
 
     def followers(self, accountId: str, limit: int, after: str | None) -> Deferred[list[str]]:
         """

@@ -85,7 +85,16 @@ class NotifyService(DatabaseService):
         mentioned = [
             name for name in mentionedUsernames(event.body) if name != event.author_username
         ]
-        for start in range(0, len(mentioned), 1000):
+        # One call for the mentions and the first page of followers: what
+        # nearly every post needs.
+        audience = yield self.call(
+            account.Audience(author_id=event.author_id, mentioned=mentioned[:1000], limit=500),
+            context,
+            idempotent=True,
+        )
+        for entry in audience["mentioned"]:
+            recipients.setdefault(entry["id"], api.MENTION)
+        for start in range(1000, len(mentioned), 1000):
             found = yield self.call(
                 account.ResolveUsernames(usernames=mentioned[start : start + 1000]),
                 context,
@@ -93,18 +102,18 @@ class NotifyService(DatabaseService):
             )
             for entry in found["accounts"]:
                 recipients.setdefault(entry["id"], api.MENTION)
-        cursor = None
+        followers = {"items": audience["followers"], "next": audience["next"]}
         while True:
-            followers = yield self.call(
-                account.ListFollowers(account_id=event.author_id, limit=500, cursor=cursor),
-                context,
-                idempotent=True,
-            )
             for followerId in followers["items"]:
                 recipients.setdefault(followerId, api.FOLLOWED_POST)
             cursor = followers["next"]
             if cursor is None:
                 break
+            followers = yield self.call(
+                account.ListFollowers(account_id=event.author_id, limit=500, cursor=cursor),
+                context,
+                idempotent=True,
+            )
         recipients.pop(event.author_id, None)
         now = nowMillis(self.clock)
         # Mentions first: they win when a follower is also mentioned.

@@ -758,6 +758,30 @@ class AccountTestsMixin:
         self.assertIsNone(second["next"])
 
     @inlineCallbacks
+    def test_audience(self) -> Any:
+        """
+        One call gives the mentioned accounts that exist and the first page
+        of the author's followers, whose cursor goes on with list_followers.
+        """
+        star = yield self.register("star")
+        bob = yield self.register("bob")
+        ids = []
+        for n in range(5):
+            fan = yield self.register(f"fan{n}")
+            ids.append(fan["id"])
+            yield self.call("follow", account_id=fan["id"], username="star")
+        reached = yield self.call(
+            "audience", author_id=star["id"], mentioned=["BOB", "nobody"], limit=3
+        )
+        self.assertEqual(reached["mentioned"], [{"id": bob["id"], "username": "bob"}])
+        rest = yield self.call(
+            "list_followers", account_id=star["id"], limit=3, cursor=reached["next"]
+        )
+        self.assertEqual(reached["followers"] + rest["items"], sorted(ids))
+        alone = yield self.call("audience", author_id=bob["id"], mentioned=[])
+        self.assertEqual(alone, {"mentioned": [], "followers": [], "next": None})
+
+    @inlineCallbacks
     def test_eventsOnce(self) -> Any:
         """
         Each change publishes exactly one event, even with the outbox timer

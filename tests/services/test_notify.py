@@ -287,19 +287,14 @@ class FlakyAccountTests(SQLiteMixin, ServiceTestCase):
         """
         failures = [2]
 
-        def resolve(payload: Any, context: Any) -> Any:
+        def audience(payload: Any, context: Any) -> Any:
             if failures[0]:
                 failures[0] -= 1
                 raise Unavailable("account database is restarting")
-            return {"accounts": [{"id": "01bbbbbbbbbbbbbbbbbbbbbbbb", "username": "bob"}]}
+            bob = {"id": "01bbbbbbbbbbbbbbbbbbbbbbbb", "username": "bob"}
+            return {"mentioned": [bob], "followers": [], "next": None}
 
-        yield self.bus.serve(
-            account.SERVICE_ID,
-            {
-                "resolve_usernames": resolve,
-                "list_followers": lambda p, c: {"items": [], "next": None},
-            },
-        )
+        yield self.bus.serve(account.SERVICE_ID, {"audience": audience})
         yield self.startNotify()
         yield self.bus.publish(
             post.POST_CREATED,

@@ -59,13 +59,14 @@ class HarnessTests(SynchronousTestCase):
         harness = self.harness()
         alice, bob, carol = (c * 26 for c in "abc")
 
-        def resolve(request: account.ResolveUsernames) -> dict:
-            return {"accounts": [{"id": bob, "username": n} for n in request.usernames]}
+        def audience(request: account.Audience) -> dict:
+            return {
+                "mentioned": [{"id": bob, "username": n} for n in request.mentioned],
+                "followers": [carol] if request.author_id == alice else [],
+                "next": None,
+            }
 
-        def followers(request: account.ListFollowers) -> dict:
-            return {"items": [carol] if request.account_id == alice else [], "next": None}
-
-        harness.fake({account.ResolveUsernames: resolve, account.ListFollowers: followers})
+        harness.fake({account.Audience: audience})
         harness.startService("notify")
         harness.publish(
             post.POST_CREATED,
@@ -131,9 +132,11 @@ class FollowersPagesTests(SynchronousTestCase):
             more = start + request.limit < len(followers)
             return {"items": items, "next": str(start + request.limit) if more else None}
 
-        harness.fake(
-            {account.ListFollowers: page, account.ResolveUsernames: lambda r: {"accounts": []}}
-        )
+        def audience(request: account.Audience) -> dict:
+            first = page(account.ListFollowers(account_id=request.author_id, limit=request.limit))
+            return {"mentioned": [], "followers": first["items"], "next": first["next"]}
+
+        harness.fake({account.ListFollowers: page, account.Audience: audience})
         harness.startService("notify")
         harness.publish(
             post.POST_CREATED,
