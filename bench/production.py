@@ -9,7 +9,7 @@ the embedded all-in-one, with the baselines measured in the same run:
     per request, and one argon2id verify at the Account service's
     parameters (in this process).
 
-Each of login (POST /v1/sessions), create a post (POST /v1/posts, a body
+Each of login (POST /v1/sessions, as 32 accounts in turn), create a post (POST /v1/posts, a body
 mentioning a reader who follows the author: one notification each, the
 mention, which wins over the followed post), read a post (GET /v1/posts/{id}) and read one's
 notifications (GET /v1/notifications) runs under wrk at --connections,
@@ -56,6 +56,8 @@ from embedded import PASSWORD, http, luaScript, waitForHTTP  # noqa: E402
 from sections import writeSection  # noqa: E402
 
 BEGIN, END = "<!-- production:begin -->", "<!-- production:end -->"
+#: The accounts the login runs take turns at.
+LOGIN_USERS = 32
 REQUESTS = ["login", "create a post", "read a post", "read notifications"]
 _TICK = os.sysconf("SC_CLK_TCK")
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -186,7 +188,7 @@ def prepare(api: str, directory: str, tag: str) -> dict[str, Any]:
     An author followed by a reader: the tokens of both, a post to read,
     and the wrk scripts of the four requests.
     """
-    for name in ["author", "reader"]:
+    for name in ["author", "reader", *(f"user{n}" for n in range(LOGIN_USERS))]:
         body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
         status, _ = http("POST", api + "/v1/accounts", body)
         assert status == 201, (status, _)
@@ -229,9 +231,13 @@ def prepare(api: str, directory: str, tag: str) -> dict[str, Any]:
 
 def argon2Baseline() -> dict[str, float]:
     """
-    One argon2id verify at the Account service's default parameters: its
-    CPU and wall time (medians of 20).
+    argon2id verifies at the Account service's default parameters: the
+    wall time of one alone, and the CPU of one while another runs beside
+    it, as the Account service runs them (two checks at once on two cores,
+    each contending for the memory the other uses); medians.
     """
+    import threading
+
     from argon2 import PasswordHasher as Argon2
 
     from txplatform_services.account.passwords import Argon2Parameters
@@ -243,13 +249,46 @@ def argon2Baseline() -> dict[str, float]:
         parallelism=parameters.parallelism,
     )
     hashed = argon2.hash(PASSWORD)
-    cpu, wall = [], []
+    wall = []
     for _ in range(20):
-        c, w = time.process_time(), time.perf_counter()
+        w = time.perf_counter()
         argon2.verify(hashed, PASSWORD)
-        cpu.append((time.process_time() - c) * 1000)
         wall.append((time.perf_counter() - w) * 1000)
+    cpu = []
+    for _ in range(5):
+        started = time.process_time()
+        threads = [
+            threading.Thread(target=lambda: [argon2.verify(hashed, PASSWORD) for _ in range(10)])
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        cpu.append((time.process_time() - started) * 1000 / 20)
     return {"cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall)}
+
+
+def loginScript(directory: str, tag: str, users: int) -> str:
+    """
+    A wrk script logging in as user0 ... user<users - 1> in turn: many
+    accounts, as a platform's logins are (one account's checks are held
+    to two at a time by its throttle).
+    """
+    path = os.path.join(directory, f"{tag}-login.lua")
+    with open(path, "w") as f:
+        f.write(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            "local n = 0\n"
+            "request = function()\n"
+            "  n = n + 1\n"
+            f'  local body = \'{{"username":"user\' .. (n % {users}) .. \'",'
+            f'"password":"{PASSWORD}"}}\'\n'
+            "  return wrk.format(nil, nil, nil, body)\n"
+            "end\n"
+        )
+    return path
 
 
 def countMessages(api: str, prepared: dict[str, Any], each: int = 20) -> dict[str, Counter[str]]:
@@ -579,7 +618,8 @@ def render(
         f" the gateway path at {readRatio:.2f}x Klein + pika (target at least 0.75):"
         f" {verdict(readRatio >= 0.75)};",
         f"- login: the account process {loginCPU:.1f} ms of CPU per login against"
-        f" {argon2['cpu_ms']:.1f} ms for one argon2id verify at its parameters,"
+        f" {argon2['cpu_ms']:.1f} ms for an argon2id verify at its parameters (two at once, as"
+        " it runs them),"
         f" {loginCPU / argon2['cpu_ms']:.2f}x (target at most 1.1): {verdict(loginCPU <= 1.1 * argon2['cpu_ms'])};"
         f" {loginRate:.0f} logins/s against {ideal:.0f} for cores / verify time"
         f" ({argon2['wall_ms']:.1f} ms), {loginRate / ideal:.0%} (target at least 85%):"

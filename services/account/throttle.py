@@ -87,9 +87,10 @@ class LoginThrottle:
     #: Password checks of one account running at once in a replica.
     concurrentChecks = 2
     #: Attempts from one address held from reservation to settlement at
-    #: once in a replica (fewer than freeFailures: right passwords sent
-    #: together never add up to a block).
-    concurrentAttempts = 2
+    #: once in a replica: enough to keep the password checks busy while
+    #: others wait on the database, fewer than freeFailures, so that right
+    #: passwords sent together never add up to a block.
+    concurrentAttempts = 4
 
     def __init__(
         self,
