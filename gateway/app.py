@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 import txplatform
 from txplatform.bodies import decodeBody
+from txplatform.cache import ReadCache
 from txplatform.catalogue import GATEWAY_ID, Catalogue, installedServices
 from txplatform.codec import dumps
 from txplatform.context import Origin, Priority, newRequestId
@@ -278,6 +279,11 @@ class Gateway:
         instead of those the catalogue's services declare.
     @param info: The OpenAPI document's C{info} (C{title}, C{version},
         C{description}), over L{DEFAULT_INFO}.
+    @param principalCache: Seconds this gateway reuses what verifying a
+        token told it (0: every request asks again).  A session ended
+        through another gateway still passes here for at most that long;
+        one ended through this one (an operation that C{endsSessions}) is
+        forgotten at once, with every principal of its account.
 
     @raise RouteConflict: Two routes would shadow each other, or two route
         objects authenticate.
@@ -303,8 +309,14 @@ class Gateway:
         catalogue: Catalogue | None = None,
         routes: Mapping[str, object] | None = None,
         info: Mapping[str, str] | None = None,
+        principalCache: float = 1.0,
     ) -> None:
         self.bus = bus
+        # Keyed by the token's SHA-256: no token is kept in memory longer
+        # than its request.
+        self.principals: ReadCache[bytes, Principal] = ReadCache(
+            clock, maxEntries=10000 if principalCache > 0 else 0, ttl=principalCache
+        )
         self.clock = clock
         self.parserOver = parserOver
         self.parser = parser
@@ -467,6 +479,8 @@ class Gateway:
                 )
         if op.query is not None:
             kwargs["query"] = fromQuery(op.query, self._queryArguments(request))
+        if op.endsSessions and principal is not None:
+            request.notifyFinish().addBoth(self._endedSessions, principal)
         if op.body is None:
             return self._handle(kwargs, one, exchange)
         raw = self._rawBody(request)
@@ -579,7 +593,25 @@ class Gateway:
         token = self._bearer(request)
         if token is None:
             return fail(Unauthenticated("the Authorization header must be Bearer <token>"))
-        return self.authenticator.authenticate(exchange, token)
+        key = hashlib.sha256(token.encode("ascii")).digest()
+        known = self.principals.get(key)
+        if known is not None:
+            return succeed(known)
+        generation = self.principals.generation
+        d = self.authenticator.authenticate(exchange, token)
+        return d.addCallback(self._verified, key, generation)
+
+    def _verified(self, principal: Principal, key: bytes, generation: int) -> Principal:
+        self.principals.fill(key, principal, generation)
+        return principal
+
+    def _endedSessions(self, result: Any, principal: Principal) -> Any:
+        """
+        An operation that may have ended sessions of C{principal}'s account
+        answered: forget what was verified for the account here.
+        """
+        self.principals.invalidateWhere(lambda p: p.account_id == principal.account_id)
+        return result
 
     def _rawBody(self, request: IRequest) -> bytes:
         if getattr(request, "bodyTooLarge", False):

@@ -27,6 +27,7 @@ from .gateway import (
     LISTEN,
     MAX_BODY_SIZE,
     MAX_IN_FLIGHT,
+    PRINCIPAL_CACHE,
     RATE_LIMIT,
     checkEdge,
     gatewayListener,
@@ -90,6 +91,7 @@ class BaseOptions(usage.Options):
         ACCOUNT_RATE_LIMIT,
         *CONNECTION_LIMITS,
         ACCESS_LOG,
+        PRINCIPAL_CACHE,
         *API_INFO,
     ]
 

@@ -131,6 +131,15 @@ CONNECTION_LIMITS = [
         int,
     ],
 ]
+PRINCIPAL_CACHE = [
+    "principal-cache",
+    None,
+    1.0,
+    "Seconds a verified token is taken at its word on this gateway, without asking the"
+    " Account service again; a session ended through another gateway still passes here"
+    " that long (through this one: at once). 0: ask for every request.",
+    float,
+]
 ACCESS_LOG = [
     "access-log",
     None,
@@ -160,6 +169,7 @@ class Options(usage.Options):
         PARSER_OVER,
         *CONNECTION_LIMITS,
         ACCESS_LOG,
+        PRINCIPAL_CACHE,
         *API_INFO,
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
@@ -199,6 +209,8 @@ def checkEdge(options: usage.Options) -> None:
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
     checkPositive(options, "header-timeout", "body-timeout")
+    if options["principal-cache"] < 0:
+        raise usage.UsageError("--principal-cache cannot be negative")
     from txplatform_gateway.accesslog import ACCESS_LOG_MODES
 
     if options["access-log"] not in ACCESS_LOG_MODES:
@@ -284,6 +296,7 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
             bus,
             reactor,
             callTimeout=options["call-timeout"],
+            principalCache=options["principal-cache"],
             maxBodySize=options["max-body-size"],
             corsOrigins=getattr(options, "corsOrigins", []),
             trustedProxies=getattr(options, "trustedProxies", []),

@@ -100,6 +100,10 @@ class Operation:
         gateway answers 404 for a value outside its C{pattern} (it names
         nothing, as an unknown path does) and publishes them; a variable
         without one is any string.
+    @ivar endsSessions: Whether it may end sessions of the caller's
+        account (a logout, a password change, deleting the account): once
+        it answered, the gateway forgets the principals it verified for
+        that account (see the gateway's C{principalCache}).
     """
 
     summary: str
@@ -117,6 +121,7 @@ class Operation:
     ticket: bool = False
     rules: Mapping[str, str] = field(factory=dict, converter=dict)
     parameters: Mapping[str, dict[str, Any]] = field(factory=dict, converter=dict)
+    endsSessions: bool = False
 
 
 #: What a listing refuses although its cursor has the form its schema gives.

@@ -201,7 +201,18 @@ class ClusterTests(TwoGatewaysTestCase):
         self.assertEqual(status, 204)
         status, _ = yield self.request(0, "DELETE", "/v1/sessions/current", token=tokens["bob"])
         self.assertEqual(status, 204)
-        self.assertEqual((yield self.request(1, "GET", "/v1/me", token=tokens["bob"]))[0], 401)
+        loggedOut = reactor.seconds()
+        self.assertEqual((yield self.request(0, "GET", "/v1/me", token=tokens["bob"]))[0], 401)
+        # The other gateway verified bob's token just before (the unfollow)
+        # and may take it at its word for a second (--principal-cache): the
+        # logout reaches it within that.
+        yield eventually(
+            lambda: self.request(1, "GET", "/v1/me", token=tokens["bob"]).addCallback(
+                lambda answer: answer[0] == 401
+            ),
+            timeout=3,
+        )
+        self.assertLess(reactor.seconds() - loggedOut, 1.5)
         status, _ = yield self.request(
             1, "DELETE", "/v1/me", {"password": "wrong one"}, token=tokens["carol"]
         )

@@ -420,6 +420,32 @@ class SessionEndpointTests:
         self.assertEqual((yield self.request("GET", "/v1/me", token=other)).status, 200)
 
     @inlineCallbacks
+    def test_principalReused(self) -> Any:
+        """
+        A verified token is taken at its word for a second on this gateway:
+        three requests, one verification; a second later it is asked again.
+        A logout through this gateway is seen at once.
+        """
+        token = yield self.user("alice")
+        asked: list[str] = []
+        real = self.gateway.authenticator.authenticate
+
+        def counting(exchange: Any, given: str) -> Any:
+            asked.append(given)
+            return real(exchange, given)
+
+        self.patch(self.gateway.authenticator, "authenticate", counting)
+        for _ in range(3):
+            self.assertEqual((yield self.request("GET", "/v1/me", token=token)).status, 200)
+        self.assertEqual(len(asked), 1)
+        self.clock.offset += 1.1
+        self.assertEqual((yield self.request("GET", "/v1/me", token=token)).status, 200)
+        self.assertEqual(len(asked), 2)
+        reply = yield self.request("DELETE", "/v1/sessions/current", token=token)
+        self.assertEqual(reply.status, 204)
+        self.assertProblem((yield self.request("GET", "/v1/me", token=token)), 401)
+
+    @inlineCallbacks
     def test_expired(self) -> Any:
         """
         An expired token is a 401.
