@@ -78,9 +78,9 @@ class NotifyService(DatabaseService):
     @handles(post.POST_CREATED, post.PostCreated)
     @inlineCallbacks
     def post_created(self, event: post.PostCreated, context: EventContext) -> Any:
-        gone = yield self.store.isGone("post", [event.post_id])
-        if gone:
-            return
+        # A post deleted meanwhile is found out where the notifications are
+        # stored (under a lock the deletion takes too): asking first would
+        # cost every post a transaction for the few that go at once.
         recipients: dict[str, str] = {}
         mentioned = [
             name for name in mentionedUsernames(event.body) if name != event.author_username
@@ -134,7 +134,6 @@ class NotifyService(DatabaseService):
         added = yield self.store.add(notifications)
         if added:
             self.outbox.flush()
-        self.log.debug("Post {post} notified {added} account(s)", post=event.post_id, added=added)
 
     @handles(post.POST_DELETED, post.PostDeleted)
     def post_deleted(self, event: post.PostDeleted, context: EventContext) -> Any:
