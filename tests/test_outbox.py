@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import fail, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from txplatform.fields import PlainFieldCodec
@@ -80,6 +81,47 @@ class OutboxTestsMixin:
         yield self.outbox.flush()
         self.assertEqual((yield self.remaining()), [])
         self.assertEqual(self.received, [])
+
+    @inlineCallbacks
+    def test_fromMemory(self) -> Any:
+        """
+        The events of a committed transaction are published from memory:
+        the flush that follows reads nothing from the table (it only
+        deletes the rows once the bus confirmed).
+        """
+        yield self.outbox.flush()  # the first pass looks for leftovers
+        queries: list[str] = []
+        real = self.database.runQuery
+
+        def spy(sql: str, params: Any = ()) -> Any:
+            queries.append(sql)
+            return real(sql, params)
+
+        self.patch(self.database, "runQuery", spy)
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 1)
+        self.assertEqual(queries, [])
+        self.assertEqual((yield self.remaining()), [])
+
+    @inlineCallbacks
+    def test_othersLeftovers(self) -> Any:
+        """
+        The timer's passes publish rows nobody has in memory (another
+        replica's, whose process died) once they are older than the
+        interval; younger ones are left to the replica that staged them.
+        """
+        self.outbox._interval = 60.0
+        yield self.outbox.flush()  # the first pass looks at every row
+        other = self.makeOutbox()
+        yield self.database.runInteraction(lambda t: other.stage(t, "thing.made", {"n": 1}))
+        yield self.outbox._tick()
+        self.assertEqual(self.received, [])
+        self.outbox._interval = 0.01
+        yield deferLater(reactor, 0.05, lambda: None)
+        yield self.outbox._tick()
+        yield eventually(lambda: len(self.received) == 1)
+        self.assertEqual((yield self.remaining()), [])
 
     @inlineCallbacks
     def test_busDown(self) -> Any:

@@ -87,9 +87,15 @@ class _Transaction:
     The cursor an interaction sees: translates SQL and driver errors.
     """
 
-    def __init__(self, cursor: Any, database: _AdbapiDatabase) -> None:
+    def __init__(
+        self, cursor: Any, database: _AdbapiDatabase, committed: list[Callable[[], Any]]
+    ) -> None:
         self._cursor = cursor
         self._database = database
+        self._committed = committed
+
+    def afterCommit(self, f: Callable[[], Any]) -> None:
+        self._committed.append(f)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Transaction:
         try:
@@ -156,7 +162,9 @@ class _AdbapiDatabase:
     def runInteraction(
         self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
-        return self._pool.runInteraction(self._interact, interaction, args, kwargs)
+        committed: list[Callable[[], Any]] = []
+        d = self._pool.runInteraction(self._interact, interaction, args, kwargs, committed)
+        return d.addCallback(self._afterCommit, committed)
 
     def _interact(
         self,
@@ -164,8 +172,19 @@ class _AdbapiDatabase:
         interaction: Callable[..., Any],
         args: Any,
         kw: Any,
+        committed: list[Callable[[], Any]],
     ) -> Any:
-        return interaction(_Transaction(adbapiTransaction, self), *args, **kw)
+        # A retried interaction (adbapi reconnects once) starts afresh.
+        del committed[:]
+        return interaction(_Transaction(adbapiTransaction, self, committed), *args, **kw)
+
+    def _afterCommit(self, result: Any, committed: list[Callable[[], Any]]) -> Any:
+        for f in committed:
+            try:
+                f()
+            except Exception:
+                self.log.failure("A call after a commit failed")
+        return result
 
     def runQuery(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
         return self.runInteraction(lambda t: t.execute(sql, params).fetchall())

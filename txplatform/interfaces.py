@@ -155,6 +155,13 @@ class ITransaction(Interface):
         with another transaction's write-then-delete.
         """
 
+    def afterCommit(f):
+        """
+        Call C{f} (with no arguments, in the reactor's thread) once this
+        transaction has committed, before the Deferred of its interaction
+        fires; never if it rolls back.
+        """
+
     rowcount = Attribute("Rows changed by the last statement.")
 
 

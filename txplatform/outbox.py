@@ -4,16 +4,22 @@ The transactional outbox: events are written in the same database
 transaction as the change they announce, then published by a relay.
 
 A service that committed a change therefore cannot lose its event, whether
-the bus is down or the process dies between commit and publish: the relay
-publishes what is left on its next pass (on start, after each write, and on
-a timer), and deletes a row only once the bus has confirmed the event.
-Events keep their message id across republishing, so consumers can tell a
-redelivery from a new event.
+the bus is down or the process dies between commit and publish, and the
+relay deletes a row only once the bus has confirmed the event.
+
+The relay publishes a committed transaction's events from memory (the
+transaction hands them over once it committed: no query to find them), and
+looks in the table for what is left (the events of a process that died
+before publishing, or of a publish that failed) when it starts, after a
+failure, and on a timer, there only for rows older than the timer's
+interval (younger ones are another replica's, in its memory).  Events keep
+their message id across republishing, so consumers can tell a redelivery
+from a new event.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import (
     Deferred,
@@ -33,6 +39,13 @@ from .interfaces import IBus, IDatabase, IFieldCodec, ITransaction
 from .serviceid import ServiceId
 
 __all__ = ["Outbox"]
+
+
+class _Staged(NamedTuple):
+    messageId: str
+    event: str
+    payload: Any
+    correlationId: str
 
 
 class Outbox:
@@ -69,6 +82,15 @@ class Outbox:
         self._running: Deferred[None] | None = None
         self._again = False
         self._waiters: list[Deferred[None]] = []
+        # Events of committed transactions, to publish from memory.
+        self._ready: list[_Staged] = []
+        # Message ids being published from memory: a scan leaves them be.
+        self._inflight: set[str] = set()
+        # Whether the table may hold rows nobody has in memory (leftovers
+        # of an earlier run, or of a failed publish); the timer's scans
+        # look only at rows older than the interval.
+        self._scanAll = True
+        self._scanOld = False
 
     def migrations(self) -> list[Migration]:
         return [
@@ -109,6 +131,8 @@ class Outbox:
             " VALUES (?, ?, ?, ?, ?)",
             (messageId, event, sealed, correlationId, int(self._clock.seconds() * 1000)),
         )
+        staged = _Staged(messageId, event, payload, correlationId)
+        transaction.afterCommit(lambda: self._ready.append(staged))
         return messageId
 
     def start(self) -> None:
@@ -117,9 +141,13 @@ class Outbox:
         """
         if self._loop is not None:
             return
-        self._loop = LoopingCall(self.flush)
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
         self._loop.start(self._interval, now=True)
+
+    def _tick(self) -> Deferred[None]:
+        self._scanOld = True
+        return self.flush()
 
     def stop(self) -> Deferred[None]:
         """
@@ -136,16 +164,25 @@ class Outbox:
 
     def flush(self) -> Deferred[None]:
         """
-        Publish every staged event.  Concurrent calls share one pass (which
-        runs again if asked during it).  Never fails: errors are logged and
-        the rows stay for the next pass.
+        Publish the events of the transactions committed so far (and what
+        the table holds that nobody has in memory, when it may hold some).
+        Concurrent calls share one pass (which runs again if asked during
+        it).  Never fails: errors are logged and the rows stay for the next
+        pass.
         """
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
         if self._running is not None:
             self._again = True
         else:
-            self._running = self._drain()
+            # A pass may finish before _drain returns (what it publishes
+            # from memory can be settled at once): mark it under way first,
+            # and keep its Deferred only if it is still running.
+            marker: Deferred[None] = Deferred()
+            self._running = marker
+            running = self._drain()
+            if self._running is marker:
+                self._running = running
         return d
 
     @inlineCallbacks
@@ -166,7 +203,7 @@ class Outbox:
                         error=f"{type(e).__name__}: {e}",
                     )
                     break
-                if not self._again:
+                if not self._again and not self._ready:
                     break
         finally:
             self._running = None
@@ -176,17 +213,80 @@ class Outbox:
 
     @inlineCallbacks
     def _publishAll(self) -> Any:
+        try:
+            yield self._publishReady()
+            if self._scanAll or self._scanOld:
+                horizon = None if self._scanAll else self._clock.seconds() - self._interval
+                self._scanAll = self._scanOld = False
+                yield self._publishLeftovers(horizon)
+        except BaseException:
+            # What did not go stays in the table: look for it next time.
+            self._scanAll = True
+            raise
+
+    @inlineCallbacks
+    def _publishReady(self) -> Any:
+        while self._ready:
+            ready, self._ready = self._ready, []
+            self._inflight.update(s.messageId for s in ready)
+            try:
+                confirmations = [
+                    self._bus.publish(
+                        s.event,
+                        s.payload,
+                        origin=Origin(self._source, s.correlationId, None),
+                        messageId=s.messageId,
+                    )
+                    for s in ready
+                ]
+                results = yield DeferredList(confirmations, consumeErrors=True)
+                yield self._settle([s.messageId for s in ready], results, "message_id")
+            finally:
+                self._inflight.difference_update(s.messageId for s in ready)
+
+    @inlineCallbacks
+    def _settle(self, keys: list[Any], results: list[tuple[bool, Any]], column: str) -> Any:
+        """
+        Delete the rows whose events the bus confirmed; raise the first
+        failure (the others stay, for a scan).
+        """
+        confirmed = [key for key, (ok, _) in zip(keys, results, strict=True) if ok]
+        if confirmed:
+            marks = ", ".join("?" * len(confirmed))
+            yield self._database.runOperation(
+                f"DELETE FROM {self.table} WHERE {column} IN ({marks})", confirmed
+            )
+        failures = [result for ok, result in results if not ok]
+        if failures:
+            failures[0].raiseException()
+
+    @inlineCallbacks
+    def _publishLeftovers(self, horizon: float | None) -> Any:
+        """
+        Publish the rows nobody has in memory: all of them, or those
+        staged before C{horizon}.
+        """
+        after = -1
         while True:
-            rows = yield self._database.runQuery(
+            sql = (
                 f"SELECT seq, message_id, event, payload, correlation_id FROM {self.table}"
-                " ORDER BY seq LIMIT ?",
-                (self._batchSize,),
+                " WHERE seq > ?"
+            )
+            params: list[Any] = [after]
+            if horizon is not None:
+                sql += " AND created_at < ?"
+                params.append(int(horizon * 1000))
+            rows = yield self._database.runQuery(
+                sql + " ORDER BY seq LIMIT ?", (*params, self._batchSize)
             )
             if not rows:
                 return
+            after = rows[-1][0]
             published = []
             confirmations = []
             for seq, messageId, event, sealed, correlationId in rows:
+                if messageId in self._inflight:
+                    continue  # on its way from memory
                 try:
                     payload = loads(
                         self._fields.open(self.table, "payload", messageId, bytes(sealed))
@@ -205,15 +305,6 @@ class Outbox:
                 )
                 published.append(seq)
             results = yield DeferredList(confirmations, consumeErrors=True)
-            confirmed = [seq for seq, (ok, _) in zip(published, results, strict=True) if ok]
-            if confirmed:
-                marks = ", ".join("?" * len(confirmed))
-                yield self._database.runOperation(
-                    f"DELETE FROM {self.table} WHERE seq IN ({marks})", confirmed
-                )
-            failures = [result for ok, result in results if not ok]
-            if failures:
-                # Kept, to be published again on the next pass.
-                failures[0].raiseException()
-            if len(rows) < self._batchSize or not published:
+            yield self._settle(published, results, "seq")
+            if len(rows) < self._batchSize:
                 return
