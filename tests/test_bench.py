@@ -1,0 +1,62 @@
+"""
+The benchmark commands docs/benchmarks.md shows: each names a script in
+bench/ that takes the options the command gives it, and the section its
+--write replaces is in the document.
+
+(Running them takes minutes and a quiet machine, so they run by hand and
+write their results into the document; what is checked here is that they
+would run as written.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from twisted.trial.unittest import TestCase
+
+from .processes import CHECKOUT
+
+
+def commands() -> list[list[str]]:
+    with open(os.path.join(CHECKOUT, "docs", "benchmarks.md"), encoding="utf-8") as f:
+        document = f.read()
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", document, re.S):
+        for line in block.strip().splitlines():
+            found.append(shlex.split(line))
+    return found
+
+
+class BenchmarkCommandTests(TestCase):
+    def test_runAsWritten(self) -> None:
+        """
+        Every command is .venv/bin/python bench/SCRIPT.py with options the
+        script's --help lists; its section markers are in the document.
+        """
+        with open(os.path.join(CHECKOUT, "docs", "benchmarks.md"), encoding="utf-8") as f:
+            document = f.read()
+        seen = commands()
+        self.assertGreaterEqual(len(seen), 7)
+        for argv in seen:
+            self.assertEqual(argv[0], ".venv/bin/python", argv)
+            script = os.path.join(CHECKOUT, argv[1])
+            self.assertTrue(re.fullmatch(r"bench/\w+\.py", argv[1]), argv)
+            result = subprocess.run(
+                [sys.executable, script, "--help"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=CHECKOUT,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            for option in (a for a in argv[2:] if a.startswith("--")):
+                self.assertIn(option, result.stdout, f"{argv[1]} takes no {option}")
+            with open(script, encoding="utf-8") as f:
+                source = f.read()
+            [name] = re.findall(r'BEGIN, END = "<!-- (\w+):begin -->"', source)
+            self.assertIn(f"<!-- {name}:begin -->", document, argv[1])
+            self.assertIn(f"<!-- {name}:end -->", document, argv[1])
