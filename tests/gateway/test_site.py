@@ -19,6 +19,8 @@ class Hello(Resource):
     isLeaf = True
 
     def render(self, request):
+        self.seen = request
+        self.body = request.content.read()
         return b"hello"
 
 
@@ -45,6 +47,22 @@ class SiteTests(SynchronousTestCase):
         head, _, body = transport.value().partition(b"\r\n\r\n")
         status = int(head.split(b" ")[1])
         return status, json.loads(body) if body.startswith(b"{") else {}
+
+    def test_formsNotParsed(self) -> None:
+        """
+        A POST body is never parsed as a form into the request's arguments
+        (the API takes JSON): it reaches the resource as it came.
+        """
+        channel, transport = self.connect()
+        body = b"a=1&b=2"
+        channel.dataReceived(
+            b"POST /v1/x?q=1 HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        request = self.site.resource.seen
+        self.assertEqual(request.args, {b"q": [b"1"]})
+        self.assertEqual(self.site.resource.body, body)
 
     def test_declaredTooLarge(self) -> None:
         """
