@@ -66,6 +66,18 @@ def keyFiles(directory: str) -> dict[str, str]:
     return paths
 
 
+def ensureVhost() -> None:
+    """
+    The benchmarks' vhost on the local broker, for guest.
+    """
+    subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+
+
 def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,12 +182,7 @@ def main() -> None:
     for tool in ("wrk", "rabbitmqctl"):
         if shutil.which(tool) is None:
             raise SystemExit(f"this benchmark needs {tool}")
-    subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
+    ensureVhost()
     schema = "bench_" + uuid.uuid4().hex[:10]
     database = f"{POSTGRES}?schema={schema}"
     logs = os.path.join("/tmp", f"txplatform-bench-{schema}")

@@ -51,8 +51,8 @@ from typing import Any, Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from amqp import BROKER, POSTGRES, VHOST, Processes, freePort, keyFiles  # noqa: E402
-from embedded import PASSWORD, http, luaScript, waitForHTTP  # noqa: E402
+from amqp import BROKER, POSTGRES, VHOST, Processes, ensureVhost, freePort, keyFiles  # noqa: E402
+from embedded import PASSWORD, http, luaScript, platformCommand, waitForHTTP  # noqa: E402
 from sections import writeSection  # noqa: E402
 
 BEGIN, END = "<!-- production:begin -->", "<!-- production:end -->"
@@ -407,12 +407,7 @@ def main() -> None:
     for tool in ("wrk", "rabbitmqctl", "psql"):
         if shutil.which(tool) is None:
             raise SystemExit(f"this benchmark needs {tool}")
-    subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
+    ensureVhost()
     schema = "bench_" + uuid.uuid4().hex[:10]
     database = f"{POSTGRES}?schema={schema}"
     logs = tempfile.mkdtemp(prefix="txplatform-production-")
@@ -490,19 +485,7 @@ def main() -> None:
         # Embedded
         dataDir = os.path.join(logs, "embedded")
         port = freePort()
-        embedded = processes.start(
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "txplatform",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--data-dir",
-            dataDir,
-            ready="listening|Site starting",
-        )
+        embedded = processes.start(*platformCommand(port, dataDir), ready="listening|Site starting")
         waitForHTTP(f"http://127.0.0.1:{port}/healthz", embedded)
         prepared = prepare(f"http://127.0.0.1:{port}", logs, "embedded")
         runShape(

@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
@@ -229,50 +229,27 @@ class LoginThrottle:
         up reservations that would block the address, while a burst of
         wrong ones is still counted in full.
         """
-        return self._limited(
-            self._attempting,
-            keys.hard[-1],
-            self.concurrentAttempts,
-            self._attempt,
-            keys,
-            lookup,
-            verify,
-            matched,
-            settle,
-        )
 
-    def _attempt(
-        self,
-        keys: AttemptKeys,
-        lookup: Callable[[ITransaction], Any],
-        verify: Callable[[Any], Deferred[Any]],
-        matched: Callable[[Any], bool],
-        settle: Callable[[ITransaction, Any], Any],
-    ) -> Deferred[Any]:
-        d = self._database.runInteraction(self._reserveAnd, keys, self._now(), lookup)
+        def attempt() -> Deferred[Any]:
+            d = self._database.runInteraction(self._reserveAnd, keys, self._now(), lookup)
+            return d.addCallback(slowed)
 
         def slowed(reserved: tuple[float, Any]) -> Deferred[Any]:
             delay, looked = reserved
-            check = self._limited
-            if not delay:
-                return check(self._checking, keys.account, self.concurrentChecks, verify, looked)
-            return deferLater(
-                self._clock,
-                delay,
-                check,
-                self._checking,
-                keys.account,
-                self.concurrentChecks,
-                verify,
-                looked,
+            waited = deferLater(self._clock, delay, lambda: None) if delay else succeed(None)
+            waited.addCallback(
+                lambda _: self._limited(
+                    self._checking, keys.account, self.concurrentChecks, verify, looked
+                )
             )
+            return waited.addCallback(settled)
 
         def settled(result: Any) -> Any:
             if not matched(result):
                 return result
             return self._database.runInteraction(self._settle, keys, settle, result)
 
-        return d.addCallback(slowed).addCallback(settled)
+        return self._limited(self._attempting, keys.hard[-1], self.concurrentAttempts, attempt)
 
     def _settle(
         self,

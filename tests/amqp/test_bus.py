@@ -53,6 +53,20 @@ def sleep(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
 
 
+def rawCall(client: AMQPBus, service: ServiceId, messageId: str, **properties: Any) -> None:
+    """
+    Publish a call to C{service}'s method C{work} straight on C{client}'s
+    connection, with C{properties} as given: what another client could send.
+    """
+    client._protocol.publish(
+        1,
+        RPC_EXCHANGE,
+        service.hex,
+        Properties(message_id=messageId, correlation_id=messageId, type="work", **properties),
+        b"{}",
+    )
+
+
 class CallTests(BrokerTestCase):
     @inlineCallbacks
     def test_roundTrip(self) -> Any:
@@ -247,19 +261,7 @@ class CallTests(BrokerTestCase):
             ("m1", REPLY_TO, "zzzzzz"),
             ("m2", target, CALLER.hex),
         ]:
-            client._protocol.publish(
-                1,
-                RPC_EXCHANGE,
-                service.hex,
-                Properties(
-                    message_id=messageId,
-                    correlation_id=messageId,
-                    type="work",
-                    reply_to=replyTo,
-                    headers={"x-caller": caller},
-                ),
-                b"{}",
-            )
+            rawCall(client, service, messageId, reply_to=replyTo, headers={"x-caller": caller})
         yield eventually(lambda: len(seen) == 2)
         self.assertEqual(seen, [None, CALLER])
         yield sleep(0.2)
@@ -286,18 +288,7 @@ class CallTests(BrokerTestCase):
         now = millis(reactor.seconds())
         for messageId, deadline in [("late", now - 1000), ("in-time", now + 60_000)]:
             # No expiration property: only the header says it is late.
-            client._protocol.publish(
-                1,
-                RPC_EXCHANGE,
-                service.hex,
-                Properties(
-                    message_id=messageId,
-                    correlation_id=messageId,
-                    type="work",
-                    headers={"x-deadline": deadline},
-                ),
-                b"{}",
-            )
+            rawCall(client, service, messageId, headers={"x-deadline": deadline})
         yield eventually(lambda: seen == ["in-time"])
         yield sleep(0.2)
         self.assertEqual(seen, ["in-time"])
