@@ -185,10 +185,9 @@ class LoginThrottle:
                 f"INSERT INTO {TABLE} (key, failures, blocked_until, updated_at)"
                 " VALUES (?, 1, 0, ?) ON CONFLICT (key) DO UPDATE SET"
                 f" failures = CASE WHEN {TABLE}.updated_at >= ? THEN {TABLE}.failures + 1"
-                " ELSE 1 END, updated_at = ?",
+                " ELSE 1 END, updated_at = ? RETURNING failures",
                 (key, now, lapsed, now),
             )
-            transaction.execute(f"SELECT failures FROM {TABLE} WHERE key = ?", (key,))
             (counts[key],) = transaction.fetchone()
             delay = self.delay(counts[key])
             if delay and key in keys.hard:
