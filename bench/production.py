@@ -374,6 +374,9 @@ def runShape(
                 arguments.duration,
                 prepared["scripts"][name],
             )
+            if name == "login":
+                # Beside each login run, as the machine's speed drifts.
+                measured["argon2"] = argon2Baseline()
             if name == "create a post":
                 after = counts()
                 posts, notified = after[0] - before[0], after[1] - before[1]
@@ -414,7 +417,6 @@ def main() -> None:
     processes = Processes(logs)
     results: dict[str, list[dict[str, Any]]] = {}
     messages: dict[str, Counter[str]] = {}
-    argon2 = argon2Baseline()
     rabbit = lambda: _pidsNamed("beam.smp")  # noqa: E731
     postgres = lambda: _pidsNamed("postgres")  # noqa: E731
     try:
@@ -506,7 +508,7 @@ def main() -> None:
         )
         shutil.rmtree(logs, ignore_errors=True)
 
-    report = render(arguments, results, messages, argon2)
+    report = render(arguments, results, messages)
     print(report)
     if arguments.write:
         writeSection(arguments.write, BEGIN, END, report)
@@ -516,7 +518,6 @@ def render(
     arguments: argparse.Namespace,
     results: dict[str, list[dict[str, Any]]],
     messages: dict[str, Counter[str]],
-    argon2: dict[str, float],
 ) -> str:
     def med(key: str, field: str) -> float:
         return statistics.median(r[field] for r in results[key])
@@ -585,9 +586,16 @@ def render(
 
     readRatio = ratio("production|read a post", baseline)
     helloRatio = ratio("embedded|read a post", "embedded|Klein hello world (baseline)")
+    logins = results["production|login"]
     loginCPU = cpu("production|login", "account")
-    loginRate = med("production|login", "rps")
-    ideal = (os.cpu_count() or 1) / (argon2["wall_ms"] / 1000)
+    verifyCPU = statistics.median(r["argon2"]["cpu_ms"] for r in logins)
+    verifyWall = statistics.median(r["argon2"]["wall_ms"] for r in logins)
+    cores = os.cpu_count() or 1
+    # Each round against the argon2id measured beside it.
+    loginOverCPU = statistics.median(r["cpu_ms"]["account"] / r["argon2"]["cpu_ms"] for r in logins)
+    loginShare = statistics.median(
+        r["rps"] / (cores / (r["argon2"]["wall_ms"] / 1000)) for r in logins
+    )
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "**not met**"
@@ -609,12 +617,11 @@ def render(
         " target at least 0.75):"
         f" {verdict(readRatio >= 0.75)};",
         f"- login: the account process {loginCPU:.1f} ms of CPU per login against"
-        f" {argon2['cpu_ms']:.1f} ms for an argon2id verify at its parameters (two at once, as"
-        " it runs them),"
-        f" {loginCPU / argon2['cpu_ms']:.2f}x (target at most 1.1): {verdict(loginCPU <= 1.1 * argon2['cpu_ms'])};"
-        f" {loginRate:.0f} logins/s against {ideal:.0f} for cores / verify time"
-        f" ({argon2['wall_ms']:.1f} ms), {loginRate / ideal:.0%} (target at least 85%):"
-        f" {verdict(loginRate >= 0.85 * ideal)};",
+        f" {verifyCPU:.1f} ms for an argon2id verify at its parameters (two at once, as it runs"
+        f" them, measured beside each round), {loginOverCPU:.2f}x (median of the rounds' ratios;"
+        f" target at most 1.1): {verdict(loginOverCPU <= 1.1)}; logins at {loginShare:.0%} of"
+        f" cores / verify time ({verifyWall:.1f} ms alone; target at least 85%):"
+        f" {verdict(loginShare >= 0.85)};",
         f"- embedded, create a post: {embeddedCreate:.2f} ms (target at most 1.2):"
         f" {verdict(embeddedCreate <= 1.2)}; read a post at {helloRatio:.2f}x Klein's hello world"
         f" (target at least 0.6): {verdict(helloRatio >= 0.6)}.",
