@@ -409,6 +409,27 @@ class IdempotencyKeyTests(SynchronousTestCase):
         self.assertEqual(self.harness.run(self.call("touch", "x", "k1")), {"touched": 1})
         self.assertEqual(self.harness.run(self.call("touch", "x", None)), {"touched": 2})
 
+    def test_recordingFails(self) -> None:
+        """
+        A reply that cannot be recorded after the call ran is still the
+        answer (the work is done); the failure to record it is logged.
+        """
+        self.patch(
+            self.notebook, "remember", lambda context, reply: fail(RuntimeError("disk full"))
+        )
+        self.assertEqual(self.harness.run(self.call("touch", "x", "k1")), {"touched": 1})
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_lookupFailsAfterFailure(self) -> None:
+        """
+        A call that failed, whose second look in the reply log fails too,
+        answers its own failure, not the lookup's.
+        """
+        answers = [succeed((False, None)), fail(RuntimeError("database gone"))]
+        self.patch(self.notebook, "replay", lambda context: answers.pop(0))
+        failure = self.failureResultOf(self.runFailing(self.call("add", "refuse", "k1")))
+        self.assertIsInstance(failure.value, InvalidArgument)
+
     def test_failuresNotRecorded(self) -> None:
         """
         A call that failed runs again when retried with its key.

@@ -330,15 +330,26 @@ class BusService(Service):
             def ran(reply: Any) -> Any:
                 if context.idempotencyKey is None:
                     return reply  # the handler recorded what needs recording
-                return self.remember(context, reply).addCallback(lambda _: reply)
+
+                def unrecorded(why: Failure) -> None:
+                    # The work is done: answer it; only a retry would run again.
+                    self.log.failure(
+                        "Could not record the reply to {method} for its idempotency key",
+                        why,
+                        method=context.method,
+                    )
+
+                d = self.remember(context, reply).addErrback(unrecorded)
+                return d.addCallback(lambda _: reply)
 
             def failed(failure: Failure) -> Any:
                 # The same call, run at the same time (a client's retry
                 # while its first try was still running), may have won: its
                 # reply stands, and this run was rolled back (or failed on
-                # what the other made).
-                return self.replay(context).addCallback(
-                    lambda again: again[1] if again[0] else failure
+                # what the other made).  If that cannot be looked up, this
+                # run's own failure is the answer.
+                return self.replay(context).addCallbacks(
+                    lambda again: again[1] if again[0] else failure, lambda _: failure
                 )
 
             return maybeDeferred(run, request, context).addCallbacks(ran, failed)
