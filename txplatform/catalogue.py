@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from attrs import field, frozen
 
 from .serviceid import ServiceId, ServiceRegistry
+from .threads import ownThreadPool
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -68,6 +69,11 @@ class ServiceParts:
         them), as a mapping.
     @ivar database: Its database, if the service stores anything.
     @ivar fields: The codec sealing its stored fields, if it stores.
+    @ivar threadPool: Makes a pool of threads of the service's own, from a
+        name and a size (L{txplatform.threads.ownThreadPool}), for blocking
+        work that should not share the reactor's pool with the database;
+        the service starts and stops it.  A test harness gives one that
+        runs the work when the test says.
     """
 
     bus: Any
@@ -75,6 +81,7 @@ class ServiceParts:
     options: Mapping[str, Any]
     database: Any = None
     fields: Any = None
+    threadPool: Callable[[str, int], Any] = ownThreadPool
 
 
 def _name(instance: object, attribute: Any, value: str) -> None:

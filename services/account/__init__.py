@@ -42,6 +42,7 @@ def _build(parts: ServiceParts) -> Any:
             memoryCost=options["argon2-memory-cost"],
             parallelism=options["argon2-parallelism"],
         ),
+        threadPool=parts.threadPool,
     )
     return AccountService(
         parts.bus,

@@ -108,6 +108,7 @@ class AccountService(DatabaseService):
     def cleanup(self) -> Any:
         if self._sweeper.running:
             self._sweeper.stop()
+        self.passwords.stop()
         return super().cleanup()
 
     def sweepSessions(self) -> Any:

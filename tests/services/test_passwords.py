@@ -2,11 +2,12 @@
 Tests for L{txplatform_services.account.passwords}.
 """
 
+import threading
 from typing import Any
 
 from argon2 import extract_parameters
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 
@@ -14,14 +15,17 @@ from txplatform_services.account.passwords import Argon2Parameters, PasswordHash
 
 
 class PasswordHasherTests(TestCase):
+    def hasher(self, parameters: Argon2Parameters = Argon2Parameters(), **kwargs: Any) -> Any:
+        hasher = PasswordHasher(reactor, parameters, **kwargs)
+        self.addCleanup(hasher.stop)
+        return hasher
+
     @inlineCallbacks
     def test_argon2id(self) -> Any:
         """
         Hashes are argon2id with the configured parameters, and verify.
         """
-        hasher = PasswordHasher(
-            reactor, Argon2Parameters(timeCost=1, memoryCost=1024, parallelism=1)
-        )
+        hasher = self.hasher(Argon2Parameters(timeCost=1, memoryCost=1024, parallelism=1))
         encoded = yield hasher.hash("correct horse")
         self.assertTrue(encoded.startswith("$argon2id$"))
         parameters = extract_parameters(encoded)
@@ -37,7 +41,7 @@ class PasswordHasherTests(TestCase):
         """
         The default is OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
         """
-        hasher = PasswordHasher(reactor)
+        hasher = self.hasher()
         encoded = yield hasher.hash("correct horse")
         parameters = extract_parameters(encoded)
         self.assertEqual(
@@ -49,16 +53,16 @@ class PasswordHasherTests(TestCase):
         """
         A hash made with other parameters needs rehashing.
         """
-        old = yield PasswordHasher(reactor, Argon2Parameters.cheapest()).hash("x" * 10)
-        self.assertTrue(PasswordHasher(reactor).needsRehash(old))
-        self.assertTrue(PasswordHasher(reactor).needsRehash("not a hash"))
+        old = yield self.hasher(Argon2Parameters.cheapest()).hash("x" * 10)
+        self.assertTrue(self.hasher().needsRehash(old))
+        self.assertTrue(self.hasher().needsRehash("not a hash"))
 
     @inlineCallbacks
     def test_corruptHash(self) -> Any:
         """
         A corrupt stored hash matches nothing, and is reported.
         """
-        hasher = PasswordHasher(reactor, Argon2Parameters.cheapest())
+        hasher = self.hasher(Argon2Parameters.cheapest())
         self.assertFalse((yield hasher.verify("$argon2id$garbage", "x")))
 
     @inlineCallbacks
@@ -66,7 +70,7 @@ class PasswordHasherTests(TestCase):
         """
         The stand-in verification for unknown users fails, after real work.
         """
-        hasher = PasswordHasher(reactor, Argon2Parameters.cheapest())
+        hasher = self.hasher(Argon2Parameters.cheapest())
         self.assertFalse((yield hasher.verifyNothing("anything")))
 
     @inlineCallbacks
@@ -74,9 +78,7 @@ class PasswordHasherTests(TestCase):
         """
         Hashing runs off the reactor thread: timers keep firing meanwhile.
         """
-        hasher = PasswordHasher(
-            reactor, Argon2Parameters(timeCost=3, memoryCost=65536, parallelism=1)
-        )
+        hasher = self.hasher(Argon2Parameters(timeCost=3, memoryCost=65536, parallelism=1))
         ticks = []
         loop = LoopingCall(lambda: ticks.append(reactor.seconds()))
         loop.start(0.005)
@@ -85,3 +87,50 @@ class PasswordHasherTests(TestCase):
         finally:
             loop.stop()
         self.assertGreater(len(ticks), 5)
+
+    @inlineCallbacks
+    def test_ownThreads(self) -> Any:
+        """
+        Hashes run on the hasher's own threads, as many as hashes may run at
+        once, not on the reactor's pool (where they would wander between
+        ten threads, each faulting its 19 MiB in again).
+        """
+        hasher = self.hasher(Argon2Parameters.cheapest(), concurrency=2)
+        names = yield gatherResults(
+            [hasher._inThread(lambda: threading.current_thread().name) for _ in range(20)]
+        )
+        self.assertEqual(len(names), 20)
+        self.assertLessEqual(len(set(names)), 2)
+        for name in names:
+            self.assertIn("argon2id", name)
+
+    @inlineCallbacks
+    def test_stop(self) -> Any:
+        """
+        L{PasswordHasher.stop} ends its threads; a later hash starts them
+        again.
+        """
+        hasher = self.hasher(Argon2Parameters.cheapest(), concurrency=1)
+
+        def argon2Threads() -> list[str]:
+            return [t.name for t in threading.enumerate() if "argon2id" in t.name]
+
+        before = len(argon2Threads())
+        yield hasher.hash("p")
+        self.assertEqual(len(argon2Threads()), before + 1)
+        hasher.stop()
+        self.assertEqual(len(argon2Threads()), before)
+        self.assertTrue((yield hasher.verify((yield hasher.hash("p")), "p")))
+        self.assertEqual(len(argon2Threads()), before + 1)
+
+    @inlineCallbacks
+    def test_threadsDoNotHoldTheProcess(self) -> Any:
+        """
+        The hashing threads are daemons: a process that never shuts its
+        reactor down still exits.
+        """
+        hasher = self.hasher(Argon2Parameters.cheapest(), concurrency=1)
+        yield hasher.hash("p")
+        threads = [t for t in threading.enumerate() if "argon2id" in t.name]
+        self.assertTrue(threads)
+        self.assertTrue(all(t.daemon for t in threads))

@@ -302,7 +302,14 @@ class ServiceHarness:
         if declaration.stores():
             database = self.database(name)
             fields = self._codec(name, "fieldCodec")
-        parts = ServiceParts(self.bus, self.reactor, values, database, fields)
+        parts = ServiceParts(
+            self.bus,
+            self.reactor,
+            values,
+            database,
+            fields,
+            threadPool=lambda name, size: self.reactor.threadpool,
+        )
         return self.start(declaration.make(parts))
 
     def fake(self, handlers: Mapping[type, Callable[[Any], Any]]) -> None:
