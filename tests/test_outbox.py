@@ -124,6 +124,45 @@ class OutboxTestsMixin:
         self.assertEqual((yield self.remaining()), [])
 
     @inlineCallbacks
+    def test_scanSkipsWhatIsInMemory(self) -> Any:
+        """
+        A scan that reads a row whose transaction's commit is already in
+        memory (committed while the scan's query ran) leaves it to the
+        publication from memory: one event, not two.
+        """
+        yield self.outbox.flush()
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        yield self.outbox._publishLeftovers(None)
+        yield self.outbox.flush()
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.received), 1)
+        self.assertEqual((yield self.remaining()), [])
+
+    @inlineCallbacks
+    def test_commitNoticedAfterScan(self) -> Any:
+        """
+        A commit whose notice reaches the outbox after a scan already
+        published its row (the scan's query, on another connection, saw it
+        first) is not published again.
+        """
+        yield self.outbox.flush()
+        late: list[Any] = []
+
+        def stage(t: Any) -> Any:
+            t.afterCommit = late.append
+            return self.outbox.stage(t, "thing.made", {"n": 1})
+
+        yield self.database.runInteraction(stage)
+        yield self.outbox._publishLeftovers(None)
+        yield eventually(lambda: len(self.received) == 1)
+        [notice] = late
+        notice()
+        yield self.outbox.flush()
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.received), 1)
+        self.assertEqual((yield self.remaining()), [])
+
+    @inlineCallbacks
     def test_busDown(self) -> Any:
         """
         While the bus refuses events they stay in the outbox, in order, and

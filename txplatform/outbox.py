@@ -84,8 +84,16 @@ class Outbox:
         self._waiters: list[Deferred[None]] = []
         # Events of committed transactions, to publish from memory.
         self._ready: list[_Staged] = []
-        # Message ids being published from memory: a scan leaves them be.
-        self._inflight: set[str] = set()
+        # Message ids in memory (ready, or being published from there): a
+        # scan leaves them be.  A scan's query runs on a connection of its
+        # own, so it can read a row whose commit the outbox hears of only
+        # later (or while the query runs).
+        self._inMemory: set[str] = set()
+        # Message ids a scan published, with when: a commit heard of after
+        # its row was published by a scan is not published again.  Kept
+        # for a minute; a commit is heard of within the reactor turns
+        # after it.
+        self._scanned: dict[str, float] = {}
         # Whether the table may hold rows nobody has in memory (leftovers
         # of an earlier run, or of a failed publish); the timer's scans
         # look only at rows older than the interval.
@@ -132,8 +140,14 @@ class Outbox:
             (messageId, event, sealed, correlationId, int(self._clock.seconds() * 1000)),
         )
         staged = _Staged(messageId, event, payload, correlationId)
-        transaction.afterCommit(lambda: self._ready.append(staged))
+        transaction.afterCommit(lambda: self._committed(staged))
         return messageId
+
+    def _committed(self, staged: _Staged) -> None:
+        if self._scanned.pop(staged.messageId, None) is not None:
+            return  # a scan published it already
+        self._inMemory.add(staged.messageId)
+        self._ready.append(staged)
 
     def start(self) -> None:
         """
@@ -228,7 +242,6 @@ class Outbox:
     def _publishReady(self) -> Any:
         while self._ready:
             ready, self._ready = self._ready, []
-            self._inflight.update(s.messageId for s in ready)
             try:
                 confirmations = [
                     self._bus.publish(
@@ -242,7 +255,7 @@ class Outbox:
                 results = yield DeferredList(confirmations, consumeErrors=True)
                 yield self._settle([s.messageId for s in ready], results, "message_id")
             finally:
-                self._inflight.difference_update(s.messageId for s in ready)
+                self._inMemory.difference_update(s.messageId for s in ready)
 
     @inlineCallbacks
     def _settle(self, keys: list[Any], results: list[tuple[bool, Any]], column: str) -> Any:
@@ -266,6 +279,8 @@ class Outbox:
         Publish the rows nobody has in memory: all of them, or those
         staged before C{horizon}.
         """
+        now = self._clock.seconds()
+        self._scanned = {m: at for m, at in self._scanned.items() if at > now - 60.0}
         after = -1
         while True:
             sql = (
@@ -285,7 +300,7 @@ class Outbox:
             published = []
             confirmations = []
             for seq, messageId, event, sealed, correlationId in rows:
-                if messageId in self._inflight:
+                if messageId in self._inMemory:
                     continue  # on its way from memory
                 try:
                     payload = loads(
@@ -303,6 +318,7 @@ class Outbox:
                 confirmations.append(
                     self._bus.publish(event, payload, origin=origin, messageId=messageId)
                 )
+                self._scanned[messageId] = now
                 published.append(seq)
             results = yield DeferredList(confirmations, consumeErrors=True)
             yield self._settle(published, results, "seq")
