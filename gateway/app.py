@@ -64,6 +64,7 @@ from txplatform.serviceid import ServiceId
 
 from . import schemas
 from .admission import Admission
+from .metrics import REQUEST_SECONDS, REQUESTS, SHED, STREAMS
 from .problems import HTTPProblem, problemFor
 from .ratelimit import AccountRateLimit, AddressRateLimit
 from .site import GatewaySite
@@ -161,6 +162,10 @@ class Exchange:
             origin=self.origin,
             idempotent=idempotent,
         )
+
+
+def _streamEnded(result: Any) -> None:
+    STREAMS.dec()
 
 
 def _kleinPath(path: str) -> str:
@@ -441,18 +446,25 @@ class Gateway:
         """
         op = one.operation
         exchange = self.exchange(request, op.priority)
+        finished = request.notifyFinish()
+        priority = op.priority.name.lower()
+        finished.addBoth(self._counted, request, one.name, priority, self.clock.seconds())
         if self.rateLimit is not None and op.rateLimited:
             wait = self.rateLimit.check(self.clientAddress(request))
             if wait is not None:
+                SHED.labels("rate_limit", priority).inc()
                 return self.problem(request, Failure(_tooMany("address", wait)))
         if not self.admission.admit(op.priority):
+            SHED.labels("admission", priority).inc()
             return self._shed(request)
         if op.streaming:
             # Admitted as any request, but a stream lasts: it does not keep
             # its place among the requests in flight.
             self.admission.release()
+            STREAMS.inc()
+            finished.addBoth(_streamEnded)
         else:
-            request.notifyFinish().addBoth(self._released)
+            finished.addBoth(self._released)
         if op.auth:
             request.setHeader("Cache-Control", "no-store")
             d = self._authenticate(exchange, op.ticket)
@@ -470,6 +482,7 @@ class Gateway:
             if self.accountRateLimit is not None and op.rateLimited:
                 wait = self.accountRateLimit.check(principal.account_id)
                 if wait is not None:
+                    SHED.labels("rate_limit", op.priority.name.lower()).inc()
                     raise _tooMany("account", wait)
         if request.method in IDEMPOTENCY_KEY_METHODS:
             key = request.getHeader("idempotency-key")
@@ -661,6 +674,13 @@ class Gateway:
     def _released(self, result: Any) -> None:
         # Finished or lost (the client went away): either way, it is done.
         self.admission.release()
+
+    def _counted(
+        self, result: Any, request: IRequest, operation: str, priority: str, started: float
+    ) -> Any:
+        status = "disconnected" if isinstance(result, Failure) else str(request.code)
+        REQUESTS.labels(operation, status, priority).inc()
+        REQUEST_SECONDS.labels(operation).observe(self.clock.seconds() - started)
 
     def problem(self, request: IRequest, failure: Failure) -> bytes:
         """

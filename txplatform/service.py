@@ -50,6 +50,7 @@ from .fields import PlainFieldCodec, SealedTable, reindexRows
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription, ITransaction
 from .keychecks import KeyChecks
 from .messages import fromPayload, requestOf, requestTarget, toPayload
+from .metrics import CALL_SECONDS, CALLS, EVENT_SECONDS, EVENTS
 from .outbox import Outbox
 from .replylog import ReplyLog, requestDigest
 from .serviceid import ServiceId
@@ -362,12 +363,15 @@ class BusService(Service):
         gave the request (its X-Request-Id): a request can be followed
         through every service it touched.
         """
+        duration = self.clock.seconds() - started
         if isinstance(result, Failure):
             error = result.value
             outcome = error.code if isinstance(error, ServiceError) else "internal"
-        elif self.logCalls:
-            outcome = "ok"
         else:
+            outcome = "ok"
+        CALLS.labels(self.name, method, outcome).inc()
+        CALL_SECONDS.labels(self.name, method).observe(duration)
+        if outcome == "ok" and not self.logCalls:
             return result
         self.log.info(
             "{service} {method} from {caller} [trace {trace}]: {outcome} in {duration:.1f} ms",
@@ -376,7 +380,7 @@ class BusService(Service):
             caller=context.caller.hex if context.caller is not None else "-",
             trace=context.correlationId,
             outcome=outcome,
-            duration=(self.clock.seconds() - started) * 1000,
+            duration=duration * 1000,
         )
         return result
 
@@ -400,8 +404,17 @@ class BusService(Service):
             try:
                 event = fromPayload(spec.eventType, payload)
             except InvalidArgument as e:
+                EVENTS.labels(self.name, spec.pattern, "malformed").inc()
                 return fail(MalformedMessage(f"{context.event} event: {e.message}", e.details))
-            return maybeDeferred(spec.function, self, event, context)
+            started = self.clock.seconds()
+            d = maybeDeferred(spec.function, self, event, context)
+            return d.addBoth(handled, started)
+
+        def handled(result: Any, started: float) -> Any:
+            outcome = "failed" if isinstance(result, Failure) else "ok"
+            EVENTS.labels(self.name, spec.pattern, outcome).inc()
+            EVENT_SECONDS.labels(self.name, spec.pattern).observe(self.clock.seconds() - started)
+            return result
 
         return handle
 
