@@ -18,6 +18,7 @@ from ._common import (
     HEALTH_FILE,
     KEY_RELOAD,
     checkBus,
+    checkEndpoints,
     checkKeys,
     checkPositive,
     loadKeys,
@@ -208,6 +209,7 @@ def checkEdge(options: usage.Options) -> None:
             options.tlsOptions = serverOptions(options["tls-cert"], options["tls-key"])
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
+    checkEndpoints(options, "listen", "https")
     checkPositive(options, "header-timeout", "body-timeout")
     if options["principal-cache"] < 0:
         raise usage.UsageError("--principal-cache cannot be negative")

@@ -264,6 +264,43 @@ class OptionsTests(SynchronousTestCase):
             options = self.parse(module, "--trusted-proxies", "10.0.0.0/8, 127.0.0.1")
             self.assertEqual(options.trustedProxies, ["10.0.0.0/8", "127.0.0.1"])
 
+    def test_endpoints(self) -> None:
+        """
+        An endpoint option Twisted cannot read is refused when the options
+        are read, naming the option and giving Twisted's reason.
+        """
+        paths = identityFiles(self.mktemp())
+        direct = [
+            "--bus",
+            "direct:127.0.0.0/8",
+            "--identity",
+            paths["post"],
+            "--trust",
+            paths["trust"],
+        ]
+        for module, args, message in [
+            (gateway, ["--listen", "bogus:endpoint"], "--listen: 'bogus:endpoint' is not an"),
+            (gateway, ["--listen", "bogus:endpoint"], "Unknown endpoint type: 'bogus'"),
+            (allinone, ["--listen", "bogus:endpoint"], "Unknown endpoint type: 'bogus'"),
+            (allinone, ["--listen", "tcp:http"], "--listen: 'tcp:http' is not an endpoint"),
+            (post, [*direct, "--direct-listen", "nowhere"], "--direct-listen: 'nowhere' is not"),
+        ]:
+            error = self.assertRaises(usage.UsageError, self.parse, module, *args)
+            self.assertIn(message, str(error))
+            self.assertNotIn("\n", str(error))
+        from ..gateway.test_edge import makeCertificate
+
+        cert, key = makeCertificate(self.mktemp())
+        error = self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            gateway,
+            *["--https", "tcp:https", "--tls-cert", cert, "--tls-key", key],
+        )
+        self.assertIn("--https: 'tcp:https' is not an endpoint", str(error))
+        options = self.parse(post, *direct, "--direct-listen", "tcp:0")
+        self.assertEqual(options["direct-listen"], "tcp:0")
+
     def test_secretsFromFiles(self) -> None:
         """
         --bus and --db given as @PATH take their value from that file, so

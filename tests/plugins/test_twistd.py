@@ -14,11 +14,12 @@ import sys
 from typing import Any
 
 from treq.client import HTTPClient
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from ..processes import TwistdTestCase
-from ..support import eventually, inCI
+from ..support import eventually, inCI, keyArguments, keyFiles
 
 
 class AllInOneProcessTests(TwistdTestCase):
@@ -145,6 +146,33 @@ class AllInOneProcessTests(TwistdTestCase):
         code = yield process.ended
         self.assertEqual(code, 1)
         self.assertIn(b"Address already in use", process.output)
+
+
+class EndpointTests(TwistdTestCase):
+    @inlineCallbacks
+    def test_unreadableListen(self) -> Any:
+        """
+        An endpoint Twisted cannot read stops every command that takes one
+        at once, with exit status 1 and the reason on one line (twistd
+        prints its usage above it).
+        """
+        from .test_options import identityFiles
+
+        keys = keyFiles(os.path.abspath(self.mktemp()))
+        paths = identityFiles(os.path.abspath(self.mktemp()))
+        sidecar = ["--for", "post", "--identity", paths["post"], "--trust", paths["trust"]]
+        for arguments in [
+            ["txplatform", "--listen", "bogus:endpoint", "--data-dir", self.mktemp()],
+            ["gateway", *keyArguments(keys, "gateway"), "--listen", "bogus:endpoint"],
+            ["sidecar", *sidecar, "--forward", "unix:/run/post.sock", "--listen", "bogus:endpoint"],
+        ]:
+            process = self.spawn(*arguments)
+            self.assertFailure(process.ready, AssertionError)
+            code = yield process.ended.addTimeout(30, reactor)
+            self.assertEqual(code, 1, process.output.decode())
+            lastLine = process.output.decode().strip().splitlines()[-1]
+            self.assertIn("--listen: 'bogus:endpoint' is not an endpoint", lastLine)
+            self.assertIn("Unknown endpoint type: 'bogus'", lastLine)
 
 
 class InstalledCommandsTests(TestCase):
