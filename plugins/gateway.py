@@ -188,17 +188,17 @@ class Options(usage.Options):
         checkEdge(self)
 
 
-def checkEdge(options: usage.Options) -> None:
+def checkEdge(options: usage.Options, defaultListen: str = "tcp:8080") -> None:
     """
-    Check the listeners: HTTP where configured (tcp:8080 when nothing is),
-    HTTPS with a certificate and its key, CORS origins.
+    Check the listeners: HTTP where configured (C{defaultListen} when
+    nothing is), HTTPS with a certificate and its key, CORS origins.
     """
     if options["https"] is None:
         for name in ("tls-cert", "tls-key"):
             if options[name] is not None:
                 raise usage.UsageError(f"--{name} goes with --https")
         if options["listen"] is None:
-            options["listen"] = "tcp:8080"
+            options["listen"] = defaultListen
     else:
         from txplatform_gateway.tls import TLSConfigError, serverOptions
 

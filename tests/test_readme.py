@@ -28,11 +28,15 @@ def blockAfter(heading: str) -> str:
 class CommandTests(TwistdTestCase):
     def test_runCommand(self) -> None:
         """
-        The run command installs and runs the all-in-one twistd plugin.
+        The run command installs and runs the all-in-one twistd plugin; the
+        README says how to serve other machines.
         """
         command = blockAfter("## Run it").strip()
         self.assertIn("pip install .", command)
         self.assertTrue(command.endswith("twistd -n txplatform"), command)
+        # It serves this machine only (tests.plugins.test_options checks the
+        # default), and the README says how to open it.
+        self.assertIn("`--listen tcp:8080` opens the port to every interface", readme())
 
     def test_ciRunsTheTestCommand(self) -> None:
         """

@@ -161,13 +161,32 @@ class OptionsTests(SynchronousTestCase):
         """
         With no options, each command runs on its embedded defaults.
         """
-        self.assertEqual(self.parse(allinone)["listen"], "tcp:8080")
+        self.assertEqual(self.parse(allinone)["listen"], "tcp:8080:interface=127.0.0.1")
         self.assertEqual(self.parse(allinone)["data-dir"], "var")
         self.assertEqual(self.parse(account)["db"], "sqlite:var/account.sqlite")
         self.assertEqual(self.parse(post)["db"], "sqlite:var/post.sqlite")
         self.assertEqual(self.parse(notify)["bus"], "local:")
         self.assertEqual(self.parse(gateway)["call-timeout"], 5.0)
         self.assertEqual(self.parse(gateway)["max-body-size"], 65536)
+
+    def test_defaultInterfaces(self) -> None:
+        """
+        The embedded default serves this machine only: its listener binds
+        127.0.0.1, port 8080; C{--listen tcp:8080} opens it to every
+        interface.  A gateway replica (in a container, behind a load
+        balancer) binds every interface by default.
+        """
+        for module, arguments, interface in [
+            (allinone, [], "127.0.0.1"),
+            (allinone, ["--listen", "tcp:8080"], ""),
+            (gateway, [], ""),
+        ]:
+            reactor = MemoryReactorClock()
+            options = self.parse(module, *arguments, "--busy-limit", "0")
+            [listening] = list(gateway.gatewayListener(options, reactor, None))
+            listening.startService()
+            [(port, _, _, bound)] = reactor.tcpServers
+            self.assertEqual((port, bound), (8080, interface), (module, arguments))
 
     def test_databases(self) -> None:
         """
@@ -236,15 +255,16 @@ class OptionsTests(SynchronousTestCase):
     def test_https(self) -> None:
         """
         --https needs a certificate and its key, and then serves HTTPS only
-        unless --listen asks for HTTP too; without it, HTTP on tcp:8080.
+        unless --listen asks for HTTP too; without it, HTTP on port 8080
+        (the all-in-one: of this machine only).
         """
         from ..gateway.test_edge import makeCertificate
 
         cert, key = makeCertificate(self.mktemp())
         _, otherKey = makeCertificate(self.mktemp())
-        for module in [gateway, allinone]:
+        for module, default in [(gateway, "tcp:8080"), (allinone, "tcp:8080:interface=127.0.0.1")]:
             options = self.parse(module)
-            self.assertEqual((options["listen"], options["https"]), ("tcp:8080", None))
+            self.assertEqual((options["listen"], options["https"]), (default, None))
             tls = ["--https", "tcp:0", "--tls-cert", cert, "--tls-key", key]
             options = self.parse(module, *tls)
             self.assertIsNone(options["listen"])
