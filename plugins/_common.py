@@ -37,11 +37,13 @@ __all__ = [
 BUS = [
     "bus",
     None,
-    "local:",
-    "The message bus: local: (in-process), amqp://user:password@host:5672/vhost"
-    " (amqps:// for TLS; ?cafile=PATH to trust a CA, ?heartbeat=SECONDS), or"
-    " direct:RANGE[?port=7300&table=PATH] for calls straight to each service over the"
-    " secure channel, at the address its id gives in RANGE (127.0.0.0/8 on one host).",
+    None,
+    "The message bus, through which this process works with the others. Required:"
+    " amqp://user:password@host:5672/vhost (amqps:// for TLS; ?cafile=PATH to trust a"
+    " CA, ?heartbeat=SECONDS), or direct:RANGE[?port=7300&table=PATH] for calls straight"
+    " to each service over the secure channel, at the address its id gives in RANGE"
+    " (127.0.0.0/8 on one host). (local:, in-process, reaches no other process: the"
+    " whole platform in one process is twistd txplatform.)",
 ]
 DIRECT = [
     [
@@ -167,7 +169,14 @@ def checkBus(options: usage.Options, serviceId: Any = None) -> None:
     """
     Check --bus, and for the direct transport its identity, trust and event
     bus: the identity must speak for C{serviceId}, this process's service.
+    There is no default: a process of the gateway or of one service can
+    only work with the others, and an in-process bus reaches none of them.
     """
+    if options["bus"] is None:
+        raise usage.UsageError(
+            "--bus is required: this process works with the others through it"
+            " (amqp://user:password@host:5672/ or direct:RANGE)"
+        )
     fromFile(options, "bus")
     try:
         checkBusURL(options["bus"])

@@ -19,7 +19,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from ..processes import TwistdTestCase
-from ..support import eventually, inCI, keyArguments, keyFiles
+from ..support import BROKER_URL, eventually, inCI, keyArguments, keyFiles
 
 
 class AllInOneProcessTests(TwistdTestCase):
@@ -148,7 +148,7 @@ class AllInOneProcessTests(TwistdTestCase):
         self.assertIn(b"Address already in use", process.output)
 
 
-class EndpointTests(TwistdTestCase):
+class RefusedOptionsTests(TwistdTestCase):
     @inlineCallbacks
     def test_unreadableListen(self) -> Any:
         """
@@ -163,7 +163,14 @@ class EndpointTests(TwistdTestCase):
         sidecar = ["--for", "post", "--identity", paths["post"], "--trust", paths["trust"]]
         for arguments in [
             ["txplatform", "--listen", "bogus:endpoint", "--data-dir", self.mktemp()],
-            ["gateway", *keyArguments(keys, "gateway"), "--listen", "bogus:endpoint"],
+            [
+                "gateway",
+                "--bus",
+                BROKER_URL,
+                *keyArguments(keys, "gateway"),
+                "--listen",
+                "bogus:endpoint",
+            ],
             ["sidecar", *sidecar, "--forward", "unix:/run/post.sock", "--listen", "bogus:endpoint"],
         ]:
             process = self.spawn(*arguments)
@@ -173,6 +180,23 @@ class EndpointTests(TwistdTestCase):
             lastLine = process.output.decode().strip().splitlines()[-1]
             self.assertIn("--listen: 'bogus:endpoint' is not an endpoint", lastLine)
             self.assertIn("Unknown endpoint type: 'bogus'", lastLine)
+
+    @inlineCallbacks
+    def test_busRequired(self) -> Any:
+        """
+        The gateway and a service, started without --bus, exit 1 at once,
+        the reason on the last line, instead of running on an in-process
+        bus that reaches no other process (a gateway answering every call
+        with 503).
+        """
+        keys = keyFiles(os.path.abspath(self.mktemp()))
+        for command in ["gateway", "account"]:
+            process = self.spawn(command, *keyArguments(keys, command))
+            self.assertFailure(process.ready, AssertionError)
+            code = yield process.ended.addTimeout(30, reactor)
+            self.assertEqual(code, 1, process.output.decode())
+            lastLine = process.output.decode().strip().splitlines()[-1]
+            self.assertIn("--bus is required: this process works with the others", lastLine)
 
 
 class InstalledCommandsTests(TestCase):
