@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -149,6 +148,10 @@ class AllInOneProcessTests(TwistdTestCase):
 
 
 class RefusedOptionsTests(TwistdTestCase):
+    # Each process should end at once; one left running is killed when the
+    # test times out.
+    timeout = 60
+
     @inlineCallbacks
     def test_unreadableListen(self) -> Any:
         """
@@ -175,7 +178,7 @@ class RefusedOptionsTests(TwistdTestCase):
         ]:
             process = self.spawn(*arguments)
             self.assertFailure(process.ready, AssertionError)
-            code = yield process.ended.addTimeout(30, reactor)
+            code = yield process.ended
             self.assertEqual(code, 1, process.output.decode())
             lastLine = process.output.decode().strip().splitlines()[-1]
             self.assertIn("--listen: 'bogus:endpoint' is not an endpoint", lastLine)
@@ -193,7 +196,7 @@ class RefusedOptionsTests(TwistdTestCase):
         for command in ["gateway", "account"]:
             process = self.spawn(command, *keyArguments(keys, command))
             self.assertFailure(process.ready, AssertionError)
-            code = yield process.ended.addTimeout(30, reactor)
+            code = yield process.ended
             self.assertEqual(code, 1, process.output.decode())
             lastLine = process.output.decode().strip().splitlines()[-1]
             self.assertIn("--bus is required: this process works with the others", lastLine)
