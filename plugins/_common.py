@@ -27,6 +27,7 @@ __all__ = [
     "fromFile",
     "checkBus",
     "checkDatabase",
+    "checkEndpoints",
     "checkPositive",
     "makeBus",
     "makeDatabase",
@@ -36,11 +37,13 @@ __all__ = [
 BUS = [
     "bus",
     None,
-    "local:",
-    "The message bus: local: (in-process), amqp://user:password@host:5672/vhost"
-    " (amqps:// for TLS; ?cafile=PATH to trust a CA, ?heartbeat=SECONDS), or"
-    " direct:RANGE[?port=7300&table=PATH] for calls straight to each service over the"
-    " secure channel, at the address its id gives in RANGE (127.0.0.0/8 on one host).",
+    None,
+    "The message bus, through which this process works with the others. Required:"
+    " amqp://user:password@host:5672/vhost (amqps:// for TLS; ?cafile=PATH to trust a"
+    " CA, ?heartbeat=SECONDS), or direct:RANGE[?port=7300&table=PATH] for calls straight"
+    " to each service over the secure channel, at the address its id gives in RANGE"
+    " (127.0.0.0/8 on one host). (local:, in-process, reaches no other process: the"
+    " whole platform in one process is twistd txplatform.)",
 ]
 DIRECT = [
     [
@@ -135,11 +138,45 @@ def fromFile(options: usage.Options, name: str) -> None:
             raise usage.UsageError(f"--{name}: cannot read {value[1:]}: {e.strerror}") from None
 
 
+def checkEndpoints(options: usage.Options, *names: str, client: bool = False) -> None:
+    """
+    Each named option, where given, is an endpoint description Twisted can
+    read (C{tcp:8080}, C{unix:PATH}, ...): a wrong one is refused here, with
+    Twisted's reason, instead of failing once the process is up.  Read
+    against a memory reactor: nothing listens or connects yet.
+
+    @param client: The options name client endpoints (C{clientFromString}),
+        not server ones.
+    """
+    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    parse = clientFromString if client else serverFromString
+    for name in names:
+        description = options.get(name)
+        if description is None:
+            continue
+        try:
+            parse(MemoryReactor(), description)
+        except Exception as e:  # ValueError, TypeError, OSError (ssl: files): all say why
+            example = "unix:/run/txplatform/post.sock" if client else "tcp:8080:interface=127.0.0.1"
+            raise usage.UsageError(
+                f"--{name}: {description!r} is not an endpoint ({e}), such as {example}"
+            ) from None
+
+
 def checkBus(options: usage.Options, serviceId: Any = None) -> None:
     """
     Check --bus, and for the direct transport its identity, trust and event
     bus: the identity must speak for C{serviceId}, this process's service.
+    There is no default: a process of the gateway or of one service can
+    only work with the others, and an in-process bus reaches none of them.
     """
+    if options["bus"] is None:
+        raise usage.UsageError(
+            "--bus is required: this process works with the others through it"
+            " (amqp://user:password@host:5672/ or direct:RANGE)"
+        )
     fromFile(options, "bus")
     try:
         checkBusURL(options["bus"])
@@ -158,6 +195,7 @@ def checkBus(options: usage.Options, serviceId: Any = None) -> None:
             raise usage.UsageError(f"--{name} is required with --bus direct:...")
     if options.get("sidecar-socket") is not None and options.get("direct-listen") is not None:
         raise usage.UsageError("--sidecar-socket and --direct-listen: one or the other")
+    checkEndpoints(options, "direct-listen")
     try:
         identity = readIdentity(options["identity"])
         readTrust(options["trust"])

@@ -94,8 +94,11 @@ class ListeningService(Service):
 
     def startService(self) -> None:
         super().startService()
-        endpoint = serverFromString(self._reactor, self.description)
-        self._listening = endpoint.listen(self._factory)
+        # A description Twisted cannot read fails as a port that cannot be
+        # had does: the process stops, exit status 1, the reason logged.
+        self._listening = maybeDeferred(
+            lambda: serverFromString(self._reactor, self.description).listen(self._factory)
+        )
         self._listening.addCallbacks(self._listened, self._failed)
 
     def _listened(self, port: Any) -> None:

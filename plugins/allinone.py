@@ -24,7 +24,6 @@ from .gateway import (
     CALL_TIMEOUT,
     CONNECTION_LIMITS,
     HTTPS,
-    LISTEN,
     MAX_BODY_SIZE,
     MAX_IN_FLIGHT,
     PRINCIPAL_CACHE,
@@ -35,6 +34,17 @@ from .gateway import (
 
 # Options (see __getattr__) is made from the installed services when first used.
 __all__ = ["BaseOptions", "optionsFor", "makeService", "assemble"]
+
+
+#: The embedded default serves this machine only: --listen tcp:8080 opens it.
+LOCAL_LISTEN = "tcp:8080:interface=127.0.0.1"
+LISTEN = [
+    "listen",
+    None,
+    None,
+    f"Where to serve HTTP: a Twisted endpoint string. Default: {LOCAL_LISTEN} (this"
+    " machine only; tcp:8080 for every interface), unless --https is given (then HTTPS only).",
+]
 
 
 class BaseOptions(usage.Options):
@@ -102,7 +112,7 @@ class BaseOptions(usage.Options):
                 self.catalogue = self.catalogue.only(names)
             except KeyError as e:
                 raise usage.UsageError(f"--services: {e.args[0]}") from None
-        checkEdge(self)
+        checkEdge(self, LOCAL_LISTEN)
         if self["db"] is not None:
             checkDatabase(self)
             if self["db"].startswith("sqlite:"):

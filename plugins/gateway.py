@@ -18,6 +18,7 @@ from ._common import (
     HEALTH_FILE,
     KEY_RELOAD,
     checkBus,
+    checkEndpoints,
     checkKeys,
     checkPositive,
     loadKeys,
@@ -187,17 +188,17 @@ class Options(usage.Options):
         checkEdge(self)
 
 
-def checkEdge(options: usage.Options) -> None:
+def checkEdge(options: usage.Options, defaultListen: str = "tcp:8080") -> None:
     """
-    Check the listeners: HTTP where configured (tcp:8080 when nothing is),
-    HTTPS with a certificate and its key, CORS origins.
+    Check the listeners: HTTP where configured (C{defaultListen} when
+    nothing is), HTTPS with a certificate and its key, CORS origins.
     """
     if options["https"] is None:
         for name in ("tls-cert", "tls-key"):
             if options[name] is not None:
                 raise usage.UsageError(f"--{name} goes with --https")
         if options["listen"] is None:
-            options["listen"] = "tcp:8080"
+            options["listen"] = defaultListen
     else:
         from txplatform_gateway.tls import TLSConfigError, serverOptions
 
@@ -208,6 +209,7 @@ def checkEdge(options: usage.Options) -> None:
             options.tlsOptions = serverOptions(options["tls-cert"], options["tls-key"])
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
+    checkEndpoints(options, "listen", "https")
     checkPositive(options, "header-timeout", "body-timeout")
     if options["principal-cache"] < 0:
         raise usage.UsageError("--principal-cache cannot be negative")

@@ -10,6 +10,8 @@ from typing import Any
 
 from twisted.python import usage
 
+from ._common import checkEndpoints
+
 
 class Options(usage.Options):
     synopsis = "--for SERVICE --identity PATH --trust PATH --forward unix:PATH [options]"
@@ -92,6 +94,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--bus: {e}") from None
         if self["listen"] is None:
             self["listen"] = f"tcp:{port}:interface={book.derivedHost(serviceId)}"
+        checkEndpoints(self, "listen", "http")
+        checkEndpoints(self, "forward", client=True)
         for name in ("health-max-age", "trust-reload"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
@@ -104,6 +108,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from txplatform.channel.protocol import ChannelSettings
     from txplatform.sidecar import Sidecar
 
+    from ._lifecycle import exitOnFailure
+
     trust = readTrust(options["trust"])
     sidecar = Sidecar(
         reactor,
@@ -114,6 +120,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         options["http"],
         healthFile=options["health-file"],
         healthMaxAge=options["health-max-age"],
+        cannotListen=lambda failure, what: exitOnFailure(reactor, failure, what),
     )
     TrustFileService(options["trust"], trust, options["trust-reload"]).setServiceParent(sidecar)
     return sidecar

@@ -86,10 +86,10 @@ def callJSON(
     return d.addCallback(read)
 
 
-def runShell(script: str, timeout: float = 60) -> Deferred[Any]:
+def runShell(script: str, timeout: float = 60, cwd: str | None = None) -> Deferred[Any]:
     """
     Run a documented shell block with bash (stopping at the first error),
-    in a thread: its C{subprocess.CompletedProcess}.
+    in a thread (in directory C{cwd}): its C{subprocess.CompletedProcess}.
     """
     import subprocess
 
@@ -103,6 +103,7 @@ def runShell(script: str, timeout: float = 60) -> Deferred[Any]:
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
     )
 
 

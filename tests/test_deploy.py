@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import shlex
 import shutil
 import subprocess
+import sys
 
 import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -66,6 +69,69 @@ class ComposeTests(SynchronousTestCase):
         for secret in self.compose["secrets"].values():
             self.assertTrue(secret["file"].startswith("./secrets/"))
 
+    def test_secretsReadable(self) -> None:
+        """
+        Compose mounts file secrets as they are on the host (mode 0600), so
+        make-secrets.sh gives the platform's to the image's user (uid 10001,
+        as the Dockerfile makes it), and the servers' to theirs (999).
+        """
+        with open(os.path.join(CHECKOUT, "Dockerfile"), encoding="utf-8") as f:
+            [uid] = re.findall(r"useradd .*--uid (\d+)", f.read())
+        owners = {
+            "bus_url": uid,
+            "db_url": uid,
+            "bus_keys.json": uid,
+            "account_keys.json": uid,
+            "post_keys.json": uid,
+            "notify_keys.json": uid,
+            "postgres_password": "999",
+            "rabbitmq.conf": "999",
+        }
+        # Every file the compose file names is made, for its reader.
+        self.assertEqual(
+            {os.path.basename(secret["file"]) for secret in self.compose["secrets"].values()},
+            set(owners),
+        )
+        if os.getuid() != 0:
+            raise SkipTest("make-secrets.sh runs as root (it gives files away): not here")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        script = os.path.join(directory, "make-secrets.sh")
+        shutil.copy(os.path.join(DEPLOY, "compose", "make-secrets.sh"), script)
+        result = subprocess.run(["sh", script], capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for name, owner in owners.items():
+            st = os.stat(os.path.join(directory, "secrets", name))
+            self.assertEqual((st.st_uid, st.st_gid), (int(owner), int(owner)), name)
+            self.assertEqual(st.st_mode & 0o777, 0o600, name)
+
+    def test_composeConfig(self) -> None:
+        """
+        Docker Compose accepts the file (with secrets made beside it), where
+        it is installed.
+        """
+        for command in (["docker-compose"], ["docker", "compose"]):
+            if shutil.which(command[0]) is None:
+                continue
+            version = subprocess.run([*command, "version"], capture_output=True, timeout=60)
+            if version.returncode == 0:
+                break
+        else:
+            raise SkipTest("neither docker-compose nor docker compose is installed")
+        directory = self.mktemp()
+        shutil.copytree(os.path.join(DEPLOY, "compose"), directory)
+        os.makedirs(os.path.join(directory, "secrets"))
+        for secret in self.compose["secrets"].values():
+            with open(os.path.join(directory, secret["file"]), "w") as f:
+                f.write("placeholder\n")
+        result = subprocess.run(
+            [*command, "-f", os.path.join(directory, "docker-compose.yml"), "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
     def test_haproxyConfig(self) -> None:
         """
         HAProxy accepts its configuration.
@@ -117,6 +183,114 @@ class KubernetesTests(SynchronousTestCase):
         self.assertEqual(targets, set(self.kind("Deployment")))
         for hpa in self.kind("HorizontalPodAutoscaler").values():
             self.assertGreaterEqual(hpa["spec"]["minReplicas"], 2)
+
+    def secretFiles(self) -> dict[str, set[str]]:
+        """
+        Per Deployment, the files of the secret volume its arguments name.
+        """
+        found = {}
+        for name, deployment in self.kind("Deployment").items():
+            spec = deployment["spec"]["template"]["spec"]
+            [container] = spec["containers"]
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            files = set()
+            for mount in container["volumeMounts"]:
+                if "secret" not in volumes[mount["name"]]:
+                    continue
+                self.assertEqual(volumes[mount["name"]]["secret"]["secretName"], "txplatform")
+                for argument in container["args"]:
+                    path = argument.lstrip("@")
+                    if path.startswith(mount["mountPath"] + "/"):
+                        files.add(path[len(mount["mountPath"]) + 1 :])
+            found[name] = files
+        return found
+
+    def test_secretCommand(self) -> None:
+        """
+        The documented command creating the secret makes every file of it
+        that a Deployment reads (the URLs and each key file).
+        """
+        with open(os.path.join(CHECKOUT, "docs", "deployment.md"), encoding="utf-8") as f:
+            text = f.read()
+        # The command's lines: those ending with a backslash, and the next.
+        [command] = re.findall(
+            r"^kubectl -n txplatform create secret generic txplatform(?:.*\\\n)*.*$", text, re.M
+        )
+        words = shlex.split(command.replace("\\\n", " "))
+        keys = set()
+        for word in words:
+            for flag in ("--from-file=", "--from-literal="):
+                if word.startswith(flag):
+                    value = word[len(flag) :]
+                    keys.add(value.split("=", 1)[0] if "=" in value else os.path.basename(value))
+        for name, files in self.secretFiles().items():
+            self.assertTrue(files, name)
+            self.assertLessEqual(files, keys, name)
+        # and the example secret has every key a Deployment reads
+        [secret] = documents(os.path.join(DEPLOY, "kubernetes", "secret.example.yaml"))
+        example = set(secret["stringData"]) | {
+            "account_keys.json",
+            "post_keys.json",
+            "notify_keys.json",
+        }
+        for files in self.secretFiles().values():
+            self.assertLessEqual(files, example)
+
+    def test_secretPathsMounted(self) -> None:
+        """
+        Every file a value of the example secret names (a CA for the broker)
+        is one the pods have: a file of the secret itself, which every
+        Deployment mounts.
+        """
+        [secret] = documents(os.path.join(DEPLOY, "kubernetes", "secret.example.yaml"))
+        paths = [
+            path
+            for value in secret["stringData"].values()
+            for path in re.findall(r"=(/[^&\s\"']+)", value)
+        ]
+        self.assertTrue(paths)
+        for name, deployment in self.kind("Deployment").items():
+            spec = deployment["spec"]["template"]["spec"]
+            [container] = spec["containers"]
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            for path in paths:
+                [mount] = [
+                    m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")
+                ]
+                if "secret" in volumes[mount["name"]]:
+                    self.assertIn(path[len(mount["mountPath"]) + 1 :], secret["stringData"], name)
+
+    def test_kustomize(self) -> None:
+        """
+        kubectl builds the kustomization, and kubernetes-validate accepts
+        what it builds against the Kubernetes 1.30 schemas, where they are
+        installed.
+        """
+        if shutil.which("kubectl") is None:
+            raise SkipTest("kubectl is not installed")
+        built = subprocess.run(
+            ["kubectl", "kustomize", os.path.join(DEPLOY, "kubernetes")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(built.returncode, 0, built.stderr)
+        validate = shutil.which("kubernetes-validate") or shutil.which(
+            "kubernetes-validate", path=os.path.dirname(sys.executable)
+        )
+        if validate is None:
+            raise SkipTest("kubernetes-validate is not installed (the build was checked)")
+        manifests = self.mktemp()
+        with open(manifests, "w") as f:
+            f.write(built.stdout)
+        for path in [manifests, os.path.join(DEPLOY, "kubernetes", "secret.example.yaml")]:
+            result = subprocess.run(
+                [validate, "-k", "1.30.0", "--strict", path],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
     def test_kustomization(self) -> None:
         """

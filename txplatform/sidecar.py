@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.twisted import MetricsResource
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -325,6 +325,9 @@ class Sidecar(MultiService):
 
     @param healthFile: The service's health file (C{--health-file}): alive
         only while it was written in the last C{healthMaxAge} seconds.
+    @param cannotListen: Called with the failure and what could not listen
+        when a port cannot be had (the twistd command exits 1 there); by
+        default the failure is logged and the reactor stopped.
     """
 
     log = Logger()
@@ -339,6 +342,7 @@ class Sidecar(MultiService):
         http: str,
         healthFile: str | None = None,
         healthMaxAge: float = 15.0,
+        cannotListen: Callable[[Failure, str], object] | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -349,6 +353,7 @@ class Sidecar(MultiService):
         self._http = http
         self._healthFile = healthFile
         self._healthMaxAge = healthMaxAge
+        self._cannotListenHook = cannotListen
         self.ports: dict[str, Any] = {}
         self.channelFactory = _CountingChannelFactory(
             settings, self.ingress.factory(), self.metrics
@@ -384,7 +389,12 @@ class Sidecar(MultiService):
             ("channel", self._listen, self.channelFactory),
             ("http", self._http, Site(self.resource())),
         ]:
-            d = serverFromString(self._reactor, description).listen(factory)
+            # A description Twisted cannot read fails here too, not in startService.
+            d = maybeDeferred(
+                lambda description=description, factory=factory: serverFromString(
+                    self._reactor, description
+                ).listen(factory)
+            )
             d.addCallbacks(self._listening(name), self._cannotListen(name, description))
             listening.append(d)
         #: Fires once both ports listen.
@@ -403,6 +413,9 @@ class Sidecar(MultiService):
 
     def _cannotListen(self, name: str, description: str) -> Any:
         def failed(failure: Failure) -> None:
+            if self._cannotListenHook is not None:
+                self._cannotListenHook(failure, f"Sidecar {name} listening on {description}")
+                return
             self.log.failure(
                 "Sidecar cannot listen on {description}", failure, description=description
             )

@@ -2,6 +2,10 @@
 # Make the secret files docker-compose.yml reads, with random passwords.
 set -eu
 cd "$(dirname "$0")"
+if [ "$(id -u)" != 0 ]; then
+    echo "make-secrets.sh: run it as root (sudo): the files go to the containers' users" >&2
+    exit 1
+fi
 mkdir -p secrets
 umask 077
 rabbit=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
@@ -26,4 +30,9 @@ print(json.dumps({
 }, indent=2))
 EOF
 done
+# Compose mounts these files as they are (mode 0600): each must belong to the
+# user reading it in its container. txplatform's image runs as uid 10001
+# (Dockerfile); the postgres and rabbitmq images read theirs as uid 999.
+chown 10001:10001 secrets/bus_url secrets/db_url secrets/*_keys.json
+chown 999:999 secrets/postgres_password secrets/rabbitmq.conf
 echo "secrets written to $(pwd)/secrets"

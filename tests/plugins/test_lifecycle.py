@@ -111,6 +111,26 @@ class ListeningServiceTests(TestCase):
         self.assertIsNone(service._port)
 
 
+class ListeningFailureTests(SynchronousTestCase):
+    def test_unreadable(self) -> None:
+        """
+        An endpoint description Twisted cannot read stops the process, which
+        will exit 1, with the reason: as a port that cannot be had does.
+        """
+        fake = FakeReactor()
+        service = ListeningService(fake, "bogus:endpoint", Factory.forProtocol(Protocol), "Test")
+        with capturedLogs() as events:
+            service.startService()
+        fake.run()
+        self.assertTrue(fake.stopped)
+        [(phase, event, f, args)] = fake.triggers
+        self.assertEqual((phase, event, f, args), ("after", "shutdown", os._exit, (1,)))
+        [critical] = [e for e in events if e["log_level"] == LogLevel.critical]
+        self.assertEqual(critical["what"], "Test listening on bogus:endpoint")
+        self.assertEqual(critical["why"], "Unknown endpoint type: 'bogus'")
+        self.assertIsNone(service.stopService())
+
+
 class HealthFileTests(SynchronousTestCase):
     def test_beats(self) -> None:
         """

@@ -67,6 +67,19 @@ class DropinTests(SynchronousTestCase):
                 self.assertEqual(maker.options.__module__, COMMANDS[name].__name__)
 
 
+#: Options of an in-process bus: for the tests of a command's options and
+#: services, which need no other process.
+LOCAL_BUS = ["--bus", "local:"]
+
+
+def processArguments(keys: dict[str, str], command: str) -> list[str]:
+    """
+    What C{twistd COMMAND} (the gateway or a service) needs: a bus (here
+    the in-process one) and its key files.
+    """
+    return [*LOCAL_BUS, *keyArguments(keys, command)]
+
+
 def commandOf(module) -> str:
     return next(name for name, m in COMMANDS.items() if m is module)
 
@@ -107,11 +120,34 @@ class OptionsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.keys = keyFiles(self.mktemp())
 
-    def parse(self, module, *args: str, keys: bool = True) -> usage.Options:
+    def parse(self, module, *args: str, keys: bool = True, bus: bool = True) -> usage.Options:
+        """
+        Read C{args} as C{module}'s command does, with the key files and
+        (but for the all-in-one) an in-process bus unless told otherwise.
+        """
         options = module.Options()
-        extra = keyArguments(self.keys, commandOf(module)) if keys else []
+        command = commandOf(module)
+        extra = keyArguments(self.keys, command) if keys else []
+        if bus and command != "txplatform" and "--bus" not in args:
+            extra = [*LOCAL_BUS, *extra]
         options.parseOptions([*extra, *args])
         return options
+
+    def test_busRequired(self) -> None:
+        """
+        The gateway and each service run in processes of their own, which
+        work only with the others: without --bus they refuse to start,
+        saying what to give.
+        """
+        for module in [gateway, account, post, notify, parser]:
+            error = self.assertRaises(usage.UsageError, self.parse, module, bus=False)
+            self.assertEqual(
+                str(error),
+                "--bus is required: this process works with the others through it"
+                " (amqp://user:password@host:5672/ or direct:RANGE)",
+            )
+            self.assertIn("Required", str(module.Options()))
+        self.assertNotIn("--bus=", str(allinone.Options()))
 
     def test_keysRequired(self) -> None:
         """
@@ -161,13 +197,31 @@ class OptionsTests(SynchronousTestCase):
         """
         With no options, each command runs on its embedded defaults.
         """
-        self.assertEqual(self.parse(allinone)["listen"], "tcp:8080")
+        self.assertEqual(self.parse(allinone)["listen"], "tcp:8080:interface=127.0.0.1")
         self.assertEqual(self.parse(allinone)["data-dir"], "var")
         self.assertEqual(self.parse(account)["db"], "sqlite:var/account.sqlite")
         self.assertEqual(self.parse(post)["db"], "sqlite:var/post.sqlite")
-        self.assertEqual(self.parse(notify)["bus"], "local:")
         self.assertEqual(self.parse(gateway)["call-timeout"], 5.0)
         self.assertEqual(self.parse(gateway)["max-body-size"], 65536)
+
+    def test_defaultInterfaces(self) -> None:
+        """
+        The embedded default serves this machine only: its listener binds
+        127.0.0.1, port 8080; C{--listen tcp:8080} opens it to every
+        interface.  A gateway replica (in a container, behind a load
+        balancer) binds every interface by default.
+        """
+        for module, arguments, interface in [
+            (allinone, [], "127.0.0.1"),
+            (allinone, ["--listen", "tcp:8080"], ""),
+            (gateway, [], ""),
+        ]:
+            reactor = MemoryReactorClock()
+            options = self.parse(module, *arguments, "--busy-limit", "0")
+            [listening] = list(gateway.gatewayListener(options, reactor, None))
+            listening.startService()
+            [(port, _, _, bound)] = reactor.tcpServers
+            self.assertEqual((port, bound), (8080, interface), (module, arguments))
 
     def test_databases(self) -> None:
         """
@@ -236,15 +290,16 @@ class OptionsTests(SynchronousTestCase):
     def test_https(self) -> None:
         """
         --https needs a certificate and its key, and then serves HTTPS only
-        unless --listen asks for HTTP too; without it, HTTP on tcp:8080.
+        unless --listen asks for HTTP too; without it, HTTP on port 8080
+        (the all-in-one: of this machine only).
         """
         from ..gateway.test_edge import makeCertificate
 
         cert, key = makeCertificate(self.mktemp())
         _, otherKey = makeCertificate(self.mktemp())
-        for module in [gateway, allinone]:
+        for module, default in [(gateway, "tcp:8080"), (allinone, "tcp:8080:interface=127.0.0.1")]:
             options = self.parse(module)
-            self.assertEqual((options["listen"], options["https"]), ("tcp:8080", None))
+            self.assertEqual((options["listen"], options["https"]), (default, None))
             tls = ["--https", "tcp:0", "--tls-cert", cert, "--tls-key", key]
             options = self.parse(module, *tls)
             self.assertIsNone(options["listen"])
@@ -263,6 +318,43 @@ class OptionsTests(SynchronousTestCase):
             self.assertEqual(options.corsOrigins, ["https://a.example", "https://b.example"])
             options = self.parse(module, "--trusted-proxies", "10.0.0.0/8, 127.0.0.1")
             self.assertEqual(options.trustedProxies, ["10.0.0.0/8", "127.0.0.1"])
+
+    def test_endpoints(self) -> None:
+        """
+        An endpoint option Twisted cannot read is refused when the options
+        are read, naming the option and giving Twisted's reason.
+        """
+        paths = identityFiles(self.mktemp())
+        direct = [
+            "--bus",
+            "direct:127.0.0.0/8",
+            "--identity",
+            paths["post"],
+            "--trust",
+            paths["trust"],
+        ]
+        for module, args, message in [
+            (gateway, ["--listen", "bogus:endpoint"], "--listen: 'bogus:endpoint' is not an"),
+            (gateway, ["--listen", "bogus:endpoint"], "Unknown endpoint type: 'bogus'"),
+            (allinone, ["--listen", "bogus:endpoint"], "Unknown endpoint type: 'bogus'"),
+            (allinone, ["--listen", "tcp:http"], "--listen: 'tcp:http' is not an endpoint"),
+            (post, [*direct, "--direct-listen", "nowhere"], "--direct-listen: 'nowhere' is not"),
+        ]:
+            error = self.assertRaises(usage.UsageError, self.parse, module, *args)
+            self.assertIn(message, str(error))
+            self.assertNotIn("\n", str(error))
+        from ..gateway.test_edge import makeCertificate
+
+        cert, key = makeCertificate(self.mktemp())
+        error = self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            gateway,
+            *["--https", "tcp:https", "--tls-cert", cert, "--tls-key", key],
+        )
+        self.assertIn("--https: 'tcp:https' is not an endpoint", str(error))
+        options = self.parse(post, *direct, "--direct-listen", "tcp:0")
+        self.assertEqual(options["direct-listen"], "tcp:0")
 
     def test_secretsFromFiles(self) -> None:
         """
@@ -428,7 +520,7 @@ class MakeServiceTests(SynchronousTestCase):
             options = module.Options()
             options.parseOptions(
                 [
-                    *keyArguments(self.keys, module.__name__.split(".")[-1]),
+                    *processArguments(self.keys, module.__name__.split(".")[-1]),
                     "--db",
                     f"sqlite:{self.mktemp()}/db.sqlite",
                 ]
@@ -447,7 +539,7 @@ class MakeServiceTests(SynchronousTestCase):
         options = post.Options()
         options.parseOptions(
             [
-                *keyArguments(self.keys, "post"),
+                *processArguments(self.keys, "post"),
                 "--db",
                 f"sqlite:{self.mktemp()}/db.sqlite",
                 "--log-calls",
@@ -494,7 +586,7 @@ class MakeServiceTests(SynchronousTestCase):
         of its own (it stores nothing).
         """
         options = parser.Options()
-        options.parseOptions(keyArguments(self.keys, "parser"))
+        options.parseOptions(processArguments(self.keys, "parser"))
         service = parser.makeService(options, reactor=MemoryReactorClock())
         self.assertEqual(
             [type(s).__name__ for s in service],
@@ -507,15 +599,15 @@ class MakeServiceTests(SynchronousTestCase):
         service; by default it parses them all itself.
         """
         options = gateway.Options()
-        options.parseOptions(keyArguments(self.keys, "gateway"))
+        options.parseOptions(processArguments(self.keys, "gateway"))
         self.assertIsNone(options["parser-over"])
         options = gateway.Options()
-        options.parseOptions(["--parser-over", "16384", *keyArguments(self.keys, "gateway")])
+        options.parseOptions(["--parser-over", "16384", *processArguments(self.keys, "gateway")])
         self.assertEqual(options["parser-over"], 16384)
         error = self.assertRaises(
             usage.UsageError,
             gateway.Options().parseOptions,
-            ["--parser-over", "-1", *keyArguments(self.keys, "gateway")],
+            ["--parser-over", "-1", *processArguments(self.keys, "gateway")],
         )
         self.assertIn("--parser-over must be 0 or more", str(error))
 
@@ -526,7 +618,7 @@ class MakeServiceTests(SynchronousTestCase):
         """
         options = gateway.Options()
         options.parseOptions(
-            ["--listen", "tcp:0", "--rate-limit", "600/60", *keyArguments(self.keys, "gateway")]
+            ["--listen", "tcp:0", "--rate-limit", "600/60", *processArguments(self.keys, "gateway")]
         )
         self.assertEqual(options.rateLimit, (600, 60.0))
         listeners = gateway.gatewayListener(options, MemoryReactorClock(), object())
@@ -536,7 +628,7 @@ class MakeServiceTests(SynchronousTestCase):
             error = self.assertRaises(
                 usage.UsageError,
                 gateway.Options().parseOptions,
-                ["--rate-limit", bad, *keyArguments(self.keys, "gateway")],
+                ["--rate-limit", bad, *processArguments(self.keys, "gateway")],
             )
             self.assertIn("--rate-limit", str(error))
         options = allinone.Options()
@@ -556,7 +648,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "tcp:0",
                 "--account-rate-limit",
                 "1200/60",
-                *keyArguments(self.keys, "gateway"),
+                *processArguments(self.keys, "gateway"),
             ]
         )
         listeners = gateway.gatewayListener(options, MemoryReactorClock(), object())
@@ -568,7 +660,7 @@ class MakeServiceTests(SynchronousTestCase):
         error = self.assertRaises(
             usage.UsageError,
             gateway.Options().parseOptions,
-            ["--account-rate-limit", "1200", *keyArguments(self.keys, "gateway")],
+            ["--account-rate-limit", "1200", *processArguments(self.keys, "gateway")],
         )
         self.assertIn("--account-rate-limit", str(error))
         options = allinone.Options()
@@ -580,7 +672,7 @@ class MakeServiceTests(SynchronousTestCase):
         The gateway's command runs the bus and the listener.
         """
         options = gateway.Options()
-        options.parseOptions(["--listen", "tcp:0", *keyArguments(self.keys, "gateway")])
+        options.parseOptions(["--listen", "tcp:0", *processArguments(self.keys, "gateway")])
         service = gateway.makeService(options, reactor=MemoryReactorClock())
         self.assertEqual(
             [type(s).__name__ for s in service], ["KeyringService", "LocalBus", "ReadinessGate"]
@@ -605,7 +697,7 @@ class MakeServiceTests(SynchronousTestCase):
                 cert,
                 "--tls-key",
                 key,
-                *keyArguments(self.keys, "gateway"),
+                *processArguments(self.keys, "gateway"),
             ]
         )
         listeners = gateway.gatewayListener(options, MemoryReactorClock(), None)

@@ -4,8 +4,11 @@ Tests for C{twistd sidecar}'s options and service.
 
 from __future__ import annotations
 
+import os
+
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -65,12 +68,35 @@ class SidecarOptionsTests(SynchronousTestCase):
             ([*base[:3], self.paths["account"], *base[4:]], "speaks for service 010001"),
             ([*base, "--bus", "direct:10.0.0.0/16"], "--bus"),
             ([*base, "--health-max-age", "0"], "positive"),
+            ([*base, "--listen", "bogus:endpoint"], "--listen: 'bogus:endpoint' is not an"),
+            ([*base, "--http", "tcp:metrics"], "--http: 'tcp:metrics' is not an endpoint"),
+            ([*base[:6], "--forward", "/run/post.sock"], "--forward: '/run/post.sock' is not"),
         ]:
             error = self.assertRaises(usage.UsageError, self.parse, *args)
             self.assertIn(message, str(error))
 
     def test_makeService(self) -> None:
+        """
+        The command runs the sidecar of the service it is for.
+        """
         options = self.parse(*self.required())
         service = sidecar.makeService(options, reactor=MemoryReactorClock())
         self.assertEqual(type(service).__name__, "Sidecar")
         self.assertEqual(service.metrics.service, "post")
+
+    def test_cannotListen(self) -> None:
+        """
+        A port the sidecar cannot have stops the process, which will exit
+        1 (not 0, as a sidecar that stopped by itself would).
+        """
+        reactor = MemoryReactorClock()
+        options = self.parse(*self.required(), "--listen", "tcp:0", "--http", "tcp:0")
+        service = sidecar.makeService(options, reactor=reactor)
+        service._listen = "bogus:endpoint"  # past the options' check: fails on starting
+        with capturedLogs() as events:
+            service.startService()
+        self.assertEqual(reactor.triggers["after"]["shutdown"], [(os._exit, (1,), {})])
+        [critical] = [e for e in events if e["log_level"] == LogLevel.critical]
+        self.assertIn("Sidecar channel listening on bogus:endpoint", critical["what"])
+        service.ports.clear()  # the memory reactor's, which cannot stop listening
+        service.stopService()

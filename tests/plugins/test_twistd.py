@@ -18,7 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from ..processes import TwistdTestCase
-from ..support import eventually, inCI
+from ..support import BROKER_URL, eventually, inCI, keyArguments, keyFiles
 
 
 class AllInOneProcessTests(TwistdTestCase):
@@ -145,6 +145,61 @@ class AllInOneProcessTests(TwistdTestCase):
         code = yield process.ended
         self.assertEqual(code, 1)
         self.assertIn(b"Address already in use", process.output)
+
+
+class RefusedOptionsTests(TwistdTestCase):
+    # Each process should end at once; one left running is killed when the
+    # test times out.
+    timeout = 60
+
+    @inlineCallbacks
+    def test_unreadableListen(self) -> Any:
+        """
+        An endpoint Twisted cannot read stops every command that takes one
+        at once, with exit status 1 and the reason on one line (twistd
+        prints its usage above it).
+        """
+        from .test_options import identityFiles
+
+        keys = keyFiles(os.path.abspath(self.mktemp()))
+        paths = identityFiles(os.path.abspath(self.mktemp()))
+        sidecar = ["--for", "post", "--identity", paths["post"], "--trust", paths["trust"]]
+        for arguments in [
+            ["txplatform", "--listen", "bogus:endpoint", "--data-dir", self.mktemp()],
+            [
+                "gateway",
+                "--bus",
+                BROKER_URL,
+                *keyArguments(keys, "gateway"),
+                "--listen",
+                "bogus:endpoint",
+            ],
+            ["sidecar", *sidecar, "--forward", "unix:/run/post.sock", "--listen", "bogus:endpoint"],
+        ]:
+            process = self.spawn(*arguments)
+            self.assertFailure(process.ready, AssertionError)
+            code = yield process.ended
+            self.assertEqual(code, 1, process.output.decode())
+            lastLine = process.output.decode().strip().splitlines()[-1]
+            self.assertIn("--listen: 'bogus:endpoint' is not an endpoint", lastLine)
+            self.assertIn("Unknown endpoint type: 'bogus'", lastLine)
+
+    @inlineCallbacks
+    def test_busRequired(self) -> Any:
+        """
+        The gateway and a service, started without --bus, exit 1 at once,
+        the reason on the last line, instead of running on an in-process
+        bus that reaches no other process (a gateway answering every call
+        with 503).
+        """
+        keys = keyFiles(os.path.abspath(self.mktemp()))
+        for command in ["gateway", "account"]:
+            process = self.spawn(command, *keyArguments(keys, command))
+            self.assertFailure(process.ready, AssertionError)
+            code = yield process.ended
+            self.assertEqual(code, 1, process.output.decode())
+            lastLine = process.output.decode().strip().splitlines()[-1]
+            self.assertIn("--bus is required: this process works with the others", lastLine)
 
 
 class InstalledCommandsTests(TestCase):
