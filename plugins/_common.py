@@ -24,6 +24,7 @@ __all__ = [
     "loadKeys",
     "DRAIN_TIMEOUT",
     "HEALTH_FILE",
+    "METRICS",
     "fromFile",
     "checkBus",
     "checkDatabase",
@@ -88,6 +89,13 @@ HEALTH_FILE = [
     None,
     "Write the time (epoch seconds) to this file every 5 s while the process is"
     " healthy (its bus connected, its services started): for container health checks.",
+]
+METRICS = [
+    "metrics",
+    None,
+    None,
+    "Serve /healthz, /readyz (its bus connected, its services serving) and /metrics"
+    " (Prometheus) on this endpoint, e.g. tcp:9100. Default: none.",
 ]
 DRAIN_TIMEOUT = [
     "drain-timeout",
@@ -333,7 +341,7 @@ def serviceProcess(options: usage.Options, reactor: Any, declaration: Any, store
     """
     from twisted.application.service import Service
 
-    from ._lifecycle import ReadinessGate, StopInOrder
+    from ._lifecycle import ReadinessGate, StopInOrder, addProbes
 
     top = StopInOrder()
     busKeys = loadKeys(options, "bus-keys", "bus", reactor)
@@ -357,4 +365,5 @@ def serviceProcess(options: usage.Options, reactor: Any, declaration: Any, store
         from ._lifecycle import HealthFile
 
         HealthFile(reactor, options["health-file"], bus, [service]).setServiceParent(top)
+    addProbes(top, options, reactor, bus, [service])
     return top

@@ -190,6 +190,43 @@ class ReadinessGate(Service):
         return None
 
 
+def readiness(bus: Any, services: list[Any]) -> tuple[bool, str]:
+    """
+    Whether a process is ready: C{bus} connected and every one of
+    C{services} running (started, or listening); and in a few words why
+    (not).
+    """
+    if not getattr(bus, "connected", True):
+        return False, "the bus is not connected"
+    for service in services:
+        name = getattr(service, "name", None) or type(service).__name__
+        started = getattr(service, "_started", None)
+        if started is not None:
+            if not started.called:
+                return False, f"{name} is starting"
+            if getattr(service, "_startResult", None) is not None:
+                return False, f"{name} failed to start"
+        elif getattr(service, "address", True) is None:
+            return False, f"{name} is not listening"
+    return True, f"the bus is connected and {len(services)} serving"
+
+
+def addProbes(top: Any, options: Any, reactor: Any, bus: Any, services: list[Any]) -> None:
+    """
+    With C{--metrics ENDPOINT}: serve /healthz, /readyz and /metrics there.
+    """
+    if not options["metrics"]:
+        return
+    from twisted.application.strports import service as listening
+    from twisted.web.server import Site
+
+    from txplatform.probes import probeResource
+
+    site = Site(probeResource(lambda: readiness(bus, services)))
+    site.noisy = False
+    listening(options["metrics"], site, reactor=reactor).setServiceParent(top)
+
+
 class HealthFile(Service):
     """
     Write the time to C{path} every C{interval} seconds while the process
@@ -212,16 +249,7 @@ class HealthFile(Service):
         self._interval = interval
 
     def healthy(self) -> bool:
-        if not getattr(self._bus, "connected", True):
-            return False
-        for service in self._services:
-            started = getattr(service, "_started", None)
-            if started is not None:
-                if not started.called or getattr(service, "_startResult", None) is not None:
-                    return False
-            elif getattr(service, "address", True) is None:
-                return False  # a listener that is not listening
-        return True
+        return readiness(self._bus, self._services)[0]
 
     def beat(self) -> None:
         if not self.healthy():

@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from txplatform.catalogue import Catalogue, CatalogueError, ServiceParts, installedServices
 
-from ._common import KEY_RELOAD, checkDatabase, checkPositive, makeDatabase, makeDeclared
+from ._common import KEY_RELOAD, METRICS, checkDatabase, checkPositive, makeDatabase, makeDeclared
 from .gateway import (
     ACCESS_LOG,
     ACCOUNT_RATE_LIMIT,
@@ -103,6 +103,7 @@ class BaseOptions(usage.Options):
         ACCESS_LOG,
         PRINCIPAL_CACHE,
         *API_INFO,
+        METRICS,
     ]
 
     def postOptions(self) -> None:
@@ -259,7 +260,7 @@ def assemble(
     """
     from txplatform.localbus import LocalBus
 
-    from ._lifecycle import ReadinessGate
+    from ._lifecycle import ReadinessGate, addProbes
 
     bus = LocalBus(reactor, codec=payloadCodec)
     bus.setServiceParent(top)
@@ -275,3 +276,4 @@ def assemble(
         services.append(service)
     listener = gatewayListener(options, reactor, bus)
     ReadinessGate(reactor, services, listener).setServiceParent(top)
+    addProbes(top, options, reactor, bus, [*services, listener])

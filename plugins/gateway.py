@@ -17,6 +17,7 @@ from ._common import (
     DIRECT,
     HEALTH_FILE,
     KEY_RELOAD,
+    METRICS,
     checkBus,
     checkEndpoints,
     checkKeys,
@@ -177,6 +178,7 @@ class Options(usage.Options):
         MAX_IN_FLIGHT,
         BUSY_LIMIT,
         HEALTH_FILE,
+        METRICS,
     ]
 
     def postOptions(self) -> None:
@@ -209,7 +211,7 @@ def checkEdge(options: usage.Options, defaultListen: str = "tcp:8080") -> None:
             options.tlsOptions = serverOptions(options["tls-cert"], options["tls-key"])
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
-    checkEndpoints(options, "listen", "https")
+    checkEndpoints(options, "listen", "https", "metrics")
     checkPositive(options, "header-timeout", "body-timeout")
     if options["principal-cache"] < 0:
         raise usage.UsageError("--principal-cache cannot be negative")
@@ -363,4 +365,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         from ._lifecycle import HealthFile
 
         HealthFile(reactor, options["health-file"], bus, [listener]).setServiceParent(top)
+    from ._lifecycle import addProbes
+
+    addProbes(top, options, reactor, bus, [listener])
     return top

@@ -23,8 +23,10 @@ from ._common import (
     KEY_RELOAD,
     KEYS,
     LOG_CALLS,
+    METRICS,
     checkBus,
     checkDatabase,
+    checkEndpoints,
     checkKeys,
     serviceProcess,
 )
@@ -40,7 +42,7 @@ class ServiceOptions(usage.Options):
 
     synopsis = "[options]"
     optFlags = [LOG_CALLS]
-    optParameters = [BUS, *DIRECT, BUS_KEYS, KEY_RELOAD, DRAIN_TIMEOUT, HEALTH_FILE]
+    optParameters = [BUS, *DIRECT, BUS_KEYS, KEY_RELOAD, DRAIN_TIMEOUT, HEALTH_FILE, METRICS]
     declaration: ClassVar[ServiceDeclaration]
     stores: ClassVar[bool]
 
@@ -48,6 +50,7 @@ class ServiceOptions(usage.Options):
         declaration = self.declaration
         checkBus(self, declaration.serviceId)
         checkKeys(self, declaration.name if self.stores else None)
+        checkEndpoints(self, "metrics")
         if self.stores:
             checkDatabase(self)
         if declaration.check is not None:

@@ -108,6 +108,53 @@ class AllInOneProcessTests(TwistdTestCase):
         self.assertEqual(code, 200)
 
     @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """
+        With C{--metrics}, the process serves /healthz, /readyz and
+        Prometheus metrics on a listener of its own: the gateway's requests
+        and the services' calls, by operation, method and outcome.
+        """
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        metricsPort = probe.getsockname()[1]
+        probe.close()
+        process = self.spawn(
+            "txplatform",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--metrics",
+            f"tcp:{metricsPort}:interface=127.0.0.1",
+            "--data-dir",
+            os.path.abspath(self.mktemp()),
+        )
+        port = yield process.ready
+        http = self.client()
+        code, _ = yield self.call(http, port, "GET", "/v1/accounts/nobody")
+        self.assertEqual(code, 404)
+
+        @inlineCallbacks
+        def get(path: str) -> Any:
+            response = yield http.get(f"http://127.0.0.1:{metricsPort}{path}")
+            return response.code, (yield response.text())
+
+        code, text = yield eventually(lambda: get("/readyz"), timeout=10)
+        self.assertEqual(code, 200, text)
+        self.assertTrue(text.startswith("ok: the bus is connected and"), text)
+        self.assertEqual((yield get("/healthz"))[0], 200)
+        code, text = yield get("/metrics")
+        self.assertEqual(code, 200)
+        self.assertIn(
+            'txplatform_gateway_requests_total{operation="profile",priority="low",status="404"}'
+            " 1.0",
+            text,
+        )
+        self.assertIn(
+            'txplatform_calls_total{method="get_profile",outcome="not_found",service="account"}'
+            " 1.0",
+            text,
+        )
+
+    @inlineCallbacks
     def test_cannotStart(self) -> Any:
         """
         A data directory that cannot be created stops the process with exit
