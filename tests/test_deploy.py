@@ -172,6 +172,28 @@ class KubernetesTests(SynchronousTestCase):
             for key in ["readinessProbe", "livenessProbe", "resources"]:
                 self.assertIn(key, container, name)
 
+    def test_metricsScraped(self) -> None:
+        """
+        Every Deployment serves its metrics and probes on port 9100
+        (C{--metrics}), is ready by /readyz there, and asks Prometheus to
+        scrape it.
+        """
+        for name, deployment in self.kind("Deployment").items():
+            template = deployment["spec"]["template"]
+            [container] = template["spec"]["containers"]
+            args = container["args"]
+            self.assertEqual(args[args.index("--metrics") + 1], "tcp:9100", name)
+            self.assertIn({"name": "metrics", "containerPort": 9100}, container["ports"], name)
+            self.assertEqual(
+                container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"}
+            )
+            annotations = template["metadata"]["annotations"]
+            self.assertEqual(
+                (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"]),
+                ("true", "9100"),
+                name,
+            )
+
     def test_autoscalers(self) -> None:
         """
         Every Deployment has a HorizontalPodAutoscaler aimed at it.
