@@ -314,7 +314,7 @@ class OfflineCommandTests(SynchronousTestCase):
         self.assertEqual(status, 1)
         self.assertEqual(
             self.stderr.getvalue(),
-            f"txplatform-keys: the key file {path} is not UTF-8 text: not a key file\n",
+            f"txplatform-keys: the key file {path} is not UTF-8 text\n",
         )
 
     def test_databaseURL(self) -> None:
