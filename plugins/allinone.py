@@ -15,7 +15,14 @@ from twisted.python import usage
 
 from txplatform.catalogue import Catalogue, CatalogueError, ServiceParts, installedServices
 
-from ._common import KEY_RELOAD, checkDatabase, checkPositive, makeDatabase, makeDeclared
+from ._common import (
+    KEY_RELOAD,
+    catalogueRefusal,
+    checkDatabase,
+    checkPositive,
+    makeDatabase,
+    makeDeclared,
+)
 from .gateway import (
     ACCESS_LOG,
     ACCOUNT_RATE_LIMIT,
@@ -101,7 +108,7 @@ class BaseOptions(usage.Options):
             try:
                 self.catalogue = self.catalogue.only(names)
             except KeyError as e:
-                raise usage.UsageError(f"--services: {e.args[0]}") from None
+                raise catalogueRefusal("txplatform", f"--services: {e.args[0]}") from None
         checkEdge(self)
         if self["db"] is not None:
             checkDatabase(self)
@@ -213,7 +220,7 @@ def __getattr__(name: str) -> Any:
         try:
             return optionsFor(installedServices())
         except CatalogueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise catalogueRefusal("txplatform", str(e)) from None
     raise AttributeError(name)
 
 
