@@ -5,6 +5,7 @@ Tests for L{txplatform.amqp.deadletters}: the dead-letter command.
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -251,6 +252,37 @@ class UnusableBrokerTests(TestCase):
                 "txplatform-deadletters: argument --timeout: a positive number of seconds, not '0'"
                 " (see txplatform-deadletters --help)",
             ],
+        )
+
+
+class BusFromFileTests(BrokerTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.stderr = io.StringIO()
+        self.patch(sys, "stderr", self.stderr)
+
+    @inlineCallbacks
+    def test_busFromFile(self) -> Any:
+        """
+        --bus @PATH takes the broker URL from the first line of that file
+        (a secret, as docs/deployment.md shows); a file that cannot be read
+        is a usage error in one line.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(self.brokerURL + "\n")
+        group = self.newGroup()
+        out = io.StringIO()
+        code = yield _run(reactor, ["--bus", f"@{path}", "--group", group, "list"], out)
+        self.assertEqual(
+            (code, out.getvalue(), self.stderr.getvalue()), (0, "0 dead letter(s)\n", "")
+        )
+        missing = os.path.abspath(self.mktemp())
+        code = yield _run(reactor, ["--bus", f"@{missing}", "list"], out)
+        self.assertEqual(code, 2)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            f"txplatform-deadletters: --bus: cannot read {missing}: No such file or directory\n",
         )
 
 

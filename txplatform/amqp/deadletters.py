@@ -262,7 +262,11 @@ def _seconds(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="txplatform-deadletters", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--bus", required=True, help="amqp://user:password@host:5672/vhost")
+    parser.add_argument(
+        "--bus",
+        required=True,
+        help="amqp://user:password@host:5672/vhost, or @PATH for the first line of that file",
+    )
     parser.add_argument(
         "--timeout",
         type=_seconds,
@@ -290,6 +294,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _secret(value: str) -> str:
+    """
+    C{@PATH} stands for the first line of that file (a Docker or Kubernetes
+    secret), as for the twistd commands: a password kept off the command
+    line.
+
+    @raise OSError: The file cannot be read (the message says which).
+    """
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as f:
+            return f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise OSError(f"cannot read {value[1:]}: {getattr(e, 'strerror', None) or e}") from None
+
+
 def _refuse(status: int, message: str) -> int:
     print(f"txplatform-deadletters: {oneLine(message)}", file=sys.stderr)
     return status
@@ -302,8 +323,8 @@ def _run(reactor: Any, argv: list[str], out: Any) -> Any:
     except SystemExit as e:
         return e.code
     try:
-        url = BrokerURL.parse(arguments.bus)
-    except ValueError as e:
+        url = BrokerURL.parse(_secret(arguments.bus))
+    except (OSError, ValueError) as e:
         return _refuse(USAGE, f"--bus: {e}")
     if arguments.group:
         groups = arguments.group
