@@ -30,6 +30,7 @@ __all__ = [
     "checkDatabase",
     "checkEndpoints",
     "checkPositive",
+    "catalogueRefusal",
     "makeBus",
     "makeDatabase",
     "serviceProcess",
@@ -302,6 +303,19 @@ def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: 
     # while running.
     TrustFileService(options["trust"], trust, options["key-reload"]).setServiceParent(bus)
     return bus
+
+
+def catalogueRefusal(command: str, reason: str) -> SystemExit:
+    """
+    The end of a twistd command that cannot be put together from the
+    installed services (two claim one name or id, one fails to load, a
+    service chosen is not installed), while twistd parses its options: the
+    reason in one line on stderr, exit status 1.  (Raised as a UsageError,
+    twistd would print the whole usage text first, burying the reason.)
+
+        raise catalogueRefusal("txplatform", str(error)) from None
+    """
+    return SystemExit(f"twistd {command}: {reason}")
 
 
 def makeDeclared(declaration: Any, parts: ServiceParts) -> Any:

@@ -179,9 +179,14 @@ class ReadinessGate(Service):
             self._then.startService()
 
     def _failed(self, failure: Failure) -> None:
+        what = "starting the services"
         if failure.check(FirstError):
+            # Which one: a service may leave the reporting to us (see
+            # BusService._startFinished).
+            name = getattr(self._first[failure.value.index], "name", None)
+            what = f"starting {name}" if isinstance(name, str) else what
             failure = failure.value.subFailure
-        exitOnFailure(self._reactor, failure, "starting the services")
+        exitOnFailure(self._reactor, failure, what)
 
     def stopService(self) -> Any:
         super().stopService()

@@ -15,7 +15,15 @@ from twisted.python import usage
 
 from txplatform.catalogue import Catalogue, CatalogueError, ServiceParts, installedServices
 
-from ._common import KEY_RELOAD, METRICS, checkDatabase, checkPositive, makeDatabase, makeDeclared
+from ._common import (
+    KEY_RELOAD,
+    METRICS,
+    catalogueRefusal,
+    checkDatabase,
+    checkPositive,
+    makeDatabase,
+    makeDeclared,
+)
 from .gateway import (
     ACCESS_LOG,
     ACCOUNT_RATE_LIMIT,
@@ -112,7 +120,7 @@ class BaseOptions(usage.Options):
             try:
                 self.catalogue = self.catalogue.only(names)
             except KeyError as e:
-                raise usage.UsageError(f"--services: {e.args[0]}") from None
+                raise catalogueRefusal("txplatform", f"--services: {e.args[0]}") from None
         checkEdge(self, LOCAL_LISTEN)
         if self["db"] is not None:
             checkDatabase(self)
@@ -224,7 +232,7 @@ def __getattr__(name: str) -> Any:
         try:
             return optionsFor(installedServices())
         except CatalogueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise catalogueRefusal("txplatform", str(e)) from None
     raise AttributeError(name)
 
 

@@ -49,16 +49,16 @@ class ServiceCommand:
 
     @property
     def options(self) -> Any:
-        from twisted.python.usage import UsageError
-
         from txplatform.catalogue import CatalogueError
 
+        from ._common import catalogueRefusal
         from .service import optionsFor
 
         try:
             return optionsFor(self._catalogue().get(self.tapname))
         except (CatalogueError, KeyError) as e:
-            raise UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
+            why = e.args[0] if isinstance(e, KeyError) else str(e)
+            raise catalogueRefusal(self.tapname, why) from None
 
     def makeService(self, options: Any) -> Any:
         from .service import makeService

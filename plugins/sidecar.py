@@ -67,12 +67,19 @@ class Options(usage.Options):
         from txplatform.channel.identity import IdentityError, readIdentity, readTrust
         from txplatform.direct.addresses import AddressBook, AddressError, parseDirectURL
 
+        from ._common import catalogueRefusal
+
         try:
             catalogue = installedServices()
         except CatalogueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise catalogueRefusal("sidecar", str(e)) from None
+        installed = ", ".join(catalogue.names())
+        if self["for"] is None:
+            raise usage.UsageError(f"--for is required: one of {installed}")
         if self["for"] not in catalogue:
-            raise usage.UsageError(f"--for: one of {', '.join(catalogue.names())}")
+            raise catalogueRefusal(
+                "sidecar", f"--for: no service is named {self['for']!r} (installed: {installed})"
+            )
         for name in ("identity", "trust", "forward"):
             if self[name] is None:
                 raise usage.UsageError(f"--{name} is required")

@@ -5,7 +5,9 @@ Tests for L{txplatform.database}, run on SQLite and on PostgreSQL.
 import os
 import sqlite3
 import threading
+import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
@@ -14,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from txplatform.database import (
+    DatabaseUnavailable,
     IntegrityError,
     Migration,
     PostgresDatabase,
@@ -23,7 +26,7 @@ from txplatform.database import (
 )
 from txplatform.interfaces import IDatabase
 
-from .support import POSTGRES_URL, PostgresMixin, SQLiteMixin
+from .support import POSTGRES_URL, PostgresMixin, SQLiteMixin, requirePostgres
 
 THINGS = [
     Migration(
@@ -355,3 +358,53 @@ class SQLiteFileModeTests(SynchronousTestCase):
         self.addCleanup(database.close)
         [warning] = [e for e in events if "open to other users" in e["log_format"]]
         self.assertEqual(warning["where"], directory)
+
+
+class UnavailableTests(TestCase):
+    """
+    A database that cannot be opened fails with L{DatabaseUnavailable}, in
+    one line naming it, whatever the driver says.
+    """
+
+    def test_sqliteDirectory(self) -> None:
+        """
+        An SQLite file whose directory cannot be made (a file is in the
+        way).
+        """
+        blocker = os.path.abspath(self.mktemp())
+        with open(blocker, "w") as f:
+            f.write("a file, not a directory")
+        database = SQLiteDatabase(os.path.join(blocker, "db.sqlite"))
+        error = self.assertRaises(DatabaseUnavailable, database.start)
+        self.assertIn(f"cannot open sqlite:{blocker}/db.sqlite:", str(error))
+
+    @inlineCallbacks
+    def test_sqliteNotADatabase(self) -> Any:
+        """
+        A file that is not an SQLite database.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"not a database " * 100)
+        database = SQLiteDatabase(path)
+        database.start()
+        self.addCleanup(database.close)
+        error = yield self.assertFailure(database.migrate("things", THINGS), DatabaseUnavailable)
+        self.assertEqual(str(error), f"cannot open sqlite:{path}: file is not a database")
+
+    @inlineCallbacks
+    def test_postgresMissing(self) -> Any:
+        """
+        A PostgreSQL database that does not exist: libpq's message, on one
+        line.
+        """
+        requirePostgres()
+        name = f"txplatform_missing_{uuid.uuid4().hex[:12]}"
+        url = urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}", query=""))
+        database = databaseFromURL(url, reactor)
+        database.start()
+        self.addCleanup(database.close)
+        error = yield self.assertFailure(database.migrate("things", THINGS), DatabaseUnavailable)
+        self.assertIn(f"cannot open {url}: ", str(error))
+        self.assertIn(f'database "{name}" does not exist', str(error))
+        self.assertNotIn("\n", str(error))

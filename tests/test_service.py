@@ -10,8 +10,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.context import Origin, Priority
-from txplatform.database import Migration
+from txplatform.database import DatabaseUnavailable, Migration
 from txplatform.errors import IdempotencyKeyReused, InvalidArgument, NotFound
+from txplatform.keychecks import KeyMismatch
 from txplatform.localbus import LocalBus
 from txplatform.messages import RequestSpec, message, request, requestOf, string
 from txplatform.service import BusService, DatabaseService, callRequest, handles, rpc
@@ -198,6 +199,23 @@ class ServiceTests(SynchronousTestCase):
         self.failureResultOf(self.service.whenStarted(), RuntimeError)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.successResultOf(self.service.stopService())
+
+    def test_explainedFailedStart(self) -> None:
+        """
+        A failure to start whose message says it all (no database, keys
+        that are not the data's) goes to whoever waits for the service, who
+        reports it in one line: the service logs no traceback of it.
+        """
+        for error in [
+            DatabaseUnavailable("cannot open postgresql://db/x: no such database"),
+            KeyMismatch("the keys of greeter are not those its data was written with"),
+        ]:
+            service = Greeter(self.bus, self.clock)
+            service.prepareResult = fail(error)
+            service.startService()
+            self.assertIs(self.failureResultOf(service.whenStarted()).value, error)
+            self.assertEqual(self.flushLoggedErrors(), [])
+            self.successResultOf(service.stopService())
 
     def test_stopWhileStarting(self) -> None:
         """

@@ -36,6 +36,7 @@ __all__ = [
     "PostgresDatabase",
     "UniqueViolation",
     "IntegrityError",
+    "DatabaseUnavailable",
     "databaseFromURL",
 ]
 
@@ -50,6 +51,33 @@ class UniqueViolation(IntegrityError):
     """
     A write would have duplicated a unique key.
     """
+
+
+class DatabaseUnavailable(Exception):
+    """
+    No connection to the database could be opened (no such database, no
+    server, refused credentials); the message says which database and why,
+    in one line.
+    """
+
+
+class _Pool(adbapi.ConnectionPool):
+    """
+    A connection pool whose failures to connect are L{DatabaseUnavailable}:
+    a process that cannot reach its database at start says so in one line
+    (the driver's own errors are indistinguishable from a failed query).
+
+    @ivar description: The database, for messages (no password).
+    """
+
+    description = ""
+
+    def connect(self) -> Any:
+        try:
+            return super().connect()
+        except self.dbapi.Error as e:
+            why = " ".join(str(e).split())  # libpq's messages span lines
+            raise DatabaseUnavailable(f"cannot open {self.description}: {why}") from e
 
 
 @frozen(order=True)
@@ -140,6 +168,7 @@ class _AdbapiDatabase:
     def __init__(self, pool: adbapi.ConnectionPool, description: str) -> None:
         self._pool = pool
         self.description = description
+        pool.description = description
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
@@ -296,7 +325,7 @@ class SQLiteDatabase(_AdbapiDatabase):
             thread of its own (L{txplatform.testing} runs it in the
             reactor's thread, when a test says).
         """
-        pool = adbapi.ConnectionPool(
+        pool = _Pool(
             "sqlite3",
             path,
             check_same_thread=False,
@@ -316,12 +345,16 @@ class SQLiteDatabase(_AdbapiDatabase):
         be, reporting looser modes of existing ones, and start the pool.
         SQLite gives its journals the file's mode.
 
-        @raise OSError: the directory or the file cannot be created.
+        @raise DatabaseUnavailable: the directory or the file cannot be
+            created.
         """
         if self.path != ":memory:":
             directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            except OSError as e:
+                raise DatabaseUnavailable(f"cannot open {self.description}: {e}") from e
             os.close(fd)
             for where in (directory, self.path):
                 mode = stat.S_IMODE(os.stat(where).st_mode)
@@ -422,7 +455,7 @@ class PostgresDatabase(_AdbapiDatabase):
                     f"a schema name is lowercase letters, digits and _, not {schema!r}"
                 )
             kwargs["options"] = f"-c search_path={schema}"
-        pool = adbapi.ConnectionPool(
+        pool = _Pool(
             "psycopg",
             conninfo,
             cp_min=1,

@@ -44,11 +44,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .context import CallContext, EventContext, Origin
-from .database import Migration
+from .database import DatabaseUnavailable, Migration
 from .errors import InvalidArgument, MalformedMessage, ServiceError
 from .fields import PlainFieldCodec, SealedTable, reindexRows
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription, ITransaction
-from .keychecks import KeyChecks
+from .keychecks import KeyChecks, KeyMismatch
 from .messages import fromPayload, requestOf, requestTarget, toPayload
 from .metrics import CALL_SECONDS, CALLS, EVENT_SECONDS, EVENTS
 from .outbox import Outbox
@@ -57,6 +57,9 @@ from .serviceid import ServiceId
 from .topics import checkPattern
 
 __all__ = ["rpc", "handles", "BusService", "DatabaseService"]
+
+#: Failures to start that need no traceback: their message is the reason.
+_EXPLAINED = (DatabaseUnavailable, KeyMismatch)
 
 _RPC = "__txplatform_rpc__"
 _HANDLER = "__txplatform_handler__"
@@ -237,9 +240,12 @@ class BusService(Service):
 
     def _startFinished(self, result: Any) -> None:
         if isinstance(result, Failure) and not (
-            self._stoppedEarly and result.check(CancelledError)
+            # Stopped while starting is no failure worth a traceback; nor
+            # is one whose message says it all (no database, the wrong
+            # keys): whoever waits on whenStarted reports it in one line
+            # (a process's ReadinessGate, naming the service).
+            (self._stoppedEarly and result.check(CancelledError)) or result.check(*_EXPLAINED)
         ):
-            # (Stopped while starting is no failure worth a traceback.)
             self.log.failure("{service} failed to start", result, service=self.name)
         self._startResult = result
         waiters, self._startWaiters = self._startWaiters, []

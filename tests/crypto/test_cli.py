@@ -9,6 +9,7 @@ import os
 import re
 import sqlite3
 import stat
+import subprocess
 import sys
 import time
 from typing import Any
@@ -233,10 +234,165 @@ class OfflineCommandTests(SynchronousTestCase):
 
     def test_usage(self) -> None:
         """
-        Bad arguments exit with 2, as argparse does.
+        Bad arguments exit with 2, as argparse does, said in one line (no
+        usage text before it).
         """
         self.assertEqual(self.command()[0], 2)
         self.assertEqual(self.command("reencrypt", "--service", "account")[0], 2)
+        self.assertEqual(
+            self.stderr.getvalue().splitlines(),
+            [
+                "txplatform-keys: the following arguments are required: command"
+                " (see txplatform-keys --help)",
+                "txplatform-keys reencrypt: the following arguments are required: --keys, --db"
+                " (see txplatform-keys reencrypt --help)",
+            ],
+        )
+
+    def test_initNames(self) -> None:
+        """
+        init makes key files for the bus and for the installed services that
+        store data; another name is a usage error naming those, and nothing
+        is written.
+        """
+        from txplatform.catalogue import installedServices
+
+        storing = [d.name for d in installedServices() if d.stores()]
+        directory = keyDirectory(self)
+        for name in ["bus", *storing]:
+            status, _ = self.command("init", os.path.join(directory, name), "--name", name)
+            self.assertEqual(status, 0, name)
+        for wrong in ["nosuch", "parser", "gateway", "Account"]:
+            status, out = self.command("init", os.path.join(directory, wrong), "--name", wrong)
+            self.assertEqual((status, out), (2, ""))
+            self.assertFalse(os.path.exists(os.path.join(directory, wrong)))
+        errors = self.stderr.getvalue().splitlines()
+        self.assertEqual(len(errors), 4)
+        self.assertIn(
+            "'nosuch' is neither bus nor an installed service that stores data"
+            f" ({', '.join(storing)})",
+            errors[0],
+        )
+
+    def test_initNumbers(self) -> None:
+        """
+        An epoch and a maximum age are positive: a key file with another
+        would be refused by every process.
+        """
+        path = os.path.join(keyDirectory(self), "bus.json")
+        for option, wrong in [("--period", "0"), ("--max-age", "-1"), ("--period", "soon")]:
+            status, _ = self.command("init", path, "--name", "bus", option, wrong)
+            self.assertEqual(status, 2)
+        self.assertFalse(os.path.exists(path))
+        self.assertIn("a positive number, not 'soon'", self.stderr.getvalue())
+
+    def test_initUnwritable(self) -> None:
+        """
+        A path that cannot be written is an error in one line, exit status
+        1, no traceback.
+        """
+        blocker = os.path.join(keyDirectory(self), "a-file")
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        path = os.path.join(blocker, "bus.json")
+        status, out = self.command("init", path, "--name", "bus")
+        self.assertEqual((status, out), (1, ""))
+        [error] = self.stderr.getvalue().splitlines()
+        self.assertTrue(
+            error.startswith(f"txplatform-keys: cannot write the key file {path}: "), error
+        )
+
+    def test_notText(self) -> None:
+        """
+        A file that is not UTF-8 text is no key file.
+        """
+        path = os.path.join(keyDirectory(self), "binary.json")
+        with open(path, "wb") as f:
+            f.write(b"\xff\xfe\x00")
+        os.chmod(path, 0o600)
+        status, _ = self.command("status", path)
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            f"txplatform-keys: the key file {path} is not UTF-8 text\n",
+        )
+
+    def test_databaseURL(self) -> None:
+        """
+        A --db that names no database we know is a usage error; one that
+        cannot be opened fails in one line.
+        """
+        path = newKeyPath(self)
+        blocker = os.path.join(keyDirectory(self), "a-file")
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        for url, expected in [
+            ("mysql://x", 2),
+            ("postgresql://x@127.0.0.1/db?pool=many", 2),
+            (f"sqlite:{blocker}/account.sqlite", 1),
+        ]:
+            status, _ = self.command("status", path, "--service", "account", "--db", url)
+            self.assertEqual(status, expected, url)
+        errors = self.stderr.getvalue().splitlines()
+        self.assertEqual(len(errors), 3, errors)
+        self.assertIn("'mysql://x' is not sqlite:PATH or postgresql://", errors[0])
+        self.assertEqual(
+            errors[1],
+            "txplatform-keys: --db: pool must be a number in"
+            " 'postgresql://x@127.0.0.1/db?pool=many'",
+        )
+        self.assertIn(f"the database: cannot open sqlite:{blocker}/account.sqlite:", errors[2])
+
+
+class MainTests(SynchronousTestCase):
+    """
+    The C{txplatform-keys} command, run as a process: each mistake is one
+    line on stderr and a non-zero exit status.
+    """
+
+    def keys(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", "from txplatform.crypto.cli import main; main()", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def assertFailsInOneLine(self, status: int, argv: list[str], expected: str) -> None:
+        result = self.keys(*argv)
+        self.assertEqual((result.returncode, result.stdout), (status, ""), result.stderr)
+        [line] = result.stderr.splitlines()
+        self.assertTrue(line.startswith("txplatform-keys"), line)
+        self.assertIn(expected, line)
+
+    def test_usage(self) -> None:
+        """
+        No command, or one that does not exist: exit status 2.
+        """
+        self.assertFailsInOneLine(2, [], "the following arguments are required: command")
+        self.assertFailsInOneLine(2, ["bogus"], "invalid choice: 'bogus'")
+        self.assertFailsInOneLine(2, ["init", "x.json", "--name", "nosuch"], "'nosuch' is neither")
+
+    def test_failed(self) -> None:
+        """
+        A key file that exists, or cannot be read: exit status 1.
+        """
+        path = newKeyPath(self)
+        self.assertFailsInOneLine(
+            1, ["init", path, "--name", "account"], "exists: a key file is never overwritten"
+        )
+        directory = keyDirectory(self)
+        self.assertFailsInOneLine(
+            1, ["rotate", directory], f"cannot read the key file {directory}: Is a directory"
+        )
+
+    def test_succeeds(self) -> None:
+        """
+        A command that worked: exit status 0.
+        """
+        result = self.keys("status", newKeyPath(self))
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertIn("keys of 'account'", result.stdout)
 
 
 class DatabaseCommandTests(TestCase):

@@ -32,7 +32,8 @@ class ServiceCommandTests(SynchronousTestCase):
     def test_unloadable(self) -> None:
         """
         A service that cannot be loaded still has a command, described by
-        why it cannot be loaded; using it is a usage error saying so.
+        why it cannot be loaded; using it ends twistd with that reason, in
+        one line (not after twistd's usage text).
         """
 
         def broken() -> Catalogue:
@@ -40,10 +41,10 @@ class ServiceCommandTests(SynchronousTestCase):
 
         command = ServiceCommand("a", broken)
         self.assertIn("cannot be loaded: services 'a'", command.description)
-        from twisted.python.usage import UsageError
-
-        error = self.assertRaises(UsageError, lambda: command.options)
-        self.assertIn("(from b 1.0)", str(error))
+        error = self.assertRaises(SystemExit, lambda: command.options)
+        self.assertEqual(
+            error.code, "twistd a: services 'a' (from a 1.0) and 'b' (from b 1.0) both claim"
+        )
 
     def test_fresh(self) -> None:
         """
@@ -142,7 +143,8 @@ class InstalledLaterTests(TestCase):
     def test_clash(self) -> None:
         """
         A service claiming a built-in service's id stops twistd txplatform
-        before anything starts, with an error naming both packages.
+        (and twistd SERVICE) before anything starts, with an error naming
+        both packages, in one line.
         """
         result = self.twistdRun(
             "-n",
@@ -151,11 +153,35 @@ class InstalledLaterTests(TestCase):
             os.path.abspath(self.mktemp()),
             path=self.install("stars", "010001"),
         )
-        self.assertNotEqual(result.returncode, 0)
-        output = result.stdout + result.stderr
-        self.assertIn("'account' (from txplatform 0.1.0) and 'stars' (from stars-pkg 1.0)", output)
-        self.assertIn("both claim the id 010001", output)
-        self.assertNotIn("Traceback", output)
+        self.assertOneLine(
+            result,
+            "twistd txplatform: services 'account' (from txplatform 0.1.0) and 'stars'"
+            " (from stars-pkg 1.0) both claim the id 010001",
+        )
+        result = self.twistdRun("-n", "stars", path=self.install("stars", "010001"))
+        self.assertOneLine(result, "twistd stars: services 'account' (from txplatform 0.1.0)")
+
+    def assertOneLine(self, result: subprocess.CompletedProcess, expected: str) -> None:
+        """
+        twistd ended with exit status 1 and one line on stderr, starting
+        with C{expected}: no usage text, no traceback.
+        """
+        self.assertEqual((result.returncode, result.stdout), (1, ""), result.stderr)
+        [line] = result.stderr.splitlines()
+        self.assertTrue(line.startswith(expected), line)
+
+    def test_unknownService(self) -> None:
+        """
+        An uninstalled service chosen with twistd txplatform --services
+        ends twistd in one line naming the installed ones.
+        """
+        result = self.twistdRun(
+            "-n", "txplatform", "--data-dir", os.path.abspath(self.mktemp()),
+            "--services", "post,nosuch",
+        )  # fmt: skip
+        self.assertOneLine(
+            result, "twistd txplatform: --services: no service is named 'nosuch' (installed: "
+        )
 
     def test_routeShadowed(self) -> None:
         """

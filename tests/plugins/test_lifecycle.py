@@ -91,6 +91,24 @@ class ReadinessGateTests(SynchronousTestCase):
         [critical] = [e for e in events if e["log_level"] == LogLevel.critical]
         self.assertEqual(critical["why"], "database missing")
 
+    def test_failureNamesTheService(self) -> None:
+        """
+        The line saying why the process stops names the service that could
+        not start (services leave explained failures to the gate, see
+        L{txplatform.service.BusService}).
+        """
+        failing = Ready(fail(RuntimeError("database missing")))
+        failing.name = "account"
+        gate = ReadinessGate(
+            FakeReactor(), [Ready(succeed(None)), failing], Service(), whenReady=self.fail
+        )
+        with capturedLogs() as events:
+            gate.startService()
+        [critical] = [e for e in events if e["log_level"] == LogLevel.critical]
+        self.assertEqual(
+            (critical["what"], critical["why"]), ("starting account", "database missing")
+        )
+
 
 class ListeningServiceTests(TestCase):
     @inlineCallbacks

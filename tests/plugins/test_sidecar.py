@@ -13,6 +13,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from txplatform.catalogue import installedServices
 from txplatform_plugins import sidecar
 
 from .test_options import identityFiles
@@ -74,6 +75,21 @@ class SidecarOptionsTests(SynchronousTestCase):
         ]:
             error = self.assertRaises(usage.UsageError, self.parse, *args)
             self.assertIn(message, str(error))
+
+    def test_unknownService(self) -> None:
+        """
+        A --for that no installed service has ends twistd in one line (a
+        UsageError would come after twistd's usage text), naming those
+        installed.
+        """
+        args = self.required()
+        args[1] = "nosuch"
+        error = self.assertRaises(SystemExit, self.parse, *args)
+        installed = ", ".join(installedServices().names())
+        self.assertEqual(
+            error.code,
+            f"twistd sidecar: --for: no service is named 'nosuch' (installed: {installed})",
+        )
 
     def test_makeService(self) -> None:
         """

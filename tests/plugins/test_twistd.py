@@ -6,19 +6,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from treq.client import HTTPClient
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
-from ..processes import TwistdTestCase
-from ..support import BROKER_URL, eventually, inCI, keyArguments, keyFiles
+from txplatform.catalogue import installedServices
+
+from ..processes import SERVING, TwistdTestCase
+from ..support import (
+    BROKER_URL,
+    POSTGRES_URL,
+    eventually,
+    inCI,
+    keyArguments,
+    keyFiles,
+    requirePostgres,
+)
 
 
 class AllInOneProcessTests(TwistdTestCase):
@@ -247,6 +260,65 @@ class RefusedOptionsTests(TwistdTestCase):
             self.assertEqual(code, 1, process.output.decode())
             lastLine = process.output.decode().strip().splitlines()[-1]
             self.assertIn("--bus is required: this process works with the others", lastLine)
+
+
+class MissingDatabaseTests(TwistdTestCase):
+    """
+    A PostgreSQL database that does not exist stops a process at start with
+    one line saying so, no traceback, and exit status 1.
+    """
+
+    def missingDatabase(self) -> tuple[str, str]:
+        requirePostgres()
+        parts = urlsplit(POSTGRES_URL)
+        name = f"txplatform_missing_{uuid.uuid4().hex[:12]}"
+        return urlunsplit(parts._replace(path=f"/{name}", query="")), name
+
+    @inlineCallbacks
+    def stoppedInOneLine(self, process: Any, name: str) -> Any:
+        """
+        Wait for C{process} to end; check that it did, with status 1 and one
+        critical line of the database C{name} missing, without a
+        traceback: the service that line names.
+        """
+        self.assertFailure(process.ready, AssertionError)
+        code = yield process.ended
+        output = process.output.decode()
+        self.assertEqual(code, 1, output)
+        self.assertNotIn("Traceback", output)
+        [line] = [line for line in output.splitlines() if "#critical]" in line]
+        self.assertIn(f'FATAL: database "{name}" does not exist', line)
+        stopped = re.search(r"starting (\w+) failed, stopping: cannot open postgresql://", line)
+        self.assertIsNotNone(stopped, line)
+        return stopped.group(1)
+
+    @inlineCallbacks
+    def test_service(self) -> Any:
+        """
+        C{twistd SERVICE --db} of a missing database.
+        """
+        url, name = self.missingDatabase()
+        keys = keyFiles(os.path.abspath(self.mktemp()))
+        process = self.spawn(
+            "account", "--bus", "local:", *keyArguments(keys, "account"), "--db", url,
+            ready=SERVING,
+        )  # fmt: skip
+        service = yield self.stoppedInOneLine(process, name)
+        self.assertEqual(service, "account")
+
+    @inlineCallbacks
+    def test_allInOne(self) -> Any:
+        """
+        C{twistd txplatform --db} of a missing database: the first service
+        to find out stops the process.
+        """
+        url, name = self.missingDatabase()
+        process = self.spawn(
+            "txplatform", "--listen", "tcp:0:interface=127.0.0.1",
+            "--data-dir", os.path.abspath(self.mktemp()), "--db", url,
+        )  # fmt: skip
+        service = yield self.stoppedInOneLine(process, name)
+        self.assertIn(service, [d.name for d in installedServices() if d.stores()])
 
 
 class InstalledCommandsTests(TestCase):

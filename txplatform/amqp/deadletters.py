@@ -2,7 +2,7 @@
 """
 Dead letters: list them, look at one, send them back to their group.
 
-    txplatform-deadletters --bus amqp://... list [--group notify]
+    txplatform-deadletters --bus amqp://... [--timeout 10] list [--group notify]
     txplatform-deadletters --bus amqp://... [--bus-keys FILE] show MESSAGE_ID
     txplatform-deadletters --bus amqp://... replay MESSAGE_ID | --all
     txplatform-deadletters --bus amqp://... drop MESSAGE_ID
@@ -15,6 +15,10 @@ again, and removes it from the dead letters once the broker confirmed it.
 Payloads sealed under the bus keys (as the platform's are) are shown only
 given the key file (C{--bus-keys}): opened, and checked against the
 letter's event, message id, caller and trace, as the consumer would.
+
+A broker that cannot be reached or refuses us (wrong password, no such
+vhost) is reported in one line within C{--timeout} seconds, exit status 1;
+a wrong command line is one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ import time
 from typing import Any, Callable, Iterable
 
 from attrs import frozen
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import react
+from twisted.internet.defer import TimeoutError, inlineCallbacks
+from twisted.internet.error import ConnectionLost
+from txamqp.client import Closed
 
 from ..codec import eventBinding, loads
+from ..commandline import FAILED, USAGE, OneLineParser, oneLine, reactWithStatus
 from ..errors import MalformedMessage
 from ..interfaces import IPayloadCodec
 from .bus import CHANNEL, AMQPBus, _callerOf, _traceOf, deadQueue
 from .frames import Delivery, Properties
-from .protocol import PublishReturned
+from .probe import BrokerUnreachable, probe
+from .protocol import NotConnected, PublishNacked, PublishReturned
 from .url import BrokerURL
 
 __all__ = ["DeadLetter", "browse", "replay", "drop", "main"]
@@ -243,11 +250,29 @@ def _showPayload(letter: DeadLetter, codec: IPayloadCodec | None) -> str:
     return json.dumps(payload, indent=2)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a positive number of seconds, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="txplatform-deadletters", description=__doc__.split("\n\n")[1]
+    parser = OneLineParser(prog="txplatform-deadletters", description=__doc__.split("\n\n")[1])
+    parser.add_argument(
+        "--bus",
+        required=True,
+        help="amqp://user:password@host:5672/vhost, or @PATH for the first line of that file",
     )
-    parser.add_argument("--bus", required=True, help="amqp://user:password@host:5672/vhost")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds to reach the broker and log in before giving up (default 10)",
+    )
     parser.add_argument(
         "--bus-keys", help="the bus key file, to show payloads sealed under it (show)"
     )
@@ -269,9 +294,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _secret(value: str) -> str:
+    """
+    C{@PATH} stands for the first line of that file (a Docker or Kubernetes
+    secret), as for the twistd commands: a password kept off the command
+    line.
+
+    @raise OSError: The file cannot be read (the message says which).
+    """
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as f:
+            return f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise OSError(f"cannot read {value[1:]}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _refuse(status: int, message: str) -> int:
+    print(f"txplatform-deadletters: {oneLine(message)}", file=sys.stderr)
+    return status
+
+
 @inlineCallbacks
 def _run(reactor: Any, argv: list[str], out: Any) -> Any:
-    arguments = _parser().parse_args(argv)
+    try:
+        arguments = _parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code
+    try:
+        url = BrokerURL.parse(_secret(arguments.bus))
+    except (OSError, ValueError) as e:
+        return _refuse(USAGE, f"--bus: {e}")
     if arguments.group:
         groups = arguments.group
     else:
@@ -280,8 +334,7 @@ def _run(reactor: Any, argv: list[str], out: Any) -> Any:
         try:
             groups = installedGroups()
         except CatalogueError as e:
-            print(f"txplatform-deadletters: {e}", file=sys.stderr)
-            return 2
+            return _refuse(USAGE, str(e))
     codec = None
     if arguments.bus_keys is not None:
         from ..crypto.keyfile import KeyFileError
@@ -290,52 +343,75 @@ def _run(reactor: Any, argv: list[str], out: Any) -> Any:
         try:
             codec = loadKeys(arguments.bus_keys, reactor, "bus").payloadCodec()
         except KeyFileError as e:
-            print(f"--bus-keys: {e}", file=out)
-            return 2
-    bus = AMQPBus(reactor, BrokerURL.parse(arguments.bus), connectionName="txplatform-deadletters")
+            return _refuse(USAGE, f"--bus-keys: {e}")
+    bus = AMQPBus(reactor, url, connectionName="txplatform-deadletters")
+    # The bus would retry quietly for ever: find out first, once, whether
+    # the broker lets us in, and if not why.
+    deadline = reactor.seconds() + arguments.timeout
+    try:
+        yield probe(reactor, url, arguments.timeout, bus.clientProperties())
+    except BrokerUnreachable as e:
+        return _refuse(FAILED, f"cannot use the broker at {e}")
     bus.startService()
     try:
-        yield bus.whenConnected()
-        if arguments.command == "list":
-            letters = yield browse(bus, groups)
-            for letter in letters:
-                print(_describe(letter), file=out)
-            print(f"{len(letters)} dead letter(s)", file=out)
-            return 0
-        wanted = getattr(arguments, "message_id", None)
-
-        def pick(letter: DeadLetter) -> bool:
-            return arguments.command == "replay" and arguments.all or letter.messageId == wanted
-
-        if arguments.command == "show":
-            letters = [letter for letter in (yield browse(bus, groups)) if pick(letter)]
-            for letter in letters:
-                print(_describe(letter), file=out)
-                print(json.dumps(letter.properties.headers, indent=2, default=str), file=out)
-                print(_showPayload(letter, codec), file=out)
-        elif arguments.command == "replay":
-            letters = yield replay(bus, groups, pick)
-            print(f"replayed {len(letters)} dead letter(s)", file=out)
-        else:
-            letters = yield drop(bus, groups, pick)
-            print(f"dropped {len(letters)} dead letter(s)", file=out)
-        if not letters:
-            print(f"no dead letter {wanted}", file=out)
-            return 1
-        return 0
+        try:
+            yield bus.whenConnected().addTimeout(max(deadline - reactor.seconds(), 1.0), reactor)
+        except TimeoutError:
+            # It let the probe in, then not the bus: gone meanwhile.
+            return _refuse(
+                FAILED, f"cannot use the broker at {url}: no connection within the timeout"
+            )
+        return (yield _command(bus, arguments, groups, codec, out))
+    except _LOST as e:
+        return _refuse(FAILED, f"the broker connection failed: {_reason(e)}")
     finally:
         yield bus.stopService()
 
 
+#: The broker went away, or closed the channel, while a command ran.
+_LOST = (Closed, ConnectionLost, NotConnected, PublishNacked, TimeoutError)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, Closed) and e.args:
+        code, text = (getattr(e.args[0], name, None) for name in ("reply_code", "reply_text"))
+        if code is not None:
+            return f"{code} {text}"
+    return str(e) or type(e).__name__
+
+
+@inlineCallbacks
+def _command(bus: AMQPBus, arguments: Any, groups: list[str], codec: Any, out: Any) -> Any:
+    if arguments.command == "list":
+        letters = yield browse(bus, groups)
+        for letter in letters:
+            print(_describe(letter), file=out)
+        print(f"{len(letters)} dead letter(s)", file=out)
+        return 0
+    wanted = getattr(arguments, "message_id", None)
+
+    def pick(letter: DeadLetter) -> bool:
+        return arguments.command == "replay" and arguments.all or letter.messageId == wanted
+
+    if arguments.command == "show":
+        letters = [letter for letter in (yield browse(bus, groups)) if pick(letter)]
+        for letter in letters:
+            print(_describe(letter), file=out)
+            print(json.dumps(letter.properties.headers, indent=2, default=str), file=out)
+            print(_showPayload(letter, codec), file=out)
+    elif arguments.command == "replay":
+        letters = yield replay(bus, groups, pick)
+        print(f"replayed {len(letters)} dead letter(s)", file=out)
+    else:
+        letters = yield drop(bus, groups, pick)
+        print(f"dropped {len(letters)} dead letter(s)", file=out)
+    if not letters:
+        return _refuse(FAILED, f"no dead letter {wanted}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
-    def run(reactor: Any) -> Any:
-        def exit(code: int) -> None:
-            if code:
-                raise SystemExit(code)
-
-        return _run(reactor, sys.argv[1:] if argv is None else argv, sys.stdout).addCallback(exit)
-
-    react(run)
+    reactWithStatus(lambda reactor, arguments: _run(reactor, list(arguments), sys.stdout), argv)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
+from ..commandline import FAILED, OneLineParser
 from ..serviceid import ServiceId
 from .identity import (
     Identity,
@@ -45,17 +46,19 @@ def serviceIdFrom(text: str) -> ServiceId:
     from txplatform.serviceid import UnknownService
 
     try:
-        return installedServices().registry().idFor(text)
+        catalogue = installedServices()
+        return catalogue.registry().idFor(text)
     except CatalogueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     except (UnknownService, ValueError):
+        names = ", ".join([*catalogue.names(), "gateway"])
         raise argparse.ArgumentTypeError(
-            f"{text!r} is neither six hex digits nor an installed service"
+            f"{text!r} is neither six hex digits nor an installed service ({names})"
         ) from None
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = OneLineParser(
         prog="txplatform-channel", description="Identity keys and trust for the secure channel."
     )
     commands = top.add_subparsers(dest="command", required=True)
@@ -77,12 +80,23 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _addTrusted(path: str, peer: Peer) -> None:
-    store = readTrust(path) if os.path.exists(path) else TrustStore()
+def _trustFile(path: str) -> TrustStore:
+    return readTrust(path) if os.path.exists(path) else TrustStore()
+
+
+def _addTrusted(path: str, store: TrustStore, peer: Peer) -> None:
     if store.allows(peer.key, peer.serviceId):
         return
     store.add(peer)
-    writeTrust(path, store)
+    _writing("trust file", path, writeTrust, store)
+
+
+def _writing(what: str, path: str, write: Any, contents: Any) -> None:
+    # The OSError names the temporary file written first: name the file.
+    try:
+        write(path, contents)
+    except OSError as e:
+        raise IdentityError(f"cannot write the {what} {path}: {e.strerror or e}") from None
 
 
 def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
@@ -97,19 +111,24 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         if options.command == "keygen":
             if os.path.exists(options.path):
                 raise IdentityError(f"{options.path} exists: an identity is never overwritten")
+            # Read first: a trust file we cannot use stops us before an
+            # identity nobody trusts is written.
+            store = _trustFile(options.trust) if options.trust else None
             identity = Identity.generate(options.service)
-            writeIdentity(options.path, identity)
+            _writing("identity file", options.path, writeIdentity, identity)
             print(
                 f"wrote {options.path}: service {identity.serviceId.hex},"
                 f" public key {encodeKey(identity.public)}",
                 file=out,
             )
-            if options.trust:
-                _addTrusted(options.trust, Peer(options.service, identity.public, options.comment))
+            if store is not None:
+                peer = Peer(options.service, identity.public, options.comment)
+                _addTrusted(options.trust, store, peer)
                 print(f"{options.trust}: trusts it for {options.service.hex}", file=out)
         elif options.command == "trust":
             key = decodeKey(options.key, "--key")
-            _addTrusted(options.path, Peer(options.service, key, options.comment))
+            peer = Peer(options.service, key, options.comment)
+            _addTrusted(options.path, _trustFile(options.path), peer)
             print(f"{options.path}: trusts {options.key} for {options.service.hex}", file=out)
         else:
             identity = readIdentity(options.path)
@@ -117,7 +136,7 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
             print(f"public key {encodeKey(identity.public)}", file=out)
     except (IdentityError, OSError) as e:
         print(f"txplatform-channel: {e}", file=sys.stderr)
-        return 1
+        return FAILED
     return 0
 
 

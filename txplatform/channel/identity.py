@@ -252,6 +252,8 @@ def readTrust(path: str) -> TrustStore:
             text = f.read()
     except OSError as e:
         raise IdentityError(f"cannot read the trust file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise IdentityError(f"the trust file {path} is not UTF-8 text") from None
     return TrustStore.fromJSON(text, path)
 
 

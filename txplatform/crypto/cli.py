@@ -20,9 +20,61 @@ from typing import Any, Sequence, TextIO
 
 from twisted.internet.defer import inlineCallbacks
 
-from .keyfile import KeyFileError, newKeyFile, readKeySource, writeKeyFile
+from ..commandline import FAILED, USAGE, OneLineParser, oneLine, reactWithStatus
+from .keyfile import KeyFile, KeyFileError, newKeyFile, readKeySource, writeKeyFile
 
 __all__ = ["main", "run"]
+
+
+class _UsageError(Exception):
+    """
+    A mistake on the command line found after parsing it (exit status 2).
+    """
+
+
+def _keyName(name: str) -> str:
+    """
+    What C{init --name} takes: C{bus}, or an installed service that stores
+    data (the only key files anything reads; see docs/security.md), for
+    argparse.  A key file under another name would be refused by every
+    process it is given to.
+    """
+    if name == "bus":
+        return name
+    from ..catalogue import CatalogueError, installedServices
+
+    try:
+        catalogue = installedServices()
+    except CatalogueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if name not in catalogue or not catalogue.get(name).stores():
+        storing = ", ".join(d.name for d in catalogue if d.stores()) or "none installed"
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is neither bus nor an installed service that stores data ({storing})"
+        )
+    return name
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"a positive number, not {text!r}")
+        return value
+
+    return parse
+
+
+def _databaseURL(url: str) -> str:
+    # Only the scheme here: opening the database is the command's work.
+    if not url.startswith(("sqlite:", "postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(
+            f"{url!r} is not sqlite:PATH or postgresql://user@host:port/dbname"
+        )
+    return url
 
 
 def _storingService(name: str) -> str:
@@ -55,11 +107,13 @@ def _databaseErrors() -> tuple[type[BaseException], ...]:
 
     import psycopg
 
-    return (sqlite3.Error, psycopg.Error)
+    from ..database import DatabaseUnavailable
+
+    return (sqlite3.Error, psycopg.Error, DatabaseUnavailable)
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = OneLineParser(
         prog="txplatform-keys", description="Key files: make, rotate, re-encrypt, retire."
     )
     commands = top.add_subparsers(dest="command", required=True)
@@ -67,12 +121,17 @@ def parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init", help="write a new key file (mode 0600)")
     init.add_argument("path")
     init.add_argument(
-        "--name", required=True, help="bus, or the name of the service whose data the keys encrypt"
+        "--name",
+        required=True,
+        type=_keyName,
+        help="bus, or the name of the service whose data the keys encrypt",
     )
-    init.add_argument("--period", type=float, default=3600.0, help="epoch length, seconds")
+    init.add_argument(
+        "--period", type=_positive(float), default=3600.0, help="epoch length, seconds"
+    )
     init.add_argument(
         "--max-age",
-        type=float,
+        type=_positive(float),
         default=None,
         help="refuse data from epochs older than this (seconds); for the bus keys",
     )
@@ -89,21 +148,23 @@ def parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the versions, and what the data is under")
     status.add_argument("path")
     status.add_argument("--service", type=_storingService)
-    status.add_argument("--db")
+    status.add_argument("--db", type=_databaseURL)
 
     reencrypt = commands.add_parser(
         "reencrypt", help="rewrite stored rows under the current version (resumable)"
     )
     reencrypt.add_argument("--service", type=_storingService, required=True)
     reencrypt.add_argument("--keys", required=True, help="the service's key file")
-    reencrypt.add_argument("--db", required=True)
-    reencrypt.add_argument("--batch", type=int, default=200)
+    reencrypt.add_argument("--db", required=True, type=_databaseURL)
+    reencrypt.add_argument("--batch", type=_positive(int), default=200)
 
     retire = commands.add_parser("retire", help="delete the versions below a version")
     retire.add_argument("path")
     retire.add_argument("--below", type=int, required=True)
     retire.add_argument("--service", type=_storingService)
-    retire.add_argument("--db", help="check first that no stored data needs them")
+    retire.add_argument(
+        "--db", type=_databaseURL, help="check first that no stored data needs them"
+    )
     retire.add_argument("--force", action="store_true", help="retire without checking the database")
     return top
 
@@ -112,7 +173,10 @@ def parser() -> argparse.ArgumentParser:
 def _withDatabase(reactor: Any, url: str, work: Any) -> Any:
     from ..database import databaseFromURL
 
-    database = databaseFromURL(url, reactor=reactor)
+    try:
+        database = databaseFromURL(url, reactor=reactor)
+    except ValueError as e:
+        raise _UsageError(f"--db: {e}") from None
     database.start()
     try:
         result = yield work(database)
@@ -142,13 +206,13 @@ def run(reactor: Any, argv: Sequence[str], out: TextIO = sys.stdout) -> Any:
         if options.command == "init":
             if os.path.exists(options.path):
                 raise KeyFileError(f"{options.path} exists: a key file is never overwritten")
-            writeKeyFile(options.path, newKeyFile(options.name, options.period, options.max_age))
+            _write(options.path, newKeyFile(options.name, options.period, options.max_age))
             print(f"wrote {options.path}: keys of {options.name!r}, version 1", file=out)
         elif options.command == "rotate":
             keyFile = readKeySource(options.path)
             activatesAt = time.time() + options.activate_in
             rotated = keyFile.rotated(activatesAt)
-            writeKeyFile(options.path, rotated)
+            _write(options.path, rotated)
             newest = rotated.versions[-1].version
             print(
                 f"{options.path}: version {newest} added; replicas encrypt with it from"
@@ -162,13 +226,27 @@ def run(reactor: Any, argv: Sequence[str], out: TextIO = sys.stdout) -> Any:
             return (yield _reencrypt(reactor, options, out))
         elif options.command == "retire":
             return (yield _retire(reactor, options, out))
+    except _UsageError as e:
+        print(f"txplatform-keys: {e}", file=sys.stderr)
+        return USAGE
     except KeyFileError as e:
         print(f"txplatform-keys: {e}", file=sys.stderr)
-        return 1
+        return FAILED
     except _databaseErrors() as e:
-        print(f"txplatform-keys: the database: {e}", file=sys.stderr)
-        return 1
+        print(f"txplatform-keys: the database: {oneLine(e)}", file=sys.stderr)
+        return FAILED
+    except OSError as e:
+        # Opening an SQLite file whose directory cannot be made, say.
+        print(f"txplatform-keys: {e}", file=sys.stderr)
+        return FAILED
     return 0
+
+
+def _write(path: str, keyFile: KeyFile) -> None:
+    try:
+        writeKeyFile(path, keyFile)
+    except OSError as e:
+        raise KeyFileError(f"cannot write the key file {path}: {e.strerror or e}") from None
 
 
 def _needsDatabase(options: Any) -> bool:
@@ -258,7 +336,7 @@ def _retire(reactor: Any, options: Any, out: TextIO) -> Any:
             " retired (or --force)"
         )
     retired = keyFile.retired(options.below)
-    writeKeyFile(options.path, retired)
+    _write(options.path, retired)
     print(
         f"{options.path}: versions below {options.below} retired; kept"
         f" {[m.version for m in retired.versions]}",
@@ -268,6 +346,4 @@ def _retire(reactor: Any, options: Any, out: TextIO) -> Any:
 
 
 def main() -> None:
-    from twisted.internet.task import react
-
-    react(lambda reactor: run(reactor, sys.argv[1:]))
+    reactWithStatus(run)

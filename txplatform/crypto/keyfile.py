@@ -216,6 +216,8 @@ def readSecretSource(source: str, what: str) -> tuple[str, str]:
             text = f.read()
     except OSError as e:
         raise KeyFileError(f"cannot read the {what} {source}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise KeyFileError(f"the {what} {source} is not UTF-8 text") from None
     mode = st.st_mode
     # Only our own files: a secret mounted by the platform (Kubernetes,
     # Docker) belongs to it, with the mode it chose.
