@@ -438,6 +438,19 @@ class LogInTests(ConnectionTestMixin, SynchronousTestCase):
         self.assertEqual(str(refused), f"530 {text}")
         self.assertTrue(transport.disconnecting)
 
+    def test_lost(self) -> None:
+        """
+        A connection lost during the handshake (a TLS certificate refused)
+        fails it with the loss's own reason.
+        """
+        connection, _, _ = self.connect()
+        d = connection.logIn("guest", "guest", 10)
+        connection.dataReceived(connectionStart())
+        connection.connectionLost(Failure(ValueError("certificate verify failed")))
+        self.assertEqual(
+            str(self.failureResultOf(d, ValueError).value), "certificate verify failed"
+        )
+
     def test_timesOut(self) -> None:
         """
         A broker that does not answer fails the handshake once its time is

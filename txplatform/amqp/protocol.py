@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txamqp.client import TwistedDelegate
+from txamqp.client import Closed, TwistedDelegate
 from txamqp.protocol import AMQClient
 
 from . import frames
@@ -223,13 +223,22 @@ class AMQPConnection(AMQClient):
             L{BrokerClosed} when the broker closes it on the way (a refused
             login is a 403 C{connection.close}, as the client properties
             announce C{authentication_failure_close}; a missing virtual host
-            a 530), or with L{twisted.internet.defer.TimeoutError}.
+            a 530), with the reason the connection was lost (a TLS
+            certificate that does not check out), or with
+            L{twisted.internet.defer.TimeoutError}.
         """
         response = b"\0" + username.encode("utf-8") + b"\0" + password.encode("utf-8")
         d = self.start(response, mechanism="PLAIN", locale="en_US").addTimeout(timeout, self.clock)
 
         def why(failure: Failure) -> Failure:
-            return Failure(self.closedBy) if self.closedBy is not None else failure
+            if self.closedBy is not None:
+                return Failure(self.closedBy)
+            # txamqp wraps the loss: Closed(<the Failure connectionLost got>).
+            if failure.check(Closed) and failure.value.args:
+                inner = failure.value.args[0]
+                if isinstance(inner, Failure):
+                    return inner
+            return failure
 
         return d.addErrback(why)
 
