@@ -688,6 +688,7 @@ class AMQPBus(Service):
         super().startService()
         self._stopping = None
         self._failedInARow = 0
+        self._lastFailure = None
         self._service.startService()
 
     def stopService(self) -> Deferred[None]:
