@@ -860,8 +860,11 @@ class AMQPBus(Service):
             return
         self._protocol = self._channel = None
         if self.running:
-            # Said in the line of the retry that follows (_retryDelay).
-            self._attemptFailed(reason, wasReady=True)
+            # Said in the line of the retry that follows (_retryDelay), with
+            # the broker's own reason if it gave one (an operator closed the
+            # connection, the broker shuts down): the loss alone says less.
+            why = Failure(protocol.closedBy) if protocol.closedBy is not None else reason
+            self._attemptFailed(why, wasReady=True)
         # Replies to calls sent on that connection cannot come back on the
         # next one: fail them now, or send them again if that is harmless.
         for call in list(self._calls.values()):
