@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest
 
 from txplatform.errors import DeadlineExceeded, Unavailable
@@ -112,6 +113,9 @@ class ConnectionLossTests(BrokerTestCase):
                     unexpected.append(e)
                     yield sleep(0.05)
 
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         running = [publisher(), caller(False), caller(True), caller(True)]
         yield eventually(lambda: len(published) > total // 3, timeout=20)
         result = yield rabbitmqctl("close_all_connections", "--vhost", VHOST, "fault test")
@@ -130,3 +134,12 @@ class ConnectionLossTests(BrokerTestCase):
         self.assertGreater(outcomes["resent ok"], 0)
         self.assertTrue(server.connected and client.connected)
         self.assertGreaterEqual(next(client._connections), 3, "the client reconnected")
+        # Each bus said why, once: the broker's reason, not only the loss.
+        lines = [
+            formatEvent(e)
+            for e in events
+            if e["log_level"] >= LogLevel.warn and "Lost the connection" in formatEvent(e)
+        ]
+        self.assertEqual(len(lines), 2, lines)
+        for line in lines:
+            self.assertIn("(320 CONNECTION_FORCED - fault test); retrying in ", line)

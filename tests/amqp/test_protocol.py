@@ -17,9 +17,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from txplatform.amqp import frames
 from txplatform.amqp.frames import Properties
 from txplatform.amqp.protocol import (
+    ACCESS_REFUSED,
     FRAME_MAX,
+    NOT_ALLOWED,
     AMQPConnection,
     AMQPDelegate,
+    BrokerClosed,
     PublishNacked,
     PublishReturned,
 )
@@ -46,6 +49,48 @@ def deliver(
     for start in range(0, len(body), chunk):
         parts.append(frames._frame(frames.FRAME_BODY, 1, body[start : start + chunk]))
     return b"".join(parts)
+
+
+def _longstr(value: bytes) -> bytes:
+    return struct.pack("!I", len(value)) + value
+
+
+def connectionStart() -> bytes:
+    """
+    The broker's connection.start, which opens the handshake.
+    """
+    args = b"\x00\x09" + frames.encodeTable({}) + _longstr(b"PLAIN AMQPLAIN") + _longstr(b"en_US")
+    return method(0, 10, 10, args)
+
+
+def connectionTune() -> bytes:
+    """
+    The broker's connection.tune, which it sends once the login is accepted.
+    """
+    return method(0, 10, 30, struct.pack("!HIH", 2047, FRAME_MAX, 60))
+
+
+def connectionClose(code: int, text: str, classId: int = 0, methodId: int = 0) -> bytes:
+    """
+    The broker's connection.close, with why (and the method that failed).
+    """
+    args = struct.pack("!H", code) + frames._shortstr(text) + struct.pack("!HH", classId, methodId)
+    return method(0, 10, 50, args)
+
+
+def sentMethods(data: bytes) -> list[tuple[int, int, bytes]]:
+    """
+    The (class, method, arguments) of every method frame in C{data}.
+    """
+    found = []
+    offset = 0
+    while offset < len(data):
+        kind, _, size = struct.unpack_from("!BHI", data, offset)
+        payload = data[offset + 7 : offset + 7 + size]
+        if kind == frames.FRAME_METHOD:
+            found.append((*struct.unpack_from("!HH", payload), payload[4:]))
+        offset += 8 + size
+    return found
 
 
 class ConnectionTestMixin:
@@ -334,3 +379,88 @@ class HeartbeatTimingTests(ConnectionTestMixin, SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         clock.advance(2.6)  # 3.1 s after the last frame
         self.assertTrue(transport.disconnecting)
+
+
+class LogInTests(ConnectionTestMixin, SynchronousTestCase):
+    """
+    L{AMQPConnection.logIn}: the handshake, and the broker's reasons for
+    ending it.
+    """
+
+    def test_opens(self) -> None:
+        """
+        Start-ok carries the credentials (PLAIN); once tuned, the virtual
+        host is opened and the handshake fires when the broker says open-ok.
+        """
+        connection, transport, _ = self.connect()
+        d = connection.logIn("guest", "secret", 10)
+        connection.dataReceived(connectionStart())
+        [(classId, methodId, args)] = sentMethods(transport.value())
+        self.assertEqual((classId, methodId), (10, 11))
+        self.assertIn(b"\x00guest\x00secret", args)
+        transport.clear()
+        connection.dataReceived(connectionTune())
+        self.assertEqual([m[:2] for m in sentMethods(transport.value())], [(10, 31), (10, 40)])
+        self.assertNoResult(d)
+        connection.dataReceived(method(0, 10, 41, b"\x00"))
+        self.successResultOf(d)
+
+    def test_accessRefused(self) -> None:
+        """
+        A login the broker refuses (connection.close 403 in answer to
+        start-ok) fails the handshake with L{BrokerClosed} and its reason;
+        close-ok goes back and the connection is closed.
+        """
+        connection, transport, _ = self.connect()
+        d = connection.logIn("guest", "wrong", 10)
+        connection.dataReceived(connectionStart())
+        transport.clear()
+        text = "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN."
+        connection.dataReceived(connectionClose(ACCESS_REFUSED, text))
+        refused = self.failureResultOf(d, BrokerClosed).value
+        self.assertEqual((refused.code, refused.text), (ACCESS_REFUSED, text))
+        self.assertEqual([m[:2] for m in sentMethods(transport.value())], [(10, 51)])
+        self.assertTrue(transport.disconnecting)
+
+    def test_noSuchVirtualHost(self) -> None:
+        """
+        A virtual host that does not exist (connection.close 530 in answer to
+        connection.open) fails the handshake with L{BrokerClosed}.
+        """
+        connection, transport, _ = self.connect()
+        d = connection.logIn("guest", "guest", 10)
+        connection.dataReceived(connectionStart())
+        connection.dataReceived(connectionTune())
+        text = "NOT_ALLOWED - vhost nosuchvhost not found"
+        connection.dataReceived(connectionClose(NOT_ALLOWED, text, 10, 40))
+        refused = self.failureResultOf(d, BrokerClosed).value
+        self.assertEqual((refused.code, refused.text), (NOT_ALLOWED, text))
+        self.assertEqual(str(refused), f"530 {text}")
+        self.assertTrue(transport.disconnecting)
+
+    def test_lost(self) -> None:
+        """
+        A connection lost during the handshake (a TLS certificate refused)
+        fails it with the loss's own reason.
+        """
+        connection, _, _ = self.connect()
+        d = connection.logIn("guest", "guest", 10)
+        connection.dataReceived(connectionStart())
+        connection.connectionLost(Failure(ValueError("certificate verify failed")))
+        self.assertEqual(
+            str(self.failureResultOf(d, ValueError).value), "certificate verify failed"
+        )
+
+    def test_timesOut(self) -> None:
+        """
+        A broker that does not answer fails the handshake once its time is
+        up.
+        """
+        from twisted.internet.defer import TimeoutError
+
+        connection, _, clock = self.connect()
+        d = connection.logIn("guest", "guest", 10)
+        clock.advance(9)
+        self.assertNoResult(d)
+        clock.advance(1)
+        self.failureResultOf(d, TimeoutError)

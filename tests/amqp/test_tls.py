@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 
 from txplatform.amqp.bus import AMQPBus
@@ -123,7 +124,10 @@ class TLSBrokerTests(BrokerTestCase):
         self.assertGreater(self.forwarder.received, 0)
 
     @inlineCallbacks
-    def assertRefused(self, url: str) -> Any:
+    def assertRefused(self, url: str, why: str) -> Any:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         bus = yield self.tlsBus(url, connected=False)
         connected = bus.whenConnected()
         yield deferLater(reactor, 1.5, lambda: None)
@@ -131,6 +135,12 @@ class TLSBrokerTests(BrokerTestCase):
         connected.cancel()
         self.assertFailure(connected, CancelledError)
         self.assertEqual(self.forwarder.received, 0, "AMQP bytes went to an unchecked broker")
+        # Each attempt is one line saying why, without a traceback.
+        lines = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertRegex(line, rf"^TLS with AMQP broker localhost:\d+ failed \(.*{why}")
+            self.assertNotIn("Traceback", line)
 
     @inlineCallbacks
     def test_wrongName(self) -> Any:
@@ -139,7 +149,7 @@ class TLSBrokerTests(BrokerTestCase):
         the AMQP handshake: not one byte of it, credentials included.
         """
         port, cafile = yield self.listen("broker.example")
-        yield self.assertRefused(self.url(port, cafile))
+        yield self.assertRefused(self.url(port, cafile), "DNSMismatch")
 
     @inlineCallbacks
     def test_untrusted(self) -> Any:
@@ -148,7 +158,7 @@ class TLSBrokerTests(BrokerTestCase):
         """
         port, _ = yield self.listen("localhost")
         otherCA, _ = makeCertificate(os.path.abspath(self.mktemp()), "localhost")
-        yield self.assertRefused(self.url(port, otherCA))
+        yield self.assertRefused(self.url(port, otherCA), "certificate verify failed")
 
     @inlineCallbacks
     def test_plainTextListener(self) -> Any:

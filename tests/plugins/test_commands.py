@@ -5,12 +5,16 @@ installed service, listed as soon as the service is installed.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 import textwrap
 
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txplatform.catalogue import Catalogue, CatalogueError
@@ -57,6 +61,58 @@ class ServiceCommandTests(SynchronousTestCase):
         keepPluginCacheFresh(path)
         self.assertGreater(os.stat(path).st_mtime, 4.0e9)
         keepPluginCacheFresh(os.path.join(path, "missing"))  # no error
+
+
+class PluginCacheTests(SynchronousTestCase):
+    """
+    Twisted's plugin cache (C{dropin.cache} beside the dropin) is shared by
+    every process that lists plugins there, and rewritten by each: whatever
+    another process left in it, the dropin's commands are listed.
+    """
+
+    def setUp(self) -> None:
+        import twisted.plugins.txplatform_dropin as dropin
+
+        directory = os.path.abspath(self.mktemp())
+        self.package = os.path.join(directory, "txplatform_cachetest")
+        os.makedirs(self.package)
+        open(os.path.join(self.package, "__init__.py"), "w").close()
+        shutil.copy(dropin.__file__, self.package)
+        self.cache = os.path.join(self.package, "dropin.cache")
+        self.patch(sys, "path", [directory, *sys.path])
+        self.addCleanup(
+            lambda: [sys.modules.pop(n) for n in list(sys.modules) if "txplatform_cachetest" in n]
+        )
+
+    def listed(self) -> set[str]:
+        package = importlib.import_module("txplatform_cachetest")
+        return {maker.tapname for maker in getPlugins(IServiceMaker, package)}
+
+    def test_corrupt(self) -> None:
+        """
+        An unreadable cache (a write cut short) is made again.
+        """
+        with open(self.cache, "wb") as f:
+            f.write(b"\x80\x04garbage")
+        self.assertLessEqual({"txplatform", "gateway", "account", "post"}, self.listed())
+        with open(self.cache, "rb") as f:
+            self.assertIn("txplatform_dropin", pickle.load(f))
+
+    def test_otherEnvironment(self) -> None:
+        """
+        A cache written by a process that saw other services (another
+        virtualenv, a PYTHONPATH with one more service), or none, does not
+        stand for this one's.
+        """
+        self.listed()
+        with open(self.cache, "rb") as f:
+            cached = pickle.load(f)
+        cached["txplatform_dropin"].plugins = []
+        with open(self.cache, "wb") as f:
+            pickle.dump(cached, f)
+        for module in [n for n in sys.modules if "txplatform_cachetest" in n]:
+            del sys.modules[module]
+        self.assertLessEqual({"txplatform", "gateway", "account", "post"}, self.listed())
 
 
 DECLARE = """

@@ -376,7 +376,9 @@ class InstalledCommandsTests(TestCase):
         )
         self.assertEqual(listing.returncode, 0, listing.stderr)
         for command in ["txplatform", "gateway", "account", "post", "notify", "parser"]:
-            self.assertRegex(listing.stdout, rf"\n\s+{command}\s")
+            # A dropin that fails to import is only reported on stderr (and
+            # its commands are missing): show it.
+            self.assertRegex(listing.stdout, rf"\n\s+{command}\s", listing.stderr)
             helped = subprocess.run(
                 [twistd, command, "--help"],
                 cwd=elsewhere,
@@ -463,7 +465,7 @@ class PackagingTests(TestCase):
         )
         self.assertEqual(listing.returncode, 0, listing.stderr)
         for command in ["txplatform", "gateway", "account", "post", "notify"]:
-            self.assertRegex(listing.stdout, rf"\n\s+{command}\s")
+            self.assertRegex(listing.stdout, rf"\n\s+{command}\s", listing.stderr)
         helped = subprocess.run(
             [twistd, "account", "--help"], cwd=elsewhere, env=env, capture_output=True, text=True
         )

@@ -31,7 +31,7 @@ import os
 import socket
 from typing import Any, Callable, Mapping
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory
@@ -62,6 +62,7 @@ from ..errors import (
 from ..interfaces import IBus, IPayloadCodec, ISubscription
 from ..serviceid import ServiceId
 from ..topics import checkEventName, checkPattern
+from ._attempts import QuietClientService, ReportingEndpoint, whyNotConnected
 from .frames import Delivery, Properties
 from .protocol import AMQPConnection, AMQPDelegate
 from .spec import loadSpec
@@ -139,6 +140,10 @@ def eventOf(delivery: Delivery) -> str:
 
 
 class _Factory(Factory):
+    # Not a line per connection attempt ("Starting factory ..."): the bus
+    # logs the attempts that fail, and the connection that gets ready.
+    noisy = False
+
     def __init__(self, bus: AMQPBus) -> None:
         self._bus = bus
 
@@ -639,10 +644,17 @@ class AMQPBus(Service):
         self._connections = itertools.count(1)
         self._connected: list[Deferred[None]] = []
         self._stopping: Deferred[None] | None = None
-        backoff = backoffPolicy(initialDelay=0.2, factor=2.0, maxDelay=10.0)
-        #: Connections that failed before they were ready, in a row (see
-        #: _connectionMade).
-        self._lostEarly = 0
+        # Exponential: 0.4 s, 0.8 s, 1.6 s ... up to 10 s, plus up to 1 s of
+        # jitter.
+        self._backoff = backoffPolicy(initialDelay=0.2, factor=2.0, maxDelay=10.0)
+        #: Attempts that failed in a row, however they failed (see
+        #: _retryDelay); none once a connection is ready.
+        self._failedInARow = 0
+        #: Why the last attempt failed, and whether its connection had been
+        #: ready: told in the line of the next retry (_retryDelay).
+        self._lastFailure: tuple[Failure, bool] | None = None
+        #: The connection whose handshake runs, if any.
+        self._handshaking: AMQPConnection | None = None
         # No prepareConnection: ClientService leaves the connection of a
         # failed or cancelled preparation open, and its later loss then
         # finds no transition (automat's NoTransition, in Waiting or
@@ -650,10 +662,10 @@ class AMQPBus(Service):
         # is; the AMQP handshake and topology follow in _connectionMade,
         # and a connection that does not get ready is closed, so that
         # ClientService's own loss handling retries it.
-        self._service = ClientService(
-            url.endpoint(reactor),
+        self._service = QuietClientService(
+            ReportingEndpoint(url.endpoint(reactor), self._attemptFailed),
             _Factory(self),
-            retryPolicy=lambda attempts: backoff(attempts + self._lostEarly),
+            retryPolicy=self._retryDelay,
             clock=reactor,
         )
 
@@ -675,6 +687,8 @@ class AMQPBus(Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = None
+        self._failedInARow = 0
+        self._lastFailure = None
         self._service.startService()
 
     def stopService(self) -> Deferred[None]:
@@ -702,6 +716,12 @@ class AMQPBus(Service):
         protocol = self._protocol
         if protocol is not None and not protocol.lost:
             yield protocol.closeCleanly(2)
+        handshaking = self._handshaking
+        if handshaking is not None and not handshaking.lost:
+            # Not left to ClientService's loseConnection: over TLS, that
+            # waits for the TLS handshake to finish (or for ours to time
+            # out) before the connection closes and the service stops.
+            handshaking.transport.abortConnection()
         yield self._service.stopService()
         self._failWaiting(Unavailable("the bus is stopping"))
 
@@ -728,32 +748,75 @@ class AMQPBus(Service):
     def _connectionMade(self, protocol: AMQPConnection) -> None:
         """
         A connection is up: log in, declare, start the consumers.  One that
-        fails on the way (refused login, bad certificate, a handshake that
-        times out) is logged in one line and closed; ClientService then
-        retries it, the back-off growing with each such failure in a row.
+        fails on the way (refused login, missing virtual host, bad
+        certificate, a handshake that times out) is closed, and ClientService
+        retries it (see L{_retryDelay}).
+
+        Called from the protocol's connectionMade, before ClientService
+        knows of the connection: nothing here may raise, or the connection
+        would be lost with ClientService still connecting.
         """
 
         def failed(failure: Failure) -> None:
-            self._lostEarly += 1
-            self.log.warn(
-                "The connection to {broker} failed before it was ready: {why}",
-                broker=str(self.url),
-                why=failure.getErrorMessage() or failure.type.__name__,
-            )
-            if not protocol.lost and protocol.transport is not None:
+            if self._handshaking is protocol:
+                self._handshaking = None
+            if self.running:
+                self._attemptFailed(failure)
+            if protocol.lost or protocol.transport is None:
+                return
+            if protocol.closedBy is not None:
+                # The broker closed it: our close-ok is on its way out.
+                protocol.transport.loseConnection()
+            else:
                 protocol.transport.abortConnection()
 
+        self._handshaking = protocol
         self._prepare(protocol).addErrback(failed)
+
+    def _attemptFailed(self, reason: Failure, wasReady: bool = False) -> None:
+        self._lastFailure = (reason, wasReady)
+
+    def _retryDelay(self, attempts: int) -> float:
+        """
+        ClientService's retry policy, called once per failed attempt: the
+        delay before the next one, growing with the attempts that failed in a
+        row.  Counted here, not from C{attempts}: ClientService counts from
+        one again with every connection made, so a login refused each time
+        would always be its first failure.  Logs one line saying why and
+        when.
+
+        Called inside a transition of ClientService's state machine: it must
+        not raise, or the machine would be left half-way.
+        """
+        self._failedInARow += 1
+        attempts = self._failedInARow
+        delay = self._backoff(attempts)
+        last, self._lastFailure = self._lastFailure, None
+        if not self.running:
+            return delay
+        try:
+            why = (
+                whyNotConnected(self.url, *last)
+                if last is not None
+                else f"The connection to AMQP broker {self.url.host}:{self.url.port} ended"
+            )
+            self.log.warn(
+                "{why}; retrying in {delay:.1f} s",
+                why=why,
+                delay=delay,
+                broker=str(self.url),
+                attempt=attempts,
+            )
+        except Exception:
+            self.log.failure("Cannot say why the broker connection failed")
+        return delay
 
     @inlineCallbacks
     def _prepare(self, protocol: AMQPConnection) -> Any:
         url = self.url
         protocol.attach(self._returned, lambda reason: self._lost(protocol, reason))
-        response = b"\0" + url.username.encode("utf-8") + b"\0" + url.password.encode("utf-8")
         # Heartbeats only start once connected: bound the handshake itself.
-        yield protocol.start(response, mechanism="PLAIN", locale="en_US").addTimeout(
-            url.connectTimeout, self._clock
-        )
+        yield protocol.logIn(url.username, url.password, url.connectTimeout)
         channel = yield protocol.channel(CHANNEL)
         yield channel.channel_open()
         yield channel.exchange_declare(exchange=RPC_EXCHANGE, type="direct", durable=True)
@@ -777,7 +840,8 @@ class AMQPBus(Service):
                 started.add(consumer)
                 yield consumer.start(protocol, channel)
         generation = next(self._connections)
-        self._lostEarly = 0
+        self._failedInARow = 0
+        self._handshaking = None
         self.log.info(
             "Connected to {broker} ({consumers} consumer(s), connection {n})",
             broker=str(url),
@@ -796,9 +860,11 @@ class AMQPBus(Service):
             return
         self._protocol = self._channel = None
         if self.running:
-            self.log.warn(
-                "Lost the broker connection ({why}); reconnecting", why=reason.getErrorMessage()
-            )
+            # Said in the line of the retry that follows (_retryDelay), with
+            # the broker's own reason if it gave one (an operator closed the
+            # connection, the broker shuts down): the loss alone says less.
+            why = Failure(protocol.closedBy) if protocol.closedBy is not None else reason
+            self._attemptFailed(why, wasReady=True)
         # Replies to calls sent on that connection cannot come back on the
         # next one: fail them now, or send them again if that is harmless.
         for call in list(self._calls.values()):

@@ -21,13 +21,22 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txamqp.client import TwistedDelegate
+from txamqp.client import Closed, TwistedDelegate
 from txamqp.protocol import AMQClient
 
 from . import frames
 from .frames import Delivery, Properties
 
-__all__ = ["AMQPConnection", "AMQPDelegate", "PublishNacked", "PublishReturned", "NotConnected"]
+__all__ = [
+    "ACCESS_REFUSED",
+    "NOT_ALLOWED",
+    "AMQPConnection",
+    "AMQPDelegate",
+    "BrokerClosed",
+    "PublishNacked",
+    "PublishReturned",
+    "NotConnected",
+]
 
 _HEAD = struct.Struct("!BHI")
 _CLASS_METHOD = struct.Struct("!HH")
@@ -52,6 +61,32 @@ class NotConnected(Exception):
     """
     There is no connection to write to.
     """
+
+
+#: connection.close reply codes the broker answers a handshake with: a
+#: refused login (wrong user name or password), and a virtual host that does
+#: not exist or that the user may not open.
+ACCESS_REFUSED = 403
+NOT_ALLOWED = 530
+
+
+class BrokerClosed(Exception):
+    """
+    The broker closed the connection (connection.close), saying why.
+
+    @ivar code: Its reply code: L{ACCESS_REFUSED}, L{NOT_ALLOWED}, 320 for
+        an operator's or a shutdown's C{CONNECTION_FORCED}...
+    @ivar text: Its reply text, which starts with the code's name (as in
+        C{ACCESS_REFUSED - Login was refused ...}).
+    """
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
 
 
 class AMQPDelegate(TwistedDelegate):
@@ -90,6 +125,12 @@ class AMQPDelegate(TwistedDelegate):
         self.client.MAX_LENGTH = frameMax
         ch.connection_tune_ok(msg.channel_max, frameMax, self.client.heartbeatInterval)
         self.client.started.fire()
+
+    def connection_close(self, ch: Any, msg: Any) -> None:
+        # txamqp fails whatever waits (the handshake) with the raw method:
+        # keep the broker's reason where logIn finds it.
+        self.client.closedBy = BrokerClosed(msg.reply_code, msg.reply_text)
+        super().connection_close(ch, msg)
 
     def channel_close(self, ch: Any, msg: Any) -> None:
         # A channel error means our state is off (a declaration refused,
@@ -130,6 +171,8 @@ class AMQPConnection(AMQClient):
     @ivar onLost: Called once with the reason when the connection is gone.
     @ivar onMade: Called with the connection once it is made (before the
         AMQP handshake, which the bus then runs).
+    @ivar closedBy: The L{BrokerClosed} the broker closed the connection
+        with, if it did.
     """
 
     log = Logger()
@@ -152,6 +195,7 @@ class AMQPConnection(AMQClient):
         self._lastReceived = clock.seconds()
         self.lost = False
         self.blocked = False
+        self.closedBy: BrokerClosed | None = None
 
     def attach(
         self, onReturn: Callable[[Delivery], None], onLost: Callable[[Failure], None]
@@ -168,6 +212,35 @@ class AMQPConnection(AMQClient):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.onMade(self)
+
+    def logIn(self, username: str, password: str, timeout: float) -> Deferred[Any]:
+        """
+        The handshake: log in (PLAIN), tune, open the virtual host.
+
+        @param timeout: Seconds the whole handshake may take (heartbeats only
+            start once it is done).
+        @return: Fires once the connection is open; fails with
+            L{BrokerClosed} when the broker closes it on the way (a refused
+            login is a 403 C{connection.close}, as the client properties
+            announce C{authentication_failure_close}; a missing virtual host
+            a 530), with the reason the connection was lost (a TLS
+            certificate that does not check out), or with
+            L{twisted.internet.defer.TimeoutError}.
+        """
+        response = b"\0" + username.encode("utf-8") + b"\0" + password.encode("utf-8")
+        d = self.start(response, mechanism="PLAIN", locale="en_US").addTimeout(timeout, self.clock)
+
+        def why(failure: Failure) -> Failure:
+            if self.closedBy is not None:
+                return Failure(self.closedBy)
+            # txamqp wraps the loss: Closed(<the Failure connectionLost got>).
+            if failure.check(Closed) and failure.value.args:
+                inner = failure.value.args[0]
+                if isinstance(inner, Failure):
+                    return inner
+            return failure
+
+        return d.addErrback(why)
 
     # The protocol header: txamqp writes AMQP 1 1 0 9; this is 0-9-1's.
 
