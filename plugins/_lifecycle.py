@@ -225,11 +225,49 @@ def addProbes(top: Any, options: Any, reactor: Any, bus: Any, services: list[Any
     from twisted.application.strports import service as listening
     from twisted.web.server import Site
 
+    from txplatform.metrics import BusCollector
     from txplatform.probes import probeResource
 
     site = Site(probeResource(lambda: readiness(bus, services)))
     site.noisy = False
-    listening(options["metrics"], site, reactor=reactor).setServiceParent(top)
+    probes = MultiService()
+    listening(options["metrics"], site, reactor=reactor).setServiceParent(probes)
+    _WithCollector(BusCollector(bus, busTransport(bus))).setServiceParent(probes)
+    probes.setServiceParent(top)
+
+
+def busTransport(bus: Any) -> str:
+    """
+    A short name for the kind of C{bus}: amqp, direct or local.
+    """
+    module = type(bus).__module__
+    for name in ("amqp", "direct"):
+        if f".{name}." in module:
+            return name
+    return "local"
+
+
+class _WithCollector(Service):
+    """
+    Registers a collector in prometheus-client's registry while running
+    (one per process; a test making several processes' services in one
+    would clash otherwise).
+    """
+
+    def __init__(self, collector: Any) -> None:
+        self._collector = collector
+
+    def startService(self) -> None:
+        from prometheus_client import REGISTRY
+
+        super().startService()
+        REGISTRY.register(self._collector)
+
+    def stopService(self) -> None:
+        from prometheus_client import REGISTRY
+
+        super().stopService()
+        REGISTRY.unregister(self._collector)
 
 
 class HealthFile(Service):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.errors import NotFound
 from txplatform.localbus import LocalBus
+from txplatform.metrics import BusCollector
 
 from .test_service import Greeter
 
@@ -115,3 +116,66 @@ class _Appending:
 
     def append(self, item: Any) -> None:
         self._f(*item)
+
+
+class BusMetricsTests(SynchronousTestCase):
+    def test_inFlightAndDeadlines(self) -> None:
+        """
+        A call waiting for its answer is in flight; one whose deadline
+        passes is counted by callee and method, and is in flight no more.
+        """
+        clock = Clock()
+        bus = LocalBus(clock)
+        service = Greeter(bus, clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.successResultOf(service.whenStarted())
+        inFlight = sample("txplatform_bus_calls_in_flight")
+        expired = sample(
+            "txplatform_bus_deadlines_expired_total", service=Greeter.serviceId.hex, method="hello"
+        )
+        d = bus.call(Greeter.serviceId, "hello", {"name": "slow"}, timeout=2.0)
+        clock.advance(0)
+        self.assertEqual(sample("txplatform_bus_calls_in_flight") - inFlight, 1)
+        clock.advance(2.0)
+        self.failureResultOf(d)
+        self.assertEqual(sample("txplatform_bus_calls_in_flight") - inFlight, 0)
+        self.assertEqual(
+            sample(
+                "txplatform_bus_deadlines_expired_total",
+                service=Greeter.serviceId.hex,
+                method="hello",
+            )
+            - expired,
+            1,
+        )
+
+    def test_collector(self) -> None:
+        """
+        L{BusCollector} reads the bus when metrics are read: connected or
+        not, and the confirms pending where the bus has them.
+        """
+
+        class FakeBus:
+            connected = False
+
+            def confirmsPending(self) -> int:
+                return 3
+
+        registry = CollectorRegistry()
+        registry.register(BusCollector(FakeBus(), "amqp"))
+        self.assertEqual(
+            registry.get_sample_value("txplatform_bus_connected", {"transport": "amqp"}), 0.0
+        )
+        self.assertEqual(
+            registry.get_sample_value("txplatform_bus_confirms_pending", {"transport": "amqp"}),
+            3.0,
+        )
+        registry = CollectorRegistry()
+        registry.register(BusCollector(LocalBus(Clock()), "local"))
+        self.assertEqual(
+            registry.get_sample_value("txplatform_bus_connected", {"transport": "local"}), 1.0
+        )
+        self.assertIsNone(
+            registry.get_sample_value("txplatform_bus_confirms_pending", {"transport": "local"})
+        )

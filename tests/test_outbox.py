@@ -163,6 +163,35 @@ class OutboxTestsMixin:
         self.assertEqual((yield self.remaining()), [])
 
     @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """
+        The backlog counts what is committed and not yet confirmed; a scan
+        counts what it publishes from the table and says the age of the
+        oldest row it found (0 once none is left).
+        """
+        from prometheus_client import REGISTRY
+
+        def sample(name: str) -> float:
+            return REGISTRY.get_sample_value(name, {"service": "things"}) or 0.0
+
+        yield self.outbox.flush()
+        self.bus.down = True
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        self.assertEqual(sample("txplatform_outbox_backlog"), 1)
+        yield self.outbox.flush()
+        self.assertEqual(sample("txplatform_outbox_backlog"), 0)
+        leftovers = sample("txplatform_outbox_leftovers_published_total")
+        yield deferLater(reactor, 0.1, lambda: None)
+        yield self.outbox._tick()  # the bus still down: the row stays
+        self.assertGreaterEqual(sample("txplatform_outbox_oldest_seconds"), 0.05)
+        self.bus.down = False
+        yield self.outbox._tick()
+        yield eventually(lambda: len(self.received) == 1)
+        self.assertEqual(sample("txplatform_outbox_leftovers_published_total") - leftovers, 1)
+        yield self.outbox._tick()
+        self.assertEqual(sample("txplatform_outbox_oldest_seconds"), 0)
+
+    @inlineCallbacks
     def test_busDown(self) -> Any:
         """
         While the bus refuses events they stay in the outbox, in order, and

@@ -26,6 +26,7 @@ from .errors import (
     errorToWire,
 )
 from .interfaces import IPayloadCodec
+from .metrics import CALLS_IN_FLIGHT, DEADLINES_EXPIRED
 from .serviceid import ServiceId
 
 __all__ = [
@@ -168,7 +169,13 @@ def awaitAnswer(
     d.addTimeout(
         max(deadline - clock.seconds(), 0.0), clock, onTimeoutCancel=timeoutFailure(service, method)
     )
-    return d
+    CALLS_IN_FLIGHT.inc()
+    return d.addBoth(_answered)
+
+
+def _answered(result: Any) -> Any:
+    CALLS_IN_FLIGHT.dec()
+    return result
 
 
 def timeoutFailure(service: ServiceId, method: str) -> Callable[[Any, float], Failure]:
@@ -178,6 +185,7 @@ def timeoutFailure(service: ServiceId, method: str) -> Callable[[Any, float], Fa
     """
 
     def timedOut(result: Any, timeout: float) -> Failure:
+        DEADLINES_EXPIRED.labels(service.hex, method).inc()
         return Failure(
             DeadlineExceeded(
                 f"no answer from service {service.hex} to {method} within {timeout:g}s",

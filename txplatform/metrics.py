@@ -11,9 +11,26 @@ and event names from the handlers' declarations, never from a message.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from typing import Any, Iterator
 
-__all__ = ["CALLS", "CALL_SECONDS", "EVENTS", "EVENT_SECONDS", "LATENCY_BUCKETS"]
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "BusCollector",
+    "BUS_CONNECTIONS",
+    "CALLS",
+    "CALLS_IN_FLIGHT",
+    "CALL_SECONDS",
+    "DEADLINES_EXPIRED",
+    "EVENTS",
+    "EVENT_SECONDS",
+    "LATENCY_BUCKETS",
+    "OUTBOX_BACKLOG",
+    "OUTBOX_LEFTOVERS",
+    "OUTBOX_OLDEST",
+]
 
 #: Seconds, from a cached read (sub-millisecond) to a call's default
 #: deadline (10 s).
@@ -43,3 +60,71 @@ EVENT_SECONDS = Histogram(
     ["service", "pattern"],
     buckets=LATENCY_BUCKETS,
 )
+
+# The buses (every one: L{txplatform.busrules} is what they share).
+CALLS_IN_FLIGHT = Gauge(
+    "txplatform_bus_calls_in_flight", "Calls this process made and awaits the answers of."
+)
+DEADLINES_EXPIRED = Counter(
+    "txplatform_bus_deadlines_expired",
+    "Calls this process made that had no answer by their deadline, by the callee's service id"
+    " (hex) and method.",
+    ["service", "method"],
+)
+BUS_CONNECTIONS = Counter(
+    "txplatform_bus_connections",
+    "Connections to the broker made and set up: more than one is a reconnection.",
+    ["transport"],
+)
+
+# The outbox.
+OUTBOX_BACKLOG = Gauge(
+    "txplatform_outbox_backlog",
+    "Events committed and not yet confirmed by the bus, held in memory.",
+    ["service"],
+)
+OUTBOX_OLDEST = Gauge(
+    "txplatform_outbox_oldest_seconds",
+    "Age of the oldest event left in the outbox table past its publication (0: none), as the"
+    " last scan found it: grows while the bus is away.",
+    ["service"],
+)
+OUTBOX_LEFTOVERS = Counter(
+    "txplatform_outbox_leftovers_published",
+    "Events published from the outbox table rather than from memory: a crashed process's, or"
+    " one whose first publication failed.",
+    ["service"],
+)
+
+
+class BusCollector(Collector):
+    """
+    What a process's bus says of itself when metrics are read:
+    C{txplatform_bus_connected} (1 or 0) and, on a bus with publisher
+    confirms, C{txplatform_bus_confirms_pending}.  Read at scrape time, so
+    the bus pays nothing for it meanwhile.
+    """
+
+    def __init__(self, bus: Any, transport: str) -> None:
+        self._bus = bus
+        self._transport = transport
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        connected = GaugeMetricFamily(
+            "txplatform_bus_connected",
+            "1 while the process's bus is connected (to its broker, or serving).",
+            labels=["transport"],
+        )
+        connected.add_metric(
+            [self._transport], 1.0 if getattr(self._bus, "connected", True) else 0.0
+        )
+        yield connected
+        pending = getattr(self._bus, "confirmsPending", None)
+        if pending is not None:
+            family = GaugeMetricFamily(
+                "txplatform_bus_confirms_pending",
+                "Messages published and not yet confirmed by the broker.",
+                labels=["transport"],
+            )
+            family.add_metric([self._transport], float(pending()))
+            yield family

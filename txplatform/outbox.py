@@ -36,6 +36,7 @@ from .codec import dumps, loads
 from .context import Origin, newMessageId
 from .database import Migration
 from .interfaces import IBus, IDatabase, IFieldCodec, ITransaction
+from .metrics import OUTBOX_BACKLOG, OUTBOX_LEFTOVERS, OUTBOX_OLDEST
 from .serviceid import ServiceId
 
 __all__ = ["Outbox"]
@@ -94,6 +95,7 @@ class Outbox:
         # for a minute; a commit is heard of within the reactor turns
         # after it.
         self._scanned: dict[str, float] = {}
+        self._backlog = OUTBOX_BACKLOG.labels(component)
         # Whether the table may hold rows nobody has in memory (leftovers
         # of an earlier run, or of a failed publish); the timer's scans
         # look only at rows older than the interval.
@@ -147,6 +149,7 @@ class Outbox:
         if self._scanned.pop(staged.messageId, None) is not None:
             return  # a scan published it already
         self._inMemory.add(staged.messageId)
+        self._backlog.set(len(self._inMemory))
         self._ready.append(staged)
 
     def start(self) -> None:
@@ -256,6 +259,7 @@ class Outbox:
                 yield self._settle([s.messageId for s in ready], results, "message_id")
             finally:
                 self._inMemory.difference_update(s.messageId for s in ready)
+                self._backlog.set(len(self._inMemory))
 
     @inlineCallbacks
     def _settle(self, keys: list[Any], results: list[tuple[bool, Any]], column: str) -> Any:
@@ -284,7 +288,8 @@ class Outbox:
         after = -1
         while True:
             sql = (
-                f"SELECT seq, message_id, event, payload, correlation_id FROM {self.table}"
+                f"SELECT seq, message_id, event, payload, correlation_id, created_at"
+                f" FROM {self.table}"
                 " WHERE seq > ?"
             )
             params: list[Any] = [after]
@@ -294,12 +299,17 @@ class Outbox:
             rows = yield self._database.runQuery(
                 sql + " ORDER BY seq LIMIT ?", (*params, self._batchSize)
             )
+            if after == -1:
+                # Ordered by seq, so near enough the oldest: what an
+                # operator alerts on (the bus away, or rows unreadable).
+                oldest = rows[0][5] / 1000 if rows else now
+                OUTBOX_OLDEST.labels(self.component).set(max(now - oldest, 0.0))
             if not rows:
                 return
             after = rows[-1][0]
             published = []
             confirmations = []
-            for seq, messageId, event, sealed, correlationId in rows:
+            for seq, messageId, event, sealed, correlationId, _ in rows:
                 if messageId in self._inMemory:
                     continue  # on its way from memory
                 try:
@@ -321,6 +331,7 @@ class Outbox:
                 self._scanned[messageId] = now
                 published.append(seq)
             results = yield DeferredList(confirmations, consumeErrors=True)
+            OUTBOX_LEFTOVERS.labels(self.component).inc(sum(1 for ok, _ in results if ok))
             yield self._settle(published, results, "seq")
             if len(rows) < self._batchSize:
                 return

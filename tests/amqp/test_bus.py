@@ -96,6 +96,29 @@ class CallTests(BrokerTestCase):
         )
 
     @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """
+        Each connection made and set up is counted; the confirms the
+        broker owes are none once a publication is confirmed.
+        """
+        from prometheus_client import REGISTRY
+
+        def connections() -> float:
+            return (
+                REGISTRY.get_sample_value("txplatform_bus_connections_total", {"transport": "amqp"})
+                or 0.0
+            )
+
+        before = connections()
+        bus = yield self.makeBus()
+        self.assertEqual(connections() - before, 1)
+        self.assertEqual(bus.confirmsPending(), 0)
+        published = bus.publish(self.newEvent(), {"n": 1})
+        self.assertEqual(bus.confirmsPending(), 1)
+        yield published
+        self.assertEqual(bus.confirmsPending(), 0)
+
+    @inlineCallbacks
     def test_deferredHandler(self) -> Any:
         """
         Handlers may answer through a Deferred.

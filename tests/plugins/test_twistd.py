@@ -166,6 +166,7 @@ class AllInOneProcessTests(TwistdTestCase):
             " 1.0",
             text,
         )
+        self.assertIn('txplatform_bus_connected{transport="local"} 1.0', text)
 
     @inlineCallbacks
     def test_cannotStart(self) -> Any:

@@ -60,6 +60,7 @@ from ..errors import (
     UnknownMethod,
 )
 from ..interfaces import IBus, IPayloadCodec, ISubscription
+from ..metrics import BUS_CONNECTIONS
 from ..serviceid import ServiceId
 from ..topics import checkEventName, checkPattern
 from ._attempts import QuietClientService, ReportingEndpoint, whyNotConnected
@@ -745,6 +746,14 @@ class AMQPBus(Service):
     def connected(self) -> bool:
         return self._protocol is not None and not self._protocol.lost
 
+    def confirmsPending(self) -> int:
+        """
+        Messages published on the current connection that the broker has
+        not confirmed yet.
+        """
+        protocol = self._protocol
+        return 0 if protocol is None else protocol.unconfirmedCount()
+
     def _connectionMade(self, protocol: AMQPConnection) -> None:
         """
         A connection is up: log in, declare, start the consumers.  One that
@@ -840,6 +849,7 @@ class AMQPBus(Service):
                 started.add(consumer)
                 yield consumer.start(protocol, channel)
         generation = next(self._connections)
+        BUS_CONNECTIONS.labels("amqp").inc()
         self._failedInARow = 0
         self._handshaking = None
         self.log.info(

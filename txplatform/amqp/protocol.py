@@ -434,6 +434,13 @@ class AMQPConnection(AMQClient):
             self._returnable[channel][properties.message_id] = sequence
         return d
 
+    def unconfirmedCount(self) -> int:
+        """
+        Messages published in confirm mode that the broker has not
+        confirmed (or refused) yet.
+        """
+        return sum(len(pending) for pending in self._unconfirmed.values())
+
     def _confirmed(
         self, channel: int, deliveryTag: int, multiple: bool, error: type[Exception] | None
     ) -> None:
