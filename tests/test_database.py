@@ -5,6 +5,7 @@ Tests for L{txplatform.database}, run on SQLite and on PostgreSQL.
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -170,6 +171,27 @@ class DatabaseTestsMixin:
         yield self.assertFailure(database.runOperation(insert, ("b", "one")), UniqueViolation)
         yield self.assertFailure(database.runOperation(insert, ("a", "two")), UniqueViolation)
         self.assertTrue(issubclass(UniqueViolation, IntegrityError))
+
+    @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """
+        Each transaction's wait for a connection and its time in its thread
+        are observed, labelled with the database.
+        """
+        from prometheus_client import REGISTRY
+
+        database = self.makeDatabase()
+        labels = {"database": database.description}
+
+        def count(name: str) -> float:
+            return REGISTRY.get_sample_value(name, labels) or 0.0
+
+        waits = count("txplatform_database_wait_seconds_count")
+        took = count("txplatform_database_transaction_seconds_sum")
+        yield database.runInteraction(lambda t: time.sleep(0.05))
+        yield database.runQuery("SELECT 1")
+        self.assertEqual(count("txplatform_database_wait_seconds_count") - waits, 2)
+        self.assertGreaterEqual(count("txplatform_database_transaction_seconds_sum") - took, 0.05)
 
     @inlineCallbacks
     def test_rollback(self) -> Any:

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .interfaces import IDatabase, ITransaction
+from .metrics import DATABASE_TRANSACTION_SECONDS, DATABASE_WAIT_SECONDS
 
 __all__ = [
     "Migration",
@@ -169,6 +170,8 @@ class _AdbapiDatabase:
         self._pool = pool
         self.description = description
         pool.description = description
+        self._waits = DATABASE_WAIT_SECONDS.labels(description)
+        self._durations = DATABASE_TRANSACTION_SECONDS.labels(description)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
@@ -192,7 +195,9 @@ class _AdbapiDatabase:
         self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
         committed: list[Callable[[], Any]] = []
-        d = self._pool.runInteraction(self._interact, interaction, args, kwargs, committed)
+        d = self._pool.runInteraction(
+            self._interact, interaction, args, kwargs, committed, time.monotonic()
+        )
         return d.addCallback(self._afterCommit, committed)
 
     def _interact(
@@ -202,10 +207,18 @@ class _AdbapiDatabase:
         args: Any,
         kw: Any,
         committed: list[Callable[[], Any]],
+        queued: float,
     ) -> Any:
+        # In the pool's thread: the wait is the time the transaction queued
+        # for a connection (a thread of the pool, each holding one).
+        started = time.monotonic()
+        self._waits.observe(started - queued)
         # A retried interaction (adbapi reconnects once) starts afresh.
         del committed[:]
-        return interaction(_Transaction(adbapiTransaction, self, committed), *args, **kw)
+        try:
+            return interaction(_Transaction(adbapiTransaction, self, committed), *args, **kw)
+        finally:
+            self._durations.observe(time.monotonic() - started)
 
     def _afterCommit(self, result: Any, committed: list[Callable[[], Any]]) -> Any:
         for f in committed:

@@ -22,6 +22,8 @@ __all__ = [
     "BUS_CONNECTIONS",
     "CALLS",
     "CALLS_IN_FLIGHT",
+    "DATABASE_TRANSACTION_SECONDS",
+    "DATABASE_WAIT_SECONDS",
     "CALL_SECONDS",
     "DEADLINES_EXPIRED",
     "EVENTS",
@@ -75,6 +77,20 @@ BUS_CONNECTIONS = Counter(
     "txplatform_bus_connections",
     "Connections to the broker made and set up: more than one is a reconnection.",
     ["transport"],
+)
+
+# The databases: labelled by the database (its URL or file, no password).
+DATABASE_WAIT_SECONDS = Histogram(
+    "txplatform_database_wait_seconds",
+    "Seconds a transaction waited for a connection of the pool before it began.",
+    ["database"],
+    buckets=LATENCY_BUCKETS,
+)
+DATABASE_TRANSACTION_SECONDS = Histogram(
+    "txplatform_database_transaction_seconds",
+    "Seconds a transaction took in its thread, from its beginning to its commit or rollback.",
+    ["database"],
+    buckets=LATENCY_BUCKETS,
 )
 
 # The outbox.
