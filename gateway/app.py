@@ -49,6 +49,7 @@ from txplatform.errors import (
 )
 from txplatform.interfaces import IBus
 from txplatform.messages import fromPayload, fromQuery, requestTarget, toPayload
+from txplatform.metrics import Labelled
 from txplatform.routes import (
     IAuthenticator,
     IExchange,
@@ -162,6 +163,10 @@ class Exchange:
             origin=self.origin,
             idempotent=idempotent,
         )
+
+
+_REQUESTS = Labelled(REQUESTS)
+_REQUEST_SECONDS = Labelled(REQUEST_SECONDS)
 
 
 def _streamEnded(result: Any) -> None:
@@ -679,8 +684,8 @@ class Gateway:
         self, result: Any, request: IRequest, operation: str, priority: str, started: float
     ) -> Any:
         status = "disconnected" if isinstance(result, Failure) else str(request.code)
-        REQUESTS.labels(operation, status, priority).inc()
-        REQUEST_SECONDS.labels(operation).observe(self.clock.seconds() - started)
+        _REQUESTS(operation, status, priority).inc()
+        _REQUEST_SECONDS(operation).observe(self.clock.seconds() - started)
 
     def problem(self, request: IRequest, failure: Failure) -> bytes:
         """

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 __all__ = [
     "BusCollector",
+    "Labelled",
     "BUS_CONNECTIONS",
     "CALLS",
     "CALLS_IN_FLIGHT",
@@ -62,6 +63,25 @@ EVENT_SECONDS = Histogram(
     ["service", "pattern"],
     buckets=LATENCY_BUCKETS,
 )
+
+
+class Labelled:
+    """
+    The children of a labelled metric, each looked up once: prometheus-
+    client's C{labels()} checks and locks on every call (1.6 us, against
+    0.15 us for a dict), and the hot paths count every request.
+    """
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
 
 # The buses (every one: L{txplatform.busrules} is what they share).
 CALLS_IN_FLIGHT = Gauge(

@@ -50,7 +50,7 @@ from .fields import PlainFieldCodec, SealedTable, reindexRows
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription, ITransaction
 from .keychecks import KeyChecks, KeyMismatch
 from .messages import fromPayload, requestOf, requestTarget, toPayload
-from .metrics import CALL_SECONDS, CALLS, EVENT_SECONDS, EVENTS
+from .metrics import CALL_SECONDS, CALLS, EVENT_SECONDS, EVENTS, Labelled
 from .outbox import Outbox
 from .replylog import ReplyLog, requestDigest
 from .serviceid import ServiceId
@@ -63,6 +63,12 @@ _EXPLAINED = (DatabaseUnavailable, KeyMismatch)
 
 _RPC = "__txplatform_rpc__"
 _HANDLER = "__txplatform_handler__"
+
+
+_CALLS = Labelled(CALLS)
+_CALL_SECONDS = Labelled(CALL_SECONDS)
+_EVENTS = Labelled(EVENTS)
+_EVENT_SECONDS = Labelled(EVENT_SECONDS)
 
 
 @frozen
@@ -375,8 +381,8 @@ class BusService(Service):
             outcome = error.code if isinstance(error, ServiceError) else "internal"
         else:
             outcome = "ok"
-        CALLS.labels(self.name, method, outcome).inc()
-        CALL_SECONDS.labels(self.name, method).observe(duration)
+        _CALLS(self.name, method, outcome).inc()
+        _CALL_SECONDS(self.name, method).observe(duration)
         if outcome == "ok" and not self.logCalls:
             return result
         self.log.info(
@@ -410,7 +416,7 @@ class BusService(Service):
             try:
                 event = fromPayload(spec.eventType, payload)
             except InvalidArgument as e:
-                EVENTS.labels(self.name, spec.pattern, "malformed").inc()
+                _EVENTS(self.name, spec.pattern, "malformed").inc()
                 return fail(MalformedMessage(f"{context.event} event: {e.message}", e.details))
             started = self.clock.seconds()
             d = maybeDeferred(spec.function, self, event, context)
@@ -418,8 +424,8 @@ class BusService(Service):
 
         def handled(result: Any, started: float) -> Any:
             outcome = "failed" if isinstance(result, Failure) else "ok"
-            EVENTS.labels(self.name, spec.pattern, outcome).inc()
-            EVENT_SECONDS.labels(self.name, spec.pattern).observe(self.clock.seconds() - started)
+            _EVENTS(self.name, spec.pattern, outcome).inc()
+            _EVENT_SECONDS(self.name, spec.pattern).observe(self.clock.seconds() - started)
             return result
 
         return handle
