@@ -43,6 +43,7 @@ from .errors import (
     UnknownMethod,
 )
 from .interfaces import IBus, IPayloadCodec, ISubscription
+from .metrics import DEAD_LETTERS
 from .serviceid import ServiceId
 from .topics import checkEventName, checkPattern, topicMatches
 
@@ -712,6 +713,7 @@ class LocalBus(Service):
             attempts=delivery.attempt,
             reason=reason,
         )
+        DEAD_LETTERS.labels(queue.group).inc()
         self._deadLetters[f"{queue.group}/{delivery.messageId}"] = DeadLetter(
             messageId=delivery.messageId,
             event=delivery.event,

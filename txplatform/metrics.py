@@ -27,6 +27,7 @@ __all__ = [
     "DATABASE_WAIT_SECONDS",
     "CALL_SECONDS",
     "DEADLINES_EXPIRED",
+    "DEAD_LETTERS",
     "EVENTS",
     "EVENT_SECONDS",
     "LATENCY_BUCKETS",
@@ -92,6 +93,12 @@ DEADLINES_EXPIRED = Counter(
     "Calls this process made that had no answer by their deadline, by the callee's service id"
     " (hex) and method.",
     ["service", "method"],
+)
+DEAD_LETTERS = Counter(
+    "txplatform_bus_dead_letters",
+    "Events given up on and set aside for an operator (txplatform-deadletters), by consumer"
+    " group: malformed, or failed on every attempt.",
+    ["group"],
 )
 BUS_CONNECTIONS = Counter(
     "txplatform_bus_connections",

@@ -60,7 +60,7 @@ from ..errors import (
     UnknownMethod,
 )
 from ..interfaces import IBus, IPayloadCodec, ISubscription
-from ..metrics import BUS_CONNECTIONS
+from ..metrics import BUS_CONNECTIONS, DEAD_LETTERS
 from ..serviceid import ServiceId
 from ..topics import checkEventName, checkPattern
 from ._attempts import QuietClientService, ReportingEndpoint, whyNotConnected
@@ -592,6 +592,12 @@ class _Subscription(_Consumer):
                 if not protocol.lost:
                     protocol.reject(delivery.channel, delivery.deliveryTag, requeue=True)
                 self.finished()
+
+
+def _countDeadLetter(result: Any, group: str) -> Any:
+    # Counted once the dead letter is stored (confirmed by the broker).
+    DEAD_LETTERS.labels(group).inc()
+    return result
 
 
 @implementer(IBus)
@@ -1248,6 +1254,7 @@ class AMQPBus(Service):
             consumer.finished()
             return
         d = self._deadLetter(delivery, group, consumer.queueName(), reason, attempts)
+        d.addCallback(_countDeadLetter, group)
         self._settleAfter(d, consumer, protocol, delivery)
 
     def _publishCopy(

@@ -885,8 +885,17 @@ class BusContract(_TestCase):
 
         pair = yield self.makeBuses()
         event = f"{self._topic()}.happened"
-        yield pair.server.subscribe(event, refuse, self.newGroup(event))
+        group = self.newGroup(event)
+        yield pair.server.subscribe(event, refuse, group)
         yield pair.caller.publish(event, {"bad": True})
         yield self._eventually(pair, lambda: attempts)
         yield self._sleep(pair, self.retryWait)
         self.assertEqual(attempts, [1])
+        # Counted for an operator (txplatform_bus_dead_letters_total).
+        yield self._eventually(pair, lambda: _deadLetters(group) == 1)
+
+
+def _deadLetters(group: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("txplatform_bus_dead_letters_total", {"group": group}) or 0.0
