@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import traces
 from .interfaces import IDatabase, ITransaction
 
 __all__ = [
@@ -116,11 +117,16 @@ class _Transaction:
     """
 
     def __init__(
-        self, cursor: Any, database: _AdbapiDatabase, committed: list[Callable[[], Any]]
+        self,
+        cursor: Any,
+        database: _AdbapiDatabase,
+        committed: list[Callable[[], Any]],
+        traceParent: str | None = None,
     ) -> None:
         self._cursor = cursor
         self._database = database
         self._committed = committed
+        self.traceParent = traceParent
 
     def afterCommit(self, f: Callable[[], Any]) -> None:
         self._committed.append(f)
@@ -192,8 +198,26 @@ class _AdbapiDatabase:
         self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
         committed: list[Callable[[], Any]] = []
-        d = self._pool.runInteraction(self._interact, interaction, args, kwargs, committed)
-        return d.addCallback(self._afterCommit, committed)
+        # Within a handler's span (current while its synchronous part runs):
+        # one span for the transaction, waiting for a connection included.
+        span = traceParent = None
+        if traces.enabled():
+            span = traces.startChildOfCurrent(
+                "db.transaction",
+                {
+                    "db.system.name": self.dialect,
+                    "code.function.name": getattr(interaction, "__name__", "?"),
+                },
+            )
+            if span is not None:
+                traceParent = traces.traceParentOf(span)
+        d = self._pool.runInteraction(
+            self._interact, interaction, args, kwargs, committed, traceParent
+        )
+        d.addCallback(self._afterCommit, committed)
+        if span is not None:
+            d.addBoth(traces.endSpan, span)
+        return d
 
     def _interact(
         self,
@@ -202,10 +226,12 @@ class _AdbapiDatabase:
         args: Any,
         kw: Any,
         committed: list[Callable[[], Any]],
+        traceParent: str | None = None,
     ) -> Any:
         # A retried interaction (adbapi reconnects once) starts afresh.
         del committed[:]
-        return interaction(_Transaction(adbapiTransaction, self, committed), *args, **kw)
+        transaction = _Transaction(adbapiTransaction, self, committed, traceParent)
+        return interaction(transaction, *args, **kw)
 
     def _afterCommit(self, result: Any, committed: list[Callable[[], Any]]) -> Any:
         for f in committed:

@@ -27,6 +27,8 @@ from zope.interface import implementer
 
 from .busrules import (
     awaitAnswer,
+    decodePayload,
+    encodeEvent,
     failureReason,
     internalReply,
     millis,
@@ -82,6 +84,7 @@ class _PendingCall:
     # as bound in its payload, and its answer wanted encoded.
     deadlineMillis: int | None = None
     encodedReply: bool = False
+    isTraced: bool = False
 
 
 class _Settlement:
@@ -138,6 +141,7 @@ class _Delivery:
     correlationId: str
     publishedAt: float
     attempt: int = 1
+    isTraced: bool = False
     settlement: _Settlement | _Settlements | None = field(default=None, eq=False, repr=False)
 
 
@@ -294,7 +298,8 @@ class _CallWorker(_Worker):
             )
         codec = self._bus._codec
         deadlineMillis = call.deadlineMillis
-        payload = codec.decode(
+        payload, traceParent = decodePayload(
+            codec,
             call.data,
             callBinding(
                 call.service,
@@ -304,8 +309,12 @@ class _CallWorker(_Worker):
                 call.correlationId,
                 millis(call.deadline) if deadlineMillis is None else deadlineMillis,
                 call.idempotencyKey,
+                call.isTraced,
             ),
+            call.isTraced,
         )
+        if traceParent is not None:
+            context = evolve(context, traceParent=traceParent)
         return handler(payload, context)
 
     def _answer(self, result: Any, call: _PendingCall) -> None:
@@ -383,11 +392,17 @@ class _EventWorker(_Worker):
             delivery.settlement.settle(self._eventQueue.group)
 
     def _invoke(self, delivery: _Delivery) -> Any:
-        payload = self._bus._codec.decode(
+        payload, traceParent = decodePayload(
+            self._bus._codec,
             delivery.data,
             eventBinding(
-                delivery.event, delivery.messageId, delivery.source, delivery.correlationId
+                delivery.event,
+                delivery.messageId,
+                delivery.source,
+                delivery.correlationId,
+                delivery.isTraced,
             ),
+            delivery.isTraced,
         )
         context = EventContext(
             messageId=delivery.messageId,
@@ -396,6 +411,7 @@ class _EventWorker(_Worker):
             correlationId=delivery.correlationId,
             publishedAt=delivery.publishedAt,
             attempt=delivery.attempt,
+            traceParent=traceParent,
         )
         return self._handler(payload, context)
 
@@ -494,7 +510,7 @@ class LocalBus(Service):
         def abandon(d: Deferred[Any]) -> None:
             pending.abandoned = True
 
-        d = awaitAnswer(self._clock, service, method, call.deadline, abandon)
+        d = awaitAnswer(self._clock, service, method, call.deadline, abandon, call.span)
         pending = _PendingCall(
             messageId=call.messageId,
             service=service,
@@ -506,6 +522,7 @@ class LocalBus(Service):
             correlationId=call.correlationId,
             idempotencyKey=call.idempotencyKey,
             deferred=d,
+            isTraced=call.isTraced,
         )
         queue.put(pending)
         return d
@@ -544,6 +561,7 @@ class LocalBus(Service):
         deadlineMillis: int,
         priority: int,
         idempotencyKey: str | None = None,
+        isTraced: bool = False,
     ) -> Deferred[bytes]:
         """
         Queue a call that arrived encoded from another process (the direct
@@ -575,6 +593,7 @@ class LocalBus(Service):
             idempotencyKey=idempotencyKey,
             deadlineMillis=deadlineMillis,
             encodedReply=True,
+            isTraced=isTraced,
         )
         queue.put(pending)
         return d
@@ -621,9 +640,14 @@ class LocalBus(Service):
             checkEventName(event)
             messageId = messageId or newMessageId()
             origin = origin if origin is not None else Origin()
-            data = self._codec.encode(
+            data = encodeEvent(
+                self._codec,
+                event,
+                messageId,
+                origin.caller,
+                origin.correlationId or messageId,
                 payload,
-                eventBinding(event, messageId, origin.caller, origin.correlationId or messageId),
+                origin.traceParent,
             )
         except (TypeError, ValueError):
             return fail()
@@ -634,6 +658,7 @@ class LocalBus(Service):
             source=origin.caller,
             correlationId=origin.correlationId or messageId,
             publishedAt=self._clock.seconds(),
+            isTraced=origin.traceParent is not None,
         )
         queues = [q for q in self._events.values() if topicMatches(q.pattern, event)]
         # Private subscriptions (replicas' caches) are not waited for: they

@@ -21,7 +21,8 @@ Topology (all durable, declared again on every connection):
 
 Every message carries its message id, the caller's service id
 (C{x-caller}), the trace id (C{x-trace}) and the schema version
-(C{x-schema}).
+(C{x-schema}); a call or event in an OpenTelemetry trace also says so
+(C{x-traced}), its C{traceparent} being inside the (sealed) payload.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import socket
 from typing import Any, Callable, Mapping
 
+from attrs import evolve
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
@@ -43,6 +45,8 @@ from zope.interface import implementer
 from ..busrules import (
     awaitAnswer,
     checkIdempotencyKey,
+    decodePayload,
+    encodeEvent,
     failureReason,
     internalReply,
     millis,
@@ -112,6 +116,14 @@ def _callerOf(headers: Mapping[str, Any]) -> ServiceId | None:
 def _traceOf(headers: Mapping[str, Any], messageId: str) -> str:
     trace = headers.get("x-trace")
     return trace if isinstance(trace, str) and trace else messageId
+
+
+def _isTraced(headers: Mapping[str, Any]) -> bool:
+    """
+    Whether a message says its payload carries a trace (the binding says
+    the same, so a broker cannot change it).
+    """
+    return headers.get("x-traced") == 1
 
 
 def _keyOf(value: object) -> str | None:
@@ -338,6 +350,7 @@ class _Server(_Consumer):
         messageId = properties.message_id or ""
         rawKey = headers.get("x-idempotency-key")
         key = _keyOf(rawKey)
+        isTraced = _isTraced(headers)
         context = CallContext(
             messageId=messageId,
             service=self.service,
@@ -359,7 +372,8 @@ class _Server(_Consumer):
                 raise UnknownMethod(
                     f"service {self.service.hex} has no method {method!r}", {"method": method}
                 )
-            payload = bus._codec.decode(
+            payload, traceParent = decodePayload(
+                bus._codec,
                 delivery.body,
                 callBinding(
                     self.service,
@@ -369,8 +383,12 @@ class _Server(_Consumer):
                     context.correlationId,
                     deadline or 0,
                     key,
+                    isTraced,
                 ),
+                isTraced,
             )
+            if traceParent is not None:
+                context = evolve(context, traceParent=traceParent)
         except MalformedMessage as e:
             # The caller hears why; the message is kept for inspection.
             self._reply(Failure(), delivery, context)
@@ -485,8 +503,12 @@ class _Subscription(_Consumer):
         event = eventOf(delivery)
         try:
             source, correlationId = _callerOf(headers), _traceOf(headers, messageId)
-            payload = bus._codec.decode(
-                delivery.body, eventBinding(event, messageId, source, correlationId)
+            isTraced = _isTraced(headers)
+            payload, traceParent = decodePayload(
+                bus._codec,
+                delivery.body,
+                eventBinding(event, messageId, source, correlationId, isTraced),
+                isTraced,
             )
             context = EventContext(
                 messageId=messageId,
@@ -495,6 +517,7 @@ class _Subscription(_Consumer):
                 correlationId=correlationId,
                 publishedAt=(properties.timestamp or 0) * 1.0,
                 attempt=attempt,
+                traceParent=traceParent,
             )
             result = self._handler(payload, context)
         except BaseException:
@@ -955,6 +978,8 @@ class AMQPBus(Service):
             headers["x-caller"] = caller.hex
         if call.idempotencyKey is not None:
             headers["x-idempotency-key"] = call.idempotencyKey
+        if call.isTraced:
+            headers["x-traced"] = 1
         properties = Properties(
             message_id=messageId,
             correlation_id=messageId,
@@ -970,7 +995,7 @@ class AMQPBus(Service):
             if pending in self._waiting:
                 self._waiting.remove(pending)
 
-        d = awaitAnswer(self._clock, service, method, deadline, abandon)
+        d = awaitAnswer(self._clock, service, method, deadline, abandon, call.span)
         pending = _PendingCall(
             messageId=messageId,
             service=service,
@@ -1072,7 +1097,9 @@ class AMQPBus(Service):
             origin = origin if origin is not None else Origin(self.caller)
             caller = origin.caller or self.caller
             trace = origin.correlationId or messageId
-            data = self._codec.encode(payload, eventBinding(event, messageId, caller, trace))
+            data = encodeEvent(
+                self._codec, event, messageId, caller, trace, payload, origin.traceParent
+            )
         except (TypeError, ValueError):
             return fail()
         protocol = self._protocol
@@ -1084,6 +1111,8 @@ class AMQPBus(Service):
         }
         if caller is not None:
             headers["x-caller"] = caller.hex
+        if origin.traceParent is not None:
+            headers["x-traced"] = 1
         properties = Properties(
             message_id=messageId,
             delivery_mode=2,
