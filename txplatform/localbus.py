@@ -27,7 +27,6 @@ from zope.interface import implementer
 
 from .busrules import (
     awaitAnswer,
-    decodePayload,
     encodeEvent,
     failureReason,
     internalReply,
@@ -37,7 +36,7 @@ from .busrules import (
     resultOf,
     retryDelay,
 )
-from .codec import JSONCodec, callBinding, eventBinding, replyBinding
+from .codec import JSONCodec, callBinding, eventBinding, replyBinding, untraced
 from .context import CallContext, EventContext, Origin, newMessageId
 from .errors import (
     ServiceError,
@@ -298,8 +297,7 @@ class _CallWorker(_Worker):
             )
         codec = self._bus._codec
         deadlineMillis = call.deadlineMillis
-        payload, traceParent = decodePayload(
-            codec,
+        payload = codec.decode(
             call.data,
             callBinding(
                 call.service,
@@ -311,9 +309,10 @@ class _CallWorker(_Worker):
                 call.idempotencyKey,
                 call.isTraced,
             ),
-            call.isTraced,
         )
-        if traceParent is not None:
+        # Unpacked only when traced: the untraced path allocates nothing more.
+        if call.isTraced:
+            payload, traceParent = untraced(payload)
             context = evolve(context, traceParent=traceParent)
         return handler(payload, context)
 
@@ -392,8 +391,7 @@ class _EventWorker(_Worker):
             delivery.settlement.settle(self._eventQueue.group)
 
     def _invoke(self, delivery: _Delivery) -> Any:
-        payload, traceParent = decodePayload(
-            self._bus._codec,
+        payload = self._bus._codec.decode(
             delivery.data,
             eventBinding(
                 delivery.event,
@@ -402,8 +400,10 @@ class _EventWorker(_Worker):
                 delivery.correlationId,
                 delivery.isTraced,
             ),
-            delivery.isTraced,
         )
+        traceParent = None
+        if delivery.isTraced:
+            payload, traceParent = untraced(payload)
         context = EventContext(
             messageId=delivery.messageId,
             event=delivery.event,

@@ -45,7 +45,6 @@ from zope.interface import implementer
 from ..busrules import (
     awaitAnswer,
     checkIdempotencyKey,
-    decodePayload,
     encodeEvent,
     failureReason,
     internalReply,
@@ -55,7 +54,7 @@ from ..busrules import (
     resultOf,
     retryDelay,
 )
-from ..codec import JSONCodec, callBinding, eventBinding, replyBinding
+from ..codec import JSONCodec, callBinding, eventBinding, replyBinding, untraced
 from ..context import CallContext, EventContext, Origin, Priority, newMessageId
 from ..errors import (
     MalformedMessage,
@@ -372,8 +371,7 @@ class _Server(_Consumer):
                 raise UnknownMethod(
                     f"service {self.service.hex} has no method {method!r}", {"method": method}
                 )
-            payload, traceParent = decodePayload(
-                bus._codec,
+            payload = bus._codec.decode(
                 delivery.body,
                 callBinding(
                     self.service,
@@ -385,9 +383,9 @@ class _Server(_Consumer):
                     key,
                     isTraced,
                 ),
-                isTraced,
             )
-            if traceParent is not None:
+            if isTraced:
+                payload, traceParent = untraced(payload)
                 context = evolve(context, traceParent=traceParent)
         except MalformedMessage as e:
             # The caller hears why; the message is kept for inspection.
@@ -504,12 +502,12 @@ class _Subscription(_Consumer):
         try:
             source, correlationId = _callerOf(headers), _traceOf(headers, messageId)
             isTraced = _isTraced(headers)
-            payload, traceParent = decodePayload(
-                bus._codec,
-                delivery.body,
-                eventBinding(event, messageId, source, correlationId, isTraced),
-                isTraced,
+            payload = bus._codec.decode(
+                delivery.body, eventBinding(event, messageId, source, correlationId, isTraced)
             )
+            traceParent = None
+            if isTraced:
+                payload, traceParent = untraced(payload)
             context = EventContext(
                 messageId=messageId,
                 event=event,
