@@ -34,6 +34,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 import txplatform
+from txplatform import traces
 from txplatform.bodies import decodeBody
 from txplatform.cache import ReadCache
 from txplatform.catalogue import GATEWAY_ID, Catalogue, installedServices
@@ -454,6 +455,8 @@ class Gateway:
         finished = request.notifyFinish()
         priority = op.priority.name.lower()
         finished.addBoth(self._counted, request, one.name, priority, self.clock.seconds())
+        if traces.enabled():
+            self._traced(one, exchange, finished)
         if self.rateLimit is not None and op.rateLimited:
             wait = self.rateLimit.check(self.clientAddress(request))
             if wait is not None:
@@ -475,6 +478,37 @@ class Gateway:
             d = self._authenticate(exchange, op.ticket)
             return d.addCallback(self._proceed, one, exchange, path)
         return self._proceed(None, one, exchange, path)
+
+    @staticmethod
+    def _traced(one: Route, exchange: Exchange, finished: Deferred[None]) -> None:
+        """
+        The span of an operation: the child of the client's W3C
+        C{traceparent}, if it sent a valid one, else a new trace; every
+        call the request makes is its child.  It ends with the response.
+        """
+        request = exchange.request
+        span = traces.startServerSpan(
+            f"{one.method} {one.path}",
+            request.getHeader("traceparent"),
+            request.getHeader("tracestate"),
+            {
+                "http.request.method": one.method,
+                "http.route": one.path,
+                "txplatform.operation": one.name,
+                "txplatform.request_id": exchange.requestId,
+            },
+        )
+        assert span is not None
+        exchange.origin = attrs.evolve(exchange.origin, traceParent=traces.traceParentOf(span))
+
+        def ended(result: Any) -> None:
+            # A Failure: the client went away before its answer.
+            span.set_attribute("http.response.status_code", request.code)
+            if request.code >= 500:
+                span.set_status(traces.StatusCode.ERROR)
+            traces.endSpan(result, span)
+
+        finished.addBoth(ended)
 
     def _proceed(
         self, principal: Principal | None, one: Route, exchange: Exchange, path: dict[str, Any]

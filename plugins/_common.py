@@ -25,6 +25,8 @@ __all__ = [
     "DRAIN_TIMEOUT",
     "HEALTH_FILE",
     "METRICS",
+    "OTLP",
+    "checkOTLP",
     "fromFile",
     "checkBus",
     "checkDatabase",
@@ -98,6 +100,15 @@ METRICS = [
     "Serve /healthz, /readyz (its bus connected, its services serving) and /metrics"
     " (Prometheus) on this endpoint, e.g. tcp:9100. Default: none.",
 ]
+OTLP = [
+    "otlp",
+    None,
+    None,
+    "Record traces (OpenTelemetry spans of each operation, call, handler, transaction and"
+    " event) and export them over OTLP/HTTP to this URL, e.g."
+    " http://127.0.0.1:4318/v1/traces. Needs the otlp extra: pip install 'txplatform[otlp]'."
+    " Default: no traces.",
+]
 DRAIN_TIMEOUT = [
     "drain-timeout",
     None,
@@ -145,6 +156,23 @@ def fromFile(options: usage.Options, name: str) -> None:
                 options[name] = f.readline().strip()
         except OSError as e:
             raise usage.UsageError(f"--{name}: cannot read {value[1:]}: {e.strerror}") from None
+
+
+def checkOTLP(options: usage.Options) -> None:
+    """
+    C{--otlp} is an http(s) URL, and the exporter it needs is installed.
+    """
+    url = options.get("otlp")
+    if url is None:
+        return
+    if not url.startswith(("http://", "https://")):
+        raise usage.UsageError(f"--otlp takes an http:// or https:// URL, not {url!r}")
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+    except ImportError:
+        raise usage.UsageError(
+            "--otlp needs the OTLP exporter: pip install 'txplatform[otlp]'"
+        ) from None
 
 
 def checkEndpoints(options: usage.Options, *names: str, client: bool = False) -> None:
@@ -355,8 +383,9 @@ def serviceProcess(options: usage.Options, reactor: Any, declaration: Any, store
     """
     from twisted.application.service import Service
 
-    from ._lifecycle import ReadinessGate, StopInOrder, addProbes
+    from ._lifecycle import ReadinessGate, StopInOrder, addProbes, startTracing
 
+    startTracing(options, reactor, declaration.name)
     top = StopInOrder()
     busKeys = loadKeys(options, "bus-keys", "bus", reactor)
     busKeys.service.setServiceParent(top)

@@ -310,3 +310,32 @@ class HealthFile(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+
+
+def startTracing(options: Any, reactor: Any, serviceName: str) -> Any:
+    """
+    With C{--otlp URL}: record this process's spans (as C{serviceName}) and
+    export them in batches over OTLP/HTTP to C{URL}, the last of them
+    before the reactor stops.
+
+    @return: The tracer provider, or C{None} without C{--otlp}.
+    """
+    url = options.get("otlp")
+    if not url:
+        return None
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from txplatform import traces
+
+    provider = TracerProvider(resource=Resource.create({"service.name": serviceName}))
+    # The exporter posts from the processor's own thread, never the reactor's.
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+    trace.set_tracer_provider(provider)
+    traces.enable(provider)
+    # After the services stopped (their last spans ended): send what is left.
+    reactor.addSystemEventTrigger("after", "shutdown", provider.shutdown)
+    return provider

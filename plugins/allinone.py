@@ -18,8 +18,10 @@ from txplatform.catalogue import Catalogue, CatalogueError, ServiceParts, instal
 from ._common import (
     KEY_RELOAD,
     METRICS,
+    OTLP,
     catalogueRefusal,
     checkDatabase,
+    checkOTLP,
     checkPositive,
     makeDatabase,
     makeDeclared,
@@ -112,6 +114,7 @@ class BaseOptions(usage.Options):
         PRINCIPAL_CACHE,
         *API_INFO,
         METRICS,
+        OTLP,
     ]
 
     def postOptions(self) -> None:
@@ -122,6 +125,7 @@ class BaseOptions(usage.Options):
             except KeyError as e:
                 raise catalogueRefusal("txplatform", f"--services: {e.args[0]}") from None
         checkEdge(self, LOCAL_LISTEN)
+        checkOTLP(self)
         if self["db"] is not None:
             checkDatabase(self)
             if self["db"].startswith("sqlite:"):
@@ -241,8 +245,9 @@ def makeService(options: BaseOptions, reactor: Any = None) -> Any:
         from twisted.internet import reactor
     from txplatform.crypto.keys import Keys
 
-    from ._lifecycle import StopInOrder
+    from ._lifecycle import StopInOrder, startTracing
 
+    startTracing(options, reactor, "txplatform")
     top = StopInOrder()
     keys = {}
     for purpose in options.purposes():

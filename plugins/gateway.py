@@ -18,9 +18,11 @@ from ._common import (
     HEALTH_FILE,
     KEY_RELOAD,
     METRICS,
+    OTLP,
     checkBus,
     checkEndpoints,
     checkKeys,
+    checkOTLP,
     checkPositive,
     loadKeys,
     makeBus,
@@ -179,10 +181,12 @@ class Options(usage.Options):
         BUSY_LIMIT,
         HEALTH_FILE,
         METRICS,
+        OTLP,
     ]
 
     def postOptions(self) -> None:
         checkBus(self, GATEWAY_ID)
+        checkOTLP(self)
         checkKeys(self, None)
         checkPositive(self, "call-timeout", "max-body-size", "max-in-flight")
         if self["parser-over"] is not None and self["parser-over"] < 0:
@@ -347,8 +351,9 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
-    from ._lifecycle import ReadinessGate, StopInOrder
+    from ._lifecycle import ReadinessGate, StopInOrder, startTracing
 
+    startTracing(options, reactor, "gateway")
     top = StopInOrder()
     busKeys = loadKeys(options, "bus-keys", "bus", reactor)
     busKeys.service.setServiceParent(top)

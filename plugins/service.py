@@ -24,10 +24,12 @@ from ._common import (
     KEYS,
     LOG_CALLS,
     METRICS,
+    OTLP,
     checkBus,
     checkDatabase,
     checkEndpoints,
     checkKeys,
+    checkOTLP,
     serviceProcess,
 )
 
@@ -42,7 +44,16 @@ class ServiceOptions(usage.Options):
 
     synopsis = "[options]"
     optFlags = [LOG_CALLS]
-    optParameters = [BUS, *DIRECT, BUS_KEYS, KEY_RELOAD, DRAIN_TIMEOUT, HEALTH_FILE, METRICS]
+    optParameters = [
+        BUS,
+        *DIRECT,
+        BUS_KEYS,
+        KEY_RELOAD,
+        DRAIN_TIMEOUT,
+        HEALTH_FILE,
+        METRICS,
+        OTLP,
+    ]
     declaration: ClassVar[ServiceDeclaration]
     stores: ClassVar[bool]
 
@@ -51,6 +62,7 @@ class ServiceOptions(usage.Options):
         checkBus(self, declaration.serviceId)
         checkKeys(self, declaration.name if self.stores else None)
         checkEndpoints(self, "metrics")
+        checkOTLP(self)
         if self.stores:
             checkDatabase(self)
         if declaration.check is not None:

@@ -15,7 +15,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .codec import callBinding
+from . import traces
+from .codec import callBinding, eventBinding, traced, untraced
 from .context import Origin, Priority, newMessageId
 from .errors import (
     DeadlineExceeded,
@@ -33,6 +34,8 @@ __all__ = [
     "millis",
     "OutgoingCall",
     "prepareCall",
+    "encodeEvent",
+    "decodePayload",
     "checkIdempotencyKey",
     "MAX_IDEMPOTENCY_KEY",
     "checkPriority",
@@ -80,6 +83,11 @@ class OutgoingCall:
     correlationId: str
     data: bytes
     idempotencyKey: str | None = None
+    #: Its payload carries a trace (L{txplatform.codec.traced}).
+    isTraced: bool = False
+    #: The caller's span of this call, if one is recorded: it ends with the
+    #: answer (L{awaitAnswer}).
+    span: Any = None
 
     @property
     def deadlineMillis(self) -> int:
@@ -115,11 +123,83 @@ def prepareCall(
     deadline = callDeadline(now, timeout, defaultTimeout, origin)
     messageId = newMessageId()
     correlationId = origin.correlationId or messageId
-    data = codec.encode(
-        payload,
-        callBinding(service, method, messageId, caller, correlationId, millis(deadline), key),
+    traceParent = origin.traceParent
+    if traceParent is None:
+        data = codec.encode(
+            payload,
+            callBinding(service, method, messageId, caller, correlationId, millis(deadline), key),
+        )
+        return OutgoingCall(priority, deadline, messageId, caller, correlationId, data, key)
+    # In a trace: the callee's span is the child of this call's span, if
+    # this process records one, else of the span the caller gave.
+    span = None
+    if traces.enabled():
+        span = traces.startSpan(
+            f"{service.hex}/{method}",
+            traces.SpanKind.CLIENT,
+            traceParent,
+            {
+                "rpc.system": "txplatform",
+                "rpc.service": service.hex,
+                "rpc.method": method,
+                "txplatform.message_id": messageId,
+                "txplatform.correlation_id": correlationId,
+            },
+        )
+    if span is not None:
+        traceParent = traces.traceParentOf(span)
+    try:
+        data = codec.encode(
+            traced(payload, traceParent),
+            callBinding(
+                service, method, messageId, caller, correlationId, millis(deadline), key, True
+            ),
+        )
+    except BaseException:
+        if span is not None:
+            traces.endSpan(Failure(), span)
+        raise
+    return OutgoingCall(priority, deadline, messageId, caller, correlationId, data, key, True, span)
+
+
+def encodeEvent(
+    codec: IPayloadCodec,
+    event: str,
+    messageId: str,
+    source: ServiceId | None,
+    correlationId: str,
+    payload: Any,
+    traceParent: str | None,
+) -> bytes:
+    """
+    An event's payload encoded, bound to what it is, and carrying
+    C{traceParent} (sealed with it) if it is in a trace.
+
+    @raise ValueError: A payload the codec refuses.
+    @raise TypeError: A payload the codec cannot encode.
+    """
+    if traceParent is None:
+        return codec.encode(payload, eventBinding(event, messageId, source, correlationId))
+    return codec.encode(
+        traced(payload, traceParent),
+        eventBinding(event, messageId, source, correlationId, True),
     )
-    return OutgoingCall(priority, deadline, messageId, caller, correlationId, data, key)
+
+
+def decodePayload(
+    codec: IPayloadCodec, data: bytes, binding: bytes, isTraced: bool
+) -> tuple[Any, str | None]:
+    """
+    The payload of a call or event, and its C{traceparent} if it is traced
+    (C{binding} says so too, or the codec refuses it).
+
+    @raise MalformedMessage: The codec refuses it, or a traced payload
+        lacks its trace.
+    """
+    payload = codec.decode(data, binding)
+    if not isTraced:
+        return payload, None
+    return untraced(payload)
 
 
 #: The longest idempotency key a call carries, in bytes (the direct
@@ -159,16 +239,20 @@ def awaitAnswer(
     method: str,
     deadline: float,
     canceller: Callable[[Deferred[Any]], None],
+    span: Any = None,
 ) -> Deferred[Any]:
     """
     What every bus hands the caller of a call: a Deferred for the answer,
     withdrawn by C{canceller} if the caller cancels it, and failing with
     L{DeadlineExceeded} (cancelling it likewise) once C{deadline} passes.
+    The call's C{span}, if any, ends with the answer.
     """
     d: Deferred[Any] = Deferred(canceller)
     d.addTimeout(
         max(deadline - clock.seconds(), 0.0), clock, onTimeoutCancel=timeoutFailure(service, method)
     )
+    if span is not None:
+        d.addBoth(traces.endSpan, span)
     CALLS_IN_FLIGHT.inc()
     return d.addBoth(_answered)
 

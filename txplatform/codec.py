@@ -18,7 +18,15 @@ from .errors import MalformedMessage
 from .interfaces import IPayloadCodec
 from .serviceid import ServiceId
 
-__all__ = ["JSONCodec", "callBinding", "replyBinding", "eventBinding", "dumps"]
+__all__ = [
+    "JSONCodec",
+    "callBinding",
+    "replyBinding",
+    "eventBinding",
+    "dumps",
+    "traced",
+    "untraced",
+]
 
 
 def _reject(name: str) -> Any:
@@ -77,11 +85,13 @@ def callBinding(
     correlationId: str = "",
     deadlineMillis: int = 0,
     idempotencyKey: str | None = None,
+    isTraced: bool = False,
 ) -> bytes:
     """
     What a request is: its address, its id, who sends it, its trace, its
-    deadline and its idempotency key if it has one (so that none of the
-    headers carrying them can be changed, added or removed).
+    deadline, its idempotency key if it has one, and whether its payload is
+    L{traced} (so that none of the headers carrying them can be changed,
+    added or removed).
     """
     fields = [
         b"call",
@@ -92,8 +102,12 @@ def callBinding(
         correlationId.encode(),
         str(deadlineMillis).encode(),
     ]
-    if idempotencyKey is not None:
-        fields.append(idempotencyKey.encode())
+    if idempotencyKey is not None or isTraced:
+        # An empty key field when traced: no key is empty, so the count of
+        # fields tells a key from the mark.
+        fields.append(idempotencyKey.encode() if idempotencyKey is not None else b"")
+    if isTraced:
+        fields.append(_TRACED)
     return _fields(*fields)
 
 
@@ -102,12 +116,47 @@ def replyBinding(service: ServiceId, method: str, messageId: str) -> bytes:
 
 
 def eventBinding(
-    event: str, messageId: str, source: ServiceId | None = None, correlationId: str = ""
+    event: str,
+    messageId: str,
+    source: ServiceId | None = None,
+    correlationId: str = "",
+    isTraced: bool = False,
 ) -> bytes:
-    return _fields(
+    fields = [
         b"event",
         event.encode(),
         messageId.encode(),
         source.raw if source is not None else b"",
         correlationId.encode(),
-    )
+    ]
+    if isTraced:
+        fields.append(_TRACED)
+    return _fields(*fields)
+
+
+_TRACED = b"traced"
+
+
+def traced(payload: Any, traceParent: str) -> dict[str, Any]:
+    """
+    What a bus encodes instead of C{payload} to carry a trace's
+    C{traceparent} with it: inside the payload, so an encrypting codec
+    seals it with the rest and no broker or peer reads or changes it.  The
+    message says it is traced (a header, a frame kind) and its binding
+    says so too (C{isTraced}), so that mark cannot be added or removed on
+    the way either.
+    """
+    return {"traceparent": traceParent, "payload": payload}
+
+
+def untraced(value: Any) -> tuple[Any, str | None]:
+    """
+    The payload and C{traceparent} of a L{traced} payload, decoded.
+
+    @raise MalformedMessage: It is not one.
+    """
+    if isinstance(value, dict) and len(value) == 2:
+        traceParent = value.get("traceparent")
+        if isinstance(traceParent, str) and "payload" in value:
+            return value["payload"], traceParent
+    raise MalformedMessage("a traced message without its trace")

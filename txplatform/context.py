@@ -74,12 +74,17 @@ class Origin:
         rather than run again.  The gateway derives one from a client's
         C{Idempotency-Key} header.  Not passed on to nested calls: they
         are new work.
+    @ivar traceParent: The W3C C{traceparent} of the span the calls and
+        events sent with this origin belong under (L{txplatform.traces}):
+        the buses carry it inside the sealed payload.  C{None} outside a
+        trace, and always while tracing is off.
     """
 
     caller: ServiceId | None = None
     correlationId: str | None = None
     deadline: float | None = None
     idempotencyKey: str | None = None
+    traceParent: str | None = None
 
 
 @frozen
@@ -103,6 +108,9 @@ class CallContext:
     #: whose reply is recorded runs: a key used again with another payload
     #: is refused rather than answered.
     requestDigest: str | None = None
+    #: The W3C C{traceparent} the call came with: the caller's span, until
+    #: the service starts the span of this call, and that span's then.
+    traceParent: str | None = None
 
     @property
     def replyKey(self) -> str:
@@ -121,7 +129,7 @@ class CallContext:
         The origin for calls made while handling this one: same trace, same
         deadline, with C{caller} as the new caller.
         """
-        return Origin(caller, self.correlationId, self.deadline)
+        return Origin(caller, self.correlationId, self.deadline, traceParent=self.traceParent)
 
 
 @frozen
@@ -138,6 +146,8 @@ class EventContext:
     correlationId: str
     publishedAt: float
     attempt: int = 1
+    #: The W3C C{traceparent} the event came with (see L{CallContext}).
+    traceParent: str | None = None
 
     def origin(self, caller: ServiceId | None) -> Origin:
-        return Origin(caller, self.correlationId, None)
+        return Origin(caller, self.correlationId, None, traceParent=self.traceParent)

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import traces
 from .interfaces import IDatabase, ITransaction
 from .metrics import DATABASE_TRANSACTION_SECONDS, DATABASE_WAIT_SECONDS
 
@@ -117,11 +118,16 @@ class _Transaction:
     """
 
     def __init__(
-        self, cursor: Any, database: _AdbapiDatabase, committed: list[Callable[[], Any]]
+        self,
+        cursor: Any,
+        database: _AdbapiDatabase,
+        committed: list[Callable[[], Any]],
+        traceParent: str | None = None,
     ) -> None:
         self._cursor = cursor
         self._database = database
         self._committed = committed
+        self.traceParent = traceParent
 
     def afterCommit(self, f: Callable[[], Any]) -> None:
         self._committed.append(f)
@@ -195,10 +201,26 @@ class _AdbapiDatabase:
         self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
         committed: list[Callable[[], Any]] = []
+        # Within a handler's span (current while its synchronous part runs):
+        # one span for the transaction, waiting for a connection included.
+        span = traceParent = None
+        if traces.enabled():
+            span = traces.startChildOfCurrent(
+                "db.transaction",
+                {
+                    "db.system.name": self.dialect,
+                    "code.function.name": getattr(interaction, "__name__", "?"),
+                },
+            )
+            if span is not None:
+                traceParent = traces.traceParentOf(span)
         d = self._pool.runInteraction(
-            self._interact, interaction, args, kwargs, committed, time.monotonic()
+            self._interact, interaction, args, kwargs, committed, time.monotonic(), traceParent
         )
-        return d.addCallback(self._afterCommit, committed)
+        d.addCallback(self._afterCommit, committed)
+        if span is not None:
+            d.addBoth(traces.endSpan, span)
+        return d
 
     def _interact(
         self,
@@ -208,6 +230,7 @@ class _AdbapiDatabase:
         kw: Any,
         committed: list[Callable[[], Any]],
         queued: float,
+        traceParent: str | None = None,
     ) -> Any:
         # In the pool's thread: the wait is the time the transaction queued
         # for a connection (a thread of the pool, each holding one).
@@ -215,8 +238,9 @@ class _AdbapiDatabase:
         self._waits.observe(started - queued)
         # A retried interaction (adbapi reconnects once) starts afresh.
         del committed[:]
+        transaction = _Transaction(adbapiTransaction, self, committed, traceParent)
         try:
-            return interaction(_Transaction(adbapiTransaction, self, committed), *args, **kw)
+            return interaction(transaction, *args, **kw)
         finally:
             self._durations.observe(time.monotonic() - started)
 

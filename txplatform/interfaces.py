@@ -155,6 +155,12 @@ class ITransaction(Interface):
         with another transaction's write-then-delete.
         """
 
+    traceParent = Attribute(
+        "The W3C traceparent of this transaction's span (L{txplatform.traces}), or"
+        " None: what the outbox stores with the events it stages, so that their"
+        " publication joins the trace of the change they announce."
+    )
+
     def afterCommit(f):
         """
         Call C{f} (with no arguments, in the reactor's thread) once this

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from .busrules import (
     awaitAnswer,
+    encodeEvent,
     failureReason,
     internalReply,
     millis,
@@ -35,7 +36,7 @@ from .busrules import (
     resultOf,
     retryDelay,
 )
-from .codec import JSONCodec, callBinding, eventBinding, replyBinding
+from .codec import JSONCodec, callBinding, eventBinding, replyBinding, untraced
 from .context import CallContext, EventContext, Origin, newMessageId
 from .errors import (
     ServiceError,
@@ -83,6 +84,7 @@ class _PendingCall:
     # as bound in its payload, and its answer wanted encoded.
     deadlineMillis: int | None = None
     encodedReply: bool = False
+    isTraced: bool = False
 
 
 class _Settlement:
@@ -139,6 +141,7 @@ class _Delivery:
     correlationId: str
     publishedAt: float
     attempt: int = 1
+    isTraced: bool = False
     settlement: _Settlement | _Settlements | None = field(default=None, eq=False, repr=False)
 
 
@@ -305,8 +308,13 @@ class _CallWorker(_Worker):
                 call.correlationId,
                 millis(call.deadline) if deadlineMillis is None else deadlineMillis,
                 call.idempotencyKey,
+                call.isTraced,
             ),
         )
+        # Unpacked only when traced: the untraced path allocates nothing more.
+        if call.isTraced:
+            payload, traceParent = untraced(payload)
+            context = evolve(context, traceParent=traceParent)
         return handler(payload, context)
 
     def _answer(self, result: Any, call: _PendingCall) -> None:
@@ -387,9 +395,16 @@ class _EventWorker(_Worker):
         payload = self._bus._codec.decode(
             delivery.data,
             eventBinding(
-                delivery.event, delivery.messageId, delivery.source, delivery.correlationId
+                delivery.event,
+                delivery.messageId,
+                delivery.source,
+                delivery.correlationId,
+                delivery.isTraced,
             ),
         )
+        traceParent = None
+        if delivery.isTraced:
+            payload, traceParent = untraced(payload)
         context = EventContext(
             messageId=delivery.messageId,
             event=delivery.event,
@@ -397,6 +412,7 @@ class _EventWorker(_Worker):
             correlationId=delivery.correlationId,
             publishedAt=delivery.publishedAt,
             attempt=delivery.attempt,
+            traceParent=traceParent,
         )
         return self._handler(payload, context)
 
@@ -495,7 +511,7 @@ class LocalBus(Service):
         def abandon(d: Deferred[Any]) -> None:
             pending.abandoned = True
 
-        d = awaitAnswer(self._clock, service, method, call.deadline, abandon)
+        d = awaitAnswer(self._clock, service, method, call.deadline, abandon, call.span)
         pending = _PendingCall(
             messageId=call.messageId,
             service=service,
@@ -507,6 +523,7 @@ class LocalBus(Service):
             correlationId=call.correlationId,
             idempotencyKey=call.idempotencyKey,
             deferred=d,
+            isTraced=call.isTraced,
         )
         queue.put(pending)
         return d
@@ -545,6 +562,7 @@ class LocalBus(Service):
         deadlineMillis: int,
         priority: int,
         idempotencyKey: str | None = None,
+        isTraced: bool = False,
     ) -> Deferred[bytes]:
         """
         Queue a call that arrived encoded from another process (the direct
@@ -576,6 +594,7 @@ class LocalBus(Service):
             idempotencyKey=idempotencyKey,
             deadlineMillis=deadlineMillis,
             encodedReply=True,
+            isTraced=isTraced,
         )
         queue.put(pending)
         return d
@@ -622,9 +641,14 @@ class LocalBus(Service):
             checkEventName(event)
             messageId = messageId or newMessageId()
             origin = origin if origin is not None else Origin()
-            data = self._codec.encode(
+            data = encodeEvent(
+                self._codec,
+                event,
+                messageId,
+                origin.caller,
+                origin.correlationId or messageId,
                 payload,
-                eventBinding(event, messageId, origin.caller, origin.correlationId or messageId),
+                origin.traceParent,
             )
         except (TypeError, ValueError):
             return fail()
@@ -635,6 +659,7 @@ class LocalBus(Service):
             source=origin.caller,
             correlationId=origin.correlationId or messageId,
             publishedAt=self._clock.seconds(),
+            isTraced=origin.traceParent is not None,
         )
         queues = [q for q in self._events.values() if topicMatches(q.pattern, event)]
         # Private subscriptions (replicas' caches) are not waited for: they

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from . import traces
 from .codec import dumps, loads
 from .context import Origin, newMessageId
 from .database import Migration
@@ -47,6 +48,7 @@ class _Staged(NamedTuple):
     event: str
     payload: Any
     correlationId: str
+    traceParent: str | None
 
 
 class Outbox:
@@ -117,7 +119,14 @@ class Outbox:
                         created_at {{bigint}} NOT NULL
                     )""",
                 ),
-            )
+            ),
+            Migration(
+                2,
+                "keep the trace of each event",
+                # The span of the transaction that staged it: its
+                # publication, later or in another process, joins that trace.
+                (f"ALTER TABLE {self.table} ADD COLUMN trace_parent TEXT",),
+            ),
         ]
 
     def stage(
@@ -130,18 +139,31 @@ class Outbox:
         """
         Record C{event} inside the caller's C{transaction}; it is published
         after the transaction commits (see L{flush}), never if it rolls back.
+        Its publication joins the trace of the transaction (or of
+        C{origin}), if any.
 
         @return: The event's message id.
         """
         messageId = newMessageId()
         correlationId = origin.correlationId if origin and origin.correlationId else messageId
+        traceParent = getattr(transaction, "traceParent", None)
+        if traceParent is None and origin is not None:
+            traceParent = origin.traceParent
         sealed = self._fields.seal(self.table, "payload", messageId, dumps(payload).decode("utf-8"))
         transaction.execute(
-            f"INSERT INTO {self.table} (message_id, event, payload, correlation_id, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (messageId, event, sealed, correlationId, int(self._clock.seconds() * 1000)),
+            f"INSERT INTO {self.table}"
+            " (message_id, event, payload, correlation_id, created_at, trace_parent)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                messageId,
+                event,
+                sealed,
+                correlationId,
+                int(self._clock.seconds() * 1000),
+                traceParent,
+            ),
         )
-        staged = _Staged(messageId, event, payload, correlationId)
+        staged = _Staged(messageId, event, payload, correlationId, traceParent)
         transaction.afterCommit(lambda: self._committed(staged))
         return messageId
 
@@ -247,12 +269,7 @@ class Outbox:
             ready, self._ready = self._ready, []
             try:
                 confirmations = [
-                    self._bus.publish(
-                        s.event,
-                        s.payload,
-                        origin=Origin(self._source, s.correlationId, None),
-                        messageId=s.messageId,
-                    )
+                    self._publish(s.event, s.payload, s.messageId, s.correlationId, s.traceParent)
                     for s in ready
                 ]
                 results = yield DeferredList(confirmations, consumeErrors=True)
@@ -260,6 +277,39 @@ class Outbox:
             finally:
                 self._inMemory.difference_update(s.messageId for s in ready)
                 self._backlog.set(len(self._inMemory))
+
+    def _publish(
+        self,
+        event: str,
+        payload: Any,
+        messageId: str,
+        correlationId: str,
+        traceParent: str | None,
+    ) -> Deferred[None]:
+        """
+        Publish one event; in a trace, under a span of its own that lasts
+        until the bus confirms it.
+        """
+        if traceParent is None or not traces.enabled():
+            origin = Origin(self._source, correlationId, None, traceParent=traceParent)
+            return self._bus.publish(event, payload, origin=origin, messageId=messageId)
+        span = traces.startSpan(
+            f"publish {event}",
+            traces.SpanKind.PRODUCER,
+            traceParent,
+            {
+                "messaging.system": "txplatform",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": event,
+                "messaging.message.id": messageId,
+                "txplatform.service": self.component,
+                "txplatform.correlation_id": correlationId,
+            },
+        )
+        assert span is not None
+        origin = Origin(self._source, correlationId, None, traceParent=traces.traceParentOf(span))
+        d = self._bus.publish(event, payload, origin=origin, messageId=messageId)
+        return d.addBoth(traces.endSpan, span)
 
     @inlineCallbacks
     def _settle(self, keys: list[Any], results: list[tuple[bool, Any]], column: str) -> Any:
@@ -288,7 +338,8 @@ class Outbox:
         after = -1
         while True:
             sql = (
-                f"SELECT seq, message_id, event, payload, correlation_id, created_at"
+                "SELECT seq, message_id, event, payload, correlation_id, trace_parent,"
+                " created_at"
                 f" FROM {self.table}"
                 " WHERE seq > ?"
             )
@@ -302,14 +353,14 @@ class Outbox:
             if after == -1:
                 # Ordered by seq, so near enough the oldest: what an
                 # operator alerts on (the bus away, or rows unreadable).
-                oldest = rows[0][5] / 1000 if rows else now
+                oldest = rows[0][6] / 1000 if rows else now
                 OUTBOX_OLDEST.labels(self.component).set(max(now - oldest, 0.0))
             if not rows:
                 return
             after = rows[-1][0]
             published = []
             confirmations = []
-            for seq, messageId, event, sealed, correlationId, _ in rows:
+            for seq, messageId, event, sealed, correlationId, traceParent, _ in rows:
                 if messageId in self._inMemory:
                     continue  # on its way from memory
                 try:
@@ -324,9 +375,8 @@ class Outbox:
                         component=self.component,
                     )
                     continue
-                origin = Origin(self._source, correlationId, None)
                 confirmations.append(
-                    self._bus.publish(event, payload, origin=origin, messageId=messageId)
+                    self._publish(event, payload, messageId, correlationId, traceParent)
                 )
                 self._scanned[messageId] = now
                 published.append(seq)

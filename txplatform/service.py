@@ -43,6 +43,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import traces
 from .context import CallContext, EventContext, Origin
 from .database import DatabaseUnavailable, Migration
 from .errors import InvalidArgument, MalformedMessage, ServiceError
@@ -312,26 +313,49 @@ class BusService(Service):
         return drained.addCallback(report)
 
     def _callHandler(self, spec: _RpcSpec) -> Callable[[Any, CallContext], Any]:
+        spanName = f"{self.name}/{spec.name}"
+
         def handle(payload: Any, context: CallContext) -> Any:
             started = self.clock.seconds()
-            d = maybeDeferred(parse, payload, context)
+            span = None
+            if traces.enabled():
+                span = traces.startSpan(
+                    spanName,
+                    traces.SpanKind.SERVER,
+                    context.traceParent,
+                    {
+                        "rpc.system": "txplatform",
+                        "rpc.service": self.name,
+                        "rpc.method": spec.name,
+                        "txplatform.message_id": context.messageId,
+                        "txplatform.correlation_id": context.correlationId,
+                    },
+                )
+                # Calls made while handling this one are its children.
+                context = attrs.evolve(context, traceParent=traces.traceParentOf(span))
+            d = maybeDeferred(parse, payload, context, span)
             d.addBoth(self._logCall, spec.name, context, started)
+            if span is not None:
+                d.addBoth(traces.endSpan, span)
             return d
 
-        def parse(payload: Any, context: CallContext) -> Any:
+        def parse(payload: Any, context: CallContext, span: Any) -> Any:
             request = fromPayload(spec.requestType, payload)
             if context.idempotencyKey is not None or (context.redelivered and not spec.idempotent):
                 context = attrs.evolve(context, requestDigest=requestDigest(payload))
-                return self.replay(context).addCallback(once, request, context)
-            return run(request, context)
+                return self.replay(context).addCallback(once, request, context, span)
+            return run(request, context, span)
 
-        def run(request: Any, context: CallContext) -> Any:
-            result = spec.function(self, request, context)
+        def run(request: Any, context: CallContext, span: Any) -> Any:
+            # The span is current while the handler's synchronous part runs
+            # (and in its inlineCallbacks generator): the database
+            # transactions it starts are its children.
+            result = traces.runIn(span, spec.function, self, request, context)
             if isinstance(result, Deferred):
                 return result.addCallback(_asPayload)
             return _asPayload(result)
 
-        def once(found: tuple[bool, Any], request: Any, context: CallContext) -> Any:
+        def once(found: tuple[bool, Any], request: Any, context: CallContext, span: Any) -> Any:
             """
             A call that may have run before (redelivered, or sent with an
             idempotency key): the reply on record if it did, else run it and
@@ -365,7 +389,7 @@ class BusService(Service):
                     lambda again: again[1] if again[0] else failure, lambda _: failure
                 )
 
-            return maybeDeferred(run, request, context).addCallbacks(ran, failed)
+            return maybeDeferred(run, request, context, span).addCallbacks(ran, failed)
 
         return handle
 
@@ -419,8 +443,29 @@ class BusService(Service):
                 _EVENTS(self.name, spec.pattern, "malformed").inc()
                 return fail(MalformedMessage(f"{context.event} event: {e.message}", e.details))
             started = self.clock.seconds()
-            d = maybeDeferred(spec.function, self, event, context)
-            return d.addBoth(handled, started)
+            if not traces.enabled():
+                d = maybeDeferred(spec.function, self, event, context)
+                return d.addBoth(handled, started)
+            span = traces.startSpan(
+                f"{self.name} process {context.event}",
+                traces.SpanKind.CONSUMER,
+                context.traceParent,
+                {
+                    "messaging.system": "txplatform",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": context.event,
+                    "messaging.consumer.group.name": (
+                        "(private)" if spec.private else spec.group or self.name
+                    ),
+                    "messaging.message.id": context.messageId,
+                    "txplatform.service": self.name,
+                    "txplatform.correlation_id": context.correlationId,
+                    "txplatform.attempt": context.attempt,
+                },
+            )
+            context = attrs.evolve(context, traceParent=traces.traceParentOf(span))
+            d = maybeDeferred(traces.runIn, span, spec.function, self, event, context)
+            return d.addBoth(handled, started).addBoth(traces.endSpan, span)
 
         def handled(result: Any, started: float) -> Any:
             outcome = "failed" if isinstance(result, Failure) else "ok"

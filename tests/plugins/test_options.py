@@ -710,3 +710,82 @@ class MakeServiceTests(SynchronousTestCase):
         http, https = list(listeners)[1:]
         self.assertEqual([http.description, https.description], ["tcp:0", "tcp:0"])
         self.assertEqual(type(https._factory).__name__, "TLSMemoryBIOFactory")
+
+
+class TracingOptionTests(SynchronousTestCase):
+    """
+    C{--otlp URL} on every command: traces exported over OTLP/HTTP.
+    """
+
+    def setUp(self) -> None:
+        self.keys = keyFiles(self.mktemp())
+
+    parse = OptionsTests.parse
+
+    def test_everyCommand(self) -> None:
+        """
+        The gateway, the all-in-one and each service take an http(s) URL;
+        anything else is refused in one line.
+        """
+        url = "http://127.0.0.1:4318/v1/traces"
+        for module in [gateway, allinone, post]:
+            self.assertIsNone(self.parse(module)["otlp"])
+            self.assertEqual(self.parse(module, "--otlp", url)["otlp"], url)
+            error = self.assertRaises(
+                usage.UsageError, self.parse, module, "--otlp", "127.0.0.1:4318"
+            )
+            self.assertIn("--otlp takes an http:// or https:// URL", str(error))
+            self.assertNotIn("\n", str(error))
+
+    def test_exporterMissing(self) -> None:
+        """
+        Without the otlp extra, C{--otlp} is refused with how to install it.
+        """
+        import sys
+
+        name = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+        # The import system reads the real sys.modules, whatever the name
+        # sys.modules is bound to: change its entry, then put it back.
+        original = sys.modules.pop(name, None)
+
+        def restore() -> None:
+            del sys.modules[name]
+            if original is not None:
+                sys.modules[name] = original
+
+        self.addCleanup(restore)
+        sys.modules[name] = None  # type: ignore[assignment]
+        error = self.assertRaises(
+            usage.UsageError, self.parse, gateway, "--otlp", "http://127.0.0.1:4318/v1/traces"
+        )
+        self.assertEqual(
+            str(error), "--otlp needs the OTLP exporter: pip install 'txplatform[otlp]'"
+        )
+
+    def test_startTracing(self) -> None:
+        """
+        With C{--otlp}, the process records spans under its service name
+        and sends the last of them when the reactor shuts down; without it,
+        tracing stays off.
+        """
+        from opentelemetry import trace
+
+        from txplatform import traces
+        from txplatform_plugins._lifecycle import startTracing
+
+        reactor = MemoryReactorClock()
+        self.assertIsNone(startTracing(self.parse(gateway), reactor, "gateway"))
+        self.assertFalse(traces.enabled())
+        installed: list[object] = []
+        self.patch(trace, "set_tracer_provider", installed.append)
+        options = self.parse(gateway, "--otlp", "http://127.0.0.1:9/v1/traces")
+        provider = startTracing(options, reactor, "gateway")
+        self.addCleanup(traces.disable)
+        self.addCleanup(provider.shutdown)
+        self.assertEqual(installed, [provider])
+        self.assertTrue(traces.enabled())
+        self.assertEqual(provider.resource.attributes["service.name"], "gateway")
+        self.assertIn(
+            provider.shutdown,
+            [t[0] for t in reactor.triggers.get("after", {}).get("shutdown", [])],
+        )

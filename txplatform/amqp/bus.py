@@ -21,7 +21,8 @@ Topology (all durable, declared again on every connection):
 
 Every message carries its message id, the caller's service id
 (C{x-caller}), the trace id (C{x-trace}) and the schema version
-(C{x-schema}).
+(C{x-schema}); a call or event in an OpenTelemetry trace also says so
+(C{x-traced}), its C{traceparent} being inside the (sealed) payload.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import socket
 from typing import Any, Callable, Mapping
 
+from attrs import evolve
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
@@ -43,6 +45,7 @@ from zope.interface import implementer
 from ..busrules import (
     awaitAnswer,
     checkIdempotencyKey,
+    encodeEvent,
     failureReason,
     internalReply,
     millis,
@@ -51,7 +54,7 @@ from ..busrules import (
     resultOf,
     retryDelay,
 )
-from ..codec import JSONCodec, callBinding, eventBinding, replyBinding
+from ..codec import JSONCodec, callBinding, eventBinding, replyBinding, untraced
 from ..context import CallContext, EventContext, Origin, Priority, newMessageId
 from ..errors import (
     MalformedMessage,
@@ -114,6 +117,14 @@ def _callerOf(headers: Mapping[str, Any]) -> ServiceId | None:
 def _traceOf(headers: Mapping[str, Any], messageId: str) -> str:
     trace = headers.get("x-trace")
     return trace if isinstance(trace, str) and trace else messageId
+
+
+def _isTraced(headers: Mapping[str, Any]) -> bool:
+    """
+    Whether a message says its payload carries a trace (the binding says
+    the same, so a broker cannot change it).
+    """
+    return headers.get("x-traced") == 1
 
 
 def _keyOf(value: object) -> str | None:
@@ -344,6 +355,7 @@ class _Server(_Consumer):
         messageId = properties.message_id or ""
         rawKey = headers.get("x-idempotency-key")
         key = _keyOf(rawKey)
+        isTraced = _isTraced(headers)
         context = CallContext(
             messageId=messageId,
             service=self.service,
@@ -375,8 +387,12 @@ class _Server(_Consumer):
                     context.correlationId,
                     deadline or 0,
                     key,
+                    isTraced,
                 ),
             )
+            if isTraced:
+                payload, traceParent = untraced(payload)
+                context = evolve(context, traceParent=traceParent)
         except MalformedMessage as e:
             # The caller hears why; the message is kept for inspection.
             self._reply(Failure(), delivery, context)
@@ -491,9 +507,13 @@ class _Subscription(_Consumer):
         event = eventOf(delivery)
         try:
             source, correlationId = _callerOf(headers), _traceOf(headers, messageId)
+            isTraced = _isTraced(headers)
             payload = bus._codec.decode(
-                delivery.body, eventBinding(event, messageId, source, correlationId)
+                delivery.body, eventBinding(event, messageId, source, correlationId, isTraced)
             )
+            traceParent = None
+            if isTraced:
+                payload, traceParent = untraced(payload)
             context = EventContext(
                 messageId=messageId,
                 event=event,
@@ -501,6 +521,7 @@ class _Subscription(_Consumer):
                 correlationId=correlationId,
                 publishedAt=(properties.timestamp or 0) * 1.0,
                 attempt=attempt,
+                traceParent=traceParent,
             )
             result = self._handler(payload, context)
         except BaseException:
@@ -1037,6 +1058,8 @@ class AMQPBus(Service):
             headers["x-caller"] = caller.hex
         if call.idempotencyKey is not None:
             headers["x-idempotency-key"] = call.idempotencyKey
+        if call.isTraced:
+            headers["x-traced"] = 1
         properties = Properties(
             message_id=messageId,
             correlation_id=messageId,
@@ -1052,7 +1075,7 @@ class AMQPBus(Service):
             if pending in self._waiting:
                 self._waiting.remove(pending)
 
-        d = awaitAnswer(self._clock, service, method, deadline, abandon)
+        d = awaitAnswer(self._clock, service, method, deadline, abandon, call.span)
         pending = _PendingCall(
             messageId=messageId,
             service=service,
@@ -1154,7 +1177,9 @@ class AMQPBus(Service):
             origin = origin if origin is not None else Origin(self.caller)
             caller = origin.caller or self.caller
             trace = origin.correlationId or messageId
-            data = self._codec.encode(payload, eventBinding(event, messageId, caller, trace))
+            data = encodeEvent(
+                self._codec, event, messageId, caller, trace, payload, origin.traceParent
+            )
         except (TypeError, ValueError):
             return fail()
         protocol = self._protocol
@@ -1166,6 +1191,8 @@ class AMQPBus(Service):
         }
         if caller is not None:
             headers["x-caller"] = caller.hex
+        if origin.traceParent is not None:
+            headers["x-traced"] = 1
         properties = Properties(
             message_id=messageId,
             delivery_mode=2,

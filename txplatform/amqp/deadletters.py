@@ -34,11 +34,12 @@ from twisted.internet.defer import TimeoutError, inlineCallbacks
 from twisted.internet.error import ConnectionLost
 from txamqp.client import Closed
 
+from ..busrules import decodePayload
 from ..codec import eventBinding, loads
 from ..commandline import FAILED, USAGE, OneLineParser, oneLine, reactWithStatus
 from ..errors import MalformedMessage
 from ..interfaces import IPayloadCodec
-from .bus import CHANNEL, AMQPBus, _callerOf, _traceOf, deadQueue
+from .bus import CHANNEL, AMQPBus, _callerOf, _isTraced, _traceOf, deadQueue
 from .frames import Delivery, Properties
 from .probe import BrokerUnreachable, probe
 from .protocol import NotConnected, PublishNacked, PublishReturned
@@ -106,16 +107,24 @@ class DeadLetter:
 
         @raise txplatform.errors.MalformedMessage: C{codec} refused it.
         """
+        headers = self.properties.headers or {}
+        isTraced = _isTraced(headers)
         if codec is not None:
-            headers = self.properties.headers or {}
             binding = eventBinding(
-                self.event, self.messageId, _callerOf(headers), _traceOf(headers, self.messageId)
+                self.event,
+                self.messageId,
+                _callerOf(headers),
+                _traceOf(headers, self.messageId),
+                isTraced,
             )
-            return codec.decode(self.body, binding)
+            return decodePayload(codec, self.body, binding, isTraced)[0]
         try:
-            return loads(self.body)
+            payload = loads(self.body)
         except (ValueError, UnicodeDecodeError):
             return self.body
+        if isTraced and isinstance(payload, dict):
+            return payload.get("payload", payload)
+        return payload
 
 
 def _brokerReason(headers: dict[str, Any]) -> str:

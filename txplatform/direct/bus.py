@@ -271,6 +271,7 @@ class DirectBus(MultiService):
             frame.deadlineMillis,
             frame.priority,
             frame.idempotencyKey,
+            frame.isTraced,
         )
 
         def failed(failure: Failure) -> bytes | None:
@@ -383,6 +384,7 @@ class DirectBus(MultiService):
             method,
             call.data,
             call.idempotencyKey,
+            call.isTraced,
         )
         d = awaitAnswer(
             self._reactor,
@@ -390,6 +392,7 @@ class DirectBus(MultiService):
             method,
             call.deadline,
             lambda d: self._outgoing.pop(messageId, None),
+            call.span,
         )
         outgoing = _Outgoing(frame, service, idempotent, d)
         self._outgoing[messageId] = outgoing

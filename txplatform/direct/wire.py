@@ -11,6 +11,8 @@ replica routes a call by reading three bytes.
              (each: length (1), bytes; an empty key: none)
            | payload (the rest: as the payload codec made it)
     REPLY  kind 2 | message id (length (1), bytes) | reply payload (the rest)
+    TRACED kind 3 | as CALL: a call whose payload carries its OpenTelemetry
+           trace (L{txplatform.codec.traced}), which its binding says too
 
 The caller of a call is not in the frame: it is the peer the secure channel
 authenticated, and the payload's binding names it, so the codec refuses a
@@ -30,6 +32,7 @@ from ..serviceid import ServiceId
 __all__ = [
     "CALL",
     "REPLY",
+    "TRACED_CALL",
     "MAX_FRAME",
     "FrameError",
     "CallFrame",
@@ -38,7 +41,7 @@ __all__ = [
     "DirectProtocol",
 ]
 
-CALL, REPLY = 1, 2
+CALL, REPLY, TRACED_CALL = 1, 2, 3
 # The largest frame accepted: payloads are records, not bulk transfers.
 MAX_FRAME = 16 * 1024 * 1024
 
@@ -81,11 +84,13 @@ class CallFrame:
     method: str
     payload: bytes
     idempotencyKey: str | None = None
+    isTraced: bool = False
 
     def encode(self) -> bytes:
+        kind = TRACED_CALL if self.isTraced else CALL
         return b"".join(
             [
-                _CALL.pack(CALL, self.service.raw, self.priority, self.deadlineMillis),
+                _CALL.pack(kind, self.service.raw, self.priority, self.deadlineMillis),
                 _short(self.messageId),
                 _short(self.correlationId),
                 _short(self.method),
@@ -111,7 +116,7 @@ def parseFrame(body: bytes) -> CallFrame | ReplyFrame:
     if not body:
         raise FrameError("an empty frame")
     kind = body[0]
-    if kind == CALL:
+    if kind == CALL or kind == TRACED_CALL:
         if len(body) < _CALL.size:
             raise FrameError("a call frame shorter than its header")
         _, service, priority, deadline = _CALL.unpack_from(body)
@@ -130,6 +135,7 @@ def parseFrame(body: bytes) -> CallFrame | ReplyFrame:
             method,
             body[at:],
             key or None,
+            kind == TRACED_CALL,
         )
     if kind == REPLY:
         messageId, at = _readShort(body, 1, "message id")

@@ -10,6 +10,7 @@ Test helpers for services and buses built on txplatform, shipped with it
   - L{testKeyFiles}: key files, as C{txplatform-keys init} makes them.
   - L{BusContract}: the behaviour every bus must have, as test methods
     any bus implementation (the platform's three, or yours) runs.
+  - L{recordSpans}: the OpenTelemetry spans made during a test, in memory.
 
 The gateway's own helper, a client over a gateway without a port, is
 L{txplatform_gateway.testing.GatewayClient}.
@@ -24,6 +25,7 @@ from .harness import (
     ServiceHarness,
     testKeyFiles,
 )
+from .traces import parentOf, recordSpans, spanNamed
 
 __all__ = [
     "BusContract",
@@ -34,4 +36,7 @@ __all__ = [
     "NeverFired",
     "ServiceHarness",
     "testKeyFiles",
+    "recordSpans",
+    "spanNamed",
+    "parentOf",
 ]

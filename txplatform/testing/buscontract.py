@@ -322,6 +322,51 @@ class BusContract(_TestCase):
         self.assertEqual(len(seen), 2)
 
     @inlineCallbacks
+    def test_traceParentCarried(self) -> Any:
+        """
+        A call's W3C C{traceparent} (L{Origin.traceParent}) reaches the
+        handler's context, inside the payload (sealed with it by an
+        encrypting codec); a call without one has none, and the payload
+        is the caller's either way.  (With tracing off in this process, the
+        bus passes it on unchanged.)
+        """
+        seen: list[tuple[Any, str | None]] = []
+
+        def look(payload: Any, context: CallContext) -> Any:
+            seen.append((payload, context.traceParent))
+            return {"ok": True}
+
+        pair = yield self._serving({"look": look})
+        traceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        origin = Origin(pair.callerService, "trace-tp", traceParent=traceParent)
+        result = yield pair.caller.call(pair.service, "look", {"n": 1}, origin=origin)
+        self.assertEqual(result, {"ok": True})
+        keyed = Origin(pair.callerService, "trace-tp", idempotencyKey="k1", traceParent=traceParent)
+        yield pair.caller.call(pair.service, "look", {"n": 2}, origin=keyed)
+        yield pair.caller.call(pair.service, "look", {"n": 3}, origin=self._origin(pair))
+        self.assertEqual(seen, [({"n": 1}, traceParent), ({"n": 2}, traceParent), ({"n": 3}, None)])
+
+    @inlineCallbacks
+    def test_eventTraceParentCarried(self) -> Any:
+        """
+        An event's W3C C{traceparent} (L{Origin.traceParent}) reaches the
+        handler's L{EventContext}; an event without one has none.
+        """
+        got: list[tuple[Any, str | None]] = []
+        pair = yield self.makeBuses()
+        event = f"{self._topic()}.post.created"
+        yield pair.server.subscribe(
+            event, lambda p, c: got.append((p, c.traceParent)), self.newGroup(event)
+        )
+        traceParent = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+        origin = Origin(pair.callerService, "trace-ev", traceParent=traceParent)
+        yield pair.caller.publish(event, {"id": "p1"}, origin=origin)
+        yield self._eventually(pair, lambda: got)
+        yield pair.caller.publish(event, {"id": "p2"}, origin=self._origin(pair))
+        yield self._eventually(pair, lambda: len(got) == 2)
+        self.assertEqual(got, [({"id": "p1"}, traceParent), ({"id": "p2"}, None)])
+
+    @inlineCallbacks
     def test_callContext(self) -> Any:
         """
         The handler gets a L{CallContext} naming the service and method, the
