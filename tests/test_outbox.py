@@ -47,13 +47,8 @@ class OutboxTestsMixin:
             self.database, self.bus, PlainFieldCodec(), "things", SOURCE, reactor, interval=0.05
         )
 
-    @inlineCallbacks
     def remaining(self) -> Any:
-        """
-        The rows left, once those of confirmed events are deleted.
-        """
-        yield self.outbox.deleteConfirmed()
-        return (yield self.database.runQuery(f"SELECT message_id FROM {self.outbox.table}"))
+        return self.database.runQuery(f"SELECT message_id FROM {self.outbox.table}")
 
     @inlineCallbacks
     def test_publishedAfterCommit(self) -> Any:
@@ -195,77 +190,6 @@ class OutboxTestsMixin:
         self.assertEqual(sample("txplatform_outbox_leftovers_published_total") - leftovers, 1)
         yield self.outbox._tick()
         self.assertEqual(sample("txplatform_outbox_oldest_seconds"), 0)
-
-    @inlineCallbacks
-    def test_deletedWithTheNext(self) -> Any:
-        """
-        The rows of confirmed events are deleted by the next transaction
-        that stages one, as it commits: no transaction of their own while
-        events keep coming.
-        """
-        yield self.outbox.flush()
-        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
-        yield self.outbox.flush()
-        yield eventually(lambda: len(self.received) == 1)
-        interactions: list[Any] = []
-        real = self.database.runInteraction
-
-        def spy(f: Any, *args: Any, **kwargs: Any) -> Any:
-            interactions.append(f)
-            return real(f, *args, **kwargs)
-
-        self.patch(self.database, "runInteraction", spy)
-        second = yield self.database.runInteraction(
-            lambda t: self.outbox.stage(t, "thing.made", {"n": 2})
-        )
-        rows = yield real(
-            lambda t: t.execute(f"SELECT message_id FROM {self.outbox.table}").fetchall()
-        )
-        self.assertEqual(rows, [(second,)])
-        self.assertEqual(len(interactions), 1)
-
-    @inlineCallbacks
-    def test_deletedGivenBackOnRollback(self) -> Any:
-        """
-        Rows a transaction was to delete that rolls back are deleted later,
-        by their own transaction once none comes.
-        """
-        self.outbox._deleteDelay = 0.05
-        yield self.outbox.flush()
-        first = yield self.database.runInteraction(
-            lambda t: self.outbox.stage(t, "thing.made", {"n": 1})
-        )
-        yield self.outbox.flush()
-        yield eventually(lambda: len(self.received) == 1)
-
-        def changeMind(t: Any) -> None:
-            self.outbox.stage(t, "thing.made", {"n": 2})
-            raise RuntimeError("abort")
-
-        yield self.assertFailure(self.database.runInteraction(changeMind), RuntimeError)
-
-        def gone() -> Any:
-            return self.database.runQuery(
-                f"SELECT message_id FROM {self.outbox.table} WHERE message_id = ?", (first,)
-            ).addCallback(lambda rows: rows == [])
-
-        yield eventually(gone)
-        self.assertEqual(len(self.received), 1)
-
-    @inlineCallbacks
-    def test_stopDeletes(self) -> Any:
-        """
-        Stopping deletes the rows of what was confirmed: a restart does not
-        publish them again.
-        """
-        self.outbox._deleteDelay = 60.0
-        self.outbox.start()
-        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
-        yield self.outbox.flush()
-        yield eventually(lambda: len(self.received) == 1)
-        yield self.outbox.stop()
-        rows = yield self.database.runQuery(f"SELECT message_id FROM {self.outbox.table}")
-        self.assertEqual(rows, [])
 
     @inlineCallbacks
     def test_busDown(self) -> Any:

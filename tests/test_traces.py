@@ -284,8 +284,6 @@ class OutboxTraceTests(TestCase):
         self.outbox = Outbox(
             self.database, self.bus, PlainFieldCodec(), "things", SERVICE, reactor, interval=0.05
         )
-        # Its confirmed rows go on a timer: stopped, they go at once.
-        self.addCleanup(self.outbox.stop)
         yield self.database.migrate(self.outbox.table, self.outbox.migrations())
 
     @inlineCallbacks

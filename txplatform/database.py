@@ -123,19 +123,14 @@ class _Transaction:
         database: _AdbapiDatabase,
         committed: list[Callable[[], Any]],
         traceParent: str | None = None,
-        rolledBack: list[Callable[[], Any]] | None = None,
     ) -> None:
         self._cursor = cursor
         self._database = database
         self._committed = committed
-        self._rolledBack = [] if rolledBack is None else rolledBack
         self.traceParent = traceParent
 
     def afterCommit(self, f: Callable[[], Any]) -> None:
         self._committed.append(f)
-
-    def afterRollback(self, f: Callable[[], Any]) -> None:
-        self._rolledBack.append(f)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Transaction:
         try:
@@ -206,7 +201,6 @@ class _AdbapiDatabase:
         self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
         committed: list[Callable[[], Any]] = []
-        rolledBack: list[Callable[[], Any]] = []
         # Within a handler's span (current while its synchronous part runs):
         # one span for the transaction, waiting for a connection included.
         span = traceParent = None
@@ -221,20 +215,9 @@ class _AdbapiDatabase:
             if span is not None:
                 traceParent = traces.traceParentOf(span)
         d = self._pool.runInteraction(
-            self._interact,
-            interaction,
-            args,
-            kwargs,
-            (committed, rolledBack),
-            time.monotonic(),
-            traceParent,
+            self._interact, interaction, args, kwargs, committed, time.monotonic(), traceParent
         )
-        d.addCallbacks(
-            self._afterCommit,
-            self._afterRollback,
-            callbackArgs=(committed,),
-            errbackArgs=(rolledBack,),
-        )
+        d.addCallback(self._afterCommit, committed)
         if span is not None:
             d.addBoth(traces.endSpan, span)
         return d
@@ -245,7 +228,7 @@ class _AdbapiDatabase:
         interaction: Callable[..., Any],
         args: Any,
         kw: Any,
-        hooks: tuple[list[Callable[[], Any]], list[Callable[[], Any]]],
+        committed: list[Callable[[], Any]],
         queued: float,
         traceParent: str | None = None,
     ) -> Any:
@@ -254,9 +237,8 @@ class _AdbapiDatabase:
         started = time.monotonic()
         self._waits.observe(started - queued)
         # A retried interaction (adbapi reconnects once) starts afresh.
-        committed, rolledBack = hooks
-        del committed[:], rolledBack[:]
-        transaction = _Transaction(adbapiTransaction, self, committed, traceParent, rolledBack)
+        del committed[:]
+        transaction = _Transaction(adbapiTransaction, self, committed, traceParent)
         try:
             return interaction(transaction, *args, **kw)
         finally:
@@ -269,14 +251,6 @@ class _AdbapiDatabase:
             except Exception:
                 self.log.failure("A call after a commit failed")
         return result
-
-    def _afterRollback(self, failure: Any, rolledBack: list[Callable[[], Any]]) -> Any:
-        for f in rolledBack:
-            try:
-                f()
-            except Exception:
-                self.log.failure("A call after a rollback failed")
-        return failure
 
     def runQuery(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
         return self.runInteraction(lambda t: t.execute(sql, params).fetchall())

@@ -168,13 +168,6 @@ class ITransaction(Interface):
         fires; never if it rolls back.
         """
 
-    def afterRollback(f):
-        """
-        Call C{f} (with no arguments, in the reactor's thread) if this
-        transaction rolls back (its interaction failed), before the
-        Deferred of its interaction fails; never if it commits.
-        """
-
     rowcount = Attribute("Rows changed by the last statement.")
 
 

@@ -15,13 +15,6 @@ failure, and on a timer, there only for rows older than the timer's
 interval (younger ones are another replica's, in its memory).  Events keep
 their message id across republishing, so consumers can tell a redelivery
 from a new event.
-
-The rows of confirmed events are deleted by the next transaction that
-stages an event, as part of it, so that a service under load spends no
-transaction of its own on them; when none comes within C{deleteDelay}, by
-one of their own.  A process that dies before they are deleted publishes
-them again on its next start: consumers see an event at least once, as
-they would from a broker's redelivery.
 """
 
 from __future__ import annotations
@@ -38,7 +31,6 @@ from twisted.internet.defer import (
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from . import traces
 from .codec import dumps, loads
@@ -79,7 +71,6 @@ class Outbox:
         clock: IReactorTime,
         interval: float = 5.0,
         batchSize: int = 100,
-        deleteDelay: float = 0.5,
     ) -> None:
         self._database = database
         self._bus = bus
@@ -90,15 +81,6 @@ class Outbox:
         self._clock = clock
         self._interval = interval
         self._batchSize = batchSize
-        self._deleteDelay = deleteDelay
-        # Message ids the bus confirmed, whose rows are to go: the next
-        # transaction that stages an event deletes them as it commits (no
-        # transaction of their own while events keep coming), or, when none
-        # comes within deleteDelay, one of their own.  Those a transaction
-        # or a delete has taken are in _deleting until it ends.
-        self._confirmed: set[str] = set()
-        self._deleting: set[str] = set()
-        self._deleteCall: Any = None
         self._loop: LoopingCall | None = None
         self._running: Deferred[None] | None = None
         self._again = False
@@ -183,70 +165,7 @@ class Outbox:
         )
         staged = _Staged(messageId, event, payload, correlationId, traceParent)
         transaction.afterCommit(lambda: self._committed(staged))
-        if self._confirmed:
-            self._deleteWith(transaction)
         return messageId
-
-    def _deleteWith(self, transaction: ITransaction) -> None:
-        """
-        Delete, in C{transaction}, the rows of events already confirmed:
-        given back if it rolls back.  (Taken from the shared set first, so
-        no two transactions wait on each other's rows.)
-        """
-        taken = list(self._confirmed)[: self._batchSize]
-        self._confirmed.difference_update(taken)
-        self._deleting.update(taken)
-        if not self._confirmed and self._deleteCall is not None and self._deleteCall.active():
-            self._deleteCall.cancel()
-        marks = ", ".join("?" * len(taken))
-        transaction.execute(f"DELETE FROM {self.table} WHERE message_id IN ({marks})", taken)
-
-        def committed() -> None:
-            self._deleting.difference_update(taken)
-
-        def rolledBack() -> None:
-            self._deleting.difference_update(taken)
-            self._confirmed.update(taken)
-            self._scheduleDelete()
-
-        transaction.afterCommit(committed)
-        transaction.afterRollback(rolledBack)
-
-    def _scheduleDelete(self) -> None:
-        if self._confirmed and (self._deleteCall is None or not self._deleteCall.active()):
-            self._deleteCall = self._clock.callLater(self._deleteDelay, self.deleteConfirmed)
-
-    def deleteConfirmed(self) -> Deferred[None]:
-        """
-        Delete now the rows of the events the bus confirmed (in a
-        transaction of their own).  Never fails: what could not be deleted
-        waits for the next try.
-        """
-        if self._deleteCall is not None and self._deleteCall.active():
-            self._deleteCall.cancel()
-        self._deleteCall = None
-        if not self._confirmed:
-            return succeed(None)
-        taken = list(self._confirmed)
-        self._confirmed.clear()
-        self._deleting.update(taken)
-        marks = ", ".join("?" * len(taken))
-        d = self._database.runOperation(
-            f"DELETE FROM {self.table} WHERE message_id IN ({marks})", taken
-        )
-
-        def failed(failure: Failure) -> None:
-            self._confirmed.update(taken)
-            self.log.warn(
-                "Outbox of {component} could not delete published rows yet: {error}",
-                component=self.component,
-                error=failure.getErrorMessage(),
-            )
-            self._scheduleDelete()
-
-        d.addCallbacks(lambda _: None, failed)
-        d.addBoth(lambda _: self._deleting.difference_update(taken))
-        return d
 
     def _committed(self, staged: _Staged) -> None:
         if self._scanned.pop(staged.messageId, None) is not None:
@@ -277,12 +196,10 @@ class Outbox:
             self._loop.stop()
         self._loop = None
         if self._running is None:
-            return self.deleteConfirmed()
+            return succeed(None)
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
-        # Rows of what it publishes go too, or a restart would publish them
-        # again.
-        return d.addCallback(lambda _: self.deleteConfirmed())
+        return d
 
     def flush(self) -> Deferred[None]:
         """
@@ -356,13 +273,7 @@ class Outbox:
                     for s in ready
                 ]
                 results = yield DeferredList(confirmations, consumeErrors=True)
-                self._confirmed.update(
-                    s.messageId for s, (ok, _) in zip(ready, results, strict=True) if ok
-                )
-                self._scheduleDelete()
-                failures = [result for ok, result in results if not ok]
-                if failures:
-                    failures[0].raiseException()
+                yield self._settle([s.messageId for s in ready], results, "message_id")
             finally:
                 self._inMemory.difference_update(s.messageId for s in ready)
                 self._backlog.set(len(self._inMemory))
@@ -450,12 +361,8 @@ class Outbox:
             published = []
             confirmations = []
             for seq, messageId, event, sealed, correlationId, traceParent, _ in rows:
-                if (
-                    messageId in self._inMemory
-                    or messageId in self._confirmed
-                    or messageId in self._deleting
-                ):
-                    continue  # on its way from memory, or published
+                if messageId in self._inMemory:
+                    continue  # on its way from memory
                 try:
                     payload = loads(
                         self._fields.open(self.table, "payload", messageId, bytes(sealed))
