@@ -23,7 +23,7 @@ separate, sequential pass with RabbitMQ's firehose (the firehose costs the
 broker, so it is off while timing).
 
     python bench/production.py [--duration 10] [--rounds 3] [--connections 16]
-        [--write docs/benchmarks.md]
+        [--write docs/benchmarks.md | --only REQUEST]
 
 Needs RabbitMQ (rabbitmqctl on the PATH: the run uses a vhost of its own),
 PostgreSQL (TXPLATFORM_BENCH_POSTGRES, default
@@ -365,7 +365,7 @@ def runShape(
 ) -> None:
     perPost = None
     for round in range(arguments.rounds):
-        for name in REQUESTS:
+        for name in [arguments.only] if arguments.only else REQUESTS:
             before = counts() if name == "create a post" else (0, 0)
             measured = measure(
                 meter,
@@ -406,7 +406,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--write", help="replace the production section of this markdown file")
+    parser.add_argument(
+        "--only",
+        choices=REQUESTS,
+        help="measure only this request (beside the baselines), print each round and stop: to"
+        " compare two checkouts of the code in one sitting",
+    )
     arguments = parser.parse_args()
+    if arguments.only and arguments.write:
+        parser.error("--only measures part of the table: it cannot --write it")
     for tool in ("wrk", "rabbitmqctl", "psql"):
         if shutil.which(tool) is None:
             raise SystemExit(f"this benchmark needs {tool}")
@@ -466,7 +474,8 @@ def main() -> None:
         )
         api = f"http://127.0.0.1:{gatewayPort}"
         prepared = prepare(api, logs, "production")
-        messages = countMessages(api, prepared)
+        if not arguments.only:
+            messages = countMessages(api, prepared)
         groups: dict[str, Callable[[], list[int]]] = {
             name: (lambda pid=process.pid: [pid]) for name, process in started.items()
         }
@@ -508,6 +517,8 @@ def main() -> None:
         )
         shutil.rmtree(logs, ignore_errors=True)
 
+    if arguments.only:
+        return  # the rounds are printed; the table needs every request
     report = render(arguments, results, messages)
     print(report)
     if arguments.write:
