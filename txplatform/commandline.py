@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
-__all__ = ["FAILED", "USAGE", "OneLineParser", "oneLine", "reactWithStatus"]
+__all__ = ["FAILED", "USAGE", "OneLineParser", "oneLine", "positive", "reactWithStatus"]
 
 #: The operation failed (a file, the database, the broker said no).
 FAILED = 1
@@ -59,3 +59,21 @@ def reactWithStatus(
         return command(reactor, arguments).addCallback(exit)
 
     react(run)
+
+
+def positive(kind: type, what: str = "a positive number") -> Any:
+    """
+    An argparse C{type} taking a number of C{kind} above zero; anything
+    else is refused as C{what}.
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
+        return value
+
+    return parse

@@ -36,7 +36,7 @@ from txamqp.client import Closed
 
 from ..busrules import decodePayload
 from ..codec import eventBinding, loads
-from ..commandline import FAILED, USAGE, OneLineParser, oneLine, reactWithStatus
+from ..commandline import FAILED, USAGE, OneLineParser, oneLine, positive, reactWithStatus
 from ..errors import MalformedMessage
 from ..interfaces import IPayloadCodec
 from .bus import CHANNEL, AMQPBus, _callerOf, _isTraced, _traceOf, deadQueue
@@ -259,16 +259,6 @@ def _showPayload(letter: DeadLetter, codec: IPayloadCodec | None) -> str:
     return json.dumps(payload, indent=2)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"a positive number of seconds, not {text!r}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="txplatform-deadletters", description=__doc__.split("\n\n")[1])
     parser.add_argument(
@@ -278,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=positive(float, "a positive number of seconds"),
         default=10.0,
         help="seconds to reach the broker and log in before giving up (default 10)",
     )

@@ -20,7 +20,7 @@ from typing import Any, Sequence, TextIO
 
 from twisted.internet.defer import inlineCallbacks
 
-from ..commandline import FAILED, USAGE, OneLineParser, oneLine, reactWithStatus
+from ..commandline import FAILED, USAGE, OneLineParser, oneLine, positive, reactWithStatus
 from .keyfile import KeyFile, KeyFileError, newKeyFile, readKeySource, writeKeyFile
 
 __all__ = ["main", "run"]
@@ -41,31 +41,7 @@ def _keyName(name: str) -> str:
     """
     if name == "bus":
         return name
-    from ..catalogue import CatalogueError, installedServices
-
-    try:
-        catalogue = installedServices()
-    except CatalogueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if name not in catalogue or not catalogue.get(name).stores():
-        storing = ", ".join(d.name for d in catalogue if d.stores()) or "none installed"
-        raise argparse.ArgumentTypeError(
-            f"{name!r} is neither bus nor an installed service that stores data ({storing})"
-        )
-    return name
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"a positive number, not {text!r}")
-        return value
-
-    return parse
+    return _storingService(name, "is neither bus nor an installed service that stores data")
 
 
 def _databaseURL(url: str) -> str:
@@ -77,10 +53,12 @@ def _databaseURL(url: str) -> str:
     return url
 
 
-def _storingService(name: str) -> str:
+def _storingService(
+    name: str, refusal: str = "is not an installed service that stores data"
+) -> str:
     """
     The name of an installed service that stores data (and so has a key
-    file of its own), for argparse.
+    file of its own), for argparse; otherwise C{refusal}, and the names.
     """
     from ..catalogue import CatalogueError, installedServices
 
@@ -90,9 +68,7 @@ def _storingService(name: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
     if name not in catalogue or not catalogue.get(name).stores():
         storing = ", ".join(d.name for d in catalogue if d.stores()) or "none"
-        raise argparse.ArgumentTypeError(
-            f"{name!r} is not an installed service that stores data ({storing})"
-        )
+        raise argparse.ArgumentTypeError(f"{name!r} {refusal} ({storing})")
     return name
 
 
@@ -127,11 +103,11 @@ def parser() -> argparse.ArgumentParser:
         help="bus, or the name of the service whose data the keys encrypt",
     )
     init.add_argument(
-        "--period", type=_positive(float), default=3600.0, help="epoch length, seconds"
+        "--period", type=positive(float), default=3600.0, help="epoch length, seconds"
     )
     init.add_argument(
         "--max-age",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help="refuse data from epochs older than this (seconds); for the bus keys",
     )
@@ -156,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
     reencrypt.add_argument("--service", type=_storingService, required=True)
     reencrypt.add_argument("--keys", required=True, help="the service's key file")
     reencrypt.add_argument("--db", required=True, type=_databaseURL)
-    reencrypt.add_argument("--batch", type=_positive(int), default=200)
+    reencrypt.add_argument("--batch", type=positive(int), default=200)
 
     retire = commands.add_parser("retire", help="delete the versions below a version")
     retire.add_argument("path")
