@@ -454,9 +454,11 @@ class Gateway:
         exchange = self.exchange(request, op.priority)
         finished = request.notifyFinish()
         priority = op.priority.name.lower()
-        finished.addBoth(self._counted, request, one.name, priority, self.clock.seconds())
         if traces.enabled():
             self._traced(one, exchange, finished)
+        # Last of those that look at how it ended: it swallows the failure
+        # of a client gone away (nothing else needs it).
+        finished.addBoth(self._counted, request, one.name, priority, self.clock.seconds())
         if self.rateLimit is not None and op.rateLimited:
             wait = self.rateLimit.check(self.clientAddress(request))
             if wait is not None:
@@ -501,12 +503,12 @@ class Gateway:
         assert span is not None
         exchange.origin = attrs.evolve(exchange.origin, traceParent=traces.traceParentOf(span))
 
-        def ended(result: Any) -> None:
+        def ended(result: Any) -> Any:
             # A Failure: the client went away before its answer.
             span.set_attribute("http.response.status_code", request.code)
             if request.code >= 500:
                 span.set_status(traces.StatusCode.ERROR)
-            traces.endSpan(result, span)
+            return traces.endSpan(result, span)
 
         finished.addBoth(ended)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 from twisted.trial.unittest import SynchronousTestCase
 
+from txplatform.errors import NotFound
 from txplatform.testing import ServiceHarness
 from txplatform_gateway.ratelimit import AddressRateLimit
 from txplatform_gateway.testing import GatewayClient
@@ -93,3 +94,35 @@ class GatewayMetricsTests(SynchronousTestCase):
             - refused,
             1,
         )
+
+    def test_disconnected(self) -> None:
+        """
+        A client gone before its answer is counted as disconnected, its
+        span (when tracing) ends as an error, and its going away is
+        swallowed: no unhandled failure is left behind.
+        """
+        from opentelemetry.trace import StatusCode
+
+        from txplatform.testing.traces import recordSpans, spanNamed
+
+        exporter = recordSpans(self)
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        from twisted.web.server import Request
+        from twisted.web.test.requesthelper import DummyChannel
+
+        client = GatewayClient(self.harness)
+        labels = dict(operation="profile", status="disconnected", priority="low")
+        before = sample("txplatform_gateway_requests_total", **labels)
+        request = Request(DummyChannel())
+        request.method, request.uri = b"GET", b"/v1/accounts/alice"
+        request.path = request.uri
+        route = next(r for r in client.gateway.routes if r.name == "profile")
+        answered = client.gateway.runOperation(route, request, {"username": "alice"})
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(sample("txplatform_gateway_requests_total", **labels) - before, 1)
+        span = spanNamed(exporter.get_finished_spans(), "GET /v1/accounts/{username}")
+        self.assertEqual(span.status.status_code, StatusCode.ERROR)
+        # The call it made still ends (for nobody).
+        self.harness.flush()
+        self.failureResultOf(answered, NotFound)
