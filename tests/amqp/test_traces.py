@@ -7,15 +7,11 @@ receiver the test runs.  One created post is one trace.
 
 from __future__ import annotations
 
-import gzip
-import os
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
+from ..otlp import receiveTraces
 from ..support import eventually
 from .cluster import ClusterTestCase
 from .test_cluster import PASSWORD, TwoGatewaysTestCase
@@ -25,58 +21,15 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 
 
-class _Receiver(Resource):
-    """
-    An OTLP/HTTP receiver of traces: what each process exports, decoded.
-    """
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        # (service.name, span) for every span received.
-        self.spans: list[tuple[str, Any]] = []
-
-    def render_POST(self, request: Any) -> bytes:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-            ExportTraceServiceResponse,
-        )
-
-        body = request.content.read()
-        if request.getHeader("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        export = ExportTraceServiceRequest.FromString(body)
-        for resourceSpans in export.resource_spans:
-            attributes = {a.key: a.value.string_value for a in resourceSpans.resource.attributes}
-            for scopeSpans in resourceSpans.scope_spans:
-                for span in scopeSpans.spans:
-                    self.spans.append((attributes.get("service.name", "?"), span))
-        request.setHeader("Content-Type", "application/x-protobuf")
-        return ExportTraceServiceResponse().SerializeToString()
-
-
 class TraceTests(TwoGatewaysTestCase):
     timeout = 240
 
     @inlineCallbacks
     def setUp(self) -> Any:
         yield ClusterTestCase.setUp(self)
-        self.receiver = _Receiver()
-        port = reactor.listenTCP(0, Site(self.receiver), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        otlp = ("--otlp", f"http://127.0.0.1:{port.getHost().port}/v1/traces")
-        # Export within a tenth of a second, not the SDK's default five.
-        previous = os.environ.get("OTEL_BSP_SCHEDULE_DELAY")
-        os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"
-        try:
-            replicas = [self.service(name, *otlp) for name in ["account", "post", "notify"]]
-            gateway = self.gateway(*otlp)
-        finally:
-            if previous is None:
-                del os.environ["OTEL_BSP_SCHEDULE_DELAY"]
-            else:
-                os.environ["OTEL_BSP_SCHEDULE_DELAY"] = previous
+        self.receiver, otlp = receiveTraces(self)
+        replicas = [self.service(name, *otlp) for name in ["account", "post", "notify"]]
+        gateway = self.gateway(*otlp)
         self.processes = [*replicas, gateway]
         yield gatherResults([p.ready for p in replicas])
         self.ports = [(yield gateway.ready)]
@@ -117,15 +70,6 @@ class TraceTests(TwoGatewaysTestCase):
             x_request_id="trace-test-request-1",
         )
         self.assertEqual(status, 201, post)
-        traceId = bytes.fromhex(CLIENT_TRACE)
-
-        def inTrace() -> dict[str, tuple[str, Any]]:
-            return {
-                span.name: (service, span)
-                for service, span in self.receiver.spans
-                if span.trace_id == traceId
-            }
-
         wanted = {
             "POST /v1/posts": "gateway",
             "010001/verify_token": "gateway",
@@ -137,14 +81,17 @@ class TraceTests(TwoGatewaysTestCase):
             "010001/audience": "notify",
             "account/audience": "account",
         }
-        spans = yield eventually(lambda: set(wanted) <= set(inTrace()) and inTrace(), timeout=30)
+
+        def complete() -> Any:
+            spans = self.receiver.trace(CLIENT_TRACE)
+            return set(wanted) <= set(spans) and spans
+
+        spans = yield eventually(complete, timeout=30)
         for name, service in wanted.items():
             self.assertEqual(spans[name][0], service, name)
-        byId = {span.span_id: span for _, span in self.receiver.spans if span.trace_id == traceId}
 
         def parent(name: str) -> str:
-            found = byId.get(spans[name][1].parent_span_id)
-            return found.name if found is not None else spans[name][1].parent_span_id.hex()
+            return self.receiver.parentName(CLIENT_TRACE, name)
 
         self.assertEqual(parent("POST /v1/posts"), CLIENT_SPAN)
         for child, expected in [
@@ -158,6 +105,7 @@ class TraceTests(TwoGatewaysTestCase):
             ("account/audience", "010001/audience"),
         ]:
             self.assertEqual(parent(child), expected, child)
+        byId = {span.span_id: span for _, span in self.receiver.spans}
         staged = byId[spans["publish post.created"][1].parent_span_id]
         self.assertEqual(byId[staged.parent_span_id].name, "post/create_post")
 

@@ -19,6 +19,7 @@ from txplatform.channel.identity import Identity, Peer, TrustStore, writeIdentit
 from txplatform.direct.addresses import AddressBook
 
 from ..amqp.cluster import ClusterTestCase
+from ..otlp import receiveTraces
 from ..support import eventually
 
 SERVICES = {"account": "010001", "post": "010002", "notify": "010003", "gateway": "010100"}
@@ -78,7 +79,11 @@ class DirectPlatformTests(ClusterTestCase):
             self.trust,
         ]
 
-    def start(self) -> Any:
+    def start(self, *common: str) -> Any:
+        """
+        Start the three services and the gateway, each with C{common}
+        options besides its own.
+        """
         from ..processes import SERVING
         from ..support import keyArguments
 
@@ -89,6 +94,7 @@ class DirectPlatformTests(ClusterTestCase):
                 "--db",
                 self.databaseURL,
                 *keyArguments(self.keys, name),
+                *common,
                 ready=SERVING,
             )
             for name in ["account", "post", "notify"]
@@ -99,16 +105,26 @@ class DirectPlatformTests(ClusterTestCase):
             "--listen",
             "tcp:0:interface=127.0.0.1",
             *keyArguments(self.keys, "gateway"),
+            *common,
         )
         names = ["account", "post", "notify", "gateway"]
         self.processes = dict(zip(names, [*services, gateway], strict=True))
         return gatherResults([p.ready for p in services] + [gateway.ready])
 
     @inlineCallbacks
-    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        traceparent: str | None = None,
+    ) -> Any:
         headers = {"Content-Type": ["application/json"]}
         if token:
             headers["Authorization"] = [f"Bearer {token}"]
+        if traceparent:
+            headers["traceparent"] = [traceparent]
         response = yield self.client().request(
             method,
             f"http://127.0.0.1:{self.gatewayPort}{path}",
@@ -165,3 +181,65 @@ class DirectPlatformTests(ClusterTestCase):
             )
         for process in self.processes.values():
             self.assertNotIn(b"Traceback", process.output, process.output.decode()[-3000:])
+
+    @inlineCallbacks
+    def test_traced(self) -> Any:
+        """
+        With C{--otlp} on every process, a post created over direct calls
+        is one trace: the gateway's operation, its calls over the secure
+        channels and the spans serving them, the event over RabbitMQ, and
+        Notify's direct call to Account, each the child of the span that
+        caused it.
+        """
+        receiver, otlp = receiveTraces(self)
+        ready = yield self.start(*otlp)
+        self.gatewayPort = ready[-1]
+        for name in ["alice", "bob"]:
+            status, body = yield self.request(
+                "POST",
+                "/v1/accounts",
+                {"username": name, "email": f"{name}@example.com", "password": "correct horse"},
+            )
+            self.assertEqual(status, 201, body)
+        status, session = yield self.request(
+            "POST", "/v1/sessions", {"username": "alice", "password": "correct horse"}
+        )
+        self.assertEqual(status, 201, session)
+        traceId, clientSpan = "5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7"
+        status, post = yield self.request(
+            "POST",
+            "/v1/posts",
+            {"body": "hello @bob"},
+            token=session["token"],
+            traceparent=f"00-{traceId}-{clientSpan}-01",
+        )
+        self.assertEqual(status, 201, post)
+        wanted = {
+            "POST /v1/posts": "gateway",
+            "010001/verify_token": "gateway",
+            "account/verify_token": "account",
+            "010002/create_post": "gateway",
+            "post/create_post": "post",
+            "publish post.created": "post",
+            "notify process post.created": "notify",
+            "010001/audience": "notify",
+            "account/audience": "account",
+        }
+
+        def complete() -> Any:
+            spans = receiver.trace(traceId)
+            return set(wanted) <= set(spans) and spans
+
+        spans = yield eventually(complete, timeout=30)
+        self.assertEqual({name: spans[name][0] for name in wanted}, wanted)
+        self.assertEqual(receiver.parentName(traceId, "POST /v1/posts"), clientSpan)
+        for child, parent in [
+            ("010001/verify_token", "POST /v1/posts"),
+            ("account/verify_token", "010001/verify_token"),
+            ("010002/create_post", "POST /v1/posts"),
+            ("post/create_post", "010002/create_post"),
+            ("notify process post.created", "publish post.created"),
+            ("010001/audience", "notify process post.created"),
+            ("account/audience", "010001/audience"),
+        ]:
+            self.assertEqual(receiver.parentName(traceId, child), parent, child)
