@@ -376,9 +376,28 @@ class InstalledCommandsTests(TestCase):
             [twistd, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
         )
         self.assertEqual(listing.returncode, 0, listing.stderr)
-        for command in ["txplatform", "gateway", "account", "post", "notify", "parser"]:
+        if not re.search(r"\n\s+txplatform\s", listing.stdout):
             # A dropin that fails to import is only reported on stderr (and
-            # its commands are missing): show it.
+            # its commands are missing); one not found at all, nowhere:
+            # show where twistd looked and what importing the dropin says.
+            looked = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import twisted.plugins as p, os; print([(d, sorted(os.listdir(d)))"
+                    " for d in p.__path__ if os.path.isdir(d)]);"
+                    " import twisted.plugins.txplatform_dropin as d; print(d.__file__)",
+                ],
+                cwd=elsewhere,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            self.fail(
+                f"twistd --help lists no txplatform command\nstderr: {listing.stderr}\n"
+                f"plugin paths: {looked.stdout}{looked.stderr}"
+            )
+        for command in ["txplatform", "gateway", "account", "post", "notify", "parser"]:
             self.assertRegex(listing.stdout, rf"\n\s+{command}\s", listing.stderr)
             helped = subprocess.run(
                 [twistd, command, "--help"],
