@@ -5,7 +5,7 @@ Options the commands share, and building the pieces they name.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.python import usage
 
@@ -33,6 +33,7 @@ __all__ = [
     "checkEndpoints",
     "checkPositive",
     "catalogueRefusal",
+    "OneLineUsage",
     "makeBus",
     "makeDatabase",
     "serviceProcess",
@@ -331,6 +332,31 @@ def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: 
     # while running.
     TrustFileService(options["trust"], trust, options["key-reload"]).setServiceParent(bus)
     return bus
+
+
+class OneLineUsage:
+    """
+    Options (mixed in before L{usage.Options}) whose mistakes, under twistd,
+    end the process with the reason in one line on stderr and exit status
+    1.  twistd itself prints its whole usage text above a L{UsageError
+    <usage.UsageError>}, burying the reason.  Parsed on their own (a test,
+    another program), the options raise L{usage.UsageError} as usual: only
+    under a parent (twistd's own options) is the error the process's end.
+
+    @cvar command: The command's name, as twistd lists it.
+    """
+
+    command: ClassVar[str]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)  # type: ignore[misc]
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit(
+                f"twistd {self.command}: {e} (twistd {self.command} --help lists the options)"
+            ) from None
 
 
 def catalogueRefusal(command: str, reason: str) -> SystemExit:

@@ -19,6 +19,7 @@ from ._common import (
     KEY_RELOAD,
     METRICS,
     OTLP,
+    OneLineUsage,
     catalogueRefusal,
     checkDatabase,
     checkOTLP,
@@ -57,10 +58,12 @@ LISTEN = [
 ]
 
 
-class BaseOptions(usage.Options):
+class BaseOptions(OneLineUsage, usage.Options):
     """
     The all-in-one's own options; L{optionsFor} adds every service's.
     """
+
+    command = "txplatform"
 
     synopsis = "[options]"
     optFlags = [

@@ -19,6 +19,7 @@ from ._common import (
     KEY_RELOAD,
     METRICS,
     OTLP,
+    OneLineUsage,
     checkBus,
     checkEndpoints,
     checkKeys,
@@ -158,7 +159,8 @@ API_INFO = [
 ]
 
 
-class Options(usage.Options):
+class Options(OneLineUsage, usage.Options):
+    command = "gateway"
     synopsis = "[options]"
     longdesc = "Run one replica of the HTTP gateway, the platform's only entry point."
     optParameters = [

@@ -25,6 +25,7 @@ from ._common import (
     LOG_CALLS,
     METRICS,
     OTLP,
+    OneLineUsage,
     checkBus,
     checkDatabase,
     checkEndpoints,
@@ -36,7 +37,7 @@ from ._common import (
 __all__ = ["ServiceOptions", "optionsFor", "makeService"]
 
 
-class ServiceOptions(usage.Options):
+class ServiceOptions(OneLineUsage, usage.Options):
     """
     What every service process takes; L{optionsFor} makes a subclass per
     service.
@@ -91,6 +92,7 @@ def optionsFor(declaration: ServiceDeclaration) -> type[ServiceOptions]:
         (ServiceOptions,),
         {
             "declaration": declaration,
+            "command": declaration.name,
             "stores": stores,
             "optParameters": own,
             "optFlags": [list(row) for row in declaration.flags],

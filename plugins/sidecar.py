@@ -10,10 +10,11 @@ from typing import Any
 
 from twisted.python import usage
 
-from ._common import checkEndpoints
+from ._common import OneLineUsage, checkEndpoints
 
 
-class Options(usage.Options):
+class Options(OneLineUsage, usage.Options):
+    command = "sidecar"
     synopsis = "--for SERVICE --identity PATH --trust PATH --forward unix:PATH [options]"
     longdesc = (
         "Run beside one replica of a service (started with --bus direct:... and"

@@ -217,8 +217,7 @@ class RefusedOptionsTests(TwistdTestCase):
     def test_unreadableListen(self) -> Any:
         """
         An endpoint Twisted cannot read stops every command that takes one
-        at once, with exit status 1 and the reason on one line (twistd
-        prints its usage above it).
+        at once, with exit status 1 and the reason in one line.
         """
         from .test_options import identityFiles
 
@@ -241,9 +240,10 @@ class RefusedOptionsTests(TwistdTestCase):
             self.assertFailure(process.ready, AssertionError)
             code = yield process.ended
             self.assertEqual(code, 1, process.output.decode())
-            lastLine = process.output.decode().strip().splitlines()[-1]
-            self.assertIn("--listen: 'bogus:endpoint' is not an endpoint", lastLine)
-            self.assertIn("Unknown endpoint type: 'bogus'", lastLine)
+            [line] = process.output.decode().strip().splitlines()
+            self.assertIn("--listen: 'bogus:endpoint' is not an endpoint", line)
+            self.assertIn("Unknown endpoint type: 'bogus'", line)
+            self.assertTrue(line.startswith(f"twistd {arguments[0]}: "), line)
 
     @inlineCallbacks
     def test_busRequired(self) -> Any:
@@ -259,8 +259,30 @@ class RefusedOptionsTests(TwistdTestCase):
             self.assertFailure(process.ready, AssertionError)
             code = yield process.ended
             self.assertEqual(code, 1, process.output.decode())
-            lastLine = process.output.decode().strip().splitlines()[-1]
-            self.assertIn("--bus is required: this process works with the others", lastLine)
+            [line] = process.output.decode().strip().splitlines()
+            self.assertIn("--bus is required: this process works with the others", line)
+
+    @inlineCallbacks
+    def test_oneLine(self) -> Any:
+        """
+        An option a command does not know, or one without its value, ends
+        twistd with exit status 1 and one line: the command, the reason and
+        where the options are listed, not twistd's whole usage text.
+        """
+        for arguments, reason in [
+            (["gateway", "--bogus"], "twistd gateway: option --bogus not recognized"),
+            (["txplatform", "--listen"], "twistd txplatform: option --listen requires argument"),
+            (["post", "--db"], "twistd post: option --db requires argument"),
+            (["sidecar", "--bogus"], "twistd sidecar: option --bogus not recognized"),
+        ]:
+            process = self.spawn(*arguments)
+            self.assertFailure(process.ready, AssertionError)
+            code = yield process.ended
+            self.assertEqual(code, 1, process.output.decode())
+            self.assertEqual(
+                process.output.decode().strip().splitlines(),
+                [f"{reason} (twistd {arguments[0]} --help lists the options)"],
+            )
 
 
 class MissingDatabaseTests(TwistdTestCase):
