@@ -10,9 +10,14 @@ import re
 import time
 
 import treq
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from txplatform.channel.identity import Identity, Peer, TrustStore, readIdentity, readTrust
 from txplatform.channel.protocol import ChannelSettings
@@ -50,7 +55,7 @@ class SidecarTests(TestCase):
         return ChannelSettings(identity, trust or self.trust, reactor)
 
     @inlineCallbacks
-    def start(self, handlers: dict):  # type: ignore[no-untyped-def]
+    def start(self, handlers: dict, http: str = "tcp:0:interface=127.0.0.1"):  # type: ignore[no-untyped-def]
         service = DirectBus(
             reactor,
             self.settings(self.postIdentity),
@@ -68,14 +73,15 @@ class SidecarTests(TestCase):
             self.settings(self.postIdentity),
             f"tcp:{self.port}:interface=127.1.0.2",
             f"unix:{self.socket}",
-            "tcp:0:interface=127.0.0.1",
+            http,
             healthFile=self.healthFile,
             healthMaxAge=5.0,
         )
         sidecar.startService()
         self.addCleanup(sidecar.stopService)
         yield sidecar.listening
-        self.http = f"http://127.0.0.1:{sidecar.ports['http'].getHost().port}"
+        if http.startswith("tcp:"):
+            self.http = f"http://127.0.0.1:{sidecar.ports['http'].getHost().port}"
         return service, sidecar
 
     def caller(self, identity: Identity | None = None) -> DirectBus:
@@ -139,6 +145,27 @@ class SidecarTests(TestCase):
         self.assertRegex(
             text, r'txplatform_sidecar_bytes_total\{direction="in",service="post"\} [1-9]'
         )
+
+    @inlineCallbacks
+    def test_httpOnUNIXSocket(self):  # type: ignore[no-untyped-def]
+        """
+        The metrics serve on a UNIX socket too (a pod's shared volume, a
+        host reached through a file), which Twisted's WSGI cannot.
+        """
+        path = os.path.join(socketDirectory(self), "http.sock")
+        yield self.start({}, http=f"unix:{path}")
+
+        @implementer(IAgentEndpointFactory)
+        class Socket:
+            def endpointForURI(self, uri):  # type: ignore[no-untyped-def]
+                return UNIXClientEndpoint(reactor, path)
+
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = HTTPClient(Agent.usingEndpointFactory(reactor, Socket(), pool=pool))
+        response = yield http.get("http://sidecar/metrics")
+        text = yield response.text()
+        self.assertEqual(response.code, 200, text)
+        self.assertIn("txplatform_sidecar_open_channels", text)
 
     @inlineCallbacks
     def test_refusedNeverForwarded(self):  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from twisted.web.resource import Resource
 
-__all__ = ["probeResource"]
+__all__ = ["MetricsResource", "probeResource"]
 
 
 class _Probe(Resource):
@@ -31,10 +31,17 @@ class _Probe(Resource):
         return f"{'ok' if ok else 'not ready'}: {detail}\n".encode()
 
 
-class _Metrics(Resource):
-    # Rendered in the reactor's thread: prometheus-client's own Twisted
-    # resource goes through WSGI and the reactor's thread pool, which the
-    # database shares, for what takes a fraction of a millisecond.
+class MetricsResource(Resource):
+    """
+    C{/metrics}: a Prometheus registry in its text format.
+
+    Rendered in the reactor's thread: prometheus-client's own Twisted
+    resource goes through WSGI and the reactor's thread pool, which the
+    database shares, for what takes a fraction of a millisecond; and
+    Twisted's WSGI cannot serve a listener on a UNIX socket (it wants the
+    client's host).
+    """
+
     isLeaf = True
 
     def __init__(self, registry: Any) -> None:
@@ -54,5 +61,5 @@ def probeResource(ready: Callable[[], tuple[bool, str]], registry: Any = REGISTR
     root = Resource()
     root.putChild(b"healthz", _Probe(lambda: (True, "serving")))
     root.putChild(b"readyz", _Probe(ready))
-    root.putChild(b"metrics", _Metrics(registry))
+    root.putChild(b"metrics", MetricsResource(registry))
     return root

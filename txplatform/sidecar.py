@@ -24,7 +24,6 @@ import time
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.twisted import MetricsResource
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -37,6 +36,7 @@ from twisted.web.server import Site
 from .channel.forward import forwardPreamble
 from .channel.protocol import ChannelServerFactory, ChannelSettings
 from .direct.wire import CallFrame, FrameError, parseFrame
+from .probes import MetricsResource
 
 __all__ = ["SidecarMetrics", "FrameObserver", "Ingress", "Sidecar"]
 
@@ -363,7 +363,7 @@ class Sidecar(MultiService):
         root = Resource()
         root.putChild(b"healthz", _Probe(self.alive))
         root.putChild(b"readyz", _Probe(self.ready))
-        root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
+        root.putChild(b"metrics", MetricsResource(self.metrics.registry))
         return root
 
     def alive(self) -> Deferred[tuple[bool, str]]:
