@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -111,23 +112,35 @@ class TwistdTestCase(TestCase):
     timeout = 120
 
     def spawn(
-        self, *arguments: str, cwd: str | None = None, ready: re.Pattern[bytes] = LISTENING
+        self,
+        *arguments: str,
+        cwd: str | None = None,
+        ready: re.Pattern[bytes] = LISTENING,
+        within: Sequence[str] = (),
+        program: Sequence[str] | None = None,
     ) -> Twistd:
         """
         Start C{twistd -n ARGUMENTS} from this checkout; it is killed (by its
         pid) at the end of the test if it is still running.
+
+        @param within: A command that runs its arguments in another setting
+            and becomes them (C{exec}s them, so the pid is twistd's), such
+            as C{["ip", "netns", "exec", NAME]}.
+        @param program: Run this, with C{ARGUMENTS}, instead of twistd.
         """
         process = Twistd(ready)
         env = dict(os.environ, PYTHONPATH=CHECKOUT, PYTHONUNBUFFERED="1")
-        argv = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            *arguments,
-        ]
-        transport = reactor.spawnProcess(process, sys.executable, argv, env=env, path=cwd)
+        if program is None:
+            program = [
+                sys.executable,
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "-n",
+                "--pidfile=",
+            ]
+        argv = [*within, *program, *arguments]
+        executable = shutil.which(argv[0]) or argv[0]
+        transport = reactor.spawnProcess(process, executable, argv, env=env, path=cwd)
 
         def kill() -> Any:
             if process.ended.called:

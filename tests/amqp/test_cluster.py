@@ -38,6 +38,12 @@ class TwoGatewaysTestCase(ClusterTestCase):
         self.requests = [0, 0]
         self.addCleanup(self.noTracebacks)
 
+    def gatewayURL(self, gateway: int) -> str:
+        """
+        Where gateway 0 or 1 takes requests.
+        """
+        return f"http://127.0.0.1:{self.ports[gateway]}"
+
     def noTracebacks(self) -> None:
         for process in self.processes:
             self.assertNotIn(b"Traceback", process.output, process.output.decode()[-3000:])
@@ -63,7 +69,7 @@ class TwoGatewaysTestCase(ClusterTestCase):
             data = json.dumps(body).encode()
             sent.setdefault("Content-Type", ["application/json"])
         response = yield self.http.request(
-            method, f"http://127.0.0.1:{self.ports[gateway]}{path}", headers=sent, data=data
+            method, self.gatewayURL(gateway) + path, headers=sent, data=data
         )
         content = yield response.content()
         self.requests[gateway] += 1
