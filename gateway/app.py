@@ -485,8 +485,9 @@ class Gateway:
     def _traced(one: Route, exchange: Exchange, finished: Deferred[None]) -> None:
         """
         The span of an operation: the child of the client's W3C
-        C{traceparent}, if it sent a valid one, else a new trace; every
-        call the request makes is its child.  It ends with the response.
+        C{traceparent} (with its C{tracestate}), if it sent a valid one,
+        else a new trace; every call the request makes is its child, and
+        carries the client's C{tracestate} on.  It ends with the response.
         """
         request = exchange.request
         span = traces.startServerSpan(
@@ -501,7 +502,11 @@ class Gateway:
             },
         )
         assert span is not None
-        exchange.origin = attrs.evolve(exchange.origin, traceParent=traces.traceParentOf(span))
+        exchange.origin = attrs.evolve(
+            exchange.origin,
+            traceParent=traces.traceParentOf(span),
+            traceState=traces.traceStateOf(span),
+        )
 
         def ended(result: Any) -> Any:
             # A Failure: the client went away before its answer.

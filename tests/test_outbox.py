@@ -9,6 +9,8 @@ from twisted.internet.defer import fail, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from txplatform.codec import dumps
+from txplatform.context import Origin
 from txplatform.fields import PlainFieldCodec
 from txplatform.localbus import LocalBus
 from txplatform.outbox import Outbox
@@ -17,6 +19,8 @@ from txplatform.serviceid import ServiceId
 from .support import PostgresMixin, SQLiteMixin, eventually
 
 SOURCE = ServiceId.fromHex("0000a3")
+TRACE_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACE_STATE = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
 
 
 class FlakyBus(LocalBus):
@@ -228,6 +232,51 @@ class OutboxTestsMixin:
         yield eventually(lambda: len(self.received) == 1)
         yield self.database.runInteraction(lambda t: outbox.stage(t, "thing.made", {"n": 2}))
         yield eventually(lambda: len(self.received) == 2)
+
+    @inlineCallbacks
+    def test_traceKeptAcrossRestart(self) -> Any:
+        """
+        An event's W3C C{traceparent} and C{tracestate} (from the origin
+        staging it, tracing being off here) are kept in its row, and an
+        outbox of a later process publishes the event with both.
+        """
+        origin = Origin(SOURCE, "c1", traceParent=TRACE_PARENT, traceState=TRACE_STATE)
+        yield self.database.runInteraction(
+            lambda t: self.outbox.stage(t, "thing.made", {"n": 1}, origin)
+        )
+        rows = yield self.database.runQuery(
+            f"SELECT trace_parent, trace_state FROM {self.outbox.table}"
+        )
+        self.assertEqual([tuple(r) for r in rows], [(TRACE_PARENT, TRACE_STATE)])
+        yield self.makeOutbox().flush()
+        yield eventually(lambda: self.received)
+        [(_, context)] = self.received
+        self.assertEqual((context.traceParent, context.traceState), (TRACE_PARENT, TRACE_STATE))
+        self.assertEqual((yield self.remaining()), [])
+
+    @inlineCallbacks
+    def test_rowsWithoutTraceState(self) -> Any:
+        """
+        Rows staged before the outbox kept trace states (its migration 2)
+        are published once it does, with their C{traceparent} and no
+        C{tracestate}.
+        """
+        old = Outbox(self.database, self.bus, PlainFieldCodec(), "olds", SOURCE, reactor)
+        yield self.database.migrate(old.table, old.migrations()[:2])
+        yield self.database.runOperation(
+            f"INSERT INTO {old.table}"
+            " (message_id, event, payload, correlation_id, created_at, trace_parent)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            ("m" * 32, "thing.old", dumps({"n": 1}), "c1", 0, TRACE_PARENT),
+        )
+        applied = yield self.database.migrate(old.table, old.migrations())
+        self.assertEqual(applied, [3])
+        yield old.flush()
+        yield eventually(lambda: self.received)
+        [(payload, context)] = self.received
+        self.assertEqual(
+            (payload, context.traceParent, context.traceState), ({"n": 1}, TRACE_PARENT, None)
+        )
 
     @inlineCallbacks
     def test_batches(self) -> Any:

@@ -13,7 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txplatform import traces
-from txplatform.codec import callBinding, eventBinding, traced, untraced
+from txplatform.codec import callBinding, dumps, eventBinding, traced, untraced
 from txplatform.crypto.codecs import SealedPayloadCodec
 from txplatform.crypto.keyring import Keyring, MasterKey
 from txplatform.crypto.sealing import Sealer
@@ -32,6 +32,7 @@ SERVICE = ServiceId.fromHex("0000c1")
 CALLER = ServiceId.fromHex("0000c2")
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_PARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+CLIENT_STATE = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
 
 
 class TraceParentTests(SynchronousTestCase):
@@ -63,6 +64,24 @@ class TraceParentTests(SynchronousTestCase):
             (parsed.trace_id, parsed.span_id, parsed.trace_flags),
             (finished.context.trace_id, finished.context.span_id, finished.context.trace_flags),
         )
+
+    def test_traceState(self) -> None:
+        """
+        A span started under a C{traceparent} and C{tracestate} has that
+        trace state, which L{traces.traceStateOf} gives back to carry on;
+        a span without one gives C{None}, and a C{tracestate} that is not
+        one is dropped (the parent is kept).
+        """
+        recordSpans(self)
+        span = traces.startSpan("x", SpanKind.SERVER, CLIENT_PARENT, traceState=CLIENT_STATE)
+        assert span is not None
+        self.assertEqual(span.get_span_context().trace_state.get("rojo"), "00f067aa0ba902b7")
+        self.assertEqual(traces.traceStateOf(span), CLIENT_STATE)
+        for state in [None, "", "not a tracestate"]:
+            plain = traces.startSpan("x", SpanKind.SERVER, CLIENT_PARENT, traceState=state)
+            assert plain is not None
+            self.assertIsNone(traces.traceStateOf(plain), state)
+            self.assertEqual(f"{plain.get_span_context().trace_id:032x}", TRACE_ID)
 
     def test_invalidTraceParent(self) -> None:
         """
@@ -114,7 +133,7 @@ class SealedTraceTests(SynchronousTestCase):
         binding = callBinding(SERVICE, "m", "id1", CALLER, "trace", 1000, None, True)
         data = codec.encode(traced({"n": 1}, CLIENT_PARENT), binding)
         self.assertNotIn(TRACE_ID.encode(), data)
-        self.assertEqual(untraced(codec.decode(data, binding)), ({"n": 1}, CLIENT_PARENT))
+        self.assertEqual(untraced(codec.decode(data, binding)), ({"n": 1}, CLIENT_PARENT, None))
 
     def test_markBound(self) -> None:
         """
@@ -154,8 +173,45 @@ class SealedTraceTests(SynchronousTestCase):
         """
         A payload marked traced that is not a traced envelope is malformed.
         """
-        for value in [{"n": 1}, [], {"traceparent": 1, "payload": {}}, "x"]:
+        for value in [
+            {"n": 1},
+            [],
+            {"traceparent": 1, "payload": {}},
+            "x",
+            {"traceparent": CLIENT_PARENT, "tracestate": 1, "payload": {}},
+            {"traceparent": CLIENT_PARENT, "other": "a=1", "payload": {}},
+            {"traceparent": CLIENT_PARENT, "tracestate": "a=1", "x": 1, "payload": {}},
+        ]:
             self.assertRaises(MalformedMessage, untraced, value)
+
+    def test_traceStateSealed(self) -> None:
+        """
+        A C{tracestate} travels sealed beside the C{traceparent}, not in
+        the clear, and comes out unchanged.
+        """
+        codec = _sealedCodec()
+        binding = eventBinding("post.created", "id1", CALLER, "trace", True)
+        data = codec.encode(traced({"n": 1}, CLIENT_PARENT, CLIENT_STATE), binding)
+        self.assertNotIn(b"rojo", data)
+        self.assertEqual(
+            untraced(codec.decode(data, binding)), ({"n": 1}, CLIENT_PARENT, CLIENT_STATE)
+        )
+
+    def test_withoutTraceStateUnchanged(self) -> None:
+        """
+        A traced payload without a C{tracestate} (or with an empty one) is
+        encoded byte for byte as before there were trace states, so peers
+        that know only C{traceparent} read it; such a payload from them
+        decodes with no C{tracestate}.
+        """
+        before = b'{"traceparent":"' + CLIENT_PARENT.encode() + b'","payload":{"n":1}}'
+        for state in [None, ""]:
+            self.assertEqual(dumps(traced({"n": 1}, CLIENT_PARENT, state)), before)
+        self.assertEqual(dumps(traced({"n": 1}, CLIENT_PARENT)), before)
+        self.assertEqual(
+            untraced({"traceparent": CLIENT_PARENT, "payload": {"n": 1}}),
+            ({"n": 1}, CLIENT_PARENT, None),
+        )
 
 
 class PlatformTraceTests(SynchronousTestCase):
@@ -243,6 +299,28 @@ class PlatformTraceTests(SynchronousTestCase):
         self.assertEqual(root.context.trace_state.get("vendor"), "1")
         self.assertEqual({s.context.trace_id for s in spans}, {int(TRACE_ID, 16)})
 
+    def test_clientTraceState(self) -> None:
+        """
+        A client's W3C C{tracestate} goes with its trace over the bus: the
+        spans of the services handling the request (their handlers'
+        children, the outbox's publication and the consumer's) have it.
+        """
+        exporter = recordSpans(self)
+        self.post(traceparent=CLIENT_PARENT, tracestate=CLIENT_STATE)
+        spans = exporter.get_finished_spans()
+        for name in [
+            "account/verify_token",
+            "post/create_post",
+            "db.transaction",
+            "publish post.created",
+            "notify process post.created",
+            "010001/audience",
+            "account/audience",
+        ]:
+            span = spans[[s.name for s in spans].index(name)]
+            self.assertEqual(span.context.trace_state.to_header(), CLIENT_STATE, name)
+        self.assertEqual({s.context.trace_state.to_header() for s in spans}, {CLIENT_STATE})
+
     def test_newTraceEachRequest(self) -> None:
         """
         Without a C{traceparent} (or with an invalid one), each request
@@ -261,9 +339,9 @@ class PlatformTraceTests(SynchronousTestCase):
         """
         seen: list[Any] = []
         self.harness.bus.subscribe("post.created", lambda p, c: seen.append(c), "watch")
-        self.post(traceparent=CLIENT_PARENT)
+        self.post(traceparent=CLIENT_PARENT, tracestate=CLIENT_STATE)
         self.harness.flush()
-        self.assertEqual([c.traceParent for c in seen], [None])
+        self.assertEqual([(c.traceParent, c.traceState) for c in seen], [(None, None)])
 
 
 class OutboxTraceTests(TestCase):
@@ -316,6 +394,32 @@ class OutboxTraceTests(TestCase):
         )
 
     @inlineCallbacks
+    def test_leftoverKeepsTraceState(self) -> Any:
+        """
+        The transaction's C{tracestate} (its handler's) is kept in the row
+        beside its C{traceparent}: a later scan publishes under a span
+        that has it, and the event carries it on.
+        """
+        handler = traces.startSpan(
+            "handler", SpanKind.SERVER, CLIENT_PARENT, traceState=CLIENT_STATE
+        )
+        with traces.current(handler):
+            d = self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        yield d
+        handler.end()
+        [[stored]] = yield self.database.runQuery(f"SELECT trace_state FROM {self.outbox.table}")
+        self.assertEqual(stored, CLIENT_STATE)
+        again = Outbox(
+            self.database, self.bus, PlainFieldCodec(), "things", SERVICE, reactor, interval=0.05
+        )
+        yield again.flush()
+        yield eventually(lambda: self.received)
+        publish = spanNamed(self.exporter.get_finished_spans(), "publish thing.made")
+        self.assertEqual(publish.context.trace_state.to_header(), CLIENT_STATE)
+        [context] = self.received
+        self.assertEqual(context.traceState, CLIENT_STATE)
+
+    @inlineCallbacks
     def test_noTraceNoSpan(self) -> Any:
         """
         A transaction outside any trace makes no span, and its events
@@ -326,3 +430,4 @@ class OutboxTraceTests(TestCase):
         yield eventually(lambda: self.received)
         self.assertEqual(self.exporter.get_finished_spans(), ())
         self.assertIsNone(self.received[0].traceParent)
+        self.assertIsNone(self.received[0].traceState)

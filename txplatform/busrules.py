@@ -123,7 +123,7 @@ def prepareCall(
     deadline = callDeadline(now, timeout, defaultTimeout, origin)
     messageId = newMessageId()
     correlationId = origin.correlationId or messageId
-    traceParent = origin.traceParent
+    traceParent, traceState = origin.traceParent, origin.traceState
     if traceParent is None:
         data = codec.encode(
             payload,
@@ -145,12 +145,13 @@ def prepareCall(
                 "txplatform.message_id": messageId,
                 "txplatform.correlation_id": correlationId,
             },
+            traceState=traceState,
         )
     if span is not None:
-        traceParent = traces.traceParentOf(span)
+        traceParent, traceState = traces.traceParentOf(span), traces.traceStateOf(span)
     try:
         data = codec.encode(
-            traced(payload, traceParent),
+            traced(payload, traceParent, traceState),
             callBinding(
                 service, method, messageId, caller, correlationId, millis(deadline), key, True
             ),
@@ -170,10 +171,11 @@ def encodeEvent(
     correlationId: str,
     payload: Any,
     traceParent: str | None,
+    traceState: str | None,
 ) -> bytes:
     """
     An event's payload encoded, bound to what it is, and carrying
-    C{traceParent} (sealed with it) if it is in a trace.
+    C{traceParent} and C{traceState} (sealed with it) if it is in a trace.
 
     @raise ValueError: A payload the codec refuses.
     @raise TypeError: A payload the codec cannot encode.
@@ -181,24 +183,25 @@ def encodeEvent(
     if traceParent is None:
         return codec.encode(payload, eventBinding(event, messageId, source, correlationId))
     return codec.encode(
-        traced(payload, traceParent),
+        traced(payload, traceParent, traceState),
         eventBinding(event, messageId, source, correlationId, True),
     )
 
 
 def decodePayload(
     codec: IPayloadCodec, data: bytes, binding: bytes, isTraced: bool
-) -> tuple[Any, str | None]:
+) -> tuple[Any, str | None, str | None]:
     """
-    The payload of a call or event, and its C{traceparent} if it is traced
-    (C{binding} says so too, or the codec refuses it).
+    The payload of a call or event, and its C{traceparent} and
+    C{tracestate} if it is traced (C{binding} says so too, or the codec
+    refuses it).
 
     @raise MalformedMessage: The codec refuses it, or a traced payload
         lacks its trace.
     """
     payload = codec.decode(data, binding)
     if not isTraced:
-        return payload, None
+        return payload, None, None
     return untraced(payload)
 
 

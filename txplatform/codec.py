@@ -137,26 +137,37 @@ def eventBinding(
 _TRACED = b"traced"
 
 
-def traced(payload: Any, traceParent: str) -> dict[str, Any]:
+def traced(payload: Any, traceParent: str, traceState: str | None = None) -> dict[str, Any]:
     """
     What a bus encodes instead of C{payload} to carry a trace's
-    C{traceparent} with it: inside the payload, so an encrypting codec
-    seals it with the rest and no broker or peer reads or changes it.  The
-    message says it is traced (a header, a frame kind) and its binding
-    says so too (C{isTraced}), so that mark cannot be added or removed on
-    the way either.
+    C{traceparent} (and C{tracestate}, if there is one) with it: inside
+    the payload, so an encrypting codec seals it with the rest and no
+    broker or peer reads or changes it.  The message says it is traced (a
+    header, a frame kind) and its binding says so too (C{isTraced}), so
+    that mark cannot be added or removed on the way either.
+
+    Without a C{tracestate} (or with an empty one) the envelope is what it
+    was before there was one, byte for byte, so peers that know only
+    C{traceparent} read it.  (Those peers refuse one with a C{tracestate}.)
     """
-    return {"traceparent": traceParent, "payload": payload}
+    if not traceState:
+        return {"traceparent": traceParent, "payload": payload}
+    return {"traceparent": traceParent, "tracestate": traceState, "payload": payload}
 
 
-def untraced(value: Any) -> tuple[Any, str | None]:
+def untraced(value: Any) -> tuple[Any, str | None, str | None]:
     """
-    The payload and C{traceparent} of a L{traced} payload, decoded.
+    The payload, C{traceparent} and C{tracestate} (C{None} if it carries
+    none) of a L{traced} payload, decoded.
 
     @raise MalformedMessage: It is not one.
     """
-    if isinstance(value, dict) and len(value) == 2:
+    if isinstance(value, dict) and "payload" in value:
         traceParent = value.get("traceparent")
-        if isinstance(traceParent, str) and "payload" in value:
-            return value["payload"], traceParent
+        if isinstance(traceParent, str):
+            if len(value) == 2:
+                return value["payload"], traceParent, None
+            traceState = value.get("tracestate")
+            if len(value) == 3 and isinstance(traceState, str):
+                return value["payload"], traceParent, traceState or None
     raise MalformedMessage("a traced message without its trace")

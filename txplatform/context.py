@@ -77,7 +77,11 @@ class Origin:
     @ivar traceParent: The W3C C{traceparent} of the span the calls and
         events sent with this origin belong under (L{txplatform.traces}):
         the buses carry it inside the sealed payload.  C{None} outside a
-        trace, and always while tracing is off.
+        trace (a process whose tracing is off starts none, but passes on
+        the one it was given).
+    @ivar traceState: The W3C C{tracestate} that goes with C{traceParent}
+        (vendors' entries, passed on unchanged), carried with it; C{None}
+        when it is empty or there is no C{traceParent}.
     """
 
     caller: ServiceId | None = None
@@ -85,6 +89,7 @@ class Origin:
     deadline: float | None = None
     idempotencyKey: str | None = None
     traceParent: str | None = None
+    traceState: str | None = None
 
 
 @frozen
@@ -111,6 +116,8 @@ class CallContext:
     #: The W3C C{traceparent} the call came with: the caller's span, until
     #: the service starts the span of this call, and that span's then.
     traceParent: str | None = None
+    #: The W3C C{tracestate} that goes with C{traceParent}, if not empty.
+    traceState: str | None = None
 
     @property
     def replyKey(self) -> str:
@@ -129,7 +136,13 @@ class CallContext:
         The origin for calls made while handling this one: same trace, same
         deadline, with C{caller} as the new caller.
         """
-        return Origin(caller, self.correlationId, self.deadline, traceParent=self.traceParent)
+        return Origin(
+            caller,
+            self.correlationId,
+            self.deadline,
+            traceParent=self.traceParent,
+            traceState=self.traceState,
+        )
 
 
 @frozen
@@ -148,6 +161,14 @@ class EventContext:
     attempt: int = 1
     #: The W3C C{traceparent} the event came with (see L{CallContext}).
     traceParent: str | None = None
+    #: The W3C C{tracestate} that goes with C{traceParent}, if not empty.
+    traceState: str | None = None
 
     def origin(self, caller: ServiceId | None) -> Origin:
-        return Origin(caller, self.correlationId, None, traceParent=self.traceParent)
+        return Origin(
+            caller,
+            self.correlationId,
+            None,
+            traceParent=self.traceParent,
+            traceState=self.traceState,
+        )

@@ -123,11 +123,13 @@ class _Transaction:
         database: _AdbapiDatabase,
         committed: list[Callable[[], Any]],
         traceParent: str | None = None,
+        traceState: str | None = None,
     ) -> None:
         self._cursor = cursor
         self._database = database
         self._committed = committed
         self.traceParent = traceParent
+        self.traceState = traceState
 
     def afterCommit(self, f: Callable[[], Any]) -> None:
         self._committed.append(f)
@@ -203,7 +205,7 @@ class _AdbapiDatabase:
         committed: list[Callable[[], Any]] = []
         # Within a handler's span (current while its synchronous part runs):
         # one span for the transaction, waiting for a connection included.
-        span = traceParent = None
+        span = traceParent = traceState = None
         if traces.enabled():
             span = traces.startChildOfCurrent(
                 "db.transaction",
@@ -213,9 +215,16 @@ class _AdbapiDatabase:
                 },
             )
             if span is not None:
-                traceParent = traces.traceParentOf(span)
+                traceParent, traceState = traces.traceParentOf(span), traces.traceStateOf(span)
         d = self._pool.runInteraction(
-            self._interact, interaction, args, kwargs, committed, time.monotonic(), traceParent
+            self._interact,
+            interaction,
+            args,
+            kwargs,
+            committed,
+            time.monotonic(),
+            traceParent,
+            traceState,
         )
         d.addCallback(self._afterCommit, committed)
         if span is not None:
@@ -231,6 +240,7 @@ class _AdbapiDatabase:
         committed: list[Callable[[], Any]],
         queued: float,
         traceParent: str | None = None,
+        traceState: str | None = None,
     ) -> Any:
         # In the pool's thread: the wait is the time the transaction queued
         # for a connection (a thread of the pool, each holding one).
@@ -238,7 +248,7 @@ class _AdbapiDatabase:
         self._waits.observe(started - queued)
         # A retried interaction (adbapi reconnects once) starts afresh.
         del committed[:]
-        transaction = _Transaction(adbapiTransaction, self, committed, traceParent)
+        transaction = _Transaction(adbapiTransaction, self, committed, traceParent, traceState)
         try:
             return interaction(transaction, *args, **kw)
         finally:

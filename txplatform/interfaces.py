@@ -161,6 +161,11 @@ class ITransaction(Interface):
         " publication joins the trace of the change they announce."
     )
 
+    traceState = Attribute(
+        "The W3C tracestate that goes with traceParent (the trace's vendor entries),"
+        " or None when it is empty: the outbox stores it beside traceParent."
+    )
+
     def afterCommit(f):
         """
         Call C{f} (with no arguments, in the reactor's thread) once this

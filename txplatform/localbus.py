@@ -313,8 +313,8 @@ class _CallWorker(_Worker):
         )
         # Unpacked only when traced: the untraced path allocates nothing more.
         if call.isTraced:
-            payload, traceParent = untraced(payload)
-            context = evolve(context, traceParent=traceParent)
+            payload, traceParent, traceState = untraced(payload)
+            context = evolve(context, traceParent=traceParent, traceState=traceState)
         return handler(payload, context)
 
     def _answer(self, result: Any, call: _PendingCall) -> None:
@@ -402,9 +402,9 @@ class _EventWorker(_Worker):
                 delivery.isTraced,
             ),
         )
-        traceParent = None
+        traceParent = traceState = None
         if delivery.isTraced:
-            payload, traceParent = untraced(payload)
+            payload, traceParent, traceState = untraced(payload)
         context = EventContext(
             messageId=delivery.messageId,
             event=delivery.event,
@@ -413,6 +413,7 @@ class _EventWorker(_Worker):
             publishedAt=delivery.publishedAt,
             attempt=delivery.attempt,
             traceParent=traceParent,
+            traceState=traceState,
         )
         return self._handler(payload, context)
 
@@ -649,6 +650,7 @@ class LocalBus(Service):
                 origin.correlationId or messageId,
                 payload,
                 origin.traceParent,
+                origin.traceState,
             )
         except (TypeError, ValueError):
             return fail()

@@ -49,6 +49,7 @@ class _Staged(NamedTuple):
     payload: Any
     correlationId: str
     traceParent: str | None
+    traceState: str | None
 
 
 class Outbox:
@@ -127,6 +128,13 @@ class Outbox:
                 # publication, later or in another process, joins that trace.
                 (f"ALTER TABLE {self.table} ADD COLUMN trace_parent TEXT",),
             ),
+            Migration(
+                3,
+                "keep the trace state of each event",
+                # The W3C tracestate beside the traceparent (NULL when
+                # empty, and in the rows staged before it was kept).
+                (f"ALTER TABLE {self.table} ADD COLUMN trace_state TEXT",),
+            ),
         ]
 
     def stage(
@@ -147,13 +155,15 @@ class Outbox:
         messageId = newMessageId()
         correlationId = origin.correlationId if origin and origin.correlationId else messageId
         traceParent = getattr(transaction, "traceParent", None)
+        traceState = getattr(transaction, "traceState", None)
         if traceParent is None and origin is not None:
-            traceParent = origin.traceParent
+            traceParent, traceState = origin.traceParent, origin.traceState
         sealed = self._fields.seal(self.table, "payload", messageId, dumps(payload).decode("utf-8"))
         transaction.execute(
             f"INSERT INTO {self.table}"
-            " (message_id, event, payload, correlation_id, created_at, trace_parent)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " (message_id, event, payload, correlation_id, created_at, trace_parent,"
+            " trace_state)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 messageId,
                 event,
@@ -161,9 +171,10 @@ class Outbox:
                 correlationId,
                 int(self._clock.seconds() * 1000),
                 traceParent,
+                traceState,
             ),
         )
-        staged = _Staged(messageId, event, payload, correlationId, traceParent)
+        staged = _Staged(messageId, event, payload, correlationId, traceParent, traceState)
         transaction.afterCommit(lambda: self._committed(staged))
         return messageId
 
@@ -269,7 +280,14 @@ class Outbox:
             ready, self._ready = self._ready, []
             try:
                 confirmations = [
-                    self._publish(s.event, s.payload, s.messageId, s.correlationId, s.traceParent)
+                    self._publish(
+                        s.event,
+                        s.payload,
+                        s.messageId,
+                        s.correlationId,
+                        s.traceParent,
+                        s.traceState,
+                    )
                     for s in ready
                 ]
                 results = yield DeferredList(confirmations, consumeErrors=True)
@@ -285,13 +303,16 @@ class Outbox:
         messageId: str,
         correlationId: str,
         traceParent: str | None,
+        traceState: str | None,
     ) -> Deferred[None]:
         """
         Publish one event; in a trace, under a span of its own that lasts
         until the bus confirms it.
         """
         if traceParent is None or not traces.enabled():
-            origin = Origin(self._source, correlationId, None, traceParent=traceParent)
+            origin = Origin(
+                self._source, correlationId, None, traceParent=traceParent, traceState=traceState
+            )
             return self._bus.publish(event, payload, origin=origin, messageId=messageId)
         span = traces.startSpan(
             f"publish {event}",
@@ -305,9 +326,16 @@ class Outbox:
                 "txplatform.service": self.component,
                 "txplatform.correlation_id": correlationId,
             },
+            traceState=traceState,
         )
         assert span is not None
-        origin = Origin(self._source, correlationId, None, traceParent=traces.traceParentOf(span))
+        origin = Origin(
+            self._source,
+            correlationId,
+            None,
+            traceParent=traces.traceParentOf(span),
+            traceState=traces.traceStateOf(span),
+        )
         d = self._bus.publish(event, payload, origin=origin, messageId=messageId)
         return d.addBoth(traces.endSpan, span)
 
@@ -339,7 +367,7 @@ class Outbox:
         while True:
             sql = (
                 "SELECT seq, message_id, event, payload, correlation_id, trace_parent,"
-                " created_at"
+                " trace_state, created_at"
                 f" FROM {self.table}"
                 " WHERE seq > ?"
             )
@@ -353,14 +381,14 @@ class Outbox:
             if after == -1:
                 # Ordered by seq, so near enough the oldest: what an
                 # operator alerts on (the bus away, or rows unreadable).
-                oldest = rows[0][6] / 1000 if rows else now
+                oldest = rows[0][7] / 1000 if rows else now
                 OUTBOX_OLDEST.labels(self.component).set(max(now - oldest, 0.0))
             if not rows:
                 return
             after = rows[-1][0]
             published = []
             confirmations = []
-            for seq, messageId, event, sealed, correlationId, traceParent, _ in rows:
+            for seq, messageId, event, sealed, correlationId, traceParent, traceState, _ in rows:
                 if messageId in self._inMemory:
                     continue  # on its way from memory
                 try:
@@ -376,7 +404,7 @@ class Outbox:
                     )
                     continue
                 confirmations.append(
-                    self._publish(event, payload, messageId, correlationId, traceParent)
+                    self._publish(event, payload, messageId, correlationId, traceParent, traceState)
                 )
                 self._scanned[messageId] = now
                 published.append(seq)

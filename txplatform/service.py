@@ -330,9 +330,14 @@ class BusService(Service):
                         "txplatform.message_id": context.messageId,
                         "txplatform.correlation_id": context.correlationId,
                     },
+                    traceState=context.traceState,
                 )
                 # Calls made while handling this one are its children.
-                context = attrs.evolve(context, traceParent=traces.traceParentOf(span))
+                context = attrs.evolve(
+                    context,
+                    traceParent=traces.traceParentOf(span),
+                    traceState=traces.traceStateOf(span),
+                )
             d = maybeDeferred(parse, payload, context, span)
             d.addBoth(self._logCall, spec.name, context, started)
             if span is not None:
@@ -462,8 +467,13 @@ class BusService(Service):
                     "txplatform.correlation_id": context.correlationId,
                     "txplatform.attempt": context.attempt,
                 },
+                traceState=context.traceState,
             )
-            context = attrs.evolve(context, traceParent=traces.traceParentOf(span))
+            context = attrs.evolve(
+                context,
+                traceParent=traces.traceParentOf(span),
+                traceState=traces.traceStateOf(span),
+            )
             d = maybeDeferred(traces.runIn, span, spec.function, self, event, context)
             return d.addBoth(handled, started).addBoth(traces.endSpan, span)
 

@@ -4,18 +4,23 @@ Traces: OpenTelemetry spans for the gateway's operations, the calls and
 events on the bus, the handlers serving them, database transactions and
 the outbox relay.
 
-A trace crosses processes as a W3C C{traceparent} string
-(C{00-<trace id>-<span id>-<flags>}), carried by the bus inside the sealed
-payload (see L{txplatform.codec.traced}), never in a clear header.  In a
-process it travels explicitly, in L{Origin.traceParent
-<txplatform.context.Origin>} and the contexts handlers get: Deferred
-callbacks do not carry OpenTelemetry's context along.
+A trace crosses processes as W3C Trace Context: a C{traceparent} string
+(C{00-<trace id>-<span id>-<flags>}) and, when there is one, the
+C{tracestate} of the vendors that took part (C{vendor=value,...}), both
+carried by the bus inside the sealed payload (see
+L{txplatform.codec.traced}), never in a clear header.  In a process they
+travel explicitly, in L{Origin.traceParent <txplatform.context.Origin>}
+and L{Origin.traceState <txplatform.context.Origin>} and the contexts
+handlers get: Deferred callbacks do not carry OpenTelemetry's context
+along.  A span started from them has their C{tracestate}, and so have its
+children (the SDK passes it on).
 
 Off until a process calls L{enable} (C{--otlp URL}, or a test with the
 SDK's in-memory exporter).  While off, every function here returns after
 one check of a module global: no span, no string, nothing allocated.  A
-process whose tracing is off still passes on the C{traceparent} it was
-given, so a trace is not cut where a hop does not record.
+process whose tracing is off still passes on the C{traceparent} and
+C{tracestate} it was given, so a trace is not cut where a hop does not
+record.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from opentelemetry import context as otelContext
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from twisted.python.failure import Failure
 
@@ -38,6 +43,7 @@ __all__ = [
     "startSpan",
     "startChildOfCurrent",
     "traceParentOf",
+    "traceStateOf",
     "parseTraceParent",
     "endSpan",
     "current",
@@ -89,15 +95,25 @@ def traceParentOf(span: Span) -> str:
     return f"00-{c.trace_id:032x}-{c.span_id:016x}-{int(c.trace_flags):02x}"
 
 
-def _parentContext(traceParent: str | None) -> otelContext.Context:
+def traceStateOf(span: Span) -> str | None:
+    """
+    The W3C C{tracestate} that goes with L{traceParentOf}C{(span)}, or
+    C{None} when it is empty (nothing to carry).
+    """
+    return span.get_span_context().trace_state.to_header() or None
+
+
+def _parentContext(traceParent: str | None, traceState: str | None) -> otelContext.Context:
     # An explicit, otherwise empty context: a span whose parent is not
-    # given starts a trace, whatever happens to be current.
+    # given (or not valid) starts a trace, whatever happens to be current.
+    # The propagator reads a tracestate only beside a valid traceparent,
+    # and drops one that is not valid.
     if traceParent is None:
         return otelContext.Context()
-    spanContext = parseTraceParent(traceParent)
-    if spanContext is None:
-        return otelContext.Context()
-    return trace.set_span_in_context(NonRecordingSpan(spanContext))
+    carrier = {"traceparent": traceParent}
+    if traceState is not None:
+        carrier["tracestate"] = traceState
+    return _propagator.extract(carrier, otelContext.Context())
 
 
 def startSpan(
@@ -106,18 +122,20 @@ def startSpan(
     parent: str | None,
     attributes: Mapping[str, Any] | None = None,
     *,
+    traceState: str | None = None,
     rootless: bool = True,
 ) -> Span | None:
     """
-    Start a span, the child of C{parent} (a C{traceparent}), or the root of
-    a new trace if there is none and C{rootless} allows it.
+    Start a span, the child of C{parent} (a C{traceparent}, with its
+    C{traceState}, a C{tracestate}, if any), or the root of a new trace if
+    there is none and C{rootless} allows it.
 
     @return: C{None} when tracing is off (or no trace to join).
     """
     if _tracer is None or (parent is None and not rootless):
         return None
     return _tracer.start_span(
-        name, context=_parentContext(parent), kind=kind, attributes=attributes
+        name, context=_parentContext(parent, traceState), kind=kind, attributes=attributes
     )
 
 
@@ -187,11 +205,9 @@ def startServerSpan(
     """
     if _tracer is None:
         return None
-    if traceParent is None:
-        ctx = otelContext.Context()
-    else:
-        carrier = {"traceparent": traceParent}
-        if traceState is not None:
-            carrier["tracestate"] = traceState
-        ctx = _propagator.extract(carrier)
-    return _tracer.start_span(name, context=ctx, kind=SpanKind.SERVER, attributes=attributes)
+    return _tracer.start_span(
+        name,
+        context=_parentContext(traceParent, traceState),
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+    )

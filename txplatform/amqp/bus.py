@@ -22,7 +22,8 @@ Topology (all durable, declared again on every connection):
 Every message carries its message id, the caller's service id
 (C{x-caller}), the trace id (C{x-trace}) and the schema version
 (C{x-schema}); a call or event in an OpenTelemetry trace also says so
-(C{x-traced}), its C{traceparent} being inside the (sealed) payload.
+(C{x-traced}), its C{traceparent} and C{tracestate} being inside the
+(sealed) payload.
 """
 
 from __future__ import annotations
@@ -391,8 +392,8 @@ class _Server(_Consumer):
                 ),
             )
             if isTraced:
-                payload, traceParent = untraced(payload)
-                context = evolve(context, traceParent=traceParent)
+                payload, traceParent, traceState = untraced(payload)
+                context = evolve(context, traceParent=traceParent, traceState=traceState)
         except MalformedMessage as e:
             # The caller hears why; the message is kept for inspection.
             self._reply(Failure(), delivery, context)
@@ -511,9 +512,9 @@ class _Subscription(_Consumer):
             payload = bus._codec.decode(
                 delivery.body, eventBinding(event, messageId, source, correlationId, isTraced)
             )
-            traceParent = None
+            traceParent = traceState = None
             if isTraced:
-                payload, traceParent = untraced(payload)
+                payload, traceParent, traceState = untraced(payload)
             context = EventContext(
                 messageId=messageId,
                 event=event,
@@ -522,6 +523,7 @@ class _Subscription(_Consumer):
                 publishedAt=(properties.timestamp or 0) * 1.0,
                 attempt=attempt,
                 traceParent=traceParent,
+                traceState=traceState,
             )
             result = self._handler(payload, context)
         except BaseException:
@@ -1178,7 +1180,14 @@ class AMQPBus(Service):
             caller = origin.caller or self.caller
             trace = origin.correlationId or messageId
             data = encodeEvent(
-                self._codec, event, messageId, caller, trace, payload, origin.traceParent
+                self._codec,
+                event,
+                messageId,
+                caller,
+                trace,
+                payload,
+                origin.traceParent,
+                origin.traceState,
             )
         except (TypeError, ValueError):
             return fail()

@@ -49,7 +49,7 @@ import math
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -345,6 +345,71 @@ class BusContract(_TestCase):
         yield pair.caller.call(pair.service, "look", {"n": 2}, origin=keyed)
         yield pair.caller.call(pair.service, "look", {"n": 3}, origin=self._origin(pair))
         self.assertEqual(seen, [({"n": 1}, traceParent), ({"n": 2}, traceParent), ({"n": 3}, None)])
+
+    @inlineCallbacks
+    def test_traceStateCarried(self) -> Any:
+        """
+        A call's W3C C{tracestate} (L{Origin.traceState}) reaches the
+        handler's context beside its C{traceparent}, unchanged (with
+        tracing off in this process, as a hop that does not record passes
+        it on); a call without one has none.
+        """
+        seen: list[tuple[Any, str | None, str | None]] = []
+
+        def look(payload: Any, context: CallContext) -> Any:
+            seen.append((payload, context.traceParent, context.traceState))
+            return {"ok": True}
+
+        pair = yield self._serving({"look": look})
+        traceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        traceState = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+        origin = Origin(
+            pair.callerService, "trace-ts", traceParent=traceParent, traceState=traceState
+        )
+        result = yield pair.caller.call(pair.service, "look", {"n": 1}, origin=origin)
+        self.assertEqual(result, {"ok": True})
+        keyed = evolve(origin, idempotencyKey="k1")
+        yield pair.caller.call(pair.service, "look", {"n": 2}, origin=keyed)
+        plain = Origin(pair.callerService, "trace-ts", traceParent=traceParent)
+        yield pair.caller.call(pair.service, "look", {"n": 3}, origin=plain)
+        self.assertEqual(
+            seen,
+            [
+                ({"n": 1}, traceParent, traceState),
+                ({"n": 2}, traceParent, traceState),
+                ({"n": 3}, traceParent, None),
+            ],
+        )
+
+    @inlineCallbacks
+    def test_eventTraceStateCarried(self) -> Any:
+        """
+        An event's W3C C{tracestate} (L{Origin.traceState}) reaches the
+        handler's L{EventContext} beside its C{traceparent}; an event
+        without one has none.
+        """
+        got: list[tuple[Any, str | None, str | None]] = []
+        pair = yield self.makeBuses()
+        event = f"{self._topic()}.post.created"
+        yield pair.server.subscribe(
+            event,
+            lambda p, c: got.append((p, c.traceParent, c.traceState)),
+            self.newGroup(event),
+        )
+        traceParent = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+        traceState = "rojo=00f067aa0ba902b7"
+        origin = Origin(
+            pair.callerService, "trace-es", traceParent=traceParent, traceState=traceState
+        )
+        yield pair.caller.publish(event, {"id": "p1"}, origin=origin)
+        yield self._eventually(pair, lambda: got)
+        plain = Origin(pair.callerService, "trace-es", traceParent=traceParent)
+        yield pair.caller.publish(event, {"id": "p2"}, origin=plain)
+        yield self._eventually(pair, lambda: len(got) == 2)
+        self.assertEqual(
+            got,
+            [({"id": "p1"}, traceParent, traceState), ({"id": "p2"}, traceParent, None)],
+        )
 
     @inlineCallbacks
     def test_eventTraceParentCarried(self) -> Any:
