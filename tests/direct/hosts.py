@@ -97,6 +97,12 @@ class Network:
         """
         ip("-n", self.hosts[name], "link", "set", "eth0", "down")
 
+    def plug(self, name: str) -> None:
+        """
+        Put host C{name} back on the network.
+        """
+        ip("-n", self.hosts[name], "link", "set", "eth0", "up")
+
     def remove(self) -> None:
         for namespace in [*self.hosts.values(), self._switch]:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)

@@ -44,6 +44,7 @@ from ..localbus import LocalBus
 from ..once import Once
 from ..serviceid import ServiceId
 from .addresses import AddressBook
+from .liveness import Liveness, LivenessEndpoint
 from .wire import CallFrame, DirectProtocol, FrameError, ReplyFrame, parseFrame
 
 __all__ = ["DirectBus", "MalformedFrame"]
@@ -91,6 +92,7 @@ class DirectBus(MultiService):
     @param behindSidecar: Listen (on C{listen}, a UNIX socket only the
         sidecar reaches) for calls whose channels the sidecar ended
         (L{txplatform.channel.forward}), instead of ending them here.
+    @param liveness: How soon a channel to a vanished peer is closed.
     @param maxWaiting: Calls waiting for a free worker beyond which new
         ones are refused at once with L{Unavailable}: with no broker to
         hold them, an overloaded replica must shed rather than grow.
@@ -113,6 +115,7 @@ class DirectBus(MultiService):
         keepMalformed: int = 100,
         behindSidecar: bool = False,
         maxWaiting: int = 1000,
+        liveness: Liveness = Liveness(),
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -134,6 +137,7 @@ class DirectBus(MultiService):
         self.maxWaiting = maxWaiting
         self.port: Any = None
         self._connectTimeout = connectTimeout
+        self._liveness = liveness
         self._peers: dict[tuple[str, int], ClientService] = {}
         self._turn: dict[ServiceId, int] = {}
         self._outgoing: dict[str, _Outgoing] = {}
@@ -423,6 +427,7 @@ class DirectBus(MultiService):
                 )
             )
             return
+        order = self._connectedFirst(outgoing.service, order)
         host, port = order[0]
         peer = self._peer(outgoing.service, host, port)
 
@@ -448,12 +453,32 @@ class DirectBus(MultiService):
 
         peer.whenConnected(failAfterFailures=1).addCallbacks(connected, failed)
 
+    def _connectedFirst(
+        self, service: ServiceId, order: list[tuple[str, int]]
+    ) -> list[tuple[str, int]]:
+        """
+        C{order} with the first replica whose channel is up in front: one
+        being connected again (its host gone, or restarting) would hold the
+        call until it connects or fails, while another could answer now.
+        """
+        for i, (host, port) in enumerate(order):
+            waiting = self._peer(service, host, port).whenConnected(failAfterFailures=1)
+            if waiting.called:
+                return [order[i], *order[:i], *order[i + 1 :]]
+            # Not up: stop waiting (ClientService's later answer is ignored).
+            waiting.addErrback(lambda _: None)
+            waiting.cancel()
+        return order
+
     def _peer(self, service: ServiceId, host: str, port: int) -> ClientService:
         key = (host, port)
         peer = self._peers.get(key)
         if peer is None:
             endpoint = ChannelClientEndpoint(
-                TCP4ClientEndpoint(self._reactor, host, port, timeout=self._connectTimeout),
+                LivenessEndpoint(
+                    TCP4ClientEndpoint(self._reactor, host, port, timeout=self._connectTimeout),
+                    self._liveness,
+                ),
                 self._settings,
                 service,
             )
