@@ -9,12 +9,23 @@ from __future__ import annotations
 import enum
 import itertools
 import os
+from contextvars import ContextVar
+from typing import Any, Callable
 
 from attrs import frozen
 
 from .serviceid import ServiceId
 
-__all__ = ["Priority", "Origin", "CallContext", "EventContext", "newMessageId", "newRequestId"]
+__all__ = [
+    "Priority",
+    "Origin",
+    "CallContext",
+    "EventContext",
+    "newMessageId",
+    "newRequestId",
+    "handling",
+    "runHandling",
+]
 
 
 class Priority(enum.IntEnum):
@@ -172,3 +183,31 @@ class EventContext:
             traceParent=self.traceParent,
             traceState=self.traceState,
         )
+
+
+#: The call or event the handler running now handles (see L{handling}).
+_handling: ContextVar[CallContext | EventContext | None] = ContextVar(
+    "txplatform.handling", default=None
+)
+
+
+def handling() -> CallContext | EventContext | None:
+    """
+    The context of the call or event whose handler is running: set while
+    its synchronous part runs and, since an C{inlineCallbacks} generator
+    keeps the context it was started in, in its later steps.  What a
+    handler causes without passing its context along (the events its
+    store stages in a transaction) takes the correlation id from here.
+    """
+    return _handling.get()
+
+
+def runHandling(context: CallContext | EventContext, f: Callable[..., Any], *args: Any) -> Any:
+    """
+    C{f(*args)}, with C{context} as what is being handled (L{handling}).
+    """
+    token = _handling.set(context)
+    try:
+        return f(*args)
+    finally:
+        _handling.reset(token)

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import traces
+from .context import Origin, handling
 from .interfaces import IDatabase, ITransaction
 from .metrics import DATABASE_TRANSACTION_SECONDS, DATABASE_WAIT_SECONDS
 
@@ -122,14 +123,24 @@ class _Transaction:
         cursor: Any,
         database: _AdbapiDatabase,
         committed: list[Callable[[], Any]],
-        traceParent: str | None = None,
-        traceState: str | None = None,
+        cause: Origin | None = None,
     ) -> None:
         self._cursor = cursor
         self._database = database
         self._committed = committed
-        self.traceParent = traceParent
-        self.traceState = traceState
+        self._cause = cause if cause is not None else Origin()
+
+    @property
+    def traceParent(self) -> str | None:
+        return self._cause.traceParent
+
+    @property
+    def traceState(self) -> str | None:
+        return self._cause.traceState
+
+    @property
+    def correlationId(self) -> str | None:
+        return self._cause.correlationId
 
     def afterCommit(self, f: Callable[[], Any]) -> None:
         self._committed.append(f)
@@ -203,9 +214,13 @@ class _AdbapiDatabase:
         self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
         committed: list[Callable[[], Any]] = []
-        # Within a handler's span (current while its synchronous part runs):
-        # one span for the transaction, waiting for a connection included.
-        span = traceParent = traceState = None
+        # What the handler running now handles, if any (its correlation id
+        # goes to the events staged in this transaction) and, within its
+        # span (current while its synchronous part runs), one span for the
+        # transaction, waiting for a connection included.
+        handled = handling()
+        cause = None if handled is None else Origin(correlationId=handled.correlationId)
+        span = None
         if traces.enabled():
             span = traces.startChildOfCurrent(
                 "db.transaction",
@@ -215,16 +230,13 @@ class _AdbapiDatabase:
                 },
             )
             if span is not None:
-                traceParent, traceState = traces.traceParentOf(span), traces.traceStateOf(span)
+                cause = Origin(
+                    correlationId=cause.correlationId if cause is not None else None,
+                    traceParent=traces.traceParentOf(span),
+                    traceState=traces.traceStateOf(span),
+                )
         d = self._pool.runInteraction(
-            self._interact,
-            interaction,
-            args,
-            kwargs,
-            committed,
-            time.monotonic(),
-            traceParent,
-            traceState,
+            self._interact, interaction, args, kwargs, committed, time.monotonic(), cause
         )
         d.addCallback(self._afterCommit, committed)
         if span is not None:
@@ -239,8 +251,7 @@ class _AdbapiDatabase:
         kw: Any,
         committed: list[Callable[[], Any]],
         queued: float,
-        traceParent: str | None = None,
-        traceState: str | None = None,
+        cause: Origin | None = None,
     ) -> Any:
         # In the pool's thread: the wait is the time the transaction queued
         # for a connection (a thread of the pool, each holding one).
@@ -248,7 +259,7 @@ class _AdbapiDatabase:
         self._waits.observe(started - queued)
         # A retried interaction (adbapi reconnects once) starts afresh.
         del committed[:]
-        transaction = _Transaction(adbapiTransaction, self, committed, traceParent, traceState)
+        transaction = _Transaction(adbapiTransaction, self, committed, cause)
         try:
             return interaction(transaction, *args, **kw)
         finally:

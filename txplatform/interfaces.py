@@ -166,6 +166,13 @@ class ITransaction(Interface):
         " or None when it is empty: the outbox stores it beside traceParent."
     )
 
+    correlationId = Attribute(
+        "The correlation id of the call or event whose handler started this"
+        " transaction (L{txplatform.context.handling}), or None: the events the"
+        " outbox stages in it carry it, so they are traced to the request that"
+        " caused them."
+    )
+
     def afterCommit(f):
         """
         Call C{f} (with no arguments, in the reactor's thread) once this

@@ -148,12 +148,18 @@ class Outbox:
         Record C{event} inside the caller's C{transaction}; it is published
         after the transaction commits (see L{flush}), never if it rolls back.
         Its publication joins the trace of the transaction (or of
-        C{origin}), if any.
+        C{origin}), if any, and carries the correlation id of C{origin} or
+        else of the call or event whose handler began the transaction (its
+        own message id if neither).
 
         @return: The event's message id.
         """
         messageId = newMessageId()
-        correlationId = origin.correlationId if origin and origin.correlationId else messageId
+        correlationId = (
+            (origin.correlationId if origin is not None else None)
+            or getattr(transaction, "correlationId", None)
+            or messageId
+        )
         traceParent = getattr(transaction, "traceParent", None)
         traceState = getattr(transaction, "traceState", None)
         if traceParent is None and origin is not None:

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import traces
-from .context import CallContext, EventContext, Origin
+from .context import CallContext, EventContext, Origin, runHandling
 from .database import DatabaseUnavailable, Migration
 from .errors import InvalidArgument, MalformedMessage, ServiceError
 from .fields import PlainFieldCodec, SealedTable, reindexRows
@@ -355,7 +355,7 @@ class BusService(Service):
             # The span is current while the handler's synchronous part runs
             # (and in its inlineCallbacks generator): the database
             # transactions it starts are its children.
-            result = traces.runIn(span, spec.function, self, request, context)
+            result = runHandling(context, traces.runIn, span, spec.function, self, request, context)
             if isinstance(result, Deferred):
                 return result.addCallback(_asPayload)
             return _asPayload(result)
@@ -449,7 +449,7 @@ class BusService(Service):
                 return fail(MalformedMessage(f"{context.event} event: {e.message}", e.details))
             started = self.clock.seconds()
             if not traces.enabled():
-                d = maybeDeferred(spec.function, self, event, context)
+                d = maybeDeferred(runHandling, context, spec.function, self, event, context)
                 return d.addBoth(handled, started)
             span = traces.startSpan(
                 f"{self.name} process {context.event}",
@@ -474,7 +474,9 @@ class BusService(Service):
                 traceParent=traces.traceParentOf(span),
                 traceState=traces.traceStateOf(span),
             )
-            d = maybeDeferred(traces.runIn, span, spec.function, self, event, context)
+            d = maybeDeferred(
+                runHandling, context, traces.runIn, span, spec.function, self, event, context
+            )
             return d.addBoth(handled, started).addBoth(traces.endSpan, span)
 
         def handled(result: Any, started: float) -> Any:

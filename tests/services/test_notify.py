@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
+from txplatform.context import Origin
 from txplatform.errors import InvalidArgument, NotFound, Unavailable
 from txplatform_services.account import api as account
 from txplatform_services.notify import api
@@ -129,6 +130,30 @@ class NotifyTestsMixin:
         yield self.settle()
         yield self.notify.outbox.flush()
         self.assertEqual(len(self.recorder.named(api.NOTIFICATION_CREATED)), 1)
+
+    @inlineCallbacks
+    def test_correlated(self) -> Any:
+        """
+        The events a request causes carry its correlation id, hop after
+        hop: post.created, staged by the call's handler, and
+        notification.created, staged by Notify's handler of post.created.
+        """
+        yield self.follow("bob", "alice")
+        yield self.bus.call(
+            post.SERVICE_ID,
+            "create_post",
+            {"author_id": self.ids["alice"], "author_username": "alice", "body": "hi"},
+            origin=Origin(correlationId="request-7"),
+        )
+        yield self.recorder.waitFor(api.NOTIFICATION_CREATED)
+        correlated = {
+            event: context.correlationId
+            for event, _, context in self.recorder.events
+            if event in (post.POST_CREATED, api.NOTIFICATION_CREATED)
+        }
+        self.assertEqual(
+            correlated, {post.POST_CREATED: "request-7", api.NOTIFICATION_CREATED: "request-7"}
+        )
 
     @inlineCallbacks
     def test_redelivery(self) -> Any:
