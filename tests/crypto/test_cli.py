@@ -319,29 +319,35 @@ class OfflineCommandTests(SynchronousTestCase):
 
     def test_databaseURL(self) -> None:
         """
-        A --db that names no database we know is a usage error; one that
-        cannot be opened fails in one line.
+        A --db that names no database we know, or a SQLite file that is not
+        there (which opening would make, empty), is a usage error
+        (L{DatabaseCommandTests.test_notADatabase}: one that cannot be
+        opened).
         """
         path = newKeyPath(self)
         blocker = os.path.join(keyDirectory(self), "a-file")
         with open(blocker, "w") as f:
             f.write("not a directory")
+        missing = os.path.join(keyDirectory(self), "account.sqlite")
         for url, expected in [
             ("mysql://x", 2),
             ("postgresql://x@127.0.0.1/db?pool=many", 2),
-            (f"sqlite:{blocker}/account.sqlite", 1),
+            (f"sqlite:{missing}", 2),
+            (f"sqlite:{blocker}/account.sqlite", 2),
         ]:
             status, _ = self.command("status", path, "--service", "account", "--db", url)
             self.assertEqual(status, expected, url)
+        self.assertFalse(os.path.exists(missing))
         errors = self.stderr.getvalue().splitlines()
-        self.assertEqual(len(errors), 3, errors)
+        self.assertEqual(len(errors), 4, errors)
         self.assertIn("'mysql://x' is not sqlite:PATH or postgresql://", errors[0])
         self.assertEqual(
             errors[1],
             "txplatform-keys: --db: pool must be a number in"
             " 'postgresql://x@127.0.0.1/db?pool=many'",
         )
-        self.assertIn(f"the database: cannot open sqlite:{blocker}/account.sqlite:", errors[2])
+        self.assertIn(f"no database file at {missing!r}", errors[2])
+        self.assertIn(f"no database file at '{blocker}/account.sqlite'", errors[3])
 
 
 class MainTests(SynchronousTestCase):
@@ -416,6 +422,22 @@ class DatabaseCommandTests(TestCase):
         out = io.StringIO()
         status = yield run(reactor, list(argv), out)
         return status, out.getvalue()
+
+    @inlineCallbacks
+    def test_notADatabase(self) -> Any:
+        """
+        A --db that cannot be opened (a file that is not a database) fails
+        in one line, exit status 1.
+        """
+        path = os.path.join(keyDirectory(self), "notes.txt")
+        with open(path, "w") as f:
+            f.write("not a database, but long enough to look like a file header" * 4)
+        status, _ = yield self.command(
+            "status", self.keys, "--service", "account", "--db", f"sqlite:{path}"
+        )
+        self.assertEqual(status, 1)
+        [line] = self.stderr.getvalue().splitlines()
+        self.assertIn(f"the database: cannot open sqlite:{path}:", line)
 
     @inlineCallbacks
     def withService(self, work: Any) -> Any:

@@ -45,11 +45,17 @@ def _keyName(name: str) -> str:
 
 
 def _databaseURL(url: str) -> str:
-    # Only the scheme here: opening the database is the command's work.
+    # The scheme here, and that a SQLite file exists (opening one that does
+    # not would make an empty database, and report on that): opening the
+    # database is the command's work.
     if not url.startswith(("sqlite:", "postgresql://", "postgres://")):
         raise argparse.ArgumentTypeError(
             f"{url!r} is not sqlite:PATH or postgresql://user@host:port/dbname"
         )
+    if url.startswith("sqlite:"):
+        path = url[len("sqlite:") :]
+        if path != ":memory:" and not os.path.isfile(path):
+            raise argparse.ArgumentTypeError(f"{url!r}: no database file at {path!r}")
     return url
 
 
