@@ -72,11 +72,11 @@ window.addEventListener("unhandledrejection", (event) => {
 function describe(error) {
   if (!(error instanceof ApiError)) return String(error.message || error);
   let text = error.problem.detail || error.problem.title || `HTTP ${error.status}`;
-  if (error.status === 429) {
-    const wait = error.retryAfter || 1;
-    text = `Too many requests: wait ${wait} s and try again (${text}).`;
+  text = text.charAt(0).toUpperCase() + text.slice(1);
+  if (error.status === 429 && !/\d+ s\b/.test(text)) {
+    text = `Too many requests: wait ${error.retryAfter || 1} s and try again (${text}).`;
   }
-  return text.charAt(0).toUpperCase() + text.slice(1);
+  return text;
 }
 
 // Forms: labelled fields, each with its own error line.
