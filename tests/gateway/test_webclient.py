@@ -148,6 +148,14 @@ class ServedTests(SynchronousTestCase):
             self.assertEqual(response.status, 404, path)
             self.assertEqual(response.header("Content-Type"), "application/problem+json", path)
 
+    def test_noCookie(self) -> None:
+        """
+        The API authenticates by header only: a cookie, which a browser
+        would send on another site's behalf, counts for nothing.
+        """
+        response = self.client.get("/v1/me", headers={"Cookie": "token=" + "a" * 43})
+        self.assertEqual(response.status, 401)
+
     def test_withoutWebClient(self) -> None:
         """
         A gateway told not to serve the web client answers / as any unknown

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 from typing import Any
 
 from twisted.internet import reactor, threads
@@ -47,7 +49,9 @@ class BrowserTestCase(TwistdTestCase):
         self.base = f"http://127.0.0.1:{port}"
         self.line = Line(reactor, port)
         self.addCleanup(self.line.listening.stopListening)
-        self.shots = os.environ.get(SCREENSHOTS) or os.path.abspath(self.mktemp())
+        given = os.environ.get(SCREENSHOTS)
+        # A relative directory is the checkout's (trial runs in _trial_temp).
+        self.shots = os.path.join(CHECKOUT, given) if given else os.path.abspath(self.mktemp())
         os.makedirs(self.shots, exist_ok=True)
 
     def person(self, width: int = 1024, height: int = 768, through: Line | None = None) -> Person:
@@ -241,8 +245,19 @@ class OwnAccountTests(BrowserTestCase):
         carol.submit("Password")
         carol.find("//form[@aria-label='Password']/p[@class='saved']")
 
-        # A post of too many characters cannot be sent.
+        # A post of HTML is its text: no element is made from it.
+        html = '<img src="x" id="injected"> <b>bold</b> @carol'
         carol.follow("#/", "home")
+        carol.field("New post", "New post").send_keys(html)
+        carol.submit("New post")
+        body = carol.find("//article//p[@class='body']")
+        self.assertEqual(body.text, html)
+        self.assertEqual(
+            [e.tag_name for e in body.find_elements("xpath", "./*")], ["a"]
+        )  # the mention only
+        self.assertIsNone(carol.script("return document.getElementById('injected')"))
+
+        # A post of too many characters cannot be sent.
         text = carol.field("New post", "New post")
         carol.script(
             "arguments[0].value = 'x'.repeat(5001); arguments[0].dispatchEvent(new Event('input'))",
@@ -361,3 +376,57 @@ class SetUpTests(SynchronousTestCase):
             source = f.read()
         self.assertIn("Service(executable_path=CHROMEDRIVER)", source)
         self.assertIn("options.binary_location = CHROMIUM", source)
+
+
+class DocumentTests(SynchronousTestCase):
+    """
+    docs/web.md and the README show the screenshots these tests take, and
+    the command that refreshes them runs these tests as written.
+    """
+
+    def read(self, *path: str) -> str:
+        with open(os.path.join(CHECKOUT, *path), encoding="utf-8") as f:
+            return f.read()
+
+    def test_command(self) -> None:
+        """
+        The one shell block of docs/web.md sets the variable the tests read
+        to the folder the documents show, and runs this module.
+        """
+        [block] = re.findall(r"```sh\n(.*?)```", self.read("docs", "web.md"), re.S)
+        self.assertEqual(
+            shlex.split(block),
+            [
+                f"{SCREENSHOTS}=docs/screenshots",
+                ".venv/bin/python",
+                "-m",
+                "twisted.trial",
+                __name__,
+            ],
+        )
+
+    def test_screenshots(self) -> None:
+        """
+        Each screenshot the tests take is in docs/screenshots and shown in
+        docs/web.md, and nothing else is; the README shows some of them.
+        """
+        with open(__file__, encoding="utf-8") as f:
+            taken = set(re.findall(r'self\.checkPage\(\w+, "([\w-]+)"\)', f.read()))
+        self.assertGreaterEqual(taken, {"sign-in", "home", "profile", "notifications", "settings"})
+        folder = os.path.join(CHECKOUT, "docs", "screenshots")
+        self.assertEqual({n[: -len(".png")] for n in os.listdir(folder)}, taken)
+        shown = set(re.findall(r"\]\(screenshots/([\w-]+)\.png\)", self.read("docs", "web.md")))
+        self.assertEqual(shown, taken)
+        inReadme = re.findall(r"\]\(docs/screenshots/([\w-]+)\.png\)", self.read("README.md"))
+        self.assertTrue(inReadme)
+        self.assertLessEqual(set(inReadme), taken)
+
+    def test_policyDocumented(self) -> None:
+        """
+        docs/web.md gives the policy as it is sent, and --no-web.
+        """
+        from txplatform_gateway.webclient import CONTENT_SECURITY_POLICY
+
+        document = self.read("docs", "web.md")
+        self.assertIn(CONTENT_SECURITY_POLICY, document)
+        self.assertIn("--no-web", document)
