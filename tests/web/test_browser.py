@@ -89,7 +89,8 @@ class TwoPeopleTests(BrowserTestCase):
         sees the mention arrive without a reload; he follows Alice from her
         profile, she posts again, and he sees a followed_post notification,
         then one that came while his connection was down (the stream opened
-        again with a new ticket and last_event_id).
+        again with a new ticket and last_event_id).  Alice deletes a post;
+        her profile shows her posts newest first, twenty, then "More".
         """
         return self.inThread(self.mentionsAndFollows)
 
@@ -184,6 +185,31 @@ class TwoPeopleTests(BrowserTestCase):
         alice.find(first + "//button[normalize-space()='Delete']").click()
         alice.find(first + "//button[normalize-space()='Yes, delete it']").click()
         alice.waitFor(lambda: not alice.findAll(first), "the post was not deleted")
+
+        # Twenty more posts (through the API, with her session): her
+        # profile shows twenty, newest first, and the rest on "More".
+        alice.driver.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            const {token} = JSON.parse(sessionStorage.getItem("txplatform.session"));
+            (async () => {
+              for (let i = 1; i <= 20; i += 1) {
+                await fetch("/v1/posts", {method: "POST", body: JSON.stringify({body: `Post ${i}`}),
+                  headers: {"Content-Type": "application/json", Authorization: `Bearer ${token}`}});
+              }
+            })().then(done, done);
+            """
+        )
+        bob.go("profile/alice", "profile")
+        posts = "//main//article[contains(@class, 'post')]"
+        bob.waitFor(lambda: len(bob.findAll(posts)) == 20, "not a page of twenty posts")
+        self.assertEqual(bob.findAll(posts + "//p[@class='body']")[0].text, "Post 20")
+        bob.find("//main//button[normalize-space()='More']").click()
+        bob.waitFor(lambda: len(bob.findAll(posts)) == 22, "More did not show the rest")
+        self.assertEqual(
+            bob.findAll(posts + "//p[@class='body']")[-1].text, "A second post, for my followers"
+        )
+        self.assertFalse(bob.find("//main//button[normalize-space()='More']").is_displayed())
 
 
 class OwnAccountTests(BrowserTestCase):
