@@ -238,7 +238,7 @@ function postItem(post, {onDeleted} = {}) {
 
 /**
  * A list read page by page: the first page now, the next on "More".
- * load(cursor) gives {items, next}; render(item) an element.
+ * load(cursor) gives {items, next}; render(item) an element, or null to skip it.
  */
 function pagedList({label, load, render, empty, tag = "div"}) {
   const list = h(tag, {class: "list", "aria-label": label});
@@ -251,7 +251,10 @@ function pagedList({label, load, render, empty, tag = "div"}) {
     try {
       const page = await load(cursor);
       if (view !== state.view) return;
-      for (const item of page.items) list.append(render(item));
+      for (const item of page.items) {
+        const element = render(item);
+        if (element) list.append(element); // null: shown already
+      }
       cursor = page.next;
       more.hidden = !cursor;
       if (!list.firstChild) list.append(h("p", {class: "muted empty"}, empty));
@@ -532,6 +535,8 @@ function notificationsPage() {
     load: (cursor) => call("GET", pagePath("/v1/notifications", cursor)),
     render: (notification) => {
       state.seen.add(notification.id);
+      // One that the stream brought while this page loaded is shown once.
+      if (list.list.querySelector(`li[data-id="${CSS.escape(notification.id)}"]`)) return null;
       return notificationItem(notification);
     },
     empty: "Nothing yet: mentions of you and posts of those you follow show up here.",
