@@ -1,7 +1,7 @@
 """
 The Klein web gateway: the platform's only entry point for clients.  It
 serves the HTTP operations the installed services declare
-(L{txplatform.routes}).
+(L{txplatform.routes}), and the web client at C{/} (L{webclient}).
 """
 
 from .app import Gateway, RouteConflict

@@ -70,6 +70,7 @@ from .metrics import REQUEST_SECONDS, REQUESTS, SHED, STREAMS
 from .problems import HTTPProblem, problemFor
 from .ratelimit import AccountRateLimit, AddressRateLimit
 from .site import GatewaySite
+from .webclient import WebClient, staticFiles
 
 __all__ = ["Gateway", "Exchange", "RouteConflict"]
 
@@ -295,6 +296,8 @@ class Gateway:
         through another gateway still passes here for at most that long;
         one ended through this one (an operation that C{endsSessions}) is
         forgotten at once, with every principal of its account.
+    @param webClient: Whether to serve the web client's files at C{/}
+        (L{txplatform_gateway.webclient}) beside the API.
 
     @raise RouteConflict: Two routes would shadow each other, or two route
         objects authenticate.
@@ -321,6 +324,7 @@ class Gateway:
         routes: Mapping[str, object] | None = None,
         info: Mapping[str, str] | None = None,
         principalCache: float = 1.0,
+        webClient: bool = False,
     ) -> None:
         self.bus = bus
         # Keyed by the token's SHA-256: no token is kept in memory longer
@@ -360,6 +364,7 @@ class Gateway:
         for _, one in owned:
             self._add(one)
         self._openapi: bytes | None = None
+        self.webFiles = staticFiles() if webClient else None
 
     def _findAuthenticator(self) -> IAuthenticator | None:
         found = [
@@ -395,6 +400,8 @@ class Gateway:
         resource: Resource = self.app.resource()
         if self.corsOrigins:
             resource = _CORS(self, resource, self.corsOrigins)
+        if self.webFiles is not None:
+            resource = WebClient(resource, self.webFiles)
         return _URLGuard(self, resource)
 
     def site(self, **kwargs: Any) -> GatewaySite:

@@ -37,6 +37,7 @@ from .gateway import (
     HTTPS,
     MAX_BODY_SIZE,
     MAX_IN_FLIGHT,
+    NO_WEB,
     PRINCIPAL_CACHE,
     RATE_LIMIT,
     checkEdge,
@@ -72,7 +73,8 @@ class BaseOptions(OneLineUsage, usage.Options):
             None,
             "Log every call each service serves, with its request id (by default only the"
             " gateway's request and the calls that fail are logged).",
-        ]
+        ],
+        NO_WEB,
     ]
     longdesc = (
         "Run the gateway and every installed service (or those --services names) in one"

@@ -152,6 +152,11 @@ ACCESS_LOG = [
     "The access log: batched (a line per request, the lines of a tenth of a second logged"
     " as one event: cheap), events (one structured event per request, for JSON logs) or off.",
 ]
+NO_WEB = [
+    "no-web",
+    None,
+    "Serve the API only, without the web client at / (the browser application; see docs/web.md).",
+]
 API_INFO = [
     ["api-title", None, None, "The title of the OpenAPI document (default: txplatform)."],
     ["api-version", None, None, "The version the OpenAPI document gives the API."],
@@ -163,6 +168,7 @@ class Options(OneLineUsage, usage.Options):
     command = "gateway"
     synopsis = "[options]"
     longdesc = "Run one replica of the HTTP gateway, the platform's only entry point."
+    optFlags = [NO_WEB]
     optParameters = [
         BUS,
         *DIRECT,
@@ -316,6 +322,7 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
             info=info,
             rateLimit=rateLimit,
             accountRateLimit=accountRateLimit,
+            webClient=not options.get("no-web"),
         )
     except RouteConflict as e:
         # An installed service's routes clash with another's: no traceback,

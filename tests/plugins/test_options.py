@@ -430,6 +430,21 @@ class OptionsTests(SynchronousTestCase):
         [listening] = list(listeners)
         self.assertEqual(listening._factory.accessLog.mode, "events")
 
+    def test_webClient(self) -> None:
+        """
+        The gateway and the all-in-one serve the web client at / unless
+        given --no-web.
+        """
+        from txplatform_gateway.webclient import WebClient
+
+        for module in (gateway, allinone):
+            for args, served in [((), True), (("--no-web",), False)]:
+                options = self.parse(module, "--busy-limit", "0", *args)
+                self.assertEqual(options["no-web"], not served)
+                [listening] = list(gateway.gatewayListener(options, MemoryReactorClock(), None))
+                resource = listening._factory.resource._wrapped
+                self.assertEqual(isinstance(resource, WebClient), served, (module, args))
+
     def test_allInOneDatabases(self) -> None:
         """
         The all-in-one gives each service its own SQLite file, or its own
