@@ -120,7 +120,8 @@ class NodeFaultsUnderLoadTests(TwoGatewaysTestCase):
             return round(max(b - a for a, b in zip(times, times[1:] + [until], strict=True)), 2)
 
         def failedOver(port: int) -> int:
-            # The processes that lost their connection to that node.
+            # The processes that lost a connection to that node (a ready
+            # one, or one refused while declaring its queues).
             lost = f"Lost the connection to AMQP broker 127.0.0.1:{port} ".encode()
             return sum(lost in process.output for process in self.processes)
 
@@ -142,7 +143,9 @@ class NodeFaultsUnderLoadTests(TwoGatewaysTestCase):
             figures["longest without a 201 after SIGKILL (s)"] = longestGap(
                 killed, time.monotonic()
             )
-            figures["processes that left the killed node"] = failedOver(cluster.ports[0])
+            figures["processes that lost a connection to the killed node"] = failedOver(
+                cluster.ports[0]
+            )
 
             restarting = time.monotonic()
             yield cluster.restart(cluster.nodes[0])
@@ -163,7 +166,9 @@ class NodeFaultsUnderLoadTests(TwoGatewaysTestCase):
             figures["longest without a 201 after the stop (s)"] = longestGap(
                 stopping, time.monotonic()
             )
-            figures["processes that left the stopped node"] = failedOver(cluster.ports[1])
+            figures["processes that lost a connection to the stopped node"] = failedOver(
+                cluster.ports[1]
+            )
             figures["load (s)"] = round(time.monotonic() - loadStarted, 1)
         finally:
             stop[0] = True
