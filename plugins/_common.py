@@ -45,7 +45,8 @@ BUS = [
     None,
     "The message bus, through which this process works with the others. Required:"
     " amqp://user:password@host:5672/vhost (amqps:// for TLS; ?cafile=PATH to trust a"
-    " CA, ?heartbeat=SECONDS), or direct:RANGE[?port=7300&table=PATH] for calls straight"
+    " CA, ?heartbeat=SECONDS; the nodes of a cluster as their URLs separated by commas,"
+    " with ?queue_type=quorum), or direct:RANGE[?port=7300&table=PATH] for calls straight"
     " to each service over the secure channel, at the address its id gives in RANGE"
     " (127.0.0.0/8 on one host). (local:, in-process, reaches no other process: the"
     " whole platform in one process is twistd txplatform.)",

@@ -348,3 +348,46 @@ class DockerfileTests(SynchronousTestCase):
         self.assertIn("USER txplatform", text)
         for directory in ["txplatform", "services", "gateway", "plugins", "twisted"]:
             self.assertIn(f"COPY {directory} {directory}", text)
+
+
+class RabbitClusterScriptTests(SynchronousTestCase):
+    """
+    deploy/rabbitmq-cluster.sh as docs/deployment.md shows it (the tests of
+    tests/amqp/test_failover.py run it: it starts a cluster of their own).
+    """
+
+    def test_documentedCommands(self) -> None:
+        """
+        The documented block starts the cluster, asks a node of it for the
+        cluster's status, and stops it, in one directory; the script takes
+        those commands (and restart) and parses as bash.
+        """
+        with open(os.path.join(CHECKOUT, "docs", "deployment.md"), encoding="utf-8") as f:
+            text = f.read()
+        [block] = [
+            b for b in re.findall(r"```sh\n(.*?)```", text, re.S) if "rabbitmq-cluster.sh" in b
+        ]
+        commands = [shlex.split(line, comments=True) for line in block.strip().splitlines()]
+        directory = "/tmp/txp-cluster"
+        self.assertEqual(
+            commands,
+            [
+                ["sudo", "deploy/rabbitmq-cluster.sh", "start", directory],
+                ["sudo", "rabbitmqctl", "-n", "txp-a@localhost", "cluster_status"],
+                ["sudo", "deploy/rabbitmq-cluster.sh", "stop", directory],
+            ],
+        )
+        self.assertIn(f"`{directory}/urls` holds the `--bus` value", text)
+        self.assertIn(f"`sudo deploy/rabbitmq-cluster.sh\nrestart {directory} txp-b`", text)
+        script = os.path.join(DEPLOY, "rabbitmq-cluster.sh")
+        self.assertTrue(os.access(script, os.X_OK))
+        subprocess.run(["bash", "-n", script], check=True, timeout=30)
+        usage = subprocess.run([script], capture_output=True, text=True, timeout=30)
+        self.assertEqual(usage.returncode, 2)
+        self.assertIn("start|stop DIRECTORY", usage.stderr)
+        self.assertIn("restart DIRECTORY NODE", usage.stderr)
+        with open(script, encoding="utf-8") as f:
+            source = f.read()
+        self.assertIn('NODES=("$PREFIX-a" "$PREFIX-b" "$PREFIX-c")', source)
+        self.assertIn("PREFIX=${TXP_CLUSTER_PREFIX:-txp}", source)
+        self.assertIn("BASE_PORT=${TXP_CLUSTER_PORT_BASE:-5680}", source)

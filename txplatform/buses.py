@@ -23,9 +23,9 @@ def checkBusURL(url: str) -> None:
     if url in ("local", "local:"):
         return
     if url.startswith(("amqp://", "amqps://")):
-        from .amqp.url import BrokerURL
+        from .amqp.url import parseBrokerURLs
 
-        BrokerURL.parse(url)
+        parseBrokerURLs(url)
         return
     if url.startswith("direct:"):
         from .direct.addresses import parseDirectURL
@@ -50,7 +50,8 @@ def busFromURL(
 
       - C{local:}: the in-process bus, for everything in one process;
       - C{amqp://user:password@host:port/vhost} (or C{amqps://} for TLS):
-        RabbitMQ.
+        RabbitMQ; the nodes of a cluster as several URLs separated by
+        commas.
 
     @param caller: The service this process runs, stamped on its messages.
     @param name: Shown in the broker's list of connections.
@@ -64,11 +65,11 @@ def busFromURL(
     if url in ("local", "local:"):
         return LocalBus(reactor, codec=codec)
     from .amqp.bus import AMQPBus
-    from .amqp.url import BrokerURL
+    from .amqp.url import parseBrokerURLs
 
     return AMQPBus(
         reactor,
-        BrokerURL.parse(url),
+        parseBrokerURLs(url),
         caller=caller,
         codec=codec,
         connectionName=f"{name} on {socket.gethostname()} pid {os.getpid()}",

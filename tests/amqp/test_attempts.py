@@ -35,10 +35,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txplatform.amqp import _attempts
-from txplatform.amqp._attempts import QuietClientService, ReportingEndpoint, whyNotConnected
+from txplatform.amqp._attempts import (
+    FailoverEndpoint,
+    QuietClientService,
+    ReportingEndpoint,
+    whyNotConnected,
+)
 from txplatform.amqp.bus import AMQPBus
 from txplatform.amqp.protocol import ACCESS_REFUSED, NOT_ALLOWED, BrokerClosed
-from txplatform.amqp.url import BrokerURL
+from txplatform.amqp.url import BrokerURL, parseBrokerURLs
 
 from ..support import BROKER_URL, requireBroker
 from .test_protocol import connectionClose, connectionStart, connectionTune
@@ -364,6 +369,108 @@ class BusAttemptTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertEqual(len(self.lines()), 1)
         self.assertEqual(self.failures(), [])
+
+
+NODES = parseBrokerURLs(
+    "amqp://guest:guest@127.0.0.1:5681/orders,amqp://guest:guest@127.0.0.1:5682/orders,"
+    "amqp://guest:guest@127.0.0.1:5683/orders"
+)
+
+
+class FailoverEndpointTests(SynchronousTestCase):
+    def test_inTurn(self) -> None:
+        """
+        Each attempt goes to the next node, round and round; C{current} is
+        the node of the latest, C{upcoming} that of the next.
+        """
+        reactor = MemoryReactorClock()
+        endpoint = FailoverEndpoint(reactor, NODES, first=1)
+        self.assertEqual((endpoint.current.port, endpoint.upcoming.port), (5682, 5682))
+        for expected in [5682, 5683, 5681, 5682]:
+            endpoint.connect(Factory.forProtocol(Protocol))
+            self.assertEqual(endpoint.current.port, expected)
+            self.assertEqual(reactor.tcpClients[-1][:2], ("127.0.0.1", expected))
+        self.assertEqual(endpoint.upcoming.port, 5683)
+
+    def test_randomFirst(self) -> None:
+        """
+        The first node is drawn at random, so that processes spread over the
+        nodes.
+        """
+        firsts = {FailoverEndpoint(MemoryReactorClock(), NODES).current.port for _ in range(60)}
+        self.assertEqual(firsts, {5681, 5682, 5683})
+        self.assertRaises(ValueError, FailoverEndpoint, MemoryReactorClock(), [])
+
+
+class BusFailoverTests(SynchronousTestCase):
+    """
+    A bus given the nodes of a cluster tries them in turn, under the same
+    back-off, saying why each attempt failed and which node it tries next.
+    """
+
+    def setUp(self) -> None:
+        BusAttemptTests.setUp(self)  # type: ignore[arg-type]
+        self.patch(_attempts.random, "randrange", lambda n: 0)
+        self.bus = AMQPBus(self.reactor, NODES)
+
+    lines = BusAttemptTests.lines
+    failures = BusAttemptTests.failures
+    connection = BusAttemptTests.connection
+    retryDelay = BusAttemptTests.retryDelay
+    refuse = BusAttemptTests.refuse
+    unreachable = BusAttemptTests.unreachable
+
+    def test_nextNode(self) -> None:
+        """
+        A node that is unreachable, refuses the login, or loses the
+        connection before it is ready: the next attempt goes to the next
+        node, and the line names both.
+        """
+        self.bus.startService()
+        self.assertEqual(self.reactor.tcpClients[-1][1], 5681)
+        self.unreachable()
+        self.reactor.advance(self.retryDelay())
+        self.assertEqual(self.reactor.tcpClients[-1][1], 5682)
+        self.refuse()
+        self.reactor.advance(self.retryDelay())
+        self.assertEqual(self.reactor.tcpClients[-1][1], 5683)
+        connection = self.connection().make()
+        connection.receive(connectionStart())
+        connection.lose()
+        self.reactor.advance(self.retryDelay())
+        self.assertEqual(self.reactor.tcpClients[-1][1], 5681)
+        lines = self.lines()
+        self.assertEqual(len(lines), 3, lines)
+        self.assertRegex(
+            lines[0],
+            r"^AMQP broker 127.0.0.1:5681 is unreachable \(.*\); trying 127.0.0.1:5682 in \d",
+        )
+        self.assertRegex(
+            lines[1],
+            r"^AMQP broker 127.0.0.1:5682 refused access for user 'guest' .*;"
+            r" trying 127.0.0.1:5683 in \d",
+        )
+        self.assertRegex(
+            lines[2],
+            r"^The connection to AMQP broker 127.0.0.1:5683 failed before it was ready .*;"
+            r" trying 127.0.0.1:5681 in \d",
+        )
+        self.assertEqual(self.failures(), [])
+        self.assertEqual(self.bus.url, NODES[0])
+        self.assertEqual(self.bus.urls, NODES)
+
+    def test_transientCallQueues(self) -> None:
+        """
+        On a cluster (quorum queues for events), call queues are transient,
+        so that another node can declare them when theirs is lost; on one
+        broker they are durable.
+        """
+        quorum = parseBrokerURLs(
+            ",".join(f"{url}?queue_type=quorum".replace("guest@", "guest:guest@") for url in NODES)
+        )
+        self.assertFalse(AMQPBus(self.reactor, quorum).rpcQueuesDurable())
+        self.assertTrue(AMQPBus(self.reactor, NODES).rpcQueuesDurable())
+        self.assertTrue(AMQPBus(self.reactor, URL).rpcQueuesDurable())
 
 
 class BrokerRefusalTests(TestCase):

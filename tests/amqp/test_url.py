@@ -8,7 +8,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txplatform.amqp.url import BrokerURL, _certificates
+from txplatform.amqp.url import BrokerURL, _certificates, parseBrokerURLs
 from txplatform.buses import checkBusURL
 
 from ..gateway.test_edge import makeCertificate
@@ -89,3 +89,42 @@ class BrokerURLTests(SynchronousTestCase):
         checkBusURL("amqp://guest:guest@127.0.0.1/")
         self.assertRaises(ValueError, checkBusURL, "carrier-pigeon:")
         self.assertRaises(ValueError, checkBusURL, "amqp://")
+
+
+class ClusterURLTests(SynchronousTestCase):
+    def test_several(self) -> None:
+        """
+        The nodes of a cluster are complete URLs separated by commas (spaces
+        around them ignored), in their order; one URL is a cluster of one.
+        """
+        urls = parseBrokerURLs(
+            "amqp://u:p@10.0.0.1:5681/v?queue_type=quorum,"
+            " amqp://u:p@10.0.0.2:5682/v?queue_type=quorum"
+        )
+        self.assertEqual(
+            [(url.host, url.port, url.vhost, url.queueType) for url in urls],
+            [("10.0.0.1", 5681, "v", "quorum"), ("10.0.0.2", 5682, "v", "quorum")],
+        )
+        self.assertEqual(
+            parseBrokerURLs("amqp://guest:guest@127.0.0.1/"),
+            (BrokerURL.parse("amqp://guest:guest@127.0.0.1/"),),
+        )
+        checkBusURL("amqp://a:5672/,amqp://b:5672/")
+
+    def test_sameBroker(self) -> None:
+        """
+        The URLs differ in host and port only: other credentials, virtual
+        host, scheme or options are refused, without the password in the
+        message; a node named twice and an empty part too.
+        """
+        for text in [
+            "amqp://u:p@a/v,amqp://u:secret@b/v",
+            "amqp://u:p@a/v,amqp://u:p@b/w",
+            "amqp://u:p@a/v,amqps://u:p@b/v",
+            "amqp://u:p@a/v,amqp://u:p@b/v?queue_type=quorum",
+            "amqp://u:p@a/v,amqp://u:p@a:5672/v",
+            "amqp://u:p@a/v,",
+        ]:
+            e = self.assertRaises(ValueError, parseBrokerURLs, text)
+            self.assertNotIn("secret", str(e))
+            self.assertRaises(ValueError, checkBusURL, text)

@@ -241,6 +241,23 @@ class OptionsTests(SynchronousTestCase):
             self.parse(module, "--bus", "local:")
             self.assertRaises(usage.UsageError, self.parse, module, "--bus", "carrier-pigeon:")
 
+    def test_clusterBus(self) -> None:
+        """
+        --bus takes the nodes of a cluster, their URLs separated by commas;
+        URLs that differ in more than host and port are refused, saying so.
+        """
+        nodes = "amqp://u:p@10.0.0.1/v?queue_type=quorum,amqp://u:p@10.0.0.2/v?queue_type=quorum"
+        for module in [account, post, notify, gateway, parser]:
+            self.parse(module, "--bus", nodes)
+            error = self.assertRaises(
+                usage.UsageError,
+                self.parse,
+                module,
+                "--bus",
+                "amqp://u:p@10.0.0.1/v,amqp://u:p@10.0.0.2/w",
+            )
+            self.assertIn("differ in host and port only", str(error))
+
     def test_directBus(self) -> None:
         """
         --bus direct:... needs the process's identity (for its own service)

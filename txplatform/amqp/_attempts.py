@@ -12,7 +12,8 @@ login is "retry 1" forever.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import random
+from typing import Any, Callable, Sequence
 
 from twisted.application.internet import ClientService
 from twisted.internet import error
@@ -31,7 +32,7 @@ from zope.interface import implementer
 from .protocol import ACCESS_REFUSED, NOT_ALLOWED, BrokerClosed
 from .url import BrokerURL
 
-__all__ = ["QuietClientService", "ReportingEndpoint", "whyNotConnected"]
+__all__ = ["FailoverEndpoint", "QuietClientService", "ReportingEndpoint", "whyNotConnected"]
 
 
 def whyNotConnected(url: BrokerURL, reason: Failure, wasReady: bool = False) -> str:
@@ -82,6 +83,46 @@ class ReportingEndpoint:
 
         # The same Deferred: cancelling it cancels the attempt.
         return self._endpoint.connect(protocolFactory).addErrback(failed)
+
+
+@implementer(IStreamClientEndpoint)
+class FailoverEndpoint:
+    """
+    The nodes of a cluster, each attempt to the next one in turn: after a
+    failed attempt, or a connection lost (its node stopped or went away),
+    the next node is tried, ClientService's back-off pacing the attempts.
+    The first node is drawn at random, so that the processes spread over
+    the nodes.
+
+    @ivar current: The node of the latest attempt: the one connected to,
+        once connected.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        urls: Sequence[BrokerURL],
+        first: int | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("no broker URL")
+        self.urls = tuple(urls)
+        self._endpoints = [url.endpoint(reactor) for url in self.urls]
+        self._next = random.randrange(len(self.urls)) if first is None else first
+        self.current = self.urls[self._next]
+
+    @property
+    def upcoming(self) -> BrokerURL:
+        """
+        The node the next attempt goes to.
+        """
+        return self.urls[self._next]
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        index = self._next
+        self._next = (index + 1) % len(self.urls)
+        self.current = self.urls[index]
+        return self._endpoints[index].connect(protocolFactory)
 
 
 class QuietClientService(ClientService):

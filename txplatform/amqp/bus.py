@@ -2,7 +2,8 @@
 """
 The AMQP bus: L{IBus} over RabbitMQ.
 
-Topology (all durable, declared again on every connection):
+Topology (all durable, declared again on every connection; on a cluster,
+the call queues are transient: see L{AMQPBus.rpcQueuesDurable}):
 
   - C{txplatform.rpc} (direct exchange) -> C{txplatform.rpc.<id>}: one
     priority queue per service, bound by its six-hex-digit id, shared by
@@ -31,7 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from attrs import evolve
 from twisted.application.internet import backoffPolicy
@@ -67,7 +68,7 @@ from ..interfaces import IBus, IPayloadCodec, ISubscription
 from ..metrics import BUS_CONNECTIONS, DEAD_LETTERS
 from ..serviceid import ServiceId
 from ..topics import checkEventName, checkPattern
-from ._attempts import QuietClientService, ReportingEndpoint, whyNotConnected
+from ._attempts import FailoverEndpoint, QuietClientService, ReportingEndpoint, whyNotConnected
 from .frames import Delivery, Properties
 from .protocol import AMQPConnection, AMQPDelegate
 from .spec import loadSpec
@@ -628,7 +629,8 @@ class AMQPBus(Service):
     """
     An L{IBus} on RabbitMQ.
 
-    @param url: Where the broker is.
+    @param url: Where the broker is: its URL, or its nodes' (a cluster;
+        see L{parseBrokerURLs}), tried in turn.
     @param caller: The id of the service this process is, stamped on what
         it sends.
     @param retryDelays: Delays before each new attempt of a failed event;
@@ -641,7 +643,7 @@ class AMQPBus(Service):
     def __init__(
         self,
         reactor: Any,
-        url: BrokerURL,
+        url: BrokerURL | Sequence[BrokerURL],
         codec: IPayloadCodec | None = None,
         caller: ServiceId | None = None,
         defaultTimeout: float = 10.0,
@@ -651,7 +653,11 @@ class AMQPBus(Service):
         connectionName: str | None = None,
     ) -> None:
         self._clock = reactor
-        self.url = url
+        #: Every node's URL; they differ in host and port only.
+        self.urls: tuple[BrokerURL, ...] = (url,) if isinstance(url, BrokerURL) else tuple(url)
+        #: The broker's settings (credentials, virtual host, options): the
+        #: first node's URL.
+        self.url = self.urls[0]
         self._codec = codec if codec is not None else JSONCodec()
         self.caller = caller
         self.defaultTimeout = defaultTimeout
@@ -692,12 +698,20 @@ class AMQPBus(Service):
         # is; the AMQP handshake and topology follow in _connectionMade,
         # and a connection that does not get ready is closed, so that
         # ClientService's own loss handling retries it.
+        self._nodes = FailoverEndpoint(reactor, self.urls)
         self._service = QuietClientService(
-            ReportingEndpoint(url.endpoint(reactor), self._attemptFailed),
+            ReportingEndpoint(self._nodes, self._attemptFailed),
             _Factory(self),
             retryPolicy=self._retryDelay,
             clock=reactor,
         )
+
+    @property
+    def node(self) -> BrokerURL:
+        """
+        The node connected to (or being tried).
+        """
+        return self._nodes.current
 
     def clientProperties(self) -> dict[str, Any]:
         return {
@@ -833,16 +847,21 @@ class AMQPBus(Service):
         if not self.running:
             return delay
         try:
+            node = self.node
             why = (
-                whyNotConnected(self.url, *last)
+                whyNotConnected(node, *last)
                 if last is not None
-                else f"The connection to AMQP broker {self.url.host}:{self.url.port} ended"
+                else f"The connection to AMQP broker {node.host}:{node.port} ended"
             )
+            # With several nodes, the next attempt goes to the next one.
+            upcoming = self._nodes.upcoming
+            then = f"trying {upcoming.host}:{upcoming.port}" if len(self.urls) > 1 else "retrying"
             self.log.warn(
-                "{why}; retrying in {delay:.1f} s",
+                "{why}; {then} in {delay:.1f} s",
                 why=why,
+                then=then,
                 delay=delay,
-                broker=str(self.url),
+                broker=str(node),
                 attempt=attempts,
             )
         except Exception:
@@ -883,7 +902,7 @@ class AMQPBus(Service):
         self._handshaking = None
         self.log.info(
             "Connected to {broker} ({consumers} consumer(s), connection {n})",
-            broker=str(url),
+            broker=str(self.node),
             consumers=len(self._consumers),
             n=generation,
         )
@@ -937,12 +956,28 @@ class AMQPBus(Service):
         if key in self._declared:
             return
         yield channel.queue_declare(
-            queue=rpcQueue(service), durable=True, arguments={"x-max-priority": 9}
+            queue=rpcQueue(service),
+            durable=self.rpcQueuesDurable(),
+            arguments={"x-max-priority": 9},
         )
         yield channel.queue_bind(
             queue=rpcQueue(service), exchange=RPC_EXCHANGE, routing_key=service.hex
         )
         self._declared.add(key)
+
+    def rpcQueuesDurable(self) -> bool:
+        """
+        Whether call queues are durable: on a single broker, yes; on a
+        cluster (C{queue_type=quorum}), no.  A classic queue lives on one
+        node: a durable one whose node is down cannot be declared or used
+        on another until that node is back (404 NOT_FOUND, "home node ...
+        is down"), which would stop every call to the service; a transient
+        one is deleted with its node, and the replicas, told their consumer
+        is cancelled, declare it again on the node they reconnect to.  The
+        calls it held are lost: their callers get a 503 or 504, as they
+        would for a call in flight on a lost connection.
+        """
+        return self.url.queueType == "classic"
 
     def queueArguments(self) -> dict[str, Any]:
         """

@@ -43,7 +43,7 @@ from .bus import CHANNEL, AMQPBus, _callerOf, _isTraced, _traceOf, deadQueue
 from .frames import Delivery, Properties
 from .probe import BrokerUnreachable, probe
 from .protocol import NotConnected, PublishNacked, PublishReturned
-from .url import BrokerURL
+from .url import parseBrokerURLs
 
 __all__ = ["DeadLetter", "browse", "replay", "drop", "main"]
 
@@ -322,7 +322,7 @@ def _run(reactor: Any, argv: list[str], out: Any) -> Any:
     except SystemExit as e:
         return e.code
     try:
-        url = BrokerURL.parse(_secret(arguments.bus))
+        urls = parseBrokerURLs(_secret(arguments.bus))
     except (OSError, ValueError) as e:
         return _refuse(USAGE, f"--bus: {e}")
     if arguments.group:
@@ -343,14 +343,19 @@ def _run(reactor: Any, argv: list[str], out: Any) -> Any:
             codec = loadKeys(arguments.bus_keys, reactor, "bus").payloadCodec()
         except KeyFileError as e:
             return _refuse(USAGE, f"--bus-keys: {e}")
-    bus = AMQPBus(reactor, url, connectionName="txplatform-deadletters")
+    bus = AMQPBus(reactor, urls, connectionName="txplatform-deadletters")
     # The bus would retry quietly for ever: find out first, once, whether
-    # the broker lets us in, and if not why.
+    # the broker (one of a cluster's nodes) lets us in, and if not why.
     deadline = reactor.seconds() + arguments.timeout
-    try:
-        yield probe(reactor, url, arguments.timeout, bus.clientProperties())
-    except BrokerUnreachable as e:
-        return _refuse(FAILED, f"cannot use the broker at {e}")
+    refusals = []
+    for url in urls:
+        try:
+            yield probe(reactor, url, arguments.timeout, bus.clientProperties())
+            break
+        except BrokerUnreachable as e:
+            refusals.append(str(e))
+    else:
+        return _refuse(FAILED, f"cannot use the broker at {'; nor at '.join(refusals)}")
     bus.startService()
     try:
         try:

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.amqp.test_url -*-
 """
 Broker URLs: C{amqp://user:password@host:5672/vhost?heartbeat=30} and
-C{amqps://...?cafile=/path/ca.pem} for TLS.
+C{amqps://...?cafile=/path/ca.pem} for TLS; the nodes of a cluster as
+several such URLs separated by commas (L{parseBrokerURLs}).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import (
     Certificate,
@@ -18,7 +19,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 
-__all__ = ["BrokerURL"]
+__all__ = ["BrokerURL", "parseBrokerURLs"]
 
 
 @frozen
@@ -124,6 +125,32 @@ class BrokerURL:
             extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
         )
         return wrapClientTLS(options, tcp)
+
+
+def parseBrokerURLs(text: str) -> tuple[BrokerURL, ...]:
+    """
+    One broker URL, or the nodes of a cluster: complete URLs separated by
+    commas (C{amqp://u:p@10.0.0.1:5672/v,amqp://u:p@10.0.0.2:5672/v}), which
+    differ in their host and port only (the same scheme, credentials,
+    virtual host and options: they are one broker).  A comma inside a
+    password is written C{%2C}.
+
+    @raise ValueError: one is not a broker URL we can use, they differ in
+        more than host and port, or a node is named twice.
+    """
+    urls = tuple(BrokerURL.parse(part.strip()) for part in text.split(","))
+    first = urls[0]
+    seen = set()
+    for url in urls:
+        if evolve(url, host=first.host, port=first.port) != first:
+            raise ValueError(
+                f"the URLs of a cluster's nodes differ in host and port only: {url}"
+                f" has other settings (credentials, virtual host, options) than {first}"
+            )
+        if (url.host, url.port) in seen:
+            raise ValueError(f"{url.host}:{url.port} is named twice")
+        seen.add((url.host, url.port))
+    return urls
 
 
 def _certificates(pem: bytes) -> list[Certificate]:
