@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.gateway.test_problems -*-
+# -*- test-case-name: tests.gateway.test_app -*-
 """
 Errors as RFC 9457 problem details (C{application/problem+json}).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.gateway.test_tls -*-
+# -*- test-case-name: tests.gateway.test_edge -*-
 """
 HTTPS for the gateway: a certificate chain and its key in PEM files, TLS
 1.2 at least (pyOpenSSL through Twisted's memory-BIO TLS wrapper).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.plugins.test_allinone -*-
+# -*- test-case-name: tests.plugins.test_options, tests.plugins.test_twistd -*-
 """
 C{twistd txplatform}: the whole platform in one process, on the in-process
 bus, with an SQLite file per service in a data directory, and key files

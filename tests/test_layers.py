@@ -8,6 +8,7 @@ import-linter against the contracts in pyproject.toml.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,34 @@ class LayersTests(TestCase):
             result = self.lint(where)
             self.assertNotEqual(result.returncode, 0, module)
             self.assertIn("BROKEN", result.stdout, module)
+
+
+class TestCaseNameTests(TestCase):
+    """
+    Every module's C{test-case-name} header names test modules that exist
+    (trial runs them for the module; a wrong name runs nothing).
+    """
+
+    def test_exist(self) -> None:
+        header = re.compile(r"^# -\*- test-case-name: (.+?) -\*-", re.M)
+        wrong = []
+        for top in ["txplatform", *PACKAGES.values(), os.path.join("examples", "likes")]:
+            for directory, _, files in os.walk(os.path.join(CHECKOUT, top)):
+                for name in files:
+                    if not name.endswith(".py"):
+                        continue
+                    path = os.path.join(directory, name)
+                    with open(path, encoding="utf-8") as f:
+                        match = header.search(f.read(2000))
+                    if match is None:
+                        continue
+                    root = (
+                        os.path.join(CHECKOUT, "examples", "likes")
+                        if "examples" in path
+                        else CHECKOUT
+                    )
+                    for module in (n.strip() for n in match.group(1).split(",")):
+                        where = os.path.join(root, *module.split("."))
+                        if not (os.path.isfile(where + ".py") or os.path.isdir(where)):
+                            wrong.append(f"{os.path.relpath(path, CHECKOUT)}: {module}")
+        self.assertEqual(wrong, [])

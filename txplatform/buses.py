@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_buses -*-
+# -*- test-case-name: tests.amqp.test_url -*-
 """
 Choosing a bus from a URL, as the C{--bus} option of every process does.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_codec -*-
+# -*- test-case-name: tests.test_localbus, tests.test_traces -*-
 """
 Payload encoding for the buses.
 

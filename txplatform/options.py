@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_options -*-
+# -*- test-case-name: tests.plugins.test_options -*-
 """
 Checks for the command-line options a service declares (see
 L{txplatform.catalogue.ServiceDeclaration.check}): each raises

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_recordid -*-
+# -*- test-case-name: tests.test_pagination, tests.services.test_post -*-
 """
 Record identifiers: 128 bits, time-ordered, made by the application.
 

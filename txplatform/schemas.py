@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_schemas -*-
+# -*- test-case-name: tests.gateway.test_openapi -*-
 """
 JSON Schemas of what HTTP operations answer (L{txplatform.routes.Operation}
 C{response}): the pieces most answers are made of.  Requests need none:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_timestamps -*-
+# -*- test-case-name: tests.test_pagination -*-
 """
 Timestamps: stored as integer milliseconds since the epoch, shown as
 RFC 3339 UTC strings with millisecond precision.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.channel.test_forward -*-
+# -*- test-case-name: tests.test_sidecar -*-
 """
 Channels ended by a sidecar: the sidecar terminates the handshake and
 forwards the plaintext to its service over a local socket, first saying

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.crypto.test_keys -*-
+# -*- test-case-name: tests.crypto.test_codecs -*-
 """
 A process's keys: a keyring read from its key source, kept up to date, and
 the codecs that encrypt with it.
