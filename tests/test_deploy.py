@@ -111,10 +111,15 @@ class ComposeTests(SynchronousTestCase):
         Docker Compose accepts the file (with secrets made beside it), where
         it is installed.
         """
+        # Debian's docker-compose is a Python program: nothing of this
+        # environment's may leak in (trial -j sets PYTHONPATH).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         for command in (["docker-compose"], ["docker", "compose"]):
             if shutil.which(command[0]) is None:
                 continue
-            version = subprocess.run([*command, "version"], capture_output=True, timeout=60)
+            version = subprocess.run(
+                [*command, "version"], capture_output=True, timeout=60, env=env
+            )
             if version.returncode == 0:
                 break
         else:
@@ -133,6 +138,7 @@ class ComposeTests(SynchronousTestCase):
             capture_output=True,
             text=True,
             timeout=60,
+            env=env,
         )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
@@ -310,7 +316,9 @@ class KubernetesTests(SynchronousTestCase):
             "kubernetes-validate", path=os.path.dirname(sys.executable)
         )
         if validate is None:
-            reason = "kubernetes-validate is not installed (the build was checked; .ci/run installs it)"
+            reason = (
+                "kubernetes-validate is not installed (the build was checked; .ci/run installs it)"
+            )
             if inCI():
                 raise AssertionError(reason)
             raise SkipTest(reason)

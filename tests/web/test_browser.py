@@ -382,7 +382,8 @@ class SetUpTests(SynchronousTestCase):
         """
         with open(os.path.join(CHECKOUT, ".ci", "run"), encoding="utf-8") as f:
             script = f.read()
-        self.assertIn("apt-get install -y -q chromium chromium-driver", script)
+        self.assertRegex(script, r"need_packages [^\n]*(\\\n[^\n]*)*chromium=chromium")
+        self.assertRegex(script, r"need_packages [^\n]*(\\\n[^\n]*)*chromedriver=chromium-driver")
         self.assertIn("(cd tests/web && npm ci", script)
         with open(os.path.join(CHECKOUT, "tests", "web", "package-lock.json")) as f:
             locked = json.load(f)
