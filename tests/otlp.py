@@ -14,6 +14,31 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+#: The spans of one created post (a mention), by name: the process of each.
+CREATED_POST = {
+    "POST /v1/posts": "gateway",
+    "010001/verify_token": "gateway",
+    "account/verify_token": "account",
+    "010002/create_post": "gateway",
+    "post/create_post": "post",
+    "publish post.created": "post",
+    "notify process post.created": "notify",
+    "010001/audience": "notify",
+    "account/audience": "account",
+}
+
+#: The parent of each of those spans that has one in the trace.
+CREATED_POST_PARENTS = [
+    ("010001/verify_token", "POST /v1/posts"),
+    ("account/verify_token", "010001/verify_token"),
+    ("010002/create_post", "POST /v1/posts"),
+    ("post/create_post", "010002/create_post"),
+    ("publish post.created", "db.transaction"),
+    ("notify process post.created", "publish post.created"),
+    ("010001/audience", "notify process post.created"),
+    ("account/audience", "010001/audience"),
+]
+
 
 class Receiver(Resource):
     """

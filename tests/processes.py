@@ -152,6 +152,20 @@ class TwistdTestCase(TestCase):
         process.transport = transport
         return process
 
+    def allInOne(self, *options: str) -> Twistd:
+        """
+        Start C{twistd -n txplatform} on an ephemeral loopback port, with
+        a data directory of its own; C{ready} gives the port.
+        """
+        return self.spawn(
+            "txplatform",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--data-dir",
+            os.path.abspath(self.mktemp()),
+            *options,
+        )
+
     def client(self) -> HTTPClient:
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)

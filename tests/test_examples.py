@@ -218,13 +218,7 @@ class TutorialTests(TwistdTestCase):
         from .test_readme import blockAfter
 
         requireLikes()
-        process = self.spawn(
-            "txplatform",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            os.path.abspath(self.mktemp()),
-        )
+        process = self.allInOne()
         port = yield process.ready
         [walk] = [b for b in blocks("sh") if "API=http://localhost:8080" in b]
         output = ""

@@ -64,13 +64,7 @@ class CommandTests(TwistdTestCase):
         Every command of the walk-through works against a fresh platform.
         """
         block = blockAfter("## Walk-through")
-        process = self.spawn(
-            "txplatform",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            os.path.abspath(self.mktemp()),
-        )
+        process = self.allInOne()
         port = yield process.ready
         script = block.replace("API=http://localhost:8080", f"API=http://127.0.0.1:{port}")
         self.assertNotEqual(script, block)

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import gatherResults, inlineCallbacks
 
-from ..otlp import receiveTraces
+from ..otlp import CREATED_POST, CREATED_POST_PARENTS, receiveTraces
 from ..support import eventually
 from .cluster import ClusterTestCase
 from .test_cluster import PASSWORD, TwoGatewaysTestCase
@@ -70,17 +70,7 @@ class TraceTests(TwoGatewaysTestCase):
             x_request_id="trace-test-request-1",
         )
         self.assertEqual(status, 201, post)
-        wanted = {
-            "POST /v1/posts": "gateway",
-            "010001/verify_token": "gateway",
-            "account/verify_token": "account",
-            "010002/create_post": "gateway",
-            "post/create_post": "post",
-            "publish post.created": "post",
-            "notify process post.created": "notify",
-            "010001/audience": "notify",
-            "account/audience": "account",
-        }
+        wanted = CREATED_POST
 
         def complete() -> Any:
             spans = self.receiver.trace(CLIENT_TRACE)
@@ -94,16 +84,7 @@ class TraceTests(TwoGatewaysTestCase):
             return self.receiver.parentName(CLIENT_TRACE, name)
 
         self.assertEqual(parent("POST /v1/posts"), CLIENT_SPAN)
-        for child, expected in [
-            ("010001/verify_token", "POST /v1/posts"),
-            ("account/verify_token", "010001/verify_token"),
-            ("010002/create_post", "POST /v1/posts"),
-            ("post/create_post", "010002/create_post"),
-            ("publish post.created", "db.transaction"),
-            ("notify process post.created", "publish post.created"),
-            ("010001/audience", "notify process post.created"),
-            ("account/audience", "010001/audience"),
-        ]:
+        for child, expected in CREATED_POST_PARENTS:
             self.assertEqual(parent(child), expected, child)
         byId = {span.span_id: span for _, span in self.receiver.spans}
         staged = byId[spans["publish post.created"][1].parent_span_id]

@@ -19,7 +19,7 @@ from txplatform.channel.identity import Identity, Peer, TrustStore, writeIdentit
 from txplatform.direct.addresses import AddressBook
 
 from ..amqp.cluster import ClusterTestCase
-from ..otlp import receiveTraces
+from ..otlp import CREATED_POST, CREATED_POST_PARENTS, receiveTraces
 from ..support import eventually
 
 SERVICES = {"account": "010001", "post": "010002", "notify": "010003", "gateway": "010100"}
@@ -135,13 +135,10 @@ class DirectPlatformTests(ClusterTestCase):
         return response.code, (json.loads(content) if content else None)
 
     @inlineCallbacks
-    def test_platform(self) -> Any:
+    def aliceAndBob(self) -> Any:
         """
-        Accounts, sessions, posts and the notifications their events cause
-        all work with calls going directly between the processes.
+        Sign up alice and bob; alice's session.
         """
-        ready = yield self.start()
-        self.gatewayPort = ready[-1]
         for name in ["alice", "bob"]:
             status, body = yield self.request(
                 "POST",
@@ -153,6 +150,17 @@ class DirectPlatformTests(ClusterTestCase):
             "POST", "/v1/sessions", {"username": "alice", "password": "correct horse"}
         )
         self.assertEqual(status, 201, session)
+        return session
+
+    @inlineCallbacks
+    def test_platform(self) -> Any:
+        """
+        Accounts, sessions, posts and the notifications their events cause
+        all work with calls going directly between the processes.
+        """
+        ready = yield self.start()
+        self.gatewayPort = ready[-1]
+        session = yield self.aliceAndBob()
         status, post = yield self.request(
             "POST", "/v1/posts", {"body": "hello @bob"}, token=session["token"]
         )
@@ -194,17 +202,7 @@ class DirectPlatformTests(ClusterTestCase):
         receiver, otlp = receiveTraces(self)
         ready = yield self.start(*otlp)
         self.gatewayPort = ready[-1]
-        for name in ["alice", "bob"]:
-            status, body = yield self.request(
-                "POST",
-                "/v1/accounts",
-                {"username": name, "email": f"{name}@example.com", "password": "correct horse"},
-            )
-            self.assertEqual(status, 201, body)
-        status, session = yield self.request(
-            "POST", "/v1/sessions", {"username": "alice", "password": "correct horse"}
-        )
-        self.assertEqual(status, 201, session)
+        session = yield self.aliceAndBob()
         traceId, clientSpan = "5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7"
         status, post = yield self.request(
             "POST",
@@ -214,17 +212,7 @@ class DirectPlatformTests(ClusterTestCase):
             traceparent=f"00-{traceId}-{clientSpan}-01",
         )
         self.assertEqual(status, 201, post)
-        wanted = {
-            "POST /v1/posts": "gateway",
-            "010001/verify_token": "gateway",
-            "account/verify_token": "account",
-            "010002/create_post": "gateway",
-            "post/create_post": "post",
-            "publish post.created": "post",
-            "notify process post.created": "notify",
-            "010001/audience": "notify",
-            "account/audience": "account",
-        }
+        wanted = CREATED_POST
 
         def complete() -> Any:
             spans = receiver.trace(traceId)
@@ -233,13 +221,5 @@ class DirectPlatformTests(ClusterTestCase):
         spans = yield eventually(complete, timeout=30)
         self.assertEqual({name: spans[name][0] for name in wanted}, wanted)
         self.assertEqual(receiver.parentName(traceId, "POST /v1/posts"), clientSpan)
-        for child, parent in [
-            ("010001/verify_token", "POST /v1/posts"),
-            ("account/verify_token", "010001/verify_token"),
-            ("010002/create_post", "POST /v1/posts"),
-            ("post/create_post", "010002/create_post"),
-            ("notify process post.created", "publish post.created"),
-            ("010001/audience", "notify process post.created"),
-            ("account/audience", "010001/audience"),
-        ]:
+        for child, parent in CREATED_POST_PARENTS:
             self.assertEqual(receiver.parentName(traceId, child), parent, child)

@@ -38,13 +38,7 @@ class BrowserTestCase(TwistdTestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
         requireBrowser()
-        process = self.spawn(
-            "txplatform",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            os.path.abspath(self.mktemp()),
-        )
+        process = self.allInOne()
         port = yield process.ready
         self.base = f"http://127.0.0.1:{port}"
         self.line = Line(reactor, port)
