@@ -29,6 +29,12 @@ const state = {
 
 const stream = new NotificationStream({
   onNotification: (notification) => arrived(notification),
+  // Opened with no notification to resume from: one made between the
+  // session's first look and the stream's start is found by looking again.
+  onCatchUp: async () => {
+    const unread = await call("GET", pagePath("/v1/notifications", null, {unread: "true", limit: 100}));
+    for (const notification of unread.items.slice().reverse()) arrived(notification);
+  },
   onState: (value) => {
     state.streamState = value;
     document.documentElement.dataset.stream = value;

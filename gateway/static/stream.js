@@ -9,11 +9,15 @@ import {call} from "./api.js";
 export class NotificationStream {
   /**
    * onNotification(notification) for each one; onState("connecting" |
-   * "live" | "reconnecting" | "stopped") as the connection goes.
+   * "live" | "reconnecting" | "stopped") as the connection goes;
+   * onCatchUp() once a stream opened with nothing to resume from is live:
+   * what came between the caller's last look and the stream's start is
+   * found only by looking again (the caller drops what it has seen).
    */
-  constructor({onNotification, onState = () => {}}) {
+  constructor({onNotification, onState = () => {}, onCatchUp = async () => {}}) {
     this.onNotification = onNotification;
     this.onState = onState;
+    this.onCatchUp = onCatchUp;
     this.source = null;
     this.timer = null;
     this.failures = 0;
@@ -55,11 +59,13 @@ export class NotificationStream {
     if (this.stopped) return;
     const query = new URLSearchParams({ticket});
     if (this.lastEventId) query.set("last_event_id", this.lastEventId);
+    const resumed = Boolean(this.lastEventId);
     const source = new EventSource(`/v1/notifications/stream?${query}`);
     this.source = source;
     source.addEventListener("open", () => {
       this.failures = 0;
       this.onState("live");
+      if (!resumed) this.onCatchUp().catch(() => {});
     });
     source.addEventListener("notification", (event) => {
       if (event.lastEventId) this.lastEventId = event.lastEventId;

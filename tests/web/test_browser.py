@@ -205,6 +205,35 @@ class TwoPeopleTests(BrowserTestCase):
         )
         self.assertFalse(bob.find("//main//button[normalize-space()='More']").is_displayed())
 
+    def test_droppedBeforeAny(self) -> Any:
+        """
+        Bob, with no notification yet (so nothing to resume from), loses
+        his connection; Alice mentions him meanwhile; once the stream opens
+        again the client looks again, and the mention shows.
+        """
+        return self.inThread(self.droppedBeforeAny)
+
+    def droppedBeforeAny(self) -> None:
+        alice, bob = self.person(), self.person(through=self.line)
+        bob.signUp("bob", PASSWORD, "Bob")
+        alice.signUp("alice", PASSWORD, "Alice")
+        bob.follow("#/notifications", "notifications")
+        bob.waitFor(
+            lambda: bob.script("return document.documentElement.dataset.stream") == "live",
+            "Bob's stream never opened",
+        )
+        blockingCallFromThread(reactor, self.line.cut)
+        bob.waitFor(
+            lambda: bob.script("return document.documentElement.dataset.stream") == "reconnecting",
+            "the stream did not notice the connection drop",
+        )
+        alice.field("New post", "New post").send_keys("While you were away, @bob")
+        alice.submit("New post")
+        alice.find("//article//a[@class='mention']")
+        blockingCallFromThread(reactor, self.line.restore)
+        bob.find("//li[@data-kind='mention']")
+        self.assertEqual(bob.find("//span[@id='unread']/span[@class='count']").text, "1")
+
 
 class OwnAccountTests(BrowserTestCase):
     def test_settingsAndErrors(self) -> None:
