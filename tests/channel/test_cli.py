@@ -112,6 +112,24 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(len(self.errors()), 1)
         self.assertFalse(os.path.exists(identity))
 
+    def test_keygenTrustNotWritten(self) -> None:
+        """
+        keygen whose trust file cannot be written leaves no identity behind
+        (the same command works once the trust file can be written).
+        """
+        identity = self.path("post.json")
+        trust = os.path.join(self.path("missing"), "trust.json")
+        status, out = self.command("keygen", identity, "--service", "post", "--trust", trust)
+        self.assertEqual((status, out), (1, ""))
+        [error] = self.errors()
+        self.assertTrue(
+            error.startswith(f"txplatform-channel: cannot write the trust file {trust}")
+        )
+        self.assertFalse(os.path.exists(identity))
+        os.makedirs(self.path("missing"))
+        status, _ = self.command("keygen", identity, "--service", "post", "--trust", trust)
+        self.assertEqual(status, 0)
+
     def test_cannotWrite(self) -> None:
         """
         A file that cannot be written is named in one line, exit status 1.

@@ -116,14 +116,21 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
             store = _trustFile(options.trust) if options.trust else None
             identity = Identity.generate(options.service)
             _writing("identity file", options.path, writeIdentity, identity)
+            if store is not None:
+                peer = Peer(options.service, identity.public, options.comment)
+                try:
+                    _addTrusted(options.trust, store, peer)
+                except IdentityError:
+                    # Nothing half done: an identity nobody trusts would
+                    # only be refused, and would stop the next try.
+                    os.remove(options.path)
+                    raise
             print(
                 f"wrote {options.path}: service {identity.serviceId.hex},"
                 f" public key {encodeKey(identity.public)}",
                 file=out,
             )
             if store is not None:
-                peer = Peer(options.service, identity.public, options.comment)
-                _addTrusted(options.trust, store, peer)
                 print(f"{options.trust}: trusts it for {options.service.hex}", file=out)
         elif options.command == "trust":
             key = decodeKey(options.key, "--key")
