@@ -361,7 +361,7 @@ def runShape(
     results: dict[str, list[dict[str, Any]]],
     label: str,
     counts: Callable[[], tuple[int, int]],
-    baselines: dict[str, str],
+    baselines: dict[str, tuple[str, CPUMeter]],
 ) -> None:
     perPost = None
     for round in range(arguments.rounds):
@@ -389,11 +389,13 @@ def runShape(
                 + (f", {perPost:.2f} notifications/post" if name == "create a post" else ""),
                 file=sys.stderr,
             )
-        for baseline, url in baselines.items():
-            measured = measure(meter, url, arguments.connections, arguments.duration, None)
+        for baseline, (url, own) in baselines.items():
+            # Its own processes counted, as the platform's are.
+            measured = measure(own, url, arguments.connections, arguments.duration, None)
             results.setdefault(f"{label}|{baseline}", []).append(measured)
             print(
-                f"round {round + 1} {label} {baseline}: {measured['rps']:.0f} req/s",
+                f"round {round + 1} {label} {baseline}: {measured['rps']:.0f} req/s,"
+                f" {measured['cpu_total_ms']:.2f} ms CPU/request",
                 file=sys.stderr,
             )
 
@@ -487,7 +489,20 @@ def main() -> None:
             results,
             "production",
             lambda: countInPostgres(schema),
-            {"Klein + pika (baseline)": f"http://127.0.0.1:{pikaPort}/"},
+            {
+                # The bare app stands where the gateway does, the echo
+                # server where the service does.
+                "Klein + pika (baseline)": (
+                    f"http://127.0.0.1:{pikaPort}/",
+                    CPUMeter(
+                        {
+                            "gateway": lambda pid=bare.pid: [pid],
+                            "post": lambda pid=echo.pid: [pid],
+                            "RabbitMQ": rabbit,
+                        }
+                    ),
+                )
+            },
         )
         for process in started.values():
             process.terminate()
@@ -506,9 +521,13 @@ def main() -> None:
             results,
             "embedded",
             lambda: countInSQLite(dataDir),
-            {"Klein hello world (baseline)": f"http://127.0.0.1:{helloPort}/"},
+            {
+                "Klein hello world (baseline)": (
+                    f"http://127.0.0.1:{helloPort}/",
+                    CPUMeter({"all-in-one": lambda pid=hello.pid: [pid]}),
+                )
+            },
         )
-        del hello, bare, echo
     finally:
         processes.stopAll()
         subprocess.run(
@@ -564,9 +583,13 @@ def render(
             + f" | {sum(sent.values()):g} ({said}) |"
         )
     baseline = "production|Klein + pika (baseline)"
+    counted = results[baseline][0]["cpu_ms"]
     lines += [
         f"| Klein + pika (baseline) | {med(baseline, 'rps'):.0f} | {med(baseline, 'failed'):.0f} |"
-        f" {med(baseline, 'p50'):.1f} | {med(baseline, 'p99'):.1f} | | | | | | | | |",
+        f" {med(baseline, 'p50'):.1f} | {med(baseline, 'p99'):.1f} |"
+        f" **{med(baseline, 'cpu_total_ms'):.2f}** | "
+        + " | ".join(f"{cpu(baseline, p):.2f}" if p in counted else "" for p in production)
+        + " | 2 (a call and its reply) |",
         "",
         "Embedded all-in-one (twistd -n txplatform, SQLite):",
         "",
@@ -575,7 +598,7 @@ def render(
     ]
     for name in [*REQUESTS, "Klein hello world (baseline)"]:
         key = f"embedded|{name}"
-        total = f"{med(key, 'cpu_total_ms'):.2f}" if name in REQUESTS else ""
+        total = f"{med(key, 'cpu_total_ms'):.2f}"
         lines.append(
             f"| {name} | {med(key, 'rps'):.0f} | {med(key, 'failed'):.0f} | {med(key, 'p50'):.1f} |"
             f" {med(key, 'p99'):.1f} | {total} |"
