@@ -4,7 +4,7 @@ joined by a veth pair to a bridge in a namespace of its own (a switch), with
 the addresses the test gives them.  Nothing is added to the machine's own
 namespace: the namespaces are made and removed by the test (C{ip netns}),
 and processes in them reach the machine only through UNIX sockets (files:
-L{Forwarder}).
+L{forwarder}, Twisted's port forwarder given endpoints).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import uuid
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import clientFromString, connectProtocol, serverFromString
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import SkipTest, TestCase
 
 from ..support import inCI
@@ -108,36 +108,18 @@ class Network:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
 
 
-class _Relay(Protocol):
+class _EndpointProxy(ProxyServer):
     """
-    One side of a forwarded connection: what it receives, the other sends.
+    Twisted's port forwarder, connecting to an endpoint (a UNIX socket, say)
+    rather than only to a TCP port.
     """
-
-    other: _Relay | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.other is not None:
-            self.other.transport.write(data)
-
-    def connectionLost(self, reason: Any) -> None:
-        if self.other is not None:
-            self.other.transport.loseConnection()
-            self.other.other = None
-
-
-class _Accepted(_Relay):
-    def __init__(self, target: str) -> None:
-        self._target = target
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
-        d = connectProtocol(clientFromString(reactor, self._target), _Relay())
-
-        def connected(relay: _Relay) -> None:
-            self.other, relay.other = relay, self
-            self.transport.resumeProducing()
-
-        d.addCallbacks(connected, lambda _: self.transport.loseConnection())
+        client = self.clientProtocolFactory()
+        client.setServer(self)
+        d = clientFromString(reactor, self.factory.target).connect(client)
+        d.addErrback(lambda _: self.transport.loseConnection())
 
 
 def forwarder(listen: str, target: str) -> Any:
@@ -146,7 +128,10 @@ def forwarder(listen: str, target: str) -> Any:
     connection to C{target} (a client endpoint string): a Deferred of the
     listening port.
     """
-    return serverFromString(reactor, listen).listen(Factory.forProtocol(lambda: _Accepted(target)))
+    factory = ProxyFactory("", 0)  # where to: the target, not a TCP port
+    factory.protocol = _EndpointProxy
+    factory.target = target
+    return serverFromString(reactor, listen).listen(factory)
 
 
 if __name__ == "__main__":
