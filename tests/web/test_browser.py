@@ -76,6 +76,29 @@ class BrowserTestCase(TwistdTestCase):
 
 
 class TwoPeopleTests(BrowserTestCase):
+    def whileCut(self, person: Person, meanwhile: Any) -> None:
+        """
+        Cut C{person}'s connection (once their stream has noticed), call
+        C{meanwhile()}, and restore it.
+        """
+        blockingCallFromThread(reactor, self.line.cut)
+        person.waitFor(
+            lambda: (
+                person.script("return document.documentElement.dataset.stream") == "reconnecting"
+            ),
+            "the stream did not notice the connection drop",
+        )
+        meanwhile()
+        blockingCallFromThread(reactor, self.line.restore)
+
+    def post(self, author: Person, text: str, shown: str) -> None:
+        """
+        C{author} posts C{text} and waits until her post shows C{shown}.
+        """
+        author.field("New post", "New post").send_keys(text)
+        author.submit("New post")
+        author.find("//article" + shown)
+
     def test_mentionsAndFollows(self) -> Any:
         """
         Alice signs up (after fixing what the API refused, shown beside each
@@ -159,15 +182,14 @@ class TwoPeopleTests(BrowserTestCase):
 
         # Bob's connection drops; Alice posts meanwhile; the stream opens
         # again (a new ticket, last_event_id) and what came is shown.
-        blockingCallFromThread(reactor, self.line.cut)
-        bob.waitFor(
-            lambda: bob.script("return document.documentElement.dataset.stream") == "reconnecting",
-            "the stream did not notice the connection drop",
+        self.whileCut(
+            bob,
+            lambda: self.post(
+                alice,
+                "Posted while Bob was away",
+                "//p[@class='body'][.='Posted while Bob was away']",
+            ),
         )
-        alice.field("New post", "New post").send_keys("Posted while Bob was away")
-        alice.submit("New post")
-        alice.find("//article//p[@class='body'][.='Posted while Bob was away']")
-        blockingCallFromThread(reactor, self.line.restore)
         bob.waitFor(
             lambda: len(bob.findAll("//li[@data-kind='followed_post']")) == 2,
             "what came while offline never arrived",
@@ -222,15 +244,9 @@ class TwoPeopleTests(BrowserTestCase):
             lambda: bob.script("return document.documentElement.dataset.stream") == "live",
             "Bob's stream never opened",
         )
-        blockingCallFromThread(reactor, self.line.cut)
-        bob.waitFor(
-            lambda: bob.script("return document.documentElement.dataset.stream") == "reconnecting",
-            "the stream did not notice the connection drop",
+        self.whileCut(
+            bob, lambda: self.post(alice, "While you were away, @bob", "//a[@class='mention']")
         )
-        alice.field("New post", "New post").send_keys("While you were away, @bob")
-        alice.submit("New post")
-        alice.find("//article//a[@class='mention']")
-        blockingCallFromThread(reactor, self.line.restore)
         bob.find("//li[@data-kind='mention']")
         self.assertEqual(bob.find("//span[@id='unread']/span[@class='count']").text, "1")
 
