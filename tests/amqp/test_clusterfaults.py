@@ -240,7 +240,6 @@ class NodeFaultsUnderLoadTests(TwoGatewaysTestCase):
                 if any(word in line for word in ("AMQP broker", "Connected to", "cancelled")):
                     log.info("{pid}: {line}", pid=process.pid, line=line)
         log.info("figures: {figures}", figures=figures)
-        print("\nfigures:", figures)
 
 
 def _alive(pid: int) -> bool:

@@ -160,10 +160,6 @@ class NodeLossTests(TestCase):
             outcomes=outcomes,
             duplicates=duplicates,
         )
-        print(
-            f"\ncluster start {self.startSeconds:.1f} s, calls again {failover:.2f} s after"
-            f" SIGKILL, calls {outcomes}, {duplicates} duplicate event deliveries"
-        )
         self.assertEqual(unexpected, [])
         self.assertLess(failover, 30)
         for bus in (server, client):
