@@ -386,7 +386,10 @@ def runShape(
             print(
                 f"round {round + 1} {label} {name}: {measured['rps']:.0f} req/s,"
                 f" {measured['cpu_total_ms']:.2f} ms CPU/request, {measured['failed']} not 2xx"
-                + (f", {perPost:.2f} notifications/post" if name == "create a post" else ""),
+                + (f", {perPost:.2f} notifications/post" if name == "create a post" else "")
+                + " ("
+                + ", ".join(f"{process} {ms:.2f}" for process, ms in measured["cpu_ms"].items())
+                + ")",
                 file=sys.stderr,
             )
         for baseline, (url, own) in baselines.items():

@@ -23,8 +23,8 @@ CREATED_POST = {
     "post/create_post": "post",
     "publish post.created": "post",
     "notify process post.created": "notify",
-    "010001/audience": "notify",
-    "account/audience": "account",
+    "010001/audiences": "notify",
+    "account/audiences": "account",
 }
 
 #: The parent of each of those spans that has one in the trace.
@@ -35,8 +35,8 @@ CREATED_POST_PARENTS = [
     ("post/create_post", "010002/create_post"),
     ("publish post.created", "db.transaction"),
     ("notify process post.created", "publish post.created"),
-    ("010001/audience", "notify process post.created"),
-    ("account/audience", "010001/audience"),
+    ("010001/audiences", "notify process post.created"),
+    ("account/audiences", "010001/audiences"),
 ]
 
 

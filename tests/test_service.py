@@ -74,6 +74,94 @@ class Greeter(BusService):
         self.events.append((event, context))
 
 
+class Batcher(BusService):
+    name = "batcher"
+    serviceId = ServiceId.fromHex("0000a3")
+    eventPrefetch = 8
+
+    def __init__(self, bus: Any, clock: Any) -> None:
+        super().__init__(bus, clock)
+        self.batches: list[list[tuple[Named, Any]]] = []
+
+    @handles("named.*", Named, batch=3)
+    def named(self, batch: list[tuple[Named, Any]]) -> None:
+        self.batches.append(batch)
+        if any(event.name == "poison" for event, _ in batch):
+            raise ValueError("cannot take poison")
+
+
+class BatchHandlerTests(SynchronousTestCase):
+    """
+    Handlers declared with C{batch} take the events that arrive together.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.bus = LocalBus(self.clock)
+        self.service = Batcher(self.bus, self.clock)
+        self.service.startService()
+        self.successResultOf(self.service.whenStarted())
+
+    def names(self) -> list[list[str]]:
+        return [[event.name for event, _ in batch] for batch in self.service.batches]
+
+    def test_together(self) -> None:
+        """
+        Events published together reach the handler in batches of at most
+        its size, each with its own context, and are all acknowledged.
+        """
+        for name in "abcde":
+            self.bus.publish("named.x", {"name": name}, origin=Origin(None, f"corr-{name}"))
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.names(), [["a", "b", "c"], ["d", "e"]])
+        self.assertEqual(
+            [context.correlationId for batch in self.service.batches for _, context in batch],
+            [f"corr-{name}" for name in "abcde"],
+        )
+        self.assertEqual(self.bus.pendingEvents("batcher", "named.*"), 0)
+        self.assertEqual(self.bus.deadLetters("batcher"), [])
+
+    def test_poisonAlone(self) -> None:
+        """
+        An event that fails its batch is handled again alone and, failing
+        again, takes the bus's way to the dead letters; the others of its
+        batch are handled.
+        """
+        for name in ["a", "poison", "c"]:
+            self.bus.publish("named.x", {"name": name})
+        for _ in range(100):
+            self.clock.advance(1)
+        [letter] = self.bus.deadLetters("batcher")
+        self.assertIn("cannot take poison", letter.reason)
+        self.assertGreater(letter.attempts, 1)
+        self.flushLoggedErrors(ValueError)
+        handled = [batch for batch in self.names() if "poison" not in batch]
+        self.assertEqual(sorted(handled), [["a"], ["c"]])
+        self.assertEqual(self.bus.pendingEvents("batcher", "named.*"), 0)
+
+    def test_malformedNotBatched(self) -> None:
+        """
+        A malformed event is dead-lettered before it joins a batch.
+        """
+        self.bus.publish("named.x", {"nom": "a"})
+        self.bus.publish("named.x", {"name": "b"})
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.names(), [["b"]])
+        [letter] = self.bus.deadLetters("batcher")
+        self.assertEqual(letter.attempts, 1)
+
+    def test_declaration(self) -> None:
+        """
+        A batch holds at least one event, and only a batch handler lingers.
+        """
+        self.assertRaises(ValueError, handles, "named.*", Named, batch=0)
+        self.assertRaises(ValueError, handles, "named.*", Named, linger=0.1)
+        [spec] = Batcher.eventHandlers()
+        self.assertEqual((spec.batch, spec.linger), (3, 0.0))
+
+
 class ServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()

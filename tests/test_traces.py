@@ -270,8 +270,8 @@ class PlatformTraceTests(SynchronousTestCase):
             ("post/create_post", SpanKind.SERVER, "010002/create_post"),
             ("publish post.created", SpanKind.PRODUCER, "db.transaction"),
             ("notify process post.created", SpanKind.CONSUMER, "publish post.created"),
-            ("010001/audience", SpanKind.CLIENT, "notify process post.created"),
-            ("account/audience", SpanKind.SERVER, "010001/audience"),
+            ("010001/audiences", SpanKind.CLIENT, "notify process post.created"),
+            ("account/audiences", SpanKind.SERVER, "010001/audiences"),
         ]
         for name, kind, parent in chain:
             span = spanNamed(spans, name)
@@ -314,8 +314,8 @@ class PlatformTraceTests(SynchronousTestCase):
             "db.transaction",
             "publish post.created",
             "notify process post.created",
-            "010001/audience",
-            "account/audience",
+            "010001/audiences",
+            "account/audiences",
         ]:
             span = spans[[s.name for s in spans].index(name)]
             self.assertEqual(span.context.trace_state.to_header(), CLIENT_STATE, name)

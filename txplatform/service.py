@@ -47,6 +47,7 @@ from . import traces
 from .context import CallContext, EventContext, Origin, runHandling
 from .database import DatabaseUnavailable, Migration
 from .errors import InvalidArgument, MalformedMessage, ServiceError
+from .eventbatch import EventBatcher
 from .fields import PlainFieldCodec, SealedTable, reindexRows
 from .interfaces import IBus, IDatabase, IFieldCodec, ISubscription, ITransaction
 from .keychecks import KeyChecks, KeyMismatch
@@ -87,6 +88,8 @@ class _HandlerSpec:
     group: str | None
     function: Callable[..., Any]
     private: bool = False
+    batch: int | None = None
+    linger: float = 0.0
 
 
 def rpc(
@@ -122,7 +125,13 @@ def rpc(
 
 
 def handles(
-    pattern: str, eventType: type, *, group: str | None = None, private: bool = False
+    pattern: str,
+    eventType: type,
+    *,
+    group: str | None = None,
+    private: bool = False,
+    batch: int | None = None,
+    linger: float = 0.0,
 ) -> Callable[[Callable], Callable]:
     """
     Declare a handler of events matching C{pattern}, each parsed as an
@@ -133,13 +142,30 @@ def handles(
     @param private: Every replica gets every event, through a subscription
         of its own that lasts as long as the replica (for state each replica
         keeps, such as a cache).
+    @param batch: Handle the events that arrive together in one call, at
+        most this many (and no more than the service's C{eventPrefetch}):
+        the handler is called with a list of C{(event, context)} pairs
+        instead (L{txplatform.eventbatch}).  Each event is acknowledged
+        once its batch is handled; a batch that fails is handled again one
+        event at a time, so that one bad event fails alone.  A batch of
+        several runs outside any one event's trace and handling context:
+        what it causes on behalf of each event, it passes that event's
+        context for (C{context.origin(...)} to L{Outbox.stage}).
+    @param linger: With C{batch}, the seconds a batch's first event waits
+        for others (by default none: a batch is what arrived in one turn of
+        the reactor).
     """
     checkPattern(pattern)
     if private and group is not None:
         raise ValueError("a private handler has no group")
+    if batch is not None and batch < 1:
+        raise ValueError(f"a batch holds at least one event, not {batch}")
+    if linger and batch is None:
+        raise ValueError("only a batch handler lingers")
 
     def decorator(function: Callable) -> Callable:
-        setattr(function, _HANDLER, _HandlerSpec(pattern, eventType, group, function, private))
+        spec = _HandlerSpec(pattern, eventType, group, function, private, batch, linger)
+        setattr(function, _HANDLER, spec)
         return function
 
     return decorator
@@ -441,6 +467,35 @@ class BusService(Service):
         return succeed(None)
 
     def _eventHandler(self, spec: _HandlerSpec) -> Callable[[Any, EventContext], Any]:
+        batcher: EventBatcher[tuple[Any, EventContext, Any]] | None = None
+        if spec.batch is not None:
+
+            def runBatch(items: list[tuple[Any, EventContext, Any]]) -> Any:
+                pairs = [(event, context) for event, context, _ in items]
+                if len(items) > 1:
+                    return spec.function(self, pairs)
+                [(_, context, span)] = items
+                if span is None:
+                    return runHandling(context, spec.function, self, pairs)
+                return runHandling(context, traces.runIn, span, spec.function, self, pairs)
+
+            batcher = EventBatcher(
+                self.clock,
+                runBatch,
+                spec.batch,
+                spec.linger,
+                f"{self.name}.{spec.function.__name__}",
+            )
+
+        def run(event: Any, context: EventContext, span: Any) -> Deferred[Any]:
+            if batcher is not None:
+                return batcher.add((event, context, span))
+            if span is None:
+                return maybeDeferred(runHandling, context, spec.function, self, event, context)
+            return maybeDeferred(
+                runHandling, context, traces.runIn, span, spec.function, self, event, context
+            )
+
         def handle(payload: Any, context: EventContext) -> Any:
             try:
                 event = fromPayload(spec.eventType, payload)
@@ -449,8 +504,7 @@ class BusService(Service):
                 return fail(MalformedMessage(f"{context.event} event: {e.message}", e.details))
             started = self.clock.seconds()
             if not traces.enabled():
-                d = maybeDeferred(runHandling, context, spec.function, self, event, context)
-                return d.addBoth(handled, started)
+                return run(event, context, None).addBoth(handled, started)
             span = traces.startSpan(
                 f"{self.name} process {context.event}",
                 traces.SpanKind.CONSUMER,
@@ -474,10 +528,7 @@ class BusService(Service):
                 traceParent=traces.traceParentOf(span),
                 traceState=traces.traceStateOf(span),
             )
-            d = maybeDeferred(
-                runHandling, context, traces.runIn, span, spec.function, self, event, context
-            )
-            return d.addBoth(handled, started).addBoth(traces.endSpan, span)
+            return run(event, context, span).addBoth(handled, started).addBoth(traces.endSpan, span)
 
         def handled(result: Any, started: float) -> Any:
             outcome = "failed" if isinstance(result, Failure) else "ok"

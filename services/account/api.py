@@ -30,6 +30,9 @@ ACCOUNT_FOLLOWED = "account.followed"
 ACCOUNT_UNFOLLOWED = "account.unfollowed"
 
 
+#: The most authors one L{Audiences} call asks about.
+MAX_AUDIENCES = 100
+
 _USERNAME = re.compile(r"^[a-z0-9_]{3,32}\Z")
 
 #: The schema of a username in a URL path: any case (they match
@@ -215,10 +218,26 @@ class Audience:
     """
     Who a post reaches, in one call: the accounts among C{mentioned} (any
     case) that exist, and the first page of the author's followers (the
-    rest from L{ListFollowers}, with the cursor).
+    rest from L{ListFollowers}, with the cursor).  Notify asks
+    L{Audiences} now; this stays for Notify replicas of earlier releases
+    while a deployment is upgraded.
     """
 
     author_id: str = accountIdField()
+    mentioned: tuple[str, ...] = stringList(usernameLookupField(), maxItems=1000)
+    limit: int = limitField(maximum=1000, default=500)
+
+
+@request(SERVICE_ID, "audiences")
+class Audiences:
+    """
+    Who several posts reach, in one call: the accounts among C{mentioned}
+    (any case, the mentions of all of them) that exist, and the first page
+    of each author's followers (the rest from L{ListFollowers}, with the
+    author's cursor).
+    """
+
+    author_ids: tuple[str, ...] = stringList(accountIdField(), maxItems=MAX_AUDIENCES)
     mentioned: tuple[str, ...] = stringList(usernameLookupField(), maxItems=1000)
     limit: int = limitField(maximum=1000, default=500)
 

@@ -173,6 +173,10 @@ class AccountService(DatabaseService):
     def audience(self, request: api.Audience, context: CallContext) -> Any:
         return self.store.audience(request.author_id, request.mentioned, request.limit)
 
+    @rpc(api.Audiences)
+    def audiences(self, request: api.Audiences, context: CallContext) -> Any:
+        return self.store.audiences(request.author_ids, request.mentioned, request.limit)
+
     @rpc(api.UpdateAccount, idempotent=False)
     @inlineCallbacks
     def update_account(self, request: api.UpdateAccount, context: CallContext) -> Any:

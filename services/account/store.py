@@ -669,6 +669,48 @@ class AccountStore:
             "next": nextCursor,
         }
 
+    def audiences(
+        self, authorIds: Sequence[str], mentioned: Sequence[str], limit: int
+    ) -> Deferred[dict[str, Any]]:
+        """
+        The accounts among C{mentioned} that exist and the first C{limit}
+        followers of each of C{authorIds}, in one transaction (see
+        L{api.Audiences}).
+        """
+        return self._database.runInteraction(self._audiences, authorIds, mentioned, limit)
+
+    def _audiences(
+        self, t: ITransaction, authorIds: Sequence[str], mentioned: Sequence[str], limit: int
+    ) -> dict[str, Any]:
+        accounts = self._resolve(t, mentioned) if mentioned else []
+        authors = sorted(set(authorIds))
+        found: dict[str, list[str]] = {author: [] for author in authors}
+        if authors:
+            # One round trip for every author: each one's first limit + 1
+            # followers (the extra one says whether there are more), each
+            # read from the index and stopped at its limit, which a window
+            # over all of an author's followers would not be.
+            each = (
+                "SELECT * FROM (SELECT followee_id, follower_id FROM account_follows"
+                " WHERE followee_id = ? ORDER BY follower_id LIMIT ?) AS a{}"
+            )
+            t.execute(
+                " UNION ALL ".join(each.format(i) for i in range(len(authors))),
+                [value for author in authors for value in (author, limit + 1)],
+            )
+            for followee, follower in t.fetchall():
+                found[followee].append(follower)
+            for ids in found.values():
+                ids.sort()
+        followers = {}
+        for author, ids in found.items():
+            items, nextCursor = page(ids, limit, lambda i: (i,))
+            followers[author] = {"items": items, "next": nextCursor}
+        return {
+            "mentioned": [{"id": a.id, "username": a.username} for a in accounts],
+            "followers": followers,
+        }
+
     def followers(self, accountId: str, limit: int, after: str | None) -> Deferred[list[str]]:
         """
         Ids of the accounts following C{accountId}, in id order, after C{after}.

@@ -75,63 +75,85 @@ class NotifyService(DatabaseService):
             self.outbox.flush()
         return {"notified": bool(added)}
 
-    @handles(post.POST_CREATED, post.PostCreated)
+    @handles(post.POST_CREATED, post.PostCreated, batch=account.MAX_AUDIENCES)
     @inlineCallbacks
-    def post_created(self, event: post.PostCreated, context: EventContext) -> Any:
+    def post_created(self, batch: list[tuple[post.PostCreated, EventContext]]) -> Any:
+        """
+        Notify whom the posts that arrived together mention, and their
+        authors' followers: one call to Account and one transaction for
+        them all.
+        """
         # A post deleted meanwhile is found out where the notifications are
         # stored (under a lock the deletion takes too): asking first would
         # cost every post a transaction for the few that go at once.
-        recipients: dict[str, str] = {}
-        mentioned = [
-            name for name in mentionedUsernames(event.body) if name != event.author_username
-        ]
-        # One call for the mentions and the first page of followers: what
-        # nearly every post needs.
-        audience = yield self.call(
-            account.Audience(author_id=event.author_id, mentioned=mentioned[:1000], limit=500),
-            context,
+        # Asked on behalf of the event when there is one; a batch's calls
+        # are the batch's own.
+        asking = batch[0][1] if len(batch) == 1 else None
+        mentionsOf = {
+            event.post_id: [
+                name for name in mentionedUsernames(event.body) if name != event.author_username
+            ]
+            for event, _ in batch
+        }
+        mentioned = list(dict.fromkeys(name for names in mentionsOf.values() for name in names))
+        # One call for the mentions and the first page of followers of
+        # every author: what nearly every post needs.
+        audiences = yield self.call(
+            account.Audiences(
+                author_ids=list(dict.fromkeys(event.author_id for event, _ in batch)),
+                mentioned=mentioned[:1000],
+                limit=500,
+            ),
+            asking,
             idempotent=True,
         )
-        for entry in audience["mentioned"]:
-            recipients.setdefault(entry["id"], api.MENTION)
+        accountOf = {entry["username"]: entry["id"] for entry in audiences["mentioned"]}
         for start in range(1000, len(mentioned), 1000):
             found = yield self.call(
                 account.ResolveUsernames(usernames=mentioned[start : start + 1000]),
-                context,
+                asking,
                 idempotent=True,
             )
-            for entry in found["accounts"]:
-                recipients.setdefault(entry["id"], api.MENTION)
-        followers = {"items": audience["followers"], "next": audience["next"]}
-        while True:
-            for followerId in followers["items"]:
-                recipients.setdefault(followerId, api.FOLLOWED_POST)
-            cursor = followers["next"]
-            if cursor is None:
-                break
-            followers = yield self.call(
-                account.ListFollowers(account_id=event.author_id, limit=500, cursor=cursor),
-                context,
-                idempotent=True,
-            )
-        recipients.pop(event.author_id, None)
+            accountOf.update((entry["username"], entry["id"]) for entry in found["accounts"])
+        followersOf: dict[str, list[str]] = {}
+        for author, first in audiences["followers"].items():
+            followers = followersOf[author] = list(first["items"])
+            cursor = first["next"]
+            while cursor is not None:
+                more = yield self.call(
+                    account.ListFollowers(account_id=author, limit=500, cursor=cursor),
+                    asking,
+                    idempotent=True,
+                )
+                followers.extend(more["items"])
+                cursor = more["next"]
         now = nowMillis(self.clock)
-        # Mentions first: they win when a follower is also mentioned.
-        ordered = sorted(recipients.items(), key=lambda item: item[1] != api.MENTION)
-        notifications = [
-            NotificationRow(
-                id=newRecordId(self.clock),
-                recipient_id=recipient,
-                kind=kind,
-                actor_id=event.author_id,
-                actor_username=event.author_username,
-                post_id=event.post_id,
-                created_at=now,
-                read=False,
-            )
-            for recipient, kind in ordered
-        ]
-        added = yield self.store.add(notifications)
+        groups = []
+        for event, context in batch:
+            recipients: dict[str, str] = {}
+            for name in mentionsOf[event.post_id]:
+                if name in accountOf:
+                    recipients.setdefault(accountOf[name], api.MENTION)
+            for followerId in followersOf.get(event.author_id, ()):
+                recipients.setdefault(followerId, api.FOLLOWED_POST)
+            recipients.pop(event.author_id, None)
+            # Mentions first: they win when a follower is also mentioned.
+            ordered = sorted(recipients.items(), key=lambda item: item[1] != api.MENTION)
+            notifications = [
+                NotificationRow(
+                    id=newRecordId(self.clock),
+                    recipient_id=recipient,
+                    kind=kind,
+                    actor_id=event.author_id,
+                    actor_username=event.author_username,
+                    post_id=event.post_id,
+                    created_at=now,
+                    read=False,
+                )
+                for recipient, kind in ordered
+            ]
+            groups.append((notifications, context.origin(self.serviceId)))
+        added = yield self.store.addAll(groups)
         if added:
             self.outbox.flush()
 

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
+from txplatform.context import Origin
 from txplatform.database import Migration
 from txplatform.fields import readableRows
 from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
@@ -132,81 +133,113 @@ class NotifyStore:
             read=bool(isRead),
         )
 
-    def isGone(self, kind: str, ids: Iterable[str]) -> Deferred[bool]:
+    def _gone(self, t: ITransaction, kind: str, ids: Iterable[str]) -> set[str]:
         """
-        Whether any of C{ids} (of C{kind}: C{"post"} or C{"account"}) was
-        deleted.
+        Which of C{ids} (of C{kind}) were deleted.
         """
-        return self._database.runInteraction(self._isGone, kind, list(ids))
-
-    def _isGone(self, t: ITransaction, kind: str, ids: list[str]) -> bool:
-        marks = ", ".join("?" * len(ids))
-        return (
+        wanted = sorted(set(ids))
+        gone: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
             t.execute(
-                f"SELECT 1 FROM notify_tombstones WHERE kind = ? AND id IN ({marks})",
-                (kind, *ids),
-            ).fetchone()
-            is not None
-        )
+                f"SELECT id FROM notify_tombstones WHERE kind = ? AND id IN ({marks})",
+                (kind, *chunk),
+            )
+            gone.update(row[0] for row in t.fetchall())
+        return gone
 
-    def add(self, notifications: list[NotificationRow]) -> Deferred[int]:
+    def add(
+        self, notifications: list[NotificationRow], origin: Origin | None = None
+    ) -> Deferred[int]:
         """
         Store C{notifications} (all about one post, by one actor), skipping
         recipients that already have one for the post and anything about a
         deleted post, actor or recipient.
 
+        @param origin: What the notifications' event is published on behalf
+            of (by default, what is being handled).
         @return: how many were added.
         """
-        return self._database.runInteraction(self._add, notifications)
+        return self.addAll([(notifications, origin)])
 
-    def _add(self, t: ITransaction, notifications: list[NotificationRow]) -> int:
-        if not notifications:
+    def addAll(
+        self, groups: Sequence[tuple[list[NotificationRow], Origin | None]]
+    ) -> Deferred[int]:
+        """
+        L{add} several groups of notifications (each about one post, by one
+        actor) in one transaction, each group announced by an event of its
+        own on behalf of its origin.
+
+        @return: how many were added in all.
+        """
+        return self._database.runInteraction(self._addAll, groups)
+
+    def _addAll(
+        self, t: ITransaction, groups: Sequence[tuple[list[NotificationRow], Origin | None]]
+    ) -> int:
+        groups = [(rows, origin) for rows, origin in groups if rows]
+        if not groups:
             return 0
-        first = notifications[0]
         # With the deletions below: either the tombstone is seen here, or
         # the notification is seen by the deletion.
         t.lock(
-            f"post:{first.post_id}",
-            f"account:{first.actor_id}",
-            *(f"account:{n.recipient_id}" for n in notifications),
+            *(f"post:{rows[0].post_id}" for rows, _ in groups),
+            *(f"account:{rows[0].actor_id}" for rows, _ in groups),
+            *(f"account:{n.recipient_id}" for rows, _ in groups for n in rows),
         )
-        if self._isGone(t, "post", [first.post_id]) or self._isGone(t, "account", [first.actor_id]):
-            return 0
-        added: list[NotificationRow] = []
-        for n in notifications:
-            if self._isGone(t, "account", [n.recipient_id]):
+        deletedPosts = self._gone(t, "post", (rows[0].post_id for rows, _ in groups))
+        deletedAccounts = self._gone(
+            t,
+            "account",
+            {n.actor_id for rows, _ in groups for n in rows}
+            | {n.recipient_id for rows, _ in groups for n in rows},
+        )
+        count = 0
+        for rows, origin in groups:
+            first = rows[0]
+            if first.post_id in deletedPosts or first.actor_id in deletedAccounts:
                 continue
-            t.execute(
-                f"INSERT INTO notifications ({_COLUMNS}, topic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (
-                    n.id,
-                    n.recipient_id,
-                    n.kind,
-                    n.actor_id,
-                    self._fields.seal("notifications", "actor_username", n.id, n.actor_username),
-                    n.post_id,
-                    n.created_at,
-                    n.read,
-                    n.topic or n.post_id,
-                ),
-            )
-            if t.rowcount:
-                added.append(n)
-        # Announced in the same transaction: live streams hear of exactly
-        # the notifications stored.
-        for start in range(0, len(added), api.EVENT_BATCH):
-            self._outbox.stage(
-                t,
-                api.NOTIFICATION_CREATED,
-                {
-                    "notifications": [
-                        {"recipient_id": n.recipient_id, **n.view()}
-                        for n in added[start : start + api.EVENT_BATCH]
-                    ]
-                },
-            )
-        return len(added)
+            added: list[NotificationRow] = []
+            for n in rows:
+                if n.recipient_id in deletedAccounts:
+                    continue
+                t.execute(
+                    f"INSERT INTO notifications ({_COLUMNS}, topic)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (
+                        n.id,
+                        n.recipient_id,
+                        n.kind,
+                        n.actor_id,
+                        self._fields.seal(
+                            "notifications", "actor_username", n.id, n.actor_username
+                        ),
+                        n.post_id,
+                        n.created_at,
+                        n.read,
+                        n.topic or n.post_id,
+                    ),
+                )
+                if t.rowcount:
+                    added.append(n)
+            # Announced in the same transaction: live streams hear of exactly
+            # the notifications stored.
+            for start in range(0, len(added), api.EVENT_BATCH):
+                self._outbox.stage(
+                    t,
+                    api.NOTIFICATION_CREATED,
+                    {
+                        "notifications": [
+                            {"recipient_id": n.recipient_id, **n.view()}
+                            for n in added[start : start + api.EVENT_BATCH]
+                        ]
+                    },
+                    origin,
+                )
+            count += len(added)
+        return count
 
     def forRecipient(
         self, recipientId: str, unread: bool | None, limit: int, before: str | None

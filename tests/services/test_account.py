@@ -782,6 +782,46 @@ class AccountTestsMixin:
         self.assertEqual(alone, {"mentioned": [], "followers": [], "next": None})
 
     @inlineCallbacks
+    def test_audiences(self) -> Any:
+        """
+        One call gives the mentioned accounts that exist and the first page
+        of each author's followers, in follower id order, whose cursors go
+        on with list_followers; an author without followers has an empty
+        page.
+        """
+        star = yield self.register("star")
+        comet = yield self.register("comet")
+        bob = yield self.register("bob")
+        fansOf: dict[str, list[str]] = {star["id"]: [], comet["id"]: []}
+        for n in range(5):
+            fan = yield self.register(f"fan{n}")
+            for idol, name in [(star, "star"), (comet, "comet")][: 2 if n < 2 else 1]:
+                fansOf[idol["id"]].append(fan["id"])
+                yield self.call("follow", account_id=fan["id"], username=name)
+        reached = yield self.call(
+            "audiences",
+            author_ids=[star["id"], comet["id"], bob["id"], star["id"]],
+            mentioned=["BOB", "nobody", "star"],
+            limit=3,
+        )
+        self.assertEqual(
+            sorted(reached["mentioned"], key=lambda a: a["username"]),
+            [{"id": bob["id"], "username": "bob"}, {"id": star["id"], "username": "star"}],
+        )
+        self.assertEqual(set(reached["followers"]), {star["id"], comet["id"], bob["id"]})
+        first = reached["followers"][star["id"]]
+        self.assertEqual(first["items"], sorted(fansOf[star["id"]])[:3])
+        rest = yield self.call(
+            "list_followers", account_id=star["id"], limit=3, cursor=first["next"]
+        )
+        self.assertEqual(first["items"] + rest["items"], sorted(fansOf[star["id"]]))
+        self.assertEqual(
+            reached["followers"][comet["id"]],
+            {"items": sorted(fansOf[comet["id"]]), "next": None},
+        )
+        self.assertEqual(reached["followers"][bob["id"]], {"items": [], "next": None})
+
+    @inlineCallbacks
     def test_eventsOnce(self) -> Any:
         """
         Each change publishes exactly one event, even with the outbox timer

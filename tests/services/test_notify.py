@@ -5,7 +5,7 @@ and Post services beside it on the in-process bus.
 
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 
 from txplatform.context import Origin
 from txplatform.errors import InvalidArgument, NotFound, Unavailable
@@ -154,6 +154,71 @@ class NotifyTestsMixin:
         self.assertEqual(
             correlated, {post.POST_CREATED: "request-7", api.NOTIFICATION_CREATED: "request-7"}
         )
+
+    @inlineCallbacks
+    def test_together(self) -> Any:
+        """
+        Posts that arrive together are handled in one batch: one call to
+        Account for all their mentions and authors' followers, one
+        transaction, and each post's notifications announced by an event
+        of its own, carrying that post's correlation id.
+        """
+        yield self.follow("bob", "alice")
+        yield self.follow("carol", "dave")
+        yield self.settle()
+        asked = []
+        audiences = self.accounts.store.audiences
+
+        def counted(*args: Any) -> Any:
+            asked.append(args)
+            return audiences(*args)
+
+        self.accounts.store.audiences = counted
+        posts = [
+            ("p" * 25 + "1", "alice", "hi @carol"),
+            ("p" * 25 + "2", "dave", "hey"),
+            ("p" * 25 + "3", "alice", "@dave and @BOB"),
+        ]
+        yield gatherResults(
+            [
+                self.bus.publish(
+                    post.POST_CREATED,
+                    {
+                        "post_id": postId,
+                        "author_id": self.ids[author],
+                        "author_username": author,
+                        "body": body,
+                        "created_at": 0,
+                    },
+                    origin=Origin(correlationId=f"request-{postId[-1]}"),
+                )
+                for postId, author, body in posts
+            ]
+        )
+        yield self.settle()
+        self.assertEqual(len(asked), 1)
+        self.assertEqual(sorted(asked[0][0]), sorted({self.ids["alice"], self.ids["dave"]}))
+        self.assertEqual(sorted(asked[0][1]), ["bob", "carol", "dave"])
+        self.assertEqual(
+            (yield self.kinds("carol")), [("followed_post", "dave"), ("mention", "alice")]
+        )
+        self.assertEqual(
+            (yield self.kinds("bob")), [("followed_post", "alice"), ("mention", "alice")]
+        )
+        self.assertEqual((yield self.kinds("dave")), [("mention", "alice")])
+        self.assertEqual((yield self.kinds("alice")), [])
+        yield self.notify.outbox.flush()
+        announced = yield eventually(
+            lambda: (
+                len(self.recorder.named(api.NOTIFICATION_CREATED)) == 3
+                and {
+                    payload["notifications"][0]["post_id"]: context.correlationId
+                    for event, payload, context in self.recorder.events
+                    if event == api.NOTIFICATION_CREATED
+                }
+            )
+        )
+        self.assertEqual(announced, {postId: f"request-{postId[-1]}" for postId, _, _ in posts})
 
     @inlineCallbacks
     def test_redelivery(self) -> Any:
@@ -312,14 +377,15 @@ class FlakyAccountTests(SQLiteMixin, ServiceTestCase):
         """
         failures = [2]
 
-        def audience(payload: Any, context: Any) -> Any:
+        def audiences(payload: Any, context: Any) -> Any:
             if failures[0]:
                 failures[0] -= 1
                 raise Unavailable("account database is restarting")
             bob = {"id": "01bbbbbbbbbbbbbbbbbbbbbbbb", "username": "bob"}
-            return {"mentioned": [bob], "followers": [], "next": None}
+            followers = {author: {"items": [], "next": None} for author in payload["author_ids"]}
+            return {"mentioned": [bob], "followers": followers}
 
-        yield self.bus.serve(account.SERVICE_ID, {"audience": audience})
+        yield self.bus.serve(account.SERVICE_ID, {"audiences": audiences})
         yield self.startNotify()
         yield self.bus.publish(
             post.POST_CREATED,

@@ -59,14 +59,16 @@ class HarnessTests(SynchronousTestCase):
         harness = self.harness()
         alice, bob, carol = (c * 26 for c in "abc")
 
-        def audience(request: account.Audience) -> dict:
+        def audiences(request: account.Audiences) -> dict:
             return {
                 "mentioned": [{"id": bob, "username": n} for n in request.mentioned],
-                "followers": [carol] if request.author_id == alice else [],
-                "next": None,
+                "followers": {
+                    author: {"items": [carol] if author == alice else [], "next": None}
+                    for author in request.author_ids
+                },
             }
 
-        harness.fake({account.Audience: audience})
+        harness.fake({account.Audiences: audiences})
         harness.startService("notify")
         harness.publish(
             post.POST_CREATED,
@@ -132,11 +134,16 @@ class FollowersPagesTests(SynchronousTestCase):
             more = start + request.limit < len(followers)
             return {"items": items, "next": str(start + request.limit) if more else None}
 
-        def audience(request: account.Audience) -> dict:
-            first = page(account.ListFollowers(account_id=request.author_id, limit=request.limit))
-            return {"mentioned": [], "followers": first["items"], "next": first["next"]}
+        def audiences(request: account.Audiences) -> dict:
+            return {
+                "mentioned": [],
+                "followers": {
+                    author: page(account.ListFollowers(account_id=author, limit=request.limit))
+                    for author in request.author_ids
+                },
+            }
 
-        harness.fake({account.ListFollowers: page, account.Audience: audience})
+        harness.fake({account.ListFollowers: page, account.Audiences: audiences})
         harness.startService("notify")
         harness.publish(
             post.POST_CREATED,
