@@ -33,6 +33,9 @@ class NotifyService(DatabaseService):
     serviceId = api.SERVICE_ID
     migrations = MIGRATIONS
     sealed = [SealedTable("notifications", "id", ["actor_username"])]
+    #: Enough events in hand for post.created's batches to fill up when
+    #: posts come faster than they are handled.
+    eventPrefetch = account.MAX_AUDIENCES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -11,7 +11,12 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 
-from txplatform_services.account.passwords import Argon2Parameters, PasswordHasher
+from txplatform_services.account.passwords import (
+    HASHING_CPU_SECONDS,
+    HASHINGS,
+    Argon2Parameters,
+    PasswordHasher,
+)
 
 
 class PasswordHasherTests(TestCase):
@@ -35,6 +40,30 @@ class PasswordHasherTests(TestCase):
         self.assertTrue((yield hasher.verify(encoded, "correct horse")))
         self.assertFalse((yield hasher.verify(encoded, "wrong horse")))
         self.assertFalse(hasher.needsRehash(encoded))
+
+    @inlineCallbacks
+    def test_cpuCounted(self) -> Any:
+        """
+        Each hash and verification is counted, with the CPU time its thread
+        spent on it: at the default cost, milliseconds of it.
+        """
+
+        def counted(operation: str) -> tuple[float, float]:
+            return (
+                HASHINGS.labels(operation)._value.get(),
+                HASHING_CPU_SECONDS.labels(operation)._value.get(),
+            )
+
+        hasher = self.hasher()
+        before = {operation: counted(operation) for operation in ("hash", "verify")}
+        encoded = yield hasher.hash("correct horse")
+        yield hasher.verify(encoded, "correct horse")
+        yield hasher.verify(encoded, "wrong horse")
+        yield hasher.verifyNothing("anything")
+        for operation, count in [("hash", 1), ("verify", 3)]:
+            done, cpu = counted(operation)
+            self.assertEqual(done - before[operation][0], count)
+            self.assertGreater(cpu - before[operation][1], 0.001 * count)
 
     @inlineCallbacks
     def test_default(self) -> Any:
@@ -97,7 +126,7 @@ class PasswordHasherTests(TestCase):
         """
         hasher = self.hasher(Argon2Parameters.cheapest(), concurrency=2)
         names = yield gatherResults(
-            [hasher._inThread(lambda: threading.current_thread().name) for _ in range(20)]
+            [hasher._inThread("hash", lambda: threading.current_thread().name) for _ in range(20)]
         )
         self.assertEqual(len(names), 20)
         self.assertLessEqual(len(set(names)), 2)
