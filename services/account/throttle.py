@@ -177,20 +177,22 @@ class LoginThrottle:
                 {"retry_after": wait},
             )
         lapsed = now - int(self.window * 1000)
-        counts = {}
-        for key in everything:
-            # One statement per key: concurrent failures from other
-            # gateways queue on the row instead of losing a count.
-            transaction.execute(
-                f"INSERT INTO {TABLE} (key, failures, blocked_until, updated_at)"
-                " VALUES (?, 1, 0, ?) ON CONFLICT (key) DO UPDATE SET"
-                f" failures = CASE WHEN {TABLE}.updated_at >= ? THEN {TABLE}.failures + 1"
-                " ELSE 1 END, updated_at = ? RETURNING failures",
-                (key, now, lapsed, now),
-            )
-            (counts[key],) = transaction.fetchone()
+        # One upsert counts every key (an upsert, not a read and a write:
+        # concurrent failures from other gateways queue on the rows instead
+        # of losing a count), in key order, as the locks above are taken.
+        ordered = sorted(set(everything))
+        transaction.execute(
+            f"INSERT INTO {TABLE} (key, failures, blocked_until, updated_at) VALUES "
+            + ", ".join("(?, 1, 0, ?)" for _ in ordered)
+            + " ON CONFLICT (key) DO UPDATE SET"
+            f" failures = CASE WHEN {TABLE}.updated_at >= ? THEN {TABLE}.failures + 1"
+            " ELSE 1 END, updated_at = ? RETURNING key, failures",
+            (*(value for key in ordered for value in (key, now)), lapsed, now),
+        )
+        counts = {bytes(key): failures for key, failures in transaction.fetchall()}
+        for key in keys.hard:
             delay = self.delay(counts[key])
-            if delay and key in keys.hard:
+            if delay:
                 transaction.execute(
                     f"UPDATE {TABLE} SET blocked_until = ? WHERE key = ?",
                     (now + int(delay * 1000), key),
