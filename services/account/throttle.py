@@ -289,6 +289,11 @@ class LoginThrottle:
         return self._database.runInteraction(self._succeeded, keys)
 
     def _succeeded(self, transaction: ITransaction, keys: AttemptKeys) -> None:
+        # Under the locks a reservation takes (the same keys, the same
+        # order): rows this deletes and updates are not waited on by a
+        # reservation that holds others of them, the deadlock PostgreSQL
+        # found when the two took the rows in different orders.
+        transaction.lock(*(key.hex() for key in keys.hard + keys.soft))
         cleared = [k for k in keys.hard + keys.soft if k != keys.client]
         marks = ", ".join("?" * len(cleared))
         transaction.execute(f"DELETE FROM {TABLE} WHERE key IN ({marks})", cleared)

@@ -126,6 +126,25 @@ class ThrottleTestsMixin:
         yield self.login("alice", PASSWORD)
 
     @inlineCallbacks
+    def test_concurrentLoginsSettle(self) -> Any:
+        """
+        Logins of the same accounts from one address, as fast as the
+        database takes them, all get in: one attempt's settlement (clearing
+        the account's counts, giving the address its reservation back)
+        never deadlocks with the next attempt's reservation of the same
+        rows.
+        """
+        for _ in range(4):
+            results = yield gatherResults(
+                [
+                    self.login(name, PASSWORD).addErrback(lambda f: f.value)
+                    for _ in range(12)
+                    for name in ("alice", "bob")
+                ]
+            )
+            self.assertEqual([r for r in results if not isinstance(r, dict)], [])
+
+    @inlineCallbacks
     def test_ownerNotLockedOut(self) -> Any:
         """
         Guesses at an account from many addresses cannot lock its owner
