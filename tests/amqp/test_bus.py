@@ -20,6 +20,8 @@ from zope.interface.verify import verifyObject
 
 from txplatform.amqp import frames
 from txplatform.amqp.bus import (
+    CALLS_CHANNEL,
+    CHANNEL,
     EVENTS_EXCHANGE,
     REPLY_TO,
     RPC_EXCHANGE,
@@ -59,7 +61,7 @@ def rawCall(client: AMQPBus, service: ServiceId, messageId: str, **properties: A
     connection, with C{properties} as given: what another client could send.
     """
     client._protocol.publish(
-        1,
+        CALLS_CHANNEL,
         RPC_EXCHANGE,
         service.hex,
         Properties(message_id=messageId, correlation_id=messageId, type="work", **properties),
@@ -263,6 +265,28 @@ class CallTests(BrokerTestCase):
         release.callback(None)
         self.assertEqual((yield held), "first")
         yield stopped
+
+    @inlineCallbacks
+    def test_callsUnconfirmed(self) -> Any:
+        """
+        Calls and replies go without publisher confirms (a reply, a return
+        or the deadline settles a call): the broker confirms none of them,
+        while events are still confirmed.
+        """
+        service = self.newServiceId()
+        server = yield self.makeBus()
+        yield server.serve(service, {"work": lambda p, c: {"ok": True}})
+        client = yield self.makeBus()
+        for bus in (client, server):
+            self.assertNotIn(CALLS_CHANNEL, bus._protocol._publishSequence)
+        confirmed = {bus: bus._protocol._publishSequence[CHANNEL] for bus in (client, server)}
+        for _ in range(3):
+            self.assertEqual((yield client.call(service, "work", {})), {"ok": True})
+        self.assertEqual(
+            {bus: bus._protocol._publishSequence[CHANNEL] for bus in (client, server)}, confirmed
+        )
+        yield client.publish("test.unconfirmed-calls", {})
+        self.assertEqual(client._protocol._publishSequence[CHANNEL], confirmed[client] + 1)
 
     @inlineCallbacks
     def test_untrustedHeaders(self) -> Any:

@@ -90,6 +90,12 @@ DEAD_EXCHANGE = "txplatform.dead"
 REPLY_TO = "amq.rabbitmq.reply-to"
 SCHEMA_VERSION = 1
 CHANNEL = 1
+# Calls and their replies: a channel without publisher confirms.  A call is
+# answered, or returned as unroutable, or times out by its deadline: a
+# confirm would tell its caller nothing more, and would cost the broker a
+# frame each way (two per call, half a read's messages).  Direct reply-to
+# wants the calls published on the channel that consumes the replies.
+CALLS_CHANNEL = 2
 
 
 def rpcQueue(service: ServiceId) -> str:
@@ -881,8 +887,10 @@ class AMQPBus(Service):
         yield channel.exchange_declare(exchange=DEAD_EXCHANGE, type="direct", durable=True)
         yield channel.confirm_select()
         protocol.startConfirming(CHANNEL)
+        calls = yield protocol.channel(CALLS_CHANNEL)
+        yield calls.channel_open()
         protocol.onDeliver["replies"] = self._replied
-        yield channel.basic_consume(queue=REPLY_TO, consumer_tag="replies", no_ack=True)
+        yield calls.basic_consume(queue=REPLY_TO, consumer_tag="replies", no_ack=True)
         # Usable from here on: messages delivered to the consumers started
         # below are answered at once, on this connection.
         self._protocol, self._channel = protocol, channel
@@ -1141,7 +1149,12 @@ class AMQPBus(Service):
         assert protocol is not None
         call.sentOn = protocol
         protocol.publish(
-            CHANNEL, RPC_EXCHANGE, call.service.hex, call.properties, call.data, mandatory=True
+            CALLS_CHANNEL,
+            RPC_EXCHANGE,
+            call.service.hex,
+            call.properties,
+            call.data,
+            mandatory=True,
         )
 
     def _replied(self, delivery: Delivery) -> None:
@@ -1189,7 +1202,7 @@ class AMQPBus(Service):
                 "x-schema": SCHEMA_VERSION,
             },
         )
-        protocol.publish(CHANNEL, "", replyTo, properties, data)
+        protocol.publish(CALLS_CHANNEL, "", replyTo, properties, data)
 
     def serve(
         self,
