@@ -26,13 +26,14 @@ class EventBatcherTests(SynchronousTestCase):
         self.answers.append(d)
         return d
 
-    def batcher(self, size: int = 10, linger: float = 0.0) -> EventBatcher[str]:
-        return EventBatcher(self.clock, self.handle, size, linger, "test.handler")
+    def batcher(self, size: int = 10, concurrency: int = 1) -> EventBatcher[str]:
+        return EventBatcher(self.clock, self.handle, size, concurrency, "test.handler")
 
     def test_oneTurn(self) -> None:
         """
-        What arrives within one turn of the reactor is one batch, run in the
-        next turn; each item's Deferred fires once the batch is handled.
+        What arrives within one turn of the reactor, while no batch is
+        under way, is one batch, run in the next turn; each item's Deferred
+        fires once the batch is handled.
         """
         batcher = self.batcher()
         done = [batcher.add(item) for item in "abc"]
@@ -47,30 +48,53 @@ class EventBatcherTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.batches[1:], [["d"]])
 
-    def test_full(self) -> None:
+    def test_gatherWhileBusy(self) -> None:
         """
-        A batch that reaches its size runs at once; the items after it wait
-        for the next.
+        Items that arrive while a batch is under way wait for it, however
+        many turns go by, and go together in the next as soon as it ends;
+        with more than C{size} of them, in batches of C{size} one after
+        the other.
         """
-        batcher = self.batcher(size=2)
-        for item in "abc":
-            batcher.add(item)
-        self.assertEqual(self.batches, [["a", "b"]])
+        batcher = self.batcher(size=3)
+        first = batcher.add("a")
         self.clock.advance(0)
-        self.assertEqual(self.batches, [["a", "b"], ["c"]])
+        later = []
+        for item in "bcdef":
+            later.append(batcher.add(item))
+            self.clock.advance(1)
+        self.assertEqual(self.batches, [["a"]])
+        self.answers[0].callback(None)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertEqual(self.batches, [["a"], ["b", "c", "d"]])
+        self.answers[1].callback(None)
+        self.assertEqual(self.batches[2:], [["e", "f"]])
+        self.answers[2].callback(None)
+        for d in later:
+            self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_linger(self) -> None:
+    def test_concurrency(self) -> None:
         """
-        With C{linger}, a batch's first item waits that long for others.
+        With C{concurrency}, that many batches may be under way at once.
         """
-        batcher = self.batcher(linger=0.5)
-        batcher.add("a")
-        self.clock.advance(0.25)
-        batcher.add("b")
-        self.assertEqual(self.batches, [])
-        self.clock.advance(0.25)
+        batcher = self.batcher(size=2, concurrency=2)
+        for item in "abcde":
+            batcher.add(item)
+        self.assertEqual(self.batches, [["a", "b"], ["c", "d"]])
+        self.clock.advance(0)
+        self.assertEqual(len(self.batches), 2)
+        self.answers[1].callback(None)
+        self.assertEqual(self.batches[2:], [["e"]])
+
+    def test_full(self) -> None:
+        """
+        A batch that reaches its size runs at once.
+        """
+        batcher = self.batcher(size=2)
+        for item in "ab":
+            batcher.add(item)
         self.assertEqual(self.batches, [["a", "b"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_failedAlone(self) -> None:
         """
@@ -122,7 +146,7 @@ class EventBatcherTests(SynchronousTestCase):
 
     def test_invalid(self) -> None:
         """
-        A batch holds at least one item, and lingers for no negative time.
+        A batch holds at least one item, and at least one batch runs.
         """
         self.assertRaises(ValueError, EventBatcher, self.clock, self.handle, 0)
-        self.assertRaises(ValueError, EventBatcher, self.clock, self.handle, 1, -1.0)
+        self.assertRaises(ValueError, EventBatcher, self.clock, self.handle, 1, 0)

@@ -154,12 +154,11 @@ class BatchHandlerTests(SynchronousTestCase):
 
     def test_declaration(self) -> None:
         """
-        A batch holds at least one event, and only a batch handler lingers.
+        A batch holds at least one event.
         """
         self.assertRaises(ValueError, handles, "named.*", Named, batch=0)
-        self.assertRaises(ValueError, handles, "named.*", Named, linger=0.1)
         [spec] = Batcher.eventHandlers()
-        self.assertEqual((spec.batch, spec.linger), (3, 0.0))
+        self.assertEqual(spec.batch, 3)
 
 
 class ServiceTests(SynchronousTestCase):

@@ -89,7 +89,6 @@ class _HandlerSpec:
     function: Callable[..., Any]
     private: bool = False
     batch: int | None = None
-    linger: float = 0.0
 
 
 def rpc(
@@ -131,7 +130,6 @@ def handles(
     group: str | None = None,
     private: bool = False,
     batch: int | None = None,
-    linger: float = 0.0,
 ) -> Callable[[Callable], Callable]:
     """
     Declare a handler of events matching C{pattern}, each parsed as an
@@ -145,26 +143,24 @@ def handles(
     @param batch: Handle the events that arrive together in one call, at
         most this many (and no more than the service's C{eventPrefetch}):
         the handler is called with a list of C{(event, context)} pairs
-        instead (L{txplatform.eventbatch}).  Each event is acknowledged
-        once its batch is handled; a batch that fails is handled again one
-        event at a time, so that one bad event fails alone.  A batch of
-        several runs outside any one event's trace and handling context:
-        what it causes on behalf of each event, it passes that event's
-        context for (C{context.origin(...)} to L{Outbox.stage}).
-    @param linger: With C{batch}, the seconds a batch's first event waits
-        for others (by default none: a batch is what arrived in one turn of
-        the reactor).
+        instead (L{txplatform.eventbatch}).  One batch runs at a time: the
+        events that arrive while it does go together in the next, as soon
+        as it ends.  Each event is acknowledged once its batch is handled;
+        a batch that fails is handled again one event at a time, so that
+        one bad event fails alone.  A batch of several runs outside any one
+        event's trace and handling context: what it causes on behalf of
+        each event, it passes that event's context for
+        (C{context.origin(...)} to L{Outbox.stage}).  It must not wait for
+        events it handles itself.
     """
     checkPattern(pattern)
     if private and group is not None:
         raise ValueError("a private handler has no group")
     if batch is not None and batch < 1:
         raise ValueError(f"a batch holds at least one event, not {batch}")
-    if linger and batch is None:
-        raise ValueError("only a batch handler lingers")
 
     def decorator(function: Callable) -> Callable:
-        spec = _HandlerSpec(pattern, eventType, group, function, private, batch, linger)
+        spec = _HandlerSpec(pattern, eventType, group, function, private, batch)
         setattr(function, _HANDLER, spec)
         return function
 
@@ -480,11 +476,7 @@ class BusService(Service):
                 return runHandling(context, traces.runIn, span, spec.function, self, pairs)
 
             batcher = EventBatcher(
-                self.clock,
-                runBatch,
-                spec.batch,
-                spec.linger,
-                f"{self.name}.{spec.function.__name__}",
+                self.clock, runBatch, spec.batch, describe=f"{self.name}.{spec.function.__name__}"
             )
 
         def run(event: Any, context: EventContext, span: Any) -> Deferred[Any]:
