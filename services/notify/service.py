@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from txplatform.context import CallContext, EventContext
-from txplatform.errors import NotFound
+from txplatform.errors import NotFound, UnknownMethod
 from txplatform.fields import SealedTable
 from txplatform.pagination import decodeCursor, page
 from txplatform.recordid import newRecordId
@@ -101,15 +101,17 @@ class NotifyService(DatabaseService):
         mentioned = list(dict.fromkeys(name for names in mentionsOf.values() for name in names))
         # One call for the mentions and the first page of followers of
         # every author: what nearly every post needs.
-        audiences = yield self.call(
-            account.Audiences(
-                author_ids=list(dict.fromkeys(event.author_id for event, _ in batch)),
-                mentioned=mentioned[:1000],
-                limit=500,
-            ),
-            asking,
-            idempotent=True,
-        )
+        authors = list(dict.fromkeys(event.author_id for event, _ in batch))
+        try:
+            audiences = yield self.call(
+                account.Audiences(author_ids=authors, mentioned=mentioned[:1000], limit=500),
+                asking,
+                idempotent=True,
+            )
+        except UnknownMethod:
+            # An Account replica of an earlier release, while a deployment
+            # is upgraded: ask it author by author.
+            audiences = yield self._audiencesOneByOne(authors, mentioned[:1000], asking)
         accountOf = {entry["username"]: entry["id"] for entry in audiences["mentioned"]}
         for start in range(1000, len(mentioned), 1000):
             found = yield self.call(
@@ -159,6 +161,31 @@ class NotifyService(DatabaseService):
         added = yield self.store.addAll(groups)
         if added:
             self.outbox.flush()
+
+    @inlineCallbacks
+    def _audiencesOneByOne(
+        self, authors: list[str], mentioned: list[str], asking: EventContext | None
+    ) -> Any:
+        """
+        What L{account.Audiences} answers, from L{account.Audience} calls:
+        one per author, the mentions with the first.
+        """
+        found: dict[str, Any] = {"mentioned": [], "followers": {}}
+        for index, author in enumerate(authors):
+            audience = yield self.call(
+                account.Audience(
+                    author_id=author, mentioned=mentioned if index == 0 else [], limit=500
+                ),
+                asking,
+                idempotent=True,
+            )
+            if index == 0:
+                found["mentioned"] = audience["mentioned"]
+            found["followers"][author] = {
+                "items": audience["followers"],
+                "next": audience["next"],
+            }
+        return found
 
     @handles(post.POST_DELETED, post.PostDeleted)
     def post_deleted(self, event: post.PostDeleted, context: EventContext) -> Any:

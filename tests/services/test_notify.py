@@ -364,6 +364,66 @@ class PostgresNotifyTests(PostgresMixin, NotifyTestsMixin, ServiceTestCase):
     pass
 
 
+class EarlierAccountTests(SQLiteMixin, ServiceTestCase):
+    """
+    During an upgrade, Notify may find an Account of the release before,
+    which knows no account.audiences.
+    """
+
+    @inlineCallbacks
+    def test_audienceOneByOne(self) -> Any:
+        """
+        Notify asks such an Account author by author (account.audience),
+        the mentions with the first, and notifies the same accounts.
+        """
+        bob, carol, dave = ("01" + c * 24 for c in "bcd")
+        asked = []
+
+        def audience(payload: Any, context: Any) -> Any:
+            asked.append(payload)
+            mentioned = [{"id": bob, "username": "bob"}] if "bob" in payload["mentioned"] else []
+            fans = {"01" + "a" * 24: [carol], "01" + "e" * 24: [dave]}
+            return {
+                "mentioned": mentioned,
+                "followers": fans.get(payload["author_id"], []),
+                "next": None,
+            }
+
+        yield self.bus.serve(account.SERVICE_ID, {"audience": audience})
+        yield self.startNotify()
+        yield gatherResults(
+            [
+                self.bus.publish(
+                    post.POST_CREATED,
+                    {
+                        "post_id": "01" + postId * 24,
+                        "author_id": "01" + author * 24,
+                        "author_username": name,
+                        "body": body,
+                        "created_at": 0,
+                    },
+                )
+                for postId, author, name, body in [
+                    ("p", "a", "alice", "hi @bob"),
+                    ("q", "e", "erin", "hello"),
+                ]
+            ]
+        )
+
+        def kinds(who: str) -> Any:
+            d = self.bus.call(api.SERVICE_ID, "list_notifications", {"account_id": who})
+            return d.addCallback(lambda page: sorted(n["kind"] for n in page["items"]))
+
+        self.assertEqual((yield eventually(lambda: kinds(bob))), ["mention"])
+        self.assertEqual((yield eventually(lambda: kinds(carol))), ["followed_post"])
+        self.assertEqual((yield eventually(lambda: kinds(dave))), ["followed_post"])
+        self.assertEqual(
+            sorted((a["author_id"][-1], a["mentioned"]) for a in asked),
+            [("a", ["bob"]), ("e", [])],
+        )
+        self.assertEqual(self.bus.deadLetters(), [])
+
+
 class FlakyAccountTests(SQLiteMixin, ServiceTestCase):
     """
     Notify depends on Account; when Account fails, the event is retried,
