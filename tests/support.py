@@ -10,7 +10,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import jsonschema
 from twisted.internet import reactor
@@ -62,6 +62,17 @@ def inCI() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def missing(reason: str, inCIToo: str = "") -> NoReturn:
+    """
+    Stop a test that lacks something it needs: a skip that says C{reason},
+    except in CI, where what it needs is part of the job, so its absence
+    is a failure (with C{inCIToo} added, where that says more).
+    """
+    if inCI():
+        raise AssertionError(reason + inCIToo)
+    raise SkipTest(reason)
+
+
 _postgresProblem: list[str | None] = []
 
 
@@ -90,9 +101,10 @@ def requirePostgres() -> None:
     if problem is None:
         return
     message = f"PostgreSQL at {POSTGRES_URL} is not reachable ({problem})"
-    if inCI():
-        raise AssertionError(message + "; CI must run the PostgreSQL tests")
-    raise SkipTest(message + "; set TXPLATFORM_TEST_POSTGRES or start the server")
+    missing(
+        message + "; set TXPLATFORM_TEST_POSTGRES or start the server",
+        ", and CI must run the PostgreSQL tests",
+    )
 
 
 def dropSchema(schema: str) -> None:
@@ -196,9 +208,10 @@ def requireBroker() -> None:
     if problem is None:
         return
     message = f"RabbitMQ at {BROKER_URL} is not reachable ({problem})"
-    if inCI():
-        raise AssertionError(message + "; CI must run the broker tests")
-    raise SkipTest(message + "; set TXPLATFORM_TEST_AMQP or start the broker")
+    missing(
+        message + "; set TXPLATFORM_TEST_AMQP or start the broker",
+        ", and CI must run the broker tests",
+    )
 
 
 def keyFiles(directory: str, period: float = 3600.0) -> dict[str, str]:

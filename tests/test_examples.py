@@ -16,22 +16,21 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import SkipTest
 
 from txplatform.catalogue import installedServices
 
 from .amqp.cluster import ClusterTestCase
 from .processes import SERVING, Twistd, TwistdTestCase, callJSON, runShell
-from .support import eventually, inCI
+from .support import eventually, missing
 
 
 def requireLikes() -> None:
     if "likes" in installedServices():
         return
-    reason = "examples/likes is not installed (pip install --no-deps ./examples/likes)"
-    if inCI():
-        raise AssertionError(reason + ": .ci/run installs it")
-    raise SkipTest(reason)
+    missing(
+        "examples/likes is not installed (pip install --no-deps ./examples/likes)",
+        ": .ci/run installs it",
+    )
 
 
 class LikesFlow:

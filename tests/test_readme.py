@@ -15,10 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import SkipTest
 
 from .processes import CHECKOUT, TwistdTestCase, callJSON, runShell
-from .support import BROKER_URL, eventually, inCI, requireBroker, requirePostgres
+from .support import BROKER_URL, eventually, missing, requireBroker, requirePostgres
 
 
 def readme() -> str:
@@ -116,16 +115,10 @@ class ProductionTests(TwistdTestCase):
 
         for tool in ["rabbitmqctl", "psql", "createdb"]:
             if shutil.which(tool) is None:
-                reason = f"{tool} is not on the PATH: the production block needs it"
-                if inCI():
-                    raise AssertionError(reason)
-                raise SkipTest(reason)
+                missing(f"{tool} is not on the PATH: the production block needs it")
         venv = sys.prefix
         if not os.path.exists(os.path.join(venv, "bin", "txplatform-keys")):
-            reason = f"txplatform is not installed in {venv} (the README's install command)"
-            if inCI():
-                raise AssertionError(reason)
-            raise SkipTest(reason)
+            missing(f"txplatform is not installed in {venv} (the README's install command)")
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         os.symlink(venv, os.path.join(self.directory, ".venv"))

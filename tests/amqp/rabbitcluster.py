@@ -21,10 +21,9 @@ from typing import Any
 
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SkipTest
 
 from ..processes import CHECKOUT
-from ..support import inCI
+from ..support import missing
 
 SCRIPT = os.path.join(CHECKOUT, "deploy", "rabbitmq-cluster.sh")
 
@@ -49,9 +48,7 @@ def requireCluster() -> None:
     problem = clusterProblem()
     if problem is None:
         return
-    if inCI():
-        raise AssertionError(problem + "; CI must run the cluster tests")
-    raise SkipTest(problem)
+    missing(problem, "; CI must run the cluster tests")
 
 
 def _portsFree(ports: list[int]) -> bool:
