@@ -235,6 +235,8 @@ class DatabaseTestsMixin:
 
         def first(t: Any) -> None:
             t.lock("thing:a", "thing:b")
+            # Taken by the time the next statement has run.
+            t.execute("SELECT 1")
             events.append("first locked")
             locked.set()
             release.wait(10)
@@ -244,6 +246,7 @@ class DatabaseTestsMixin:
         def second(t: Any) -> None:
             locked.wait(10)
             t.lock("thing:b")
+            t.execute("SELECT 1")
             events.append("second locked")
             t.execute("INSERT INTO things (id, name) VALUES (?, ?)", ("b", "second"))
 
@@ -269,6 +272,113 @@ class DatabaseTestsMixin:
         changed = yield database.runInteraction(work)
         self.assertEqual(changed, 2)
 
+    @inlineCallbacks
+    def test_send(self) -> Any:
+        """
+        Sent statements run in order, in the transaction, before the next
+        statement executed; those after the last execute, with the commit.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+
+        def work(t: Any) -> Any:
+            t.send(insert, ("a", "one"))
+            t.send("UPDATE things SET name = ? WHERE id = ?", ("uno", "a"))
+            seen = t.execute("SELECT name FROM things").fetchall()
+            t.send(insert, ("b", "-- not a comment; nor this"))
+            return seen
+
+        seen = yield database.runInteraction(work)
+        self.assertEqual(seen, [("uno",)])
+        rows = yield database.runQuery("SELECT id, name FROM things ORDER BY id")
+        self.assertEqual(rows, [("a", "uno"), ("b", "-- not a comment; nor this")])
+
+    @inlineCallbacks
+    def test_sentValues(self) -> Any:
+        """
+        Values sent arrive as they were, whatever they hold: quotes,
+        backslashes, dollar quotes, statement separators, every byte.
+        """
+        database = yield self.migrated()
+        name = "it's \\ a $$ 'test'; DROP TABLE things; --\n/* x"
+        data = bytes(range(256))
+
+        def work(t: Any) -> None:
+            t.send(
+                "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)",
+                ("a", name, data, -(2**62), True),
+            )
+
+        yield database.runInteraction(work)
+        rows = yield database.runQuery("SELECT name, data, big, flag FROM things")
+        self.assertEqual(
+            [(r[0], bytes(r[1]), r[2], bool(r[3])) for r in rows], [(name, data, -(2**62), True)]
+        )
+
+    @inlineCallbacks
+    def test_sendFailsNextExecute(self) -> Any:
+        """
+        A sent statement's failure is raised by the next statement executed,
+        translated as that statement's would be, and the transaction leaves
+        nothing behind.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+        yield database.runOperation(insert, ("a", "one"))
+        after = []
+
+        def work(t: Any) -> None:
+            t.send(insert, ("b", "two"))
+            t.send(insert, ("c", "one"))
+            t.execute("SELECT 1")
+            after.append("executed")
+
+        yield self.assertFailure(database.runInteraction(work), UniqueViolation)
+        self.assertEqual(after, [])
+        rows = yield database.runQuery("SELECT id FROM things")
+        self.assertEqual(rows, [("a",)])
+
+    @inlineCallbacks
+    def test_sendFailsCommit(self) -> Any:
+        """
+        A sent statement that no execute follows fails the commit, with the
+        same translated error.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+        yield database.runOperation(insert, ("a", "one"))
+
+        def work(t: Any) -> None:
+            t.send(insert, ("b", "two"))
+            t.send(insert, ("a", "three"))
+
+        yield self.assertFailure(database.runInteraction(work), UniqueViolation)
+        rows = yield database.runQuery("SELECT id FROM things")
+        self.assertEqual(rows, [("a",)])
+
+    @inlineCallbacks
+    def test_sentRolledBack(self) -> Any:
+        """
+        Sent statements of an interaction that raises are never committed,
+        whether or not a statement executed after them.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+
+        def sentOnly(t: Any) -> None:
+            t.send(insert, ("a", "one"))
+            raise RuntimeError("changed my mind")
+
+        def sentAndExecuted(t: Any) -> None:
+            t.send(insert, ("b", "two"))
+            t.execute("SELECT 1")
+            raise RuntimeError("changed my mind")
+
+        yield self.assertFailure(database.runInteraction(sentOnly), RuntimeError)
+        yield self.assertFailure(database.runInteraction(sentAndExecuted), RuntimeError)
+        rows = yield database.runQuery("SELECT * FROM things")
+        self.assertEqual(rows, [])
+
 
 class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
     def reopen(self, database: SQLiteDatabase) -> SQLiteDatabase:
@@ -284,6 +394,58 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         self.addCleanup(other.close)
         other.start()
         return other
+
+    def countMessages(self) -> list[str]:
+        """
+        The queries psycopg sends from now on, each one message and one
+        round trip.
+        """
+        import psycopg
+
+        sent: list[str] = []
+        execute = psycopg.Cursor.execute
+
+        def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(query)
+            return execute(cursor, query, *args, **kwargs)
+
+        self.patch(psycopg.Cursor, "execute", counted)
+        return sent
+
+    @inlineCallbacks
+    def test_roundTrips(self) -> Any:
+        """
+        The BEGIN, the locks and the statements sent go with the next
+        statement executed; what is sent after it goes with the COMMIT. A
+        statement executed with nothing before it keeps psycopg's
+        server-side parameters.  An interaction that says nothing sends
+        nothing.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+        sent = self.countMessages()
+
+        def create(t: Any) -> None:
+            t.lock("thing:a")
+            if t.execute("SELECT 1 FROM things WHERE id = ?", ("a",)).fetchone():
+                raise AssertionError("a was there")
+            t.execute("SELECT count(*) FROM things")
+            t.send(insert, ("a", "one"))
+            t.send(insert, ("b", "two"))
+
+        yield database.runInteraction(create)
+        self.assertEqual(len(sent), 3, sent)
+        self.assertTrue(sent[0].startswith("BEGIN\n;\nSELECT count(pg_advisory_xact_lock"), sent[0])
+        self.assertEqual(sent[1], "SELECT count(*) FROM things")
+        self.assertTrue(sent[2].endswith("\n;\nCOMMIT"), sent[2])
+        del sent[:]
+        yield database.runOperation("DELETE FROM things WHERE id = ?", ("b",))
+        self.assertEqual(len(sent), 1, sent)
+        del sent[:]
+        yield database.runInteraction(lambda t: None)
+        self.assertEqual(sent, [])
+        rows = yield database.runQuery("SELECT id FROM things")
+        self.assertEqual(rows, [("a",)])
 
 
 class DatabaseFromURLTests(SynchronousTestCase):

@@ -159,6 +159,15 @@ class _Transaction:
             raise self._database._integrityError(e) from e
         return self
 
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        # SQLite is in the process: nothing to save by waiting.
+        self.execute(sql, params)
+
+    def finish(self) -> None:
+        """
+        Called once the interaction has returned, before the commit.
+        """
+
     def lock(self, *names: str) -> None:
         if names:
             self._database._lock(self, sorted(set(names)))
@@ -174,10 +183,71 @@ class _Transaction:
         return self._cursor.rowcount
 
 
+class _BatchingTransaction(_Transaction):
+    """
+    A PostgreSQL transaction that sends the statements whose outcome
+    nobody reads (L{send}) with the next statement that is waited for, or
+    with the COMMIT: one round trip, one message, instead of one each.
+
+    The connection is in autocommit mode and the transaction says BEGIN
+    itself, so that the BEGIN, too, goes with the first statement (psycopg
+    would send it alone).  A batch is one simple query, its parameters
+    bound by psycopg on this side (C{ClientCursor.mogrify}); a statement
+    waited for alone keeps the server-side parameters and prepared plans
+    of psycopg's own cursor.
+    """
+
+    def __init__(self, cursor: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(cursor, *args, **kwargs)
+        self._pending = ["BEGIN"]
+        self._begun = False
+        self._binder: Any = None
+
+    def _bound(self, sql: str, params: Sequence[Any]) -> str:
+        if self._binder is None:
+            self._binder = self._database._clientCursor(self._cursor.connection)
+        return self._binder.mogrify(self._database._translate(sql), tuple(params))
+
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._pending.append(self._bound(sql, params))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Transaction:
+        if not self._pending:
+            return super().execute(sql, params)
+        self._flush([self._bound(sql, params)])
+        return self
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Transaction:
+        if self._pending:
+            self._flush([])
+        return super().executemany(sql, rows)
+
+    def finish(self) -> None:
+        if self._begun or len(self._pending) > 1:
+            self._flush(["COMMIT"])
+        # else: nothing was said, so there is nothing to commit.
+
+    def _flush(self, last: list[str]) -> None:
+        statements = self._pending + last
+        self._pending = []
+        self._begun = True
+        try:
+            # Each on its own line: a statement ending in a -- comment
+            # does not swallow the next.
+            self._cursor.execute("\n;\n".join(statements))
+        except self._database._driverIntegrityError as e:
+            raise self._database._integrityError(e) from e
+        # One result per statement: the last is the one the caller asked for.
+        while self._cursor.nextset():
+            pass
+
+
 class _AdbapiDatabase:
     """
     What both dialects share.
     """
+
+    _transactionType = _Transaction
 
     log = Logger()
     dialect = ""
@@ -259,9 +329,11 @@ class _AdbapiDatabase:
         self._waits.observe(started - queued)
         # A retried interaction (adbapi reconnects once) starts afresh.
         del committed[:]
-        transaction = _Transaction(adbapiTransaction, self, committed, cause)
+        transaction = self._transactionType(adbapiTransaction, self, committed, cause)
         try:
-            return interaction(transaction, *args, **kw)
+            result = interaction(transaction, *args, **kw)
+            transaction.finish()
+            return result
         finally:
             self._durations.observe(time.monotonic() - started)
 
@@ -277,7 +349,7 @@ class _AdbapiDatabase:
         return self.runInteraction(lambda t: t.execute(sql, params).fetchall())
 
     def runOperation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
-        return self.runInteraction(lambda t: t.execute(sql, params) and None)
+        return self.runInteraction(lambda t: t.send(sql, params))
 
     def migrate(
         self,
@@ -488,6 +560,7 @@ class PostgresDatabase(_AdbapiDatabase):
     """
 
     dialect = "postgresql"
+    _transactionType = _BatchingTransaction
     _types = {
         "bytes": "BYTEA",
         # Ids are compared and ordered bytewise, whatever the locale.
@@ -504,7 +577,9 @@ class PostgresDatabase(_AdbapiDatabase):
 
         self._driverIntegrityError = psycopg.IntegrityError
         self._uniqueViolation = psycopg.errors.UniqueViolation
-        kwargs: dict[str, Any] = {}
+        self._clientCursor = psycopg.ClientCursor
+        # Transactions say BEGIN themselves (_BatchingTransaction).
+        kwargs: dict[str, Any] = {"autocommit": True}
         if schema is not None:
             # Lowercase only: PostgreSQL folds unquoted names, and the schema
             # is named both quoted (CREATE SCHEMA) and not (search_path).
@@ -541,7 +616,7 @@ class PostgresDatabase(_AdbapiDatabase):
         # Transaction-scoped advisory locks, taken in one statement and in
         # key order, so two transactions never wait on each other crosswise.
         keys = sorted(_lockKey(name) for name in names)
-        transaction.execute(
+        transaction.send(
             "SELECT count(pg_advisory_xact_lock(k))"
             " FROM (SELECT k FROM unnest(?::bigint[]) AS k ORDER BY k) AS keys",
             (keys,),

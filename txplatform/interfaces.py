@@ -138,7 +138,21 @@ class ITransaction(Interface):
 
     def execute(sql, params=()):
         """
-        Run one statement; returns the transaction itself.
+        Run one statement; returns the transaction itself.  Its failure (a
+        constraint's: L{txplatform.database.IntegrityError}) is raised here,
+        as is that of any statement sent before it.
+        """
+
+    def send(sql, params=()):
+        """
+        Run one statement whose outcome nothing reads (no rows, no
+        C{rowcount}), such as an INSERT that cannot be expected to fail:
+        on PostgreSQL it goes to the server with the next statement that is
+        executed, or with the COMMIT, in one round trip; in order, and in
+        this transaction, as if executed.  Its failure is raised by that
+        next C{execute} or by the commit, and fails the transaction as any
+        other.  Use C{execute} for a statement whose failure the caller
+        catches.
         """
 
     def fetchone():
@@ -149,10 +163,12 @@ class ITransaction(Interface):
 
     def lock(*names):
         """
-        Hold the named locks until the transaction ends: transactions that
-        lock a common name run one after the other.  For check-then-write
-        sequences (a tombstone, then an insert) that must not interleave
-        with another transaction's write-then-delete.
+        Hold the named locks until the transaction ends: the statements
+        after this call, in transactions that lock a common name, run one
+        transaction after the other.  For check-then-write sequences (a
+        tombstone, then an insert) that must not interleave with another
+        transaction's write-then-delete.  The locks are sent as by C{send}:
+        taken before the next statement runs, not when this returns.
         """
 
     traceParent = Attribute(

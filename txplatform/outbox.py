@@ -165,7 +165,7 @@ class Outbox:
         if traceParent is None and origin is not None:
             traceParent, traceState = origin.traceParent, origin.traceState
         sealed = self._fields.seal(self.table, "payload", messageId, dumps(payload).decode("utf-8"))
-        transaction.execute(
+        transaction.send(
             f"INSERT INTO {self.table}"
             " (message_id, event, payload, correlation_id, created_at, trace_parent,"
             " trace_state)"

@@ -130,7 +130,7 @@ class ReplyLog:
         key = context.replyKey
         text = dumps({"v": _ENVELOPE, "reply": reply, "digest": context.requestDigest})
         sealed = self._fields.seal(self.table, "reply", key, text.decode("utf-8"))
-        t.execute(
+        t.send(
             f"INSERT INTO {self.table} (message_id, reply, created_at) VALUES (?, ?, ?){conflict}",
             (key, sealed, int(self._clock.seconds() * 1000)),
         )

@@ -430,9 +430,10 @@ class AccountStore:
         """
         A session of C{accountId}'s, in a transaction of the caller's.
 
-        @raise IntegrityError: the account was deleted meanwhile.
+        @raise IntegrityError: (by the transaction's next statement or its
+            commit) the account was deleted meanwhile.
         """
-        t.execute(
+        t.send(
             "INSERT INTO account_sessions"
             " (id, token_hash, account_id, created_at, expires_at, last_used_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",

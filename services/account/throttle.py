@@ -193,7 +193,7 @@ class LoginThrottle:
         for key in keys.hard:
             delay = self.delay(counts[key])
             if delay:
-                transaction.execute(
+                transaction.send(
                     f"UPDATE {TABLE} SET blocked_until = ? WHERE key = ?",
                     (now + int(delay * 1000), key),
                 )
@@ -296,11 +296,11 @@ class LoginThrottle:
         transaction.lock(*(key.hex() for key in keys.hard + keys.soft))
         cleared = [k for k in keys.hard + keys.soft if k != keys.client]
         marks = ", ".join("?" * len(cleared))
-        transaction.execute(f"DELETE FROM {TABLE} WHERE key IN ({marks})", cleared)
+        transaction.send(f"DELETE FROM {TABLE} WHERE key IN ({marks})", cleared)
         if keys.client is not None:
             # Any block on the address is this reservation's: one in force
             # before it would have refused the attempt.
-            transaction.execute(
+            transaction.send(
                 f"UPDATE {TABLE} SET failures = failures - 1, blocked_until = 0"
                 " WHERE key = ? AND failures > 0",
                 (keys.client,),

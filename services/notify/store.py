@@ -133,20 +133,24 @@ class NotifyStore:
             read=bool(isRead),
         )
 
-    def _gone(self, t: ITransaction, kind: str, ids: Iterable[str]) -> set[str]:
+    def _gone(self, t: ITransaction, wanted: dict[str, Iterable[str]]) -> set[tuple[str, str]]:
         """
-        Which of C{ids} (of C{kind}) were deleted.
+        Which of C{wanted} ({kind: ids}) were deleted, as C{(kind, id)}: one
+        statement for every kind, unless there are very many.
         """
-        wanted = sorted(set(ids))
-        gone: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
+        pairs = sorted({(kind, id) for kind, ids in wanted.items() for id in ids})
+        gone: set[tuple[str, str]] = set()
+        for start in range(0, len(pairs), 500):
+            chunk = pairs[start : start + 500]
+            conditions, params = [], []
+            for kind in sorted({kind for kind, _ in chunk}):
+                ids = [id for k, id in chunk if k == kind]
+                conditions.append(f"(kind = ? AND id IN ({', '.join('?' * len(ids))}))")
+                params += [kind, *ids]
             t.execute(
-                f"SELECT id FROM notify_tombstones WHERE kind = ? AND id IN ({marks})",
-                (kind, *chunk),
+                f"SELECT kind, id FROM notify_tombstones WHERE {' OR '.join(conditions)}", params
             )
-            gone.update(row[0] for row in t.fetchall())
+            gone.update((kind, id) for kind, id in t.fetchall())
         return gone
 
     def add(
@@ -188,42 +192,25 @@ class NotifyStore:
             *(f"account:{rows[0].actor_id}" for rows, _ in groups),
             *(f"account:{n.recipient_id}" for rows, _ in groups for n in rows),
         )
-        deletedPosts = self._gone(t, "post", (rows[0].post_id for rows, _ in groups))
-        deletedAccounts = self._gone(
+        gone = self._gone(
             t,
-            "account",
-            {n.actor_id for rows, _ in groups for n in rows}
-            | {n.recipient_id for rows, _ in groups for n in rows},
+            {
+                "post": {rows[0].post_id for rows, _ in groups},
+                "account": {n.actor_id for rows, _ in groups for n in rows}
+                | {n.recipient_id for rows, _ in groups for n in rows},
+            },
+        )
+        wanted = [
+            (rows, origin)
+            for rows, origin in groups
+            if ("post", rows[0].post_id) not in gone and ("account", rows[0].actor_id) not in gone
+        ]
+        inserted = self._insert(
+            t, [n for rows, _ in wanted for n in rows if ("account", n.recipient_id) not in gone]
         )
         count = 0
-        for rows, origin in groups:
-            first = rows[0]
-            if first.post_id in deletedPosts or first.actor_id in deletedAccounts:
-                continue
-            added: list[NotificationRow] = []
-            for n in rows:
-                if n.recipient_id in deletedAccounts:
-                    continue
-                t.execute(
-                    f"INSERT INTO notifications ({_COLUMNS}, topic)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    (
-                        n.id,
-                        n.recipient_id,
-                        n.kind,
-                        n.actor_id,
-                        self._fields.seal(
-                            "notifications", "actor_username", n.id, n.actor_username
-                        ),
-                        n.post_id,
-                        n.created_at,
-                        n.read,
-                        n.topic or n.post_id,
-                    ),
-                )
-                if t.rowcount:
-                    added.append(n)
+        for rows, origin in wanted:
+            added = [n for n in rows if n.id in inserted]
             # Announced in the same transaction: live streams hear of exactly
             # the notifications stored.
             for start in range(0, len(added), api.EVENT_BATCH):
@@ -240,6 +227,41 @@ class NotifyStore:
                 )
             count += len(added)
         return count
+
+    def _insert(self, t: ITransaction, notifications: list[NotificationRow]) -> set[str]:
+        """
+        Store C{notifications}, but none a recipient has for its post
+        already, in one statement (unless there are very many).
+
+        @return: The ids of those stored.
+        """
+        inserted: set[str] = set()
+        for start in range(0, len(notifications), 500):
+            chunk = notifications[start : start + 500]
+            t.execute(
+                f"INSERT INTO notifications ({_COLUMNS}, topic) VALUES "
+                + ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in chunk)
+                + " ON CONFLICT DO NOTHING RETURNING id",
+                [
+                    value
+                    for n in chunk
+                    for value in (
+                        n.id,
+                        n.recipient_id,
+                        n.kind,
+                        n.actor_id,
+                        self._fields.seal(
+                            "notifications", "actor_username", n.id, n.actor_username
+                        ),
+                        n.post_id,
+                        n.created_at,
+                        n.read,
+                        n.topic or n.post_id,
+                    )
+                ],
+            )
+            inserted.update(row[0] for row in t.fetchall())
+        return inserted
 
     def forRecipient(
         self, recipientId: str, unread: bool | None, limit: int, before: str | None

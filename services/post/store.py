@@ -115,7 +115,7 @@ class PostStore:
             raise NotFound("the author's account no longer exists")
         if self.rate:
             self._checkRate(t, post)
-        t.execute(
+        t.send(
             f"INSERT INTO posts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
             (
                 post.id,

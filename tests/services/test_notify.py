@@ -69,6 +69,34 @@ class NotifyTestsMixin:
             )
         )
 
+    def countStatements(self, database: Any, statements: list[str]) -> None:
+        """
+        Record the SQL of every statement C{database}'s transactions execute
+        or send from now on.
+        """
+        run = database.runInteraction
+
+        class Counting:
+            def __init__(self, transaction: Any) -> None:
+                self._transaction = transaction
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._transaction, name)
+
+            def execute(self, sql: str, params: Any = ()) -> Any:
+                statements.append(sql)
+                self._transaction.execute(sql, params)
+                return self
+
+            def send(self, sql: str, params: Any = ()) -> None:
+                statements.append(sql)
+                self._transaction.send(sql, params)
+
+        def counting(interaction: Any, *args: Any, **kwargs: Any) -> Any:
+            return run(lambda t, *a, **kw: interaction(Counting(t), *a, **kw), *args, **kwargs)
+
+        self.patch(database, "runInteraction", counting)
+
     @inlineCallbacks
     def kinds(self, who: str) -> Any:
         page = yield self.notifications(who)
@@ -174,6 +202,8 @@ class NotifyTestsMixin:
             return audiences(*args)
 
         self.accounts.store.audiences = counted
+        statements: list[str] = []
+        self.countStatements(self.notify.store._database, statements)
         posts = [
             ("p" * 25 + "1", "alice", "hi @carol"),
             ("p" * 25 + "2", "dave", "hey"),
@@ -197,6 +227,15 @@ class NotifyTestsMixin:
         )
         yield self.settle()
         self.assertEqual(len(asked), 1)
+        # One statement for the tombstones of every post and account, one
+        # for the five notifications.
+        self.assertEqual(
+            [sql.split(" (")[0] for sql in statements if "notify_tombstones" in sql],
+            ["SELECT kind, id FROM notify_tombstones WHERE"],
+        )
+        self.assertEqual(
+            len([sql for sql in statements if sql.startswith("INSERT INTO notifications")]), 1
+        )
         self.assertEqual(sorted(asked[0][0]), sorted({self.ids["alice"], self.ids["dave"]}))
         self.assertEqual(sorted(asked[0][1]), ["bob", "carol", "dave"])
         self.assertEqual(
