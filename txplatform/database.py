@@ -31,6 +31,7 @@ from zope.interface import implementer
 from . import traces
 from .context import Origin, handling
 from .interfaces import IDatabase, ITransaction
+from .literals import inlined
 from .metrics import DATABASE_TRANSACTION_SECONDS, DATABASE_WAIT_SECONDS
 
 __all__ = [
@@ -192,7 +193,8 @@ class _BatchingTransaction(_Transaction):
     The connection is in autocommit mode and the transaction says BEGIN
     itself, so that the BEGIN, too, goes with the first statement (psycopg
     would send it alone).  A batch is one simple query, its parameters
-    bound by psycopg on this side (C{ClientCursor.mogrify}); a statement
+    written in on this side (L{txplatform.literals} for the values that need
+    no escaping, psycopg's C{ClientCursor.mogrify} for the rest); a statement
     waited for alone keeps the server-side parameters and prepared plans
     of psycopg's own cursor.
     """
@@ -204,6 +206,9 @@ class _BatchingTransaction(_Transaction):
         self._binder: Any = None
 
     def _bound(self, sql: str, params: Sequence[Any]) -> str:
+        text = inlined(sql, params)
+        if text is not None:
+            return text
         if self._binder is None:
             self._binder = self._database._clientCursor(self._cursor.connection)
         return self._binder.mogrify(self._database._translate(sql), tuple(params))

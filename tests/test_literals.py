@@ -1,0 +1,111 @@
+"""
+Tests for L{txplatform.literals}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from txplatform.literals import inlined
+
+from .support import POSTGRES_URL, requirePostgres
+
+
+class InlinedTests(SynchronousTestCase):
+    def test_written(self) -> None:
+        """
+        Numbers, NULL, booleans, bytes, plain identifiers and arrays of
+        integers are written into the statement.
+        """
+        self.assertEqual(
+            inlined(
+                "INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?, ?::bigint[])",
+                (1, -(2**63), None, True, False, b"\x00\xff'\\", "01JX.post-created:a=b", [3, -4]),
+            ),
+            "INSERT INTO t VALUES (1, -9223372036854775808, NULL, true, false,"
+            " decode('00ff275c','hex'), '01JX.post-created:a=b', '{3,-4}'::bigint[])",
+        )
+        self.assertEqual(inlined("SELECT 1", ()), "SELECT 1")
+
+    def test_escapingLeftToPsycopg(self) -> None:
+        """
+        A statement with any value that would need escaping, or of a type
+        not listed, is not written here.
+        """
+        for value in [
+            "it's",
+            "back\\slash",
+            "line\nbreak",
+            "nul\x00",
+            "caf\u00e9",
+            "$$",
+            1.5,
+            bytearray(b"x"),
+            ["1"],
+            [True],
+            (1, 2),
+            {"a": 1},
+        ]:
+            self.assertIsNone(inlined("SELECT ?, ?", (1, value)), value)
+
+    def test_count(self) -> None:
+        """
+        Too few or too many parameters: not written here (psycopg says
+        what is wrong).
+        """
+        self.assertIsNone(inlined("SELECT ?, ?", (1,)))
+        self.assertIsNone(inlined("SELECT ?", (1, 2)))
+
+
+class AgainstPostgresTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        requirePostgres()
+        import psycopg
+
+        self.connection = psycopg.connect(POSTGRES_URL, autocommit=True)
+        self.addCleanup(self.connection.close)
+
+    def test_sameValues(self) -> None:
+        """
+        What is written here reads back as the values psycopg binds on the
+        server, type for type, whatever the server's
+        standard_conforming_strings.
+        """
+        values: list[Any] = [
+            0,
+            2**63 - 1,
+            None,
+            True,
+            b"",
+            bytes(range(256)),
+            "",
+            "01JABCDEFGHJKMNPQRSTVWXYZ0",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "vendor=a:b,other=c;d*e/f@g+h",
+            "-- /* not comments inside quotes; */",
+        ]
+        casts = ["bigint", "bigint", "text", "boolean", "bytea", "bytea"] + ["text"] * 5
+        select = "SELECT " + ", ".join(f"?::{cast}" for cast in casts)
+        for setting in ("on", "off"):
+            with self.connection.cursor() as cursor:
+                cursor.execute(f"SET standard_conforming_strings = {setting}")
+                text = inlined(select, values)
+                assert text is not None
+                cursor.execute(text)
+                written = cursor.fetchone()
+                cursor.execute(select.replace("?", "%s"), values)
+                bound = cursor.fetchone()
+            self.assertEqual(written, bound, setting)
+            self.assertEqual(list(written), values, setting)
+
+    def test_arrays(self) -> None:
+        """
+        An array of integers reads back as the list.
+        """
+        text = inlined("SELECT ?::bigint[]", ([5, -(2**62), 0],))
+        assert text is not None
+        with self.connection.cursor() as cursor:
+            cursor.execute(text)
+            self.assertEqual(cursor.fetchone(), ([5, -(2**62), 0],))
