@@ -309,9 +309,19 @@ class LoginThrottle:
     def sweep(self) -> Deferred[None]:
         """
         Forget counts that lapsed and are not blocking.
+
+        On PostgreSQL the sweep skips rows an attempt holds: it takes no
+        advisory locks, so if it waited on a row, an attempt holding that
+        row and waiting for one the sweep had deleted would deadlock with
+        it.  Rows skipped go with the next sweep.  (SQLite has one writer
+        at a time: nothing to skip.)
         """
         now = self._now()
+        lapsed = "updated_at < ? AND blocked_until < ?"
+        if self._database.dialect == "postgresql":
+            where = f"key IN (SELECT key FROM {TABLE} WHERE {lapsed} FOR UPDATE SKIP LOCKED)"
+        else:
+            where = lapsed
         return self._database.runOperation(
-            f"DELETE FROM {TABLE} WHERE updated_at < ? AND blocked_until < ?",
-            (now - int(self.window * 1000), now),
+            f"DELETE FROM {TABLE} WHERE {where}", (now - int(self.window * 1000), now)
         )

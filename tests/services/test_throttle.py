@@ -6,8 +6,10 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 
 from txplatform.errors import ResourceExhausted, Unauthenticated
@@ -43,7 +45,7 @@ class ThrottleTestsMixin:
         )
 
     @inlineCallbacks
-    def fail(self, times: int, username: str = "alice", client: str = "192.0.2.1") -> Any:
+    def failLogins(self, times: int, username: str = "alice", client: str = "192.0.2.1") -> Any:
         for _ in range(times):
             yield self.assertFailure(self.login(username, "wrong", client), Unauthenticated)
 
@@ -55,9 +57,9 @@ class ThrottleTestsMixin:
         right password is refused with the time to wait, without its
         password being checked.
         """
-        yield self.fail(5)
+        yield self.failLogins(5)
         yield self.login("alice", PASSWORD)  # still free: clears alice
-        yield self.fail(6, "alice", "198.51.100.1")
+        yield self.failLogins(6, "alice", "198.51.100.1")
         verified: list[str] = []
         self.patch(
             self.service.passwords, "verify", lambda *a: verified.append("x")
@@ -75,8 +77,8 @@ class ThrottleTestsMixin:
         Usernames match without regard to case, and so do their counts:
         guesses as ALICE are guesses at alice.
         """
-        yield self.fail(3, "ALICE")
-        yield self.fail(3, "Alice")
+        yield self.failLogins(3, "ALICE")
+        yield self.failLogins(3, "Alice")
         yield self.assertFailure(self.login("alice", PASSWORD), ResourceExhausted)
 
     @inlineCallbacks
@@ -153,13 +155,13 @@ class ThrottleTestsMixin:
         """
         self.service.throttle.maxSoftDelay = 0.05
         for n in range(20):
-            yield self.fail(1, "alice", f"198.51.100.{n}")
+            yield self.failLogins(1, "alice", f"198.51.100.{n}")
         keys = self.service.throttle.keys("alice", "203.0.113.9")
         delay = yield self.service.throttle.reserve(keys)
         self.assertEqual(delay, 0.05)  # 20 from elsewhere: past the free five
         yield self.service.throttle.succeeded(keys)
         for n in range(20):
-            yield self.fail(1, "alice", f"198.51.101.{n}")
+            yield self.failLogins(1, "alice", f"198.51.101.{n}")
         session = yield self.login("alice", PASSWORD, "203.0.113.9")
         self.assertIn("token", session)
 
@@ -197,7 +199,7 @@ class ThrottleTestsMixin:
         """
         Each failure past the free ones blocks twice as long as the last.
         """
-        yield self.fail(6)
+        yield self.failLogins(6)
         waits = []
         for _ in range(3):
             error = yield self.assertFailure(self.login("alice", "wrong"), ResourceExhausted)
@@ -213,7 +215,7 @@ class ThrottleTestsMixin:
         blocked for every account; other addresses are not.
         """
         for n in range(6):
-            yield self.fail(1, f"nosuchuser{n}", "198.51.100.9")
+            yield self.failLogins(1, f"nosuchuser{n}", "198.51.100.9")
         yield self.assertFailure(self.login("bob", PASSWORD, "198.51.100.9"), ResourceExhausted)
         session = yield self.login("bob", PASSWORD, "203.0.113.5")
         self.assertIn("token", session)
@@ -224,9 +226,9 @@ class ThrottleTestsMixin:
         A success clears its account's count, not its address's: one valid
         account cannot reset an address that guesses at others.
         """
-        yield self.fail(5, "alice")
+        yield self.failLogins(5, "alice")
         yield self.login("bob", PASSWORD)
-        yield self.fail(1, "nosuchuser")
+        yield self.failLogins(1, "nosuchuser")
         yield self.assertFailure(self.login("bob", PASSWORD), ResourceExhausted)
 
     @inlineCallbacks
@@ -235,9 +237,9 @@ class ThrottleTestsMixin:
         Counts lapse a window after the last failure, and the sweep forgets
         them; nothing in the table names a user or an address.
         """
-        yield self.fail(5)
+        yield self.failLogins(5)
         self.clock.offset += self.service.throttle.window + 1
-        yield self.fail(5)
+        yield self.failLogins(5)
         yield self.login("alice", PASSWORD)
         rows = yield self.service.database.runQuery(f"SELECT key FROM {TABLE}")
         self.assertTrue(rows)
@@ -255,4 +257,42 @@ class SQLiteThrottleTests(SQLiteMixin, ThrottleTestsMixin, ServiceTestCase):
 
 
 class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
-    pass
+    @inlineCallbacks
+    def test_sweepSkipsHeldRows(self) -> Any:
+        """
+        The sweep does not wait for a row an attempt holds (it could be
+        waiting for one the sweep deleted: a deadlock): it forgets the
+        other lapsed counts, and the held one with a later sweep.
+        """
+        yield self.failLogins(1, "alice", "192.0.2.1")
+        yield self.failLogins(1, "bob", "192.0.2.2")
+        self.clock.offset += self.service.throttle.window + 1
+        held = self.service.throttle.keys("alice", "192.0.2.1").hard[0]
+        holding, release = threading.Event(), threading.Event()
+        order: list[str] = []
+
+        def hold(t: Any) -> None:
+            t.execute(f"SELECT key FROM {TABLE} WHERE key = ? FOR UPDATE", (held,))
+            holding.set()
+            release.wait(10)
+
+        holder = self.service.database.runInteraction(hold)
+        yield eventually(holding.is_set)
+
+        def released() -> None:
+            order.append("released")
+            release.set()
+
+        later = reactor.callLater(3, released)
+        yield self.service.throttle.sweep()
+        order.append("swept")
+        if later.active():
+            later.cancel()
+            released()
+        yield holder
+        self.assertEqual(order, ["swept", "released"])
+        rows = yield self.service.database.runQuery(f"SELECT key FROM {TABLE}")
+        self.assertEqual([bytes(key) for (key,) in rows], [held])
+        yield self.service.throttle.sweep()
+        rows = yield self.service.database.runQuery(f"SELECT key FROM {TABLE}")
+        self.assertEqual(rows, [])
