@@ -24,7 +24,7 @@ class InlinedTests(SynchronousTestCase):
                 "INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?, ?::bigint[])",
                 (1, -(2**63), None, True, False, b"\x00\xff'\\", "01JX.post-created:a=b", [3, -4]),
             ),
-            "INSERT INTO t VALUES (1, -9223372036854775808, NULL, true, false,"
+            "INSERT INTO t VALUES (1, (-9223372036854775808), NULL, true, false,"
             " decode('00ff275c','hex'), '01JX.post-created:a=b', '{3,-4}'::bigint[])",
         )
         self.assertEqual(inlined("SELECT 1", ()), "SELECT 1")
@@ -99,6 +99,17 @@ class AgainstPostgresTests(SynchronousTestCase):
                 bound = cursor.fetchone()
             self.assertEqual(written, bound, setting)
             self.assertEqual(list(written), values, setting)
+
+    def test_negativeAfterMinus(self) -> None:
+        """
+        A negative number written after a minus sign stays a number: it
+        does not make a comment of the rest of the statement.
+        """
+        text = inlined("SELECT 1 -?, 2", (-1,))
+        assert text is not None
+        with self.connection.cursor() as cursor:
+            cursor.execute(text)
+            self.assertEqual(cursor.fetchone(), (2, 2))
 
     def test_arrays(self) -> None:
         """

@@ -45,7 +45,9 @@ def _literal(value: Any) -> str | None:
     if kind is bool:
         return "true" if value else "false"
     if kind is int:
-        return str(value)
+        # A negative number in parentheses: written after a minus sign
+        # ("a -?"), "-" and "-1" would make "--1", a comment.
+        return str(value) if value >= 0 else f"({value})"
     if kind is bytes:
         # decode() rather than '\x...': no backslash, whatever the
         # server's standard_conforming_strings.
