@@ -379,6 +379,87 @@ class DatabaseTestsMixin:
         rows = yield database.runQuery("SELECT * FROM things")
         self.assertEqual(rows, [])
 
+    @inlineCallbacks
+    def test_query(self) -> Any:
+        """
+        A query's rows are those its statement gives where it stands among
+        the others: after what was sent and executed before it, before what
+        comes after, whenever they are read.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name, data) VALUES (?, ?, ?)"
+
+        def work(t: Any) -> Any:
+            t.send(insert, ("a", "one", b"\x00\xff"))
+            first = t.query("SELECT id, name, data FROM things ORDER BY id")
+            inserted = t.query(
+                "INSERT INTO things (id, name) VALUES (?, ?) RETURNING name", ("b", "two")
+            )
+            none = t.query("SELECT id FROM things WHERE id = ?", ("z",))
+            t.send("UPDATE things SET name = ? WHERE id = ?", ("uno", "a"))
+            counted = t.execute("SELECT count(*) FROM things").fetchone()
+            last = t.query("SELECT name FROM things ORDER BY id")
+            return (
+                [(i, n, bytes(d)) for i, n, d in first.fetchall()],
+                inserted.fetchone(),
+                none.fetchone(),
+                none.fetchall(),
+                counted,
+                last.fetchall(),
+                t.execute("SELECT name FROM things WHERE id = ?", ("a",)).fetchall(),
+            )
+
+        seen = yield database.runInteraction(work)
+        self.assertEqual(
+            seen,
+            (
+                [("a", "one", b"\x00\xff")],
+                ("two",),
+                None,
+                [],
+                (2,),
+                [("uno",), ("two",)],
+                [("uno",)],
+            ),
+        )
+
+    @inlineCallbacks
+    def test_queryNeverRead(self) -> Any:
+        """
+        A query whose rows nobody reads still runs, with the commit.
+        """
+        database = yield self.migrated()
+
+        def work(t: Any) -> None:
+            t.query("INSERT INTO things (id, name) VALUES (?, ?) RETURNING id", ("a", "one"))
+
+        yield database.runInteraction(work)
+        rows = yield database.runQuery("SELECT id FROM things")
+        self.assertEqual(rows, [("a",)])
+
+    @inlineCallbacks
+    def test_queryFails(self) -> Any:
+        """
+        A query's failure is raised where its statement goes to the
+        database (at the latest, by the read of its rows), translated as an
+        execute's, and the transaction leaves nothing behind.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?) RETURNING id"
+        yield database.runOperation("INSERT INTO things (id, name) VALUES (?, ?)", ("a", "one"))
+        reached = []
+
+        def work(t: Any) -> None:
+            t.query(insert, ("b", "two"))
+            again = t.query(insert, ("c", "one"))
+            again.fetchall()
+            reached.append("read")
+
+        yield self.assertFailure(database.runInteraction(work), UniqueViolation)
+        self.assertEqual(reached, [])
+        rows = yield database.runQuery("SELECT id FROM things")
+        self.assertEqual(rows, [("a",)])
+
 
 class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
     def reopen(self, database: SQLiteDatabase) -> SQLiteDatabase:
@@ -411,6 +492,36 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
 
         self.patch(psycopg.Cursor, "execute", counted)
         return sent
+
+    @inlineCallbacks
+    def test_queriesShareRoundTrip(self) -> Any:
+        """
+        Queries go with the statement that next waits for the server: with
+        the BEGIN and the locks before them, as one message; the first read
+        of a query's rows, when nothing has sent it yet, sends it with the
+        queries before it.
+        """
+        database = yield self.migrated()
+        yield database.runOperation("INSERT INTO things (id, name) VALUES (?, ?)", ("a", "one"))
+        sent = self.countMessages()
+
+        def work(t: Any) -> Any:
+            t.lock("thing:a")
+            first = t.query("SELECT name FROM things WHERE id = ?", ("a",))
+            count = t.query("SELECT count(*) FROM things")
+            found = t.execute("SELECT id FROM things").fetchall()
+            later = t.query("SELECT data FROM things WHERE id = ?", ("a",))
+            also = t.query("SELECT 2")
+            return first.fetchall(), count.fetchone(), found, also.fetchone(), later.fetchall()
+
+        seen = yield database.runInteraction(work)
+        self.assertEqual(seen, ([("one",)], (1,), [("a",)], (2,), [(None,)]))
+        self.assertEqual(len(sent), 3, sent)
+        self.assertTrue(sent[0].startswith("BEGIN\n;\nSELECT count(pg_advisory_xact_lock"), sent[0])
+        self.assertTrue(sent[0].endswith("\n;\nSELECT id FROM things"), sent[0])
+        self.assertTrue(sent[1].startswith("SELECT data FROM things"), sent[1])
+        self.assertTrue(sent[1].endswith("\n;\nSELECT 2"), sent[1])
+        self.assertEqual(sent[2], "COMMIT")
 
     @inlineCallbacks
     def test_roundTrips(self) -> Any:

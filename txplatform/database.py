@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from . import traces
 from .context import Origin, handling
-from .interfaces import IDatabase, ITransaction
+from .interfaces import IDatabase, IRows, ITransaction
 from .literals import inlined
 from .metrics import DATABASE_TRANSACTION_SECONDS, DATABASE_WAIT_SECONDS
 
@@ -113,6 +113,36 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
+@implementer(IRows)
+class _Rows:
+    """
+    The rows of a query: there when its statement has run, or fetched by
+    running every statement waiting to go (C{flush}) on the first read.
+    """
+
+    def __init__(self, flush: Callable[[], None] | None = None) -> None:
+        self._flush = flush
+        self._rows: list[tuple[Any, ...]] | None = None
+
+    def _arrived(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows = rows
+        self._flush = None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        if self._rows is None:
+            if self._flush is None:
+                raise RuntimeError("the transaction ended before this query's rows were read")
+            self._flush()
+            if self._rows is None:
+                # The flush failed, or ran in a transaction that has ended.
+                raise RuntimeError("this query's statement did not run")
+        return self._rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        rows = self.fetchall()
+        return rows[0] if rows else None
+
+
 @implementer(ITransaction)
 class _Transaction:
     """
@@ -164,6 +194,11 @@ class _Transaction:
         # SQLite is in the process: nothing to save by waiting.
         self.execute(sql, params)
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
+        rows = _Rows()
+        rows._arrived(self.execute(sql, params).fetchall())
+        return rows
+
     def finish(self) -> None:
         """
         Called once the interaction has returned, before the commit.
@@ -202,6 +237,8 @@ class _BatchingTransaction(_Transaction):
     def __init__(self, cursor: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(cursor, *args, **kwargs)
         self._pending = ["BEGIN"]
+        # The queries among them, by their place in the batch.
+        self._queries: dict[int, _Rows] = {}
         self._begun = False
         self._binder: Any = None
 
@@ -215,6 +252,12 @@ class _BatchingTransaction(_Transaction):
 
     def send(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._pending.append(self._bound(sql, params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
+        rows = _Rows(lambda: self._flush([]))
+        self._queries[len(self._pending)] = rows
+        self._pending.append(self._bound(sql, params))
+        return rows
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Transaction:
         if not self._pending:
@@ -234,7 +277,9 @@ class _BatchingTransaction(_Transaction):
 
     def _flush(self, last: list[str]) -> None:
         statements = self._pending + last
+        queries = self._queries
         self._pending = []
+        self._queries = {}
         self._begun = True
         try:
             # Each on its own line: a statement ending in a -- comment
@@ -242,9 +287,13 @@ class _BatchingTransaction(_Transaction):
             self._cursor.execute("\n;\n".join(statements))
         except self._database._driverIntegrityError as e:
             raise self._database._integrityError(e) from e
-        # One result per statement: the last is the one the caller asked for.
-        while self._cursor.nextset():
-            pass
+        # One result per statement, in order: the queries' rows are kept,
+        # and the last is the one the caller asked for.
+        for index in range(len(statements)):
+            if index in queries:
+                queries[index]._arrived(self._cursor.fetchall())
+            if not self._cursor.nextset():
+                break
 
 
 class _AdbapiDatabase:

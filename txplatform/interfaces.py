@@ -15,6 +15,7 @@ __all__ = [
     "IPayloadCodec",
     "IDatabase",
     "ITransaction",
+    "IRows",
     "IFieldCodec",
 ]
 
@@ -130,6 +131,23 @@ class IPayloadCodec(Interface):
         """
 
 
+class IRows(Interface):
+    """
+    The rows of a statement given to L{ITransaction.query}; read them
+    before the transaction ends.
+    """
+
+    def fetchone():
+        """
+        The first row, or C{None} if there is none.
+        """
+
+    def fetchall():
+        """
+        Every row, as a list of tuples.
+        """
+
+
 class ITransaction(Interface):
     """
     A cursor inside a database transaction; SQL uses C{?} placeholders
@@ -153,6 +171,17 @@ class ITransaction(Interface):
         next C{execute} or by the commit, and fails the transaction as any
         other.  Use C{execute} for a statement whose failure the caller
         catches.
+        """
+
+    def query(sql, params=()):
+        """
+        Run one statement whose rows are read later, and return an
+        L{IRows} of them: on PostgreSQL it goes to the server with the next
+        statement that is waited for (an C{execute}, the first read of any
+        query's rows, or the COMMIT), so that several reads whose
+        statements do not depend on each other's rows share one round
+        trip.  In order with every other statement of the transaction, as
+        if executed; its failure is raised by whichever of those sends it.
         """
 
     def fetchone():

@@ -147,41 +147,37 @@ class LoginThrottle:
         @raise ResourceExhausted: (in the Deferred) A hard key is blocked;
             nothing was counted.
         """
-        return self._database.runInteraction(self._reserve, keys, self._now())
+        d = self._database.runInteraction(self._reserve, keys, self._now())
+        return d.addCallback(lambda reserved: reserved[0])
 
-    def _reserveAnd(
+    def _reserve(
         self,
         transaction: ITransaction,
         keys: AttemptKeys,
         now: int,
-        lookup: Callable[[ITransaction], Any],
+        lookup: Callable[[ITransaction], Any] | None = None,
     ) -> tuple[float, Any]:
-        delay = self._reserve(transaction, keys, now)
-        return delay, lookup(transaction)
-
-    def _reserve(self, transaction: ITransaction, keys: AttemptKeys, now: int) -> float:
+        """
+        Count the attempt (see L{reserve}), and C{lookup} what its check
+        needs in the same transaction: C{(seconds to wait, looked up)}.
+        """
         everything = keys.hard + keys.soft
         # Concurrent attempts on one key take their turn here: each sees
         # the counts of those before it.
         transaction.lock(*(key.hex() for key in everything))
         marks = ", ".join("?" * len(keys.hard))
-        transaction.execute(
+        # The block, the count and the lookup go to the database together,
+        # in one round trip: counted even when a key turns out blocked, the
+        # attempt is then refused by raising, which rolls the count back.
+        blocked = transaction.query(
             f"SELECT MAX(blocked_until) FROM {TABLE} WHERE key IN ({marks})", keys.hard
         )
-        row = transaction.fetchone()
-        until = row[0] if row and row[0] is not None else 0
-        wait = (until - now) / 1000
-        if wait > 0:
-            raise ResourceExhausted(
-                f"too many failed logins: try again in {max(1, round(wait))} s",
-                {"retry_after": wait},
-            )
         lapsed = now - int(self.window * 1000)
         # One upsert counts every key (an upsert, not a read and a write:
         # concurrent failures from other gateways queue on the rows instead
         # of losing a count), in key order, as the locks above are taken.
         ordered = sorted(set(everything))
-        transaction.execute(
+        counted = transaction.query(
             f"INSERT INTO {TABLE} (key, failures, blocked_until, updated_at) VALUES "
             + ", ".join("(?, 1, 0, ?)" for _ in ordered)
             + " ON CONFLICT (key) DO UPDATE SET"
@@ -189,7 +185,16 @@ class LoginThrottle:
             " ELSE 1 END, updated_at = ? RETURNING key, failures",
             (*(value for key in ordered for value in (key, now)), lapsed, now),
         )
-        counts = {bytes(key): failures for key, failures in transaction.fetchall()}
+        looked = lookup(transaction) if lookup is not None else None
+        row = blocked.fetchone()
+        until = row[0] if row and row[0] is not None else 0
+        wait = (until - now) / 1000
+        if wait > 0:
+            raise ResourceExhausted(
+                f"too many failed logins: try again in {max(1, round(wait))} s",
+                {"retry_after": wait},
+            )
+        counts = {bytes(key): failures for key, failures in counted.fetchall()}
         for key in keys.hard:
             delay = self.delay(counts[key])
             if delay:
@@ -198,11 +203,13 @@ class LoginThrottle:
                     (now + int(delay * 1000), key),
                 )
         if not keys.soft:
-            return 0.0
-        # Slowed for the account's failures from other addresses only: an
-        # address's own are what its hard keys are for.
-        elsewhere = counts[keys.account] - counts[keys.hard[0]]
-        return min(self.delay(max(elsewhere, 0)), self.maxSoftDelay)
+            slowed = 0.0
+        else:
+            # Slowed for the account's failures from other addresses only:
+            # an address's own are what its hard keys are for.
+            elsewhere = counts[keys.account] - counts[keys.hard[0]]
+            slowed = min(self.delay(max(elsewhere, 0)), self.maxSoftDelay)
+        return slowed, looked
 
     def check(
         self,
@@ -232,7 +239,7 @@ class LoginThrottle:
         """
 
         def attempt() -> Deferred[Any]:
-            d = self._database.runInteraction(self._reserveAnd, keys, self._now(), lookup)
+            d = self._database.runInteraction(self._reserve, keys, self._now(), lookup)
             return d.addCallback(slowed)
 
         def slowed(reserved: tuple[float, Any]) -> Deferred[Any]:

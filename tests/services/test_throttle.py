@@ -258,6 +258,39 @@ class SQLiteThrottleTests(SQLiteMixin, ThrottleTestsMixin, ServiceTestCase):
 
 class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
     @inlineCallbacks
+    def test_roundTrips(self) -> Any:
+        """
+        A login is three round trips to PostgreSQL: the reservation's
+        block, count and account lookup as one message, its COMMIT (the
+        count must be seen by other attempts while the password is
+        checked), and the settlement with the new session and its COMMIT
+        as one more.  A wrong password is the first two.
+        """
+        import psycopg
+
+        sent: list[str] = []
+        execute = psycopg.Cursor.execute
+
+        def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            # Not the relay's deletions of the registrations' events.
+            if "_outbox" not in query:
+                sent.append(query)
+            return execute(cursor, query, *args, **kwargs)
+
+        self.patch(psycopg.Cursor, "execute", counted)
+        yield self.login("alice", PASSWORD)
+        self.assertEqual(len(sent), 3, sent)
+        self.assertIn("MAX(blocked_until)", sent[0])
+        self.assertIn("ON CONFLICT", sent[0])
+        self.assertIn("FROM accounts", sent[0])
+        self.assertEqual(sent[1], "COMMIT")
+        self.assertIn("INSERT INTO account_sessions", sent[2])
+        self.assertTrue(sent[2].endswith("COMMIT"), sent[2])
+        del sent[:]
+        yield self.failLogins(1)
+        self.assertEqual(len(sent), 2, sent)
+
+    @inlineCallbacks
     def test_sweepSkipsHeldRows(self) -> Any:
         """
         The sweep does not wait for a row an attempt holds (it could be
