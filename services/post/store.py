@@ -14,7 +14,7 @@ from txplatform.batching import BatchLoader
 from txplatform.database import Migration
 from txplatform.errors import NotFound, PermissionDenied, ResourceExhausted
 from txplatform.fields import CorruptField, readableRows
-from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
+from txplatform.interfaces import IDatabase, IFieldCodec, IRows, ITransaction
 from txplatform.outbox import Outbox
 from txplatform.replylog import Recorder
 from txplatform.timestamps import formatMillis
@@ -109,12 +109,13 @@ class PostStore:
     def _create(self, t: ITransaction, post: PostRow, record: Recorder | None) -> PostRow:
         # With _deleteAuthor: either the tombstone is seen, or the post is.
         t.lock(f"post-author:{post.author_id}")
-        if t.execute(
-            "SELECT 1 FROM post_deleted_authors WHERE account_id = ?", (post.author_id,)
-        ).fetchone():
+        gone = t.query("SELECT 1 FROM post_deleted_authors WHERE account_id = ?", (post.author_id,))
+        # In the tombstone's round trip.
+        newest = self._newest(t, post) if self.rate else None
+        if gone.fetchone():
             raise NotFound("the author's account no longer exists")
-        if self.rate:
-            self._checkRate(t, post)
+        if newest is not None:
+            self._checkRate(newest.fetchone(), post)
         t.send(
             f"INSERT INTO posts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
             (
@@ -140,16 +141,22 @@ class PostStore:
             record(t, post)
         return post
 
-    def _checkRate(self, t: ITransaction, post: PostRow) -> None:
+    def _newest(self, t: ITransaction, post: PostRow) -> IRows:
         """
-        Refuse a post beyond the author's rate: the author's C{rate}-th
-        newest post is the one that must be older than the period (under
-        the author's lock, so concurrent posts count exactly).
+        The author's C{rate}-th newest post's time, if any (under the
+        author's lock, so concurrent posts count exactly).
         """
-        row = t.execute(
+        return t.query(
             "SELECT created_at FROM posts WHERE author_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
             (post.author_id, self.rate - 1),
-        ).fetchone()
+        )
+
+    def _checkRate(self, row: tuple[Any, ...] | None, post: PostRow) -> None:
+        """
+        Refuse a post beyond the author's rate: the author's C{rate}-th
+        newest post (C{row}, from L{_newest}) is the one that must be older
+        than the period.
+        """
         if row is None:
             return
         period = int(self.ratePeriod * 1000)

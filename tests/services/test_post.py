@@ -347,4 +347,27 @@ class SQLitePostRateTests(SQLiteMixin, PostRateTestsMixin, ServiceTestCase):
 
 
 class PostgresPostRateTests(PostgresMixin, PostRateTestsMixin, ServiceTestCase):
-    pass
+    @inlineCallbacks
+    def test_roundTrips(self) -> Any:
+        """
+        With a rate, a post is still two round trips: the tombstone and the
+        author's newest posts are asked for in one message, the post and
+        its event go with the COMMIT.
+        """
+        import psycopg
+
+        sent: list[str] = []
+        execute = psycopg.Cursor.execute
+
+        def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(query)
+            return execute(cursor, query, *args, **kwargs)
+
+        self.patch(psycopg.Cursor, "execute", counted)
+        yield self.create()
+        # The relay's own transactions come and go in between.
+        mine = [q for q in sent if "post_deleted_authors" in q or "INSERT INTO posts" in q]
+        self.assertEqual(len(mine), 2, sent)
+        self.assertIn("OFFSET", mine[0])
+        self.assertTrue(mine[1].endswith("COMMIT"), mine[1])
+        self.assertEqual([q for q in sent if "OFFSET" in q], mine[:1])
