@@ -29,6 +29,14 @@ class InlinedTests(SynchronousTestCase):
         )
         self.assertEqual(inlined("SELECT 1", ()), "SELECT 1")
 
+    def test_bytesLike(self) -> None:
+        """
+        Bytearrays (what sealing makes) and memoryviews are written as
+        bytes are.
+        """
+        for value in (bytearray(b"\x00\xff'\\"), memoryview(b"\x00\xff'\\")):
+            self.assertEqual(inlined("SELECT ?", (value,)), "SELECT decode('00ff275c','hex')")
+
     def test_escapingLeftToPsycopg(self) -> None:
         """
         A statement with any value that would need escaping, or of a type
@@ -42,7 +50,6 @@ class InlinedTests(SynchronousTestCase):
             "caf\u00e9",
             "$$",
             1.5,
-            bytearray(b"x"),
             ["1"],
             [True],
             (1, 2),
@@ -80,13 +87,15 @@ class AgainstPostgresTests(SynchronousTestCase):
             True,
             b"",
             bytes(range(256)),
+            bytearray(range(256)),
+            memoryview(bytes(range(255, -1, -1))),
             "",
             "01JABCDEFGHJKMNPQRSTVWXYZ0",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "vendor=a:b,other=c;d*e/f@g+h",
             "-- /* not comments inside quotes; */",
         ]
-        casts = ["bigint", "bigint", "text", "boolean", "bytea", "bytea"] + ["text"] * 5
+        casts = ["bigint", "bigint", "text", "boolean"] + ["bytea"] * 4 + ["text"] * 5
         select = "SELECT " + ", ".join(f"?::{cast}" for cast in casts)
         for setting in ("on", "off"):
             with self.connection.cursor() as cursor:
@@ -98,7 +107,11 @@ class AgainstPostgresTests(SynchronousTestCase):
                 cursor.execute(select.replace("?", "%s"), values)
                 bound = cursor.fetchone()
             self.assertEqual(written, bound, setting)
-            self.assertEqual(list(written), values, setting)
+            self.assertEqual(
+                list(written),
+                [bytes(v) if isinstance(v, (bytearray, memoryview)) else v for v in values],
+                setting,
+            )
 
     def test_negativeAfterMinus(self) -> None:
         """

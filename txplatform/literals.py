@@ -48,9 +48,10 @@ def _literal(value: Any) -> str | None:
         # A negative number in parentheses: written after a minus sign
         # ("a -?"), "-" and "-1" would make "--1", a comment.
         return str(value) if value >= 0 else f"({value})"
-    if kind is bytes:
-        # decode() rather than '\x...': no backslash, whatever the
-        # server's standard_conforming_strings.
+    if kind is bytes or kind is bytearray or kind is memoryview:
+        # As psycopg binds all three: bytea.  (Sealed fields come as
+        # bytearrays.)  decode() rather than '\x...': no backslash,
+        # whatever the server's standard_conforming_strings.
         return f"decode('{value.hex()}','hex')"
     if kind is str:
         return f"'{value}'" if _PLAIN.match(value) else None

@@ -295,6 +295,41 @@ class PostgresPostTests(PostgresMixin, PostTestsMixin, ServiceTestCase):
     pass
 
 
+class PostgresSealedPostTests(PostgresMixin, ServiceTestCase):
+    # Encrypted fields and payloads, as in production.
+    keyPeriod = 3600.0
+
+    @inlineCallbacks
+    def test_writtenWithoutEscaping(self) -> Any:
+        """
+        What a created post sends (the post, its event, its recorded reply)
+        is written into the SQL text by L{txplatform.literals}, sealed
+        fields included: none of it needs psycopg's escaping, whatever the
+        post says.
+        """
+        import psycopg
+
+        yield self.startPost()
+        escaped: list[str] = []
+        mogrify = psycopg.ClientCursor.mogrify
+
+        def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            escaped.append(query)
+            return mogrify(cursor, query, *args, **kwargs)
+
+        self.patch(psycopg.ClientCursor, "mogrify", counted)
+        body = "it's a 'quote' \\ and caf\u00e9 -- @bob"
+        created = yield self.bus.call(
+            api.SERVICE_ID,
+            "create_post",
+            {"author_id": ALICE, "author_username": "alice", "body": body},
+        )
+        yield self.recorder.waitFor(api.POST_CREATED)
+        self.assertEqual(escaped, [])
+        read = yield self.bus.call(api.SERVICE_ID, "get_post", {"post_id": created["id"]})
+        self.assertEqual(read["body"], body)
+
+
 class SQLitePostCacheTests(SQLiteMixin, PostCacheTestsMixin, ServiceTestCase):
     def reopen(self, database: Any) -> Any:
         other = SQLiteDatabase(database.path)
