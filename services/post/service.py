@@ -57,7 +57,7 @@ class PostService(DatabaseService):
             seconds (0: no limit); more get L{ResourceExhausted}.
         """
         super().__init__(bus, database, clock, fields)
-        self.store = PostStore(self.database, self.fields, self.outbox)
+        self.store = PostStore(self.database, self.fields, self.outbox, clock)
         self.store.rate = postRate
         self.store.ratePeriod = postRatePeriod
         self.cache: ReadCache[str, tuple[dict[str, Any], str]] = ReadCache(

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from attrs import frozen
+from attrs import define, frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
+from txplatform import traces
 from txplatform.batching import BatchLoader
+from txplatform.context import Origin, handling
 from txplatform.database import Migration
 from txplatform.errors import NotFound, PermissionDenied, ResourceExhausted
+from txplatform.eventbatch import EventBatcher
 from txplatform.fields import CorruptField, readableRows
 from txplatform.interfaces import IDatabase, IFieldCodec, IRows, ITransaction
 from txplatform.outbox import Outbox
@@ -67,6 +71,25 @@ class PostRow:
         }
 
 
+@define
+class _Creating:
+    """
+    A post on its way into a batch of creates, and what became of it.
+    """
+
+    post: PostRow
+    record: Recorder | None
+    # Its call's correlation id and trace, for its event: the batch's
+    # transaction is nobody's in particular.
+    origin: Origin
+    refused: Exception | None = None
+
+    def outcome(self, _: object) -> PostRow:
+        if self.refused is not None:
+            raise self.refused
+        return self.post
+
+
 class PostStore:
     """
     @ivar rate: At most this many posts per author in C{ratePeriod}
@@ -77,10 +100,22 @@ class PostStore:
     rate = 0
     ratePeriod = 60.0
 
-    def __init__(self, database: IDatabase, fields: IFieldCodec, outbox: Outbox) -> None:
+    def __init__(
+        self, database: IDatabase, fields: IFieldCodec, outbox: Outbox, clock: IReactorTime
+    ) -> None:
         self._database = database
         self._fields = fields
         self._outbox = outbox
+        # Posts created together go into one transaction (group commit):
+        # those that arrive while transactions are under way wait for one
+        # to end, then go together in the next.
+        self._creates: EventBatcher[_Creating] = EventBatcher(
+            clock,
+            self._createBatch,
+            size=64,
+            concurrency=1 if database.dialect == "sqlite" else 2,
+            describe="post.create",
+        )
         # Reading posts is the hot path: concurrent reads share round trips.
         self._loader: BatchLoader[str, PostRow] = BatchLoader(
             self._getMany, maxInFlight=1 if database.dialect == "sqlite" else 4
@@ -103,64 +138,109 @@ class PostStore:
         @param record: Called in the transaction with the post (see
             L{txplatform.replylog}).
         @raise NotFound: the author's account was deleted.
+        @raise ResourceExhausted: the author is over the rate.
         """
-        return self._database.runInteraction(self._create, post, record)
+        handled = handling()
+        span = traces.startChildOfCurrent("post.create") if traces.enabled() else None
+        origin = Origin(
+            correlationId=handled.correlationId if handled is not None else None,
+            traceParent=traces.traceParentOf(span) if span is not None else None,
+            traceState=traces.traceStateOf(span) if span is not None else None,
+        )
+        creating = _Creating(post, record, origin)
+        d = self._creates.add(creating).addCallback(creating.outcome)
+        if span is not None:
+            d.addBoth(traces.endSpan, span)
+        return d
 
-    def _create(self, t: ITransaction, post: PostRow, record: Recorder | None) -> PostRow:
+    def _createBatch(self, batch: list[_Creating]) -> Deferred[Any]:
+        return self._database.runInteraction(self._create, batch)
+
+    def _create(self, t: ITransaction, batch: list[_Creating]) -> None:
+        authors = sorted({creating.post.author_id for creating in batch})
         # With _deleteAuthor: either the tombstone is seen, or the post is.
-        t.lock(f"post-author:{post.author_id}")
-        gone = t.query("SELECT 1 FROM post_deleted_authors WHERE account_id = ?", (post.author_id,))
-        # In the tombstone's round trip.
-        newest = self._newest(t, post) if self.rate else None
-        if gone.fetchone():
-            raise NotFound("the author's account no longer exists")
-        if newest is not None:
-            self._checkRate(newest.fetchone(), post)
+        t.lock(*(f"post-author:{author}" for author in authors))
+        gone = t.query(
+            "SELECT account_id FROM post_deleted_authors WHERE account_id IN"
+            f" ({', '.join('?' * len(authors))})",
+            authors,
+        )
+        # In the tombstones' round trip.
+        newest = {author: self._newest(t, author) for author in authors} if self.rate else {}
+        deleted = {row[0] for row in gone.fetchall()}
+        recent = {author: [row[0] for row in rows.fetchall()] for author, rows in newest.items()}
+        accepted = []
+        for creating in batch:
+            post = creating.post
+            creating.refused = None  # a batch that failed is run again alone
+            if post.author_id in deleted:
+                creating.refused = NotFound("the author's account no longer exists")
+                continue
+            if self.rate:
+                try:
+                    self._checkRate(recent[post.author_id], post)
+                except ResourceExhausted as refusal:
+                    creating.refused = refusal
+                    continue
+                recent[post.author_id].insert(0, post.created_at)
+            accepted.append(creating)
+        if not accepted:
+            return
         t.send(
-            f"INSERT INTO posts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-            (
-                post.id,
-                post.author_id,
-                self._fields.seal("posts", "author_username", post.id, post.author_username),
-                self._fields.seal("posts", "body", post.id, post.body),
-                post.created_at,
-            ),
+            f"INSERT INTO posts ({_COLUMNS}) VALUES "
+            + ", ".join("(?, ?, ?, ?, ?)" for _ in accepted),
+            [
+                value
+                for creating in accepted
+                for value in (
+                    creating.post.id,
+                    creating.post.author_id,
+                    self._fields.seal(
+                        "posts", "author_username", creating.post.id, creating.post.author_username
+                    ),
+                    self._fields.seal("posts", "body", creating.post.id, creating.post.body),
+                    creating.post.created_at,
+                )
+            ],
         )
-        self._outbox.stage(
-            t,
-            api.POST_CREATED,
-            {
-                "post_id": post.id,
-                "author_id": post.author_id,
-                "author_username": post.author_username,
-                "body": post.body,
-                "created_at": post.created_at,
-            },
-        )
-        if record is not None:
-            record(t, post)
-        return post
+        for creating in accepted:
+            post = creating.post
+            self._outbox.stage(
+                t,
+                api.POST_CREATED,
+                {
+                    "post_id": post.id,
+                    "author_id": post.author_id,
+                    "author_username": post.author_username,
+                    "body": post.body,
+                    "created_at": post.created_at,
+                },
+                creating.origin,
+            )
+            if creating.record is not None:
+                creating.record(t, post)
 
-    def _newest(self, t: ITransaction, post: PostRow) -> IRows:
+    def _newest(self, t: ITransaction, author: str) -> IRows:
         """
-        The author's C{rate}-th newest post's time, if any (under the
-        author's lock, so concurrent posts count exactly).
+        The times of the author's C{rate} newest posts, newest first (under
+        the author's lock, so concurrent posts count exactly).
         """
         return t.query(
-            "SELECT created_at FROM posts WHERE author_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
-            (post.author_id, self.rate - 1),
+            "SELECT created_at FROM posts WHERE author_id = ? ORDER BY id DESC LIMIT ?",
+            (author, self.rate),
         )
 
-    def _checkRate(self, row: tuple[Any, ...] | None, post: PostRow) -> None:
+    def _checkRate(self, recent: list[int], post: PostRow) -> None:
         """
         Refuse a post beyond the author's rate: the author's C{rate}-th
-        newest post (C{row}, from L{_newest}) is the one that must be older
-        than the period.
+        newest post (of C{recent}, from L{_newest}, with those accepted
+        before it in its batch) is the one that must be older than the
+        period.
         """
-        if row is None:
+        if len(recent) < self.rate:
             return
         period = int(self.ratePeriod * 1000)
-        wait = (row[0] + period - post.created_at) / 1000
+        wait = (recent[self.rate - 1] + period - post.created_at) / 1000
         if wait > 0:
             raise ResourceExhausted(
                 f"at most {self.rate} posts per {self.ratePeriod:g} s:"

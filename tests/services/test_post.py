@@ -4,14 +4,16 @@ Tests for the Post service, on SQLite and on PostgreSQL.
 
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.defer import DeferredList, gatherResults, inlineCallbacks, maybeDeferred
 
-from txplatform.database import PostgresDatabase, SQLiteDatabase
+from txplatform.context import Origin
+from txplatform.database import IntegrityError, PostgresDatabase, SQLiteDatabase
 from txplatform.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
-from txplatform.recordid import isRecordId
+from txplatform.recordid import isRecordId, newRecordId
 from txplatform_services.account import api as account
 from txplatform_services.post import api
 from txplatform_services.post.service import PostService
+from txplatform_services.post.store import PostRow
 
 from ..support import POSTGRES_URL, PostgresMixin, SQLiteMixin, eventually
 from .harness import ServiceTestCase, deliver
@@ -51,6 +53,104 @@ class PostTestsMixin:
                 "body": "hello @bob",
             },
         )
+
+    def countCreates(self) -> list[int]:
+        """
+        The size of every batch of creates from now on, one transaction
+        each.
+        """
+        batches: list[int] = []
+        run = self.service.database.runInteraction
+
+        def counting(interaction: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(interaction, "__name__", "") == "_create":
+                batches.append(len(args[0]))
+            return run(interaction, *args, **kwargs)
+
+        self.patch(self.service.database, "runInteraction", counting)
+        return batches
+
+    @inlineCallbacks
+    def test_createdTogether(self) -> Any:
+        """
+        Posts asked for together are created in one transaction (group
+        commit); each is its own post, announced by its own event with its
+        call's correlation id.
+        """
+        batches = self.countCreates()
+        authors = [ALICE, BOB, ALICE, ALICE, BOB]
+        created = yield gatherResults(
+            [
+                self.bus.call(
+                    api.SERVICE_ID,
+                    "create_post",
+                    {"author_id": author, "author_username": "someone", "body": f"post {n}"},
+                    origin=Origin(correlationId=f"request-{n}"),
+                )
+                for n, author in enumerate(authors)
+            ]
+        )
+        self.assertEqual(batches, [5])
+        self.assertEqual([post["body"] for post in created], [f"post {n}" for n in range(5)])
+        self.assertEqual(len({post["id"] for post in created}), 5)
+        for post in created:
+            self.assertEqual((yield self.call("get_post", post_id=post["id"])), post)
+        yield self.recorder.waitFor(api.POST_CREATED, 5)
+        announced = {
+            payload["post_id"]: (payload["author_id"], context.correlationId)
+            for name, payload, context in self.recorder.events
+            if name == api.POST_CREATED
+        }
+        self.assertEqual(
+            announced,
+            {post["id"]: (authors[n], f"request-{n}") for n, post in enumerate(created)},
+        )
+
+    @inlineCallbacks
+    def test_refusedAlone(self) -> Any:
+        """
+        In a batch, the post of a deleted author is refused, and the others
+        are created.
+        """
+        yield self.bus.publish(account.ACCOUNT_DELETED, {"account_id": ALICE, "username": "alice"})
+        yield eventually(
+            lambda: self.service.database.runQuery(
+                "SELECT 1 FROM post_deleted_authors WHERE account_id = ?", (ALICE,)
+            )
+        )
+        batches = self.countCreates()
+        results = yield DeferredList(
+            [
+                self.create("bob's", author=BOB),
+                self.create("alice's"),
+                self.create("bob again", author=BOB),
+            ],
+            consumeErrors=True,
+        )
+        self.assertEqual(batches, [3])
+        self.assertEqual([ok for ok, _ in results], [True, False, True])
+        results[1][1].trap(NotFound)
+        self.assertEqual([results[0][1]["body"], results[2][1]["body"]], ["bob's", "bob again"])
+
+    @inlineCallbacks
+    def test_failedBatchRunAlone(self) -> Any:
+        """
+        A batch whose transaction fails (a post whose id is taken) is
+        created again one post at a time: only the post at fault fails.
+        """
+        first = yield self.create("first")
+        batches = self.countCreates()
+        clash = PostRow(first["id"], ALICE, "alice", "clash", 0)
+        fine = PostRow(newRecordId(self.clock), BOB, "bob", "fine", 0)
+        results = yield DeferredList(
+            [self.service.store.create(clash), self.service.store.create(fine)],
+            consumeErrors=True,
+        )
+        self.assertEqual(batches, [2, 1, 1])
+        self.assertFalse(results[0][0])
+        results[0][1].trap(IntegrityError)
+        self.assertEqual(results[1], (True, fine))
+        self.assertEqual((yield self.call("get_post", post_id=fine.id))["body"], "fine")
 
     @inlineCallbacks
     def test_body(self) -> Any:
@@ -403,6 +503,6 @@ class PostgresPostRateTests(PostgresMixin, PostRateTestsMixin, ServiceTestCase):
         # The relay's own transactions come and go in between.
         mine = [q for q in sent if "post_deleted_authors" in q or "INSERT INTO posts" in q]
         self.assertEqual(len(mine), 2, sent)
-        self.assertIn("OFFSET", mine[0])
+        self.assertIn("ORDER BY id DESC LIMIT", mine[0])
         self.assertTrue(mine[1].endswith("COMMIT"), mine[1])
-        self.assertEqual([q for q in sent if "OFFSET" in q], mine[:1])
+        self.assertEqual([q for q in sent if "ORDER BY id DESC LIMIT" in q], mine[:1])
