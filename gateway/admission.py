@@ -54,11 +54,18 @@ class Admission:
         self.admitted: Counter[Priority] = Counter()
         self.shed: Counter[Priority] = Counter()
         self._lastSeen: dict[Priority, float] = {}
+        # Worked out once: every request asks.
+        self._classes: dict[int, Priority] = {}
+        self._higher = {p: [q for q in self.thresholds if q > p] for p in self.thresholds}
+        self._lowest = min(self.thresholds)
 
     def _class(self, priority: int) -> Priority:
-        # The highest class not above the request's priority.
-        eligible = [p for p in self.thresholds if p <= priority]
-        return max(eligible) if eligible else min(self.thresholds)
+        klass = self._classes.get(priority)
+        if klass is None:
+            # The highest class not above the request's priority.
+            eligible = [p for p in self.thresholds if p <= priority]
+            klass = self._classes[priority] = max(eligible) if eligible else self._lowest
+        return klass
 
     #: With a L{BusyMonitor}: a reactor busier than C{busyLimit} refuses
     #: the low class, and busier than halfway from there to full the normal
@@ -96,11 +103,11 @@ class Admission:
         class.
         """
         assert self.monitor is not None
-        higher = [p for p in self.thresholds if p > klass]
+        higher = self._higher[klass]
         if not higher:
             return False
         limit = self.busyLimit
-        if klass > min(self.thresholds):
+        if klass > self._lowest:
             limit = (1 + limit) / 2
         if self.monitor.busy <= limit or not self.inFlight:
             return False

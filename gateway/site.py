@@ -88,6 +88,8 @@ class GatewayChannel(HTTPChannel):
     """
 
     _deadline: Any = None
+    # What the deadline is for (what is awaited, and its seconds), if any.
+    _awaiting: tuple[str, float] | None = None
     _receiving = True  # a request's headers or body are on their way
     _counted: str | None = None
     _ended = False
@@ -105,7 +107,10 @@ class GatewayChannel(HTTPChannel):
         self._expect(self.site.headerTimeout, "headers")
 
     def connectionLost(self, reason: Any) -> None:
-        self._stopDeadline()
+        self._awaiting = None
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
         if self._counted is not None:
             self.site.connectionGone(self._counted)
             self._counted = None
@@ -139,17 +144,28 @@ class GatewayChannel(HTTPChannel):
         super().allContentReceived()
 
     def _expect(self, seconds: float, what: str) -> None:
-        self._stopDeadline()
-        if seconds:
-            self._deadline = self.callLater(seconds, self._tooSlow, what, seconds)
+        if not seconds:
+            self._awaiting = None
+            return
+        self._awaiting = (what, seconds)
+        if self._deadline is not None and self._deadline.active():
+            # Moved, not cancelled and made again: one timer per
+            # connection rather than two a request, for the reactor to
+            # sort in and out of its heap.
+            self._deadline.reset(seconds)
+        else:
+            self._deadline = self.callLater(seconds, self._tooSlow)
 
     def _stopDeadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        # Disarmed: the timer stays for the next request's deadline, and
+        # does nothing if it goes off first.
+        self._awaiting = None
 
-    def _tooSlow(self, what: str, seconds: float) -> None:
+    def _tooSlow(self) -> None:
         self._deadline = None
+        if self._awaiting is None:
+            return
+        what, seconds = self._awaiting
         self._log.info(
             "Request {what} from {peer} took over {seconds} s: closing",
             what=what,

@@ -6,6 +6,7 @@ before its request reaches the gateway.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -130,6 +131,34 @@ class SiteTests(SynchronousTestCase):
         channel.dataReceived(b"GET / HTTP/1.1\r\n")
         self.clock.advance(5.1)
         self.assertEqual(self.answer(transport)[0], 408)
+
+    def test_oneDeadlineTimer(self) -> None:
+        """
+        A kept-alive connection's requests move one deadline timer rather
+        than each making its own: the reactor's heap of timers is not
+        churned twice a request.
+        """
+        made = []
+        callLater = self.clock.callLater
+
+        def counting(delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+            made.append(getattr(f, "__name__", ""))
+            return callLater(delay, f, *args, **kwargs)
+
+        self.clock.callLater = counting  # type: ignore[method-assign]
+        channel, transport = self.connect()
+        for _ in range(5):
+            self.clock.advance(1)
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(transport.value().count(b"hello"), 5)
+        self.assertEqual(made.count("_tooSlow"), 1)
+        # Disarmed between requests: going off then closes nothing.
+        self.clock.advance(5.1)
+        self.assertFalse(transport.disconnecting)
+        channel.connectionLost(None)
+        self.assertEqual(
+            [c for c in self.clock.getDelayedCalls() if c.func.__name__ == "_tooSlow"], []
+        )
 
     def test_connectionsPerAddress(self) -> None:
         """
