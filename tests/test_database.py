@@ -426,16 +426,19 @@ class DatabaseTestsMixin:
     @inlineCallbacks
     def test_queryNeverRead(self) -> Any:
         """
-        A query whose rows nobody reads still runs, with the commit.
+        A query whose rows nobody reads still runs, with the commit; one
+        whose statement returns no rows gives none.
         """
         database = yield self.migrated()
 
-        def work(t: Any) -> None:
+        def work(t: Any) -> Any:
             t.query("INSERT INTO things (id, name) VALUES (?, ?) RETURNING id", ("a", "one"))
+            # No rows to give: none.
+            return t.query("INSERT INTO things (id, name) VALUES (?, ?)", ("b", "two")).fetchall()
 
-        yield database.runInteraction(work)
-        rows = yield database.runQuery("SELECT id FROM things")
-        self.assertEqual(rows, [("a",)])
+        self.assertEqual((yield database.runInteraction(work)), [])
+        rows = yield database.runQuery("SELECT id FROM things ORDER BY id")
+        self.assertEqual(rows, [("a",), ("b",)])
 
     @inlineCallbacks
     def test_queryFails(self) -> Any:

@@ -291,7 +291,10 @@ class _BatchingTransaction(_Transaction):
         # and the last is the one the caller asked for.
         for index in range(len(statements)):
             if index in queries:
-                queries[index]._arrived(self._cursor.fetchall())
+                # A statement that returns no rows (an INSERT without
+                # RETURNING) has none to give, as on SQLite.
+                described = self._cursor.description is not None
+                queries[index]._arrived(self._cursor.fetchall() if described else [])
             if not self._cursor.nextset():
                 break
 

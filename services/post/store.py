@@ -141,7 +141,14 @@ class PostStore:
         @raise ResourceExhausted: the author is over the rate.
         """
         handled = handling()
-        span = traces.startChildOfCurrent("post.create") if traces.enabled() else None
+        span = None
+        if traces.enabled():
+            # The post's share of its batch's transaction, in its call's
+            # trace, as the transaction's own span would be for one post.
+            span = traces.startChildOfCurrent(
+                "db.transaction",
+                {"db.system.name": self._database.dialect, "code.function.name": "_create"},
+            )
         origin = Origin(
             correlationId=handled.correlationId if handled is not None else None,
             traceParent=traces.traceParentOf(span) if span is not None else None,
