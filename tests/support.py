@@ -154,6 +154,24 @@ class PostgresMixin:
         return database
 
 
+def recordCalls(case: Any, cls: type, name: str) -> list[Any]:
+    """
+    Patch C{cls.name} (for the rest of C{case}) to note the first argument
+    of every call before making it: the queries psycopg sends
+    (C{psycopg.Cursor.execute}: one message, one round trip, each) or binds
+    on this side (C{psycopg.ClientCursor.mogrify}).
+    """
+    seen: list[Any] = []
+    original = getattr(cls, name)
+
+    def recorded(self: Any, first: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(first)
+        return original(self, first, *args, **kwargs)
+
+    case.patch(cls, name, recorded)
+    return seen
+
+
 @inlineCallbacks
 def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
     """

@@ -27,7 +27,7 @@ from txplatform.database import (
 )
 from txplatform.interfaces import IDatabase
 
-from .support import POSTGRES_URL, PostgresMixin, SQLiteMixin, requirePostgres
+from .support import POSTGRES_URL, PostgresMixin, SQLiteMixin, recordCalls, requirePostgres
 
 THINGS = [
     Migration(
@@ -486,15 +486,7 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         """
         import psycopg
 
-        sent: list[str] = []
-        execute = psycopg.Cursor.execute
-
-        def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(query)
-            return execute(cursor, query, *args, **kwargs)
-
-        self.patch(psycopg.Cursor, "execute", counted)
-        return sent
+        return recordCalls(self, psycopg.Cursor, "execute")
 
     @inlineCallbacks
     def test_queriesShareRoundTrip(self) -> Any:

@@ -1,13 +1,13 @@
 """
 Tests for L{tests.support}: the rule every test that needs a server or a
-tool follows.
+tool follows, and the recording of a driver's calls.
 """
 
 import os
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .support import missing
+from .support import missing, recordCalls
 
 
 class MissingTests(SynchronousTestCase):
@@ -27,3 +27,19 @@ class MissingTests(SynchronousTestCase):
         self.patch(os, "environ", {**os.environ, "CI": "true"})
         error = self.assertRaises(AssertionError, missing, "no broker", "; CI must run it")
         self.assertEqual(str(error), "no broker; CI must run it")
+
+
+class Driver:
+    def execute(self, query: str, params: tuple = ()) -> str:
+        return f"{query} {params}"
+
+
+class RecordCallsTests(SynchronousTestCase):
+    def test_recorded(self) -> None:
+        """
+        Every call's first argument is noted, and the call still made.
+        """
+        seen = recordCalls(self, Driver, "execute")
+        self.assertEqual(Driver().execute("SELECT ?", (1,)), "SELECT ? (1,)")
+        self.assertEqual(Driver().execute("COMMIT"), "COMMIT ()")
+        self.assertEqual(seen, ["SELECT ?", "COMMIT"])

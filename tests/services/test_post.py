@@ -15,7 +15,7 @@ from txplatform_services.post import api
 from txplatform_services.post.service import PostService
 from txplatform_services.post.store import PostRow
 
-from ..support import POSTGRES_URL, PostgresMixin, SQLiteMixin, eventually
+from ..support import POSTGRES_URL, PostgresMixin, SQLiteMixin, eventually, recordCalls
 from .harness import ServiceTestCase, deliver
 
 ALICE = "01aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -410,14 +410,7 @@ class PostgresSealedPostTests(PostgresMixin, ServiceTestCase):
         import psycopg
 
         yield self.startPost()
-        escaped: list[str] = []
-        mogrify = psycopg.ClientCursor.mogrify
-
-        def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            escaped.append(query)
-            return mogrify(cursor, query, *args, **kwargs)
-
-        self.patch(psycopg.ClientCursor, "mogrify", counted)
+        escaped = recordCalls(self, psycopg.ClientCursor, "mogrify")
         body = "it's a 'quote' \\ and caf\u00e9 -- @bob"
         created = yield self.bus.call(
             api.SERVICE_ID,
@@ -491,14 +484,7 @@ class PostgresPostRateTests(PostgresMixin, PostRateTestsMixin, ServiceTestCase):
         """
         import psycopg
 
-        sent: list[str] = []
-        execute = psycopg.Cursor.execute
-
-        def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(query)
-            return execute(cursor, query, *args, **kwargs)
-
-        self.patch(psycopg.Cursor, "execute", counted)
+        sent = recordCalls(self, psycopg.Cursor, "execute")
         yield self.create()
         # The relay's own transactions come and go in between.
         mine = [q for q in sent if "post_deleted_authors" in q or "INSERT INTO posts" in q]

@@ -16,7 +16,7 @@ from txplatform.errors import ResourceExhausted, Unauthenticated
 from txplatform_services.account import api
 from txplatform_services.account.throttle import TABLE
 
-from ..support import PostgresMixin, SQLiteMixin, eventually, sleep
+from ..support import PostgresMixin, SQLiteMixin, eventually, recordCalls, sleep
 from .harness import ServiceTestCase
 
 PASSWORD = "correct horse"
@@ -268,17 +268,14 @@ class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
         """
         import psycopg
 
-        sent: list[str] = []
-        execute = psycopg.Cursor.execute
+        messages = recordCalls(self, psycopg.Cursor, "execute")
 
-        def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        def mine() -> list[str]:
             # Not the relay's deletions of the registrations' events.
-            if "_outbox" not in query:
-                sent.append(query)
-            return execute(cursor, query, *args, **kwargs)
+            return [query for query in messages if "_outbox" not in query]
 
-        self.patch(psycopg.Cursor, "execute", counted)
         yield self.login("alice", PASSWORD)
+        sent = mine()
         self.assertEqual(len(sent), 3, sent)
         self.assertIn("MAX(blocked_until)", sent[0])
         self.assertIn("ON CONFLICT", sent[0])
@@ -286,9 +283,9 @@ class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
         self.assertEqual(sent[1], "COMMIT")
         self.assertIn("INSERT INTO account_sessions", sent[2])
         self.assertTrue(sent[2].endswith("COMMIT"), sent[2])
-        del sent[:]
+        del messages[:]
         yield self.failLogins(1)
-        self.assertEqual(len(sent), 2, sent)
+        self.assertEqual(len(mine()), 2, mine())
 
     @inlineCallbacks
     def test_sweepSkipsHeldRows(self) -> Any:
