@@ -469,6 +469,23 @@ class PostRateTestsMixin:
         self.clock.offset += 61
         yield self.create()
 
+    @inlineCallbacks
+    def test_rateInOneBatch(self) -> Any:
+        """
+        Posts created together count against the rate in the order they
+        came, those before them in their batch included: of five at once,
+        with one made before, two pass.
+        """
+        yield self.create(body="before")
+        results = yield DeferredList(
+            [self.create(body=f"post {n}") for n in range(5)], consumeErrors=True
+        )
+        self.assertEqual([ok for ok, _ in results], [True, True, False, False, False])
+        for _, failure in results[2:]:
+            failure.trap(ResourceExhausted)
+        listed = yield self.bus.call(api.SERVICE_ID, "list_posts", {"author_id": "01hx" + "a" * 22})
+        self.assertEqual([post["body"] for post in listed["items"]], ["post 1", "post 0", "before"])
+
 
 class SQLitePostRateTests(SQLiteMixin, PostRateTestsMixin, ServiceTestCase):
     pass
