@@ -15,6 +15,10 @@ Each event is still acknowledged on its own, once the call for its batch
 succeeded.  A batch of several that fails is handled again one event at a
 time: an event that fails by itself then fails alone, and is retried or
 dead-lettered by its bus's rules, while the others go through.
+
+L{EventBatcher} gathers any kind of item this way, not only events: a
+store can give it the writes that arrive together, to commit them in one
+transaction (the Post service's creates).
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ class EventBatcher(Generic[_Item]):
 
         def failed(failure: Failure) -> Deferred[Any]:
             self.log.warn(
-                "{handler} failed a batch of {count} events ({error}); handling them one at a time",
+                "{handler} failed a batch of {count} ({error}); handling them one at a time",
                 handler=self._describe,
                 count=len(taken),
                 error=failure.getErrorMessage() or failure.type.__name__,
