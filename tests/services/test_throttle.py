@@ -72,6 +72,27 @@ class ThrottleTestsMixin:
         self.assertEqual(verified, [])
 
     @inlineCallbacks
+    def test_blockedNotCounted(self) -> Any:
+        """
+        An attempt refused for a block counts nothing: the counts it took
+        with the block's read are rolled back by the refusal.
+        """
+        client = "198.51.100.1"
+        yield self.failLogins(6, "alice", client)
+        keys = self.service.throttle.keys("alice", client)
+
+        def counts() -> Any:
+            return self.service.database.runQuery(
+                f"SELECT key, failures, blocked_until FROM {TABLE} ORDER BY key"
+            )
+
+        before = yield counts()
+        for _ in range(3):
+            yield self.assertFailure(self.login("alice", PASSWORD, client), ResourceExhausted)
+        self.assertEqual((yield counts()), before)
+        self.assertEqual({bytes(key): failures for key, failures, _ in before}[keys.hard[0]], 6)
+
+    @inlineCallbacks
     def test_caseInsensitive(self) -> Any:
         """
         Usernames match without regard to case, and so do their counts:
