@@ -120,22 +120,23 @@ class _Rows:
     running every statement waiting to go (C{flush}) on the first read.
     """
 
-    def __init__(self, flush: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        rows: list[tuple[Any, ...]] | None = None,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
+        self._rows = rows
         self._flush = flush
-        self._rows: list[tuple[Any, ...]] | None = None
 
     def _arrived(self, rows: list[tuple[Any, ...]]) -> None:
         self._rows = rows
         self._flush = None
 
     def fetchall(self) -> list[tuple[Any, ...]]:
-        if self._rows is None:
-            if self._flush is None:
-                raise RuntimeError("the transaction ended before this query's rows were read")
+        if self._rows is None and self._flush is not None:
             self._flush()
-            if self._rows is None:
-                # The flush failed, or ran in a transaction that has ended.
-                raise RuntimeError("this query's statement did not run")
+        if self._rows is None:
+            raise RuntimeError("this query's statement did not run")
         return self._rows
 
     def fetchone(self) -> tuple[Any, ...] | None:
@@ -195,9 +196,7 @@ class _Transaction:
         self.execute(sql, params)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
-        rows = _Rows()
-        rows._arrived(self.execute(sql, params).fetchall())
-        return rows
+        return _Rows(self.execute(sql, params).fetchall())
 
     def finish(self) -> None:
         """
@@ -254,7 +253,7 @@ class _BatchingTransaction(_Transaction):
         self._pending.append(self._bound(sql, params))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
-        rows = _Rows(lambda: self._flush([]))
+        rows = _Rows(flush=lambda: self._flush([]))
         self._queries[len(self._pending)] = rows
         self._pending.append(self._bound(sql, params))
         return rows
