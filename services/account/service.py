@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -235,8 +235,8 @@ class AccountService(DatabaseService):
         expiresAt = now + int(self.sessionLifetime * 1000)
         sessionId = newRecordId(self.clock)
 
-        def lookup(t: ITransaction) -> AccountRow | None:
-            return self.store.byUsernameIn(t, request.username)
+        def lookup(t: ITransaction) -> Callable[[], AccountRow | None]:
+            return self.store.byUsernameQuery(t, request.username)
 
         def settle(t: ITransaction, checked: tuple[AccountRow, bool]) -> AccountRow:
             account = checked[0]

@@ -9,7 +9,7 @@ codec's index of their normalised form, never by the stored value.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -281,11 +281,22 @@ class AccountStore:
     def byUsername(self, username: str) -> Deferred[AccountRow | None]:
         return self._database.runInteraction(self._byUsername, username)
 
-    def byUsernameIn(self, t: ITransaction, username: str) -> AccountRow | None:
+    def byUsernameQuery(self, t: ITransaction, username: str) -> Callable[[], AccountRow | None]:
         """
-        L{byUsername}, in a transaction of the caller's.
+        Ask for L{byUsername} in a transaction of the caller's, without
+        waiting for the answer (it goes with the transaction's next message,
+        its COMMIT perhaps): what this returns reads it, once it has come.
         """
-        return self._byUsername(t, username)
+        indexes = self.usernameIndexes(username)
+        rows = t.query(
+            f"SELECT {_COLUMNS} FROM accounts WHERE username_index IN ({_marks(indexes)})", indexes
+        )
+
+        def read() -> AccountRow | None:
+            row = rows.fetchone()
+            return self._account(row) if row is not None else None
+
+        return read
 
     def resolve(self, usernames: Sequence[str]) -> Deferred[list[AccountRow]]:
         """

@@ -43,7 +43,7 @@ from twisted.internet.task import deferLater
 
 from txplatform.database import Migration
 from txplatform.errors import ResourceExhausted
-from txplatform.interfaces import IDatabase, IFieldCodec, ITransaction
+from txplatform.interfaces import IDatabase, IFieldCodec, IRows, ITransaction
 
 __all__ = ["LoginThrottle", "MIGRATION", "AttemptKeys"]
 
@@ -79,6 +79,10 @@ class AttemptKeys:
     soft: tuple[bytes, ...]
     account: bytes
     client: bytes | None
+
+
+def _millis(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 class LoginThrottle:
@@ -148,60 +152,114 @@ class LoginThrottle:
             nothing was counted.
         """
         d = self._database.runInteraction(self._reserve, keys, self._now())
-        return d.addCallback(lambda reserved: reserved[0])
+        return d.addCallback(lambda reserved: reserved()[0])
 
     def _reserve(
         self,
         transaction: ITransaction,
         keys: AttemptKeys,
         now: int,
-        lookup: Callable[[ITransaction], Any] | None = None,
-    ) -> tuple[float, Any]:
+        lookup: Callable[[ITransaction], Callable[[], Any]] | None = None,
+    ) -> Callable[[], tuple[float, Any]]:
         """
         Count the attempt (see L{reserve}), and C{lookup} what its check
-        needs in the same transaction: C{(seconds to wait, looked up)}.
+        needs in the same transaction.
+
+        Nothing here waits for the database: the block, the counts and the
+        lookup go with the COMMIT, as one message (on SQLite they run as
+        they come), and are read once the transaction has committed.  The
+        database decides alone: a blocked key's attempt counts nothing,
+        and a count past the free failures blocks its key.
+
+        @return: What reads the outcome once committed: C{(seconds to wait,
+            what C{lookup}'s reader gives)}, or L{ResourceExhausted} raised.
         """
-        everything = keys.hard + keys.soft
         # Concurrent attempts on one key take their turn here: each sees
-        # the counts of those before it.
-        transaction.lock(*(key.hex() for key in everything))
+        # the counts of those before it.  (A settlement takes the same
+        # locks, so the two never take the rows in conflicting orders.)
+        transaction.lock(*(key.hex() for key in keys.hard + keys.soft))
         marks = ", ".join("?" * len(keys.hard))
-        # The block, the count and the lookup go to the database together,
-        # in one round trip: counted even when a key turns out blocked, the
-        # attempt is then refused by raising, which rolls the count back.
         blocked = transaction.query(
             f"SELECT MAX(blocked_until) FROM {TABLE} WHERE key IN ({marks})", keys.hard
         )
-        lapsed = now - int(self.window * 1000)
-        # One upsert counts every key (an upsert, not a read and a write:
-        # concurrent failures from other gateways queue on the rows instead
-        # of losing a count), in key order, as the locks above are taken.
-        ordered = sorted(set(everything))
-        counted = transaction.query(
-            f"INSERT INTO {TABLE} (key, failures, blocked_until, updated_at) VALUES "
-            + ", ".join("(?, 1, 0, ?)" for _ in ordered)
-            + " ON CONFLICT (key) DO UPDATE SET"
-            f" failures = CASE WHEN {TABLE}.updated_at >= ? THEN {TABLE}.failures + 1"
-            " ELSE 1 END, updated_at = ? RETURNING key, failures",
-            (*(value for key in ordered for value in (key, now)), lapsed, now),
-        )
+        # The soft keys first: their statement must not see the block that
+        # the hard keys' statement may set for this very attempt.
+        counted = [
+            transaction.query(*self._counting(group, keys.hard, now, hard))
+            for group, hard in ((keys.soft, False), (keys.hard, True))
+            if group
+        ]
         looked = lookup(transaction) if lookup is not None else None
+        return lambda: self._reserved(keys, now, blocked, counted, looked)
+
+    def _counting(
+        self, counting: tuple[bytes, ...], hard: tuple[bytes, ...], now: int, blocks: bool
+    ) -> tuple[str, list[Any]]:
+        """
+        The upsert that counts a failure against each key of C{counting}
+        unless one of the C{hard} keys is blocked, and with C{blocks}, blocks
+        each for L{delay} of its new count.  An upsert, not a read and a
+        write: concurrent failures from other gateways queue on the rows
+        instead of losing a count.
+        """
+        lapsed = now - int(self.window * 1000)
+        # The key's count with this failure (SET sees the row before it).
+        failures = f"CASE WHEN {TABLE}.updated_at >= ? THEN {TABLE}.failures + 1 ELSE 1 END"
+        first = _millis(self.delay(1)) if blocks else 0
+        sql = (
+            f"INSERT INTO {TABLE} (key, failures, blocked_until, updated_at)"
+            f" SELECT v.column1, 1, ?, ? FROM (VALUES {', '.join('(?)' for _ in counting)}) AS v"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {TABLE} WHERE key IN ({', '.join('?' * len(hard))})"
+            f" AND blocked_until > ?)"
+            f" ON CONFLICT (key) DO UPDATE SET failures = {failures}, updated_at = ?"
+        )
+        params: list[Any] = [now + first if first else 0, now, *counting, *hard, now, lapsed, now]
+        if blocks:
+            # L{delay} of every count it tells apart, as a table: one
+            # definition of the backoff, this side, for both dialects.
+            steps = self._steps()
+            sql += (
+                f", blocked_until = CASE WHEN {failures} <= ? THEN {TABLE}.blocked_until"
+                f" ELSE ? + CASE {failures} {' '.join('WHEN ? THEN ?' for _ in steps)}"
+                " ELSE ? END END"
+            )
+            params += [lapsed, self.freeFailures, now, lapsed]
+            params += [value for step in steps for value in step]
+            params.append(_millis(self.maxDelay))
+        return sql + " RETURNING key, failures", params
+
+    def _steps(self) -> list[tuple[int, int]]:
+        """
+        C{(count, milliseconds blocked)} for each count past the free
+        failures, until the backoff reaches its longest.
+        """
+        steps = []
+        for beyond in range(1, 32):
+            steps.append(
+                (self.freeFailures + beyond, _millis(self.delay(self.freeFailures + beyond)))
+            )
+            if steps[-1][1] >= _millis(self.maxDelay):
+                break
+        return steps
+
+    def _reserved(
+        self,
+        keys: AttemptKeys,
+        now: int,
+        blocked: IRows,
+        counted: list[IRows],
+        looked: Callable[[], Any] | None,
+    ) -> tuple[float, Any]:
         row = blocked.fetchone()
         until = row[0] if row and row[0] is not None else 0
-        wait = (until - now) / 1000
-        if wait > 0:
+        counts = {bytes(key): failures for rows in counted for key, failures in rows.fetchall()}
+        if not counts:
+            # A hard key was blocked, so neither upsert counted anything.
+            wait = max((until - now) / 1000, 0.0)
             raise ResourceExhausted(
                 f"too many failed logins: try again in {max(1, round(wait))} s",
                 {"retry_after": wait},
             )
-        counts = {bytes(key): failures for key, failures in counted.fetchall()}
-        for key in keys.hard:
-            delay = self.delay(counts[key])
-            if delay:
-                transaction.send(
-                    f"UPDATE {TABLE} SET blocked_until = ? WHERE key = ?",
-                    (now + int(delay * 1000), key),
-                )
         if not keys.soft:
             slowed = 0.0
         else:
@@ -209,21 +267,23 @@ class LoginThrottle:
             # an address's own are what its hard keys are for.
             elsewhere = counts[keys.account] - counts[keys.hard[0]]
             slowed = min(self.delay(max(elsewhere, 0)), self.maxSoftDelay)
-        return slowed, looked
+        return slowed, looked() if looked is not None else None
 
     def check(
         self,
         keys: AttemptKeys,
-        lookup: Callable[[ITransaction], Any],
+        lookup: Callable[[ITransaction], Callable[[], Any]],
         verify: Callable[[Any], Deferred[Any]],
         matched: Callable[[Any], bool],
         settle: Callable[[ITransaction, Any], Any],
     ) -> Deferred[Any]:
         """
         An attempt, in two transactions around its password check: reserve
-        it (and C{lookup} what the check needs, in the same transaction),
-        wait as long as the account's failures say, C{verify} what was
-        looked up (the password check; at most C{concurrentChecks} at once
+        it (and C{lookup} what the check needs, in the same transaction:
+        it asks, with L{ITransaction.query}, and returns what reads the
+        answer once the transaction has committed), wait as long as the
+        account's failures say, C{verify} what was looked up (the password
+        check; at most C{concurrentChecks} at once
         per account), and if C{matched} says its result is a success, give
         the reservation back and C{settle} (make the session) in one more.
 
@@ -240,7 +300,7 @@ class LoginThrottle:
 
         def attempt() -> Deferred[Any]:
             d = self._database.runInteraction(self._reserve, keys, self._now(), lookup)
-            return d.addCallback(slowed)
+            return d.addCallback(lambda reserved: slowed(reserved()))
 
         def slowed(reserved: tuple[float, Any]) -> Deferred[Any]:
             delay, looked = reserved

@@ -74,8 +74,8 @@ class ThrottleTestsMixin:
     @inlineCallbacks
     def test_blockedNotCounted(self) -> Any:
         """
-        An attempt refused for a block counts nothing: the counts it took
-        with the block's read are rolled back by the refusal.
+        An attempt refused for a block counts nothing: its upserts, sent
+        with the block's read, count only where no hard key is blocked.
         """
         client = "198.51.100.1"
         yield self.failLogins(6, "alice", client)
@@ -230,6 +230,43 @@ class ThrottleTestsMixin:
         self.assertEqual([round(w) for w in waits], [1, 2, 4])
 
     @inlineCallbacks
+    def test_blocksAsDelaySays(self) -> Any:
+        """
+        The database blocks each hard key for L{LoginThrottle.delay} of its
+        count, up to C{maxDelay} and past it; with no free failures, from
+        the first.
+        """
+        throttle = self.service.throttle
+        throttle.maxDelay = 8.0
+        keys = throttle.keys("alice", "192.0.2.1")
+
+        @inlineCallbacks
+        def blocks() -> Any:
+            rows = yield self.service.database.runQuery(
+                f"SELECT key, failures, blocked_until, updated_at FROM {TABLE}"
+            )
+            return {
+                bytes(key): (failures, until and until - updated)
+                for key, failures, until, updated in rows
+            }
+
+        seen = []
+        for _ in range(throttle.freeFailures + 7):
+            yield self.failLogins(1)
+            failures, blocked = (yield blocks())[keys.hard[0]]
+            seen.append((failures, blocked / 1000))
+            self.clock.offset += blocked / 1000 + 0.01
+        self.assertEqual(
+            seen,
+            [(n, throttle.delay(n) if n > 5 else 0.0) for n in range(1, 13)],
+        )
+        self.assertEqual([blocked for _, blocked in seen[5:]], [1, 2, 4, 8, 8, 8, 8])
+        throttle.freeFailures = 0
+        yield self.failLogins(1, "bob")
+        bob = throttle.keys("bob", "192.0.2.1")
+        self.assertEqual((yield blocks())[bob.hard[0]], (1, 1000))
+
+    @inlineCallbacks
     def test_perClient(self) -> Any:
         """
         An address guessing at many accounts (unknown ones count too) is
@@ -281,11 +318,11 @@ class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
     @inlineCallbacks
     def test_roundTrips(self) -> Any:
         """
-        A login is three round trips to PostgreSQL: the reservation's
-        block, count and account lookup as one message, its COMMIT (the
-        count must be seen by other attempts while the password is
+        A login is two round trips to PostgreSQL: the reservation's block,
+        counts and account lookup with its COMMIT, as one message (the
+        counts must be seen by other attempts while the password is
         checked), and the settlement with the new session and its COMMIT
-        as one more.  A wrong password is the first two.
+        as one more.  A wrong password is the first.
         """
         import psycopg
 
@@ -297,16 +334,16 @@ class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
 
         yield self.login("alice", PASSWORD)
         sent = mine()
-        self.assertEqual(len(sent), 3, sent)
+        self.assertEqual(len(sent), 2, sent)
         self.assertIn("MAX(blocked_until)", sent[0])
         self.assertIn("ON CONFLICT", sent[0])
         self.assertIn("FROM accounts", sent[0])
-        self.assertEqual(sent[1], "COMMIT")
-        self.assertIn("INSERT INTO account_sessions", sent[2])
-        self.assertTrue(sent[2].endswith("COMMIT"), sent[2])
+        self.assertTrue(sent[0].endswith("COMMIT"), sent[0])
+        self.assertIn("INSERT INTO account_sessions", sent[1])
+        self.assertTrue(sent[1].endswith("COMMIT"), sent[1])
         del messages[:]
         yield self.failLogins(1)
-        self.assertEqual(len(mine()), 2, mine())
+        self.assertEqual(len(mine()), 1, mine())
 
     @inlineCallbacks
     def test_sweepSkipsHeldRows(self) -> Any:
