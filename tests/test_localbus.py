@@ -75,6 +75,38 @@ class CallTests(BusTestMixin, SynchronousTestCase):
         self.assertEqual(context.priority, Priority.NORMAL)
         self.assertEqual(context.deadline, self.bus.defaultTimeout)
 
+    def test_bindingMadeOnce(self) -> None:
+        """
+        A call made in this process is bound once, by its caller: the
+        worker opens it with the caller's binding rather than computing it
+        again (traced or not).
+        """
+        import txplatform.busrules
+        import txplatform.localbus
+
+        made: list[str] = []
+        again: list[str] = []
+        for module, seen in ((txplatform.busrules, made), (txplatform.localbus, again)):
+            real = module.callBinding
+
+            def recorded(*args: Any, real: Any = real, seen: list[str] = seen) -> bytes:
+                seen.append(args[1])
+                return real(*args)
+
+            self.patch(module, "callBinding", recorded)
+        self.serve({"echo": lambda payload, context: payload})
+        untraced = self.bus.call(SERVICE, "echo", {"x": 1})
+        traced = self.bus.call(
+            SERVICE,
+            "echo",
+            {"x": 2},
+            origin=Origin(traceParent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"),
+        )
+        self.turn()
+        self.assertEqual(self.successResultOf(untraced), {"x": 1})
+        self.assertEqual(self.successResultOf(traced), {"x": 2})
+        self.assertEqual((len(made), len(again)), (2, 0))
+
     def test_deferredResult(self) -> None:
         """
         A handler may answer later through a Deferred.

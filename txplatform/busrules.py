@@ -88,6 +88,9 @@ class OutgoingCall:
     #: The caller's span of this call, if one is recorded: it ends with the
     #: answer (L{awaitAnswer}).
     span: Any = None
+    #: What C{data} is bound to (L{txplatform.codec.callBinding}): for a
+    #: callee in this process, which would only compute it again.
+    binding: bytes = b""
 
     @property
     def deadlineMillis(self) -> int:
@@ -125,11 +128,13 @@ def prepareCall(
     correlationId = origin.correlationId or messageId
     traceParent, traceState = origin.traceParent, origin.traceState
     if traceParent is None:
-        data = codec.encode(
-            payload,
-            callBinding(service, method, messageId, caller, correlationId, millis(deadline), key),
+        binding = callBinding(
+            service, method, messageId, caller, correlationId, millis(deadline), key
         )
-        return OutgoingCall(priority, deadline, messageId, caller, correlationId, data, key)
+        data = codec.encode(payload, binding)
+        return OutgoingCall(
+            priority, deadline, messageId, caller, correlationId, data, key, binding=binding
+        )
     # In a trace: the callee's span is the child of this call's span, if
     # this process records one, else of the span the caller gave.
     span = None
@@ -150,17 +155,17 @@ def prepareCall(
     if span is not None:
         traceParent, traceState = traces.traceParentOf(span), traces.traceStateOf(span)
     try:
-        data = codec.encode(
-            traced(payload, traceParent, traceState),
-            callBinding(
-                service, method, messageId, caller, correlationId, millis(deadline), key, True
-            ),
+        binding = callBinding(
+            service, method, messageId, caller, correlationId, millis(deadline), key, True
         )
+        data = codec.encode(traced(payload, traceParent, traceState), binding)
     except BaseException:
         if span is not None:
             traces.endSpan(Failure(), span)
         raise
-    return OutgoingCall(priority, deadline, messageId, caller, correlationId, data, key, True, span)
+    return OutgoingCall(
+        priority, deadline, messageId, caller, correlationId, data, key, True, span, binding
+    )
 
 
 def encodeEvent(

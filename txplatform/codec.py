@@ -74,7 +74,7 @@ class JSONCodec:
 def _fields(*fields: bytes) -> bytes:
     # Length-prefixed, so that no choice of field values (a message id is
     # whatever the sender put in its header) can make two bindings equal.
-    return b"".join(len(f).to_bytes(2, "big") + f for f in fields)
+    return b"".join([len(f).to_bytes(2, "big") + f for f in fields])
 
 
 def callBinding(

@@ -85,6 +85,9 @@ class _PendingCall:
     deadlineMillis: int | None = None
     encodedReply: bool = False
     isTraced: bool = False
+    # What its payload is bound to, when its caller is in this process and
+    # has it already; otherwise the worker computes it from the above.
+    binding: bytes | None = None
 
 
 class _Settlement:
@@ -296,11 +299,10 @@ class _CallWorker(_Worker):
                 f"service {call.service.hex} has no method {call.method!r}",
                 {"method": call.method},
             )
-        codec = self._bus._codec
-        deadlineMillis = call.deadlineMillis
-        payload = codec.decode(
-            call.data,
-            callBinding(
+        binding = call.binding
+        if binding is None:
+            deadlineMillis = call.deadlineMillis
+            binding = callBinding(
                 call.service,
                 call.method,
                 call.messageId,
@@ -309,8 +311,8 @@ class _CallWorker(_Worker):
                 millis(call.deadline) if deadlineMillis is None else deadlineMillis,
                 call.idempotencyKey,
                 call.isTraced,
-            ),
-        )
+            )
+        payload = self._bus._codec.decode(call.data, binding)
         # Unpacked only when traced: the untraced path allocates nothing more.
         if call.isTraced:
             payload, traceParent, traceState = untraced(payload)
@@ -525,6 +527,7 @@ class LocalBus(Service):
             idempotencyKey=call.idempotencyKey,
             deferred=d,
             isTraced=call.isTraced,
+            binding=call.binding,
         )
         queue.put(pending)
         return d
