@@ -123,8 +123,11 @@ def _pidsNamed(name: str) -> list[int]:
 class CPUMeter:
     """
     CPU seconds of named groups of processes: a fixed pid each, or every
-    process of a name (RabbitMQ's beam.smp, PostgreSQL's postgres), counted
-    over the processes present at both ends of a measure.
+    process of a name (RabbitMQ's beam.smp, PostgreSQL's postgres).  A
+    process that started during a measure counts from its start: a
+    service's pool opening connections under the first load of a run
+    starts PostgreSQL backends, whose work is that run's.  (One that ended
+    during a measure cannot be read at its end, and is not counted.)
     """
 
     def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
@@ -142,9 +145,7 @@ class CPUMeter:
     ) -> dict[str, float]:
         used = {}
         for name, pids in after.items():
-            used[name] = sum(
-                cpu - before[name][pid] for pid, cpu in pids.items() if pid in before[name]
-            )
+            used[name] = sum(cpu - before[name].get(pid, 0.0) for pid, cpu in pids.items())
         return used
 
     def drained(self, idle: float = 0.01, interval: float = 0.5, limit: float = 60.0) -> None:
