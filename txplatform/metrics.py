@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 __all__ = [
     "BusCollector",
     "Labelled",
+    "Tally",
     "BUS_CONNECTIONS",
     "CALLS",
     "CALLS_IN_FLIGHT",

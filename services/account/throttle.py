@@ -213,7 +213,8 @@ class LoginThrottle:
             f" AND blocked_until > ?)"
             f" ON CONFLICT (key) DO UPDATE SET failures = {failures}, updated_at = ?"
         )
-        params: list[Any] = [now + first if first else 0, now, *counting, *hard, now, lapsed, now]
+        # A new row's block: none, unless its first failure already blocks.
+        params: list[Any] = [(now + first) if first else 0, now, *counting, *hard, now, lapsed, now]
         if blocks:
             # L{delay} of every count it tells apart, as a table: one
             # definition of the backoff, this side, for both dialects.
@@ -283,9 +284,9 @@ class LoginThrottle:
         it asks, with L{ITransaction.query}, and returns what reads the
         answer once the transaction has committed), wait as long as the
         account's failures say, C{verify} what was looked up (the password
-        check; at most C{concurrentChecks} at once
-        per account), and if C{matched} says its result is a success, give
-        the reservation back and C{settle} (make the session) in one more.
+        check; at most C{concurrentChecks} at once per account), and if
+        C{matched} says its result is a success, give the reservation back
+        and C{settle} (make the session) in one more.
 
         @return: A Deferred of what C{settle} returned on a success, or of
             what C{verify} did otherwise.
