@@ -60,3 +60,27 @@ class BenchmarkCommandTests(TestCase):
             [name] = re.findall(r'BEGIN, END = "<!-- (\w+):begin -->"', source)
             self.assertIn(f"<!-- {name}:begin -->", document, argv[1])
             self.assertIn(f"<!-- {name}:end -->", document, argv[1])
+
+
+class CPUMeterTests(TestCase):
+    def test_processStartedDuringRun(self) -> None:
+        """
+        bench/production.py's meter counts a process that started during a
+        run from its start (a PostgreSQL backend a pool opened under the
+        run's load), and one there at both ends by the difference.
+        """
+        import importlib.util
+
+        bench = os.path.join(CHECKOUT, "bench")
+        self.patch(sys, "path", [bench, *sys.path])
+        spec = importlib.util.spec_from_file_location(
+            "bench_production", os.path.join(bench, "production.py")
+        )
+        assert spec is not None and spec.loader is not None
+        production = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(production)
+        used = production.CPUMeter.between(
+            {"PostgreSQL": {10: 1.0}, "gateway": {20: 2.0}},
+            {"PostgreSQL": {10: 1.5, 11: 0.25}, "gateway": {20: 2.5}},
+        )
+        self.assertEqual(used, {"PostgreSQL": 0.75, "gateway": 0.5})

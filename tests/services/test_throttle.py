@@ -250,17 +250,15 @@ class ThrottleTestsMixin:
                 for key, failures, until, updated in rows
             }
 
+        free = throttle.freeFailures
         seen = []
-        for _ in range(throttle.freeFailures + 7):
+        for _ in range(free + 7):
             yield self.failLogins(1)
             failures, blocked = (yield blocks())[keys.hard[0]]
             seen.append((failures, blocked / 1000))
             self.clock.offset += blocked / 1000 + 0.01
-        self.assertEqual(
-            seen,
-            [(n, throttle.delay(n) if n > 5 else 0.0) for n in range(1, 13)],
-        )
-        self.assertEqual([blocked for _, blocked in seen[5:]], [1, 2, 4, 8, 8, 8, 8])
+        self.assertEqual(seen, [(n, throttle.delay(n)) for n in range(1, free + 8)])
+        self.assertEqual([blocked for _, blocked in seen], [0] * free + [1, 2, 4, 8, 8, 8, 8])
         throttle.freeFailures = 0
         yield self.failLogins(1, "bob")
         bob = throttle.keys("bob", "192.0.2.1")
