@@ -554,6 +554,159 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         self.assertEqual(rows, [("a",)])
 
 
+class PostgresPreparedTests(PostgresMixin, TestCase):
+    """
+    The statements a connection sends again go as EXECUTEs of statements
+    it prepared (L{txplatform.prepared}).
+    """
+
+    @inlineCallbacks
+    def oneConnection(self) -> Any:
+        """
+        A migrated database of one connection: every transaction on it.
+        """
+        migrated = self.makeDatabase()
+        yield migrated.migrate("things", THINGS)
+        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
+        self.addCleanup(database.close)
+        database.start()
+        return database
+
+    def countMessages(self) -> list[str]:
+        import psycopg
+
+        return recordCalls(self, psycopg.Cursor, "execute")
+
+    @inlineCallbacks
+    def test_preparedOnSecondUse(self) -> Any:
+        """
+        A statement's second use prepares it, in a message of its own
+        before the transaction's, and goes in the transaction's one message
+        as its EXECUTE, as does every use after.
+        """
+        database = yield self.oneConnection()
+        insert = "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)"
+        sent = self.countMessages()
+        for n in range(3):
+            yield database.runOperation(insert, (f"id{n}", f"n{n}", b"\x00'", -n, n == 1))
+        self.assertEqual(len(sent), 4, sent)
+        self.assertIn("VALUES ('id0', 'n0'", sent[0])
+        self.assertEqual(
+            sent[1],
+            "PREPARE txp_0(unknown, unknown, bytea, bigint, boolean) AS"
+            " INSERT INTO things (id, name, data, big, flag) VALUES ($1, $2, $3, $4, $5)",
+        )
+        self.assertEqual(
+            sent[2],
+            "BEGIN\n;\nEXECUTE txp_0('id1', 'n1', decode('0027','hex'), (-1), true)\n;\nCOMMIT",
+        )
+        self.assertIn("EXECUTE txp_0('id2'", sent[3])
+        rows = yield database.runQuery("SELECT id, name, data, big, flag FROM things ORDER BY id")
+        self.assertEqual(
+            [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows],
+            [(f"id{n}", f"n{n}", b"\x00'", -n, n == 1) for n in range(3)],
+        )
+
+    @inlineCallbacks
+    def test_off(self) -> Any:
+        """
+        With C{prepare=False}, statements go as text however often they are
+        sent.
+        """
+        migrated = self.makeDatabase()
+        yield migrated.migrate("things", THINGS)
+        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1, prepare=False)
+        self.addCleanup(database.close)
+        database.start()
+        sent = self.countMessages()
+        for n in range(4):
+            yield database.runOperation("INSERT INTO things (id, name) VALUES (?, ?)", (n, n))
+        self.assertEqual(len(sent), 4, sent)
+        self.assertFalse([m for m in sent if "PREPARE" in m or "EXECUTE" in m], sent)
+
+    @inlineCallbacks
+    def test_survivesRollback(self) -> Any:
+        """
+        A transaction that fails and is rolled back leaves the statements
+        prepared (PostgreSQL's PREPARE is not transactional, and psycopg is
+        not let to DEALLOCATE ALL after a ROLLBACK): the next uses them.
+        """
+        database = yield self.oneConnection()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+        for n in range(2):
+            yield database.runOperation(insert, (f"id{n}", f"n{n}"))
+        sent = self.countMessages()
+        yield self.assertFailure(database.runOperation(insert, ("id0", "again")), UniqueViolation)
+        yield database.runOperation(insert, ("id2", "n2"))
+        self.assertIn("EXECUTE txp_0('id0', 'again')", sent[0])
+        self.assertIn("EXECUTE txp_0('id2', 'n2')", sent[-1])
+        rows = yield database.runQuery("SELECT count(*) FROM things")
+        self.assertEqual(rows, [(3,)])
+
+    @inlineCallbacks
+    def test_refusedGoesAsText(self) -> Any:
+        """
+        A statement PostgreSQL will not prepare (here, a parameter nothing
+        types, which as a quoted literal would be text) goes as text, in the
+        same transaction as ever, and is not offered again.
+        """
+        database = yield self.oneConnection()
+        sent = self.countMessages()
+        for n in range(3):
+            rows = yield database.runQuery("SELECT ? IS NULL", (f"v{n}",))
+            self.assertEqual(rows, [(False,)])
+        prepares = [m for m in sent if m.startswith("PREPARE")]
+        self.assertEqual(prepares, ["PREPARE txp_0(unknown) AS SELECT $1 IS NULL"])
+        self.assertEqual(sent[-2:], ["BEGIN\n;\nSELECT 'v2' IS NULL", "COMMIT"])
+
+    @inlineCallbacks
+    def test_escapedValuesAsText(self) -> Any:
+        """
+        Values that need escaping are not written into an EXECUTE: the
+        statement goes as text, escaped by psycopg, prepared or not.
+        """
+        database = yield self.oneConnection()
+        select = "SELECT id FROM things WHERE name = ?"
+        yield database.runQuery(select, ("a",))
+        yield database.runQuery(select, ("b",))
+        sent = self.countMessages()
+        rows = yield database.runQuery(select, ("it's",))
+        self.assertEqual(rows, [])
+        self.assertIn("name = 'it''s'", sent[0])
+
+    @inlineCallbacks
+    def test_aloneUnderway(self) -> Any:
+        """
+        A statement executed alone once the transaction is under way goes as
+        the EXECUTE of its prepared statement when there is one, and with
+        psycopg's server-side parameters when there is none: it is not
+        prepared inside a transaction.
+        """
+        database = yield self.oneConnection()
+        select = "SELECT count(*) FROM things WHERE id = ?"
+        other = "SELECT count(*) FROM things WHERE name = ?"
+        for _ in range(2):
+            yield database.runQuery(select, ("a",))
+        sent = self.countMessages()
+
+        def work(t: Any) -> Any:
+            t.execute("SELECT 1")
+            return t.execute(select, ("a",)).fetchall(), t.execute(other, ("n",)).fetchall()
+
+        for _ in range(2):
+            seen = yield database.runInteraction(work)
+            self.assertEqual(seen, ([(0,)], [(0,)]))
+        self.assertEqual(sent[1], "EXECUTE txp_0('a')")
+        self.assertEqual(sent[2], "SELECT count(*) FROM things WHERE name = %s")
+        self.assertFalse([m for m in sent if "name =" in m and "%s" not in m], sent)
+
+
+class Connection:
+    """
+    Stands for a psycopg connection where only its identity counts.
+    """
+
+
 class DatabaseFromURLTests(SynchronousTestCase):
     def test_sqlite(self) -> None:
         """
@@ -594,6 +747,33 @@ class DatabaseFromURLTests(SynchronousTestCase):
         self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?pool=many")
         self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?schema=a;drop")
         self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?schema=Posts")
+        self.assertRaises(ValueError, databaseFromURL, "postgresql://x/y?prepare=no")
+
+    def test_refusalHidesPassword(self) -> None:
+        """
+        A URL refused is quoted in the error without its password.
+        """
+        for url in (
+            "postgresql://u:secret@x/y?pool=many",
+            "postgresql://u:secret@x/y?prepare=maybe",
+            "mysql://u:secret@x/y",
+        ):
+            error = self.assertRaises(ValueError, databaseFromURL, url)
+            self.assertNotIn("secret", str(error))
+            self.assertIn("u:***@x", str(error))
+
+    def test_prepareOption(self) -> None:
+        """
+        C{prepare=off} is ours, not libpq's: it turns the preparing of
+        statements off (L{txplatform.prepared}).
+        """
+        database = databaseFromURL("postgresql://x/y?prepare=off")
+        self.addCleanup(database.close)
+        self.assertNotIn("prepare", database._pool.connargs[0])
+        self.assertEqual(database._preparedOn(Connection()).limit, 0)
+        default = databaseFromURL("postgresql://x/y")
+        self.addCleanup(default.close)
+        self.assertGreater(default._preparedOn(Connection()).limit, 0)
 
     def test_passwordHidden(self) -> None:
         """

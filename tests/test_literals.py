@@ -8,9 +8,30 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txplatform.literals import inlined
+from txplatform.literals import executed, inlined
 
 from .support import POSTGRES_URL, requirePostgres
+
+
+class ExecutedTests(SynchronousTestCase):
+    def test_written(self) -> None:
+        """
+        A prepared statement's EXECUTE has its values written as
+        L{inlined} writes them, and no parentheses without values.
+        """
+        self.assertEqual(
+            executed("txp_3", (1, -2, None, True, b"\x00'", "01JX-a", [3, -4])),
+            "EXECUTE txp_3(1, (-2), NULL, true, decode('0027','hex'), '01JX-a', '{3,-4}')",
+        )
+        self.assertEqual(executed("txp_0", ()), "EXECUTE txp_0")
+
+    def test_escapingRefused(self) -> None:
+        """
+        A value that would need escaping makes no EXECUTE: the statement
+        goes as text, escaped by psycopg.
+        """
+        self.assertIsNone(executed("txp_0", (1, "it's")))
+        self.assertIsNone(executed("txp_0", ({"a": 1},)))
 
 
 class InlinedTests(SynchronousTestCase):

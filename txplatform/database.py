@@ -21,6 +21,7 @@ import zlib
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from weakref import WeakKeyDictionary
 
 from attrs import frozen
 from twisted.enterprise import adbapi
@@ -31,8 +32,9 @@ from zope.interface import implementer
 from . import traces
 from .context import Origin, handling
 from .interfaces import IDatabase, IRows, ITransaction
-from .literals import inlined
+from .literals import executed, inlined
 from .metrics import DATABASE_TRANSACTION_SECONDS, DATABASE_WAIT_SECONDS
+from .prepared import PreparedStatements
 
 __all__ = [
     "Migration",
@@ -228,9 +230,12 @@ class _BatchingTransaction(_Transaction):
     itself, so that the BEGIN, too, goes with the first statement (psycopg
     would send it alone).  A batch is one simple query, its parameters
     written in on this side (L{txplatform.literals} for the values that need
-    no escaping, psycopg's C{ClientCursor.mogrify} for the rest); a statement
-    waited for alone keeps the server-side parameters and prepared plans
-    of psycopg's own cursor.
+    no escaping, psycopg's C{ClientCursor.mogrify} for the rest), and a
+    statement the connection sends again and again goes in it as the
+    EXECUTE of the statement it prepared (L{txplatform.prepared}).  A
+    statement waited for alone, once the transaction is under way, goes as
+    such an EXECUTE if there is one, else with psycopg's server-side
+    parameters.
     """
 
     def __init__(self, cursor: Any, *args: Any, **kwargs: Any) -> None:
@@ -242,12 +247,27 @@ class _BatchingTransaction(_Transaction):
         self._binder: Any = None
 
     def _bound(self, sql: str, params: Sequence[Any]) -> str:
+        statements = self._database._preparedOn(self._cursor.connection)
+        # Prepared only before the transaction begins: a PREPARE that fails
+        # then leaves no transaction aborted, and the statement goes as text.
+        name = statements.name(sql, params, None if self._begun else self._prepare)
+        if name is not None:
+            text = executed(name, params)
+            if text is not None:
+                return text
         text = inlined(sql, params)
         if text is not None:
             return text
         if self._binder is None:
             self._binder = self._database._clientCursor(self._cursor.connection)
         return self._binder.mogrify(self._database._translate(sql), tuple(params))
+
+    def _prepare(self, statement: str) -> bool:
+        try:
+            self._cursor.execute(statement)
+        except self._database._driverProgrammingErrors:
+            return False
+        return True
 
     def send(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._pending.append(self._bound(sql, params))
@@ -260,7 +280,14 @@ class _BatchingTransaction(_Transaction):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Transaction:
         if not self._pending:
-            return super().execute(sql, params)
+            # Alone, in a transaction under way: as a statement the
+            # connection prepared, or with psycopg's server-side parameters.
+            name = self._database._preparedOn(self._cursor.connection).name(sql, params, None)
+            text = None if name is None else executed(name, params)
+            if text is None:
+                return super().execute(sql, params)
+            self._flush([text])
+            return self
         self._flush([self._bound(sql, params)])
         return self
 
@@ -613,6 +640,10 @@ class PostgresDatabase(_AdbapiDatabase):
     @param conninfo: A libpq connection string or URI.
     @param schema: Use (and create) this schema instead of C{public}; lets
         services share a database, and tests isolate themselves.
+    @param prepare: Prepare the statements sent again and again
+        (L{txplatform.prepared}); off for a connection pooler that hands a
+        transaction any server connection (PgBouncer in transaction mode),
+        where a statement prepared on one is unknown on the next.
     """
 
     dialect = "postgresql"
@@ -627,15 +658,31 @@ class PostgresDatabase(_AdbapiDatabase):
     }
 
     def __init__(
-        self, conninfo: str, schema: str | None = None, reactor: Any = None, poolSize: int = 8
+        self,
+        conninfo: str,
+        schema: str | None = None,
+        reactor: Any = None,
+        poolSize: int = 8,
+        prepare: bool = True,
     ) -> None:
         import psycopg
 
         self._driverIntegrityError = psycopg.IntegrityError
         self._uniqueViolation = psycopg.errors.UniqueViolation
         self._clientCursor = psycopg.ClientCursor
-        # Transactions say BEGIN themselves (_BatchingTransaction).
-        kwargs: dict[str, Any] = {"autocommit": True}
+        # What PostgreSQL answers a statement it cannot prepare; a lost
+        # connection is not that, and fails the transaction as ever.
+        self._driverProgrammingErrors = (
+            psycopg.ProgrammingError,
+            psycopg.DataError,
+            psycopg.NotSupportedError,
+        )
+        self._prepared: WeakKeyDictionary[Any, PreparedStatements] = WeakKeyDictionary()
+        self._prepare = prepare
+        # Transactions say BEGIN themselves (_BatchingTransaction), and
+        # prepare their statements themselves (txplatform.prepared): psycopg's
+        # own preparing would DEALLOCATE ALL after a ROLLBACK or an ALTER.
+        kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
         if schema is not None:
             # Lowercase only: PostgreSQL folds unquoted names, and the schema
             # is named both quoted (CREATE SCHEMA) and not (search_path).
@@ -658,6 +705,18 @@ class PostgresDatabase(_AdbapiDatabase):
 
     def _translate(self, sql: str) -> str:
         return _pyformat(sql)
+
+    def _preparedOn(self, connection: Any) -> PreparedStatements:
+        """
+        The statements C{connection} has prepared.  (A connection made
+        again after a failure is a new one, with none.)
+        """
+        statements = self._prepared.get(connection)
+        if statements is None:
+            statements = self._prepared[connection] = PreparedStatements()
+            if not self._prepare:
+                statements.limit = 0
+        return statements
 
     def _lockForMigrations(self, transaction: _Transaction) -> None:
         # One advisory lock for every component: replicas started together
@@ -700,8 +759,9 @@ def databaseFromURL(url: str, reactor: Any = None) -> SQLiteDatabase | PostgresD
     Open the database named by C{url}:
 
       - C{sqlite:PATH} (relative or absolute) or C{sqlite::memory:}
-      - C{postgresql://user:password@host:port/dbname?schema=NAME&pool=N}
-        (also C{postgres://}); C{schema} and C{pool} are ours, the rest goes
+      - C{postgresql://user:password@host:port/dbname?schema=NAME&pool=N&prepare=off}
+        (also C{postgres://}); C{schema}, C{pool} and C{prepare} (C{on}, the
+        default, or C{off}: see L{PostgresDatabase}) are ours, the rest goes
         to libpq.
 
     @raise ValueError: C{url} names no database we know.
@@ -716,16 +776,27 @@ def databaseFromURL(url: str, reactor: Any = None) -> SQLiteDatabase | PostgresD
     if url.startswith(("postgresql://", "postgres://")):
         parts = urlsplit(url)
         query = parse_qsl(parts.query)
-        ours = {k: v for k, v in query if k in ("schema", "pool")}
-        rest = [(k, v) for k, v in query if k not in ("schema", "pool")]
+        ours = {k: v for k, v in query if k in _OURS}
+        rest = [(k, v) for k, v in query if k not in _OURS]
         conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
         try:
             poolSize = int(ours.get("pool", "8"))
         except ValueError:
-            raise ValueError(f"pool must be a number in {url!r}") from None
+            raise ValueError(f"pool must be a number in {_redact(url)!r}") from None
+        prepare = ours.get("prepare", "on")
+        if prepare not in ("on", "off"):
+            raise ValueError(f"prepare must be on or off in {_redact(url)!r}")
         return PostgresDatabase(
-            conninfo, schema=ours.get("schema"), reactor=reactor, poolSize=poolSize
+            conninfo,
+            schema=ours.get("schema"),
+            reactor=reactor,
+            poolSize=poolSize,
+            prepare=prepare == "on",
         )
     raise ValueError(
-        f"unknown database {url!r}: use sqlite:PATH or postgresql://user@host:port/dbname"
+        f"unknown database {_redact(url)!r}: use sqlite:PATH or postgresql://user@host:port/dbname"
     )
+
+
+# The URL's parameters that are ours, not libpq's.
+_OURS = ("schema", "pool", "prepare")

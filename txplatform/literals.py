@@ -22,7 +22,7 @@ import re
 from functools import lru_cache
 from typing import Any, Sequence
 
-__all__ = ["inlined"]
+__all__ = ["inlined", "executed"]
 
 # Nothing that ends a quoted literal or escapes (no ' and no \), nothing
 # outside printable ASCII (so no encoding question arises).
@@ -77,3 +77,19 @@ def inlined(sql: str, params: Sequence[Any]) -> str | None:
         written.append(literal)
         written.append(piece)
     return "".join(written)
+
+
+def executed(name: str, params: Sequence[Any]) -> str | None:
+    """
+    The C{EXECUTE} of the prepared statement C{name} with C{params} written
+    in (L{txplatform.prepared}), or None if any of them needs escaping.
+    """
+    if not params:
+        return f"EXECUTE {name}"
+    written = []
+    for value in params:
+        literal = _literal(value)
+        if literal is None:
+            return None
+        written.append(literal)
+    return f"EXECUTE {name}({', '.join(written)})"

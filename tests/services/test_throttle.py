@@ -6,7 +6,9 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import re
 import threading
+from collections import Counter
 from typing import Any
 
 from twisted.internet import reactor
@@ -324,6 +326,10 @@ class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
         """
         import psycopg
 
+        from txplatform.prepared import PreparedStatements
+
+        # Statements as text, to read them (txplatform.prepared).
+        self.patch(PreparedStatements, "threshold", 1000)
         messages = recordCalls(self, psycopg.Cursor, "execute")
 
         def mine() -> list[str]:
@@ -342,6 +348,33 @@ class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
         del messages[:]
         yield self.failLogins(1)
         self.assertEqual(len(mine()), 1, mine())
+
+    @inlineCallbacks
+    def test_preparedRoundTrips(self) -> Any:
+        """
+        Once a connection has prepared a login's statements, a login is
+        still two messages, of EXECUTEs; the PREPAREs were messages of
+        their own, once each.
+        """
+        import psycopg
+
+        self.patch(self.service.throttle, "concurrentAttempts", 1)
+        messages = recordCalls(self, psycopg.Cursor, "execute")
+        prepares = []
+        for _ in range(12):
+            del messages[:]
+            yield self.login("alice", PASSWORD)
+            sent = [query for query in messages if "_outbox" not in query]
+            prepares += [query for query in sent if query.startswith("PREPARE")]
+        self.assertEqual(len(sent), 2, sent)
+        self.assertIn("EXECUTE txp_", sent[0])
+        self.assertIn("EXECUTE txp_", sent[1])
+        self.assertNotIn("blocked_until", sent[0] + sent[1])
+        self.assertTrue(sent[1].endswith("COMMIT"), sent[1])
+        # Each statement once on each connection of the pool (of four).
+        statements = Counter(re.sub(r"txp_\d+", "txp", query) for query in prepares)
+        self.assertTrue(statements)
+        self.assertLessEqual(max(statements.values()), 4, statements)
 
     @inlineCallbacks
     def test_sweepSkipsHeldRows(self) -> Any:
