@@ -21,7 +21,7 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from attrs import frozen
 from prometheus_client import Counter
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -88,9 +88,7 @@ class PasswordHasher:
             parallelism=parameters.parallelism,
             type=argon2.Type.ID,
         )
-        threads = concurrency or os.cpu_count() or 2
-        self._semaphore = DeferredSemaphore(threads)
-        self._threads = threads
+        self._threads = concurrency or os.cpu_count() or 2
         self._makePool = threadPool
         self._pool: Any = None
         self._dummyHash: str | None = None
@@ -99,9 +97,10 @@ class PasswordHasher:
         if self._pool is None:
             self._pool = self._makePool("argon2id", self._threads)
             self._pool.start()
-        return self._semaphore.run(
-            deferToThreadPool, self._reactor, self._pool, _measured, operation, function, *args
-        )
+        # Hashes beyond the pool's threads wait in its queue, and a thread
+        # done with one takes the next at once, without the reactor's turn
+        # in between.
+        return deferToThreadPool(self._reactor, self._pool, _measured, operation, function, *args)
 
     def stop(self) -> None:
         """

@@ -134,6 +134,24 @@ class PasswordHasherTests(TestCase):
             self.assertIn("argon2id", name)
 
     @inlineCallbacks
+    def test_queuedRunOnThreads(self) -> Any:
+        """
+        Hashes beyond the threads wait in the pool's queue: a thread done
+        with one takes the next itself, without waiting for the reactor
+        (which, here, does not turn until the last has run).
+        """
+        hasher = self.hasher(Argon2Parameters.cheapest(), concurrency=1)
+        release, last = threading.Event(), threading.Event()
+        ran: list[int] = []
+        first = hasher._inThread("hash", lambda: release.wait(5) and ran.append(1))
+        rest = [hasher._inThread("hash", ran.append, n) for n in (2, 3)]
+        rest.append(hasher._inThread("hash", last.set))
+        release.set()
+        self.assertTrue(last.wait(5))
+        self.assertEqual(ran, [1, 2, 3])
+        yield gatherResults([first, *rest])
+
+    @inlineCallbacks
     def test_stop(self) -> Any:
         """
         L{PasswordHasher.stop} ends its threads; a later hash starts them
