@@ -14,6 +14,7 @@ against 163 on two threads of its own, measured).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Callable
 
@@ -21,9 +22,10 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from attrs import frozen
 from prometheus_client import Counter
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txplatform.threads import ownThreadPool
 
@@ -91,25 +93,50 @@ class PasswordHasher:
         self._threads = concurrency or os.cpu_count() or 2
         self._makePool = threadPool
         self._pool: Any = None
+        self._stopped = threading.Event()
         self._dummyHash: str | None = None
 
     def _inThread(self, operation: str, function: Any, *args: Any) -> Deferred[Any]:
+        """
+        C{function(*args)} on a hashing thread.  Hashes beyond the threads
+        wait in the pool's queue, and a thread done with one takes the next
+        at once, without the reactor's turn in between.  One still queued
+        when its Deferred is cancelled, or when the hasher stops, is never
+        begun: it fails with L{CancelledError}.
+        """
         if self._pool is None:
             self._pool = self._makePool("argon2id", self._threads)
+            self._stopped = threading.Event()
             self._pool.start()
-        # Hashes beyond the pool's threads wait in its queue, and a thread
-        # done with one takes the next at once, without the reactor's turn
-        # in between.
-        return deferToThreadPool(self._reactor, self._pool, _measured, operation, function, *args)
+        stopped = self._stopped
+        cancelled = threading.Event()
+
+        def work() -> Any:
+            # A stopping process must not wait for every hash its calls
+            # queued (a replica's whole prefetch: seconds): the calls not
+            # begun go back to the bus, the others finish.
+            if cancelled.is_set() or stopped.is_set():
+                raise CancelledError(f"{operation} not begun: the hasher stopped")
+            return _measured(operation, function, *args)
+
+        result: Deferred[Any] = Deferred(lambda _: cancelled.set())
+
+        def forward(outcome: Any) -> None:
+            if not result.called:  # else cancelled: its outcome is moot
+                (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
+
+        deferToThreadPool(self._reactor, self._pool, work).addBoth(forward)
+        return result
 
     def stop(self) -> None:
         """
-        Stop the hashing threads (after the hashes under way); a later hash
-        starts them again.
+        Stop the hashing threads after the hashes under way; the queued
+        ones fail with L{CancelledError}.  A later hash starts them again.
         """
         if self._pool is not None:
             # A stopped ThreadPool cannot start again: a fresh one if asked.
             pool, self._pool = self._pool, None
+            self._stopped.set()
             pool.stop()
 
     def hash(self, password: str) -> Deferred[str]:

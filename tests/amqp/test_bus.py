@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import reactor, threads
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -265,6 +265,40 @@ class CallTests(BrokerTestCase):
         release.callback(None)
         self.assertEqual((yield held), "first")
         yield stopped
+
+    @inlineCallbacks
+    def test_stoppingGivesBackCancelled(self) -> Any:
+        """
+        A call whose handler a stopping replica cancelled (work it gave up
+        on) is not answered with the cancellation: it goes back to the
+        broker, and another replica answers it.  Before the replica stops,
+        a cancellation is an answer like any other failure.
+        """
+        service = self.newServiceId()
+        first = yield self.makeBus()
+        held: list[Deferred[None]] = []
+
+        def work(payload: Any, context: Any) -> Any:
+            d: Deferred[None] = Deferred()
+            held.append(d)
+            return d
+
+        subscription = yield first.serve(service, {"work": work}, prefetch=2)
+        client = yield self.makeBus()
+        early = client.call(service, "work", {"n": 0})
+        yield eventually(lambda: held)
+        held.pop().cancel()
+        yield self.assertFailure(early, InternalError)
+        self.assertEqual(len(self.flushLoggedErrors(CancelledError)), 1)
+        late = client.call(service, "work", {"n": 1})
+        yield eventually(lambda: held)
+        stopped = subscription.stop()
+        held.pop().cancel()
+        yield stopped
+        self.assertNoResult(late)
+        second = yield self.makeBus()
+        yield second.serve(service, {"work": lambda p, c: {"by": "second", **p}})
+        self.assertEqual((yield late), {"by": "second", "n": 1})
 
     @inlineCallbacks
     def test_callsUnconfirmed(self) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 from argon2 import extract_parameters
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 
@@ -150,6 +150,54 @@ class PasswordHasherTests(TestCase):
         self.assertTrue(last.wait(5))
         self.assertEqual(ran, [1, 2, 3])
         yield gatherResults([first, *rest])
+
+    @inlineCallbacks
+    def test_stopSkipsQueued(self) -> Any:
+        """
+        L{PasswordHasher.stop} lets the hash under way finish; those still
+        queued are never begun and fail with L{CancelledError} (a stopping
+        replica does not wait for its whole queue of hashes).
+        """
+        hasher = self.hasher(Argon2Parameters.cheapest(), concurrency=1)
+        started, release = threading.Event(), threading.Event()
+        ran: list[int] = []
+
+        def first() -> str:
+            started.set()
+            release.wait(5)
+            ran.append(1)
+            return "done"
+
+        under = hasher._inThread("hash", first)
+        queued = [hasher._inThread("hash", ran.append, n) for n in (2, 3)]
+        self.assertTrue(started.wait(5))
+        # stop() blocks this thread until the hash under way is done.
+        timer = threading.Timer(0.05, release.set)
+        timer.start()
+        hasher.stop()
+        self.assertEqual(ran, [1])
+        self.assertEqual((yield under), "done")
+        for d in queued:
+            yield self.assertFailure(d, CancelledError)
+        self.assertEqual(ran, [1])
+
+    @inlineCallbacks
+    def test_cancelQueued(self) -> Any:
+        """
+        A queued hash whose Deferred is cancelled is never begun; the
+        others run.
+        """
+        hasher = self.hasher(Argon2Parameters.cheapest(), concurrency=1)
+        release = threading.Event()
+        ran: list[int] = []
+        first = hasher._inThread("hash", release.wait, 5)
+        cancelled = hasher._inThread("hash", ran.append, 2)
+        kept = hasher._inThread("hash", ran.append, 3)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        release.set()
+        yield gatherResults([first, kept])
+        self.assertEqual(ran, [3])
 
     @inlineCallbacks
     def test_stop(self) -> Any:

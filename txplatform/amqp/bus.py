@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 from attrs import evolve
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -323,6 +323,10 @@ class _Server(_Consumer):
         super().__init__(bus, prefetch)
         self.service = service
         self._handlers = dict(handlers)
+        #: Calls the stopping service gave up on, held until the broker
+        #: confirmed the cancel (given back sooner, they could come back to
+        #: us).
+        self._givenUp: list[tuple[AMQPConnection, Delivery]] = []
 
     def queueName(self) -> str:
         return rpcQueue(self.service)
@@ -422,8 +426,29 @@ class _Server(_Consumer):
     def _answer(
         self, result: Any, protocol: AMQPConnection, delivery: Delivery, context: CallContext
     ) -> None:
+        if self.stopping and isinstance(result, Failure) and result.check(CancelledError):
+            # Work the stopping service gave up on (past its drain deadline,
+            # say): not a failure to answer, but a call for another replica.
+            self.log.info(
+                "Call {method} ({messageId}) to {service} given back: this replica stopped"
+                " before doing it",
+                method=context.method,
+                messageId=context.messageId,
+                service=self.service.hex,
+            )
+            self._givenUp.append((protocol, delivery))
+            if self.cancelled:
+                self.stopRetries()
+            return
         self._reply(result, delivery, context)
         self._settle(protocol, delivery)
+
+    def stopRetries(self) -> None:
+        givenUp, self._givenUp = self._givenUp, []
+        for protocol, delivery in givenUp:
+            # On a connection since lost, the broker gave it back already.
+            protocol.reject(delivery.channel, delivery.deliveryTag, requeue=True)
+            self.finished()
 
     def _reply(self, result: Any, delivery: Delivery, context: CallContext) -> None:
         bus = self._bus
