@@ -1,15 +1,23 @@
 """
 What sending a transaction's statements together saves (ITransaction.send),
-on the PostgreSQL on this machine, in one run:
+and what preparing them saves beside that, on the PostgreSQL on this
+machine, in one run:
 
   - executed: the shape of creating a post (an advisory lock, a SELECT
     whose row is read, then three INSERTs of a sealed-sized value), every
     statement with t.execute, each its own round trip (the baseline);
   - sent: the same transaction with the lock and the INSERTs sent
-    (t.send), as the stores do: two round trips.
+    (t.send), as the stores do: two round trips;
+
+both with every statement's values written into its text (the database
+URL's ?prepare=off), and
+
+  - prepared: sent, on a database that prepares the statements each
+    connection sends again and again (the default): their values go
+    with an EXECUTE of the statement PostgreSQL parsed and planned once.
 
 Each way runs --transactions transactions, 8 at once (as the pool's
-threads do), alternating round by round.  Reported per transaction: this
+threads do), in turn, each round begun by the next way.  Reported per transaction: this
 process's CPU (the reactor, the pool's threads, psycopg), PostgreSQL's CPU
 (every postgres process, from /proc) and the wall time, medians of the
 rounds.
@@ -75,6 +83,11 @@ def postgresCPU() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+#: Each way: its round trips, whether it sends, and whether its database
+#: prepares statements.
+WAYS = {"executed": (7, False, False), "sent": (2, True, False), "prepared": (2, True, True)}
+
+
 def create(t: Any, n: int, sent: bool) -> None:
     write = t.send if sent else t.execute
     if sent:
@@ -94,7 +107,7 @@ def measure(database: Any, way: str, count: int, start: int) -> Any:
     cpu, postgres, wall = time.process_time(), postgresCPU(), time.perf_counter()
     yield defer.gatherResults(
         [
-            semaphore.run(database.runInteraction, create, start + n, way == "sent")
+            semaphore.run(database.runInteraction, create, start + n, WAYS[way][1])
             for n in range(count)
         ]
     )
@@ -108,14 +121,20 @@ def measure(database: Any, way: str, count: int, start: int) -> Any:
 @defer.inlineCallbacks
 def run(arguments: argparse.Namespace) -> Any:
     schema = "bench_" + uuid.uuid4().hex[:10]
-    database = databaseFromURL(f"{POSTGRES}?schema={schema}&pool={CONCURRENT}", reactor)
-    database.start()
-    results: dict[str, list[dict[str, float]]] = {"executed": [], "sent": []}
+    url = f"{POSTGRES}?schema={schema}&pool={CONCURRENT}"
+    text, prepared = databaseFromURL(url + "&prepare=off", reactor), databaseFromURL(url, reactor)
+    for database in (text, prepared):
+        database.start()
+    results: dict[str, list[dict[str, float]]] = {way: [] for way in WAYS}
     try:
-        yield database.migrate("bench", TABLES)
+        yield text.migrate("bench", TABLES)
         start = 0
+        order = list(WAYS)
         for round in range(arguments.rounds):
-            for way in ("executed", "sent") if round % 2 == 0 else ("sent", "executed"):
+            # Each way goes first, in the middle and last in turn.
+            turn = order[round % len(order) :] + order[: round % len(order)]
+            for way in turn:
+                database = prepared if WAYS[way][2] else text
                 figures = yield measure(database, way, arguments.transactions, start)
                 start += arguments.transactions
                 results[way].append(figures)
@@ -126,8 +145,9 @@ def run(arguments: argparse.Namespace) -> Any:
                     flush=True,
                 )
     finally:
-        yield database.runOperation(f"DROP SCHEMA {schema} CASCADE")
-        yield database.close()
+        yield prepared.close()
+        yield text.runOperation(f"DROP SCHEMA {schema} CASCADE")
+        yield text.close()
     return results
 
 
@@ -144,7 +164,7 @@ def render(arguments: argparse.Namespace, results: dict[str, list[dict[str, floa
         " | both | wall, us/transaction |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for way, trips in (("executed", 7), ("sent", 2)):
+    for way, (trips, _, _) in WAYS.items():
         client, postgres = med(way, "client"), med(way, "postgres")
         lines.append(
             f"| {way} | {trips} | {client:.0f} | {postgres:.0f} | {client + postgres:.0f}"
@@ -154,7 +174,11 @@ def render(arguments: argparse.Namespace, results: dict[str, list[dict[str, floa
     lines += [
         "",
         f"Sent against executed: {both['sent'] / both['executed']:.2f}x the CPU of both"
-        f" processes, {med('sent', 'wall') / med('executed', 'wall'):.2f}x the wall time.",
+        f" processes, {med('sent', 'wall') / med('executed', 'wall'):.2f}x the wall time."
+        f" Prepared against sent: {both['prepared'] / both['sent']:.2f}x the CPU of both"
+        f" (PostgreSQL {med('prepared', 'postgres') / med('sent', 'postgres'):.2f}x, this"
+        f" process {med('prepared', 'client') / med('sent', 'client'):.2f}x),"
+        f" {med('prepared', 'wall') / med('sent', 'wall'):.2f}x the wall time.",
     ]
     return "\n".join(lines)
 
