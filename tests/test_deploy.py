@@ -106,6 +106,43 @@ class ComposeTests(SynchronousTestCase):
             self.assertEqual((st.st_uid, st.st_gid), (int(owner), int(owner)), name)
             self.assertEqual(st.st_mode & 0o777, 0o600, name)
 
+    def test_secretsKept(self) -> None:
+        """
+        make-secrets.sh run again keeps every file it made (the servers keep
+        their first passwords in their volumes), and a URL that is missing
+        is made again with the password its server already has.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("make-secrets.sh runs as root (it gives files away): not here")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        script = os.path.join(directory, "make-secrets.sh")
+        shutil.copy(os.path.join(DEPLOY, "compose", "make-secrets.sh"), script)
+        secrets = os.path.join(directory, "secrets")
+
+        def run() -> dict[str, str]:
+            result = subprocess.run(["sh", script], capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            contents = {}
+            for name in os.listdir(secrets):
+                with open(os.path.join(secrets, name), encoding="utf-8") as f:
+                    contents[name] = f.read()
+            return contents
+
+        first = run()
+        self.assertEqual(run(), first)
+        os.remove(os.path.join(secrets, "db_url"))
+        os.remove(os.path.join(secrets, "bus_url"))
+        again = run()
+        self.assertEqual(again, first)
+        postgres = first["postgres_password"].strip()
+        self.assertIn(f"txplatform:{postgres}@postgres", again["db_url"])
+        self.assertIn(
+            f"default_pass = {again['bus_url'].split(':')[2].split('@')[0]}\n",
+            again["rabbitmq.conf"],
+        )
+        self.assertEqual(len(postgres), 32)
+
     def test_composeConfig(self) -> None:
         """
         Docker Compose accepts the file (with secrets made beside it), where
