@@ -492,6 +492,17 @@ function notificationText(notification) {
   return `@${actor} ${what || notification.kind.replaceAll("_", " ")}`;
 }
 
+/**
+ * The badge's count as the service has it.  The stream only brings new
+ * notifications: those the service removed since (their post or their
+ * author deleted) stay counted until this looks again.
+ */
+async function recountUnread() {
+  const unread = await call("GET", pagePath("/v1/notifications", null, {unread: "true", limit: 100}));
+  for (const n of unread.items) state.seen.add(n.id);
+  setUnread(unread.items.length);
+}
+
 function setUnread(count) {
   state.unread = Math.max(0, count);
   const badge = document.getElementById("unread");
@@ -561,6 +572,8 @@ function notificationsPage() {
     list.list.querySelector(".empty")?.remove();
     list.list.prepend(notificationItem(notification));
   };
+  // What this page lists, the badge counts (a failure shows in the list).
+  recountUnread().catch(() => {});
   return [heading("Notifications"), indicator, h("p", {}, markAll), list];
 }
 
@@ -659,9 +672,7 @@ function showSaved(element, message) {
 async function startSession() {
   try {
     const newest = await call("GET", pagePath("/v1/notifications", null, {limit: 1}));
-    const unread = await call("GET", pagePath("/v1/notifications", null, {unread: "true", limit: 100}));
-    for (const n of unread.items) state.seen.add(n.id);
-    setUnread(unread.items.length);
+    await recountUnread();
     // From the newest one known: what comes after it is caught up first.
     stream.start(newest.items[0]?.id || null);
   } catch (error) {

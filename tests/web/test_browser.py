@@ -413,6 +413,111 @@ class OwnAccountTests(BrowserTestCase):
         self.checkPage(carol, "sign-in-error")
 
 
+class FollowingTests(BrowserTestCase):
+    def test_moreAndDeleted(self) -> Any:
+        """
+        Erin follows twenty-one people: her Following page lists twenty, the
+        most recently followed first, and the last on "More", which takes
+        the keyboard's focus to it.  The one she followed first mentions
+        her, then deletes the account: it leaves her Following page, its
+        profile is no one's, and its mention leaves her notifications and
+        their unread count.
+        """
+        return self.inThread(self.moreAndDeleted)
+
+    def moreAndDeleted(self) -> None:
+        erin = self.person()
+        erin.signUp("erin", PASSWORD, "Erin")
+        # The others, her follows and the mention, through the API.
+        made = erin.driver.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            const password = arguments[0];
+            const {token} = JSON.parse(sessionStorage.getItem("txplatform.session"));
+            const send = (method, path, body, bearer) => fetch(path, {
+              method, body: body && JSON.stringify(body),
+              headers: {"Content-Type": "application/json",
+                        ...(bearer ? {Authorization: `Bearer ${bearer}`} : {})}});
+            (async () => {
+              const statuses = [];
+              for (let i = 0; i < 21; i += 1) {
+                const username = `friend${String(i).padStart(2, "0")}`;
+                const account = {username, email: `${username}@example.com`, password,
+                                 display_name: `Friend ${i}`};
+                statuses.push((await send("POST", "/v1/accounts", account)).status);
+                statuses.push((await send("PUT", `/v1/me/following/${username}`, null, token)).status);
+              }
+              const login = await send("POST", "/v1/sessions", {username: "friend00", password});
+              const session = await login.json();
+              statuses.push(login.status);
+              statuses.push((await send("POST", "/v1/posts", {body: "Hello @erin"}, session.token)).status);
+              return {statuses, token: session.token};
+            })().then(done, (error) => done({error: String(error)}));
+            """,
+            PASSWORD,
+        )
+        self.assertEqual(made["statuses"], [201, 204] * 21 + [201, 201], made)
+
+        # Twenty, newest first; "More" shows the twenty-first and focuses it.
+        erin.follow("#/following", "following")
+        followed = "//main//ul[@aria-label='Accounts you follow']/li/a"
+        erin.waitFor(lambda: len(erin.findAll(followed)) == 20, "not a page of twenty follows")
+        self.assertEqual(erin.findAll(followed)[0].text, "Friend 20")
+        self.assertEqual(erin.findAll(followed)[-1].text, "Friend 1")
+        self.checkPage(erin, "following")
+        more = erin.find("//main//button[normalize-space()='More']")
+        self.assertTrue(more.is_displayed())
+        more.click()
+        erin.waitFor(lambda: len(erin.findAll(followed)) == 21, "More did not show the rest")
+        last = erin.findAll(followed)[-1]
+        self.assertEqual(last.text, "Friend 0")
+        self.assertEqual(erin.script("return document.activeElement"), last)
+        self.assertFalse(more.is_displayed())
+
+        # The mention came.
+        erin.follow("#/notifications", "notifications")
+        mention = "//li[@data-kind='mention'][contains(., '@friend00 mentioned you')]"
+        erin.find(mention)
+
+        # friend00 deletes the account.
+        status = erin.driver.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            fetch("/v1/me", {method: "DELETE", body: JSON.stringify({password: arguments[1]}),
+                             headers: {"Content-Type": "application/json",
+                                       Authorization: `Bearer ${arguments[0]}`}})
+              .then((response) => done(response.status), (error) => done(String(error)));
+            """,
+            made["token"],
+            PASSWORD,
+        )
+        self.assertEqual(status, 204)
+
+        # Its mention goes (the Notify service hears of it by an event).
+        def mentionGone() -> bool:
+            # The page again (the same address would not load it again).
+            erin.go("", "home")
+            erin.go("notifications", "notifications")
+            # Its list read: an item, or the line saying there is none.
+            erin.find("//main//*[contains(@class, 'list')]/*")
+            return not erin.findAll(mention)
+
+        erin.waitFor(mentionGone, "the deleted account's mention stayed")
+        # The unread badge no longer counts it.
+        erin.waitFor(
+            lambda: not erin.find("//span[@id='unread']").is_displayed(),
+            "the unread badge still counts the deleted account's mention",
+        )
+        # Gone from her follows: twenty now, all on one page.
+        erin.go("following", "following")
+        erin.waitFor(lambda: len(erin.findAll(followed)) == 20, "the deleted account stayed")
+        self.assertNotIn("Friend 0", [a.text for a in erin.findAll(followed)])
+        self.assertFalse(erin.find("//main//button[normalize-space()='More']").is_displayed())
+        # Its profile is no one's.
+        erin.go("profile/friend00", "profile")
+        self.assertEqual(erin.find("//main/h1").text, "No such profile")
+
+
 class SetUpTests(SynchronousTestCase):
     def test_ciInstalls(self) -> None:
         """
