@@ -4,7 +4,7 @@ Tests for L{txplatform.localbus}: the semantics every bus shares.
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -357,6 +357,55 @@ class CallTests(BusTestMixin, SynchronousTestCase):
         self.serve({"work": lambda p, c: {"by": "second"}})
         self.turn()
         self.assertEqual(self.successResultOf(d2), {"by": "second"})
+
+    def test_stopGivesBackCancelled(self) -> None:
+        """
+        A call whose handler a stopping replica cancelled goes to another
+        replica; with none left, the caller hears L{Unavailable}.  Before
+        the stop, a cancellation is answered like any other failure.
+        """
+        firstHeld: list[Deferred[Any]] = []
+        secondHeld: list[Deferred[Any]] = []
+
+        def holding(held: list[Deferred[Any]]) -> Any:
+            def work(payload: Any, context: Any) -> Deferred[Any]:
+                held.append(Deferred())
+                return held[-1]
+
+            return work
+
+        first = self.serve({"work": holding(firstHeld)}, prefetch=1)
+        early = self.bus.call(SERVICE, "work", {})
+        self.turn()
+        firstHeld.pop().cancel()
+        self.turn()
+        self.failureResultOf(early, InternalError)
+        self.assertEqual(len(self.flushLoggedErrors(CancelledError)), 1)
+
+        late = self.bus.call(SERVICE, "work", {})
+        self.turn()
+        [mine] = firstHeld
+        second = self.serve({"work": holding(secondHeld)}, prefetch=1)
+        stopped = first.stop()
+        mine.cancel()
+        self.successResultOf(stopped)
+        self.turn()
+        self.assertNoResult(late)
+        [theirs] = secondHeld
+        theirs.callback({"by": "second"})
+        self.turn()
+        self.assertEqual(self.successResultOf(late), {"by": "second"})
+
+        alone = self.bus.call(SERVICE, "work", {})
+        self.turn()
+        [last] = secondHeld[1:]
+        stopped = second.stop()
+        last.cancel()
+        self.successResultOf(stopped)
+        self.turn()
+        error = self.failureResultOf(alone, Unavailable).value
+        self.assertIn("stopped before doing work", str(error))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class EventTests(BusTestMixin, SynchronousTestCase):

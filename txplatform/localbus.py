@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 from attrs import define, evolve, field, frozen
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -209,6 +209,9 @@ class _Queue:
     def removeWorker(self, worker: _Worker) -> None:
         self._workers.remove(worker)
 
+    def hasWorkers(self) -> bool:
+        return bool(self._workers)
+
     def wake(self) -> None:
         self._bus._schedule(self)
 
@@ -320,6 +323,21 @@ class _CallWorker(_Worker):
         return handler(payload, context)
 
     def _answer(self, result: Any, call: _PendingCall) -> None:
+        if self.stopping and isinstance(result, Failure) and result.check(CancelledError):
+            # Work this stopping replica gave up on: not a failure to answer
+            # but a call for another replica, as the broker would give it
+            # back.  With none left here (the direct transport's process
+            # stopping), the caller hears so and may try another.
+            if self._queue.hasWorkers():
+                self._queue.put(call)
+                self.finished()
+                return
+            result = Failure(
+                Unavailable(
+                    f"service {call.service.hex} stopped before doing {call.method}",
+                    {"service": call.service.hex},
+                )
+            )
         self._bus._reply(call, replyFor(result, call.service, call.method))
         self.finished()
 
