@@ -114,6 +114,30 @@ class DeadLetterCommandTests(BrokerTestCase):
         self.assertEqual(handled, [])
 
     @inlineCallbacks
+    def test_unknownGroup(self) -> Any:
+        """
+        A --group with no dead-letter queue on the broker (a typo) is
+        refused in one line, exit status 1, and no queue is made for it: a
+        second try is refused the same way.  Real groups named with it are
+        not the matter.
+        """
+        group, _, _ = yield self.deadLetter()
+        typo = self.newGroup("no.such.event")
+        for _ in range(2):
+            self.stderr.truncate(0)
+            self.stderr.seek(0)
+            code, output = yield self.command("--group", group, "--group", typo, "list")
+            self.assertEqual((code, output), (1, ""))
+            self.assertEqual(
+                self.stderr.getvalue(),
+                f"txplatform-deadletters: --group {typo}: no such consumer group on this broker"
+                " (none of its consumers ever ran here)\n",
+            )
+        code, listing = yield self.command("--group", group, "list")
+        self.assertEqual(code, 0)
+        self.assertIn("1 dead letter(s)", listing)
+
+    @inlineCallbacks
     def test_showSealed(self) -> Any:
         """
         A payload sealed under the bus keys shows only given them
@@ -271,7 +295,11 @@ class BusFromFileTests(BrokerTestCase):
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
             f.write(self.brokerURL + "\n")
-        group = self.newGroup()
+        event = self.newEvent()
+        group = self.newGroup(event)
+        # A consumer of the group ran: its dead-letter queue is there.
+        bus = yield self.makeBus()
+        yield bus.subscribe(event, lambda payload, context: None, group)
         out = io.StringIO()
         code = yield _run(reactor, ["--bus", f"@{path}", "--group", group, "list"], out)
         self.assertEqual(

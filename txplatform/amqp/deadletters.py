@@ -17,7 +17,8 @@ given the key file (C{--bus-keys}): opened, and checked against the
 letter's event, message id, caller and trace, as the consumer would.
 
 A broker that cannot be reached or refuses us (wrong password, no such
-vhost) is reported in one line within C{--timeout} seconds, exit status 1;
+vhost) is reported in one line within C{--timeout} seconds, exit status 1,
+as is a C{--group} with no dead-letter queue there (which is not made);
 a wrong command line is one line and exit status 2.
 """
 
@@ -150,6 +151,32 @@ def _takeAll(bus: AMQPBus, group: str) -> Any:
         if delivery is None:
             return taken
         taken.append(delivery)
+
+
+class _NoSuchGroup(Exception):
+    """
+    A group named on the command line has no dead-letter queue.
+    """
+
+
+@inlineCallbacks
+def _mustExist(bus: AMQPBus, groups: Iterable[str]) -> Any:
+    """
+    Check that each of C{groups} has its dead-letter queue, without making
+    it (a passive declare): a group named on the command line that has none
+    is a typo, or one no consumer ever ran for, and declaring it would
+    leave a queue behind on the broker.
+
+    @raise _NoSuchGroup: For the first that has none.  (The broker closes
+        the channel: the command ends there.)
+    """
+    for group in groups:
+        try:
+            yield bus._channel.queue_declare(queue=deadQueue(group), passive=True)
+        except Closed as e:
+            if _replyCode(e) == 404:
+                raise _NoSuchGroup(group) from None
+            raise
 
 
 def _giveBack(bus: AMQPBus, deliveries: Iterable[Delivery]) -> None:
@@ -365,7 +392,15 @@ def _run(reactor: Any, argv: list[str], out: Any) -> Any:
             return _refuse(
                 FAILED, f"cannot use the broker at {url}: no connection within the timeout"
             )
+        if arguments.group:
+            yield _mustExist(bus, groups)
         return (yield _command(bus, arguments, groups, codec, out))
+    except _NoSuchGroup as e:
+        return _refuse(
+            FAILED,
+            f"--group {e.args[0]}: no such consumer group on this broker (none of its"
+            " consumers ever ran here)",
+        )
     except _LOST as e:
         return _refuse(FAILED, f"the broker connection failed: {_reason(e)}")
     finally:
@@ -376,11 +411,13 @@ def _run(reactor: Any, argv: list[str], out: Any) -> Any:
 _LOST = (Closed, ConnectionLost, NotConnected, PublishNacked, TimeoutError)
 
 
+def _replyCode(e: Closed) -> int | None:
+    return getattr(e.args[0], "reply_code", None) if e.args else None
+
+
 def _reason(e: BaseException) -> str:
-    if isinstance(e, Closed) and e.args:
-        code, text = (getattr(e.args[0], name, None) for name in ("reply_code", "reply_text"))
-        if code is not None:
-            return f"{code} {text}"
+    if isinstance(e, Closed) and _replyCode(e) is not None:
+        return f"{_replyCode(e)} {e.args[0].reply_text}"
     return str(e) or type(e).__name__
 
 
