@@ -16,6 +16,10 @@ succeeded.  A batch of several that fails is handled again one event at a
 time: an event that fails by itself then fails alone, and is retried or
 dead-lettered by its bus's rules, while the others go through.
 
+The next batch starts only once this one ends: a batch must never wait for
+an item that only a later batch of the same batcher would handle (an event
+of its own pattern it published, waited for until handled).
+
 L{EventBatcher} gathers any kind of item this way, not only events: a
 store can give it the writes that arrive together, to commit them in one
 transaction (the Post service's creates).
