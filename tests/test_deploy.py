@@ -70,6 +70,19 @@ class ComposeTests(SynchronousTestCase):
         for secret in self.compose["secrets"].values():
             self.assertTrue(secret["file"].startswith("./secrets/"))
 
+    def makeSecretsScript(self) -> str:
+        """
+        A copy of make-secrets.sh in a directory of its own (it writes
+        ./secrets beside itself), where it can run: as root.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("make-secrets.sh runs as root (it gives files away): not here")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        script = os.path.join(directory, "make-secrets.sh")
+        shutil.copy(os.path.join(DEPLOY, "compose", "make-secrets.sh"), script)
+        return script
+
     def test_secretsReadable(self) -> None:
         """
         Compose mounts file secrets as they are on the host (mode 0600), so
@@ -93,12 +106,8 @@ class ComposeTests(SynchronousTestCase):
             {os.path.basename(secret["file"]) for secret in self.compose["secrets"].values()},
             set(owners),
         )
-        if os.getuid() != 0:
-            raise SkipTest("make-secrets.sh runs as root (it gives files away): not here")
-        directory = self.mktemp()
-        os.makedirs(directory)
-        script = os.path.join(directory, "make-secrets.sh")
-        shutil.copy(os.path.join(DEPLOY, "compose", "make-secrets.sh"), script)
+        script = self.makeSecretsScript()
+        directory = os.path.dirname(script)
         result = subprocess.run(["sh", script], capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)
         for name, owner in owners.items():
@@ -112,13 +121,8 @@ class ComposeTests(SynchronousTestCase):
         their first passwords in their volumes), and a URL that is missing
         is made again with the password its server already has.
         """
-        if os.getuid() != 0:
-            raise SkipTest("make-secrets.sh runs as root (it gives files away): not here")
-        directory = self.mktemp()
-        os.makedirs(directory)
-        script = os.path.join(directory, "make-secrets.sh")
-        shutil.copy(os.path.join(DEPLOY, "compose", "make-secrets.sh"), script)
-        secrets = os.path.join(directory, "secrets")
+        script = self.makeSecretsScript()
+        secrets = os.path.join(os.path.dirname(script), "secrets")
 
         def run() -> dict[str, str]:
             result = subprocess.run(["sh", script], capture_output=True, text=True, timeout=60)
