@@ -139,8 +139,9 @@ KEY_RELOAD = [
     "key-reload",
     None,
     10.0,
-    "Seconds between checks of the key files for changes (rotations), and of the trust"
-    " file with --bus direct:... (keys removed are refused and their channels closed).",
+    "Seconds between checks of the key files for changes (rotations), and with --bus"
+    " direct:... of the trust file (keys removed are refused and their channels closed)"
+    " and of the address table (?table=).",
     float,
 ]
 
@@ -308,7 +309,7 @@ def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: 
         return busFromURL(options["bus"], reactor, caller=caller, name=name, codec=codec)
     from txplatform.channel.identity import TrustFileService, readIdentity, readTrust
     from txplatform.channel.protocol import ChannelSettings
-    from txplatform.direct.addresses import AddressBook, parseDirectURL
+    from txplatform.direct.addresses import AddressBook, AddressTableService, parseDirectURL
     from txplatform.direct.bus import DirectBus
 
     network, port, table = parseDirectURL(options["bus"])
@@ -316,10 +317,11 @@ def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: 
     if options["event-bus"] is not None:
         events = busFromURL(options["event-bus"], reactor, caller=caller, name=name, codec=codec)
     trust = readTrust(options["trust"])
+    book = AddressBook.withTableFile(network, port, table)
     bus = DirectBus(
         reactor,
         ChannelSettings(readIdentity(options["identity"]), trust, reactor),
-        AddressBook.withTableFile(network, port, table),
+        book,
         codec=codec,
         events=events,
         listen=(
@@ -332,6 +334,9 @@ def makeBus(options: usage.Options, reactor: Any, caller: Any, name: str, keys: 
     # Trust changes (a key added, or removed: its channels close) are taken
     # while running.
     TrustFileService(options["trust"], trust, options["key-reload"]).setServiceParent(bus)
+    if table:
+        # So is a changed address table (replicas moved or added).
+        AddressTableService(table, book, options["key-reload"]).setServiceParent(bus)
     return bus
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import os
 
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.direct.addresses import (
     DEFAULT_PORT,
     AddressBook,
     AddressError,
+    AddressTableService,
     parseDirectURL,
 )
 from txplatform.serviceid import ServiceId
@@ -87,6 +90,63 @@ class AddressBookTests(SynchronousTestCase):
             self.assertIn(message, str(error))
         missing = os.path.join(self.mktemp(), "none.json")
         self.assertRaises(AddressError, AddressBook.withTableFile, "127.0.0.0/8", 1, missing)
+
+
+class AddressTableServiceTests(SynchronousTestCase):
+    def write(self, path: str, services: object) -> None:
+        # Replaced, as a ConfigMap's file is: a new inode every time.
+        temporary = path + ".new"
+        with open(temporary, "w") as f:
+            json.dump({"services": services}, f)
+        os.replace(temporary, path)
+
+    def test_readAgain(self) -> None:
+        """
+        Once its file changed, the table is read again and calls go by it;
+        a table that cannot be read is logged and the one in use kept; an
+        unchanged file is not read.
+        """
+        path = self.mktemp()
+        self.write(path, {"010002": ["127.1.0.2:7301"]})
+        book = AddressBook.withTableFile("127.0.0.0/8", 7300, path)
+        service = AddressTableService(path, book, interval=5)
+        self.assertFalse(service.check())
+        self.write(path, {"010002": ["127.1.0.2:7302", "127.1.0.2:7303"]})
+        self.assertTrue(service.check())
+        self.assertEqual(book.addressesOf(POST), [("127.1.0.2", 7302), ("127.1.0.2", 7303)])
+        self.assertFalse(service.check())
+        with open(path + ".new", "w") as f:
+            f.write("{not json")
+        os.replace(path + ".new", path)
+        logged: list[dict] = []
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        globalLogPublisher.addObserver(logged.append)
+        self.assertFalse(service.check())
+        self.assertEqual(book.addressesOf(POST), [("127.1.0.2", 7302), ("127.1.0.2", 7303)])
+        [error] = [e for e in logged if e["log_level"] == LogLevel.error]
+        self.assertIn("is not JSON", formatEvent(error))
+        # Its service gone from the table: its derived address again.
+        self.write(path, {})
+        self.assertTrue(service.check())
+        self.assertEqual(book.addressesOf(POST), [("127.1.0.2", 7300)])
+
+    def test_timer(self) -> None:
+        """
+        Running, it checks every C{interval} seconds on its clock.
+        """
+        path = self.mktemp()
+        self.write(path, {"010002": ["127.1.0.2:7301"]})
+        book = AddressBook.withTableFile("127.0.0.0/8", 7300, path)
+        service = AddressTableService(path, book, interval=5)
+        clock = Clock()
+        service.clock = clock
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.write(path, {"010002": ["127.1.0.2:7309"]})
+        clock.advance(4)
+        self.assertEqual(book.addressesOf(POST), [("127.1.0.2", 7301)])
+        clock.advance(1)
+        self.assertEqual(book.addressesOf(POST), [("127.1.0.2", 7309)])
 
 
 class URLTests(SynchronousTestCase):

@@ -2,8 +2,10 @@
 Tests for the twistd plugins: the dropin and each command's options.
 """
 
+import json
 import os
 import stat
+from typing import Any
 
 from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
@@ -13,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from txplatform.catalogue import installedServices
+from txplatform.serviceid import ServiceId
 from txplatform_plugins import allinone, gateway
 from txplatform_plugins import service as serviceCommand
 from txplatform_plugins.commands import ServiceCommand
@@ -583,10 +586,10 @@ class MakeServiceTests(SynchronousTestCase):
         self.addCleanup(service.database.close)
         self.assertTrue(service.logCalls)
 
-    def test_direct(self) -> None:
+    def directBus(self, bus: str, *more: str) -> Any:
         """
-        With --bus direct:..., a service's command runs a DirectBus for its
-        identity, with its event bus.
+        The DirectBus of a Post process run with C{--bus bus} and C{more}
+        options.
         """
         paths = identityFiles(self.mktemp())
         options = post.Options()
@@ -596,23 +599,46 @@ class MakeServiceTests(SynchronousTestCase):
                 "--db",
                 f"sqlite:{self.mktemp()}/db.sqlite",
                 "--bus",
-                "direct:127.0.0.0/8?port=7300",
+                bus,
                 "--identity",
                 paths["post"],
                 "--trust",
                 paths["trust"],
                 "--event-bus",
                 "local:",
+                *more,
             ]
         )
-        service = post.makeService(options, reactor=MemoryReactorClock())
-        children = list(service)
-        bus = children[2]
+        children = list(post.makeService(options, reactor=MemoryReactorClock()))
+        self.addCleanup(children[3].database.close)
+        return children[2]
+
+    def test_direct(self) -> None:
+        """
+        With --bus direct:..., a service's command runs a DirectBus for its
+        identity, with its event bus.
+        """
+        bus = self.directBus("direct:127.0.0.0/8?port=7300")
         self.assertEqual(type(bus).__name__, "DirectBus")
         self.assertEqual(bus.caller.hex, "010002")
         self.assertEqual(bus.listenAddress(), "tcp:7300:interface=127.1.0.2")
         self.assertEqual([type(s).__name__ for s in bus], ["LocalBus", "TrustFileService"])
-        self.addCleanup(children[3].database.close)
+
+    def test_directTable(self) -> None:
+        """
+        With an address table (C{?table=}), the DirectBus reads it again
+        when it changes, every --key-reload seconds.
+        """
+        table = os.path.abspath(self.mktemp())
+        with open(table, "w") as f:
+            json.dump({"services": {"010001": ["127.1.0.1:7301"]}}, f)
+        bus = self.directBus(f"direct:127.0.0.0/8?port=7300&table={table}", "--key-reload", "3")
+        [watcher] = [s for s in bus if type(s).__name__ == "AddressTableService"]
+        self.assertEqual((watcher.path, watcher.step), (table, 3.0))
+        self.assertIs(watcher.book, bus.addresses)
+        self.assertEqual(
+            bus.addresses.addressesOf(ServiceId.fromHex("010001")), [("127.1.0.1", 7301)]
+        )
 
     def test_parser(self) -> None:
         """

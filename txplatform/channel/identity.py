@@ -35,6 +35,7 @@ from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 from ..crypto.keyfile import KeyFileError, readSecretSource, writeSecretFile
+from ..filestamp import fileStamp
 from ..serviceid import ServiceId
 from .noise import publicBytes
 
@@ -283,11 +284,7 @@ class TrustFileService(TimerService):
         self._seen = self._stamp()
 
     def _stamp(self) -> Any:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return fileStamp(self.path)
 
     def check(self) -> bool:
         """

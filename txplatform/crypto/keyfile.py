@@ -36,6 +36,7 @@ from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..filestamp import fileStamp
 from .keyring import Keyring, MasterKey
 
 __all__ = [
@@ -326,11 +327,7 @@ class KeyringService(TimerService):
     def _stamp(self) -> Any:
         if self.source.startswith("env:"):
             return os.environ.get(self.source[4:])
-        try:
-            st = os.stat(self.source)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return fileStamp(self.source)
 
     def check(self, force: bool = False) -> bool:
         """

@@ -17,9 +17,20 @@ import ipaddress
 import json
 from typing import Any
 
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
+
+from ..filestamp import fileStamp
 from ..serviceid import ServiceId
 
-__all__ = ["DEFAULT_PORT", "AddressBook", "AddressError", "parseDirectURL"]
+__all__ = [
+    "DEFAULT_PORT",
+    "AddressBook",
+    "AddressError",
+    "AddressTableService",
+    "parseDirectURL",
+    "readTable",
+]
 
 DEFAULT_PORT = 7300
 
@@ -111,32 +122,86 @@ class AddressBook:
             return None
         return ServiceId.fromInt(int(address) - int(self.network.network_address))
 
+    def replaceTable(self, table: dict[ServiceId, list[tuple[str, int]]]) -> None:
+        """
+        Send calls by C{table} from now on (calls under way keep their
+        addresses).
+        """
+        self.table = dict(table)
+
     @classmethod
     def withTableFile(cls, network: str, port: int, path: str | None) -> AddressBook:
         """
         @raise AddressError: The table cannot be read or is malformed.
         """
-        table: dict[ServiceId, list[tuple[str, int]]] = {}
-        if path:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    document = json.load(f)
-            except OSError as e:
-                raise AddressError(f"cannot read the address table {path}: {e.strerror}") from None
-            except ValueError:
-                raise AddressError(f"the address table {path} is not JSON") from None
-            services = document.get("services") if isinstance(document, dict) else None
-            if not isinstance(services, dict):
-                raise AddressError(f"{path}: expected {{'services': {{id: [host:port, ...]}}}}")
-            for key, addresses in services.items():
-                try:
-                    serviceId = ServiceId.fromHex(key)
-                except ValueError:
-                    raise AddressError(f"{path}: {key!r} is not a service id") from None
-                if not isinstance(addresses, list) or not addresses:
-                    raise AddressError(f"{path}: {key} needs a list of addresses")
-                table[serviceId] = [_hostPort(a, f"{path}, {key}") for a in addresses]
-        return cls(network, port, table)
+        return cls(network, port, readTable(path) if path else None)
+
+
+def readTable(path: str) -> dict[ServiceId, list[tuple[str, int]]]:
+    """
+    The address table in the file at C{path}.
+
+    @raise AddressError: It cannot be read or is malformed.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except OSError as e:
+        raise AddressError(f"cannot read the address table {path}: {e.strerror}") from None
+    except ValueError:
+        raise AddressError(f"the address table {path} is not JSON") from None
+    services = document.get("services") if isinstance(document, dict) else None
+    if not isinstance(services, dict):
+        raise AddressError(f"{path}: expected {{'services': {{id: [host:port, ...]}}}}")
+    table: dict[ServiceId, list[tuple[str, int]]] = {}
+    for key, addresses in services.items():
+        try:
+            serviceId = ServiceId.fromHex(key)
+        except ValueError:
+            raise AddressError(f"{path}: {key!r} is not a service id") from None
+        if not isinstance(addresses, list) or not addresses:
+            raise AddressError(f"{path}: {key} needs a list of addresses")
+        table[serviceId] = [_hostPort(a, f"{path}, {key}") for a in addresses]
+    return table
+
+
+class AddressTableService(TimerService):
+    """
+    Read the address table again when its file changed, so that replicas
+    moved or added (a Kubernetes ConfigMap updated with the pods' new
+    addresses) get calls within C{interval} seconds, without restarting
+    their callers.  A table that cannot be read is logged, and the one in
+    use kept.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, book: AddressBook, interval: float = 10.0) -> None:
+        super().__init__(interval, self.check)
+        self.path = path
+        self.book = book
+        self._seen = fileStamp(path)
+
+    def check(self) -> bool:
+        """
+        @return: Whether the table in use changed.
+        """
+        stamp = fileStamp(self.path)
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            fresh = readTable(self.path)
+        except AddressError as e:
+            self.log.error("Keeping the address table in use: {error}", error=str(e))
+            return False
+        self.book.replaceTable(fresh)
+        self.log.info(
+            "Address table {path} read again: {count} service(s) listed",
+            path=self.path,
+            count=len(fresh),
+        )
+        return True
 
 
 def parseDirectURL(url: str) -> tuple[str, int, str | None]:
