@@ -31,11 +31,9 @@ from typing import Any, Callable, Iterable
 from attrs import field, frozen
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from twisted.application.internet import TimerService
-from twisted.logger import Logger
 
 from ..crypto.keyfile import KeyFileError, readSecretSource, writeSecretFile
-from ..filestamp import fileStamp
+from ..filewatch import FileWatchService
 from ..serviceid import ServiceId
 from .noise import publicBytes
 
@@ -268,41 +266,23 @@ def writeTrust(path: str, store: TrustStore) -> None:
     os.replace(temporary, path)
 
 
-class TrustFileService(TimerService):
+class TrustFileService(FileWatchService[TrustStore]):
     """
     Read the trust file again when it changed, so that a key added reaches
     running processes, and a key removed is refused from then on and its
     open channels closed, within C{interval} seconds.
     """
 
-    log = Logger()
+    what = "the trust file"
+    refused = (IdentityError,)
 
     def __init__(self, path: str, store: TrustStore, interval: float = 10.0) -> None:
-        super().__init__(interval, self.check)
-        self.path = path
+        super().__init__(path, interval)
         self.store = store
-        self._seen = self._stamp()
 
-    def _stamp(self) -> Any:
-        return fileStamp(self.path)
+    def read(self) -> TrustStore:
+        return readTrust(self.path)
 
-    def check(self) -> bool:
-        """
-        @return: Whether the trust changed.
-        """
-        stamp = self._stamp()
-        if stamp == self._seen:
-            return False
-        self._seen = stamp
-        try:
-            fresh = readTrust(self.path)
-        except IdentityError as e:
-            self.log.error("Keeping the trust in use: {error}", error=str(e))
-            return False
+    def take(self, fresh: TrustStore) -> str:
         self.store.replace(fresh.peers)
-        self.log.info(
-            "Trust file {path} read again: {count} peer key(s)",
-            path=self.path,
-            count=len(fresh.peers),
-        )
-        return True
+        return f"{len(fresh.peers)} peer key(s)"

@@ -36,7 +36,7 @@ from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..filestamp import fileStamp
+from ..filewatch import fileStamp
 from .keyring import Keyring, MasterKey
 
 __all__ = [

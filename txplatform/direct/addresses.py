@@ -17,10 +17,7 @@ import ipaddress
 import json
 from typing import Any
 
-from twisted.application.internet import TimerService
-from twisted.logger import Logger
-
-from ..filestamp import fileStamp
+from ..filewatch import FileWatchService
 from ..serviceid import ServiceId
 
 __all__ = [
@@ -29,10 +26,14 @@ __all__ = [
     "AddressError",
     "AddressTableService",
     "parseDirectURL",
+    "Table",
     "readTable",
 ]
 
 DEFAULT_PORT = 7300
+
+#: Where the services a table lists are: their addresses, by service.
+Table = dict[ServiceId, list[tuple[str, int]]]
 
 
 class AddressError(ValueError):
@@ -65,7 +66,7 @@ class AddressBook:
         self,
         network: str = "127.0.0.0/8",
         port: int = DEFAULT_PORT,
-        table: dict[ServiceId, list[tuple[str, int]]] | None = None,
+        table: Table | None = None,
     ) -> None:
         """
         @param network: An IPv4 range of at least 2**24 addresses, so that
@@ -122,7 +123,7 @@ class AddressBook:
             return None
         return ServiceId.fromInt(int(address) - int(self.network.network_address))
 
-    def replaceTable(self, table: dict[ServiceId, list[tuple[str, int]]]) -> None:
+    def replaceTable(self, table: Table) -> None:
         """
         Send calls by C{table} from now on (calls under way keep their
         addresses).
@@ -137,7 +138,7 @@ class AddressBook:
         return cls(network, port, readTable(path) if path else None)
 
 
-def readTable(path: str) -> dict[ServiceId, list[tuple[str, int]]]:
+def readTable(path: str) -> Table:
     """
     The address table in the file at C{path}.
 
@@ -153,7 +154,7 @@ def readTable(path: str) -> dict[ServiceId, list[tuple[str, int]]]:
     services = document.get("services") if isinstance(document, dict) else None
     if not isinstance(services, dict):
         raise AddressError(f"{path}: expected {{'services': {{id: [host:port, ...]}}}}")
-    table: dict[ServiceId, list[tuple[str, int]]] = {}
+    table: Table = {}
     for key, addresses in services.items():
         try:
             serviceId = ServiceId.fromHex(key)
@@ -165,7 +166,7 @@ def readTable(path: str) -> dict[ServiceId, list[tuple[str, int]]]:
     return table
 
 
-class AddressTableService(TimerService):
+class AddressTableService(FileWatchService[Table]):
     """
     Read the address table again when its file changed, so that replicas
     moved or added (a Kubernetes ConfigMap updated with the pods' new
@@ -174,34 +175,19 @@ class AddressTableService(TimerService):
     use kept.
     """
 
-    log = Logger()
+    what = "the address table"
+    refused = (AddressError,)
 
     def __init__(self, path: str, book: AddressBook, interval: float = 10.0) -> None:
-        super().__init__(interval, self.check)
-        self.path = path
+        super().__init__(path, interval)
         self.book = book
-        self._seen = fileStamp(path)
 
-    def check(self) -> bool:
-        """
-        @return: Whether the table in use changed.
-        """
-        stamp = fileStamp(self.path)
-        if stamp == self._seen:
-            return False
-        self._seen = stamp
-        try:
-            fresh = readTable(self.path)
-        except AddressError as e:
-            self.log.error("Keeping the address table in use: {error}", error=str(e))
-            return False
+    def read(self) -> Table:
+        return readTable(self.path)
+
+    def take(self, fresh: Table) -> str:
         self.book.replaceTable(fresh)
-        self.log.info(
-            "Address table {path} read again: {count} service(s) listed",
-            path=self.path,
-            count=len(fresh),
-        )
-        return True
+        return f"{len(fresh)} service(s) listed"
 
 
 def parseDirectURL(url: str) -> tuple[str, int, str | None]:
