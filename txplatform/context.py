@@ -116,7 +116,8 @@ class CallContext:
     correlationId: str
     deadline: float
     priority: int
-    #: The bus delivered this call before, to a replica that did not finish.
+    #: This call may have been delivered before: to a replica that did not
+    #: finish, or by a connection its caller lost before the answer came.
     redelivered: bool = False
     #: The caller's idempotency key (L{Origin.idempotencyKey}), if any.
     idempotencyKey: str | None = None

@@ -301,6 +301,84 @@ class CallTests(BrokerTestCase):
         self.assertEqual((yield late), {"by": "second", "n": 1})
 
     @inlineCallbacks
+    def test_resentAfterLoss(self) -> Any:
+        """
+        A call in flight when its caller loses the connection to the broker
+        is sent again once the caller has reconnected, under the same
+        message id: a non-idempotent one marked, so that the service takes
+        it as redelivered (and a method that must not run twice answers it
+        from its reply log); an idempotent one as it was.  The caller gets
+        the second copy's answer.
+        """
+        service = self.newServiceId()
+        server = yield self.makeBus()
+        held: list[tuple[Any, Deferred[Any]]] = []
+
+        def work(payload: Any, context: Any) -> Any:
+            d: Deferred[Any] = Deferred()
+            held.append((context, d))
+            return d
+
+        yield server.serve(service, {"work": work}, prefetch=4)
+        client = yield self.makeBus()
+        for idempotent in (False, True):
+            del held[:]
+            call = client.call(service, "work", {}, timeout=10, idempotent=idempotent)
+            yield eventually(lambda: len(held) == 1)
+            client._protocol.transport.loseConnection()
+            yield eventually(lambda: len(held) == 2, timeout=10)
+            (first, firstAnswer), (second, secondAnswer) = held
+            self.assertEqual(second.messageId, first.messageId)
+            self.assertFalse(first.redelivered)
+            self.assertEqual(second.redelivered, not idempotent)
+            # The first copy's answer has nowhere to go: its reply-to was
+            # the lost connection's.
+            firstAnswer.callback({"copy": 1})
+            secondAnswer.callback({"copy": 2})
+            self.assertEqual((yield call), {"copy": 2})
+
+    @inlineCallbacks
+    def test_returnedWhileReappearing(self) -> Any:
+        """
+        A call that cannot be routed to a service which answered moments
+        ago (its queue went with a node, and its replicas are declaring it
+        again) is sent again every C{returnedRetryDelay} seconds, within
+        its deadline, until the queue is back; once the service has been
+        silent for C{reappearWithin} seconds, or to a service never heard
+        from, it fails at once with Unavailable.
+        """
+        service = self.newServiceId()
+        server = yield self.makeBus()
+        subscription = yield server.serve(service, {"work": lambda p, c: {"by": "first"}})
+        client = yield self.makeBus()
+        self.assertEqual((yield client.call(service, "work", {})), {"by": "first"})
+        yield subscription.stop()
+        yield client._channel.queue_delete(queue=rpcQueue(service))
+        late = client.call(service, "work", {}, timeout=10)
+        yield sleep(0.5)
+        self.assertNoResult(late)
+        replacement = yield self.makeBus()
+        yield replacement.serve(service, {"work": lambda p, c: {"by": "second"}})
+        self.assertEqual((yield late), {"by": "second"})
+
+        yield replacement.stopService()
+        yield client._channel.queue_delete(queue=rpcQueue(service))
+        client.reappearWithin = 0.0
+        started = reactor.seconds()
+        error = yield self.assertFailure(client.call(service, "work", {}, timeout=10), Unavailable)
+        self.assertIn("no service", error.message)
+        self.assertLess(reactor.seconds() - started, 1)
+        # A stopping bus sends nothing again: such a call fails as it stops.
+        client.reappearWithin = 5.0
+        waiting = client.call(service, "work", {}, timeout=10)
+        yield sleep(0.1)
+        self.assertNoResult(waiting)
+        started = reactor.seconds()
+        yield client.stopService()
+        yield self.assertFailure(waiting, Unavailable)
+        self.assertLess(reactor.seconds() - started, 1)
+
+    @inlineCallbacks
     def test_callsUnconfirmed(self) -> Any:
         """
         Calls and replies go without publisher confirms (a reply, a return

@@ -79,6 +79,9 @@ class NodeFaultsUnderLoadTests(TwoGatewaysTestCase):
         statuses: dict[int, int] = {}
         unexpected: list[Any] = []
         answered: list[tuple[float, int]] = []
+        # Why each refused request was refused (its problem's detail), for
+        # the reader of the figures.
+        refusals: dict[str, int] = {}
         stop = [False]
         sent = [0]
 
@@ -110,6 +113,10 @@ class NodeFaultsUnderLoadTests(TwoGatewaysTestCase):
                 elif status not in (503, 504):
                     unexpected.append((status, body))
                 else:
+                    detail = (
+                        f"{status} {body.get('detail', '?') if isinstance(body, dict) else body}"
+                    )
+                    refusals[detail] = refusals.get(detail, 0) + 1
                     yield sleep(0.05)
 
         def recovered(since: float) -> Any:
@@ -187,6 +194,7 @@ class NodeFaultsUnderLoadTests(TwoGatewaysTestCase):
                 cluster.ports[second]
             )
             figures["load (s)"] = round(time.monotonic() - loadStarted, 1)
+            figures["refused, and why"] = refusals
         finally:
             stop[0] = True
             for worker in workers:

@@ -63,8 +63,9 @@ class NodeLossTests(TestCase):
         a client are connected to (which holds the service's call queue and
         the group's quorum queue leader): both reconnect to another node,
         declare their queues again and resume consuming; calls work again
-        within seconds (those in flight, or sent before the queue is back,
-        fail with a clear error, never by waiting out their deadline), and
+        within seconds (those in flight are sent again; those sent before
+        the queue is back fail with a clear error, never by waiting out
+        their deadline), and
         every event published before and after (with retries, as the outbox
         does) is handled, none lost (one whose acknowledgement went with
         the node comes again: handlers are idempotent).
@@ -116,11 +117,11 @@ class NodeLossTests(TestCase):
                     outcomes["resent ok" if idempotent else "ok"] += 1
                     lastOK[0] = time.monotonic()
                 except Unavailable as e:
-                    # A call in flight on the lost connection (sent again
-                    # if idempotent), or one sent while the service's
-                    # queue, gone with its node, was not declared again
-                    # yet (returned: "no service"): a clear 503.  Never
-                    # silence until the deadline.
+                    # A call sent (or, in flight on the lost connection,
+                    # sent again) while the service's queue, gone with its
+                    # node, was not declared again yet (returned: "no
+                    # service"): a clear 503.  Never silence until the
+                    # deadline.
                     outcomes["unavailable"] += 1
                     if isinstance(e, DeadlineExceeded):
                         unexpected.append(e)

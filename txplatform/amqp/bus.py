@@ -24,7 +24,8 @@ Every message carries its message id, the caller's service id
 (C{x-caller}), the trace id (C{x-trace}) and the schema version
 (C{x-schema}); a call or event in an OpenTelemetry trace also says so
 (C{x-traced}), its C{traceparent} and C{tracestate} being inside the
-(sealed) payload.
+(sealed) payload.  A call sent again after the connection it went on was
+lost says so (C{x-resent}: see L{AMQPBus.call}).
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ CHANNEL = 1
 # frame each way (two per call, half a read's messages).  Direct reply-to
 # wants the calls published on the channel that consumes the replies.
 CALLS_CHANNEL = 2
+# On a call sent again, under its message id, after the connection it went
+# on was lost: the service treats it as a call the broker redelivered.
+RESENT_HEADER = "x-resent"
 
 
 def rpcQueue(service: ServiceId) -> str:
@@ -189,6 +193,7 @@ class _PendingCall:
         "idempotent",
         "deferred",
         "sentOn",
+        "retry",
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -356,13 +361,18 @@ class _Server(_Consumer):
             )
             self._settle(protocol, delivery)
             return
-        if delivery.redelivered:
+        resent = _intHeader(headers, RESENT_HEADER) == 1
+        if delivery.redelivered or resent:
             self.log.info(
-                "Call {method} ({messageId}) to {service} delivered again: a replica stopped"
-                " before answering it",
+                "Call {method} ({messageId}) to {service} {why}",
                 method=method,
                 messageId=properties.message_id,
                 service=self.service.hex,
+                why=(
+                    "delivered again: a replica stopped before answering it"
+                    if delivery.redelivered
+                    else "sent again: its caller lost the connection it first went on"
+                ),
             )
         messageId = properties.message_id or ""
         rawKey = headers.get("x-idempotency-key")
@@ -376,7 +386,7 @@ class _Server(_Consumer):
             correlationId=_traceOf(headers, messageId),
             deadline=deadline / 1000 if deadline is not None else now + bus.defaultTimeout,
             priority=properties.priority if properties.priority is not None else Priority.NORMAL,
-            redelivered=delivery.redelivered,
+            redelivered=delivery.redelivered or resent,
             idempotencyKey=key,
         )
         try:
@@ -703,6 +713,15 @@ class AMQPBus(Service):
         self._consumers: list[_Consumer] = []
         self._calls: dict[str, _PendingCall] = {}
         self._waiting: list[_PendingCall] = []
+        # When each service last answered a call of ours (the clock's
+        # seconds): a call it cannot be routed to soon after is one whose
+        # queue went with a node, and is being declared again elsewhere.
+        self._heard: dict[ServiceId, float] = {}
+        #: For how long after a service last answered a call that cannot be
+        #: routed to it is tried again (every L{returnedRetryDelay} seconds,
+        #: within its deadline) rather than failed as "no service".
+        self.reappearWithin = 5.0
+        self.returnedRetryDelay = 0.2
         #: On stop, how long to wait for answers to the calls in flight.
         self.drainTimeout = 10.0
         #: How long to wait for the broker to confirm a message.
@@ -798,6 +817,10 @@ class AMQPBus(Service):
             # out) before the connection closes and the service stops.
             handshaking.transport.abortConnection()
         yield self._service.stopService()
+        for call in list(self._calls.values()):
+            if call.retry is not None and call.retry.active():
+                call.retry.cancel()
+                self._waiting.append(call)
         self._failWaiting(Unavailable("the bus is stopping"))
 
     def whenStarted(self) -> Deferred[None]:
@@ -957,12 +980,21 @@ class AMQPBus(Service):
             why = Failure(protocol.closedBy) if protocol.closedBy is not None else reason
             self._attemptFailed(why, wasReady=True)
         # Replies to calls sent on that connection cannot come back on the
-        # next one: fail them now, or send them again if that is harmless.
+        # next one: send them again on it.  An idempotent call is simply
+        # sent again; any other goes marked (x-resent), under the same
+        # message id, and the service takes it as a call the broker
+        # delivered again: a method that must not run twice answers it from
+        # its reply log if the first copy ran (L{txplatform.service.rpc}),
+        # as it does when the broker redelivers a call its replica never
+        # answered.  Failing it instead answered the caller 503 for work
+        # that was often done all the same.
         for call in list(self._calls.values()):
             if call.sentOn is not protocol:
                 continue
-            if call.idempotent and self.running:
+            if self.running:
                 call.sentOn = None
+                if not call.idempotent:
+                    call.properties.headers[RESENT_HEADER] = 1
                 self._waiting.append(call)
             else:
                 self._calls.pop(call.messageId, None)
@@ -1098,6 +1130,13 @@ class AMQPBus(Service):
         origin: Origin | None = None,
         idempotent: bool = False,
     ) -> Deferred[Any]:
+        """
+        See L{IBus.call}.  A call in flight when the connection to the
+        broker is lost is sent again once the bus has reconnected, within
+        its deadline: an idempotent one as it was, any other marked as sent
+        again (C{x-resent}), which the service answering it takes as a
+        redelivered call (L{CallContext.redelivered}).
+        """
         origin = origin if origin is not None else Origin(self.caller)
         now = self._clock.seconds()
         try:
@@ -1144,6 +1183,8 @@ class AMQPBus(Service):
             self._calls.pop(messageId, None)
             if pending in self._waiting:
                 self._waiting.remove(pending)
+            if pending.retry is not None and pending.retry.active():
+                pending.retry.cancel()
 
         d = awaitAnswer(self._clock, service, method, deadline, abandon, call.span)
         pending = _PendingCall(
@@ -1156,6 +1197,7 @@ class AMQPBus(Service):
             idempotent=idempotent,
             deferred=d,
             sentOn=None,
+            retry=None,
         )
         self._calls[messageId] = pending
         if self.connected:
@@ -1186,6 +1228,7 @@ class AMQPBus(Service):
         call = self._calls.pop(delivery.properties.correlation_id or "", None)
         if call is None or call.deferred.called:
             return  # timed out, cancelled or answered already
+        self._heard[call.service] = self._clock.seconds()
         binding = replyBinding(call.service, call.method, call.messageId)
         try:
             result = resultOf(self._codec.decode(delivery.body, binding))
@@ -1203,13 +1246,41 @@ class AMQPBus(Service):
     def _returned(self, delivery: Delivery) -> None:
         if delivery.exchange != RPC_EXCHANGE:
             return
-        call = self._calls.pop(delivery.properties.correlation_id or "", None)
-        if call is not None and not call.deferred.called:
-            call.deferred.errback(
-                Unavailable(
-                    f"no service {call.service.hex} on this bus", {"service": call.service.hex}
-                )
-            )
+        call = self._calls.get(delivery.properties.correlation_id or "")
+        if call is None or call.deferred.called:
+            return
+        now = self._clock.seconds()
+        heard = self._heard.get(call.service)
+        if (
+            self.running
+            and heard is not None
+            and now - heard < self.reappearWithin
+            and call.deadline - now > self.returnedRetryDelay
+        ):
+            # The service answered moments ago: its queue went with a
+            # node (a transient queue on a cluster), and its replicas are
+            # declaring it again on the nodes they reconnect to.  Nothing
+            # was delivered, so sending it again is harmless, idempotent
+            # or not.
+            call.sentOn = None
+            call.retry = self._clock.callLater(self.returnedRetryDelay, self._sendAgain, call)
+            return
+        self._calls.pop(call.messageId, None)
+        call.deferred.errback(
+            Unavailable(f"no service {call.service.hex} on this bus", {"service": call.service.hex})
+        )
+
+    def _sendAgain(self, call: _PendingCall) -> None:
+        call.retry = None
+        if call.deferred.called or self._calls.get(call.messageId) is not call:
+            return
+        if self.connected:
+            self._send(call)
+        elif self.running:
+            self._waiting.append(call)
+        else:
+            self._calls.pop(call.messageId, None)
+            call.deferred.errback(Unavailable("the bus is stopping"))
 
     def _publishReply(
         self, replyTo: str, correlationId: str | None, data: bytes, context: CallContext
