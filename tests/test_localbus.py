@@ -367,8 +367,11 @@ class CallTests(BusTestMixin, SynchronousTestCase):
         firstHeld: list[Deferred[Any]] = []
         secondHeld: list[Deferred[Any]] = []
 
+        contexts: list[Any] = []
+
         def holding(held: list[Deferred[Any]]) -> Any:
             def work(payload: Any, context: Any) -> Deferred[Any]:
+                contexts.append(context)
                 held.append(Deferred())
                 return held[-1]
 
@@ -392,6 +395,11 @@ class CallTests(BusTestMixin, SynchronousTestCase):
         self.turn()
         self.assertNoResult(late)
         [theirs] = secondHeld
+        # It may have done its work before it was cancelled: the second
+        # replica takes it as redelivered (a method that must not run twice
+        # answers from its reply log).
+        self.assertEqual(contexts[-1].messageId, contexts[-2].messageId)
+        self.assertEqual([c.redelivered for c in contexts[-2:]], [False, True])
         theirs.callback({"by": "second"})
         self.turn()
         self.assertEqual(self.successResultOf(late), {"by": "second"})

@@ -80,6 +80,9 @@ class _PendingCall:
     deferred: Deferred = field(repr=False)
     idempotencyKey: str | None = None
     abandoned: bool = False
+    # It may have run before: given back by a stopping replica, or sent
+    # again by a caller whose channel broke (the direct transport).
+    redelivered: bool = False
     # A call that came from elsewhere (the direct transport): its deadline
     # as bound in its payload, and its answer wanted encoded.
     deadlineMillis: int | None = None
@@ -283,6 +286,7 @@ class _CallWorker(_Worker):
             correlationId=call.correlationId,
             deadline=call.deadline,
             priority=call.priority,
+            redelivered=call.redelivered,
             idempotencyKey=call.idempotencyKey,
         )
         try:
@@ -329,6 +333,9 @@ class _CallWorker(_Worker):
             # back.  With none left here (the direct transport's process
             # stopping), the caller hears so and may try another.
             if self._queue.hasWorkers():
+                # Its handler may have done its work (a transaction
+                # committed) before it was cancelled.
+                call.redelivered = True
                 self._queue.put(call)
                 self.finished()
                 return
@@ -585,6 +592,7 @@ class LocalBus(Service):
         priority: int,
         idempotencyKey: str | None = None,
         isTraced: bool = False,
+        redelivered: bool = False,
     ) -> Deferred[bytes]:
         """
         Queue a call that arrived encoded from another process (the direct
@@ -592,6 +600,8 @@ class LocalBus(Service):
         past its deadline, its payload decoded and checked against its
         binding by the worker.
 
+        @param redelivered: It may have run before (its caller sent it
+            again after the channel it first went on broke).
         @return: A Deferred of the encoded reply, for the caller to decode;
             it fails with L{Unavailable} when nobody serves C{service} here,
             and with L{DeadlineExceeded} when the deadline passes first.
@@ -617,6 +627,7 @@ class LocalBus(Service):
             deadlineMillis=deadlineMillis,
             encodedReply=True,
             isTraced=isTraced,
+            redelivered=redelivered,
         )
         queue.put(pending)
         return d

@@ -271,17 +271,18 @@ class DirectBusTests(TestCase):
         self.assertEqual(server.malformed[0].peer, "010100")
 
     @inlineCallbacks
-    def test_idempotentResent(self):  # type: ignore[no-untyped-def]
+    def test_resentAfterBreak(self):  # type: ignore[no-untyped-def]
         """
-        A call whose channel breaks before the answer fails with
-        Unavailable, unless it is idempotent: then it is sent again, on a
-        new channel, with the same message id.
+        A call whose channel breaks before the answer is sent again, on a
+        new channel, with the same message id: an idempotent one as it
+        was; any other marked as sent again, which the service takes as a
+        call that may have run before (C{CallContext.redelivered}).
         """
-        seen: list[str] = []
+        seen: list[tuple[str, bool]] = []
 
         def breakFirst(payload: dict, context: object) -> object:
-            seen.append(context.messageId)  # type: ignore[attr-defined]
-            if len(seen) in (1, 2):
+            seen.append((context.messageId, context.redelivered))  # type: ignore[attr-defined]
+            if len(seen) % 2:
                 for connection in self.serverConnections(server):
                     connection.transport.abortConnection()
                 return self.hang()
@@ -289,11 +290,13 @@ class DirectBusTests(TestCase):
 
         server = yield self.serving({"op": breakFirst})
         client = self.bus(self.clientIdentity)
-        yield self.assertFailure(client.call(SERVER_ID, "op", {}), Unavailable)
-        result = yield client.call(SERVER_ID, "op", {}, idempotent=True)
-        self.assertEqual(result, {"ok": True})
-        self.assertEqual(seen[1], seen[2])
-        self.assertNotEqual(seen[0], seen[1])
+        for idempotent in (False, True):
+            result = yield client.call(SERVER_ID, "op", {}, idempotent=idempotent)
+            self.assertEqual(result, {"ok": True})
+        [(first, no), (again, resent), (third, no2), (again2, notMarked)] = seen
+        self.assertEqual((again, again2), (first, third))
+        self.assertNotEqual(first, third)
+        self.assertEqual((no, resent, no2, notMarked), (False, True, False, False))
 
     def serverConnections(self, server: DirectBus) -> list:
         return list(server.connections)

@@ -33,6 +33,26 @@ class FrameTests(SynchronousTestCase):
         unkeyed = CallFrame(frame.service, 7, 1234, "m1", "t1", "add", b"p")
         self.assertIsNone(parseFrame(unkeyed.encode()).idempotencyKey)
 
+    def test_resent(self) -> None:
+        """
+        A call sent again has its first copy's kind with bit 0x10 set,
+        traced or not.
+        """
+        for traced, kind in [(False, 0x11), (True, 0x13)]:
+            frame = CallFrame(
+                ServiceId.fromHex("010002"), 7, 1234, "m1", "t1", "add", b"p", None, traced, True
+            )
+            self.assertEqual(frame.encode()[0], kind)
+            parsed = parseFrame(frame.encode())
+            self.assertEqual(parsed, frame)
+            self.assertEqual((parsed.isTraced, parsed.resent), (traced, True))
+        self.assertFalse(
+            parseFrame(CallFrame(frame.service, 7, 1, "m", "t", "a", b"").encode()).resent
+        )
+        # A reply has no such bit.
+        error = self.assertRaises(FrameError, parseFrame, b"\x12\x02m1")
+        self.assertIn("unknown kind 18", str(error))
+
     def test_reply(self) -> None:
         frame = ReplyFrame("m1", b"answer")
         self.assertEqual(parseFrame(frame.encode()), frame)

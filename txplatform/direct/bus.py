@@ -11,7 +11,8 @@ served with the in-process bus's rules (priority order, prefetch, dropped
 past their deadline, typed errors), the payload codec checking each payload
 against the call it came with.  A caller keeps one channel per replica
 (L{twisted.application.internet.ClientService}: reconnecting with backoff),
-picks replicas in turn, and resends idempotent calls whose channel broke.
+picks replicas in turn, and sends again the calls whose channel broke
+(under the same message id; those not idempotent marked as sent again).
 
 Events are not carried here: a durable fan-out is what a broker is for, so
 C{publish} and C{subscribe} go to the event bus given (AMQP in
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Mapping
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -276,6 +277,7 @@ class DirectBus(MultiService):
             frame.priority,
             frame.idempotencyKey,
             frame.isTraced,
+            redelivered=frame.resent,
         )
 
         def failed(failure: Failure) -> bytes | None:
@@ -332,8 +334,14 @@ class DirectBus(MultiService):
             outgoing.protocol = None
             if outgoing.deferred.called:
                 del self._outgoing[messageId]
-            elif outgoing.idempotent:
-                # Once ClientService has seen the loss too.
+            elif outgoing.idempotent or self.running:
+                # Sent again (to the next replica in turn, once
+                # ClientService has seen the loss too) under the same
+                # message id; a call that is not idempotent marked so, as
+                # a call the service may have run already: a method that
+                # must not run twice answers it from its reply log.
+                if not outgoing.idempotent:
+                    outgoing.frame = evolve(outgoing.frame, resent=True)
                 self._reactor.callLater(0, self._send, outgoing)
             else:
                 del self._outgoing[messageId]

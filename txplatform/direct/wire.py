@@ -14,6 +14,11 @@ replica routes a call by reading three bytes.
     TRACED kind 3 | as CALL: a call whose payload carries its OpenTelemetry
            trace (L{txplatform.codec.traced}), which its binding says too
 
+A call sent again under its message id, after the channel it first went
+on broke, has the kind of its first copy with bit C{RESENT} (0x10) set:
+the service takes it as a call that may have run before
+(L{txplatform.context.CallContext.redelivered}).
+
 The caller of a call is not in the frame: it is the peer the secure channel
 authenticated, and the payload's binding names it, so the codec refuses a
 payload sealed by anyone else.
@@ -33,6 +38,7 @@ __all__ = [
     "CALL",
     "REPLY",
     "TRACED_CALL",
+    "RESENT",
     "MAX_FRAME",
     "FrameError",
     "CallFrame",
@@ -42,6 +48,7 @@ __all__ = [
 ]
 
 CALL, REPLY, TRACED_CALL = 1, 2, 3
+RESENT = 0x10
 # The largest frame accepted: payloads are records, not bulk transfers.
 MAX_FRAME = 16 * 1024 * 1024
 
@@ -85,9 +92,10 @@ class CallFrame:
     payload: bytes
     idempotencyKey: str | None = None
     isTraced: bool = False
+    resent: bool = False
 
     def encode(self) -> bytes:
-        kind = TRACED_CALL if self.isTraced else CALL
+        kind = (TRACED_CALL if self.isTraced else CALL) | (RESENT if self.resent else 0)
         return b"".join(
             [
                 _CALL.pack(kind, self.service.raw, self.priority, self.deadlineMillis),
@@ -116,7 +124,8 @@ def parseFrame(body: bytes) -> CallFrame | ReplyFrame:
     if not body:
         raise FrameError("an empty frame")
     kind = body[0]
-    if kind == CALL or kind == TRACED_CALL:
+    resent = kind & RESENT == RESENT
+    if kind & ~RESENT in (CALL, TRACED_CALL):
         if len(body) < _CALL.size:
             raise FrameError("a call frame shorter than its header")
         _, service, priority, deadline = _CALL.unpack_from(body)
@@ -135,7 +144,8 @@ def parseFrame(body: bytes) -> CallFrame | ReplyFrame:
             method,
             body[at:],
             key or None,
-            kind == TRACED_CALL,
+            kind & ~RESENT == TRACED_CALL,
+            resent,
         )
     if kind == REPLY:
         messageId, at = _readShort(body, 1, "message id")
