@@ -283,20 +283,49 @@ class DirectBusTests(TestCase):
         def breakFirst(payload: dict, context: object) -> object:
             seen.append((context.messageId, context.redelivered))  # type: ignore[attr-defined]
             if len(seen) % 2:
-                for connection in self.serverConnections(server):
-                    connection.transport.abortConnection()
+                self.breakChannels(server)
                 return self.hang()
             return {"ok": True}
 
-        server = yield self.serving({"op": breakFirst})
+        server = yield self.serving({"op": breakFirst, "ping": lambda p, c: {}})
         client = self.bus(self.clientIdentity)
         for idempotent in (False, True):
+            # A channel the service has answered on.
+            yield client.call(SERVER_ID, "ping", {})
             result = yield client.call(SERVER_ID, "op", {}, idempotent=idempotent)
             self.assertEqual(result, {"ok": True})
         [(first, no), (again, resent), (third, no2), (again2, notMarked)] = seen
         self.assertEqual((again, again2), (first, third))
         self.assertNotEqual(first, third)
         self.assertEqual((no, resent, no2, notMarked), (False, True, False, False))
+
+    @inlineCallbacks
+    def test_resentOnce(self):  # type: ignore[no-untyped-def]
+        """
+        A call is sent again once, and only after a break of a channel the
+        service had answered on (one closed before the peer said a word
+        may be the peer refusing this process's identity): otherwise it
+        fails with Unavailable.
+        """
+        seen: list[bool] = []
+
+        def breakAlways(payload: dict, context: object) -> object:
+            seen.append(context.redelivered)  # type: ignore[attr-defined]
+            self.breakChannels(server)
+            return self.hang()
+
+        server = yield self.serving({"op": breakAlways, "ping": lambda p, c: {}})
+        client = self.bus(self.clientIdentity)
+        error = yield self.assertFailure(client.call(SERVER_ID, "op", {}), Unavailable)
+        self.assertIn("broke before its answer to op", error.message)
+        self.assertEqual(seen, [False])
+        yield client.call(SERVER_ID, "ping", {})
+        yield self.assertFailure(client.call(SERVER_ID, "op", {}, idempotent=True), Unavailable)
+        self.assertEqual(seen, [False, False, False])
+
+    def breakChannels(self, server: DirectBus) -> None:
+        for connection in self.serverConnections(server):
+            connection.transport.abortConnection()
 
     def serverConnections(self, server: DirectBus) -> list:
         return list(server.connections)

@@ -62,6 +62,7 @@ class _Outgoing:
     idempotent: bool
     deferred: Deferred = field(repr=False)
     protocol: DirectProtocol | None = None
+    sentAgain: bool = False
 
 
 @define
@@ -334,12 +335,17 @@ class DirectBus(MultiService):
             outgoing.protocol = None
             if outgoing.deferred.called:
                 del self._outgoing[messageId]
-            elif outgoing.idempotent or self.running:
-                # Sent again (to the next replica in turn, once
-                # ClientService has seen the loss too) under the same
+            elif self.running and protocol.heard and not outgoing.sentAgain:
+                # Sent again, once (to the next replica in turn, once
+                # ClientService has seen the loss too), under the same
                 # message id; a call that is not idempotent marked so, as
                 # a call the service may have run already: a method that
-                # must not run twice answers it from its reply log.
+                # must not run twice answers it from its reply log.  Not
+                # over a channel the peer never spoke on: that may be the
+                # peer refusing this process's identity (the last message
+                # of the handshake is the initiator's), which sending again
+                # would only repeat.
+                outgoing.sentAgain = True
                 if not outgoing.idempotent:
                     outgoing.frame = evolve(outgoing.frame, resent=True)
                 self._reactor.callLater(0, self._send, outgoing)

@@ -161,6 +161,10 @@ class DirectProtocol(Int32StringReceiver):
 
     MAX_LENGTH = MAX_FRAME
     open = False
+    #: Whether the peer has sent a frame on this channel: it took this
+    #: side's identity (a responder that refuses it closes the channel
+    #: after the handshake, without a word).
+    heard = False
 
     def __init__(self, bus: Any) -> None:
         self._bus = bus
@@ -176,6 +180,7 @@ class DirectProtocol(Int32StringReceiver):
         self._bus.connectionMade(self)
 
     def stringReceived(self, body: bytes) -> None:
+        self.heard = True
         self._bus.frameReceived(self, body)
 
     def lengthLimitExceeded(self, length: int) -> None:
