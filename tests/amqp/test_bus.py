@@ -308,7 +308,7 @@ class CallTests(BrokerTestCase):
         message id: a non-idempotent one marked, so that the service takes
         it as redelivered (and a method that must not run twice answers it
         from its reply log); an idempotent one as it was.  The caller gets
-        the second copy's answer.
+        the second copy's answer.  A call is sent again so once.
         """
         service = self.newServiceId()
         server = yield self.makeBus()
@@ -336,6 +336,18 @@ class CallTests(BrokerTestCase):
             firstAnswer.callback({"copy": 1})
             secondAnswer.callback({"copy": 2})
             self.assertEqual((yield call), {"copy": 2})
+
+        # Once only: lost with a second connection, it fails.
+        del held[:]
+        call = client.call(service, "work", {}, timeout=10)
+        yield eventually(lambda: len(held) == 1)
+        client._protocol.transport.loseConnection()
+        yield eventually(lambda: len(held) == 2, timeout=10)
+        client._protocol.transport.loseConnection()
+        error = yield self.assertFailure(call, Unavailable)
+        self.assertIn("lost before service", error.message)
+        for _, answer in held:
+            answer.callback(None)
 
     @inlineCallbacks
     def test_returnedWhileReappearing(self) -> Any:

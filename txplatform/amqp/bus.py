@@ -194,6 +194,7 @@ class _PendingCall:
         "deferred",
         "sentOn",
         "retry",
+        "sentAgain",
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -987,11 +988,14 @@ class AMQPBus(Service):
         # its reply log if the first copy ran (L{txplatform.service.rpc}),
         # as it does when the broker redelivers a call its replica never
         # answered.  Failing it instead answered the caller 503 for work
-        # that was often done all the same.
+        # that was often done all the same.  Once only: a call whose
+        # publishing took its connection down (a frame the broker refuses)
+        # must not take the next one down with it, and the next.
         for call in list(self._calls.values()):
             if call.sentOn is not protocol:
                 continue
-            if self.running:
+            if self.running and not call.sentAgain:
+                call.sentAgain = True
                 call.sentOn = None
                 if not call.idempotent:
                     call.properties.headers[RESENT_HEADER] = 1
@@ -1135,7 +1139,9 @@ class AMQPBus(Service):
         broker is lost is sent again once the bus has reconnected, within
         its deadline: an idempotent one as it was, any other marked as sent
         again (C{x-resent}), which the service answering it takes as a
-        redelivered call (L{CallContext.redelivered}).
+        redelivered call (L{CallContext.redelivered}).  A call is sent
+        again so once; lost with a second connection, it fails with
+        L{Unavailable}.
         """
         origin = origin if origin is not None else Origin(self.caller)
         now = self._clock.seconds()
@@ -1198,6 +1204,7 @@ class AMQPBus(Service):
             deferred=d,
             sentOn=None,
             retry=None,
+            sentAgain=False,
         )
         self._calls[messageId] = pending
         if self.connected:
