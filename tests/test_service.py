@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -450,6 +451,46 @@ class Notebook(DatabaseService):
     def touch(self, request: Note, context: Any) -> Any:
         self.touched += 1
         return {"touched": self.touched}
+
+    @rpc(Note, name="forgetful_add", idempotent=False)
+    def forgetfulAdd(self, request: Note, context: Any) -> Any:
+        # Declared not to run twice, but records nothing: a mistake.
+        return self.database.runOperation("INSERT INTO notes (text) VALUES (?)", (request.text,))
+
+
+class UnrecordedReplyTests(SynchronousTestCase):
+    """
+    A method declared C{idempotent=False} that records no reply is a
+    mistake a service's own tests may not show: the service says so.
+    """
+
+    def test_saidOncePerMethod(self) -> None:
+        """
+        A warning the first time such a method succeeds without recording
+        its reply, none for later calls or for a method that records.
+        """
+        harness = ServiceHarness(self.mktemp())
+        self.addCleanup(harness.stop)
+        notebook = harness.start(
+            Notebook(harness.bus, harness.database("notebook"), harness.reactor)
+        )
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for method in ["add", "forgetful_add", "forgetful_add", "add", "touch"]:
+            harness.run(harness.bus.call(Notebook.serviceId, method, {"text": "x"}))
+        said = [
+            formatEvent(e) for e in events if "recorded no reply" in (e.get("log_format") or "")
+        ]
+        self.assertEqual(
+            said,
+            [
+                "notebook forgetful_add is declared idempotent=False but recorded no reply"
+                " (self.replies.recorder): a call delivered or sent again will run again"
+            ],
+        )
+        # Nothing is kept once the calls are done.
+        self.assertEqual(notebook.replies._accounted, set())
 
 
 class IdempotencyKeyTests(SynchronousTestCase):

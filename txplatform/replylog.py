@@ -76,6 +76,9 @@ class ReplyLog:
         self.table = f"{component}_replies"
         self._clock = clock
         self.retention = retention
+        # The reply keys of the calls being handled whose reply was asked to
+        # be recorded, or found on record: see L{accounted}.
+        self._accounted: set[str] = set()
 
     def migrations(self) -> list[Migration]:
         return [
@@ -109,6 +112,7 @@ class ReplyLog:
         """
         if context is None or not context.messageId:
             return None
+        self._accounted.add(context.replyKey)
 
         def record(transaction: ITransaction, produced: Any) -> None:
             self._insert(transaction, context, render(produced), "")
@@ -149,6 +153,7 @@ class ReplyLog:
         def found(rows: list[Any]) -> tuple[bool, Any]:
             if not rows:
                 return False, None
+            self._accounted.add(key)
             recorded = loads(self._fields.open(self.table, "reply", key, bytes(rows[0][0])))
             if not (isinstance(recorded, dict) and recorded.get("v") == _ENVELOPE):
                 return True, recorded  # recorded by an older version: the reply alone
@@ -163,6 +168,17 @@ class ReplyLog:
 
         d = self._database.runQuery(f"SELECT reply FROM {self.table} WHERE message_id = ?", (key,))
         return d.addCallback(found)
+
+    def accounted(self, context: CallContext) -> bool:
+        """
+        Whether the call of C{context}, just handled, asked for a
+        L{recorder} or was answered from the record; asked once per call.
+        """
+        key = context.replyKey
+        if key in self._accounted:
+            self._accounted.discard(key)
+            return True
+        return False
 
     def sweep(self) -> Deferred[int]:
         """

@@ -65,6 +65,12 @@ _EXPLAINED = (DatabaseUnavailable, KeyMismatch)
 
 _RPC = "__txplatform_rpc__"
 _HANDLER = "__txplatform_handler__"
+# What a service says when a method declared idempotent=False succeeded
+# without recording its reply (BusService._checkRecorded).
+_UNRECORDED = (
+    "{service} {method} is declared idempotent=False but recorded no reply"
+    " (self.replies.recorder): a call delivered or sent again will run again"
+)
 
 
 _CALLS = Labelled(CALLS)
@@ -196,6 +202,8 @@ class BusService(Service):
         self._started: Deferred[None] | None = None
         self._startResult: Any = None
         self._startWaiters: list[Deferred[None]] = []
+        # The methods said to record no reply (L{_checkRecorded}).
+        self._unrecorded: set[str] = set()
 
     @classmethod
     def rpcMethods(cls) -> dict[str, _RpcSpec]:
@@ -361,6 +369,7 @@ class BusService(Service):
                     traceState=traces.traceStateOf(span),
                 )
             d = maybeDeferred(parse, payload, context, span)
+            d.addBoth(self._checkRecorded, spec, context)
             d.addBoth(self._logCall, spec.name, context, started)
             if span is not None:
                 d.addBoth(traces.endSpan, span)
@@ -446,6 +455,33 @@ class BusService(Service):
             duration=duration * 1000,
         )
         return result
+
+    def _checkRecorded(self, result: Any, spec: _RpcSpec, context: CallContext) -> Any:
+        """
+        Say so, once per method, when a method declared C{idempotent=False}
+        succeeded without recording its reply: a call delivered or sent
+        again would then run again, which the declaration says must not
+        happen (a developer's mistake the tests of a service may not catch).
+        """
+        accounted = self.accounted(context)
+        if (
+            not spec.idempotent
+            and not accounted
+            and context.messageId
+            and not isinstance(result, Failure)
+            and spec.name not in self._unrecorded
+        ):
+            self._unrecorded.add(spec.name)
+            self.log.warn(_UNRECORDED, service=self.name, method=spec.name)
+        return result
+
+    def accounted(self, context: CallContext) -> bool:
+        """
+        Whether the call of C{context}, just handled, recorded its reply or
+        was answered from the record.  Without a database nothing can be,
+        and nothing is asked.
+        """
+        return True
 
     def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
         """
@@ -664,6 +700,9 @@ class DatabaseService(BusService):
 
     def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
         return self.replies.lookup(context)
+
+    def accounted(self, context: CallContext) -> bool:
+        return self.replies.accounted(context)
 
     def remember(self, context: CallContext, reply: Any) -> Deferred[None]:
         return self.replies.remember(context, reply)
