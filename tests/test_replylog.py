@@ -66,6 +66,22 @@ class ReplyLogTestsMixin:
         self.assertEqual((yield self.log.lookup(context("m-2"))), (False, None))
 
     @inlineCallbacks
+    def test_accounted(self) -> Any:
+        """
+        A call is accounted for once per handling that asked for a
+        recorder (two at once: a call sent again while its first copy is
+        handled), or that found its reply on record; then no more.
+        """
+        call = context("m-1")
+        self.assertFalse(self.log.accounted(call))
+        record = self.log.recorder(call, lambda n: {"n": n})
+        self.log.recorder(call)
+        self.assertEqual([self.log.accounted(call) for _ in range(3)], [True, True, False])
+        yield self.database.runInteraction(lambda t: record(t, 1))
+        yield self.log.lookup(call)
+        self.assertEqual([self.log.accounted(call) for _ in range(2)], [True, False])
+
+    @inlineCallbacks
     def test_recordedTwice(self) -> Any:
         """
         Recording a second reply under the same key fails its transaction

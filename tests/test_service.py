@@ -490,7 +490,7 @@ class UnrecordedReplyTests(SynchronousTestCase):
             ],
         )
         # Nothing is kept once the calls are done.
-        self.assertEqual(notebook.replies._accounted, set())
+        self.assertFalse(notebook.replies._accounted)
 
 
 class IdempotencyKeyTests(SynchronousTestCase):

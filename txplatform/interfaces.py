@@ -66,9 +66,10 @@ class IBus(Interface):
         @param idempotent: Whether doing the call twice is harmless: if the
             bus loses a call it sent (a broken connection), it sends it again
             rather than failing it.  A bus that can say a call is a second
-            copy (the AMQP bus) sends the others again too, marked so: the
-            service takes such a copy as a redelivered call, which a method
-            that must not run twice answers from its reply log.
+            copy (the AMQP and direct buses) sends the others again too,
+            marked so: the service takes such a copy as a redelivered call,
+            which a method that must not run twice answers from its reply
+            log.  Either is sent again once; lost a second time, it fails.
         @return: A Deferred firing with the result payload, or failing with a
             L{txplatform.errors.ServiceError}.
         """

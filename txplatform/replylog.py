@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -77,8 +78,10 @@ class ReplyLog:
         self._clock = clock
         self.retention = retention
         # The reply keys of the calls being handled whose reply was asked to
-        # be recorded, or found on record: see L{accounted}.
-        self._accounted: set[str] = set()
+        # be recorded, or found on record, with how many handlings of each
+        # (a call sent again may be handled while its first copy still is):
+        # see L{accounted}.
+        self._accounted: Counter[str] = Counter()
 
     def migrations(self) -> list[Migration]:
         return [
@@ -112,7 +115,7 @@ class ReplyLog:
         """
         if context is None or not context.messageId:
             return None
-        self._accounted.add(context.replyKey)
+        self._accounted[context.replyKey] += 1
 
         def record(transaction: ITransaction, produced: Any) -> None:
             self._insert(transaction, context, render(produced), "")
@@ -153,7 +156,10 @@ class ReplyLog:
         def found(rows: list[Any]) -> tuple[bool, Any]:
             if not rows:
                 return False, None
-            self._accounted.add(key)
+            if not self._accounted[key]:
+                # (A run that asked for a recorder and failed on the reply
+                # another run recorded is counted already.)
+                self._accounted[key] = 1
             recorded = loads(self._fields.open(self.table, "reply", key, bytes(rows[0][0])))
             if not (isinstance(recorded, dict) and recorded.get("v") == _ENVELOPE):
                 return True, recorded  # recorded by an older version: the reply alone
@@ -175,10 +181,10 @@ class ReplyLog:
         L{recorder} or was answered from the record; asked once per call.
         """
         key = context.replyKey
-        if key in self._accounted:
-            self._accounted.discard(key)
-            return True
-        return False
+        count = self._accounted.pop(key, 0)
+        if count > 1:
+            self._accounted[key] = count - 1
+        return count > 0
 
     def sweep(self) -> Deferred[int]:
         """

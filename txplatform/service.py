@@ -463,7 +463,7 @@ class BusService(Service):
         again would then run again, which the declaration says must not
         happen (a developer's mistake the tests of a service may not catch).
         """
-        accounted = self.accounted(context)
+        accounted = self._replyAccounted(context)
         if (
             not spec.idempotent
             and not accounted
@@ -475,7 +475,7 @@ class BusService(Service):
             self.log.warn(_UNRECORDED, service=self.name, method=spec.name)
         return result
 
-    def accounted(self, context: CallContext) -> bool:
+    def _replyAccounted(self, context: CallContext) -> bool:
         """
         Whether the call of C{context}, just handled, recorded its reply or
         was answered from the record.  Without a database nothing can be,
@@ -701,7 +701,7 @@ class DatabaseService(BusService):
     def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
         return self.replies.lookup(context)
 
-    def accounted(self, context: CallContext) -> bool:
+    def _replyAccounted(self, context: CallContext) -> bool:
         return self.replies.accounted(context)
 
     def remember(self, context: CallContext, reply: Any) -> Deferred[None]:
