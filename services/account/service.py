@@ -284,18 +284,26 @@ class AccountService(DatabaseService):
         matches = yield self.passwords.verify(account.password_hash, password)
         return account, matches
 
-    @inlineCallbacks
-    def _use(self, session: SessionRow | None, refusal: str) -> Any:
+    def _holds(self, session: SessionRow | None, now: int) -> bool:
         """
-        C{session} if it holds (not expired, not idle too long), noting its
-        use; otherwise L{Unauthenticated} with C{refusal}.
+        Whether C{session} holds at C{now}: not expired, not idle too long.
         """
-        now = nowMillis(self.clock)
         if session is None or session.expires_at <= now:
+            return False
+        if self.sessionIdle is not None:
+            return session.last_used_at > now - int(self.sessionIdle * 1000)
+        return True
+
+    @inlineCallbacks
+    def _use(self, session: SessionRow | None, refusal: str, now: int | None = None) -> Any:
+        """
+        C{session} if it holds at C{now} (by default, now), noting its use;
+        otherwise L{Unauthenticated} with C{refusal}.
+        """
+        now = nowMillis(self.clock) if now is None else now
+        if session is None or not self._holds(session, now):
             raise Unauthenticated(refusal)
         if self.sessionIdle is not None:
-            if session.last_used_at <= now - int(self.sessionIdle * 1000):
-                raise Unauthenticated(refusal)
             if now - session.last_used_at >= self.touchEvery * 1000:
                 try:
                     yield self.store.touchSession(session.id, now)
@@ -331,11 +339,23 @@ class AccountService(DatabaseService):
             raise Unauthenticated("the session ended, expired or was revoked")
         return {"ticket": ticket, "expires_at": formatMillis(expiresAt)}
 
-    @rpc(api.RedeemTicket)
+    @rpc(api.RedeemTicket, idempotent=False)
     @inlineCallbacks
     def redeem_ticket(self, request: api.RedeemTicket, context: CallContext) -> Any:
-        session = yield self.store.redeemTicket(hashToken(request.ticket), nowMillis(self.clock))
-        return (yield self._use(session, "the stream ticket is invalid, expired or already used"))
+        # A ticket is used up by its first redemption: a copy of the call
+        # delivered or sent again (its first reply lost with a connection)
+        # finds it gone, and is answered the reply on record instead.
+        now = nowMillis(self.clock)
+        recorder = self.replies.recorder(context, _sessionReply)
+
+        def record(t: ITransaction, session: SessionRow) -> None:
+            if recorder is not None and self._holds(session, now):
+                recorder(t, session)
+
+        session = yield self.store.redeemTicket(hashToken(request.ticket), now, record)
+        return (
+            yield self._use(session, "the stream ticket is invalid, expired or already used", now)
+        )
 
     @rpc(api.Logout)
     @inlineCallbacks

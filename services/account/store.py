@@ -531,15 +531,30 @@ class AccountStore:
         )
         return t.rowcount == 1
 
-    def redeemTicket(self, ticketHash: bytes, now: int) -> Deferred[SessionRow | None]:
+    def redeemTicket(
+        self,
+        ticketHash: bytes,
+        now: int,
+        record: Recorder | None = None,
+    ) -> Deferred[SessionRow | None]:
         """
         The session (expired or not) an unexpired, unused ticket stands
         for; the ticket is used up.  Of two redeeming the same ticket at
         once, one gets the session: the one whose delete took it.
-        """
-        return self._database.runInteraction(self._redeemTicket, ticketHash, now)
 
-    def _redeemTicket(self, t: ITransaction, ticketHash: bytes, now: int) -> SessionRow | None:
+        @param record: Called with the transaction and the session, when
+            there is one, before the transaction commits (to record the
+            reply of the call that redeemed it).
+        """
+        return self._database.runInteraction(self._redeemTicket, ticketHash, now, record)
+
+    def _redeemTicket(
+        self,
+        t: ITransaction,
+        ticketHash: bytes,
+        now: int,
+        record: Recorder | None,
+    ) -> SessionRow | None:
         row = t.execute(
             "SELECT session_id, expires_at FROM account_stream_tickets WHERE ticket_hash = ?",
             (ticketHash,),
@@ -549,7 +564,10 @@ class AccountStore:
         t.execute("DELETE FROM account_stream_tickets WHERE ticket_hash = ?", (ticketHash,))
         if t.rowcount != 1 or row[1] <= now:
             return None
-        return self._sessionById(t, row[0])
+        session = self._sessionById(t, row[0])
+        if session is not None and record is not None:
+            record(t, session)
+        return session
 
     def deleteExpiredSessions(self, now: int, unusedSince: int | None = None) -> Deferred[int]:
         """

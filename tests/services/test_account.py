@@ -651,6 +651,41 @@ class AccountTestsMixin:
         self.assertTrue(all(f.check(Unauthenticated) for f in lost))
 
     @inlineCallbacks
+    def test_redeliveredTicket(self) -> Any:
+        """
+        A redemption delivered again, its ticket used up by the first copy,
+        answers as the first did rather than "already used"; a ticket whose
+        session no longer holds records nothing, and its copy is refused
+        too.
+        """
+        yield self.register("alice")
+        session = yield self.login("alice")
+        issued = yield self.call("issue_ticket", session_id=session["session_id"])
+        payload = {"ticket": issued["ticket"]}
+        first = yield deliver(self.service, "redeem_ticket", payload, "redeem-1", False)
+        self.assertEqual(first["session_id"], session["session_id"])
+        again = yield deliver(self.service, "redeem_ticket", payload, "redeem-1", True)
+        self.assertEqual(again, first)
+        yield self.assertFailure(
+            deliver(self.service, "redeem_ticket", payload, "redeem-2", True), Unauthenticated
+        )
+        rows = yield self.service.database.runQuery(
+            f"SELECT reply FROM {self.service.replies.table}"
+        )
+        self.assertNotIn(issued["ticket"].encode(), b"".join(bytes(r[0]) for r in rows))
+
+        self.service.ticketLifetime = 3 * self.service.sessionIdle
+        idle = yield self.call("issue_ticket", session_id=session["session_id"])
+        self.clock.offset = self.service.sessionIdle + 1
+        payload = {"ticket": idle["ticket"]}
+        yield self.assertFailure(
+            deliver(self.service, "redeem_ticket", payload, "redeem-3", False), Unauthenticated
+        )
+        yield self.assertFailure(
+            deliver(self.service, "redeem_ticket", payload, "redeem-3", True), Unauthenticated
+        )
+
+    @inlineCallbacks
     def test_rehashOnLogin(self) -> Any:
         """
         A password hashed with old parameters is rehashed with the current
