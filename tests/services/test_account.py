@@ -683,8 +683,7 @@ class AccountTestsMixin:
             deliver(self.service, "redeem_ticket", payload, "redeem-3", True), Unauthenticated
         )
         rows = yield self.service.database.runQuery(
-            f"SELECT message_id FROM {self.service.replies.table}"
-            " WHERE message_id LIKE 'redeem-%'"
+            f"SELECT message_id FROM {self.service.replies.table} WHERE message_id LIKE 'redeem-%'"
         )
         self.assertEqual([tuple(row) for row in rows], [("redeem-1",)])
 
