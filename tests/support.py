@@ -172,6 +172,29 @@ def recordCalls(case: Any, cls: type, name: str) -> list[Any]:
     return seen
 
 
+def recordMessages(case: Any) -> list[str]:
+    """
+    The queries sent to PostgreSQL from now on (for the rest of C{case}),
+    each one message and one round trip: psycopg's from a thread
+    (C{psycopg.Cursor.execute}) and the reactor's batches
+    (L{txplatform.pgconnections.ReactorConnection.query}), in the order
+    sent.
+    """
+    import psycopg
+
+    from txplatform.pgconnections import ReactorConnection
+
+    seen = recordCalls(case, psycopg.Cursor, "execute")
+    original = ReactorConnection.query
+
+    def query(self: Any, text: str) -> Any:
+        seen.append(text)
+        return original(self, text)
+
+    case.patch(ReactorConnection, "query", query)
+    return seen
+
+
 @inlineCallbacks
 def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
     """

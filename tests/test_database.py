@@ -27,7 +27,7 @@ from txplatform.database import (
 )
 from txplatform.interfaces import IDatabase
 
-from .support import POSTGRES_URL, PostgresMixin, SQLiteMixin, recordCalls, requirePostgres
+from .support import POSTGRES_URL, PostgresMixin, SQLiteMixin, recordMessages, requirePostgres
 
 THINGS = [
     Migration(
@@ -463,6 +463,111 @@ class DatabaseTestsMixin:
         rows = yield database.runQuery("SELECT id FROM things")
         self.assertEqual(rows, [("a",)])
 
+    @inlineCallbacks
+    def test_batch(self) -> Any:
+        """
+        A batch's statements run in one transaction, its queries' rows are
+        there once it has committed (with what it sent before them), its
+        calls after the commit are made before its result comes, and its
+        result is what it returned.
+        """
+        database = yield self.migrated()
+        order: list[str] = []
+
+        def create(t: Any, name: str) -> Any:
+            t.lock("things")
+            t.send(
+                "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)",
+                ("a", name, b"\x00'\\", 2**40, True),
+            )
+            rows = t.query("SELECT id, name, data, big, flag FROM things")
+            count = t.query("SELECT count(*) FROM things")
+            t.afterCommit(lambda: order.append("committed"))
+            return lambda: (rows.fetchall(), count.fetchone())
+
+        reader = yield database.runBatch(create, "it's")
+        order.append("result")
+        rows, count = reader()
+        self.assertEqual(
+            [(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows],
+            [("a", "it's", b"\x00'\\", 2**40, True)],
+        )
+        self.assertEqual(count, (1,))
+        self.assertEqual(order, ["committed", "result"])
+
+    @inlineCallbacks
+    def test_batchWaitsForNothing(self) -> Any:
+        """
+        Whatever would wait for the database inside a batch's transaction
+        (reading a query's rows before it has returned, executing, fetching,
+        a row count) raises C{TypeError}, on every database, and the
+        transaction leaves nothing behind.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+
+        def early(t: Any) -> None:
+            t.send(insert, ("a", "one"))
+            t.query("SELECT id FROM things").fetchall()
+
+        def executes(t: Any) -> None:
+            t.send(insert, ("a", "one"))
+            t.execute("SELECT id FROM things")
+
+        def many(t: Any) -> None:
+            t.executemany(insert, [("a", "one")])
+
+        for interaction in (early, executes, many):
+            yield self.assertFailure(database.runBatch(interaction), TypeError)
+        yield self.assertFailure(database.runBatch(lambda t: t.fetchone()), TypeError)
+        yield self.assertFailure(database.runBatch(lambda t: t.fetchall()), TypeError)
+        yield self.assertFailure(database.runBatch(lambda t: t.rowcount), TypeError)
+        rows = yield database.runQuery("SELECT id FROM things")
+        self.assertEqual(rows, [])
+
+    @inlineCallbacks
+    def test_batchFails(self) -> Any:
+        """
+        A batch whose statement fails fails as a transaction would (a
+        unique key's violation as L{UniqueViolation}), leaves nothing
+        behind, and the database goes on.
+        """
+        database = yield self.migrated()
+        insert = "INSERT INTO things (id, name) VALUES (?, ?)"
+        yield database.runOperation(insert, ("a", "one"))
+        committed: list[str] = []
+
+        def create(t: Any) -> None:
+            t.send(insert, ("b", "two"))
+            t.send(insert, ("c", "one"))
+            t.afterCommit(lambda: committed.append("c"))
+
+        yield self.assertFailure(database.runBatch(create), UniqueViolation)
+        self.assertEqual(committed, [])
+        yield self.assertFailure(database.runOperation(insert, ("a", "again")), UniqueViolation)
+        rows = yield database.runQuery("SELECT id FROM things")
+        self.assertEqual(rows, [("a",)])
+
+    @inlineCallbacks
+    def test_batchesTogether(self) -> Any:
+        """
+        More batches at once than the database has connections all run,
+        each in its own transaction.
+        """
+        database = yield self.migrated()
+
+        def create(t: Any, n: int) -> Any:
+            t.lock("things")
+            count = t.query("SELECT count(*) FROM things")
+            t.send("INSERT INTO things (id, name) VALUES (?, ?)", (f"id{n}", f"n{n}"))
+            return lambda: count.fetchone()[0]
+
+        counts = yield gatherResults(
+            [database.runBatch(create, n).addCallback(lambda read: read()) for n in range(20)]
+        )
+        # Under the lock, each saw those committed before it: 0 to 19.
+        self.assertEqual(sorted(counts), list(range(20)))
+
 
 class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
     def reopen(self, database: SQLiteDatabase) -> SQLiteDatabase:
@@ -484,9 +589,8 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         The queries psycopg sends from now on, each one message and one
         round trip.
         """
-        import psycopg
 
-        return recordCalls(self, psycopg.Cursor, "execute")
+        return recordMessages(self)
 
     @inlineCallbacks
     def test_queriesShareRoundTrip(self) -> Any:
@@ -553,6 +657,79 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         rows = yield database.runQuery("SELECT id FROM things")
         self.assertEqual(rows, [("a",)])
 
+    @inlineCallbacks
+    def test_batchOneMessage(self) -> Any:
+        """
+        A batch is one message, BEGIN to COMMIT; one that says nothing sends
+        nothing.  Its transaction is sent and answered in the reactor's
+        thread: no thread of the pool runs for it.
+        """
+        database = yield self.migrated()
+        sent = self.countMessages()
+        threads: list[str] = []
+        self.patch(database._pool, "runInteraction", lambda *a, **k: threads.append("used"))
+
+        def work(t: Any) -> Any:
+            t.lock("thing:a")
+            t.send("INSERT INTO things (id, name) VALUES (?, ?)", ("a", "one"))
+            return t.query("SELECT name FROM things")
+
+        rows = yield database.runBatch(work)
+        self.assertEqual(rows.fetchall(), [("one",)])
+        self.assertEqual(len(sent), 1, sent)
+        self.assertTrue(sent[0].startswith("BEGIN\n;\nSELECT count(pg_advisory_xact_lock"), sent)
+        self.assertTrue(sent[0].endswith("\n;\nSELECT name FROM things\n;\nCOMMIT"), sent)
+        del sent[:]
+        nothing = yield database.runBatch(lambda t: "nothing said")
+        self.assertEqual(nothing, "nothing said")
+        self.assertEqual(sent, [])
+        self.assertEqual(threads, [])
+
+    @inlineCallbacks
+    def test_batchConnectionLost(self) -> Any:
+        """
+        A batch whose connection is lost while it waits fails (it may or may
+        not have committed); a connection the server ends while idle is
+        dropped when it does; the next batches go on new connections.
+        """
+        database = yield self.migrated()
+        pid = yield database.runBatch(lambda t: t.query("SELECT pg_backend_pid()"))
+        pid = pid.fetchone()[0]
+        other = self.reopen(database)
+        yield other.runInteraction(lambda t: t.execute("SELECT pg_terminate_backend(?)", (pid,)))
+        for _ in range(100):
+            if len(database._connections) == 0:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(database._connections), 0)
+        waiting = database.runBatch(lambda t: t.query("SELECT pg_backend_pid(), pg_sleep(30)"))
+        for _ in range(500):
+            rows = yield other.runQuery(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%'"
+                " AND pid <> pg_backend_pid()"
+            )
+            if rows:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        yield other.runQuery("SELECT pg_terminate_backend(?)", (rows[0][0],))
+        yield self.assertFailure(waiting, Exception)
+        rows = yield database.runQuery("SELECT 1")
+        self.assertEqual(rows, [(1,)])
+
+    @inlineCallbacks
+    def test_closeFailsWaiting(self) -> Any:
+        """
+        Closing the database fails the batches waiting for a connection.
+        """
+        migrated = yield self.migrated()
+        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
+        database.start()
+        first = database.runBatch(lambda t: t.query("SELECT pg_sleep(0.2)"))
+        second = database.runBatch(lambda t: t.query("SELECT 1"))
+        yield database.close()
+        yield self.assertFailure(second, Exception)
+        yield self.assertFailure(first, Exception)
+
 
 class PostgresPreparedTests(PostgresMixin, TestCase):
     """
@@ -573,22 +750,22 @@ class PostgresPreparedTests(PostgresMixin, TestCase):
         return database
 
     def countMessages(self) -> list[str]:
-        import psycopg
 
-        return recordCalls(self, psycopg.Cursor, "execute")
+        return recordMessages(self)
 
     @inlineCallbacks
     def test_preparedOnSecondUse(self) -> Any:
         """
-        A statement's second use prepares it, in a message of its own
-        before the transaction's, and goes in the transaction's one message
-        as its EXECUTE, as does every use after.
+        A statement's second use in a thread's transaction prepares it, in
+        a message of its own before the transaction's, and goes in the
+        transaction's one message as its EXECUTE, as does every use after.
         """
         database = yield self.oneConnection()
         insert = "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)"
         sent = self.countMessages()
         for n in range(3):
-            yield database.runOperation(insert, (f"id{n}", f"n{n}", b"\x00'", -n, n == 1))
+            values = (f"id{n}", f"n{n}", b"\x00'", -n, n == 1)
+            yield database.runInteraction(lambda t, values=values: t.send(insert, values))
         self.assertEqual(len(sent), 4, sent)
         self.assertIn("VALUES ('id0', 'n0'", sent[0])
         self.assertEqual(
@@ -605,6 +782,37 @@ class PostgresPreparedTests(PostgresMixin, TestCase):
         self.assertEqual(
             [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows],
             [(f"id{n}", f"n{n}", b"\x00'", -n, n == 1) for n in range(3)],
+        )
+
+    @inlineCallbacks
+    def test_preparedAfterBatch(self) -> Any:
+        """
+        A statement's second use in a batch prepares it after the batch, in
+        a message of its own (a PREPARE refused inside the batch would fail
+        it): from its third use it goes as its EXECUTE.
+        """
+        database = yield self.oneConnection()
+        insert = "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)"
+        sent = self.countMessages()
+        for n in range(4):
+            yield database.runOperation(insert, (f"id{n}", f"n{n}", b"\x00'", -n, n == 1))
+        self.assertEqual(len(sent), 5, sent)
+        self.assertIn("VALUES ('id0', 'n0'", sent[0])
+        self.assertIn("VALUES ('id1', 'n1'", sent[1])
+        self.assertEqual(
+            sent[2],
+            "PREPARE txp_0(unknown, unknown, bytea, bigint, boolean) AS"
+            " INSERT INTO things (id, name, data, big, flag) VALUES ($1, $2, $3, $4, $5)",
+        )
+        self.assertEqual(
+            sent[3],
+            "BEGIN\n;\nEXECUTE txp_0('id2', 'n2', decode('0027','hex'), (-2), false)\n;\nCOMMIT",
+        )
+        self.assertIn("EXECUTE txp_0('id3'", sent[4])
+        rows = yield database.runQuery("SELECT id, name, data, big, flag FROM things ORDER BY id")
+        self.assertEqual(
+            [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows],
+            [(f"id{n}", f"n{n}", b"\x00'", -n, n == 1) for n in range(4)],
         )
 
     @inlineCallbacks
@@ -657,7 +865,7 @@ class PostgresPreparedTests(PostgresMixin, TestCase):
             self.assertEqual(rows, [(False,)])
         prepares = [m for m in sent if m.startswith("PREPARE")]
         self.assertEqual(prepares, ["PREPARE txp_0(unknown) AS SELECT $1 IS NULL"])
-        self.assertEqual(sent[-2:], ["BEGIN\n;\nSELECT 'v2' IS NULL", "COMMIT"])
+        self.assertEqual(sent[-1], "BEGIN\n;\nSELECT 'v2' IS NULL\n;\nCOMMIT")
 
     @inlineCallbacks
     def test_escapedValuesAsText(self) -> Any:
@@ -686,7 +894,7 @@ class PostgresPreparedTests(PostgresMixin, TestCase):
         select = "SELECT count(*) FROM things WHERE id = ?"
         other = "SELECT count(*) FROM things WHERE name = ?"
         for _ in range(2):
-            yield database.runQuery(select, ("a",))
+            yield database.runInteraction(lambda t: t.send(select, ("a",)))
         sent = self.countMessages()
 
         def work(t: Any) -> Any:

@@ -26,7 +26,9 @@ from weakref import WeakKeyDictionary
 from attrs import frozen
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import traces
@@ -34,6 +36,7 @@ from .context import Origin, handling
 from .interfaces import IDatabase, IRows, ITransaction
 from .literals import executed, inlined
 from .metrics import DATABASE_TRANSACTION_SECONDS, DATABASE_WAIT_SECONDS
+from .pgconnections import ReactorConnection, ReactorConnections
 from .prepared import PreparedStatements
 
 __all__ = [
@@ -325,6 +328,186 @@ class _BatchingTransaction(_Transaction):
                 break
 
 
+_BATCH_ONLY = (
+    "a batch (runBatch) sends and queries only, and reads its rows once it has"
+    " committed: use runInteraction to wait for a statement inside a transaction"
+)
+
+
+def _tooEarly() -> None:
+    raise TypeError(_BATCH_ONLY)
+
+
+class _BatchOnly:
+    """
+    What a batch's transaction refuses (L{IDatabase.runBatch}): everything
+    that waits for the server inside the transaction.
+    """
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        raise TypeError(_BATCH_ONLY)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        raise TypeError(_BATCH_ONLY)
+
+    def fetchone(self) -> Any:
+        raise TypeError(_BATCH_ONLY)
+
+    def fetchall(self) -> Any:
+        raise TypeError(_BATCH_ONLY)
+
+    @property
+    def rowcount(self) -> int:
+        raise TypeError(_BATCH_ONLY)
+
+
+@implementer(ITransaction)
+class _HeldTransaction(_BatchOnly):
+    """
+    A transaction run in a thread, held to what a batch may do: its
+    queries' rows are read once its interaction has returned.  So that a
+    batch that reads too early fails on SQLite as it would on PostgreSQL.
+    """
+
+    def __init__(self, transaction: _Transaction) -> None:
+        self._transaction = transaction
+        self._held: list[tuple[_Rows, IRows]] = []
+
+    @property
+    def traceParent(self) -> str | None:
+        return self._transaction.traceParent
+
+    @property
+    def traceState(self) -> str | None:
+        return self._transaction.traceState
+
+    @property
+    def correlationId(self) -> str | None:
+        return self._transaction.correlationId
+
+    def afterCommit(self, f: Callable[[], Any]) -> None:
+        self._transaction.afterCommit(f)
+
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._transaction.send(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
+        held = _Rows(flush=_tooEarly)
+        self._held.append((held, self._transaction.query(sql, params)))
+        return held
+
+    def lock(self, *names: str) -> None:
+        self._transaction.lock(*names)
+
+    def release(self) -> None:
+        for held, rows in self._held:
+            held._arrived(rows.fetchall())
+
+
+class _Held:
+    """
+    C{interaction}, run as a batch in a thread's transaction.
+    """
+
+    def __init__(self, interaction: Callable[..., Any]) -> None:
+        self._interaction = interaction
+        self.__name__ = getattr(interaction, "__name__", "?")
+
+    def __call__(self, transaction: _Transaction, *args: Any, **kwargs: Any) -> Any:
+        held = _HeldTransaction(transaction)
+        result = self._interaction(held, *args, **kwargs)
+        held.release()
+        return result
+
+
+@implementer(ITransaction)
+class _ReactorTransaction(_BatchOnly):
+    """
+    A batch's transaction on a L{ReactorConnection}: its statements, bound
+    as L{_BatchingTransaction} binds them, are gathered into one simple
+    query (BEGIN, the statements, COMMIT), sent once the interaction has
+    returned; its queries' rows arrive with the answer.
+
+    A statement due to be prepared (L{txplatform.prepared}) is, after the
+    batch, alone: a PREPARE that failed inside the batch would fail it.
+    """
+
+    def __init__(
+        self,
+        connection: ReactorConnection,
+        database: PostgresDatabase,
+        committed: list[Callable[[], Any]],
+        cause: Origin | None,
+    ) -> None:
+        self._connection = connection
+        self._database = database
+        self._committed = committed
+        self._cause = cause if cause is not None else Origin()
+        self._statements = ["BEGIN"]
+        # The queries among them, by their place in the batch.
+        self.queries: dict[int, _Rows] = {}
+        # PREPAREs due, run after the batch.
+        self.prepares: list[str] = []
+        self._prepared = database._preparedOn(connection.connection)
+
+    @property
+    def traceParent(self) -> str | None:
+        return self._cause.traceParent
+
+    @property
+    def traceState(self) -> str | None:
+        return self._cause.traceState
+
+    @property
+    def correlationId(self) -> str | None:
+        return self._cause.correlationId
+
+    def afterCommit(self, f: Callable[[], Any]) -> None:
+        self._committed.append(f)
+
+    def _later(self, statement: str) -> None:
+        self.prepares.append(statement)
+
+    def _bound(self, sql: str, params: Sequence[Any]) -> str:
+        name = self._prepared.name(sql, params, self._later)
+        if name is not None:
+            text = executed(name, params)
+            if text is not None:
+                return text
+        text = inlined(sql, params)
+        if text is not None:
+            return text
+        binder = self._connection.binder
+        if binder is None:
+            binder = self._connection.binder = self._database._clientCursor(
+                self._connection.connection
+            )
+        return binder.mogrify(self._database._translate(sql), tuple(params))
+
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._statements.append(self._bound(sql, params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
+        rows = _Rows(flush=_tooEarly)
+        self.queries[len(self._statements)] = rows
+        self._statements.append(self._bound(sql, params))
+        return rows
+
+    def lock(self, *names: str) -> None:
+        if names:
+            self._database._lock(self, sorted(set(names)))
+
+    def text(self) -> str | None:
+        """
+        The batch as one simple query, or None if it says nothing.
+        """
+        if len(self._statements) == 1:
+            return None
+        # Each on its own line: a statement ending in a -- comment does not
+        # swallow the next.
+        return "\n;\n".join([*self._statements, "COMMIT"])
+
+
 class _AdbapiDatabase:
     """
     What both dialects share.
@@ -367,10 +550,27 @@ class _AdbapiDatabase:
         self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
         committed: list[Callable[[], Any]] = []
-        # What the handler running now handles, if any (its correlation id
-        # goes to the events staged in this transaction) and, within its
-        # span (current while its synchronous part runs), one span for the
-        # transaction, waiting for a connection included.
+        cause, span = self._cause(interaction)
+        d = self._pool.runInteraction(
+            self._interact, interaction, args, kwargs, committed, time.monotonic(), cause
+        )
+        d.addCallback(self._afterCommit, committed)
+        if span is not None:
+            d.addBoth(traces.endSpan, span)
+        return d
+
+    def runBatch(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        # In a thread, as any other interaction, but held to what a batch
+        # may do, so that one written against SQLite runs on PostgreSQL.
+        return self.runInteraction(_Held(interaction), *args, **kwargs)
+
+    def _cause(self, interaction: Callable[..., Any]) -> tuple[Origin | None, Any]:
+        """
+        What the handler running now handles, if any (its correlation id
+        goes to the events staged in the transaction) and, within its span
+        (current while its synchronous part runs), one span for the
+        transaction, waiting for a connection included.
+        """
         handled = handling()
         cause = None if handled is None else Origin(correlationId=handled.correlationId)
         span = None
@@ -388,13 +588,7 @@ class _AdbapiDatabase:
                     traceParent=traces.traceParentOf(span),
                     traceState=traces.traceStateOf(span),
                 )
-        d = self._pool.runInteraction(
-            self._interact, interaction, args, kwargs, committed, time.monotonic(), cause
-        )
-        d.addCallback(self._afterCommit, committed)
-        if span is not None:
-            d.addBoth(traces.endSpan, span)
-        return d
+        return cause, span
 
     def _interact(
         self,
@@ -512,7 +706,13 @@ class _AdbapiDatabase:
         if not self._closed:
             self._closed = True
             self._pool.close()
+            self._closeMore()
         return succeed(None)
+
+    def _closeMore(self) -> None:
+        """
+        Close what a dialect holds besides its pool.
+        """
 
 
 @implementer(IDatabase)
@@ -666,6 +866,7 @@ class PostgresDatabase(_AdbapiDatabase):
         prepare: bool = True,
     ) -> None:
         import psycopg
+        import psycopg.adapt
 
         self._driverIntegrityError = psycopg.IntegrityError
         self._uniqueViolation = psycopg.errors.UniqueViolation
@@ -702,9 +903,135 @@ class PostgresDatabase(_AdbapiDatabase):
         )
         super().__init__(pool, _redact(conninfo) + (f" schema {schema}" if schema else ""))
         self.schema = schema
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._transformer = psycopg.adapt.Transformer
+        self._fatal = psycopg.pq.ExecStatus.FATAL_ERROR
+        self._errorFromResult = psycopg.errors.error_from_result
+
+        def connect() -> Any:
+            try:
+                return psycopg.connect(conninfo, **kwargs)
+            except psycopg.Error as e:
+                why = " ".join(str(e).split())
+                raise DatabaseUnavailable(f"cannot open {self.description}: {why}") from e
+
+        self._connections = ReactorConnections(
+            reactor,
+            connect,
+            poolSize,
+            lambda f: deferToThreadPool(reactor, pool.threadpool, f),
+        )
+
+    def runBatch(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run C{interaction} in the reactor's thread, once a connection of
+        L{ReactorConnections} is free, and send what it said as one
+        message: no thread to hand over to and back (L{IDatabase.runBatch}).
+        """
+        committed: list[Callable[[], Any]] = []
+        cause, span = self._cause(interaction)
+        queued = time.monotonic()
+        d = self._connections.acquire()
+        d.addCallback(self._batch, interaction, args, kwargs, committed, queued, cause)
+        d.addCallback(self._afterCommit, committed)
+        if span is not None:
+            d.addBoth(traces.endSpan, span)
+        return d
+
+    def _batch(
+        self,
+        connection: ReactorConnection,
+        interaction: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+        committed: list[Callable[[], Any]],
+        queued: float,
+        cause: Origin | None,
+    ) -> Any:
+        started = time.monotonic()
+        self._waits.observe(started - queued)
+        transaction = _ReactorTransaction(connection, self, committed, cause)
+        try:
+            result = interaction(transaction, *args, **kwargs)
+            text = transaction.text()
+        except BaseException:
+            self._done(connection, transaction.prepares, started)
+            raise
+        if text is None:
+            self._done(connection, transaction.prepares, started)
+            return result
+        d = connection.query(text)
+
+        def answered(results: list[Any]) -> Any:
+            for answer in results:
+                if answer.status == self._fatal:
+                    # The rest of the batch did not run, and its transaction
+                    # is aborted: rolled back before the connection is reused.
+                    error = self._errorFromResult(answer, encoding=_encoding(connection))
+                    connection.query("ROLLBACK").addBoth(
+                        lambda _: self._done(connection, transaction.prepares, started)
+                    )
+                    if isinstance(error, self._driverIntegrityError):
+                        raise self._integrityError(error) from error
+                    raise error
+            loader = connection.loader
+            if loader is None:
+                loader = connection.loader = self._transformer(connection.connection)
+            for index, rows in transaction.queries.items():
+                answer = results[index]
+                loader.set_pgresult(answer)
+                rows._arrived(loader.load_rows(0, answer.ntuples, tuple) if answer.ntuples else [])
+            self._done(connection, transaction.prepares, started)
+            return result
+
+        def lost(reason: Failure) -> Failure:
+            self._done(connection, (), started)
+            return reason
+
+        return d.addCallbacks(answered, lost)
+
+    def _done(self, connection: ReactorConnection, prepares: Any, started: float) -> None:
+        """
+        The batch on C{connection} is over: run the C{prepares} it made due,
+        one at a time (a refused one refuses nothing else), then give the
+        connection back.
+        """
+        self._durations.observe(time.monotonic() - started)
+        prepares = list(prepares)
+        statements = self._preparedOn(connection.connection)
+
+        def next(_: Any = None) -> None:
+            if not prepares or connection.broken:
+                self._connections.release(connection)
+                return
+            statement = prepares.pop(0)
+            name = statement.split(None, 2)[1].split("(", 1)[0]
+
+            def took(results: list[Any]) -> None:
+                statements.prepared(name, all(r.status != self._fatal for r in results))
+
+            def failed(reason: Failure) -> None:
+                statements.prepared(name, False)
+
+            connection.query(statement).addCallbacks(took, failed).addCallback(next)
+
+        next()
 
     def _translate(self, sql: str) -> str:
         return _pyformat(sql)
+
+    def _closeMore(self) -> None:
+        self._connections.close()
+
+    def runQuery(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        # One statement needs no thread either: a batch of one.
+        d = self.runBatch(lambda t: t.query(sql, params))
+        return d.addCallback(lambda rows: rows.fetchall())
+
+    def runOperation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
+        return self.runBatch(lambda t: t.send(sql, params))
 
     def _preparedOn(self, connection: Any) -> PreparedStatements:
         """
@@ -741,6 +1068,10 @@ class PostgresDatabase(_AdbapiDatabase):
         if isinstance(error, self._uniqueViolation):
             return UniqueViolation(str(error))
         return IntegrityError(str(error))
+
+
+def _encoding(connection: ReactorConnection) -> str:
+    return connection.connection.info.encoding  # type: ignore[no-any-return]
 
 
 def _redact(url: str) -> str:

@@ -252,6 +252,24 @@ class IDatabase(Interface):
         @return: A Deferred of its result.
         """
 
+    def runBatch(interaction, *args, **kwargs):
+        """
+        Run C{interaction(transaction, *args, **kwargs)}, an interaction that
+        says everything before it hears anything: it sends, queries, locks
+        and asks to be called after the commit, and returns what reads its
+        queries' rows, read once the transaction has committed.  The rest
+        (C{execute}, C{executemany}, C{fetchone}, C{fetchall},
+        C{rowcount}, and reading a query's rows before it has returned)
+        raises C{TypeError}, on every database.
+
+        On PostgreSQL it runs in the reactor's thread, once a connection is
+        free, and the transaction goes as one message through libpq's
+        non-blocking API, its answer read when it comes: no thread waits
+        for it.  On SQLite it runs as L{runInteraction}.
+
+        @return: A Deferred of its result, fired once committed.
+        """
+
     def runQuery(sql, params=()):
         """
         @return: A Deferred of all rows, as tuples.

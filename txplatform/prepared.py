@@ -81,6 +81,9 @@ class PreparedStatements:
         self._names: dict[tuple[str, tuple[str, ...]], str] = {}
         self._seen: dict[tuple[str, tuple[str, ...]], int] = {}
         self._refused: set[tuple[str, tuple[str, ...]]] = set()
+        # Prepared later, by whoever was asked (see L{prepared}).
+        self._later: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._pending: set[tuple[str, tuple[str, ...]]] = set()
         self._made = 0
 
     def __len__(self) -> int:
@@ -90,21 +93,27 @@ class PreparedStatements:
         self,
         sql: str,
         params: Sequence[Any],
-        prepare: Callable[[str], bool] | None,
+        prepare: Callable[[str], bool | None] | None,
     ) -> str | None:
         """
         The name C{sql} with parameters like C{params} is prepared under on
         this connection, preparing it now if it is due and C{prepare} is
         given (it runs a C{PREPARE} statement alone, outside any
-        transaction, and says whether PostgreSQL took it); None if it goes
-        as text.
+        transaction, and says whether PostgreSQL took it, or None if it
+        will run it later and say so to L{prepared}); None if it goes as
+        text.
         """
         types = tuple(map(parameterType, params))
         key = (sql, types)
         name = self._names.get(key)
         if name is not None or prepare is None:
             return name
-        if None in types or key in self._refused or len(self._names) >= self.limit:
+        if (
+            None in types
+            or key in self._refused
+            or len(self._names) + len(self._later) >= self.limit
+            or key in self._pending
+        ):
             return None
         seen = self._seen.get(key, 0) + 1
         if seen < self.threshold:
@@ -121,11 +130,29 @@ class PreparedStatements:
         name = f"txp_{self._made}"
         self._made += 1
         typed = f"({', '.join(types)})" if types else ""
-        if not prepare(f"PREPARE {name}{typed} AS {numbered}"):
+        took = prepare(f"PREPARE {name}{typed} AS {numbered}")
+        if took is None:
+            self._later[name] = key
+            self._pending.add(key)
+            return None
+        if not took:
             self._refused.add(key)
             return None
         self._names[key] = name
         return name
+
+    def prepared(self, name: str, took: bool) -> None:
+        """
+        The C{PREPARE} of C{name}, which L{name}'s C{prepare} said it would
+        run later, ran: PostgreSQL took it (and its statement goes as its
+        EXECUTE from now on), or not (and it goes as text).
+        """
+        key = self._later.pop(name)
+        self._pending.discard(key)
+        if took:
+            self._names[key] = name
+        else:
+            self._refused.add(key)
 
 
 def _numbered(sql: str, count: int) -> str | None:

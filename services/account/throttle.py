@@ -151,7 +151,7 @@ class LoginThrottle:
         @raise ResourceExhausted: (in the Deferred) A hard key is blocked;
             nothing was counted.
         """
-        d = self._database.runInteraction(self._reserve, keys, self._now())
+        d = self._database.runBatch(self._reserve, keys, self._now())
         return d.addCallback(lambda reserved: reserved()[0])
 
     def _reserve(
@@ -279,14 +279,15 @@ class LoginThrottle:
         settle: Callable[[ITransaction, Any], Any],
     ) -> Deferred[Any]:
         """
-        An attempt, in two transactions around its password check: reserve
-        it (and C{lookup} what the check needs, in the same transaction:
-        it asks, with L{ITransaction.query}, and returns what reads the
-        answer once the transaction has committed), wait as long as the
-        account's failures say, C{verify} what was looked up (the password
-        check; at most C{concurrentChecks} at once per account), and if
-        C{matched} says its result is a success, give the reservation back
-        and C{settle} (make the session) in one more.
+        An attempt, in two transactions around its password check, both
+        batches (L{IDatabase.runBatch}): reserve it (and C{lookup} what the
+        check needs, in the same transaction: it asks, with
+        L{ITransaction.query}, and returns what reads the answer once the
+        transaction has committed), wait as long as the account's failures
+        say, C{verify} what was looked up (the password check; at most
+        C{concurrentChecks} at once per account), and if C{matched} says
+        its result is a success, give the reservation back and C{settle}
+        (make the session, with L{ITransaction.send}) in one more.
 
         @return: A Deferred of what C{settle} returned on a success, or of
             what C{verify} did otherwise.
@@ -300,7 +301,7 @@ class LoginThrottle:
         """
 
         def attempt() -> Deferred[Any]:
-            d = self._database.runInteraction(self._reserve, keys, self._now(), lookup)
+            d = self._database.runBatch(self._reserve, keys, self._now(), lookup)
             return d.addCallback(lambda reserved: slowed(reserved()))
 
         def slowed(reserved: tuple[float, Any]) -> Deferred[Any]:
@@ -316,7 +317,7 @@ class LoginThrottle:
         def settled(result: Any) -> Any:
             if not matched(result):
                 return result
-            return self._database.runInteraction(self._settle, keys, settle, result)
+            return self._database.runBatch(self._settle, keys, settle, result)
 
         return self._limited(self._attempting, keys.hard[-1], self.concurrentAttempts, attempt)
 
@@ -354,7 +355,7 @@ class LoginThrottle:
         Clear the account's counts, and give the address back the failure
         reserved for this attempt.
         """
-        return self._database.runInteraction(self._succeeded, keys)
+        return self._database.runBatch(self._succeeded, keys)
 
     def _succeeded(self, transaction: ITransaction, keys: AttemptKeys) -> None:
         # Under the locks a reservation takes (the same keys, the same

@@ -15,7 +15,14 @@ from txplatform_services.post import api
 from txplatform_services.post.service import PostService
 from txplatform_services.post.store import PostRow
 
-from ..support import POSTGRES_URL, PostgresMixin, SQLiteMixin, eventually, recordCalls
+from ..support import (
+    POSTGRES_URL,
+    PostgresMixin,
+    SQLiteMixin,
+    eventually,
+    recordCalls,
+    recordMessages,
+)
 from .harness import ServiceTestCase, deliver
 
 ALICE = "01aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -499,9 +506,8 @@ class PostgresPostRateTests(PostgresMixin, PostRateTestsMixin, ServiceTestCase):
         author's newest posts are asked for in one message, the post and
         its event go with the COMMIT.
         """
-        import psycopg
 
-        sent = recordCalls(self, psycopg.Cursor, "execute")
+        sent = recordMessages(self)
         yield self.create()
         # The relay's own transactions come and go in between.
         mine = [q for q in sent if "post_deleted_authors" in q or "INSERT INTO posts" in q]

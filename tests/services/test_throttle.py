@@ -18,7 +18,7 @@ from txplatform.errors import ResourceExhausted, Unauthenticated
 from txplatform_services.account import api
 from txplatform_services.account.throttle import TABLE
 
-from ..support import PostgresMixin, SQLiteMixin, eventually, recordCalls, sleep
+from ..support import PostgresMixin, SQLiteMixin, eventually, recordMessages, sleep
 from .harness import ServiceTestCase
 
 PASSWORD = "correct horse"
@@ -324,13 +324,12 @@ class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
         checked), and the settlement with the new session and its COMMIT
         as one more.  A wrong password is the first.
         """
-        import psycopg
 
         from txplatform.prepared import PreparedStatements
 
         # Statements as text, to read them (txplatform.prepared).
         self.patch(PreparedStatements, "threshold", 1000)
-        messages = recordCalls(self, psycopg.Cursor, "execute")
+        messages = recordMessages(self)
 
         def mine() -> list[str]:
             # Not the relay's deletions of the registrations' events.
@@ -356,10 +355,9 @@ class PostgresThrottleTests(PostgresMixin, ThrottleTestsMixin, ServiceTestCase):
         still two messages, of EXECUTEs; the PREPAREs were messages of
         their own, once each.
         """
-        import psycopg
 
         self.patch(self.service.throttle, "concurrentAttempts", 1)
-        messages = recordCalls(self, psycopg.Cursor, "execute")
+        messages = recordMessages(self)
         prepares = []
         for _ in range(12):
             del messages[:]
