@@ -302,19 +302,23 @@ class AccountStore:
         """
         The accounts among C{usernames} (any case) that exist.
         """
-        return self._database.runInteraction(self._resolve, usernames)
+        d = self._database.runBatch(self._resolve, usernames)
+        return d.addCallback(lambda read: read())
 
-    def _resolve(self, t: ITransaction, usernames: Sequence[str]) -> list[AccountRow]:
+    def _resolve(self, t: ITransaction, usernames: Sequence[str]) -> Callable[[], list[AccountRow]]:
+        """
+        Ask for L{resolve}'s accounts in C{t}: what this returns reads
+        them, once the transaction has committed.
+        """
         indexes = sorted({index for name in usernames for index in self.usernameIndexes(name)})
-        found = []
+        chunks = []
         for start in range(0, len(indexes), 500):
             chunk = indexes[start : start + 500]
             marks = ", ".join("?" * len(chunk))
-            rows = t.execute(
-                f"SELECT {_COLUMNS} FROM accounts WHERE username_index IN ({marks})", chunk
-            ).fetchall()
-            found.extend(self._account(row) for row in rows)
-        return found
+            chunks.append(
+                t.query(f"SELECT {_COLUMNS} FROM accounts WHERE username_index IN ({marks})", chunk)
+            )
+        return lambda: [self._account(row) for rows in chunks for row in rows.fetchall()]
 
     def update(
         self,
@@ -458,17 +462,14 @@ class AccountStore:
         return self._sessions.get(tokenHash)
 
     def _sessionsByHash(self, hashes: list[bytes]) -> Deferred[dict[bytes, SessionRow]]:
-        return self._database.runInteraction(self._selectSessions, hashes)
-
-    def _selectSessions(self, t: ITransaction, hashes: list[bytes]) -> dict[bytes, SessionRow]:
         marks = ", ".join("?" * len(hashes))
-        rows = t.execute(
+        d = self._database.runQuery(
             f"SELECT s.token_hash, {_SESSION_COLUMNS}"
             " FROM account_sessions s JOIN accounts a ON a.id = s.account_id"
             f" WHERE s.token_hash IN ({marks})",
             hashes,
-        ).fetchall()
-        return {bytes(row[0]): self._sessionRow(row[1:]) for row in rows}
+        )
+        return d.addCallback(lambda rows: {bytes(r[0]): self._sessionRow(r[1:]) for r in rows})
 
     def _sessionRow(self, row: Sequence[Any]) -> SessionRow:
         sessionId, accountId, username, expiresAt, lastUsedAt = row
@@ -489,16 +490,22 @@ class AccountStore:
         """
         The session C{sessionId}, expired or not.
         """
-        return self._database.runInteraction(self._sessionById, sessionId)
+        d = self._database.runBatch(self._sessionById, sessionId)
+        return d.addCallback(lambda read: read())
 
-    def _sessionById(self, t: ITransaction, sessionId: str) -> SessionRow | None:
-        row = t.execute(
+    def _sessionById(self, t: ITransaction, sessionId: str) -> Callable[[], SessionRow | None]:
+        rows = t.query(
             f"SELECT {_SESSION_COLUMNS}"
             " FROM account_sessions s JOIN accounts a ON a.id = s.account_id"
             " WHERE s.id = ?",
             (sessionId,),
-        ).fetchone()
-        return None if row is None else self._sessionRow(row)
+        )
+
+        def read() -> SessionRow | None:
+            row = rows.fetchone()
+            return None if row is None else self._sessionRow(row)
+
+        return read
 
     def touchSession(self, sessionId: str, now: int) -> Deferred[None]:
         """
@@ -564,7 +571,8 @@ class AccountStore:
         t.execute("DELETE FROM account_stream_tickets WHERE ticket_hash = ?", (ticketHash,))
         if t.rowcount != 1 or row[1] <= now:
             return None
-        session = self._sessionById(t, row[0])
+        # Read in this transaction: the reply recorded in it is the session.
+        session = self._sessionById(t, row[0])()
         if session is not None and record is not None:
             record(t, session)
         return session
@@ -681,23 +689,28 @@ class AccountStore:
         The accounts among C{mentioned} that exist and the first C{limit}
         followers of C{authorId}, in one transaction (see L{api.Audience}).
         """
-        return self._database.runInteraction(self._audience, authorId, mentioned, limit)
+        d = self._database.runBatch(self._audience, authorId, mentioned, limit)
+        return d.addCallback(lambda read: read())
 
     def _audience(
         self, t: ITransaction, authorId: str, mentioned: Sequence[str], limit: int
-    ) -> dict[str, Any]:
-        accounts = self._resolve(t, mentioned) if mentioned else []
-        t.execute(
+    ) -> Callable[[], dict[str, Any]]:
+        accounts = self._resolve(t, mentioned) if mentioned else list
+        rows = t.query(
             "SELECT follower_id FROM account_follows WHERE followee_id = ?"
             " ORDER BY follower_id LIMIT ?",
             (authorId, limit + 1),
         )
-        items, nextCursor = page([row[0] for row in t.fetchall()], limit, lambda i: (i,))
-        return {
-            "mentioned": [{"id": a.id, "username": a.username} for a in accounts],
-            "followers": items,
-            "next": nextCursor,
-        }
+
+        def read() -> dict[str, Any]:
+            items, nextCursor = page([row[0] for row in rows.fetchall()], limit, lambda i: (i,))
+            return {
+                "mentioned": [{"id": a.id, "username": a.username} for a in accounts()],
+                "followers": items,
+                "next": nextCursor,
+            }
+
+        return read
 
     def audiences(
         self, authorIds: Sequence[str], mentioned: Sequence[str], limit: int
@@ -707,14 +720,15 @@ class AccountStore:
         followers of each of C{authorIds}, in one transaction (see
         L{api.Audiences}).
         """
-        return self._database.runInteraction(self._audiences, authorIds, mentioned, limit)
+        d = self._database.runBatch(self._audiences, authorIds, mentioned, limit)
+        return d.addCallback(lambda read: read())
 
     def _audiences(
         self, t: ITransaction, authorIds: Sequence[str], mentioned: Sequence[str], limit: int
-    ) -> dict[str, Any]:
-        accounts = self._resolve(t, mentioned) if mentioned else []
+    ) -> Callable[[], dict[str, Any]]:
+        accounts = self._resolve(t, mentioned) if mentioned else list
         authors = sorted(set(authorIds))
-        found: dict[str, list[str]] = {author: [] for author in authors}
+        rows = None
         if authors:
             # One round trip for every author: each one's first limit + 1
             # followers (the extra one says whether there are more), each
@@ -724,22 +738,26 @@ class AccountStore:
                 "SELECT * FROM (SELECT followee_id, follower_id FROM account_follows"
                 " WHERE followee_id = ? ORDER BY follower_id LIMIT ?) AS a{}"
             )
-            t.execute(
+            rows = t.query(
                 " UNION ALL ".join(each.format(i) for i in range(len(authors))),
                 [value for author in authors for value in (author, limit + 1)],
             )
-            for followee, follower in t.fetchall():
+
+        def read() -> dict[str, Any]:
+            found: dict[str, list[str]] = {author: [] for author in authors}
+            for followee, follower in rows.fetchall() if rows is not None else ():
                 found[followee].append(follower)
-            for ids in found.values():
+            followers = {}
+            for author, ids in found.items():
                 ids.sort()
-        followers = {}
-        for author, ids in found.items():
-            items, nextCursor = page(ids, limit, lambda i: (i,))
-            followers[author] = {"items": items, "next": nextCursor}
-        return {
-            "mentioned": [{"id": a.id, "username": a.username} for a in accounts],
-            "followers": followers,
-        }
+                items, nextCursor = page(ids, limit, lambda i: (i,))
+                followers[author] = {"items": items, "next": nextCursor}
+            return {
+                "mentioned": [{"id": a.id, "username": a.username} for a in accounts()],
+                "followers": followers,
+            }
+
+        return read
 
     def followers(self, accountId: str, limit: int, after: str | None) -> Deferred[list[str]]:
         """

@@ -279,9 +279,8 @@ class NotifyStore:
             sql += " AND id < ?"
             params.append(before)
         sql += " ORDER BY id DESC LIMIT ?"
-        return self._database.runInteraction(
-            lambda t: readableRows(t.execute(sql, (*params, limit)).fetchall(), self._notification)
-        )
+        d = self._database.runQuery(sql, (*params, limit))
+        return d.addCallback(readableRows, self._notification)
 
     def markRead(self, recipientId: str, notificationId: str) -> Deferred[bool]:
         """

@@ -259,11 +259,11 @@ class PostStore:
         return self._loader.get(postId)
 
     def _getMany(self, postIds: list[str]) -> Deferred[dict[str, PostRow]]:
-        return self._database.runInteraction(self._selectMany, postIds)
-
-    def _selectMany(self, t: ITransaction, postIds: list[str]) -> dict[str, PostRow]:
         marks = ", ".join("?" * len(postIds))
-        rows = t.execute(f"SELECT {_COLUMNS} FROM posts WHERE id IN ({marks})", postIds).fetchall()
+        d = self._database.runQuery(f"SELECT {_COLUMNS} FROM posts WHERE id IN ({marks})", postIds)
+        return d.addCallback(self._found)
+
+    def _found(self, rows: list[tuple[Any, ...]]) -> dict[str, PostRow]:
         found: dict[str, PostRow | CorruptField] = {}
         for row in rows:
             try:
@@ -282,9 +282,8 @@ class PostStore:
             sql += " AND id < ?"
             params.append(before)
         sql += " ORDER BY id DESC LIMIT ?"
-        return self._database.runInteraction(
-            lambda t: readableRows(t.execute(sql, (*params, limit)).fetchall(), self._post)
-        )
+        d = self._database.runQuery(sql, (*params, limit))
+        return d.addCallback(readableRows, self._post)
 
     def delete(self, postId: str, accountId: str, record: Recorder | None = None) -> Deferred[None]:
         """
