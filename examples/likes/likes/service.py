@@ -65,13 +65,15 @@ class LikesService(DatabaseService):
     @inlineCallbacks
     def list_likes(self, request, context):
         before = decodeCursor(request.cursor, str)[0] if request.cursor else "~"
-        sql, postId = PAGE + " ORDER BY id DESC LIMIT ?", request.post_id
-        rows = yield self.database.runQuery(sql, (postId, before, request.limit + 1))
-        [(count,)] = yield self.database.runQuery(
-            "SELECT count(*) FROM likes WHERE post_id = ?", (postId,)
-        )
+        read = yield self.database.runBatch(self._likes, request.post_id, before, request.limit)
+        rows, [(count,)] = read()
         items, cursor = page(readableRows(rows, self.view), request.limit, lambda v: (v["id"],))
         return {"count": count, "items": items, "next": cursor}
+
+    def _likes(self, t, postId, before, limit):
+        rows = t.query(PAGE + " ORDER BY id DESC LIMIT ?", (postId, before, limit + 1))
+        count = t.query("SELECT count(*) FROM likes WHERE post_id = ?", (postId,))
+        return lambda: (rows.fetchall(), count.fetchall())
 
     def view(self, row):
         username = self.fields.open("likes", "username", row[0], bytes(row[1]))
