@@ -4,13 +4,13 @@ Tests for L{txplatform.service}.
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from txplatform.context import Origin, Priority
+from txplatform.context import CallContext, Origin, Priority
 from txplatform.database import DatabaseUnavailable, Migration
 from txplatform.errors import IdempotencyKeyReused, InvalidArgument, NotFound
 from txplatform.keychecks import KeyMismatch
@@ -431,6 +431,8 @@ class Notebook(DatabaseService):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.touched = 0
+        # What the next add waits for before its transaction, if anything.
+        self.gate: Deferred[None] | None = None
 
     @rpc(Note, idempotent=False)
     def add(self, request: Note, context: Any) -> Any:
@@ -445,7 +447,9 @@ class Notebook(DatabaseService):
                 record(t, rowId)
             return rowId
 
-        return self.database.runInteraction(add).addCallback(lambda rowId: {"id": rowId})
+        gate, self.gate = self.gate or succeed(None), None
+        gate.addCallback(lambda _: self.database.runInteraction(add))
+        return gate.addCallback(lambda rowId: {"id": rowId})
 
     @rpc(Note)
     def touch(self, request: Note, context: Any) -> Any:
@@ -490,6 +494,49 @@ class UnrecordedReplyTests(SynchronousTestCase):
             ],
         )
         # Nothing is kept once the calls are done.
+        self.assertFalse(notebook.replies._accounted)
+
+
+class CopiesAtOnceTests(SynchronousTestCase):
+    """
+    Two copies of one call running at once: the first as delivered, the
+    other delivered or sent again while the first was still running.
+    """
+
+    def deliver(self, notebook: Notebook, redelivered: bool) -> Deferred[Any]:
+        context = CallContext(
+            messageId="msg-1",
+            service=notebook.serviceId,
+            method="add",
+            caller=None,
+            correlationId="one-request",
+            deadline=self.harness.reactor.seconds() + 10,
+            priority=5,
+            redelivered=redelivered,
+        )
+        handler = notebook._callHandler(notebook.rpcMethods()["add"])
+        return maybeDeferred(handler, {"text": "once"}, context)
+
+    def test_copyCommitsFirst(self) -> None:
+        """
+        When the copy commits first, the first run fails on the reply on
+        record, and answers that reply: not an internal error, and the
+        note is made once.
+        """
+        self.harness = ServiceHarness(self.mktemp())
+        self.addCleanup(self.harness.stop)
+        notebook = self.harness.start(
+            Notebook(self.harness.bus, self.harness.database("notebook"), self.harness.reactor)
+        )
+        gate: Deferred[None] = Deferred()
+        notebook.gate = gate
+        first = self.deliver(notebook, redelivered=False)
+        copy = self.harness.run(self.deliver(notebook, redelivered=True))
+        self.assertNoResult(first)
+        gate.callback(None)
+        self.assertEqual(self.harness.run(first), copy)
+        notes = self.harness.run(notebook.database.runQuery("SELECT text FROM notes"))
+        self.assertEqual(notes, [("once",)])
         self.assertFalse(notebook.replies._accounted)
 
 

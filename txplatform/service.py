@@ -380,7 +380,24 @@ class BusService(Service):
             if context.idempotencyKey is not None or (context.redelivered and not spec.idempotent):
                 context = attrs.evolve(context, requestDigest=requestDigest(payload))
                 return self.replay(context).addCallback(once, request, context, span)
+            if not spec.idempotent and context.messageId:
+                # Its copy (sent again by a caller that lost its connection,
+                # or redelivered) may be running too, and may commit first:
+                # this run then fails on the reply on record, which answers.
+                return maybeDeferred(run, request, context, span).addErrback(lost, context)
             return run(request, context, span)
+
+        def lost(failure: Failure, context: CallContext) -> Any:
+            """
+            The same call, run at the same time (a copy of it, delivered or
+            sent again while this run was under way), may have won: its
+            reply stands, and this run was rolled back (or failed on what
+            the other made).  If that cannot be looked up, this run's own
+            failure is the answer.
+            """
+            return self.replay(context).addCallbacks(
+                lambda again: again[1] if again[0] else failure, lambda _: failure
+            )
 
         def run(request: Any, context: CallContext, span: Any) -> Any:
             # The span is current while the handler's synchronous part runs
@@ -415,17 +432,9 @@ class BusService(Service):
                 d = self.remember(context, reply).addErrback(unrecorded)
                 return d.addCallback(lambda _: reply)
 
-            def failed(failure: Failure) -> Any:
-                # The same call, run at the same time (a client's retry
-                # while its first try was still running), may have won: its
-                # reply stands, and this run was rolled back (or failed on
-                # what the other made).  If that cannot be looked up, this
-                # run's own failure is the answer.
-                return self.replay(context).addCallbacks(
-                    lambda again: again[1] if again[0] else failure, lambda _: failure
-                )
-
-            return maybeDeferred(run, request, context, span).addCallbacks(ran, failed)
+            return maybeDeferred(run, request, context, span).addCallbacks(
+                ran, lost, errbackArgs=(context,)
+            )
 
         return handle
 
