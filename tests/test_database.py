@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -715,6 +715,31 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         yield self.assertFailure(waiting, Exception)
         rows = yield database.runQuery("SELECT 1")
         self.assertEqual(rows, [(1,)])
+
+    @inlineCallbacks
+    def test_batchCancelled(self) -> Any:
+        """
+        A batch cancelled while it waits for its answer, or for a
+        connection, fails at once with C{CancelledError}; its connection is
+        given back only when the answer has come, to the batch that waits
+        next, which runs.
+        """
+        migrated = yield self.migrated()
+        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
+        self.addCleanup(database.close)
+        database.start()
+        yield database.runQuery("SELECT 1")  # the one connection, open and idle
+        slow = database.runBatch(lambda t: t.query("SELECT pg_sleep(0.3)"))
+        waiting = database.runBatch(lambda t: t.query("SELECT 2"))
+        gaveUp = database.runBatch(lambda t: t.query("SELECT 3"))
+        for d in (gaveUp, slow):
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+        rows = yield waiting
+        self.assertEqual(rows.fetchall(), [(2,)])
+        self.assertEqual(len(database._connections), 1)
+        rows = yield database.runQuery("SELECT 4")
+        self.assertEqual(rows, [(4,)])
 
     @inlineCallbacks
     def test_closeFailsWaiting(self) -> Any:

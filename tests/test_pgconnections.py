@@ -7,7 +7,7 @@ L{tests.test_database}).
 import os
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -228,6 +228,25 @@ class ReactorConnectionsTests(SynchronousTestCase):
         self.pool.release(a)
         self.assertIs(self.successResultOf(self.pool.acquire()), a)
         self.assertEqual(len(self.opening), 2)
+
+    def test_waitingCancelled(self) -> None:
+        """
+        One who gives up waiting leaves the queue: the connection released
+        next goes to whoever waits after, or to the idle.
+        """
+        first = self.pool.acquire()
+        self.opening[0].callback(None)
+        a = self.successResultOf(first)
+        second = self.pool.acquire()
+        self.opening[1].callback(None)
+        b = self.successResultOf(second)
+        gaveUp, waiting = self.pool.acquire(), self.pool.acquire()
+        gaveUp.cancel()
+        self.failureResultOf(gaveUp, CancelledError)
+        self.pool.release(a)
+        self.assertIs(self.successResultOf(waiting), a)
+        self.pool.release(b)
+        self.assertIs(self.successResultOf(self.pool.acquire()), b)
 
     def test_openFails(self) -> None:
         """

@@ -990,7 +990,12 @@ class PostgresDatabase(_AdbapiDatabase):
             self._done(connection, (), started)
             return reason
 
-        return d.addCallbacks(answered, lost)
+        # The connection is given back when its answer has come, whatever
+        # the caller does meanwhile: one who cancels gets CancelledError at
+        # once, and the batch's outcome goes nowhere.
+        outcome: Deferred[Any] = Deferred()
+        d.addCallbacks(answered, lost).chainDeferred(outcome)
+        return outcome
 
     def _done(self, connection: ReactorConnection, prepares: Any, started: float) -> None:
         """
@@ -1002,7 +1007,7 @@ class PostgresDatabase(_AdbapiDatabase):
         prepares = list(prepares)
         statements = self._preparedOn(connection.connection)
 
-        def next(_: Any = None) -> None:
+        def prepareNext(_: Any = None) -> None:
             if not prepares or connection.broken:
                 self._connections.release(connection)
                 return
@@ -1015,9 +1020,9 @@ class PostgresDatabase(_AdbapiDatabase):
             def failed(reason: Failure) -> None:
                 statements.prepared(name, False)
 
-            connection.query(statement).addCallbacks(took, failed).addCallback(next)
+            connection.query(statement).addCallbacks(took, failed).addCallback(prepareNext)
 
-        next()
+        prepareNext()
 
     def _translate(self, sql: str) -> str:
         return _pyformat(sql)

@@ -220,7 +220,9 @@ class ReactorConnections:
             connection = self._idle.pop()
             if not connection.broken:
                 return succeed(connection)
-        waiting: Deferred[ReactorConnection] = Deferred()
+        # One who gives up waiting (a caller that cancels) leaves the queue:
+        # a connection released is not handed to nobody.
+        waiting: Deferred[ReactorConnection] = Deferred(self._waiting.remove)
         self._waiting.append(waiting)
         if len(self._all) + self._opening < self.size:
             self._open()
