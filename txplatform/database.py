@@ -149,23 +149,14 @@ class _Rows:
         return rows[0] if rows else None
 
 
-@implementer(ITransaction)
-class _Transaction:
+class _Caused:
     """
-    The cursor an interaction sees: translates SQL and driver errors.
+    What every kind of transaction tells about its cause, and keeps to
+    call after its commit.
     """
 
-    def __init__(
-        self,
-        cursor: Any,
-        database: _AdbapiDatabase,
-        committed: list[Callable[[], Any]],
-        cause: Origin | None = None,
-    ) -> None:
-        self._cursor = cursor
-        self._database = database
-        self._committed = committed
-        self._cause = cause if cause is not None else Origin()
+    _cause: Origin
+    _committed: list[Callable[[], Any]]
 
     @property
     def traceParent(self) -> str | None:
@@ -181,6 +172,25 @@ class _Transaction:
 
     def afterCommit(self, f: Callable[[], Any]) -> None:
         self._committed.append(f)
+
+
+@implementer(ITransaction)
+class _Transaction(_Caused):
+    """
+    The cursor an interaction sees: translates SQL and driver errors.
+    """
+
+    def __init__(
+        self,
+        cursor: Any,
+        database: _AdbapiDatabase,
+        committed: list[Callable[[], Any]],
+        cause: Origin | None = None,
+    ) -> None:
+        self._cursor = cursor
+        self._database = database
+        self._committed = committed
+        self._cause = cause if cause is not None else Origin()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Transaction:
         try:
@@ -223,6 +233,30 @@ class _Transaction:
         return self._cursor.rowcount
 
 
+def _text(
+    name: str | None,
+    sql: str,
+    params: Sequence[Any],
+    binder: Callable[[], Any],
+    translate: Callable[[str], str],
+) -> str:
+    """
+    C{sql} with C{params}, as a batch's text: the EXECUTE of the statement
+    prepared as C{name}, if there is one and the values go into it; else the
+    statement with its values written in, by L{txplatform.literals} where
+    they need no escaping, by psycopg's C{mogrify} (of C{binder()}) where
+    they do.
+    """
+    if name is not None:
+        text = executed(name, params)
+        if text is not None:
+            return text
+    text = inlined(sql, params)
+    if text is not None:
+        return text
+    return binder().mogrify(translate(sql), tuple(params))  # type: ignore[no-any-return]
+
+
 class _BatchingTransaction(_Transaction):
     """
     A PostgreSQL transaction that sends the statements whose outcome
@@ -254,16 +288,12 @@ class _BatchingTransaction(_Transaction):
         # Prepared only before the transaction begins: a PREPARE that fails
         # then leaves no transaction aborted, and the statement goes as text.
         name = statements.name(sql, params, None if self._begun else self._prepare)
-        if name is not None:
-            text = executed(name, params)
-            if text is not None:
-                return text
-        text = inlined(sql, params)
-        if text is not None:
-            return text
+        return _text(name, sql, params, self._bindsRest, self._database._translate)
+
+    def _bindsRest(self) -> Any:
         if self._binder is None:
             self._binder = self._database._clientCursor(self._cursor.connection)
-        return self._binder.mogrify(self._database._translate(sql), tuple(params))
+        return self._binder
 
     def _prepare(self, statement: str) -> bool:
         try:
@@ -362,7 +392,7 @@ class _BatchOnly:
 
 
 @implementer(ITransaction)
-class _HeldTransaction(_BatchOnly):
+class _HeldTransaction(_Caused, _BatchOnly):
     """
     A transaction run in a thread, held to what a batch may do: its
     queries' rows are read once its interaction has returned.  So that a
@@ -371,22 +401,9 @@ class _HeldTransaction(_BatchOnly):
 
     def __init__(self, transaction: _Transaction) -> None:
         self._transaction = transaction
+        self._cause = transaction._cause
+        self._committed = transaction._committed
         self._held: list[tuple[_Rows, IRows]] = []
-
-    @property
-    def traceParent(self) -> str | None:
-        return self._transaction.traceParent
-
-    @property
-    def traceState(self) -> str | None:
-        return self._transaction.traceState
-
-    @property
-    def correlationId(self) -> str | None:
-        return self._transaction.correlationId
-
-    def afterCommit(self, f: Callable[[], Any]) -> None:
-        self._transaction.afterCommit(f)
 
     def send(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._transaction.send(sql, params)
@@ -421,7 +438,7 @@ class _Held:
 
 
 @implementer(ITransaction)
-class _ReactorTransaction(_BatchOnly):
+class _ReactorTransaction(_Caused, _BatchOnly):
     """
     A batch's transaction on a L{ReactorConnection}: its statements, bound
     as L{_BatchingTransaction} binds them, are gathered into one simple
@@ -450,39 +467,17 @@ class _ReactorTransaction(_BatchOnly):
         self.prepares: list[str] = []
         self._prepared = database._preparedOn(connection.connection)
 
-    @property
-    def traceParent(self) -> str | None:
-        return self._cause.traceParent
-
-    @property
-    def traceState(self) -> str | None:
-        return self._cause.traceState
-
-    @property
-    def correlationId(self) -> str | None:
-        return self._cause.correlationId
-
-    def afterCommit(self, f: Callable[[], Any]) -> None:
-        self._committed.append(f)
-
     def _later(self, statement: str) -> None:
         self.prepares.append(statement)
 
     def _bound(self, sql: str, params: Sequence[Any]) -> str:
         name = self._prepared.name(sql, params, self._later)
-        if name is not None:
-            text = executed(name, params)
-            if text is not None:
-                return text
-        text = inlined(sql, params)
-        if text is not None:
-            return text
-        binder = self._connection.binder
-        if binder is None:
-            binder = self._connection.binder = self._database._clientCursor(
-                self._connection.connection
-            )
-        return binder.mogrify(self._database._translate(sql), tuple(params))
+        return _text(name, sql, params, self._bindsRest, self._database._translate)
+
+    def _bindsRest(self) -> Any:
+        if self._connection.binder is None:
+            self._connection.binder = self._database._clientCursor(self._connection.connection)
+        return self._connection.binder
 
     def send(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._statements.append(self._bound(sql, params))
