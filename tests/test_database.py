@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -26,6 +27,7 @@ from txplatform.database import (
     databaseFromURL,
 )
 from txplatform.interfaces import IDatabase
+from txplatform.pgconnections import ConnectionClosed
 
 from .support import POSTGRES_URL, PostgresMixin, SQLiteMixin, recordMessages, requirePostgres
 
@@ -705,16 +707,30 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         waiting = database.runBatch(lambda t: t.query("SELECT pg_backend_pid(), pg_sleep(30)"))
         for _ in range(500):
             rows = yield other.runQuery(
-                "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%'"
-                " AND pid <> pg_backend_pid()"
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active'"
+                " AND query LIKE 'BEGIN%pg_sleep(30)%' AND pid <> pg_backend_pid()"
             )
             if rows:
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         yield other.runQuery("SELECT pg_terminate_backend(?)", (rows[0][0],))
-        yield self.assertFailure(waiting, Exception)
+        yield self.assertFailure(waiting, ConnectionClosed, psycopg.OperationalError)
         rows = yield database.runQuery("SELECT 1")
         self.assertEqual(rows, [(1,)])
+
+    @inlineCallbacks
+    def test_batchUnreadable(self) -> Any:
+        """
+        A batch whose rows cannot be read (a value psycopg cannot load)
+        fails with why, and its connection goes back to be used again.
+        """
+        migrated = yield self.migrated()
+        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
+        self.addCleanup(database.close)
+        database.start()
+        yield self.assertFailure(database.runQuery("SELECT 'infinity'::date"), psycopg.DataError)
+        rows = yield database.runQuery("SELECT 2")
+        self.assertEqual(rows, [(2,)])
 
     @inlineCallbacks
     def test_batchCancelled(self) -> Any:

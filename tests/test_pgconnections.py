@@ -26,6 +26,7 @@ class FakePGconn:
     def __init__(self) -> None:
         # A real descriptor, as the connection duplicates it.
         self.socket, self._other = os.pipe()
+        self.pipe = (self.socket, self._other)
         self.sent: list[bytes] = []
         self.unsent = 0
         self.status = 0
@@ -65,8 +66,8 @@ class FakeConnection:
 
     def close(self) -> None:
         self.closed = True
-        os.close(self.pgconn.socket)
-        os.close(self.pgconn._other)
+        for fd in self.pgconn.pipe:
+            os.close(fd)
 
 
 class ReactorConnectionTests(SynchronousTestCase):
@@ -261,6 +262,50 @@ class ReactorConnectionsTests(SynchronousTestCase):
         self.assertEqual(len(self.opening), 2)
         self.pool.close()
         self.failureResultOf(waiting, ConnectionClosed)
+
+    def test_openFailsForAll(self) -> None:
+        """
+        When a connection cannot be opened and none is open or being
+        opened, everyone waiting hears why (none would be given one).
+        """
+        pool = ReactorConnections(self.reactor, FakeConnection, 1, self.inThread)
+        first, second = pool.acquire(), pool.acquire()
+        self.assertEqual(len(self.opening), 1)
+        self.opening[0].errback(ConnectionRefusedError("no server"))
+        self.failureResultOf(first, ConnectionRefusedError)
+        self.failureResultOf(second, ConnectionRefusedError)
+
+    def test_openFailsWhileOthersOpen(self) -> None:
+        """
+        When one of two connections being opened fails, the one who waits
+        longest hears why, and the other waits for the other connection.
+        """
+        first, second = self.pool.acquire(), self.pool.acquire()
+        self.opening[0].errback(ConnectionRefusedError("no server"))
+        self.failureResultOf(first, ConnectionRefusedError)
+        self.assertNoResult(second)
+        self.opening[1].callback(None)
+        self.successResultOf(second)
+
+    def test_unusable(self) -> None:
+        """
+        A connection opened but unusable (no socket to watch) is closed, and
+        counts as one that could not be opened.
+        """
+
+        def broken() -> FakeConnection:
+            connection = FakeConnection()
+            connection.pgconn.socket = -1
+            self.broken.append(connection)
+            return connection
+
+        self.broken: list[FakeConnection] = []
+        pool = ReactorConnections(self.reactor, broken, 1, self.inThread)
+        waiting = pool.acquire()
+        self.opening[0].callback(None)
+        self.failureResultOf(waiting, OSError)
+        self.assertTrue(self.broken[0].closed)
+        self.assertEqual(len(pool), 0)
 
     def test_brokenReplaced(self) -> None:
         """

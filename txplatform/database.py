@@ -903,6 +903,11 @@ class PostgresDatabase(_AdbapiDatabase):
         self._reactor = reactor
         self._transformer = psycopg.adapt.Transformer
         self._fatal = psycopg.pq.ExecStatus.FATAL_ERROR
+        # A transaction under way, or aborted by a failed statement.
+        self._underway = (
+            psycopg.pq.TransactionStatus.INTRANS,
+            psycopg.pq.TransactionStatus.INERROR,
+        )
         self._errorFromResult = psycopg.errors.error_from_result
 
         def connect() -> Any:
@@ -955,58 +960,85 @@ class PostgresDatabase(_AdbapiDatabase):
             self._done(connection, transaction.prepares, started)
             raise
         if text is None:
-            self._done(connection, transaction.prepares, started)
-            return result
-        d = connection.query(text)
+            return self._done(connection, transaction.prepares, started).addCallback(
+                lambda _: result
+            )
 
         def answered(results: list[Any]) -> Any:
-            for answer in results:
-                if answer.status == self._fatal:
-                    # The rest of the batch did not run, and its transaction
-                    # is aborted: rolled back before the connection is reused.
-                    error = self._errorFromResult(answer, encoding=_encoding(connection))
-                    connection.query("ROLLBACK").addBoth(
-                        lambda _: self._done(connection, transaction.prepares, started)
-                    )
-                    if isinstance(error, self._driverIntegrityError):
-                        raise self._integrityError(error) from error
-                    raise error
-            loader = connection.loader
-            if loader is None:
-                loader = connection.loader = self._transformer(connection.connection)
-            for index, rows in transaction.queries.items():
-                answer = results[index]
-                loader.set_pgresult(answer)
-                rows._arrived(loader.load_rows(0, answer.ntuples, tuple) if answer.ntuples else [])
-            self._done(connection, transaction.prepares, started)
-            return result
+            try:
+                self._read(connection, transaction, results)
+            except BaseException:
+                # A statement failed (and the rest did not run), or its rows
+                # could not be read: whatever of the transaction is left is
+                # rolled back before the connection is reused.
+                why = Failure()
+                d = self._rollback(connection)
+                d.addBoth(lambda _: self._done(connection, transaction.prepares, started))
+                return d.addCallback(lambda _: why)
+            done = self._done(connection, transaction.prepares, started)
+            return done.addCallback(lambda _: result)
 
-        def lost(reason: Failure) -> Failure:
-            self._done(connection, (), started)
-            return reason
+        def lost(reason: Failure) -> Any:
+            return self._done(connection, (), started).addCallback(lambda _: reason)
 
         # The connection is given back when its answer has come, whatever
         # the caller does meanwhile: one who cancels gets CancelledError at
         # once, and the batch's outcome goes nowhere.
         outcome: Deferred[Any] = Deferred()
-        d.addCallbacks(answered, lost).chainDeferred(outcome)
+        connection.query(text).addCallbacks(answered, lost).chainDeferred(outcome)
         return outcome
 
-    def _done(self, connection: ReactorConnection, prepares: Any, started: float) -> None:
+    def _read(
+        self, connection: ReactorConnection, transaction: _ReactorTransaction, results: list[Any]
+    ) -> None:
+        """
+        Hand the batch's queries their rows, or raise the failure of its
+        statement that failed.
+        """
+        for answer in results:
+            if answer.status == self._fatal:
+                error = self._errorFromResult(answer, encoding=_encoding(connection))
+                if isinstance(error, self._driverIntegrityError):
+                    raise self._integrityError(error) from error
+                raise error
+        loader = connection.loader
+        if loader is None:
+            loader = connection.loader = self._transformer(connection.connection)
+        for index, rows in transaction.queries.items():
+            answer = results[index]
+            loader.set_pgresult(answer)
+            rows._arrived(loader.load_rows(0, answer.ntuples, tuple) if answer.ntuples else [])
+
+    def _rollback(self, connection: ReactorConnection) -> Deferred[Any]:
+        """
+        Roll back the transaction left open on C{connection}, if any.
+        """
+        if connection.broken or connection.pgconn.transaction_status not in self._underway:
+            return succeed(None)
+        return connection.query("ROLLBACK")
+
+    def _done(
+        self, connection: ReactorConnection, prepares: Iterable[str], started: float
+    ) -> Deferred[None]:
         """
         The batch on C{connection} is over: run the C{prepares} it made due,
         one at a time (a refused one refuses nothing else), then give the
-        connection back.
+        connection back.  (Its caller hears its outcome after that: one who
+        sends batches one after the other finds the connection free.)
+
+        @return: A Deferred that fires once the connection is back.
         """
         self._durations.observe(time.monotonic() - started)
-        prepares = list(prepares)
+        waiting = list(prepares)
         statements = self._preparedOn(connection.connection)
+        released: Deferred[None] = Deferred()
 
         def prepareNext(_: Any = None) -> None:
-            if not prepares or connection.broken:
+            if not waiting or connection.broken:
                 self._connections.release(connection)
+                released.callback(None)
                 return
-            statement = prepares.pop(0)
+            statement = waiting.pop(0)
             name = statement.split(None, 2)[1].split("(", 1)[0]
 
             def took(results: list[Any]) -> None:
@@ -1018,6 +1050,7 @@ class PostgresDatabase(_AdbapiDatabase):
             connection.query(statement).addCallbacks(took, failed).addCallback(prepareNext)
 
         prepareNext()
+        return released
 
     def _translate(self, sql: str) -> str:
         return _pyformat(sql)

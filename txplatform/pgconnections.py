@@ -231,26 +231,34 @@ class ReactorConnections:
     def _open(self) -> None:
         self._opening += 1
 
-        def opened(connection: Any) -> None:
+        def made(connection: Any) -> ReactorConnection:
+            try:
+                return ReactorConnection(self._reactor, connection)
+            except BaseException:
+                connection.close()
+                raise
+
+        def opened(connection: ReactorConnection) -> None:
             self._opening -= 1
             if self._closed:
                 connection.close()
                 return
-            made = ReactorConnection(self._reactor, connection)
-            made.lost = self._lost
-            self._all.add(made)
-            self.release(made)
+            connection.lost = self._lost
+            self._all.add(connection)
+            self.release(connection)
 
         def failed(reason: Failure) -> None:
             self._opening -= 1
-            # Whoever waits longest hears why; the others wait on (for a
-            # connection released, or opened by the next one who asks).
+            # Whoever waits longest hears why.  The others wait on for a
+            # connection released, unless there is none to release and none
+            # being opened: then they hear the same.
             if self._waiting:
                 self._waiting.popleft().errback(reason)
-            else:
-                reason.trap(Exception)
+            if not self._all and not self._opening:
+                while self._waiting:
+                    self._waiting.popleft().errback(reason)
 
-        self._inThread(self._connect).addCallbacks(opened, failed)
+        self._inThread(self._connect).addCallback(made).addCallbacks(opened, failed)
 
     def release(self, connection: ReactorConnection) -> None:
         """
