@@ -49,6 +49,14 @@ THINGS = [
 ]
 
 
+# A thing with every kind of value, and how a connection prepares it.
+INSERT = "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)"
+PREPARED_INSERT = (
+    "PREPARE txp_0(unknown, unknown, bytea, bigint, boolean) AS"
+    " INSERT INTO things (id, name, data, big, flag) VALUES ($1, $2, $3, $4, $5)"
+)
+
+
 class DatabaseTestsMixin:
     """
     Behaviour both dialects share.
@@ -579,20 +587,37 @@ class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
         return other
 
 
-class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
+class PostgresTestsMixin(PostgresMixin):
+    """
+    What the PostgreSQL tests below share.
+    """
+
+    @inlineCallbacks
+    def oneConnection(self) -> Any:
+        """
+        A migrated database of one connection: every transaction on it.
+        """
+        migrated = self.makeDatabase()
+        yield migrated.migrate("things", THINGS)
+        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
+        self.addCleanup(database.close)
+        database.start()
+        return database
+
+    def countMessages(self) -> list[str]:
+        """
+        The queries sent to PostgreSQL from now on, each one message and
+        one round trip.
+        """
+        return recordMessages(self)
+
+
+class PostgresDatabaseTests(PostgresTestsMixin, DatabaseTestsMixin, TestCase):
     def reopen(self, database: PostgresDatabase) -> PostgresDatabase:
         other = PostgresDatabase(POSTGRES_URL, schema=database.schema)
         self.addCleanup(other.close)
         other.start()
         return other
-
-    def countMessages(self) -> list[str]:
-        """
-        The queries psycopg sends from now on, each one message and one
-        round trip.
-        """
-
-        return recordMessages(self)
 
     @inlineCallbacks
     def test_queriesShareRoundTrip(self) -> Any:
@@ -724,10 +749,7 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         A batch whose rows cannot be read (a value psycopg cannot load)
         fails with why, and its connection goes back to be used again.
         """
-        migrated = yield self.migrated()
-        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
-        self.addCleanup(database.close)
-        database.start()
+        database = yield self.oneConnection()
         yield self.assertFailure(database.runQuery("SELECT 'infinity'::date"), psycopg.DataError)
         rows = yield database.runQuery("SELECT 2")
         self.assertEqual(rows, [(2,)])
@@ -740,10 +762,7 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         given back only when the answer has come, to the batch that waits
         next, which runs.
         """
-        migrated = yield self.migrated()
-        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
-        self.addCleanup(database.close)
-        database.start()
+        database = yield self.oneConnection()
         yield database.runQuery("SELECT 1")  # the one connection, open and idle
         slow = database.runBatch(lambda t: t.query("SELECT pg_sleep(0.3)"))
         waiting = database.runBatch(lambda t: t.query("SELECT 2"))
@@ -762,37 +781,32 @@ class PostgresDatabaseTests(PostgresMixin, DatabaseTestsMixin, TestCase):
         """
         Closing the database fails the batches waiting for a connection.
         """
-        migrated = yield self.migrated()
-        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
-        database.start()
+        database = yield self.oneConnection()
+        yield database.runQuery("SELECT 1")  # the one connection, open and idle
         first = database.runBatch(lambda t: t.query("SELECT pg_sleep(0.2)"))
         second = database.runBatch(lambda t: t.query("SELECT 1"))
         yield database.close()
-        yield self.assertFailure(second, Exception)
-        yield self.assertFailure(first, Exception)
+        yield self.assertFailure(second, ConnectionClosed)
+        yield self.assertFailure(first, ConnectionClosed)
 
 
-class PostgresPreparedTests(PostgresMixin, TestCase):
+class PostgresPreparedTests(PostgresTestsMixin, TestCase):
     """
     The statements a connection sends again go as EXECUTEs of statements
     it prepared (L{txplatform.prepared}).
     """
 
     @inlineCallbacks
-    def oneConnection(self) -> Any:
+    def assertInserted(self, database: PostgresDatabase, count: int) -> Any:
         """
-        A migrated database of one connection: every transaction on it.
+        The things C{count} inserts of the tests below made are there, as
+        they were inserted.
         """
-        migrated = self.makeDatabase()
-        yield migrated.migrate("things", THINGS)
-        database = PostgresDatabase(POSTGRES_URL, schema=migrated.schema, poolSize=1)
-        self.addCleanup(database.close)
-        database.start()
-        return database
-
-    def countMessages(self) -> list[str]:
-
-        return recordMessages(self)
+        rows = yield database.runQuery("SELECT id, name, data, big, flag FROM things ORDER BY id")
+        self.assertEqual(
+            [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows],
+            [(f"id{n}", f"n{n}", b"\x00'", -n, n == 1) for n in range(count)],
+        )
 
     @inlineCallbacks
     def test_preparedOnSecondUse(self) -> Any:
@@ -802,28 +816,19 @@ class PostgresPreparedTests(PostgresMixin, TestCase):
         transaction's one message as its EXECUTE, as does every use after.
         """
         database = yield self.oneConnection()
-        insert = "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)"
         sent = self.countMessages()
         for n in range(3):
             values = (f"id{n}", f"n{n}", b"\x00'", -n, n == 1)
-            yield database.runInteraction(lambda t, values=values: t.send(insert, values))
+            yield database.runInteraction(lambda t, values=values: t.send(INSERT, values))
         self.assertEqual(len(sent), 4, sent)
         self.assertIn("VALUES ('id0', 'n0'", sent[0])
-        self.assertEqual(
-            sent[1],
-            "PREPARE txp_0(unknown, unknown, bytea, bigint, boolean) AS"
-            " INSERT INTO things (id, name, data, big, flag) VALUES ($1, $2, $3, $4, $5)",
-        )
+        self.assertEqual(sent[1], PREPARED_INSERT)
         self.assertEqual(
             sent[2],
             "BEGIN\n;\nEXECUTE txp_0('id1', 'n1', decode('0027','hex'), (-1), true)\n;\nCOMMIT",
         )
         self.assertIn("EXECUTE txp_0('id2'", sent[3])
-        rows = yield database.runQuery("SELECT id, name, data, big, flag FROM things ORDER BY id")
-        self.assertEqual(
-            [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows],
-            [(f"id{n}", f"n{n}", b"\x00'", -n, n == 1) for n in range(3)],
-        )
+        yield self.assertInserted(database, 3)
 
     @inlineCallbacks
     def test_preparedAfterBatch(self) -> Any:
@@ -833,28 +838,19 @@ class PostgresPreparedTests(PostgresMixin, TestCase):
         it): from its third use it goes as its EXECUTE.
         """
         database = yield self.oneConnection()
-        insert = "INSERT INTO things (id, name, data, big, flag) VALUES (?, ?, ?, ?, ?)"
         sent = self.countMessages()
         for n in range(4):
-            yield database.runOperation(insert, (f"id{n}", f"n{n}", b"\x00'", -n, n == 1))
+            yield database.runOperation(INSERT, (f"id{n}", f"n{n}", b"\x00'", -n, n == 1))
         self.assertEqual(len(sent), 5, sent)
         self.assertIn("VALUES ('id0', 'n0'", sent[0])
         self.assertIn("VALUES ('id1', 'n1'", sent[1])
-        self.assertEqual(
-            sent[2],
-            "PREPARE txp_0(unknown, unknown, bytea, bigint, boolean) AS"
-            " INSERT INTO things (id, name, data, big, flag) VALUES ($1, $2, $3, $4, $5)",
-        )
+        self.assertEqual(sent[2], PREPARED_INSERT)
         self.assertEqual(
             sent[3],
             "BEGIN\n;\nEXECUTE txp_0('id2', 'n2', decode('0027','hex'), (-2), false)\n;\nCOMMIT",
         )
         self.assertIn("EXECUTE txp_0('id3'", sent[4])
-        rows = yield database.runQuery("SELECT id, name, data, big, flag FROM things ORDER BY id")
-        self.assertEqual(
-            [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows],
-            [(f"id{n}", f"n{n}", b"\x00'", -n, n == 1) for n in range(4)],
-        )
+        yield self.assertInserted(database, 4)
 
     @inlineCallbacks
     def test_off(self) -> Any:
