@@ -1,7 +1,10 @@
 # -*- test-case-name: tests.test_database -*-
 """
 Relational storage on L{twisted.enterprise.adbapi}: SQLite for the embedded
-default and single replicas, PostgreSQL (psycopg 3) in production.
+default and single replicas, PostgreSQL (psycopg 3) in production.  A
+transaction that reads nothing before its COMMIT (a batch,
+L{IDatabase.runBatch}) goes to PostgreSQL from the reactor instead, through
+L{txplatform.pgconnections}.
 
 Stores write their SQL once: C{?} placeholders and a few type names in
 braces (C{{bytes}}, C{{id}}, C{{bigint}}, C{{bool}}, C{{serial}}) that each

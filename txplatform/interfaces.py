@@ -234,7 +234,8 @@ class ITransaction(Interface):
 
 class IDatabase(Interface):
     """
-    A relational database reached through a thread pool.
+    A relational database: its transactions run in a thread pool, but for
+    batches (L{runBatch}), which PostgreSQL's runs from the reactor.
     """
 
     dialect = Attribute("C{'sqlite'} or C{'postgresql'}.")
