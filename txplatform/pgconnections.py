@@ -182,8 +182,9 @@ class ReactorConnections:
     At most C{size} L{ReactorConnection}s, opened as they are needed and
     kept; a batch waits for one in the order it asked.
 
-    @param connect: Opens a psycopg connection (blocking: called in
-        C{threadpool}'s threads).
+    @param connect: Opens a psycopg connection (blocking).
+    @param inThread: Calls a function in a thread, and returns a Deferred
+        of its result: where C{connect} runs.
     """
 
     def __init__(
