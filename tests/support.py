@@ -132,7 +132,7 @@ class SQLiteMixin:
     dialect = "sqlite"
 
     def makeDatabase(self, name: str = "db") -> Any:
-        database = SQLiteDatabase(os.path.join(self.mktemp(), f"{name}.sqlite"), reactor=reactor)
+        database = SQLiteDatabase(os.path.join(self.mktemp(), f"{name}.sqlite"))
         self.addCleanup(database.close)
         database.start()
         return database

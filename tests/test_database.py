@@ -586,6 +586,69 @@ class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
         other.start()
         return other
 
+    @inlineCallbacks
+    def test_lock(self) -> Any:
+        """
+        A transaction that locks waits for another connection's writer (a
+        second process, the sqlite3 shell) to commit: SQLite's lock is its
+        one write lock.  The reactor runs the transaction, so it waits in
+        the reactor's thread.
+        """
+        database = yield self.migrated()
+        other = sqlite3.connect(database.path, check_same_thread=False)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO things (id, name) VALUES ('a', 'other')")
+        events: list[str] = []
+
+        def commitSoon() -> None:
+            time.sleep(0.3)
+            events.append("other committed")
+            other.commit()
+
+        writer = threading.Thread(target=commitSoon)
+        writer.start()
+        self.addCleanup(writer.join)
+
+        def work(t: Any) -> None:
+            t.lock("thing:b")
+            events.append("locked")
+            t.execute("INSERT INTO things (id, name) VALUES (?, ?)", ("b", "this"))
+
+        yield database.runInteraction(work)
+        self.assertEqual(events, ["other committed", "locked"])
+        rows = yield database.runQuery("SELECT id, name FROM things ORDER BY id")
+        self.assertEqual(rows, [("a", "other"), ("b", "this")])
+
+    def test_inTheReactorsThread(self) -> None:
+        """
+        A transaction runs in the thread that asks for it (the reactor's),
+        and has committed when C{runInteraction} returns: no thread is
+        handed it.
+        """
+        database = self.makeDatabase()
+        seen: list[int] = []
+
+        def work(t: Any) -> str:
+            seen.append(threading.get_ident())
+            t.execute("CREATE TABLE t (x)")
+            t.execute("INSERT INTO t VALUES (1)")
+            return "done"
+
+        self.assertEqual(self.successResultOf(database.runInteraction(work)), "done")
+        self.assertEqual(seen, [threading.get_ident()])
+        with sqlite3.connect(database.path) as reader:
+            self.assertEqual(reader.execute("SELECT x FROM t").fetchall(), [(1,)])
+
+    def test_closed(self) -> None:
+        """
+        A transaction asked for after C{close} fails, naming the database.
+        """
+        database = self.makeDatabase()
+        database.close()
+        failure = self.failureResultOf(database.runQuery("SELECT 1"), DatabaseUnavailable)
+        self.assertEqual(str(failure.value), f"{database.description} is closed")
+
 
 class PostgresTestsMixin(PostgresMixin):
     """

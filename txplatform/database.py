@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.test_database -*-
 """
-Relational storage on L{twisted.enterprise.adbapi}: SQLite for the embedded
-default and single replicas, PostgreSQL (psycopg 3) in production.  A
-transaction that reads nothing before its COMMIT (a batch,
-L{IDatabase.runBatch}) goes to PostgreSQL from the reactor instead, through
-L{txplatform.pgconnections}.
+Relational storage: SQLite for the embedded default and single replicas,
+its transactions run by the reactor (L{txplatform.sqliteconnection}), and
+PostgreSQL (psycopg 3) in production, on L{twisted.enterprise.adbapi}'s
+pool of threads.  A PostgreSQL transaction that reads nothing before its
+COMMIT (a batch, L{IDatabase.runBatch}) goes from the reactor instead,
+through L{txplatform.pgconnections}.
 
 Stores write their SQL once: C{?} placeholders and a few type names in
 braces (C{{bytes}}, C{{id}}, C{{bigint}}, C{{bool}}, C{{serial}}) that each
@@ -28,7 +29,7 @@ from weakref import WeakKeyDictionary
 
 from attrs import frozen
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +42,7 @@ from .literals import executed, inlined
 from .metrics import DATABASE_TRANSACTION_SECONDS, DATABASE_WAIT_SECONDS
 from .pgconnections import ReactorConnection, ReactorConnections
 from .prepared import PreparedStatements
+from .sqliteconnection import SQLiteConnection
 
 __all__ = [
     "Migration",
@@ -186,7 +188,7 @@ class _Transaction(_Caused):
     def __init__(
         self,
         cursor: Any,
-        database: _AdbapiDatabase,
+        database: _Database,
         committed: list[Callable[[], Any]],
         cause: Origin | None = None,
     ) -> None:
@@ -506,7 +508,7 @@ class _ReactorTransaction(_Caused, _BatchOnly):
         return "\n;\n".join([*self._statements, "COMMIT"])
 
 
-class _AdbapiDatabase:
+class _Database:
     """
     What both dialects share.
     """
@@ -519,10 +521,8 @@ class _AdbapiDatabase:
     _types: dict[str, str] = {}
     _driverIntegrityError: type[BaseException] = Exception
 
-    def __init__(self, pool: adbapi.ConnectionPool, description: str) -> None:
-        self._pool = pool
+    def __init__(self, description: str) -> None:
         self.description = description
-        pool.description = description
         self._waits = DATABASE_WAIT_SECONDS.labels(description)
         self._durations = DATABASE_TRANSACTION_SECONDS.labels(description)
 
@@ -530,7 +530,9 @@ class _AdbapiDatabase:
         return f"<{type(self).__name__} {self.description}>"
 
     def start(self) -> None:
-        self._pool.start()
+        """
+        Make ready to run transactions.
+        """
 
     def _translate(self, sql: str) -> str:
         return sql
@@ -549,7 +551,7 @@ class _AdbapiDatabase:
     ) -> Deferred[Any]:
         committed: list[Callable[[], Any]] = []
         cause, span = self._cause(interaction)
-        d = self._pool.runInteraction(
+        d = self._transact(
             self._interact, interaction, args, kwargs, committed, time.monotonic(), cause
         )
         d.addCallback(self._afterCommit, committed)
@@ -557,9 +559,16 @@ class _AdbapiDatabase:
             d.addBoth(traces.endSpan, span)
         return d
 
+    def _transact(self, interact: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Call C{interact(cursor, *args)} in a transaction of a connection
+        of this database's.
+        """
+        raise NotImplementedError
+
     def runBatch(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-        # In a thread, as any other interaction, but held to what a batch
-        # may do, so that one written against SQLite runs on PostgreSQL.
+        # As any other interaction, but held to what a batch may do, so
+        # that one written against SQLite runs on PostgreSQL.
         return self.runInteraction(_Held(interaction), *args, **kwargs)
 
     def _cause(self, interaction: Callable[..., Any]) -> tuple[Origin | None, Any]:
@@ -590,7 +599,7 @@ class _AdbapiDatabase:
 
     def _interact(
         self,
-        adbapiTransaction: adbapi.Transaction,
+        cursor: Any,
         interaction: Callable[..., Any],
         args: Any,
         kw: Any,
@@ -598,13 +607,13 @@ class _AdbapiDatabase:
         queued: float,
         cause: Origin | None = None,
     ) -> Any:
-        # In the pool's thread: the wait is the time the transaction queued
-        # for a connection (a thread of the pool, each holding one).
+        # Where the connection is: the wait is the time the transaction
+        # queued for it.
         started = time.monotonic()
         self._waits.observe(started - queued)
         # A retried interaction (adbapi reconnects once) starts afresh.
         del committed[:]
-        transaction = self._transactionType(adbapiTransaction, self, committed, cause)
+        transaction = self._transactionType(cursor, self, committed, cause)
         try:
             result = interaction(transaction, *args, **kw)
             transaction.finish()
@@ -699,25 +708,24 @@ class _AdbapiDatabase:
 
     def close(self) -> Deferred[None]:
         """
-        Close the pool; closing twice is harmless.
+        Close every connection; closing twice is harmless.
         """
         if not self._closed:
             self._closed = True
-            self._pool.close()
-            self._closeMore()
+            self._closeConnections()
         return succeed(None)
 
-    def _closeMore(self) -> None:
-        """
-        Close what a dialect holds besides its pool.
-        """
+    def _closeConnections(self) -> None:
+        raise NotImplementedError
 
 
 @implementer(IDatabase)
-class SQLiteDatabase(_AdbapiDatabase):
+class SQLiteDatabase(_Database):
     """
-    An SQLite file (or C{:memory:}), with one connection: SQLite has a
-    single writer, and one thread keeps that honest without lock waits.
+    An SQLite file (or C{:memory:}), with one connection whose transactions
+    the reactor runs, one at a time (L{txplatform.sqliteconnection}): SQLite
+    has a single writer, and one connection keeps that honest without lock
+    waits.
     """
 
     dialect = "sqlite"
@@ -730,31 +738,16 @@ class SQLiteDatabase(_AdbapiDatabase):
     }
     _driverIntegrityError = sqlite3.IntegrityError
 
-    def __init__(self, path: str, reactor: Any = None, threadpool: Any = None) -> None:
-        """
-        @param threadpool: Where the database work runs, instead of a
-            thread of its own (L{txplatform.testing} runs it in the
-            reactor's thread, when a test says).
-        """
-        pool = _Pool(
-            "sqlite3",
-            path,
-            check_same_thread=False,
-            cp_min=1,
-            cp_max=1,
-            cp_openfun=self._configure,
-            cp_reactor=reactor,
-        )
-        if threadpool is not None:
-            pool.threadpool = threadpool
-        super().__init__(pool, f"sqlite:{path}")
+    def __init__(self, path: str) -> None:
+        super().__init__(f"sqlite:{path}")
         self.path = path
+        self._connection = SQLiteConnection(self._connect, self.description)
 
     def start(self) -> None:
         """
         Create the file's directory (mode 0700) and the file (0600) if need
-        be, reporting looser modes of existing ones, and start the pool.
-        SQLite gives its journals the file's mode.
+        be, reporting looser modes of existing ones.  SQLite gives its
+        journals the file's mode; the connection opens when first needed.
 
         @raise DatabaseUnavailable: the directory or the file cannot be
             created.
@@ -777,10 +770,28 @@ class SQLiteDatabase(_AdbapiDatabase):
                         where=where,
                         mode=mode,
                     )
-        super().start()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(self.path)
+            self._configure(connection)
+        except sqlite3.Error as e:
+            raise DatabaseUnavailable(f"cannot open {self.description}: {e}") from e
+        return connection
+
+    def _transact(self, interact: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if self._closed:
+            return fail(DatabaseUnavailable(f"{self.description} is closed"))
+        return self._connection.run(interact, *args)
+
+    def _closeConnections(self) -> None:
+        self._connection.close()
 
     @staticmethod
     def _configure(connection: sqlite3.Connection) -> None:
+        # Another process's writer (the sqlite3 shell, a second replica)
+        # is waited for, in the reactor's thread: SQLite's own writers hold
+        # the lock for as long as one transaction.
         connection.execute("PRAGMA busy_timeout=5000")
         # WAL lets readers (backups, the sqlite3 shell) work beside the
         # writer; NORMAL sync is durable across process crashes in WAL mode.
@@ -831,7 +842,7 @@ def _pyformat(sql: str) -> str:
 
 
 @implementer(IDatabase)
-class PostgresDatabase(_AdbapiDatabase):
+class PostgresDatabase(_Database):
     """
     A PostgreSQL database through psycopg 3.
 
@@ -899,7 +910,9 @@ class PostgresDatabase(_AdbapiDatabase):
             cp_reactor=reactor,
             **kwargs,
         )
-        super().__init__(pool, _redact(conninfo) + (f" schema {schema}" if schema else ""))
+        super().__init__(_redact(conninfo) + (f" schema {schema}" if schema else ""))
+        self._pool = pool
+        pool.description = self.description
         self.schema = schema
         if reactor is None:
             from twisted.internet import reactor
@@ -1058,7 +1071,14 @@ class PostgresDatabase(_AdbapiDatabase):
     def _translate(self, sql: str) -> str:
         return _pyformat(sql)
 
-    def _closeMore(self) -> None:
+    def start(self) -> None:
+        self._pool.start()
+
+    def _transact(self, interact: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return self._pool.runInteraction(interact, *args)
+
+    def _closeConnections(self) -> None:
+        self._pool.close()
         self._connections.close()
 
     def runQuery(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
@@ -1139,7 +1159,7 @@ def databaseFromURL(url: str, reactor: Any = None) -> SQLiteDatabase | PostgresD
             path = path[2:]
         if not path:
             raise ValueError("sqlite: needs a path, as in sqlite:var/account.sqlite")
-        return SQLiteDatabase(path, reactor=reactor)
+        return SQLiteDatabase(path)
     if url.startswith(("postgresql://", "postgres://")):
         parts = urlsplit(url)
         query = parse_qsl(parts.query)

@@ -234,8 +234,10 @@ class ITransaction(Interface):
 
 class IDatabase(Interface):
     """
-    A relational database: its transactions run in a thread pool, but for
-    batches (L{runBatch}), which PostgreSQL's runs from the reactor.
+    A relational database.  SQLite's transactions run in the reactor's
+    thread (short ones: a transaction blocks the reactor while it runs);
+    PostgreSQL's in a thread pool, but for batches (L{runBatch}), which it
+    sends from the reactor.
     """
 
     dialect = Attribute("C{'sqlite'} or C{'postgresql'}.")
@@ -247,8 +249,10 @@ class IDatabase(Interface):
 
     def runInteraction(interaction, *args, **kwargs):
         """
-        Run C{interaction(transaction, *args, **kwargs)} in a thread, in one
-        transaction committed when it returns and rolled back if it raises.
+        Run C{interaction(transaction, *args, **kwargs)} in one transaction,
+        committed when it returns and rolled back if it raises: in a thread
+        on PostgreSQL, in the caller's (the reactor's) on SQLite, after any
+        transaction of the same database under way there.
 
         @return: A Deferred of its result.
         """
@@ -266,7 +270,8 @@ class IDatabase(Interface):
         On PostgreSQL it runs in the reactor's thread, once a connection is
         free, and the transaction goes as one message through libpq's
         non-blocking API, its answer read when it comes: no thread waits
-        for it.  On SQLite it runs as L{runInteraction}.
+        for it.  On SQLite it runs as L{runInteraction}, in the reactor's
+        thread.
 
         @return: A Deferred of its result, fired once committed.
         """

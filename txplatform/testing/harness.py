@@ -259,11 +259,11 @@ class ServiceHarness:
 
     def database(self, name: str) -> SQLiteDatabase:
         """
-        A new SQLite database for C{name}, whose work runs when the test
-        lets it.
+        A new SQLite database for C{name}; its transactions run when asked
+        for, as the reactor runs them.
         """
         path = os.path.join(self.directory, f"{name}.sqlite")
-        database = SQLiteDatabase(path, reactor=self.reactor, threadpool=self.reactor.threadpool)
+        database = SQLiteDatabase(path)
         database.start()
         self._databases.append(database)
         return database
