@@ -137,6 +137,23 @@ class SQLiteConnectionTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(connection.run(lambda c: 7)), 7)
         self.assertEqual(len(attempts), 2)
 
+    def test_unusable(self) -> None:
+        """
+        A connection that cannot even give a cursor fails each transaction
+        asked of it, and none waits behind one that never ended.
+        """
+
+        def connect() -> sqlite3.Connection:
+            connection = sqlite3.connect(":memory:")
+            connection.close()
+            return connection
+
+        connection = SQLiteConnection(connect, "sqlite:closed")
+        for _ in range(2):
+            self.failureResultOf(connection.run(lambda c: None), sqlite3.ProgrammingError)
+        # Its rollbacks failed too, and were logged.
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.ProgrammingError)), 2)
+
     def test_unreadRowsReleased(self) -> None:
         """
         A query whose rows were not all read holds no snapshot past the

@@ -86,8 +86,8 @@ class SQLiteConnection:
                 return fail()
         connection = self._connection
         self._running = True
-        cursor = connection.cursor()
         try:
+            cursor = connection.cursor()
             result = interaction(cursor, *args, **kwargs)
             # A query whose rows were not all read would otherwise hold
             # its snapshot, and the log, past the commit.
