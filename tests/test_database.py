@@ -640,6 +640,43 @@ class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
         with sqlite3.connect(database.path) as reader:
             self.assertEqual(reader.execute("SELECT x FROM t").fetchall(), [(1,)])
 
+    def test_afterCommitInCommitOrder(self) -> None:
+        """
+        What a transaction asked to be called after its commit is called
+        before a transaction it asked for runs (the outbox publishes in
+        this order).
+        """
+        database = self.makeDatabase()
+        events: list[str] = []
+
+        def second(t: Any) -> None:
+            events.append("second runs")
+            t.afterCommit(lambda: events.append("second committed"))
+
+        def first(t: Any) -> None:
+            t.afterCommit(lambda: events.append("first committed"))
+            database.runInteraction(second)
+
+        self.successResultOf(database.runInteraction(first))
+        self.assertEqual(events, ["first committed", "second runs", "second committed"])
+
+    def test_closedWhileQueued(self) -> None:
+        """
+        A transaction waiting behind the one whose caller closes the
+        database fails, and opens no connection again.
+        """
+        database = self.makeDatabase()
+        outcomes: list[Any] = []
+
+        def first(t: Any) -> None:
+            database.runInteraction(lambda t: "second").addCallback(lambda _: database.close())
+            database.runInteraction(lambda t: "third").addBoth(outcomes.append)
+
+        self.successResultOf(database.runInteraction(first))
+        [failure] = outcomes
+        self.assertIsInstance(failure.value, DatabaseUnavailable)
+        self.assertIsNone(database._connection._connection)
+
     def test_closed(self) -> None:
         """
         A transaction asked for after C{close} fails, naming the database.

@@ -44,12 +44,12 @@ class SQLiteConnectionTests(SynchronousTestCase):
         """
         threads: list[int] = []
 
-        def work(cursor: sqlite3.Cursor, value: int, *, more: int) -> str:
+        def work(cursor: sqlite3.Cursor, value: int, more: int) -> str:
             threads.append(threading.get_ident())
             cursor.executemany("INSERT INTO t VALUES (?)", [(value,), (more,)])
             return "written"
 
-        d = self.connection.run(work, 1, more=2)
+        d = self.connection.run(work, 1, 2)
         self.assertEqual(self.successResultOf(d), "written")
         self.assertEqual(threads, [threading.get_ident()])
         self.assertEqual(self.rows(), [(1,), (2,)])
@@ -117,6 +117,38 @@ class SQLiteConnectionTests(SynchronousTestCase):
         self.successResultOf(self.connection.run(first))
         self.assertEqual(events, ["second", "third", "fourth"])
 
+    def test_afterCommit(self) -> None:
+        """
+        C{afterCommit} is called with the result once committed, in commit
+        order: before a transaction the interaction asked for runs.  What it
+        returns is the outcome; what it raises fails it.
+        """
+        events: list[str] = []
+
+        def second(cursor: sqlite3.Cursor) -> str:
+            events.append("second runs")
+            return "second"
+
+        def first(cursor: sqlite3.Cursor) -> str:
+            self.connection.run(second, afterCommit=lambda r: events.append(r)).addCallback(
+                lambda _: events.append("second heard")
+            )
+            return "first"
+
+        def committed(result: str) -> str:
+            events.append(result)
+            return result + " committed"
+
+        d = self.connection.run(first, afterCommit=committed)
+        self.assertEqual(self.successResultOf(d), "first committed")
+        self.assertEqual(events, ["first", "second runs", "second", "second heard"])
+
+        def broken(result: object) -> None:
+            raise ValueError("after")
+
+        d = self.connection.run(lambda c: None, afterCommit=broken)
+        self.assertEqual(str(self.failureResultOf(d, ValueError).value), "after")
+
     def test_openFails(self) -> None:
         """
         A connection that cannot be opened fails the transaction with what
@@ -172,6 +204,26 @@ class SQLiteConnectionTests(SynchronousTestCase):
         with sqlite3.connect(self.path, timeout=0) as other:
             busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         self.assertEqual(busy, 0)
+
+    def test_failedReleasesRows(self) -> None:
+        """
+        A query whose rows were not all read by an interaction that then
+        failed holds no snapshot either, though the failure keeps the
+        cursor.
+        """
+        self.successResultOf(
+            self.connection.run(lambda c: c.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)]))
+        )
+
+        def readOneAndFail(cursor: sqlite3.Cursor) -> None:
+            cursor.execute("SELECT x FROM t").fetchone()
+            raise ValueError("no")
+
+        failure = self.failureResultOf(self.connection.run(readOneAndFail), ValueError)
+        with sqlite3.connect(self.path, timeout=0) as other:
+            busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self.assertEqual(busy, 0)
+        del failure
 
     def test_close(self) -> None:
         """

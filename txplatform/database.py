@@ -22,7 +22,7 @@ import sqlite3
 import stat
 import time
 import zlib
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from weakref import WeakKeyDictionary
@@ -552,17 +552,26 @@ class _Database:
         committed: list[Callable[[], Any]] = []
         cause, span = self._cause(interaction)
         d = self._transact(
-            self._interact, interaction, args, kwargs, committed, time.monotonic(), cause
+            committed,
+            self._interact,
+            interaction,
+            args,
+            kwargs,
+            committed,
+            time.monotonic(),
+            cause,
         )
-        d.addCallback(self._afterCommit, committed)
         if span is not None:
             d.addBoth(traces.endSpan, span)
         return d
 
-    def _transact(self, interact: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _transact(
+        self, committed: list[Callable[[], Any]], interact: Callable[..., Any], *args: Any
+    ) -> Deferred[Any]:
         """
         Call C{interact(cursor, *args)} in a transaction of a connection
-        of this database's.
+        of this database's, and what it asked for in C{committed} once
+        committed (L{_afterCommit}).
         """
         raise NotImplementedError
 
@@ -772,6 +781,9 @@ class SQLiteDatabase(_Database):
                     )
 
     def _connect(self) -> sqlite3.Connection:
+        if self._closed:
+            # A transaction queued behind the one that closed the database.
+            raise DatabaseUnavailable(f"{self.description} is closed")
         try:
             connection = sqlite3.connect(self.path)
             self._configure(connection)
@@ -779,24 +791,27 @@ class SQLiteDatabase(_Database):
             raise DatabaseUnavailable(f"cannot open {self.description}: {e}") from e
         return connection
 
-    def _transact(self, interact: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _transact(
+        self, committed: list[Callable[[], Any]], interact: Callable[..., Any], *args: Any
+    ) -> Deferred[Any]:
         if self._closed:
             return fail(DatabaseUnavailable(f"{self.description} is closed"))
-        return self._connection.run(interact, *args)
+        # Called in commit order, before a transaction the interaction
+        # asked for runs (the outbox publishes in this order).
+        return self._connection.run(
+            interact, *args, afterCommit=partial(self._afterCommit, committed=committed)
+        )
 
     def _closeConnections(self) -> None:
         self._connection.close()
 
     @staticmethod
     def _configure(connection: sqlite3.Connection) -> None:
-        # Another process's writer (the sqlite3 shell, a second replica)
-        # is waited for, in the reactor's thread: SQLite's own writers hold
-        # the lock for as long as one transaction.
-        connection.execute("PRAGMA busy_timeout=5000")
         # WAL lets readers (backups, the sqlite3 shell) work beside the
         # writer; NORMAL sync is durable across process crashes in WAL mode.
-        # Switching a new file to WAL needs it to itself, and SQLite does not
-        # wait for that: retry while another connection holds it.
+        # Switching a new file to WAL needs it to itself: retry while
+        # another connection holds it, for five seconds at most (before the
+        # busy timeout is set, which each attempt would wait out in full).
         for attempt in range(100):
             try:
                 connection.execute("PRAGMA journal_mode=WAL")
@@ -805,6 +820,10 @@ class SQLiteDatabase(_Database):
                 if "locked" not in str(e) or attempt == 99:
                     raise
                 time.sleep(0.05)
+        # Another process's writer (the sqlite3 shell, a second replica)
+        # is waited for, in the reactor's thread: SQLite's own writers hold
+        # the lock for as long as one transaction.
+        connection.execute("PRAGMA busy_timeout=5000")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
 
@@ -1074,8 +1093,11 @@ class PostgresDatabase(_Database):
     def start(self) -> None:
         self._pool.start()
 
-    def _transact(self, interact: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return self._pool.runInteraction(interact, *args)
+    def _transact(
+        self, committed: list[Callable[[], Any]], interact: Callable[..., Any], *args: Any
+    ) -> Deferred[Any]:
+        d = self._pool.runInteraction(interact, *args)
+        return d.addCallback(self._afterCommit, committed)
 
     def _closeConnections(self) -> None:
         self._pool.close()

@@ -57,28 +57,44 @@ class SQLiteConnection:
         self.description = description
         self._connection: sqlite3.Connection | None = None
         self._running = False
-        self._waiting: deque[tuple[Deferred[Any], Callable[..., Any], Any, Any]] = deque()
+        self._waiting: deque[
+            tuple[Deferred[Any], Callable[..., Any], Any, Callable[[Any], Any] | None]
+        ] = deque()
 
-    def run(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def run(
+        self,
+        interaction: Callable[..., Any],
+        *args: Any,
+        afterCommit: Callable[[Any], Any] | None = None,
+    ) -> Deferred[Any]:
         """
-        Call C{interaction(cursor, *args, **kwargs)} in a transaction,
-        committed when it returns and rolled back if it raises.
+        Call C{interaction(cursor, *args)} in a transaction, committed when
+        it returns and rolled back if it raises.
 
-        @return: A Deferred of its result.
+        @param afterCommit: Called with the result once committed, before
+            any transaction asked for meanwhile runs; what it returns (or
+            raises) is the outcome.
+
+        @return: A Deferred of the outcome.
         """
         if self._running or self._waiting:
             waiting: Deferred[Any] = Deferred()
-            self._waiting.append((waiting, interaction, args, kwargs))
+            self._waiting.append((waiting, interaction, args, afterCommit))
             return waiting
-        outcome = self._transact(interaction, args, kwargs)
+        outcome = self._transact(interaction, args, afterCommit)
         # What the transaction asked for runs now, each before its caller
         # hears, and before this one's caller hears.
         while self._waiting:
-            waiting, interaction, args, kwargs = self._waiting.popleft()
-            self._transact(interaction, args, kwargs).chainDeferred(waiting)
+            waiting, interaction, args, afterCommit = self._waiting.popleft()
+            self._transact(interaction, args, afterCommit).chainDeferred(waiting)
         return outcome
 
-    def _transact(self, interaction: Callable[..., Any], args: Any, kwargs: Any) -> Deferred[Any]:
+    def _transact(
+        self,
+        interaction: Callable[..., Any],
+        args: Any,
+        afterCommit: Callable[[Any], Any] | None,
+    ) -> Deferred[Any]:
         if self._connection is None:
             try:
                 self._connection = self._connect()
@@ -86,23 +102,36 @@ class SQLiteConnection:
                 return fail()
         connection = self._connection
         self._running = True
+        cursor = None
         try:
             cursor = connection.cursor()
-            result = interaction(cursor, *args, **kwargs)
+            result = interaction(cursor, *args)
             # A query whose rows were not all read would otherwise hold
             # its snapshot, and the log, past the commit.
             cursor.close()
             connection.commit()
         except BaseException:
             failure = Failure()
-            try:
-                connection.rollback()
-            except sqlite3.Error:
-                self.log.failure("Rolling back on {database} failed", database=self.description)
+            # The failure's traceback holds the cursor: close it here, or
+            # its statement would hold a snapshot until the cycle is freed.
+            self._rollback(connection, cursor)
             return fail(failure)
         finally:
             self._running = False
+        if afterCommit is not None:
+            try:
+                result = afterCommit(result)
+            except BaseException:
+                return fail()
         return succeed(result)
+
+    def _rollback(self, connection: sqlite3.Connection, cursor: sqlite3.Cursor | None) -> None:
+        try:
+            if cursor is not None:
+                cursor.close()
+            connection.rollback()
+        except sqlite3.Error:
+            self.log.failure("Rolling back on {database} failed", database=self.description)
 
     def close(self) -> None:
         """
