@@ -39,7 +39,7 @@ class NotifyService(DatabaseService):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.store = NotifyStore(self.database, self.fields, self.outbox)
+        self.store = NotifyStore(self.database, self.fields, self.outbox, self.clock)
 
     @rpc(api.ListNotifications)
     @inlineCallbacks

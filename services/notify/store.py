@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from txplatform.context import Origin
 from txplatform.database import Migration
@@ -112,11 +114,46 @@ class NotificationRow:
         }
 
 
+def _portions(
+    groups: Sequence[tuple[list[NotificationRow], Origin | None]], size: int
+) -> list[list[tuple[list[NotificationRow], Origin | None]]]:
+    """
+    C{groups} in portions of at most C{size} notifications, a group too
+    large for what is left of one split across the next (none for groups
+    with no notifications).
+    """
+    portions: list[list[tuple[list[NotificationRow], Origin | None]]] = [[]]
+    room = size
+    for rows, origin in groups:
+        while rows:
+            if not room:
+                portions.append([])
+                room = size
+            taken, rows = rows[:room], rows[room:]
+            portions[-1].append((taken, origin))
+            room -= len(taken)
+    return [portion for portion in portions if portion]
+
+
 class NotifyStore:
-    def __init__(self, database: IDatabase, fields: IFieldCodec, outbox: Outbox) -> None:
+    """
+    @ivar perTransaction: The most notifications stored in one
+        transaction.  A post to a large audience goes in several, one after
+        another, each whole (its notifications with their events): no
+        transaction holds its locks (or, on SQLite, the reactor) for long.
+        A retried event stores only what is missing, as a recipient's
+        notification of a post is stored once.
+    """
+
+    perTransaction = 1000
+
+    def __init__(
+        self, database: IDatabase, fields: IFieldCodec, outbox: Outbox, clock: IReactorTime
+    ) -> None:
         self._database = database
         self._fields = fields
         self._outbox = outbox
+        self._clock = clock
 
     def _notification(self, row: Sequence[Any]) -> NotificationRow:
         nid, recipient, kind, actorId, actorUsername, postId, createdAt, isRead = row
@@ -172,12 +209,26 @@ class NotifyStore:
     ) -> Deferred[int]:
         """
         L{add} several groups of notifications (each about one post, by one
-        actor) in one transaction, each group announced by an event of its
-        own on behalf of its origin.
+        actor), each group announced by an event of its own on behalf of
+        its origin: in one transaction, or in portions of
+        L{perTransaction}.
 
         @return: how many were added in all.
         """
-        return self._database.runInteraction(self._addAll, groups)
+        return self._addPortions(_portions(groups, self.perTransaction))
+
+    @inlineCallbacks
+    def _addPortions(
+        self, portions: list[list[tuple[list[NotificationRow], Origin | None]]]
+    ) -> Any:
+        added = 0
+        for n, portion in enumerate(portions):
+            if n:
+                # The reactor serves others in between: on SQLite it runs
+                # the transactions.
+                yield deferLater(self._clock, 0, lambda: None)
+            added += yield self._database.runInteraction(self._addAll, portion)
+        return added
 
     def _addAll(
         self, t: ITransaction, groups: Sequence[tuple[list[NotificationRow], Origin | None]]

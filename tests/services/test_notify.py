@@ -160,6 +160,40 @@ class NotifyTestsMixin:
         self.assertEqual(len(self.recorder.named(api.NOTIFICATION_CREATED)), 1)
 
     @inlineCallbacks
+    def test_inPortions(self) -> Any:
+        """
+        A post to an audience larger than C{perTransaction} is stored in
+        portions of that many notifications, one transaction each, each
+        announcing its own: every recipient is notified once, and
+        announced once.
+        """
+        self.notify.store.perTransaction = 2
+        for follower in ("bob", "carol", "dave"):
+            yield self.follow(follower, "alice")
+        portions: list[int] = []
+        run = self.notify.database.runInteraction
+
+        def counting(interaction: Any, *args: Any) -> Any:
+            if getattr(interaction, "__name__", "") == "_addAll":
+                portions.append(sum(len(rows) for rows, _ in args[0]))
+            return run(interaction, *args)
+
+        self.patch(self.notify.database, "runInteraction", counting)
+        created = yield self.post("alice", "hello")
+        yield self.settle()
+        yield eventually(lambda: len(self.recorder.named(api.NOTIFICATION_CREATED)) == 2)
+        self.assertEqual(portions, [2, 1])
+        for follower in ("bob", "carol", "dave"):
+            [notification] = (yield self.notifications(follower))["items"]
+            self.assertEqual(notification["post_id"], created["id"])
+        announced = [
+            n["recipient_id"]
+            for event in self.recorder.named(api.NOTIFICATION_CREATED)
+            for n in event["notifications"]
+        ]
+        self.assertEqual(sorted(announced), sorted(self.ids[f] for f in ("bob", "carol", "dave")))
+
+    @inlineCallbacks
     def test_correlated(self) -> Any:
         """
         The events a request causes carry its correlation id, hop after
