@@ -168,6 +168,33 @@ class ReplyLogTestsMixin:
         self.assertEqual((yield self.log.lookup(context("old"))), (False, None))
         self.assertEqual((yield self.log.lookup(context("new"))), (True, 2))
 
+    @inlineCallbacks
+    def test_sweepInPortions(self) -> Any:
+        """
+        A sweep forgets L{ReplyLog.sweepPortion} replies a transaction, as
+        many transactions as it takes, and keeps the newer ones.
+        """
+        self.log.sweepPortion = 2
+        for n in range(5):
+            yield self.database.runInteraction(
+                lambda t, n=n: self.log.recorder(context(f"old{n}"))(t, n)
+            )
+        self.clock.offset = 61
+        yield self.database.runInteraction(lambda t: self.log.recorder(context("new"))(t, 9))
+        transactions: list[Any] = []
+        run = self.database.runInteraction
+
+        def counting(interaction: Any, *args: Any) -> Any:
+            transactions.append(interaction)
+            return run(interaction, *args)
+
+        self.patch(self.database, "runInteraction", counting)
+        self.assertEqual((yield self.log.sweep()), 5)
+        self.assertEqual(len(transactions), 3)
+        for n in range(5):
+            self.assertEqual((yield self.log.lookup(context(f"old{n}"))), (False, None))
+        self.assertEqual((yield self.log.lookup(context("new"))), (True, 9))
+
 
 class SQLiteReplyLogTests(SQLiteMixin, ReplyLogTestsMixin, TestCase):
     pass

@@ -26,8 +26,9 @@ import json
 from collections import Counter
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from .codec import dumps, loads
 from .context import CallContext
@@ -186,13 +187,31 @@ class ReplyLog:
             self._accounted[key] = count - 1
         return count > 0
 
-    def sweep(self) -> Deferred[int]:
+    #: The most replies one transaction of a sweep forgets: a day of a busy
+    #: service's calls is many, and on SQLite the reactor runs the
+    #: transactions.
+    sweepPortion = 1000
+
+    @inlineCallbacks
+    def sweep(self) -> Any:
         """
-        Forget replies older than the retention.
+        Forget replies older than the retention, L{sweepPortion} at a time,
+        with a turn of the reactor between portions.
+
+        @return: A Deferred of how many were forgotten.
         """
         horizon = int((self._clock.seconds() - self.retention) * 1000)
-        return self._database.runInteraction(
-            lambda t: (
-                t.execute(f"DELETE FROM {self.table} WHERE created_at < ?", (horizon,)).rowcount
-            )
-        )
+        swept = 0
+        while True:
+            forgotten = yield self._database.runInteraction(self._forget, horizon)
+            swept += forgotten
+            if forgotten < self.sweepPortion:
+                return swept
+            yield deferLater(self._clock, 0, lambda: None)
+
+    def _forget(self, t: ITransaction, horizon: int) -> int:
+        return t.execute(
+            f"DELETE FROM {self.table} WHERE message_id IN"
+            f" (SELECT message_id FROM {self.table} WHERE created_at < ? LIMIT ?)",
+            (horizon, self.sweepPortion),
+        ).rowcount
