@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
@@ -375,9 +375,16 @@ class LoginThrottle:
                 (keys.client,),
             )
 
-    def sweep(self) -> Deferred[None]:
+    #: The most counts one transaction of a sweep forgets: an attack
+    #: across many usernames leaves many, and on SQLite the reactor runs
+    #: the transactions.
+    sweepPortion = 1000
+
+    @inlineCallbacks
+    def sweep(self) -> Any:
         """
-        Forget counts that lapsed and are not blocking.
+        Forget counts that lapsed and are not blocking, L{sweepPortion} at
+        a time, with a turn of the reactor between portions.
 
         On PostgreSQL the sweep skips rows an attempt holds: it takes no
         advisory locks, so if it waited on a row, an attempt holding that
@@ -386,11 +393,14 @@ class LoginThrottle:
         at a time: nothing to skip.)
         """
         now = self._now()
-        lapsed = "updated_at < ? AND blocked_until < ?"
-        if self._database.dialect == "postgresql":
-            where = f"key IN (SELECT key FROM {TABLE} WHERE {lapsed} FOR UPDATE SKIP LOCKED)"
-        else:
-            where = lapsed
-        return self._database.runOperation(
-            f"DELETE FROM {TABLE} WHERE {where}", (now - int(self.window * 1000), now)
+        skip = " FOR UPDATE SKIP LOCKED" if self._database.dialect == "postgresql" else ""
+        statement = (
+            f"DELETE FROM {TABLE} WHERE key IN (SELECT key FROM {TABLE}"
+            f" WHERE updated_at < ? AND blocked_until < ? LIMIT ?{skip}) RETURNING key"
         )
+        lapsed = (now - int(self.window * 1000), now, self.sweepPortion)
+        while True:
+            forgotten = yield self._database.runBatch(lambda t: t.query(statement, lapsed))
+            if len(forgotten.fetchall()) < self.sweepPortion:
+                return
+            yield deferLater(self._clock, 0, lambda: None)

@@ -309,6 +309,30 @@ class ThrottleTestsMixin:
         rows = yield self.service.database.runQuery(f"SELECT key FROM {TABLE}")
         self.assertEqual(rows, [])
 
+    @inlineCallbacks
+    def test_sweepInPortions(self) -> Any:
+        """
+        A sweep forgets L{LoginThrottle.sweepPortion} counts a transaction,
+        as many transactions as it takes.
+        """
+        self.service.throttle.sweepPortion = 2
+        for n in range(3):
+            yield self.failLogins(1, f"user{n}", f"192.0.2.{n + 1}")
+        rows = yield self.service.database.runQuery(f"SELECT key FROM {TABLE}")
+        self.clock.offset += self.service.throttle.window + 1
+        batches: list[Any] = []
+        run = self.service.database.runBatch
+
+        def counting(interaction: Any, *args: Any) -> Any:
+            batches.append(interaction)
+            return run(interaction, *args)
+
+        self.patch(self.service.database, "runBatch", counting)
+        yield self.service.throttle.sweep()
+        self.assertEqual(len(batches), len(rows) // 2 + 1)
+        left = yield self.service.database.runQuery(f"SELECT key FROM {TABLE}")
+        self.assertEqual(left, [])
+
 
 class SQLiteThrottleTests(SQLiteMixin, ThrottleTestsMixin, ServiceTestCase):
     pass
