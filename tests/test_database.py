@@ -1207,6 +1207,33 @@ class UnavailableTests(TestCase):
         error = yield self.assertFailure(database.migrate("things", THINGS), DatabaseUnavailable)
         self.assertEqual(str(error), f"cannot open sqlite:{path}: file is not a database")
 
+    def test_sqliteConfigureFails(self) -> None:
+        """
+        A connection that opened but could not be configured is closed,
+        not left behind, and the transaction fails naming the database.
+        """
+        import txplatform.database as module
+
+        opened: list[Any] = []
+        real = sqlite3.connect
+
+        def connect(path: str) -> Any:
+            opened.append(real(path))
+            return opened[-1]
+
+        def configure(connection: Any) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        self.patch(module.sqlite3, "connect", connect)
+        database = SQLiteDatabase(os.path.abspath(self.mktemp()))
+        self.patch(database, "_configure", configure)
+        database.start()
+        self.addCleanup(database.close)
+        failure = self.failureResultOf(database.runQuery("SELECT 1"), DatabaseUnavailable)
+        self.assertIn("disk I/O error", str(failure.value))
+        [connection] = opened
+        self.assertRaises(sqlite3.ProgrammingError, connection.execute, "SELECT 1")
+
     @inlineCallbacks
     def test_postgresMissing(self) -> Any:
         """

@@ -786,8 +786,13 @@ class SQLiteDatabase(_Database):
             raise DatabaseUnavailable(f"{self.description} is closed")
         try:
             connection = sqlite3.connect(self.path)
+        except sqlite3.Error as e:
+            raise DatabaseUnavailable(f"cannot open {self.description}: {e}") from e
+        try:
             self._configure(connection)
         except sqlite3.Error as e:
+            # Not kept, so closed now: the next transaction opens another.
+            connection.close()
             raise DatabaseUnavailable(f"cannot open {self.description}: {e}") from e
         return connection
 

@@ -244,7 +244,9 @@ class IDatabase(Interface):
 
     def start():
         """
-        Start the connection pool.
+        Make ready to run transactions: start the pool of threads where
+        the dialect has one (PostgreSQL); SQLite's connection opens with
+        its first transaction.
         """
 
     def runInteraction(interaction, *args, **kwargs):
