@@ -4,6 +4,10 @@ the embedded all-in-one, with the baselines measured in the same run:
 
   - production: one gateway, one replica each of Account, Post and Notify
     (twistd processes), RabbitMQ and PostgreSQL, all on this machine;
+  - direct: the same processes calling one another over the direct
+    transport (each at the 127.x.y.z address its service id gives, with
+    identities made by txplatform-channel keygen), events still through
+    RabbitMQ: what the broker costs the calls;
   - embedded: twistd -n txplatform (SQLite, the in-process bus);
   - baselines: Klein's hello world, a bare Klein app making one pika RPC
     per request, and one argon2id verify at the Account service's
@@ -27,7 +31,7 @@ separate, sequential pass with RabbitMQ's firehose (the firehose costs the
 broker, so it is off while timing).
 
     python bench/production.py [--duration 10] [--rounds 3] [--connections 16]
-        [--write docs/benchmarks.md | --only REQUEST]
+        [--write docs/benchmarks.md | --only REQUEST | --shapes production,direct]
 
 Needs RabbitMQ (rabbitmqctl on the PATH: the run uses a vhost of its own),
 PostgreSQL (TXPLATFORM_BENCH_POSTGRES, default
@@ -40,8 +44,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import re
 import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -66,6 +72,13 @@ BEGIN, END = "<!-- production:begin -->", "<!-- production:end -->"
 #: The accounts the login runs take turns at.
 LOGIN_USERS = 32
 REQUESTS = ["login", "create a post", "read a post", "read notifications"]
+#: The deployments measured: services on RabbitMQ; the same services
+#: calling one another over the direct transport (events still on
+#: RabbitMQ); the embedded all-in-one.
+SHAPES = ["production", "direct", "embedded"]
+#: Each platform process's service id, for its address on the direct
+#: transport (127.x.y.z, from the id) and its identity.
+SERVICE_IDS = {"account": "010001", "post": "010002", "notify": "010003", "gateway": "010100"}
 _TICK = os.sysconf("SC_CLK_TCK")
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -281,6 +294,107 @@ def prepare(api: str, directory: str, tag: str) -> dict[str, Any]:
     }
 
 
+def startPlatform(
+    processes: Processes, shape: str, keys: dict[str, str], database: str, logs: str
+) -> tuple[dict[str, subprocess.Popen], str, int]:
+    """
+    One gateway and one replica of each service, as twistd processes: on
+    RabbitMQ (C{shape} production), or calling one another over the direct
+    transport (C{shape} direct), as docs/deployment.md deploys it on one
+    host, each at the 127.x.y.z address its id gives, events on RabbitMQ.
+    The processes, the gateway's address and the Account process's
+    metrics port.
+    """
+    if shape == "direct":
+        identities, trust = os.path.join(logs, "identities"), os.path.join(logs, "trust.json")
+        os.makedirs(identities, exist_ok=True)
+        for name in SERVICE_IDS:
+            subprocess.run(
+                [
+                    os.path.join(os.path.dirname(sys.executable), "txplatform-channel"),
+                    "keygen",
+                    os.path.join(identities, name),
+                    "--service",
+                    name,
+                    "--trust",
+                    trust,
+                ],
+                check=True,
+                capture_output=True,
+            )
+        port = _directPort()
+
+        def bus(name: str) -> list[str]:
+            return [
+                "--bus",
+                f"direct:127.0.0.0/8?port={port}",
+                "--event-bus",
+                BROKER,
+                "--identity",
+                os.path.join(identities, name),
+                "--trust",
+                trust,
+            ]
+    else:
+
+        def bus(name: str) -> list[str]:
+            return ["--bus", BROKER]
+
+    accountMetrics = freePort()
+    started = {
+        name: processes.twistd(
+            name,
+            *bus(name),
+            "--db",
+            database,
+            "--bus-keys",
+            keys["bus"],
+            "--keys",
+            keys[name],
+            *(
+                ["--metrics", f"tcp:{accountMetrics}:interface=127.0.0.1"]
+                if name == "account"
+                else []
+            ),
+            ready="serving",
+        )
+        for name in ("account", "post", "notify")
+    }
+    gatewayPort = freePort()
+    started["gateway"] = processes.twistd(
+        "gateway",
+        *bus("gateway"),
+        "--bus-keys",
+        keys["bus"],
+        "--listen",
+        f"tcp:{gatewayPort}:interface=127.0.0.1",
+        ready="listening",
+    )
+    return started, f"http://127.0.0.1:{gatewayPort}", accountMetrics
+
+
+def _directPort() -> int:
+    """
+    A port free on every platform process's direct-transport address (each
+    listens on the address its id gives, all on one port).
+    """
+    from txplatform.direct.addresses import AddressBook
+    from txplatform.serviceid import ServiceId
+
+    book = AddressBook("127.0.0.0/8")
+    hosts = [book.derivedHost(ServiceId.fromHex(i)) for i in SERVICE_IDS.values()]
+    for _ in range(100):
+        port = random.randint(20000, 60000)
+        try:
+            for host in hosts:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port is free on every direct-transport address")
+
+
 def argon2Baseline() -> dict[str, float]:
     """
     argon2id verifies at the Account service's default parameters: the
@@ -487,15 +601,26 @@ def main() -> None:
         help="measure only this request (beside the baselines), print each round and stop: to"
         " compare two checkouts of the code in one sitting",
     )
+    parser.add_argument(
+        "--shapes",
+        default=",".join(SHAPES),
+        help="which deployments to measure, of " + ", ".join(SHAPES) + " (default: all)",
+    )
     arguments = parser.parse_args()
+    arguments.shapes = arguments.shapes.split(",")
+    unknown = sorted(set(arguments.shapes) - set(SHAPES))
+    if unknown:
+        parser.error(f"no shape {', '.join(unknown)}; the shapes are {', '.join(SHAPES)}")
     if arguments.only and arguments.write:
         parser.error("--only measures part of the table: it cannot --write it")
+    if arguments.write and set(arguments.shapes) != set(SHAPES):
+        parser.error("--shapes measures part of the table: it cannot --write it")
     for tool in ("wrk", "rabbitmqctl", "psql"):
         if shutil.which(tool) is None:
             raise SystemExit(f"this benchmark needs {tool}")
     ensureVhost()
-    schema = "bench_" + uuid.uuid4().hex[:10]
-    database = f"{POSTGRES}?schema={schema}"
+    run = uuid.uuid4().hex[:10]
+    schemas = {shape: f"bench_{run}_{shape}" for shape in ("production", "direct")}
     logs = tempfile.mkdtemp(prefix="txplatform-production-")
     processes = Processes(logs)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -530,113 +655,93 @@ def main() -> None:
             ready="ready",
         )
 
-        # Production
+        # Production, then the same with calls over the direct transport.
         keys = keyFiles(os.path.join(logs, "keys"))
-        common = ["--bus", BROKER, "--db", database, "--bus-keys", keys["bus"]]
-        accountMetrics = freePort()
-        started = {
-            name: processes.twistd(
-                name,
-                *common,
-                "--keys",
-                keys[name],
-                *(
-                    ["--metrics", f"tcp:{accountMetrics}:interface=127.0.0.1"]
-                    if name == "account"
-                    else []
-                ),
-                ready="serving",
+        for shape in ("production", "direct"):
+            if shape not in arguments.shapes:
+                continue
+            started, api, accountMetrics = startPlatform(
+                processes, shape, keys, f"{POSTGRES}?schema={schemas[shape]}", logs
             )
-            for name in ("account", "post", "notify")
-        }
-        gatewayPort = freePort()
-        started["gateway"] = processes.twistd(
-            "gateway",
-            "--bus",
-            BROKER,
-            "--bus-keys",
-            keys["bus"],
-            "--listen",
-            f"tcp:{gatewayPort}:interface=127.0.0.1",
-            ready="listening",
-        )
-        api = f"http://127.0.0.1:{gatewayPort}"
-        prepared = prepare(api, logs, "production")
-        if not arguments.only:
-            messages = countMessages(api, prepared)
-        groups: dict[str, Callable[[], list[int]]] = {
-            name: (lambda pid=process.pid: [pid]) for name, process in started.items()
-        }
-        groups.update(
-            {
-                "RabbitMQ": rabbit,
-                "PostgreSQL": postgres,
-                "PostgreSQL background": postgresBackground,
+            prepared = prepare(api, logs, shape)
+            if shape == "production" and not arguments.only:
+                messages = countMessages(api, prepared)
+            groups: dict[str, Callable[[], list[int]]] = {
+                name: (lambda pid=process.pid: [pid]) for name, process in started.items()
             }
-        )
-        runShape(
-            CPUMeter(groups),
-            prepared,
-            arguments,
-            results,
-            "production",
-            lambda: countInPostgres(schema),
-            {
-                # The bare app stands where the gateway does, the echo
-                # server where the service does.
-                "Klein + pika (baseline)": (
-                    f"http://127.0.0.1:{pikaPort}/",
-                    CPUMeter(
-                        {
-                            "gateway": lambda pid=bare.pid: [pid],
-                            "post": lambda pid=echo.pid: [pid],
-                            "RabbitMQ": rabbit,
-                        }
-                    ),
-                )
-            },
-            f"http://127.0.0.1:{accountMetrics}",
-        )
-        for process in started.values():
-            process.terminate()
-            process.wait(timeout=30)
+            groups.update(
+                {
+                    "RabbitMQ": rabbit,
+                    "PostgreSQL": postgres,
+                    "PostgreSQL background": postgresBackground,
+                }
+            )
+            runShape(
+                CPUMeter(groups),
+                prepared,
+                arguments,
+                results,
+                shape,
+                lambda schema=schemas[shape]: countInPostgres(schema),
+                {
+                    # The bare app stands where the gateway does, the echo
+                    # server where the service does; measured beside each
+                    # shape's rounds, as the machine drifts.
+                    "Klein + pika (baseline)": (
+                        f"http://127.0.0.1:{pikaPort}/",
+                        CPUMeter(
+                            {
+                                "gateway": lambda pid=bare.pid: [pid],
+                                "post": lambda pid=echo.pid: [pid],
+                                "RabbitMQ": rabbit,
+                            }
+                        ),
+                    )
+                },
+                f"http://127.0.0.1:{accountMetrics}",
+            )
+            for process in started.values():
+                process.terminate()
+                process.wait(timeout=30)
 
-        # Embedded
-        dataDir = os.path.join(logs, "embedded")
-        port, embeddedMetrics = freePort(), freePort()
-        embedded = processes.start(
-            *platformCommand(
-                port, dataDir, "--metrics", f"tcp:{embeddedMetrics}:interface=127.0.0.1"
-            ),
-            ready="listening|Site starting",
-        )
-        waitForHTTP(f"http://127.0.0.1:{port}/healthz", embedded)
-        prepared = prepare(f"http://127.0.0.1:{port}", logs, "embedded")
-        runShape(
-            CPUMeter({"all-in-one": lambda: [embedded.pid]}),
-            prepared,
-            arguments,
-            results,
-            "embedded",
-            lambda: countInSQLite(dataDir),
-            {
-                "Klein hello world (baseline)": (
-                    f"http://127.0.0.1:{helloPort}/",
-                    CPUMeter({"all-in-one": lambda pid=hello.pid: [pid]}),
-                )
-            },
-            f"http://127.0.0.1:{embeddedMetrics}",
-        )
+        if "embedded" in arguments.shapes:
+            # Embedded
+            dataDir = os.path.join(logs, "embedded")
+            port, embeddedMetrics = freePort(), freePort()
+            embedded = processes.start(
+                *platformCommand(
+                    port, dataDir, "--metrics", f"tcp:{embeddedMetrics}:interface=127.0.0.1"
+                ),
+                ready="listening|Site starting",
+            )
+            waitForHTTP(f"http://127.0.0.1:{port}/healthz", embedded)
+            prepared = prepare(f"http://127.0.0.1:{port}", logs, "embedded")
+            runShape(
+                CPUMeter({"all-in-one": lambda: [embedded.pid]}),
+                prepared,
+                arguments,
+                results,
+                "embedded",
+                lambda: countInSQLite(dataDir),
+                {
+                    "Klein hello world (baseline)": (
+                        f"http://127.0.0.1:{helloPort}/",
+                        CPUMeter({"all-in-one": lambda pid=hello.pid: [pid]}),
+                    )
+                },
+                f"http://127.0.0.1:{embeddedMetrics}",
+            )
     finally:
         processes.stopAll()
-        subprocess.run(
-            ["psql", POSTGRES, "-q", "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"],
-            capture_output=True,
-        )
+        for schema in schemas.values():
+            subprocess.run(
+                ["psql", POSTGRES, "-q", "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"],
+                capture_output=True,
+            )
         shutil.rmtree(logs, ignore_errors=True)
 
-    if arguments.only:
-        return  # the rounds are printed; the table needs every request
+    if arguments.only or set(arguments.shapes) != set(SHAPES):
+        return  # the rounds are printed; the table needs every request and shape
     report = render(arguments, results, messages)
     print(report)
     if arguments.write:
@@ -698,6 +803,38 @@ def render(
         + " | ".join(f"{cpu(baseline, p):.2f}" if p in counted else "" for p in production)
         + " | 2 (a call and its reply) |",
         "",
+        "The same, calls over the direct transport (each process at the 127.x.y.z address its"
+        " id gives, Noise XX channels between them; events and their confirms still through"
+        " RabbitMQ):",
+        "",
+        "| request | req/s | not 2xx | p50 ms | p99 ms | CPU ms/request: all | "
+        + " | ".join(production)
+        + " | against RabbitMQ's calls |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(production) + "---:|",
+    ]
+    for name in REQUESTS:
+        key = f"direct|{name}"
+        # Each round against the production shape's round of the same
+        # number: the CPU per request over the direct transport, as a
+        # fraction of the same request through the broker.
+        against = statistics.median(
+            ours["cpu_total_ms"] / theirs["cpu_total_ms"]
+            for ours, theirs in zip(results[key], results[f"production|{name}"], strict=True)
+        )
+        lines.append(
+            f"| {name} | {med(key, 'rps'):.0f} | {med(key, 'failed'):.0f} | {med(key, 'p50'):.1f} |"
+            f" {med(key, 'p99'):.1f} | **{med(key, 'cpu_total_ms'):.2f}** | "
+            + " | ".join(f"{cpu(key, p):.2f}" for p in production)
+            + f" | {against:.2f}x |"
+        )
+    directBaseline = "direct|Klein + pika (baseline)"
+    lines += [
+        f"| Klein + pika (baseline) | {med(directBaseline, 'rps'):.0f} |"
+        f" {med(directBaseline, 'failed'):.0f} | {med(directBaseline, 'p50'):.1f} |"
+        f" {med(directBaseline, 'p99'):.1f} | **{med(directBaseline, 'cpu_total_ms'):.2f}** | "
+        + " | ".join(f"{cpu(directBaseline, p):.2f}" if p in counted else "" for p in production)
+        + " | |",
+        "",
         "Embedded all-in-one (twistd -n txplatform, SQLite):",
         "",
         "| request | req/s | not 2xx | p50 ms | p99 ms | CPU ms/request |",
@@ -714,7 +851,7 @@ def render(
         shape: statistics.median(
             r["notifications_per_post"] for r in results[f"{shape}|create a post"]
         )
-        for shape in ("production", "embedded")
+        for shape in SHAPES
     }
 
     def ratio(key: str, against: str) -> float:
@@ -726,6 +863,9 @@ def render(
         )
 
     readRatio = ratio("production|read a post", baseline)
+    directRatio = ratio("direct|read a post", directBaseline)
+    directRead = med("direct|read a post", "cpu_total_ms")
+    directCreate = med("direct|create a post", "cpu_total_ms")
     helloRatio = ratio("embedded|read a post", "embedded|Klein hello world (baseline)")
     logins = results["production|login"]
     loginCPU = cpu("production|login", "account")
@@ -753,7 +893,8 @@ def render(
     lines += [
         "",
         f"Notifications made per post made (one: the reader is mentioned, and follows): production"
-        f" {perPost['production']:.2f}, embedded {perPost['embedded']:.2f}.",
+        f" {perPost['production']:.2f}, direct {perPost['direct']:.2f}, embedded"
+        f" {perPost['embedded']:.2f}.",
         "",
         "Against the targets:",
         "",
@@ -773,6 +914,10 @@ def render(
         " `account_password_hashing_cpu_seconds_total`), and everything else of a login"
         f" {beyondHashing:.2f} ms of the Account process's CPU (embedded: {embeddedBeyond:.2f} ms"
         " for the whole request, gateway included);",
+        f"- over the direct transport (not the production shape of the targets, which"
+        f" puts calls through RabbitMQ; for comparison): a created post {directCreate:.2f} ms,"
+        f" a read {directRead:.2f} ms, the read at {directRatio:.2f}x Klein + pika (which"
+        " still goes through RabbitMQ);",
         f"- embedded, create a post: {embeddedCreate:.2f} ms (target at most 1.2):"
         f" {verdict(embeddedCreate <= 1.2)}; read a post at {helloRatio:.2f}x Klein's hello world"
         f" (target at least 0.6): {verdict(helloRatio >= 0.6)}.",

@@ -660,6 +660,27 @@ class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
         self.successResultOf(database.runInteraction(first))
         self.assertEqual(events, ["first committed", "second runs", "second committed"])
 
+    def test_afterCommitWhenCancelled(self) -> None:
+        """
+        A transaction whose caller cancels it while it waits its turn still
+        runs and commits, and what it asked to be called after its commit
+        is called.
+        """
+        database = self.makeDatabase()
+        events: list[str] = []
+
+        def second(t: Any) -> None:
+            events.append("second runs")
+            t.afterCommit(lambda: events.append("second committed"))
+
+        def first(t: Any) -> None:
+            waiting = database.runInteraction(second)
+            waiting.cancel()
+            self.failureResultOf(waiting, CancelledError)
+
+        self.successResultOf(database.runInteraction(first))
+        self.assertEqual(events, ["second runs", "second committed"])
+
     def test_closedWhileQueued(self) -> None:
         """
         A transaction waiting behind the one whose caller closes the
@@ -875,6 +896,39 @@ class PostgresDatabaseTests(PostgresTestsMixin, DatabaseTestsMixin, TestCase):
         self.assertEqual(len(database._connections), 1)
         rows = yield database.runQuery("SELECT 4")
         self.assertEqual(rows, [(4,)])
+
+    @inlineCallbacks
+    def test_afterCommitWhenCancelled(self) -> Any:
+        """
+        A transaction whose caller cancels it while it runs (in a thread,
+        or as a batch waiting for its answer) commits, and what it asked to
+        be called after its commit is called.
+        """
+        database = yield self.migrated()
+        called: list[str] = []
+
+        def threaded(t: Any) -> None:
+            t.execute("SELECT pg_sleep(0.2)")
+            t.execute(INSERT, ("1", "threaded", None, None, None))
+            t.afterCommit(lambda: called.append("threaded"))
+
+        def batch(t: Any) -> None:
+            t.query("SELECT pg_sleep(0.2)")
+            t.send(INSERT, ("2", "batch", None, None, None))
+            t.afterCommit(lambda: called.append("batch"))
+
+        running = [database.runInteraction(threaded), database.runBatch(batch)]
+        yield deferLater(reactor, 0.05, lambda: None)
+        for d in running:
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+        for _ in range(200):
+            if len(called) == 2:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(sorted(called), ["batch", "threaded"])
+        rows = yield database.runQuery("SELECT name FROM things ORDER BY name")
+        self.assertEqual(rows, [("batch",), ("threaded",)])
 
     @inlineCallbacks
     def test_closeFailsWaiting(self) -> Any:

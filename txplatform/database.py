@@ -975,7 +975,6 @@ class PostgresDatabase(_Database):
         queued = time.monotonic()
         d = self._connections.acquire()
         d.addCallback(self._batch, interaction, args, kwargs, committed, queued, cause)
-        d.addCallback(self._afterCommit, committed)
         if span is not None:
             d.addBoth(traces.endSpan, span)
         return d
@@ -1000,9 +999,8 @@ class PostgresDatabase(_Database):
             self._done(connection, transaction.prepares, started)
             raise
         if text is None:
-            return self._done(connection, transaction.prepares, started).addCallback(
-                lambda _: result
-            )
+            done = self._done(connection, transaction.prepares, started)
+            return done.addCallback(lambda _: self._afterCommit(result, committed))
 
         def answered(results: list[Any]) -> Any:
             try:
@@ -1023,9 +1021,12 @@ class PostgresDatabase(_Database):
 
         # The connection is given back when its answer has come, whatever
         # the caller does meanwhile: one who cancels gets CancelledError at
-        # once, and the batch's outcome goes nowhere.
+        # once, and the batch's outcome goes nowhere.  What it asked for
+        # after its commit is called all the same, for the commit was sent
+        # (the outbox hands its staged events to the relay so).
         outcome: Deferred[Any] = Deferred()
-        connection.query(text).addCallbacks(answered, lost).chainDeferred(outcome)
+        answer = connection.query(text).addCallbacks(answered, lost)
+        answer.addCallback(self._afterCommit, committed).chainDeferred(outcome)
         return outcome
 
     def _read(
@@ -1101,8 +1102,13 @@ class PostgresDatabase(_Database):
     def _transact(
         self, committed: list[Callable[[], Any]], interact: Callable[..., Any], *args: Any
     ) -> Deferred[Any]:
-        d = self._pool.runInteraction(interact, *args)
-        return d.addCallback(self._afterCommit, committed)
+        # The caller may cancel, and hear CancelledError at once, while the
+        # transaction goes on in its thread: what it asked for after its
+        # commit is called once it commits all the same.
+        outcome: Deferred[Any] = Deferred()
+        transaction = self._pool.runInteraction(interact, *args)
+        transaction.addCallback(self._afterCommit, committed).chainDeferred(outcome)
+        return outcome
 
     def _closeConnections(self) -> None:
         self._pool.close()

@@ -226,7 +226,9 @@ class ITransaction(Interface):
         """
         Call C{f} (with no arguments, in the reactor's thread) once this
         transaction has committed, before the Deferred of its interaction
-        fires; never if it rolls back.
+        fires; never if it rolls back.  A caller who cancels that Deferred
+        while the transaction runs hears C{CancelledError} at once; if the
+        transaction then commits, C{f} is called all the same.
         """
 
     rowcount = Attribute("Rows changed by the last statement.")
