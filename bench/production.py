@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import re
 import shutil
 import socket
@@ -382,17 +381,24 @@ def _directPort() -> int:
     from txplatform.serviceid import ServiceId
 
     book = AddressBook("127.0.0.0/8")
-    hosts = [book.derivedHost(ServiceId.fromHex(i)) for i in SERVICE_IDS.values()]
+    first, *others = [book.derivedHost(ServiceId.fromHex(i)) for i in SERVICE_IDS.values()]
     for _ in range(100):
-        port = random.randint(20000, 60000)
-        try:
-            for host in hosts:
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return port
+        # One the kernel gives the first address, if the others have it too.
+        with socket.socket() as s:
+            s.bind((first, 0))
+            port = s.getsockname()[1]
+        if all(_bindable(host, port) for host in others):
+            return port
     raise RuntimeError("no port is free on every direct-transport address")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def argon2Baseline() -> dict[str, float]:
@@ -784,24 +790,26 @@ def render(
         + " | broker messages/request |",
         "|---|---:|---:|---:|---:|---:|" + "---:|" * len(production) + "---|",
     ]
-    for name in REQUESTS:
-        key = f"production|{name}"
-        sent = messages.get(name, Counter())
-        said = ", ".join(f"{k} {v:g}" for k, v in sorted(sent.items())) or "none"
-        lines.append(
+
+    def row(name: str, key: str, last: str) -> str:
+        # A platform request's or a baseline's row (a baseline's processes
+        # stand in some of the columns only).
+        counted = results[key][0]["cpu_ms"]
+        return (
             f"| {name} | {med(key, 'rps'):.0f} | {med(key, 'failed'):.0f} | {med(key, 'p50'):.1f} |"
             f" {med(key, 'p99'):.1f} | **{med(key, 'cpu_total_ms'):.2f}** | "
-            + " | ".join(f"{cpu(key, p):.2f}" for p in production)
-            + f" | {sum(sent.values()):g} ({said}) |"
+            + " | ".join(f"{cpu(key, p):.2f}" if p in counted else "" for p in production)
+            + f" | {last} |"
         )
+
+    for name in REQUESTS:
+        sent = messages.get(name, Counter())
+        said = ", ".join(f"{k} {v:g}" for k, v in sorted(sent.items())) or "none"
+        lines.append(row(name, f"production|{name}", f"{sum(sent.values()):g} ({said})"))
     baseline = "production|Klein + pika (baseline)"
-    counted = results[baseline][0]["cpu_ms"]
+    directBaseline = "direct|Klein + pika (baseline)"
     lines += [
-        f"| Klein + pika (baseline) | {med(baseline, 'rps'):.0f} | {med(baseline, 'failed'):.0f} |"
-        f" {med(baseline, 'p50'):.1f} | {med(baseline, 'p99'):.1f} |"
-        f" **{med(baseline, 'cpu_total_ms'):.2f}** | "
-        + " | ".join(f"{cpu(baseline, p):.2f}" if p in counted else "" for p in production)
-        + " | 2 (a call and its reply) |",
+        row("Klein + pika (baseline)", baseline, "2 (a call and its reply)"),
         "",
         "The same, calls over the direct transport (each process at the 127.x.y.z address its"
         " id gives, Noise XX channels between them; events and their confirms still through"
@@ -812,7 +820,6 @@ def render(
         + " | against the calls through RabbitMQ |",
         "|---|---:|---:|---:|---:|---:|" + "---:|" * len(production) + "---:|",
     ]
-    directBaseline = "direct|Klein + pika (baseline)"
 
     def inBaselines(key: str, against: str) -> float:
         # A request's CPU in Klein + pika requests measured beside it: the
@@ -824,20 +831,12 @@ def render(
         )
 
     for name in REQUESTS:
-        key = f"direct|{name}"
-        against = inBaselines(key, directBaseline) / inBaselines(f"production|{name}", baseline)
-        lines.append(
-            f"| {name} | {med(key, 'rps'):.0f} | {med(key, 'failed'):.0f} | {med(key, 'p50'):.1f} |"
-            f" {med(key, 'p99'):.1f} | **{med(key, 'cpu_total_ms'):.2f}** | "
-            + " | ".join(f"{cpu(key, p):.2f}" for p in production)
-            + f" | {against:.2f}x |"
+        against = inBaselines(f"direct|{name}", directBaseline) / inBaselines(
+            f"production|{name}", baseline
         )
+        lines.append(row(name, f"direct|{name}", f"{against:.2f}x"))
     lines += [
-        f"| Klein + pika (baseline) | {med(directBaseline, 'rps'):.0f} |"
-        f" {med(directBaseline, 'failed'):.0f} | {med(directBaseline, 'p50'):.1f} |"
-        f" {med(directBaseline, 'p99'):.1f} | **{med(directBaseline, 'cpu_total_ms'):.2f}** | "
-        + " | ".join(f"{cpu(directBaseline, p):.2f}" if p in counted else "" for p in production)
-        + " | |",
+        row("Klein + pika (baseline)", directBaseline, ""),
         "",
         "Embedded all-in-one (twistd -n txplatform, SQLite):",
         "",

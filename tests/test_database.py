@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -55,6 +55,19 @@ PREPARED_INSERT = (
     "PREPARE txp_0(unknown, unknown, bytea, bigint, boolean) AS"
     " INSERT INTO things (id, name, data, big, flag) VALUES ($1, $2, $3, $4, $5)"
 )
+
+
+def noting(events: list[str], name: str) -> Callable[[Any], None]:
+    """
+    An interaction that notes in C{events} that it runs, and asks to note
+    its commit there.
+    """
+
+    def interaction(t: Any) -> None:
+        events.append(f"{name} runs")
+        t.afterCommit(lambda: events.append(f"{name} committed"))
+
+    return interaction
 
 
 class DatabaseTestsMixin:
@@ -649,13 +662,9 @@ class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
         database = self.makeDatabase()
         events: list[str] = []
 
-        def second(t: Any) -> None:
-            events.append("second runs")
-            t.afterCommit(lambda: events.append("second committed"))
-
         def first(t: Any) -> None:
             t.afterCommit(lambda: events.append("first committed"))
-            database.runInteraction(second)
+            database.runInteraction(noting(events, "second"))
 
         self.successResultOf(database.runInteraction(first))
         self.assertEqual(events, ["first committed", "second runs", "second committed"])
@@ -669,12 +678,8 @@ class SQLiteDatabaseTests(SQLiteMixin, DatabaseTestsMixin, TestCase):
         database = self.makeDatabase()
         events: list[str] = []
 
-        def second(t: Any) -> None:
-            events.append("second runs")
-            t.afterCommit(lambda: events.append("second committed"))
-
         def first(t: Any) -> None:
-            waiting = database.runInteraction(second)
+            waiting = database.runInteraction(noting(events, "second"))
             waiting.cancel()
             self.failureResultOf(waiting, CancelledError)
 
