@@ -31,7 +31,7 @@ separate, sequential pass with RabbitMQ's firehose (the firehose costs the
 broker, so it is off while timing).
 
     python bench/production.py [--duration 10] [--rounds 3] [--connections 16]
-        [--write docs/benchmarks.md | --only REQUEST | --shapes production,direct]
+        [--write docs/benchmarks.md | [--only REQUEST] [--shapes production,direct]]
 
 Needs RabbitMQ (rabbitmqctl on the PATH: the run uses a vhost of its own),
 PostgreSQL (TXPLATFORM_BENCH_POSTGRES, default
