@@ -910,6 +910,9 @@ class PostgresDatabaseTests(PostgresTestsMixin, DatabaseTestsMixin, TestCase):
         be called after its commit is called.
         """
         database = yield self.migrated()
+        # A batch connection open and idle: the batch is sent at once, and
+        # is under way (not waiting for a connection) when cancelled.
+        yield database.runQuery("SELECT 1")
         called: list[str] = []
 
         def threaded(t: Any) -> None:

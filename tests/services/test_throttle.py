@@ -319,6 +319,7 @@ class ThrottleTestsMixin:
         for n in range(3):
             yield self.failLogins(1, f"user{n}", f"192.0.2.{n + 1}")
         rows = yield self.service.database.runQuery(f"SELECT key FROM {TABLE}")
+        self.assertGreater(len(rows), 2)  # more than one portion to forget
         self.clock.offset += self.service.throttle.window + 1
         batches: list[Any] = []
         run = self.service.database.runBatch
