@@ -296,6 +296,10 @@ class Gateway:
         through another gateway still passes here for at most that long;
         one ended through this one (an operation that C{endsSessions}) is
         forgotten at once, with every principal of its account.
+    @param readCache: Seconds the routes' caches of what services answered
+        (L{RouteParts.cache}) may serve a value: a post deleted through
+        any gateway may still be read here that much longer than where its
+        service's own replicas have heard of it. 0: no such caches.
     @param webClient: Whether to serve the web client's files at C{/}
         (L{txplatform_gateway.webclient}) beside the API.
 
@@ -324,6 +328,7 @@ class Gateway:
         routes: Mapping[str, object] | None = None,
         info: Mapping[str, str] | None = None,
         principalCache: float = 1.0,
+        readCache: float = 1.0,
         webClient: bool = False,
     ) -> None:
         self.bus = bus
@@ -351,7 +356,7 @@ class Gateway:
             catalogue = installedServices()
         self._serviceNames = {sid.hex: name for name, sid in catalogue.registry()}
         if routes is None:
-            parts = RouteParts(bus, clock, heartbeat)
+            parts = RouteParts(bus, clock, heartbeat, readCache)
             routes = {f"the {d.name} service": d.routeClass()(parts) for d in catalogue if d.routes}
         self.routeObjects = dict(routes)
         self.authenticator = self._findAuthenticator()

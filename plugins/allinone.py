@@ -40,6 +40,7 @@ from .gateway import (
     NO_WEB,
     PRINCIPAL_CACHE,
     RATE_LIMIT,
+    READ_CACHE,
     checkEdge,
     gatewayListener,
 )
@@ -117,6 +118,7 @@ class BaseOptions(OneLineUsage, usage.Options):
         *CONNECTION_LIMITS,
         ACCESS_LOG,
         PRINCIPAL_CACHE,
+        READ_CACHE,
         *API_INFO,
         METRICS,
         OTLP,

@@ -145,6 +145,15 @@ PRINCIPAL_CACHE = [
     " that long (through this one: at once). 0: ask for every request.",
     float,
 ]
+READ_CACHE = [
+    "read-cache",
+    None,
+    1.0,
+    "Seconds this gateway serves an answer it kept of those the services let it keep (a"
+    " post, by its id) without asking again; what is deleted through any gateway goes from"
+    " here as soon as its event arrives, and at the latest this long after. 0: ask every time.",
+    float,
+]
 ACCESS_LOG = [
     "access-log",
     None,
@@ -182,6 +191,7 @@ class Options(OneLineUsage, usage.Options):
         *CONNECTION_LIMITS,
         ACCESS_LOG,
         PRINCIPAL_CACHE,
+        READ_CACHE,
         *API_INFO,
         RATE_LIMIT,
         ACCOUNT_RATE_LIMIT,
@@ -225,8 +235,9 @@ def checkEdge(options: usage.Options, defaultListen: str = "tcp:8080") -> None:
             raise usage.UsageError(str(e)) from None
     checkEndpoints(options, "listen", "https", "metrics")
     checkPositive(options, "header-timeout", "body-timeout")
-    if options["principal-cache"] < 0:
-        raise usage.UsageError("--principal-cache cannot be negative")
+    for name in ("principal-cache", "read-cache"):
+        if options[name] < 0:
+            raise usage.UsageError(f"--{name} cannot be negative")
     from txplatform_gateway.accesslog import ACCESS_LOG_MODES
 
     if options["access-log"] not in ACCESS_LOG_MODES:
@@ -313,6 +324,7 @@ def gatewayListener(options: usage.Options, reactor: Any, bus: Any) -> Any:
             reactor,
             callTimeout=options["call-timeout"],
             principalCache=options["principal-cache"],
+            readCache=options["read-cache"],
             maxBodySize=options["max-body-size"],
             corsOrigins=getattr(options, "corsOrigins", []),
             trustedProxies=getattr(options, "trustedProxies", []),

@@ -2,10 +2,17 @@
 Tests for L{txplatform.cache}.
 """
 
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txplatform.cache import ReadCache
+from txplatform.cache import ReadCache, SubscribedCache
+from txplatform.localbus import LocalBus
 
 
 class ReadCacheTests(SynchronousTestCase):
@@ -74,3 +81,171 @@ class ReadCacheTests(SynchronousTestCase):
         cache: ReadCache[str, str] = ReadCache(self.clock, maxEntries=0)
         cache.fill("a", "A", cache.generation)
         self.assertIsNone(cache.get("a"))
+
+
+DELETED = "thing.deleted"
+PURGED = "thing.purged"
+
+
+def _forgetOne(cache: Any, payload: dict[str, Any]) -> None:
+    cache.invalidate(payload["id"])
+
+
+def _forgetAll(cache: Any, payload: dict[str, Any]) -> None:
+    cache.clear()
+
+
+class _FlakyBus(LocalBus):
+    """
+    A local bus whose subscriptions to C{failing} topics fail, and which
+    remembers every subscription's onGap.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.failing: set[str] = set()
+        self.subscribed: list[str] = []
+        self.gaps: list[Callable[[], object]] = []
+
+    def subscribe(self, pattern: str, handler: Any, group: Any = None, **kwargs: Any) -> Any:
+        if pattern in self.failing:
+            return fail(ConnectionLost("the broker went away"))
+        self.subscribed.append(pattern)
+        self.gaps.append(kwargs["onGap"])
+        return super().subscribe(pattern, handler, group, **kwargs)
+
+
+class SubscribedCacheTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.bus = _FlakyBus(self.clock)
+        self.cache: SubscribedCache[str, dict[str, Any]] = SubscribedCache(
+            self.bus, self.clock, {DELETED: _forgetOne, PURGED: _forgetAll}, ttl=1.0
+        )
+        self.loads: list[str] = []
+
+    def read(self, key: str) -> Any:
+        def load() -> dict[str, Any]:
+            self.loads.append(key)
+            return {"id": key, "read": len(self.loads)}
+
+        return self.successResultOf(self.cache.read(key, load))
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        self.successResultOf(self.bus.publish(topic, payload))
+        self.clock.advance(0)
+
+    def test_keptOnceSubscribed(self) -> None:
+        """
+        The first read subscribes, and keeps nothing: it started before
+        deletions could be heard.  Then a value read is kept and served.
+        """
+        self.assertEqual(self.read("a"), {"id": "a", "read": 1})
+        self.assertEqual(sorted(self.bus.subscribed), [DELETED, PURGED])
+        self.assertEqual(self.read("a"), {"id": "a", "read": 2})
+        self.assertEqual(self.read("a"), {"id": "a", "read": 2})
+        self.assertEqual(self.loads, ["a", "a"])
+        self.assertEqual(sorted(self.bus.subscribed), [DELETED, PURGED])
+
+    def test_forgottenOnEvent(self) -> None:
+        """
+        An event forgets what its handler says: one value, or all.
+        """
+        self.read("a")
+        self.read("a")
+        self.read("b")
+        self.publish(DELETED, {"id": "a"})
+        self.read("a")
+        self.read("b")
+        self.assertEqual(self.loads, ["a", "a", "b", "a"])
+        self.publish(PURGED, {})
+        self.read("b")
+        self.assertEqual(self.loads, ["a", "a", "b", "a", "b"])
+
+    def test_readAcrossEvent(self) -> None:
+        """
+        A read under way when an event arrived is not kept: it may have
+        seen the value before it went.
+        """
+        self.read("a")
+        loading: Deferred[dict[str, Any]] = Deferred()
+        result = self.cache.read("a", lambda: loading)
+        self.publish(DELETED, {"id": "other"})
+        loading.callback({"id": "a", "stale": True})
+        self.assertEqual(self.successResultOf(result), {"id": "a", "stale": True})
+        self.assertEqual(self.read("a"), {"id": "a", "read": 2})
+
+    def test_expires(self) -> None:
+        """
+        A value is served for C{ttl} seconds at most.
+        """
+        self.read("a")
+        self.read("a")
+        self.clock.advance(0.9)
+        self.read("a")
+        self.clock.advance(0.2)
+        self.read("a")
+        self.assertEqual(self.loads, ["a", "a", "a"])
+
+    def test_failuresNotKept(self) -> None:
+        """
+        A load that fails fails the read, and keeps nothing.
+        """
+        self.read("a")
+        failure = self.failureResultOf(self.cache.read("a", lambda: fail(KeyError("a"))), KeyError)
+        self.assertEqual(failure.value.args, ("a",))
+        self.assertEqual(len(self.cache.cache), 0)
+
+    def test_off(self) -> None:
+        """
+        With no time to keep values, every read loads, and nothing is
+        subscribed to.
+        """
+        cache: SubscribedCache[str, int] = SubscribedCache(
+            self.bus, self.clock, {DELETED: _forgetOne}, ttl=0
+        )
+        for _ in range(3):
+            self.assertEqual(self.successResultOf(cache.read("a", lambda: 7)), 7)
+        self.assertEqual(self.bus.subscribed, [])
+        self.assertEqual(len(cache.cache), 0)
+
+    def test_subscriptionFails(self) -> None:
+        """
+        While a subscription cannot be made, reads go on, uncached, and the
+        failure is logged; the next read makes only what is still missing.
+        """
+        self.bus.failing = {PURGED}
+        self.read("a")
+        self.read("a")
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionLost)), 2)
+        self.assertEqual(self.loads, ["a", "a"])
+        self.assertEqual(self.bus.subscribed, [DELETED])
+        self.bus.failing = set()
+        self.read("a")
+        self.read("a")
+        self.read("a")
+        self.assertEqual(self.loads, ["a", "a", "a", "a"])
+        self.assertEqual(sorted(self.bus.subscribed), [DELETED, PURGED])
+
+    def test_gapForgetsAll(self) -> None:
+        """
+        When the bus may have missed events, everything kept goes.
+        """
+        self.read("a")
+        self.read("a")
+        self.read("b")
+        self.bus.gaps[0]()
+        self.read("a")
+        self.read("b")
+        self.assertEqual(self.loads, ["a", "a", "b", "a", "b"])
+
+    def test_unreadableEvent(self) -> None:
+        """
+        An event its handler cannot read forgets everything, and is logged.
+        """
+        self.read("a")
+        self.read("a")
+        self.publish(DELETED, {"name": "a"})
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.read("a")
+        self.assertEqual(self.loads, ["a", "a", "a"])

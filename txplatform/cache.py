@@ -14,16 +14,27 @@ the value is gone.  Two rules keep it from serving what was deleted:
 
 Entries also expire after C{ttl} seconds, which bounds the harm of an
 invalidation that never arrived (a replica cut off from the bus).
+
+L{SubscribedCache} is the same cache for a process that does not own the
+values (a gateway keeping what a service answered): it hears the owner's
+events through a subscription of its own, and keeps nothing until that
+subscription is up.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Any, Callable, Generic, Hashable, Mapping, TypeVar
 
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-__all__ = ["ReadCache"]
+from .interfaces import IBus
+from .once import Once
+
+__all__ = ["ReadCache", "SubscribedCache"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -93,3 +104,106 @@ class ReadCache(Generic[K, V]):
         """
         self.generation += 1
         self._entries.clear()
+
+
+#: What a L{SubscribedCache} does with an event's payload.
+Forget = Callable[["ReadCache[Any, Any]", dict[str, Any]], None]
+
+
+class SubscribedCache(Generic[K, V]):
+    """
+    A L{ReadCache} of what another process answers, forgetting entries on
+    that process's events (published after their commit), each heard by
+    this process (a private subscription: every replica hears them all).
+
+    Nothing is kept until the subscriptions are up: a value read before
+    then could be deleted unheard.  When the bus says events may have been
+    missed (it lost its connection), everything is forgotten.  A value can
+    still be older than an event here if the process that answered had not
+    heard the event yet itself (its own cache): C{ttl} bounds that too.
+
+    @param forgets: For each event's topic, what to forget when it comes:
+        called with the cache and the event's payload.
+    @param ttl: Seconds a value may be served after it was read; 0 turns
+        the cache off (every read loads).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        bus: IBus,
+        clock: IReactorTime,
+        forgets: Mapping[str, Forget],
+        maxEntries: int = 4096,
+        ttl: float = 1.0,
+    ) -> None:
+        self.cache: ReadCache[K, V] = ReadCache(clock, maxEntries if ttl > 0 else 0, ttl)
+        self._bus = bus
+        self._forgets = dict(forgets)
+        self._listening = False
+        self._subscribed: dict[str, Any] = {}
+        self._subscribe = Once(self._startSubscriptions)
+
+    def read(self, key: K, load: Callable[[], Deferred[V] | V]) -> Deferred[V]:
+        """
+        The value of C{key}: kept, or C{load()}ed (and kept if it may be).
+        """
+        if not self.cache.maxEntries:
+            return maybeDeferred(load)
+        kept = self.cache.get(key)
+        if kept is not None:
+            return succeed(kept)
+        listening = self._listening
+        if not listening:
+            self._subscribe().addErrback(self._notListening)
+        loaded = maybeDeferred(load)
+        if listening:
+            loaded.addCallback(self._fill, key, self.cache.generation)
+        return loaded
+
+    def _fill(self, value: V, key: K, generation: int) -> V:
+        self.cache.fill(key, value, generation)
+        return value
+
+    def _startSubscriptions(self) -> Deferred[Any]:
+        # Only those not made yet: a private subscription made twice would
+        # be a second queue, for good.
+        d = gatherResults(
+            [
+                self._subscribeTo(topic, forget)
+                for topic, forget in self._forgets.items()
+                if topic not in self._subscribed
+            ],
+            consumeErrors=True,
+        )
+        return d.addCallback(self._listen)
+
+    def _subscribeTo(self, topic: str, forget: Forget) -> Deferred[Any]:
+        def heard(payload: dict[str, Any], context: Any) -> None:
+            try:
+                forget(self.cache, payload)
+            except Exception:
+                # An event this cache cannot read: forgetting everything
+                # is never wrong.
+                self.log.failure("Could not tell what a {topic} event makes go", topic=topic)
+                self.cache.clear()
+
+        def made(subscription: Any) -> Any:
+            self._subscribed[topic] = subscription
+            return subscription
+
+        d = self._bus.subscribe(topic, heard, group=None, onGap=self._gap)
+        return d.addCallback(made)
+
+    def _listen(self, subscriptions: Any) -> None:
+        self._listening = True
+
+    def _gap(self) -> None:
+        self.cache.clear()
+
+    def _notListening(self, reason: Failure) -> None:
+        # Reads go on uncached; the next one tries again.
+        if reason.check(FirstError):
+            reason = reason.value.subFailure
+        self.log.failure("Subscribing to what makes cached values go failed", reason)

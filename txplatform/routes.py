@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 from attrs import field, frozen
 from zope.interface import Attribute, Interface
 
+from .cache import Forget, SubscribedCache
 from .context import Priority
 from .errors import NotFound
 from .messages import RECORD_ID
@@ -264,11 +265,24 @@ class RouteParts:
         request go through its L{IExchange}).
     @ivar clock: The gateway's clock.
     @ivar heartbeat: Seconds between keep-alive comments on open streams.
+    @ivar readCache: Seconds a L{cache} may serve what it kept (0: off).
     """
 
     bus: Any
     clock: Any
     heartbeat: float = 15.0
+    readCache: float = 1.0
+
+    def cache(
+        self, forgets: Mapping[str, Forget], maxEntries: int = 4096
+    ) -> SubscribedCache[Any, Any]:
+        """
+        A cache of what a service answers the routes, kept on this gateway
+        for at most L{readCache} seconds, and forgetting what the service's
+        C{forgets} events say is gone (L{SubscribedCache}): for answers
+        that only ever change by going, and are the same for every client.
+        """
+        return SubscribedCache(self.bus, self.clock, forgets, maxEntries, self.readCache)
 
 
 @frozen

@@ -35,9 +35,22 @@ class NewPost:
     body: str = api.bodyField()
 
 
+def _forgetPost(cache: Any, payload: dict[str, Any]) -> None:
+    cache.invalidate(payload["post_id"])
+
+
+def _forgetAll(cache: Any, payload: dict[str, Any]) -> None:
+    # An author's posts purged: the views kept do not say whose they are,
+    # and purges are rare (a deleted account).
+    cache.clear()
+
+
 class PostRoutes:
     def __init__(self, parts: RouteParts) -> None:
-        pass
+        # A post never changes, only goes, and reads far outnumber writes:
+        # the gateway keeps the views it read, for a moment, forgetting
+        # each as soon as its deletion is heard.
+        self.posts = parts.cache({api.POST_DELETED: _forgetPost, api.POSTS_PURGED: _forgetAll})
 
     @route(
         "POST",
@@ -73,7 +86,8 @@ class PostRoutes:
         priority=Priority.LOW,
     )
     def readPost(self, exchange: IExchange, post_id: str) -> Any:
-        return exchange.call(api.GetPost(post_id=pathRecordId(post_id, "post")))
+        postId = pathRecordId(post_id, "post")
+        return self.posts.read(postId, lambda: exchange.call(api.GetPost(post_id=postId)))
 
     @route(
         "DELETE",
@@ -86,9 +100,15 @@ class PostRoutes:
         errors={403: "The post is not yours.", 404: ""},
     )
     def deletePost(self, exchange: IExchange, principal: Principal, post_id: str) -> Any:
-        return exchange.call(
-            api.DeletePost(post_id=pathRecordId(post_id, "post"), account_id=principal.account_id),
-        )
+        postId = pathRecordId(post_id, "post")
+        deleted = exchange.call(api.DeletePost(post_id=postId, account_id=principal.account_id))
+        # Gone from here at once, before its event comes: whoever deleted it
+        # reads it no more through this gateway.
+        return deleted.addCallback(self._forget, postId)
+
+    def _forget(self, result: Any, postId: str) -> Any:
+        self.posts.cache.invalidate(postId)
+        return result
 
     @route(
         "GET",

@@ -147,7 +147,7 @@ class ClusterTests(TwoGatewaysTestCase):
             0, "POST", "/v1/posts", {"body": "hello @Carol"}, token=tokens["alice"]
         )
         self.assertEqual(status, 201)
-        for gateway in (0, 1):
+        for gateway in (0, 1, 0, 1, 0, 1):  # and each gateway keeps it (--read-cache)
             status, read = yield self.request(gateway, "GET", f"/v1/posts/{post['id']}")
             self.assertEqual((status, read), (200, post))
         status, page = yield self.request(1, "GET", "/v1/accounts/alice/posts?limit=5")
@@ -186,6 +186,7 @@ class ClusterTests(TwoGatewaysTestCase):
             0, "DELETE", f"/v1/posts/{post['id']}", token=tokens["alice"]
         )
         self.assertEqual(status, 204)
+        deleted = reactor.seconds()
 
         @inlineCallbacks
         def goneEverywhere() -> Any:
@@ -198,6 +199,9 @@ class ClusterTests(TwoGatewaysTestCase):
             return set(statuses) == {404}
 
         yield eventually(goneEverywhere, timeout=15)
+        # Both gateways kept it, and heard of its deletion from its event
+        # at once (within --read-cache's second in any case).
+        self.assertLess(reactor.seconds() - deleted, 1.5)
         yield eventually(
             lambda: notifications(0, "carol").addCallback(lambda items: items == []), timeout=15
         )

@@ -7,10 +7,15 @@ PostgreSQL.  Every reply is also checked against the OpenAPI document.
 from io import BytesIO
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from txplatform.errors import NotFound
+from txplatform.recordid import newRecordId
+from txplatform.routes import Principal
 from txplatform_services.parser.service import ParserService
 
 from ..support import PostgresMixin, SQLiteMixin, eventually
@@ -675,6 +680,39 @@ class NotificationEndpointTests:
         self.assertEqual(self.assertProblem(reply, 400)["errors"][0]["field"], "unread")
 
     @inlineCallbacks
+    def test_postKept(self) -> Any:
+        """
+        The gateway keeps a post it read, for a moment (--read-cache): it
+        serves it again without asking the Post service, until the post is
+        deleted, through this gateway (at once) or another (its event).
+        """
+        alice = yield self.user("alice")
+        created = (yield self.request("POST", "/v1/posts", token=alice, json={"body": "hi"})).json
+        kept = self.gateway.routeObjects["the post service"].posts.cache
+        # Every read the Post service answers looks in its own cache.
+        asked = lambda: self.posts.cache.hits + self.posts.cache.misses  # noqa: E731
+        before = asked()
+        for _ in range(3):
+            reply = yield self.request("GET", f"/v1/posts/{created['id']}")
+            self.assertEqual((reply.status, reply.json), (200, created))
+        # The first read subscribed, the second was kept, the third served.
+        self.assertEqual((asked() - before, kept.hits), (2, 1))
+        reply = yield self.request("DELETE", f"/v1/posts/{created['id']}", token=alice)
+        self.assertEqual(reply.status, 204)
+        self.assertProblem((yield self.request("GET", f"/v1/posts/{created['id']}")), 404)
+
+        # Deleted where this gateway did not see it: its event makes it go.
+        other = (yield self.request("POST", "/v1/posts", token=alice, json={"body": "yo"})).json
+        for _ in range(2):
+            yield self.request("GET", f"/v1/posts/{other['id']}")
+        self.assertEqual(len(kept), 1)
+        me = (yield self.request("GET", "/v1/me", token=alice)).json
+        yield self.posts.store.delete(other["id"], me["id"])
+        self.posts.outbox.flush()
+        yield eventually(lambda: len(kept) == 0)
+        self.assertProblem((yield self.request("GET", f"/v1/posts/{other['id']}")), 404)
+
+    @inlineCallbacks
     def test_postDeleted(self) -> Any:
         """
         Deleting a post removes the notifications about it.
@@ -972,3 +1010,56 @@ class ParserUnavailableTests(SQLiteMixin, PlatformTestCase):
             json={"username": "alice", "email": "alice@example.com", "password": PASSWORD},
         )
         self.assertEqual(reply.status, 201)
+
+
+class _Exchange:
+    """
+    An exchange whose calls answer at once: what the Post service would.
+    """
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.calls: list[Any] = []
+
+    def call(self, message: Any) -> Deferred[Any]:
+        self.calls.append(message)
+        return succeed(self.answer)
+
+
+class PostRoutesCacheTests(SynchronousTestCase):
+    """
+    The Post service's routes keep the posts they read on the gateway.
+    """
+
+    def setUp(self) -> None:
+        from txplatform.localbus import LocalBus
+        from txplatform.routes import RouteParts
+        from txplatform_services.post.routes import PostRoutes
+
+        self.clock = Clock()
+        self.routes = PostRoutes(RouteParts(LocalBus(self.clock), self.clock))
+        self.postId = newRecordId(self.clock)
+        self.exchange = _Exchange({"id": self.postId, "body": "hi"})
+
+    def read(self) -> Any:
+        return self.successResultOf(self.routes.readPost(self.exchange, self.postId))
+
+    def test_deletedHereForgottenAtOnce(self) -> None:
+        """
+        A post deleted through this gateway is read no more here, before
+        its event arrives.
+        """
+        for _ in range(3):
+            self.assertEqual(self.read(), {"id": self.postId, "body": "hi"})
+        self.assertEqual(len(self.exchange.calls), 2)
+        principal = Principal(account_id="a", username="alice", session_id="s")
+        self.successResultOf(self.routes.deletePost(self.exchange, principal, self.postId))
+        self.read()
+        self.assertEqual(len(self.exchange.calls), 4)
+
+    def test_notAPostId(self) -> None:
+        """
+        A path that cannot be a post's id is a 404, asked of no one.
+        """
+        self.assertRaises(NotFound, self.routes.readPost, self.exchange, "nope")
+        self.assertEqual(self.exchange.calls, [])

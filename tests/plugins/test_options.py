@@ -420,6 +420,16 @@ class OptionsTests(SynchronousTestCase):
         for module in (account, allinone):
             self.assertRaises(usage.UsageError, self.parse, module, "--session-idle", "-1")
 
+    def test_readCache(self) -> None:
+        """
+        A gateway keeps what it read for a second unless told otherwise; 0
+        keeps nothing; it cannot be negative.
+        """
+        self.assertEqual(self.parse(gateway)["read-cache"], 1.0)
+        self.assertEqual(self.parse(allinone, "--read-cache", "0")["read-cache"], 0.0)
+        for module in (gateway, allinone):
+            self.assertRaises(usage.UsageError, self.parse, module, "--read-cache", "-1")
+
     def test_busyLimit(self) -> None:
         """
         The busy limit is a percentage below 100, 0 turning it off; the
