@@ -377,32 +377,28 @@ def startPlatform(
         )
         for name in ("account", "post", "notify")
     }
-    gatewayPort = freePort()
-    started["gateway"] = processes.twistd(
-        "gateway",
-        *bus("gateway"),
-        "--bus-keys",
-        keys["bus"],
-        "--listen",
-        f"tcp:{gatewayPort}:interface=127.0.0.1",
-        ready="listening",
-    )
-    uncached = None
-    if UNCACHED in requestsOf(shape):
-        uncachedPort = freePort()
-        started["gateway, cache off"] = processes.twistd(
+
+    def gateway(name: str, *options: str) -> str:
+        port = freePort()
+        started[name] = processes.twistd(
             "gateway",
             *bus("gateway"),
             "--bus-keys",
             keys["bus"],
-            "--read-cache",
-            "0",
+            *options,
             "--listen",
-            f"tcp:{uncachedPort}:interface=127.0.0.1",
+            f"tcp:{port}:interface=127.0.0.1",
             ready="listening",
         )
-        uncached = f"http://127.0.0.1:{uncachedPort}"
-    return started, f"http://127.0.0.1:{gatewayPort}", uncached, accountMetrics
+        return f"http://127.0.0.1:{port}"
+
+    api = gateway("gateway")
+    uncached = (
+        gateway("gateway, cache off", "--read-cache", "0")
+        if UNCACHED in requestsOf(shape)
+        else None
+    )
+    return started, api, uncached, accountMetrics
 
 
 def _directPort() -> int:
