@@ -212,19 +212,26 @@ class SubscribedCacheTests(SynchronousTestCase):
     def test_subscriptionFails(self) -> None:
         """
         While a subscription cannot be made, reads go on, uncached, and the
-        failure is logged; the next read makes only what is still missing.
+        failure is logged; a read C{retryDelay} seconds later tries again,
+        making only what is still missing.
         """
         self.bus.failing = {PURGED}
         self.read("a")
+        self.clock.advance(self.cache.retryDelay - 0.1)
         self.read("a")
-        self.assertEqual(len(self.flushLoggedErrors(ConnectionLost)), 2)
-        self.assertEqual(self.loads, ["a", "a"])
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionLost)), 1)
+        self.clock.advance(0.1)
+        self.read("a")
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionLost)), 1)
+        self.assertEqual(self.loads, ["a", "a", "a"])
         self.assertEqual(self.bus.subscribed, [DELETED])
         self.bus.failing = set()
         self.read("a")
+        self.clock.advance(self.cache.retryDelay)
         self.read("a")
         self.read("a")
-        self.assertEqual(self.loads, ["a", "a", "a", "a"])
+        self.read("a")
+        self.assertEqual(self.loads, ["a", "a", "a", "a", "a", "a"])
         self.assertEqual(sorted(self.bus.subscribed), [DELETED, PURGED])
 
     def test_gapForgetsAll(self) -> None:

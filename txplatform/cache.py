@@ -126,9 +126,12 @@ class SubscribedCache(Generic[K, V]):
         called with the cache and the event's payload.
     @param ttl: Seconds a value may be served after it was read; 0 turns
         the cache off (every read loads).
+    @ivar retryDelay: Seconds after a failed subscription before a read
+        tries again (the reads meanwhile load, uncached).
     """
 
     log = Logger()
+    retryDelay = 10.0
 
     def __init__(
         self,
@@ -140,8 +143,10 @@ class SubscribedCache(Generic[K, V]):
     ) -> None:
         self.cache: ReadCache[K, V] = ReadCache(clock, maxEntries if ttl > 0 else 0, ttl)
         self._bus = bus
+        self._clock = clock
         self._forgets = dict(forgets)
         self._listening = False
+        self._retryAt = 0.0
         self._subscribed: dict[str, Any] = {}
         self._subscribe = Once(self._startSubscriptions)
 
@@ -155,7 +160,7 @@ class SubscribedCache(Generic[K, V]):
         if kept is not None:
             return succeed(kept)
         listening = self._listening
-        if not listening:
+        if not listening and self._clock.seconds() >= self._retryAt:
             self._subscribe().addErrback(self._notListening)
         loaded = maybeDeferred(load)
         if listening:
@@ -203,7 +208,9 @@ class SubscribedCache(Generic[K, V]):
         self.cache.clear()
 
     def _notListening(self, reason: Failure) -> None:
-        # Reads go on uncached; the next one tries again.
+        # Reads go on uncached, and one a little later tries again: not
+        # every read (a log line each, while the bus is away).
+        self._retryAt = self._clock.seconds() + self.retryDelay
         if reason.check(FirstError):
             reason = reason.value.subFailure
         self.log.failure("Subscribing to what makes cached values go failed", reason)
