@@ -198,10 +198,18 @@ class ClusterTests(TwoGatewaysTestCase):
                     )
             return set(statuses) == {404}
 
-        yield eventually(goneEverywhere, timeout=15)
+        @inlineCallbacks
+        def goneFromBothGateways() -> Any:
+            statuses = []
+            for gateway in (0, 1):
+                statuses.append((yield self.request(gateway, "GET", f"/v1/posts/{post['id']}"))[0])
+            return set(statuses) == {404}
+
         # Both gateways kept it, and heard of its deletion from its event
         # at once (within --read-cache's second in any case).
+        yield eventually(goneFromBothGateways, timeout=5)
         self.assertLess(reactor.seconds() - deleted, 1.5)
+        yield eventually(goneEverywhere, timeout=15)
         yield eventually(
             lambda: notifications(0, "carol").addCallback(lambda items: items == []), timeout=15
         )
