@@ -289,7 +289,9 @@ class NotifyStore:
         inserted: set[str] = set()
         for start in range(0, len(notifications), 500):
             chunk = notifications[start : start + 500]
-            t.execute(
+            # Written in by literals, as what is sent is: not parsed
+            # again by psycopg for its parameters.
+            added = t.query(
                 f"INSERT INTO notifications ({_COLUMNS}, topic) VALUES "
                 + ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in chunk)
                 + " ON CONFLICT DO NOTHING RETURNING id",
@@ -311,7 +313,7 @@ class NotifyStore:
                     )
                 ],
             )
-            inserted.update(row[0] for row in t.fetchall())
+            inserted.update(row[0] for row in added.fetchall())
         return inserted
 
     def forRecipient(

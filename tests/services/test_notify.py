@@ -9,11 +9,13 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 
 from txplatform.context import Origin
 from txplatform.errors import InvalidArgument, NotFound, Unavailable
+from txplatform.recordid import newRecordId
 from txplatform_services.account import api as account
 from txplatform_services.notify import api
+from txplatform_services.notify.store import NotificationRow
 from txplatform_services.post import api as post
 
-from ..support import PostgresMixin, SQLiteMixin, eventually
+from ..support import PostgresMixin, SQLiteMixin, eventually, recordMessages
 from .harness import ServiceTestCase
 
 PASSWORD = "correct horse"
@@ -91,6 +93,10 @@ class NotifyTestsMixin:
             def send(self, sql: str, params: Any = ()) -> None:
                 statements.append(sql)
                 self._transaction.send(sql, params)
+
+            def query(self, sql: str, params: Any = ()) -> Any:
+                statements.append(sql)
+                return self._transaction.query(sql, params)
 
         def counting(interaction: Any, *args: Any, **kwargs: Any) -> Any:
             return run(lambda t, *a, **kw: interaction(Counting(t), *a, **kw), *args, **kwargs)
@@ -419,6 +425,55 @@ class NotifyTestsMixin:
         self.assertEqual(rows, [])
 
     @inlineCallbacks
+    def test_oneATopic(self) -> Any:
+        """
+        A recipient gets one notification a topic, in one batch too, and
+        only those stored are announced: one that is there already, or
+        that an earlier group of the batch stored, is neither stored nor
+        announced again.
+        """
+        store = self.notify.store
+
+        def row(recipient: str, topic: str) -> NotificationRow:
+            return NotificationRow(
+                id=newRecordId(self.clock),
+                recipient_id=self.ids[recipient],
+                kind="liked",
+                actor_id=self.ids["alice"],
+                actor_username="alice",
+                post_id="p" * 26,
+                created_at=0,
+                read=False,
+                topic=topic,
+            )
+
+        first = row("bob", "liked:1")
+        added = yield store.add([first])
+        self.assertEqual(added, 1)
+        again, carol, carolAgain = (
+            row("bob", "liked:1"),
+            row("carol", "liked:1"),
+            row("carol", "liked:1"),
+        )
+        added = yield store.addAll([([again, carol], None), ([carolAgain], None)])
+        self.assertEqual(added, 1)
+        kept = yield store.forRecipient(self.ids["bob"], None, 10, None)
+        self.assertEqual([n.id for n in kept], [first.id])
+        kept = yield store.forRecipient(self.ids["carol"], None, 10, None)
+        self.assertEqual([n.id for n in kept], [carol.id])
+        yield self.notify.outbox.flush()
+        announced = yield eventually(
+            lambda: (
+                len(self.recorder.named(api.NOTIFICATION_CREATED)) == 2
+                and [
+                    [n["id"] for n in payload["notifications"]]
+                    for payload in self.recorder.named(api.NOTIFICATION_CREATED)
+                ]
+            )
+        )
+        self.assertEqual(announced, [[first.id], [carol.id]])
+
+    @inlineCallbacks
     def test_malformedEvent(self) -> Any:
         """
         A malformed post.created is dead-lettered and the service keeps going.
@@ -434,7 +489,26 @@ class SQLiteNotifyTests(SQLiteMixin, NotifyTestsMixin, ServiceTestCase):
 
 
 class PostgresNotifyTests(PostgresMixin, NotifyTestsMixin, ServiceTestCase):
-    pass
+    @inlineCallbacks
+    def test_writtenIn(self) -> Any:
+        """
+        Notifying of a post goes to PostgreSQL with every value written
+        into the SQL text by L{txplatform.literals}, the INSERT whose
+        returned ids say which notifications to announce included: no
+        statement is left to psycopg's parameters.
+        """
+        yield self.follow("bob", "alice")
+        yield self.settle()
+        sent = recordMessages(self)
+        yield self.post("alice", "hi @carol")
+        yield self.settle()
+        self.assertEqual([kind for kind, _ in (yield self.kinds("carol"))], ["mention"])
+        mine = [m for m in sent if "notify_tombstones" in m or "INTO notifications " in m]
+        self.assertEqual(len(mine), 2, mine)
+        self.assertTrue(mine[0].startswith("BEGIN\n;\nSELECT count(pg_advisory_xact_lock"), mine)
+        self.assertTrue(mine[1].startswith("INSERT INTO notifications "), mine)
+        self.assertIn("ON CONFLICT DO NOTHING RETURNING id", mine[1])
+        self.assertFalse([m for m in mine if "%s" in m or "$1" in m], mine)
 
 
 class EarlierAccountTests(SQLiteMixin, ServiceTestCase):
