@@ -213,7 +213,7 @@ class SubscribedCacheTests(SynchronousTestCase):
         """
         While a subscription cannot be made, reads go on, uncached, and the
         failure is logged; a read C{retryDelay} seconds later tries again,
-        making only what is still missing.
+        making only what is still missing (twice as long after that).
         """
         self.bus.failing = {PURGED}
         self.read("a")
@@ -227,12 +227,39 @@ class SubscribedCacheTests(SynchronousTestCase):
         self.assertEqual(self.bus.subscribed, [DELETED])
         self.bus.failing = set()
         self.read("a")
-        self.clock.advance(self.cache.retryDelay)
+        # The second failure in a row: twice as long before the next try.
+        self.clock.advance(2 * self.cache.retryDelay)
         self.read("a")
         self.read("a")
         self.read("a")
         self.assertEqual(self.loads, ["a", "a", "a", "a", "a", "a"])
         self.assertEqual(sorted(self.bus.subscribed), [DELETED, PURGED])
+
+    def test_retriesBackOff(self) -> None:
+        """
+        Each failure in a row doubles the wait before the next attempt, up
+        to C{maxRetryDelay}; one that succeeds starts the count again.
+        """
+        self.bus.failing = {DELETED, PURGED}
+        attempts = []
+        for _ in range(8):
+            self.read("a")
+            attempts.append(self.clock.seconds())
+            self.assertEqual(len(self.flushLoggedErrors(ConnectionLost)), 1)
+            waited = self.cache._retryAt - self.clock.seconds()
+            # Not a moment sooner: a read just before asks nothing.
+            self.clock.advance(waited - 0.1)
+            self.read("a")
+            self.assertEqual(self.flushLoggedErrors(ConnectionLost), [])
+            self.clock.advance(0.1)
+        self.assertEqual(
+            [round(b - a, 1) for a, b in zip(attempts, attempts[1:], strict=False)],
+            [10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0],
+        )
+        self.bus.failing = set()
+        self.read("a")
+        self.assertTrue(self.cache._listening)
+        self.assertEqual(self.cache._failures, 0)
 
     def test_gapForgetsAll(self) -> None:
         """

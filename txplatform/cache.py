@@ -127,11 +127,15 @@ class SubscribedCache(Generic[K, V]):
     @param ttl: Seconds a value may be served after it was read; 0 turns
         the cache off (every read loads).
     @ivar retryDelay: Seconds after a failed subscription before a read
-        tries again (the reads meanwhile load, uncached).
+        tries again (the reads meanwhile load, uncached); twice as long
+        after each failure in a row, up to C{maxRetryDelay}: a bus that
+        cannot carry events at all (the direct transport without an event
+        bus) is asked, and logged, seldom.
     """
 
     log = Logger()
     retryDelay = 10.0
+    maxRetryDelay = 300.0
 
     def __init__(
         self,
@@ -147,6 +151,7 @@ class SubscribedCache(Generic[K, V]):
         self._forgets = dict(forgets)
         self._listening = False
         self._retryAt = 0.0
+        self._failures = 0
         self._subscribed: dict[str, Any] = {}
         self._subscribe = Once(self._startSubscriptions)
 
@@ -203,6 +208,7 @@ class SubscribedCache(Generic[K, V]):
 
     def _listen(self, subscriptions: Any) -> None:
         self._listening = True
+        self._failures = 0
 
     def _gap(self) -> None:
         self.cache.clear()
@@ -210,7 +216,9 @@ class SubscribedCache(Generic[K, V]):
     def _notListening(self, reason: Failure) -> None:
         # Reads go on uncached, and one a little later tries again: not
         # every read (a log line each, while the bus is away).
-        self._retryAt = self._clock.seconds() + self.retryDelay
+        delay = min(self.retryDelay * 2**self._failures, self.maxRetryDelay)
+        self._failures += 1
+        self._retryAt = self._clock.seconds() + delay
         if reason.check(FirstError):
             reason = reason.value.subFailure
         self.log.failure("Subscribing to what makes cached values go failed", reason)
