@@ -549,29 +549,19 @@ class _Database:
     def runInteraction(
         self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
-        committed: list[Callable[[], Any]] = []
         cause, span = self._cause(interaction)
-        d = self._transact(
-            committed,
-            self._interact,
-            interaction,
-            args,
-            kwargs,
-            committed,
-            time.monotonic(),
-            cause,
-        )
+        d = self._transact(interaction, args, kwargs, cause)
         if span is not None:
             d.addBoth(traces.endSpan, span)
         return d
 
     def _transact(
-        self, committed: list[Callable[[], Any]], interact: Callable[..., Any], *args: Any
+        self, interaction: Callable[..., Any], args: Any, kwargs: Any, cause: Origin | None
     ) -> Deferred[Any]:
         """
-        Call C{interact(cursor, *args)} in a transaction of a connection
-        of this database's, and what it asked for in C{committed} once
-        committed (L{_afterCommit}).
+        Run C{interaction} in a transaction of a connection of this
+        database's (L{_interact}), and what it asked for after its commit
+        once committed (L{_afterCommit}).
         """
         raise NotImplementedError
 
@@ -797,14 +787,22 @@ class SQLiteDatabase(_Database):
         return connection
 
     def _transact(
-        self, committed: list[Callable[[], Any]], interact: Callable[..., Any], *args: Any
+        self, interaction: Callable[..., Any], args: Any, kwargs: Any, cause: Origin | None
     ) -> Deferred[Any]:
         if self._closed:
             return fail(DatabaseUnavailable(f"{self.description} is closed"))
+        committed: list[Callable[[], Any]] = []
         # Called in commit order, before a transaction the interaction
         # asked for runs (the outbox publishes in this order).
         return self._connection.run(
-            interact, *args, afterCommit=partial(self._afterCommit, committed=committed)
+            self._interact,
+            interaction,
+            args,
+            kwargs,
+            committed,
+            time.monotonic(),
+            cause,
+            afterCommit=partial(self._afterCommit, committed=committed),
         )
 
     def _closeConnections(self) -> None:
@@ -1100,13 +1098,16 @@ class PostgresDatabase(_Database):
         self._pool.start()
 
     def _transact(
-        self, committed: list[Callable[[], Any]], interact: Callable[..., Any], *args: Any
+        self, interaction: Callable[..., Any], args: Any, kwargs: Any, cause: Origin | None
     ) -> Deferred[Any]:
         # The caller may cancel, and hear CancelledError at once, while the
         # transaction goes on in its thread: what it asked for after its
         # commit is called once it commits all the same.
+        committed: list[Callable[[], Any]] = []
         outcome: Deferred[Any] = Deferred()
-        transaction = self._pool.runInteraction(interact, *args)
+        transaction = self._pool.runInteraction(
+            self._interact, interaction, args, kwargs, committed, time.monotonic(), cause
+        )
         transaction.addCallback(self._afterCommit, committed).chainDeferred(outcome)
         return outcome
 
