@@ -106,8 +106,14 @@ class _FlakyBus(LocalBus):
         self.failing: set[str] = set()
         self.subscribed: list[str] = []
         self.gaps: list[Callable[[], object]] = []
+        #: When a list, subscriptions wait in it, to be failed by the test.
+        self.pending: list[Deferred[Any]] | None = None
 
     def subscribe(self, pattern: str, handler: Any, group: Any = None, **kwargs: Any) -> Any:
+        if self.pending is not None:
+            waiting: Deferred[Any] = Deferred()
+            self.pending.append(waiting)
+            return waiting
         if pattern in self.failing:
             return fail(ConnectionLost("the broker went away"))
         self.subscribed.append(pattern)
@@ -260,6 +266,25 @@ class SubscribedCacheTests(SynchronousTestCase):
         self.read("a")
         self.assertTrue(self.cache._listening)
         self.assertEqual(self.cache._failures, 0)
+
+    def test_oneAttemptAtATime(self) -> None:
+        """
+        Reads while an attempt to subscribe is under way start no other,
+        and its failure is one failure: logged once, and the next attempt
+        C{retryDelay} later.
+        """
+        self.bus.pending = []
+        for _ in range(5):
+            self.read("a")
+        self.assertEqual(len(self.bus.pending), 2)
+        for waiting in self.bus.pending:
+            waiting.errback(ConnectionLost("the broker went away"))
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionLost)), 1)
+        self.assertEqual(self.cache._retryAt, self.cache.retryDelay)
+        self.bus.pending = None
+        self.clock.advance(self.cache.retryDelay)
+        self.read("a")
+        self.assertEqual(sorted(self.bus.subscribed), [DELETED, PURGED])
 
     def test_gapForgetsAll(self) -> None:
         """

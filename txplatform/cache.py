@@ -32,7 +32,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .interfaces import IBus
-from .once import Once
 
 __all__ = ["ReadCache", "SubscribedCache"]
 
@@ -152,8 +151,8 @@ class SubscribedCache(Generic[K, V]):
         self._listening = False
         self._retryAt = 0.0
         self._failures = 0
+        self._trying = False
         self._subscribed: dict[str, Any] = {}
-        self._subscribe = Once(self._startSubscriptions)
 
     def read(self, key: K, load: Callable[[], Deferred[V] | V]) -> Deferred[V]:
         """
@@ -165,8 +164,11 @@ class SubscribedCache(Generic[K, V]):
         if kept is not None:
             return succeed(kept)
         listening = self._listening
-        if not listening and self._clock.seconds() >= self._retryAt:
-            self._subscribe().addErrback(self._notListening)
+        if not (listening or self._trying) and self._clock.seconds() >= self._retryAt:
+            # One attempt at a time: the reads meanwhile do not start
+            # another, nor count its failure again.
+            self._trying = True
+            self._startSubscriptions().addErrback(self._notListening)
         loaded = maybeDeferred(load)
         if listening:
             loaded.addCallback(self._fill, key, self.cache.generation)
@@ -207,7 +209,7 @@ class SubscribedCache(Generic[K, V]):
         return d.addCallback(made)
 
     def _listen(self, subscriptions: Any) -> None:
-        self._listening = True
+        self._listening, self._trying = True, False
         self._failures = 0
 
     def _gap(self) -> None:
@@ -216,6 +218,7 @@ class SubscribedCache(Generic[K, V]):
     def _notListening(self, reason: Failure) -> None:
         # Reads go on uncached, and one a little later tries again: not
         # every read (a log line each, while the bus is away).
+        self._trying = False
         delay = min(self.retryDelay * 2**self._failures, self.maxRetryDelay)
         self._failures += 1
         self._retryAt = self._clock.seconds() + delay
