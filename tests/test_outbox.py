@@ -16,7 +16,7 @@ from txplatform.localbus import LocalBus
 from txplatform.outbox import Outbox
 from txplatform.serviceid import ServiceId
 
-from .support import PostgresMixin, SQLiteMixin, eventually
+from .support import PostgresMixin, SQLiteMixin, eventually, sleep
 
 SOURCE = ServiceId.fromHex("0000a3")
 TRACE_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -46,13 +46,29 @@ class OutboxTestsMixin:
         self.outbox = self.makeOutbox()
         yield self.database.migrate(self.outbox.table, self.outbox.migrations())
 
-    def makeOutbox(self) -> Outbox:
-        return Outbox(
-            self.database, self.bus, PlainFieldCodec(), "things", SOURCE, reactor, interval=0.05
+    def makeOutbox(self, settleDelay: float = 0.02) -> Outbox:
+        outbox = Outbox(
+            self.database,
+            self.bus,
+            PlainFieldCodec(),
+            "things",
+            SOURCE,
+            reactor,
+            interval=0.05,
+            settleDelay=settleDelay,
         )
+        self.addCleanup(outbox.stop)
+        return outbox
 
     def remaining(self) -> Any:
         return self.database.runQuery(f"SELECT message_id FROM {self.outbox.table}")
+
+    def emptied(self) -> Any:
+        """
+        Fires once the table is empty: the rows of confirmed events go a
+        little after their confirmation (L{Outbox.settleDelay}).
+        """
+        return eventually(lambda: self.remaining().addCallback(lambda rows: rows == []))
 
     @inlineCallbacks
     def test_publishedAfterCommit(self) -> Any:
@@ -69,7 +85,7 @@ class OutboxTestsMixin:
         self.assertEqual(
             (payload, context.messageId, context.source), ({"n": 1}, messageId, SOURCE)
         )
-        self.assertEqual((yield self.remaining()), [])
+        yield self.emptied()
 
     @inlineCallbacks
     def test_notPublishedAfterRollback(self) -> Any:
@@ -83,7 +99,7 @@ class OutboxTestsMixin:
 
         yield self.assertFailure(self.database.runInteraction(changeMind), RuntimeError)
         yield self.outbox.flush()
-        self.assertEqual((yield self.remaining()), [])
+        yield self.emptied()
         self.assertEqual(self.received, [])
 
     @inlineCallbacks
@@ -106,7 +122,7 @@ class OutboxTestsMixin:
         yield self.outbox.flush()
         yield eventually(lambda: len(self.received) == 1)
         self.assertEqual(queries, [])
-        self.assertEqual((yield self.remaining()), [])
+        yield self.emptied()
 
     @inlineCallbacks
     def test_othersLeftovers(self) -> Any:
@@ -125,7 +141,7 @@ class OutboxTestsMixin:
         yield deferLater(reactor, 0.05, lambda: None)
         yield self.outbox._tick()
         yield eventually(lambda: len(self.received) == 1)
-        self.assertEqual((yield self.remaining()), [])
+        yield self.emptied()
 
     @inlineCallbacks
     def test_scanSkipsWhatIsInMemory(self) -> Any:
@@ -140,7 +156,7 @@ class OutboxTestsMixin:
         yield self.outbox.flush()
         yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(len(self.received), 1)
-        self.assertEqual((yield self.remaining()), [])
+        yield self.emptied()
 
     @inlineCallbacks
     def test_commitNoticedAfterScan(self) -> Any:
@@ -164,7 +180,7 @@ class OutboxTestsMixin:
         yield self.outbox.flush()
         yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(len(self.received), 1)
-        self.assertEqual((yield self.remaining()), [])
+        yield self.emptied()
 
     @inlineCallbacks
     def test_metrics(self) -> Any:
@@ -252,7 +268,7 @@ class OutboxTestsMixin:
         yield eventually(lambda: self.received)
         [(_, context)] = self.received
         self.assertEqual((context.traceParent, context.traceState), (TRACE_PARENT, TRACE_STATE))
-        self.assertEqual((yield self.remaining()), [])
+        yield self.emptied()
 
     @inlineCallbacks
     def test_rowsWithoutTraceState(self) -> Any:
@@ -262,6 +278,7 @@ class OutboxTestsMixin:
         C{tracestate}.
         """
         old = Outbox(self.database, self.bus, PlainFieldCodec(), "olds", SOURCE, reactor)
+        self.addCleanup(old.stop)
         yield self.database.migrate(old.table, old.migrations()[:2])
         yield self.database.runOperation(
             f"INSERT INTO {old.table}"
@@ -292,6 +309,95 @@ class OutboxTestsMixin:
         yield gatherResults([self.outbox.flush(), self.outbox.flush(), self.outbox.flush()])
         yield eventually(lambda: len(self.received) == 10)
         self.assertEqual(sorted(p["n"] for p, _ in self.received), list(range(10)))
+        yield self.emptied()
+
+    def spyOnTransactions(self) -> list[str]:
+        """
+        The names of the interactions the database runs from now on, for
+        each of runBatch, runInteraction and runOperation.
+        """
+        ran: list[str] = []
+        for name in ("runBatch", "runInteraction", "runOperation"):
+            real = getattr(self.database, name)
+
+            def spy(*args: Any, real: Any = real, name: str = name, **kwargs: Any) -> Any:
+                ran.append(name)
+                return real(*args, **kwargs)
+
+            self.patch(self.database, name, spy)
+        return ran
+
+    @inlineCallbacks
+    def test_deletedWithTheNextStage(self) -> Any:
+        """
+        The row of a confirmed event goes with the next transaction that
+        stages an event: the outbox runs no transaction of its own for it.
+        """
+        self.outbox = self.makeOutbox(settleDelay=60.0)
+        yield self.outbox.flush()  # the first pass looks for leftovers
+        first = yield self.database.runInteraction(
+            lambda t: self.outbox.stage(t, "thing.made", {"n": 1})
+        )
+        ran = self.spyOnTransactions()
+        yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 1)
+        self.assertEqual(ran, [])
+        self.assertEqual([tuple(r) for r in (yield self.remaining())], [(first,)])
+        del ran[:]
+        second = yield self.database.runInteraction(
+            lambda t: self.outbox.stage(t, "thing.made", {"n": 2})
+        )
+        self.assertEqual(ran, ["runInteraction"])
+        self.assertEqual([tuple(r) for r in (yield self.remaining())], [(second,)])
+
+    @inlineCallbacks
+    def test_deletedAlone(self) -> Any:
+        """
+        With no transaction staging an event within C{settleDelay}, the
+        outbox deletes the rows of what the bus confirmed alone.
+        """
+        self.outbox = self.makeOutbox(settleDelay=0.05)
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 1)
+        self.assertEqual(len((yield self.remaining())), 1)
+        yield self.emptied()
+
+    @inlineCallbacks
+    def test_carrierRolledBack(self) -> Any:
+        """
+        When the transaction that carried the DELETE of confirmed rows rolls
+        back, the outbox deletes them alone; meanwhile a scan does not take
+        them for leftovers: each event is published once.
+        """
+        self.outbox = self.makeOutbox(settleDelay=0.1)
+        yield self.outbox.flush()
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 1)
+
+        def changeMind(t: Any) -> None:
+            self.outbox.stage(t, "thing.made", {"n": 2})
+            raise RuntimeError("abort")
+
+        yield self.assertFailure(self.database.runInteraction(changeMind), RuntimeError)
+        self.assertEqual(len((yield self.remaining())), 1)
+        yield self.outbox._publishLeftovers(None)
+        yield self.emptied()
+        yield sleep(0.05)
+        self.assertEqual([p["n"] for p, _ in self.received], [1])
+
+    @inlineCallbacks
+    def test_stopDeletes(self) -> Any:
+        """
+        Stopping deletes the rows of what the bus confirmed: the next run
+        does not publish them again.
+        """
+        self.outbox = self.makeOutbox(settleDelay=60.0)
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 1)
+        yield self.outbox.stop()
         self.assertEqual((yield self.remaining()), [])
 
     @inlineCallbacks
@@ -316,11 +422,11 @@ class OutboxTestsMixin:
         stopped = member.stop()  # the second slow one still waits in the group
         yield flushed
         yield stopped
-        self.assertEqual(len((yield self.remaining())), 1)
+        yield eventually(lambda: self.remaining().addCallback(lambda rows: len(rows) == 1))
         # A member again: the next pass publishes it again, and it goes.
         yield self.bus.subscribe("thing.slow", lambda p, c: None, "slowpoke")
         yield self.outbox.flush()
-        self.assertEqual((yield self.remaining()), [])
+        yield self.emptied()
 
 
 class SQLiteOutboxTests(SQLiteMixin, OutboxTestsMixin, TestCase):
@@ -328,4 +434,34 @@ class SQLiteOutboxTests(SQLiteMixin, OutboxTestsMixin, TestCase):
 
 
 class PostgresOutboxTests(PostgresMixin, OutboxTestsMixin, TestCase):
-    pass
+    @inlineCallbacks
+    def test_aloneSkipsWhatACarrierHolds(self) -> Any:
+        """
+        Deleting alone skips the rows a transaction that carries their
+        DELETE still holds, instead of waiting for it; once it commits, the
+        outbox forgets them.
+        """
+        import threading
+
+        self.outbox = self.makeOutbox(settleDelay=60.0)
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 1)
+        holding, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+        def carry(t: Any) -> None:
+            self.outbox.stage(t, "thing.made", {"n": 2})
+            t.execute("SELECT 1")  # the DELETE goes now: its rows are held
+            holding.set()
+            release.wait(10)
+            finished.set()
+
+        carrier = self.database.runInteraction(carry)
+        yield eventually(holding.is_set)
+        yield self.outbox._settleAlone(everything=True)
+        self.assertFalse(finished.is_set())
+        self.assertEqual(len(self.outbox._claims), 1)
+        release.set()
+        yield carrier
+        self.assertEqual(self.outbox._claims, {})
+        self.assertEqual(len((yield self.remaining())), 1)  # the second's own row

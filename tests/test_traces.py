@@ -362,6 +362,8 @@ class OutboxTraceTests(TestCase):
         self.outbox = Outbox(
             self.database, self.bus, PlainFieldCodec(), "things", SERVICE, reactor, interval=0.05
         )
+        # It deletes what the bus confirmed a little later, or on stopping.
+        self.addCleanup(self.outbox.stop)
         yield self.database.migrate(self.outbox.table, self.outbox.migrations())
 
     @inlineCallbacks
@@ -382,6 +384,7 @@ class OutboxTraceTests(TestCase):
         again = Outbox(
             self.database, self.bus, PlainFieldCodec(), "things", SERVICE, reactor, interval=0.05
         )
+        self.addCleanup(again.stop)
         yield again.flush()
         yield eventually(lambda: self.received)
         spans = self.exporter.get_finished_spans()
@@ -412,6 +415,7 @@ class OutboxTraceTests(TestCase):
         again = Outbox(
             self.database, self.bus, PlainFieldCodec(), "things", SERVICE, reactor, interval=0.05
         )
+        self.addCleanup(again.stop)
         yield again.flush()
         yield eventually(lambda: self.received)
         publish = spanNamed(self.exporter.get_finished_spans(), "publish thing.made")
