@@ -313,79 +313,98 @@ class OutboxTestsMixin:
 
     def spyOnTransactions(self) -> list[str]:
         """
-        The names of the interactions the database runs from now on, for
-        each of runBatch, runInteraction and runOperation.
+        What the database runs from now on: for each call of runBatch,
+        runInteraction or runOperation, the method and its interaction's
+        name.
         """
         ran: list[str] = []
         for name in ("runBatch", "runInteraction", "runOperation"):
             real = getattr(self.database, name)
 
             def spy(*args: Any, real: Any = real, name: str = name, **kwargs: Any) -> Any:
-                ran.append(name)
+                ran.append(f"{name} {getattr(args[0], '__name__', '')}".strip())
                 return real(*args, **kwargs)
 
             self.patch(self.database, name, spy)
         return ran
 
     @inlineCallbacks
-    def test_deletedWithTheNextStage(self) -> Any:
+    def test_deletedTogether(self) -> Any:
         """
-        The row of a confirmed event goes with the next transaction that
-        stages an event: the outbox runs no transaction of its own for it.
+        The rows of the events confirmed within C{settleDelay} go together,
+        in one transaction, and none before then.
+        """
+        self.outbox = self.makeOutbox(settleDelay=0.3)
+        yield self.outbox.flush()  # the first pass looks for leftovers
+        ran = self.spyOnTransactions()
+        for n in range(3):
+            yield self.database.runInteraction(
+                lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n})
+            )
+            yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 3)
+        self.assertEqual([r.split()[0] for r in ran], ["runInteraction"] * 3)
+        self.assertEqual(len((yield self.remaining())), 3)
+        del ran[:]
+        yield self.emptied()
+        self.assertEqual(ran.count("runBatch delete"), 1)
+
+    @inlineCallbacks
+    def test_deletedInPortions(self) -> Any:
+        """
+        Many confirmed at once are deleted in statements of at most
+        C{deletePortion} ids each.
+        """
+        self.outbox.deletePortion = 2
+        for n in range(5):
+            yield self.database.runInteraction(
+                lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n})
+            )
+        yield self.outbox.flush()
+        yield eventually(lambda: len(self.received) == 5)
+        yield self.emptied()
+
+    @inlineCallbacks
+    def test_scanLeavesConfirmed(self) -> Any:
+        """
+        A scan leaves be the rows of confirmed events that wait to be
+        deleted: each event is published once.
         """
         self.outbox = self.makeOutbox(settleDelay=60.0)
-        yield self.outbox.flush()  # the first pass looks for leftovers
-        first = yield self.database.runInteraction(
-            lambda t: self.outbox.stage(t, "thing.made", {"n": 1})
-        )
-        ran = self.spyOnTransactions()
+        yield self.outbox.flush()
+        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
         yield self.outbox.flush()
         yield eventually(lambda: len(self.received) == 1)
-        self.assertEqual(ran, [])
-        self.assertEqual([tuple(r) for r in (yield self.remaining())], [(first,)])
-        del ran[:]
-        second = yield self.database.runInteraction(
-            lambda t: self.outbox.stage(t, "thing.made", {"n": 2})
-        )
-        self.assertEqual(ran, ["runInteraction"])
-        self.assertEqual([tuple(r) for r in (yield self.remaining())], [(second,)])
+        yield self.outbox._publishLeftovers(None)
+        yield sleep(0.05)
+        self.assertEqual(len(self.received), 1)
+        self.assertEqual(len((yield self.remaining())), 1)
 
     @inlineCallbacks
-    def test_deletedAlone(self) -> Any:
+    def test_deleteRetried(self) -> Any:
         """
-        With no transaction staging an event within C{settleDelay}, the
-        outbox deletes the rows of what the bus confirmed alone.
+        If the database refuses the DELETE, the rows go the next time, and
+        nothing is published again meanwhile.
         """
         self.outbox = self.makeOutbox(settleDelay=0.05)
+        yield self.outbox.flush()
+        real = self.database.runBatch
+        refusals = []
+
+        def refuseOnce(*args: Any, **kwargs: Any) -> Any:
+            if not refusals:
+                refusals.append(True)
+                return fail(ConnectionError("database away"))
+            return real(*args, **kwargs)
+
         yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
+        self.patch(self.database, "runBatch", refuseOnce)
         yield self.outbox.flush()
-        yield eventually(lambda: len(self.received) == 1)
-        self.assertEqual(len((yield self.remaining())), 1)
-        yield self.emptied()
-
-    @inlineCallbacks
-    def test_carrierRolledBack(self) -> Any:
-        """
-        When the transaction that carried the DELETE of confirmed rows rolls
-        back, the outbox deletes them alone; meanwhile a scan does not take
-        them for leftovers: each event is published once.
-        """
-        self.outbox = self.makeOutbox(settleDelay=0.1)
-        yield self.outbox.flush()
-        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
-        yield self.outbox.flush()
-        yield eventually(lambda: len(self.received) == 1)
-
-        def changeMind(t: Any) -> None:
-            self.outbox.stage(t, "thing.made", {"n": 2})
-            raise RuntimeError("abort")
-
-        yield self.assertFailure(self.database.runInteraction(changeMind), RuntimeError)
-        self.assertEqual(len((yield self.remaining())), 1)
+        yield eventually(lambda: refusals)
+        self.patch(self.database, "runBatch", real)
         yield self.outbox._publishLeftovers(None)
         yield self.emptied()
-        yield sleep(0.05)
-        self.assertEqual([p["n"] for p, _ in self.received], [1])
+        self.assertEqual(len(self.received), 1)
 
     @inlineCallbacks
     def test_stopDeletes(self) -> Any:
@@ -434,34 +453,4 @@ class SQLiteOutboxTests(SQLiteMixin, OutboxTestsMixin, TestCase):
 
 
 class PostgresOutboxTests(PostgresMixin, OutboxTestsMixin, TestCase):
-    @inlineCallbacks
-    def test_aloneSkipsWhatACarrierHolds(self) -> Any:
-        """
-        Deleting alone skips the rows a transaction that carries their
-        DELETE still holds, instead of waiting for it; once it commits, the
-        outbox forgets them.
-        """
-        import threading
-
-        self.outbox = self.makeOutbox(settleDelay=60.0)
-        yield self.database.runInteraction(lambda t: self.outbox.stage(t, "thing.made", {"n": 1}))
-        yield self.outbox.flush()
-        yield eventually(lambda: len(self.received) == 1)
-        holding, release, finished = threading.Event(), threading.Event(), threading.Event()
-
-        def carry(t: Any) -> None:
-            self.outbox.stage(t, "thing.made", {"n": 2})
-            t.execute("SELECT 1")  # the DELETE goes now: its rows are held
-            holding.set()
-            release.wait(10)
-            finished.set()
-
-        carrier = self.database.runInteraction(carry)
-        yield eventually(holding.is_set)
-        yield self.outbox._settleAlone(everything=True)
-        self.assertFalse(finished.is_set())
-        self.assertEqual(len(self.outbox._claims), 1)
-        release.set()
-        yield carrier
-        self.assertEqual(self.outbox._claims, {})
-        self.assertEqual(len((yield self.remaining())), 1)  # the second's own row
+    pass

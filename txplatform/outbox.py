@@ -7,15 +7,12 @@ A service that committed a change therefore cannot lose its event, whether
 the bus is down or the process dies between commit and publish, and the
 relay deletes a row only once the bus has confirmed the event.
 
-The row of a confirmed event is deleted by the next transaction that
-stages an event, among its own statements (under load, one comes within
-milliseconds): no transaction of its own, no COMMIT of its own for the
-database to write and flush.  When none comes within L{Outbox.settleDelay},
-or the one that carried the DELETE rolled back, the relay deletes it
-alone.  Either way well before another replica's timer would take the row
-for a leftover; a process that dies in between publishes those events
-again when it restarts (under the same message ids), as it would one
-confirmed just before it died.
+The rows of confirmed events are deleted together, every
+L{Outbox.settleDelay} (0.5 s) while there are some, in one transaction:
+not in one after every batch the relay publishes (under load, hundreds a
+second, each a COMMIT for the database to write and flush).  A process
+that dies in between publishes those events again when it restarts (under
+the same message ids), as it would one confirmed just before it died.
 
 The relay publishes a committed transaction's events from memory (the
 transaction hands them over once it committed: no query to find them), and
@@ -29,27 +26,24 @@ from a new event.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import (
     Deferred,
     DeferredList,
+    DeferredLock,
     FirstError,
     inlineCallbacks,
-    succeed,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from . import traces
 from .codec import dumps, loads
 from .context import Origin, newMessageId
 from .database import Migration
-from .interfaces import IBus, IDatabase, IFieldCodec, IRows, ITransaction
+from .interfaces import IBus, IDatabase, IFieldCodec, ITransaction
 from .metrics import OUTBOX_BACKLOG, OUTBOX_LEFTOVERS, OUTBOX_OLDEST
 from .serviceid import ServiceId
 
@@ -75,9 +69,9 @@ class Outbox:
 
     log = Logger()
 
-    #: Seconds after which the outbox stops tracking a claim whose
-    #: transaction never committed and whose rows it could not delete.
-    abandonAfter = 60.0
+    #: The most ids one DELETE names (SQLite takes at most 32,766
+    #: parameters a statement).
+    deletePortion = 500
 
     def __init__(
         self,
@@ -123,20 +117,17 @@ class Outbox:
         # look only at rows older than the interval.
         self._scanAll = True
         self._scanOld = False
-        # Message ids whose events the bus confirmed and whose rows are not
-        # deleted yet: waiting for a transaction to carry their DELETE, or
-        # claimed by one (with when) until it commits.  A scan leaves them
-        # be too.
+        # Message ids whose events the bus confirmed and whose rows wait
+        # to be deleted (until the DELETE has committed, a scan leaves them
+        # be), and the timer that deletes them.
         self._confirmed: list[str] = []
-        self._claims: dict[int, tuple[list[str], float]] = {}
-        self._claimCount = 0
-        # Held around the two above: a transaction that stages an event may
-        # run in a thread (runInteraction on PostgreSQL).
-        self._claiming = threading.Lock()
         self._undeleted: set[str] = set()
         self._settling: IDelayedCall | None = None
-        self._settlingAlone: Deferred[None] | None = None
         self._stopped = False
+        # Deleting and scanning take turns: a scan's query, on a
+        # connection of its own, must not read a row whose DELETE commits
+        # (and whose id is forgotten) before its answer comes.
+        self._table = DeferredLock()
 
     def migrations(self) -> list[Migration]:
         return [
@@ -215,156 +206,64 @@ class Outbox:
         )
         staged = _Staged(messageId, event, payload, correlationId, traceParent, traceState)
         transaction.afterCommit(lambda: self._committed(staged))
-        if self._confirmed:
-            self._claim(transaction)
         return messageId
-
-    def _claim(self, transaction: ITransaction) -> None:
-        """
-        Have C{transaction} delete the rows of the events confirmed so far,
-        with its own statements.  (Perhaps in a thread: this touches
-        nothing of the reactor's.  If it rolls back, the relay's timer,
-        running since the confirmation, finds its claim old and deletes
-        them alone.)
-        """
-        with self._claiming:
-            ids, self._confirmed = self._confirmed, []
-            if not ids:
-                return
-            self._claimCount += 1
-            claim = self._claimCount
-            self._claims[claim] = (ids, self._clock.seconds())
-        transaction.send(
-            f"DELETE FROM {self.table} WHERE message_id IN ({', '.join('?' * len(ids))})", ids
-        )
-        # Called in the reactor's thread, once committed.
-        transaction.afterCommit(lambda: self._carried(claim))
-
-    def _carried(self, claim: int) -> None:
-        with self._claiming:
-            ids = self._claims.pop(claim, ((), 0.0))[0]
-        self._deleted(ids)
-
-    def _deleted(self, ids: Iterable[str]) -> None:
-        self._undeleted.difference_update(ids)
 
     def _confirm(self, ids: list[str]) -> None:
         """
-        The bus confirmed the events of C{ids}: their rows go with the next
-        transaction that stages an event, or alone (L{settleDelay}).
+        The bus confirmed the events of C{ids}: their rows go with the
+        others confirmed within L{settleDelay}.
         """
-        with self._claiming:
-            self._confirmed += ids
+        if not ids:
+            return
+        self._confirmed += ids
         self._undeleted.update(ids)
         if self._stopped:
             # Published after the outbox stopped (its service finishing a
-            # call): no transaction will come to carry them.
-            self._settleAlone()
-        else:
-            self._settleLater()
+            # call): no timer runs any more.
+            self._deleteConfirmed()
+        elif self._settling is None:
+            self._settling = self._clock.callLater(self.settleDelay, self._settleDue)
 
-    def _settleLater(self) -> None:
-        if self._settling is None and not self._stopped:
-            self._settling = self._clock.callLater(self.settleDelay, self._settleAlone)
-
-    def _settleAlone(self, everything: bool = False) -> Deferred[None]:
-        """
-        Delete, in a transaction of their own, the rows of confirmed events
-        that no transaction carried, and of those whose transaction has not
-        committed after L{settleDelay} (it rolled back, or is slow: on
-        PostgreSQL its rows are skipped while it holds them, so the two
-        never wait on each other).  Never fails: what is left waits for the
-        next time.
-
-        @param everything: Every claim, however young (the outbox stops).
-        """
-        if self._settling is not None and self._settling.active():
-            self._settling.cancel()  # called before its time
+    def _settleDue(self) -> None:
         self._settling = None
-        if self._settlingAlone is not None:
-            # One at a time; the one under way asks for the next.
-            self._settleLater()
-            return self._settlingAlone
-        now = self._clock.seconds()
-        with self._claiming:
-            abandoned = [
-                self._claims.pop(claim)[0]
-                for claim, (_, at) in list(self._claims.items())
-                if at < now - self.abandonAfter
-            ]
-            claims = [
-                claim
-                for claim, (_, at) in self._claims.items()
-                if everything or at <= now - self.settleDelay
-            ]
-            fresh, self._confirmed = self._confirmed, []
-            ids = fresh + [i for claim in claims for i in self._claims[claim][0]]
-            waiting = bool(self._claims)
-        for held in abandoned:
-            # Its transaction never said, and its rows never went: another
-            # replica's scan took them, or the transaction is stuck.  A
-            # scan here may take what is left.
-            self._deleted(held)
+        self._deleteConfirmed()
+
+    def _deleteConfirmed(self) -> Deferred[None]:
+        """
+        Delete the rows of the events confirmed so far, in one transaction
+        (L{deletePortion} ids a statement).  Never fails: if the database
+        refuses, they wait for the next time.
+        """
+        return self._table.run(self._deleteConfirmedNow)
+
+    @inlineCallbacks
+    def _deleteConfirmedNow(self) -> Any:
+        ids, self._confirmed = self._confirmed, []
         if not ids:
-            if waiting:
-                # Claims younger than settleDelay: their transactions
-                # have until then.
-                self._settleLater()
-            return succeed(None)
-        marks = ", ".join("?" * len(ids))
-        if self._database.dialect == "postgresql":
-            chosen = (
-                f"SELECT message_id FROM {self.table} WHERE message_id IN ({marks})"
-                " FOR UPDATE SKIP LOCKED"
-            )
-        else:
-            chosen = marks  # one writer at a time: nothing to skip
-        d = self._database.runBatch(
-            lambda t: t.query(
-                f"DELETE FROM {self.table} WHERE message_id IN ({chosen}) RETURNING message_id",
-                ids,
-            )
-        )
+            return
 
-        def deleted(rows: IRows) -> None:
-            # The fresh ones are gone (nobody else deletes them, unless a
-            # scan elsewhere holds them for that very purpose).
-            self._deleted(fresh)
-            gone = {row[0] for row in rows.fetchall()}
-            with self._claiming:
-                for claim in claims:
-                    if claim not in self._claims:
-                        continue  # its transaction committed meanwhile
-                    held, at = self._claims[claim]
-                    left = [i for i in held if i not in gone]
-                    if left:
-                        # Skipped: its transaction holds them still.
-                        self._claims[claim] = (left, at)
-                    else:
-                        del self._claims[claim]
-            self._deleted(gone)
+        def delete(t: ITransaction) -> None:
+            for start in range(0, len(ids), self.deletePortion):
+                portion = ids[start : start + self.deletePortion]
+                t.send(
+                    f"DELETE FROM {self.table} WHERE message_id IN"
+                    f" ({', '.join('?' * len(portion))})",
+                    portion,
+                )
 
-        def failed(reason: Failure) -> None:
-            with self._claiming:
-                self._confirmed[:0] = fresh
+        try:
+            yield self._database.runBatch(delete)
+        except Exception as e:
+            self._confirmed[:0] = ids
             self.log.warn(
                 "Outbox of {component} could not delete what the bus confirmed yet: {error}",
                 component=self.component,
-                error=reason.getErrorMessage(),
+                error=f"{type(e).__name__}: {e}",
             )
-
-        def done(_: Any) -> None:
-            self._settlingAlone = None
-            with self._claiming:
-                left = bool(self._confirmed or self._claims)
-            if left:
-                self._settleLater()
-
-        d.addCallbacks(deleted, failed).addBoth(done)
-        if d.called:
-            return succeed(None)
-        self._settlingAlone = d
-        return d
+        else:
+            self._undeleted.difference_update(ids)
+        if self._confirmed and self._settling is None and not self._stopped:
+            self._settling = self._clock.callLater(self.settleDelay, self._settleDue)
 
     def _committed(self, staged: _Staged) -> None:
         if self._scanned.pop(staged.messageId, None) is not None:
@@ -406,9 +305,7 @@ class Outbox:
         if self._settling is not None:
             self._settling.cancel()
             self._settling = None
-        if self._settlingAlone is not None:
-            yield self._settlingAlone
-        yield self._settleAlone(everything=True)
+        yield self._deleteConfirmed()
 
     def flush(self) -> Deferred[None]:
         """
@@ -466,7 +363,7 @@ class Outbox:
             if self._scanAll or self._scanOld:
                 horizon = None if self._scanAll else self._clock.seconds() - self._interval
                 self._scanAll = self._scanOld = False
-                yield self._publishLeftovers(horizon)
+                yield self._table.run(self._publishLeftovers, horizon)
         except BaseException:
             # What did not go stays in the table: look for it next time.
             self._scanAll = True
