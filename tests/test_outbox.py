@@ -360,9 +360,28 @@ class OutboxTestsMixin:
             yield self.database.runInteraction(
                 lambda t, n=n: self.outbox.stage(t, "thing.made", {"n": n})
             )
+        deletes: list[int] = []
+        real = self.database.runBatch
+
+        def counting(interaction: Any, *args: Any, **kwargs: Any) -> Any:
+            def counted(t: Any, *a: Any, **kw: Any) -> Any:
+                send = t.send
+
+                def sent(sql: str, params: Any = ()) -> Any:
+                    if sql.startswith("DELETE"):
+                        deletes.append(len(params))
+                    return send(sql, params)
+
+                t.send = sent
+                return interaction(t, *a, **kw)
+
+            return real(counted, *args, **kwargs)
+
+        self.patch(self.database, "runBatch", counting)
         yield self.outbox.flush()
         yield eventually(lambda: len(self.received) == 5)
         yield self.emptied()
+        self.assertEqual(deletes, [2, 2, 1])
 
     @inlineCallbacks
     def test_scanLeavesConfirmed(self) -> Any:

@@ -50,6 +50,15 @@ from .serviceid import ServiceId
 __all__ = ["Outbox"]
 
 
+def _raiseFirstFailure(results: list[tuple[bool, Any]]) -> None:
+    """
+    Raise the first failure of a L{DeferredList}'s C{results}, if any.
+    """
+    for ok, result in results:
+        if not ok:
+            result.raiseException()
+
+
 class _Staged(NamedTuple):
     messageId: str
     event: str
@@ -389,9 +398,7 @@ class Outbox:
                 self._confirm(
                     [s.messageId for s, (ok, _) in zip(ready, results, strict=True) if ok]
                 )
-                failures = [result for ok, result in results if not ok]
-                if failures:
-                    failures[0].raiseException()
+                _raiseFirstFailure(results)
             finally:
                 self._inMemory.difference_update(s.messageId for s in ready)
                 self._backlog.set(len(self._inMemory))
@@ -440,20 +447,18 @@ class Outbox:
         return d.addBoth(traces.endSpan, span)
 
     @inlineCallbacks
-    def _settle(self, keys: list[Any], results: list[tuple[bool, Any]], column: str) -> Any:
+    def _settleScanned(self, seqs: list[int], results: list[tuple[bool, Any]]) -> Any:
         """
         Delete the rows a scan published whose events the bus confirmed, at
         once; raise the first failure (the others stay, for a scan).
         """
-        confirmed = [key for key, (ok, _) in zip(keys, results, strict=True) if ok]
+        confirmed = [seq for seq, (ok, _) in zip(seqs, results, strict=True) if ok]
         if confirmed:
             marks = ", ".join("?" * len(confirmed))
             yield self._database.runOperation(
-                f"DELETE FROM {self.table} WHERE {column} IN ({marks})", confirmed
+                f"DELETE FROM {self.table} WHERE seq IN ({marks})", confirmed
             )
-        failures = [result for ok, result in results if not ok]
-        if failures:
-            failures[0].raiseException()
+        _raiseFirstFailure(results)
 
     @inlineCallbacks
     def _publishLeftovers(self, horizon: float | None) -> Any:
@@ -510,6 +515,6 @@ class Outbox:
                 published.append(seq)
             results = yield DeferredList(confirmations, consumeErrors=True)
             OUTBOX_LEFTOVERS.labels(self.component).inc(sum(1 for ok, _ in results if ok))
-            yield self._settle(published, results, "seq")
+            yield self._settleScanned(published, results)
             if len(rows) < self._batchSize:
                 return
