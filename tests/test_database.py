@@ -870,6 +870,26 @@ class PostgresDatabaseTests(PostgresTestsMixin, DatabaseTestsMixin, TestCase):
         self.assertEqual(rows, [(1,)])
 
     @inlineCallbacks
+    def test_batchRaisesAtOnce(self) -> Any:
+        """
+        A batch whose interaction raises, on a connection that was free at
+        once, fails with what it raised, sends nothing, and gives the
+        connection back: the next batch runs on it.
+        """
+        database = yield self.oneConnection()
+        yield database.runQuery("SELECT 1")  # the one connection, open and idle
+        sent = self.countMessages()
+
+        def broken(t: Any) -> None:
+            t.send("DELETE FROM things")
+            raise ZeroDivisionError()
+
+        yield self.assertFailure(database.runBatch(broken), ZeroDivisionError)
+        self.assertEqual(sent, [])
+        rows = yield database.runQuery("SELECT 2")
+        self.assertEqual(rows, [(2,)])
+
+    @inlineCallbacks
     def test_batchUnreadable(self) -> Any:
         """
         A batch whose rows cannot be read (a value psycopg cannot load)

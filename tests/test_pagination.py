@@ -5,6 +5,7 @@ L{txplatform.timestamps}.
 
 import base64
 import json
+import random
 import re
 
 from twisted.internet.task import Clock
@@ -12,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txplatform.errors import InvalidArgument
 from txplatform.pagination import CURSOR_PATTERN, decodeCursor, encodeCursor, page
-from txplatform.recordid import isRecordId, newRecordId, recordIdTime
+from txplatform.recordid import _written, isRecordId, newRecordId, recordIdTime
 from txplatform.timestamps import formatMillis
 
 ID_A = "01aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -92,6 +93,24 @@ class RecordIdTests(SynchronousTestCase):
         self.assertFalse(isRecordId("x" * 26))
         self.assertFalse(isRecordId(recordId.upper()))
         self.assertFalse(isRecordId(recordId + "\n"))
+
+    def test_digits(self) -> None:
+        """
+        An id's 128 bits are written as 26 base32 digits, the most significant
+        first, in Crockford's alphabet: ULID's layout, whose specification
+        gives the largest id as C{7ZZZZZZZZZZZZZZZZZZZZZZZZZ}.
+        """
+        self.assertEqual(_written(0), "0" * 26)
+        self.assertEqual(_written(2**128 - 1), "7" + "z" * 25)
+        self.assertEqual(_written(31), "0" * 25 + "z")
+        self.assertEqual(_written(32), "0" * 24 + "10")
+        self.assertEqual(_written(0x0123456789ABCDEF << 64), "014d2pf2dbsqqg000000000000")
+        alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+        for value in [random.getrandbits(128) for _ in range(200)]:
+            digits = ""
+            for shift in range(125, -5, -5):
+                digits += alphabet[(value >> shift) & 31]
+            self.assertEqual(_written(value), digits)
 
     def test_timeOrdered(self) -> None:
         """

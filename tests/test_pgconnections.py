@@ -323,6 +323,31 @@ class ReactorConnectionsTests(SynchronousTestCase):
         self.opening[2].callback(None)
         self.assertIsNot(self.successResultOf(third), a)
 
+    def test_idle(self) -> None:
+        """
+        L{ReactorConnections.idle} hands out a connection given back, at
+        once, and None when there is none (opening nothing), it broke, or
+        the connections are closed.
+        """
+        self.assertIsNone(self.pool.idle())
+        self.assertEqual(self.opening, [])
+        d = self.pool.acquire()
+        self.opening[0].callback(None)
+        a = self.successResultOf(d)
+        self.assertIsNone(self.pool.idle())
+        self.pool.release(a)
+        self.assertIs(self.pool.idle(), a)
+        self.assertIsNone(self.pool.idle())
+        self.pool.release(a)
+        a.close()
+        self.assertIsNone(self.pool.idle())
+        d = self.pool.acquire()
+        self.opening[1].callback(None)
+        b = self.successResultOf(d)
+        self.pool.release(b)
+        self.pool.close()
+        self.assertIsNone(self.pool.idle())
+
     def test_brokenIdleSkipped(self) -> None:
         """
         An idle connection that broke is not handed out.

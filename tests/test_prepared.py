@@ -97,6 +97,26 @@ class PreparedStatementsTests(SynchronousTestCase):
             ],
         )
 
+    def test_sameTypesOtherValues(self) -> None:
+        """
+        A statement prepared is found again under its name whatever Python
+        type its values come as, where PostgreSQL's is the same (text and
+        NULL are both C{unknown}); a list is C{bigint[]} only while it holds
+        integers alone.
+        """
+        statements, prepare = PreparedStatements(), Preparer()
+        sql = "SELECT * FROM t WHERE a = ? AND b = ANY(?)"
+        for _ in range(2):
+            name = statements.name(sql, ("x", [1, 2]), prepare)
+        self.assertEqual(name, "txp_0")
+        self.assertEqual(statements.name(sql, (None, [3]), None), "txp_0")
+        self.assertEqual(statements.name(sql, ("y", []), None), "txp_0")
+        self.assertIsNone(statements.name(sql, ("y", ["z"]), None))
+        self.assertIsNone(statements.name(sql, ("y", [1, "z"]), prepare))
+        self.assertIsNone(statements.name(sql, (1, [3]), None))
+        self.assertEqual(statements.name(sql, ("x", [1, 2]), None), "txp_0")
+        self.assertEqual(len(prepare.statements), 1)
+
     def test_noParameters(self) -> None:
         """
         A statement without parameters is prepared without a type list.

@@ -850,9 +850,11 @@ class SQLiteDatabase(_Database):
         return IntegrityError(str(error))
 
 
+@lru_cache(maxsize=4096)
 def _lockKey(name: str) -> int:
     """
     A lock name as the signed 64-bit key PostgreSQL's advisory locks take.
+    (Kept: a login locks the same few keys again each time.)
     """
     digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, person=b"txplatform").digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -971,8 +973,17 @@ class PostgresDatabase(_Database):
         committed: list[Callable[[], Any]] = []
         cause, span = self._cause(interaction)
         queued = time.monotonic()
-        d = self._connections.acquire()
-        d.addCallback(self._batch, interaction, args, kwargs, committed, queued, cause)
+        connection = self._connections.idle()
+        if connection is None:
+            d = self._connections.acquire()
+            d.addCallback(self._batch, interaction, args, kwargs, committed, queued, cause)
+        else:
+            # A connection free at once (most batches): the batch begins now,
+            # without a Deferred of the connection to wait on the answer's.
+            try:
+                d = self._batch(connection, interaction, args, kwargs, committed, queued, cause)
+            except BaseException:
+                d = fail()
         if span is not None:
             d.addBoth(traces.endSpan, span)
         return d
@@ -1011,6 +1022,10 @@ class PostgresDatabase(_Database):
                 d = self._rollback(connection)
                 d.addBoth(lambda _: self._done(connection, transaction.prepares, started))
                 return d.addCallback(lambda _: why)
+            if not transaction.prepares:
+                # Most batches: the connection is back at once.
+                self._release(connection, started)
+                return result
             done = self._done(connection, transaction.prepares, started)
             return done.addCallback(lambda _: result)
 
@@ -1056,8 +1071,16 @@ class PostgresDatabase(_Database):
             return succeed(None)
         return connection.query("ROLLBACK")
 
+    def _release(self, connection: ReactorConnection, started: float) -> None:
+        """
+        The batch on C{connection}, begun at C{started}, is over, and left
+        nothing to prepare: give the connection back.
+        """
+        self._durations.observe(time.monotonic() - started)
+        self._connections.release(connection)
+
     def _done(
-        self, connection: ReactorConnection, prepares: Iterable[str], started: float
+        self, connection: ReactorConnection, prepares: Sequence[str], started: float
     ) -> Deferred[None]:
         """
         The batch on C{connection} is over: run the C{prepares} it made due,
@@ -1067,6 +1090,9 @@ class PostgresDatabase(_Database):
 
         @return: A Deferred that fires once the connection is back.
         """
+        if not prepares:
+            self._release(connection, started)
+            return succeed(None)
         self._durations.observe(time.monotonic() - started)
         waiting = list(prepares)
         statements = self._preparedOn(connection.connection)

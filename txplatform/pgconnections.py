@@ -210,6 +210,17 @@ class ReactorConnections:
         """
         return len(self._all)
 
+    def idle(self) -> ReactorConnection | None:
+        """
+        An idle connection, of one's own until L{release}d, if there is one
+        now; else None (and L{acquire} waits for one).
+        """
+        while self._idle and not self._closed:
+            connection = self._idle.pop()
+            if not connection.broken:
+                return connection
+        return None
+
     def acquire(self) -> Deferred[ReactorConnection]:
         """
         A connection of one's own until L{release}d: an idle one, a new one
@@ -217,10 +228,9 @@ class ReactorConnections:
         """
         if self._closed:
             return fail(ConnectionClosed("the database is closed"))
-        while self._idle:
-            connection = self._idle.pop()
-            if not connection.broken:
-                return succeed(connection)
+        connection = self.idle()
+        if connection is not None:
+            return succeed(connection)
         # One who gives up waiting (a caller that cancels) leaves the queue:
         # a connection released is not handed to nobody.
         waiting: Deferred[ReactorConnection] = Deferred(self._waiting.remove)

@@ -85,6 +85,10 @@ class PreparedStatements:
         self._later: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._pending: set[tuple[str, tuple[str, ...]]] = set()
         self._made = 0
+        # The names of statements prepared, by their SQL and the Python
+        # types of their values: found without typing each value (a
+        # statement prepared keeps its name for the connection's life).
+        self._known: dict[tuple[Any, ...], str] = {}
 
     def __len__(self) -> int:
         return len(self._names)
@@ -103,11 +107,20 @@ class PreparedStatements:
         will run it later and say so to L{prepared}); None if it goes as
         text.
         """
+        kinds = (sql, *map(type, params))
+        name = self._known.get(kinds)
+        if name is not None and (list not in kinds or _intLists(params)):
+            return name
         types = tuple(map(parameterType, params))
         key = (sql, types)
         name = self._names.get(key)
-        if name is not None or prepare is None:
+        if name is not None:
+            if len(self._known) >= 4 * self.limit:
+                self._known.clear()
+            self._known[kinds] = name
             return name
+        if prepare is None:
+            return None
         if (
             None in types
             or key in self._refused
@@ -153,6 +166,14 @@ class PreparedStatements:
             self._names[key] = name
         else:
             self._refused.add(key)
+
+
+def _intLists(params: Sequence[Any]) -> bool:
+    """
+    Whether every list among C{params} holds integers only (the one kind of
+    list a statement is prepared for: C{bigint[]}).
+    """
+    return all(type(v) is int for p in params if type(p) is list for v in p)
 
 
 def _numbered(sql: str, count: int) -> str | None:

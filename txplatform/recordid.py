@@ -27,6 +27,9 @@ __all__ = ["newRecordId", "isRecordId", "recordIdTime"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _RECORD_ID = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{25}\Z")
+# Every pair of digits, by the 10 bits it writes: 13 lookups write an id.
+_PAIRS = tuple(high + low for high in _ALPHABET for low in _ALPHABET)
+_SHIFTS = tuple(range(120, -10, -10))
 
 
 _lock = threading.Lock()
@@ -41,11 +44,15 @@ def newRecordId(clock: IReactorTime) -> str:
         if value <= last:
             value = last + 1
         _last[clock] = value
-    chars = []
-    for _ in range(26):
-        value, digit = divmod(value, 32)
-        chars.append(_ALPHABET[digit])
-    return "".join(reversed(chars))
+    return _written(value)
+
+
+def _written(value: int) -> str:
+    """
+    C{value} (under 2 ** 130) as 26 Crockford base32 digits, the most
+    significant first.
+    """
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def isRecordId(text: object) -> bool:

@@ -4,6 +4,7 @@ Tests for L{txplatform.crypto.codecs}: sealed fields and bus payloads.
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import Any
 
@@ -74,6 +75,13 @@ class FieldCodecTests(SynchronousTestCase):
 
         codec = SealedFieldCodec(Sealer(ring))
         index = codec.index("accounts", "email", "ada@example.com")
+        # HMAC-SHA256 under the column's key: what indexes already stored hold.
+        key = ring.indexKey(ring.currentVersion(), "accounts", "email")
+        self.assertEqual(index, hmac.digest(key, b"ada@example.com", "sha256"))
+        self.assertEqual(
+            codec.index("accounts", "email", "bob@example.com"),
+            hmac.digest(key, b"bob@example.com", "sha256"),
+        )
         self.assertEqual(index, codec.index("accounts", "email", "ada@example.com"))
         self.assertNotEqual(index, codec.index("accounts", "username", "ada@example.com"))
         self.assertEqual(len(index), 32)

@@ -58,6 +58,10 @@ class SealedFieldCodec:
         self.sealer = sealer
         self.keyring = sealer.keyring
         self._reload = reload
+        # An HMAC keyed for each index key, copied for each value: the key
+        # schedule is done once, and OpenSSL's digest not looked up by name
+        # at every index (a login makes four).
+        self._indexers: dict[bytes, Any] = {}
 
     def seal(self, table: str, column: str, rowId: str, value: str) -> bytes:
         return self.sealer.seal(value.encode("utf-8"), fieldContext(table, column, rowId))
@@ -86,7 +90,12 @@ class SealedFieldCodec:
 
     def _index(self, version: int, table: str, column: str, value: str) -> bytes:
         key = self.keyring.indexKey(version, table, column)
-        return hmac.digest(key, value.encode("utf-8"), hashlib.sha256)
+        keyed = self._indexers.get(key)
+        if keyed is None:
+            keyed = self._indexers[key] = hmac.new(key, digestmod=hashlib.sha256)
+        mac = keyed.copy()
+        mac.update(value.encode("utf-8"))
+        return mac.digest()  # type: ignore[no-any-return]
 
     def versionOf(self, data: bytes) -> int | None:
         """
