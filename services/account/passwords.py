@@ -90,6 +90,19 @@ class PasswordHasher:
             parallelism=parameters.parallelism,
             type=argon2.Type.ID,
         )
+        # The start and the length of a hash made with these parameters:
+        # one that has both needs no rehash, said without argon2-cffi
+        # parsing it at every login.
+        self._ours = (
+            f"$argon2id$v={argon2.low_level.ARGON2_VERSION}$m={parameters.memoryCost}"
+            f",t={parameters.timeCost},p={parameters.parallelism}$"
+        )
+        self._oursLength = (
+            len(self._ours)
+            + _unpadded(self._hasher.salt_len)
+            + 1
+            + _unpadded(self._hasher.hash_len)
+        )
         self._threads = concurrency or os.cpu_count() or 2
         self._makePool = threadPool
         self._pool: Any = None
@@ -175,10 +188,20 @@ class PasswordHasher:
         """
         Whether C{encoded} was made with other parameters than ours.
         """
+        if len(encoded) == self._oursLength and encoded.startswith(self._ours):
+            return False
         try:
             return self._hasher.check_needs_rehash(encoded)
         except (InvalidHashError, ValueError):
             return True
+
+
+def _unpadded(size: int) -> int:
+    """
+    The length of C{size} bytes in base64 without padding, as argon2 writes
+    salts and hashes.
+    """
+    return (4 * size + 2) // 3
 
 
 def _measured(operation: str, function: Callable[..., Any], *args: Any) -> Any:

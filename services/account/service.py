@@ -9,9 +9,10 @@ import hashlib
 import secrets
 from typing import Any, Callable
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 from txplatform.context import CallContext
 from txplatform.database import IntegrityError
@@ -25,7 +26,7 @@ from txplatform.timestamps import formatMillis, nowMillis
 
 from . import api
 from .passwords import PasswordHasher
-from .store import MIGRATIONS, NORMALISE, AccountRow, AccountStore, SessionRow
+from .store import MIGRATIONS, NORMALISE, AccountRow, AccountStore, Credentials, SessionRow
 from .throttle import LoginThrottle
 
 __all__ = ["AccountService"]
@@ -227,62 +228,64 @@ class AccountService(DatabaseService):
     # Sessions
 
     @rpc(api.LoginAttempt)
-    @inlineCallbacks
-    def login(self, request: api.LoginAttempt, context: CallContext) -> Any:
+    def login(self, request: api.LoginAttempt, context: CallContext) -> Deferred[Any]:
         keys = self.throttle.keys(request.username, request.client)
         token = secrets.token_urlsafe(32)
         now = nowMillis(self.clock)
         expiresAt = now + int(self.sessionLifetime * 1000)
         sessionId = newRecordId(self.clock)
 
-        def lookup(t: ITransaction) -> Callable[[], AccountRow | None]:
-            return self.store.byUsernameQuery(t, request.username)
+        def lookup(t: ITransaction) -> Callable[[], Credentials | None]:
+            return self.store.credentialsQuery(t, request.username)
 
-        def settle(t: ITransaction, checked: tuple[AccountRow, bool]) -> AccountRow:
+        def settle(t: ITransaction, checked: tuple[Credentials, bool]) -> Credentials:
             account = checked[0]
             self.store.addSession(t, sessionId, hashToken(token), account.id, now, expiresAt)
             return account
+
+        def loggedIn(checked: Any) -> Any:
+            if not isinstance(checked, Credentials):
+                raise Unauthenticated(_BAD_LOGIN)
+            reply = {
+                "token": token,
+                "expires_at": formatMillis(expiresAt),
+                "account_id": checked.id,
+                "session_id": sessionId,
+            }
+            if not self.passwords.needsRehash(checked.password_hash):
+                return reply
+            rehashed = self.passwords.hash(request.password)
+            rehashed.addCallback(lambda newHash: self.store.rehash(checked.id, newHash))
+            return rehashed.addCallback(lambda _: reply)
+
+        def deleted(reason: Failure) -> None:
+            reason.trap(IntegrityError)
+            # Deleted while we checked the password: as if it never was.
+            raise Unauthenticated(_BAD_LOGIN)
 
         # Counted before any password work (in the transaction that looks
         # the account up), and refused at once when the address is
         # blocked: a blocked brute force costs one transaction, not an
         # argon2id hash.  A success is settled, and its session made, in
         # one more.
-        try:
-            checked = yield self.throttle.check(
-                keys,
-                lookup,
-                lambda account: self._checkPassword(account, request.password),
-                matched=lambda checked: checked[1],
-                settle=settle,
-            )
-        except IntegrityError:
-            # Deleted while we checked the password: as if it never was.
-            raise Unauthenticated(_BAD_LOGIN) from None
-        if not isinstance(checked, AccountRow):
-            raise Unauthenticated(_BAD_LOGIN)
-        account = checked
-        if self.passwords.needsRehash(account.password_hash):
-            newHash = yield self.passwords.hash(request.password)
-            yield self.store.rehash(account.id, newHash)
-        return {
-            "token": token,
-            "expires_at": formatMillis(expiresAt),
-            "account_id": account.id,
-            "session_id": sessionId,
-        }
+        checked = self.throttle.check(
+            keys,
+            lookup,
+            lambda account: self._checkPassword(account, request.password),
+            matched=lambda checked: checked[1],
+            settle=settle,
+        )
+        return checked.addCallbacks(loggedIn, deleted)
 
-    @inlineCallbacks
-    def _checkPassword(self, account: AccountRow | None, password: str) -> Any:
+    def _checkPassword(self, account: Credentials | None, password: str) -> Deferred[Any]:
         """
         C{(account, whether password is its password)}; an unknown
         username costs a hash as well, and matches nothing.
         """
         if account is None:
-            yield self.passwords.verifyNothing(password)
-            return None, False
-        matches = yield self.passwords.verify(account.password_hash, password)
-        return account, matches
+            return self.passwords.verifyNothing(password).addCallback(lambda _: (None, False))
+        checked = self.passwords.verify(account.password_hash, password)
+        return checked.addCallback(lambda matches: (account, matches))
 
     def _holds(self, session: SessionRow | None, now: int) -> bool:
         """

@@ -27,7 +27,7 @@ from txplatform.timestamps import formatMillis
 from . import api
 from .throttle import MIGRATION as THROTTLE_MIGRATION
 
-__all__ = ["MIGRATIONS", "AccountRow", "SessionRow", "AccountStore"]
+__all__ = ["MIGRATIONS", "AccountRow", "Credentials", "SessionRow", "AccountStore"]
 
 MIGRATIONS = [
     Migration(
@@ -146,6 +146,17 @@ class AccountRow:
         What the account's owner sees.
         """
         return {**self.public(), "email": self.email}
+
+
+@frozen
+class Credentials:
+    """
+    What a login checks, and all it reads of an account: nothing sealed is
+    opened for it.
+    """
+
+    id: str
+    password_hash: str
 
 
 @frozen
@@ -281,20 +292,22 @@ class AccountStore:
     def byUsername(self, username: str) -> Deferred[AccountRow | None]:
         return self._database.runInteraction(self._byUsername, username)
 
-    def byUsernameQuery(self, t: ITransaction, username: str) -> Callable[[], AccountRow | None]:
+    def credentialsQuery(self, t: ITransaction, username: str) -> Callable[[], Credentials | None]:
         """
-        Ask for L{byUsername} in a transaction of the caller's, without
-        waiting for the answer (it goes with the transaction's next message,
-        its COMMIT perhaps): what this returns reads it, once it has come.
+        Ask for the L{Credentials} of the account named C{username} in a
+        transaction of the caller's, without waiting for the answer (it goes
+        with the transaction's next message, its COMMIT perhaps): what this
+        returns reads it, once it has come.
         """
         indexes = self.usernameIndexes(username)
         rows = t.query(
-            f"SELECT {_COLUMNS} FROM accounts WHERE username_index IN ({_marks(indexes)})", indexes
+            f"SELECT id, password_hash FROM accounts WHERE username_index IN ({_marks(indexes)})",
+            indexes,
         )
 
-        def read() -> AccountRow | None:
+        def read() -> Credentials | None:
             row = rows.fetchone()
-            return self._account(row) if row is not None else None
+            return Credentials(*row) if row is not None else None
 
         return read
 

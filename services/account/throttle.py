@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, DeferredSemaphore, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
@@ -115,6 +115,8 @@ class LoginThrottle:
         self.window = window
         self._checking: dict[bytes, DeferredSemaphore] = {}
         self._attempting: dict[bytes, DeferredSemaphore] = {}
+        # L{_countingStatement}'s, by their key counts and the settings.
+        self._statements: dict[tuple[Any, ...], str] = {}
 
     def keys(self, username: str, client: str | None) -> AttemptKeys:
         """
@@ -203,31 +205,46 @@ class LoginThrottle:
         instead of losing a count.
         """
         lapsed = now - int(self.window * 1000)
-        # The key's count with this failure (SET sees the row before it).
-        failures = f"CASE WHEN {TABLE}.updated_at >= ? THEN {TABLE}.failures + 1 ELSE 1 END"
         first = _millis(self.delay(1)) if blocks else 0
-        sql = (
-            f"INSERT INTO {TABLE} (key, failures, blocked_until, updated_at)"
-            f" SELECT v.column1, 1, ?, ? FROM (VALUES {', '.join('(?)' for _ in counting)}) AS v"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {TABLE} WHERE key IN ({', '.join('?' * len(hard))})"
-            f" AND blocked_until > ?)"
-            f" ON CONFLICT (key) DO UPDATE SET failures = {failures}, updated_at = ?"
-        )
         # A new row's block: none, unless its first failure already blocks.
         params: list[Any] = [(now + first) if first else 0, now, *counting, *hard, now, lapsed, now]
         if blocks:
+            params += [lapsed, now, lapsed]
+        return self._countingStatement(len(counting), len(hard), blocks), params
+
+    def _countingStatement(self, counting: int, hard: int, blocks: bool) -> str:
+        """
+        L{_counting}'s statement for C{counting} and C{hard} keys.  The
+        backoff's table is written into it as numbers: it changes only with
+        the throttle's settings, so the statement, made once for them, is
+        the same text at every attempt (prepared once by PostgreSQL, and
+        not built again here).
+        """
+        settings = (counting, hard, blocks, self.freeFailures, self.baseDelay, self.maxDelay)
+        sql = self._statements.get(settings)
+        if sql is not None:
+            return sql
+        # The key's count with this failure (SET sees the row before it).
+        failures = f"CASE WHEN {TABLE}.updated_at >= ? THEN {TABLE}.failures + 1 ELSE 1 END"
+        sql = (
+            f"INSERT INTO {TABLE} (key, failures, blocked_until, updated_at)"
+            f" SELECT v.column1, 1, ?, ? FROM (VALUES {', '.join('(?)' for _ in range(counting))})"
+            f" AS v WHERE NOT EXISTS (SELECT 1 FROM {TABLE} WHERE key IN ({', '.join('?' * hard)})"
+            f" AND blocked_until > ?)"
+            f" ON CONFLICT (key) DO UPDATE SET failures = {failures}, updated_at = ?"
+        )
+        if blocks:
             # L{delay} of every count it tells apart, as a table: one
             # definition of the backoff, this side, for both dialects.
-            steps = self._steps()
+            steps = " ".join(f"WHEN {count} THEN {ms}" for count, ms in self._steps())
             sql += (
-                f", blocked_until = CASE WHEN {failures} <= ? THEN {TABLE}.blocked_until"
-                f" ELSE ? + CASE {failures} {' '.join('WHEN ? THEN ?' for _ in steps)}"
-                " ELSE ? END END"
+                f", blocked_until = CASE WHEN {failures} <= {int(self.freeFailures)}"
+                f" THEN {TABLE}.blocked_until"
+                f" ELSE ? + CASE {failures} {steps} ELSE {_millis(self.maxDelay)} END END"
             )
-            params += [lapsed, self.freeFailures, now, lapsed]
-            params += [value for step in steps for value in step]
-            params.append(_millis(self.maxDelay))
-        return sql + " RETURNING key, failures", params
+        sql += " RETURNING key, failures"
+        self._statements[settings] = sql
+        return sql
 
     def _steps(self) -> list[tuple[int, int]]:
         """
@@ -306,13 +323,17 @@ class LoginThrottle:
 
         def slowed(reserved: tuple[float, Any]) -> Deferred[Any]:
             delay, looked = reserved
-            waited = deferLater(self._clock, delay, lambda: None) if delay else succeed(None)
-            waited.addCallback(
-                lambda _: self._limited(
-                    self._checking, keys.account, self.concurrentChecks, verify, looked
-                )
+            if delay:
+                checked = deferLater(self._clock, delay, lambda: None)
+                checked.addCallback(lambda _: checking(looked))
+            else:
+                checked = checking(looked)
+            return checked.addCallback(settled)
+
+        def checking(looked: Any) -> Deferred[Any]:
+            return self._limited(
+                self._checking, keys.account, self.concurrentChecks, verify, looked
             )
-            return waited.addCallback(settled)
 
         def settled(result: Any) -> Any:
             if not matched(result):

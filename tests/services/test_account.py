@@ -413,6 +413,30 @@ class AccountTestsMixin:
         )
 
     @inlineCallbacks
+    def test_loginOpensNothingSealed(self) -> Any:
+        """
+        A login reads the account's id and password hash only: none of its
+        sealed fields (username, email, display name) is decrypted for it.
+        """
+        yield self.register("alice")
+        fields = self.service.store._fields
+        opened: list[tuple[str, str]] = []
+        real = fields.open
+
+        def recording(table: str, column: str, rowId: str, data: bytes) -> str:
+            opened.append((table, column))
+            return real(table, column, rowId, data)
+
+        self.patch(fields, "open", recording)
+        session = yield self.login("alice")
+        self.assertEqual(opened, [])
+        yield self.assertFailure(self.login("alice", "wrong password"), Unauthenticated)
+        self.assertEqual(opened, [])
+        profile = yield self.call("get_account", account_id=session["account_id"])
+        self.assertEqual(profile["username"], "alice")
+        self.assertIn(("accounts", "username"), opened)
+
+    @inlineCallbacks
     def test_sessionForDeletedAccount(self) -> Any:
         """
         A session for an account deleted meanwhile is refused cleanly, not

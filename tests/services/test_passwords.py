@@ -5,6 +5,7 @@ Tests for L{txplatform_services.account.passwords}.
 import threading
 from typing import Any
 
+import argon2
 from argon2 import extract_parameters
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
@@ -85,6 +86,21 @@ class PasswordHasherTests(TestCase):
         old = yield self.hasher(Argon2Parameters.cheapest()).hash("x" * 10)
         self.assertTrue(self.hasher().needsRehash(old))
         self.assertTrue(self.hasher().needsRehash("not a hash"))
+        cheapest = Argon2Parameters.cheapest()
+        hasher = self.hasher(cheapest)
+        ours = yield hasher.hash("x" * 10)
+        self.assertFalse(hasher.needsRehash(ours))
+        # The same costs, but a longer salt, or a shorter hash, than ours.
+        for salt, length in [(32, 32), (16, 16)]:
+            other = argon2.PasswordHasher(
+                time_cost=cheapest.timeCost,
+                memory_cost=cheapest.memoryCost,
+                parallelism=cheapest.parallelism,
+                salt_len=salt,
+                hash_len=length,
+            ).hash("x" * 10)
+            self.assertTrue(other.startswith("$argon2id$v=19$m=8,t=1,p=1$"), other)
+            self.assertTrue(hasher.needsRehash(other), other)
 
     @inlineCallbacks
     def test_corruptHash(self) -> Any:
