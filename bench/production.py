@@ -430,6 +430,22 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+def accountHasher() -> Any:
+    """
+    argon2-cffi's hasher at the Account service's default parameters.
+    """
+    from argon2 import PasswordHasher
+
+    from txplatform_services.account.passwords import Argon2Parameters
+
+    parameters = Argon2Parameters()
+    return PasswordHasher(
+        time_cost=parameters.timeCost,
+        memory_cost=parameters.memoryCost,
+        parallelism=parameters.parallelism,
+    )
+
+
 def argon2Baseline() -> dict[str, float]:
     """
     argon2id verifies at the Account service's default parameters: the
@@ -439,16 +455,7 @@ def argon2Baseline() -> dict[str, float]:
     """
     import threading
 
-    from argon2 import PasswordHasher as Argon2
-
-    from txplatform_services.account.passwords import Argon2Parameters
-
-    parameters = Argon2Parameters()
-    argon2 = Argon2(
-        time_cost=parameters.timeCost,
-        memory_cost=parameters.memoryCost,
-        parallelism=parameters.parallelism,
-    )
+    argon2 = accountHasher()
     hashed = argon2.hash(PASSWORD)
     wall = []
     for _ in range(20):

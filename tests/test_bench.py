@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
@@ -29,6 +30,24 @@ def commands() -> list[list[str]]:
         for line in block.strip().splitlines():
             found.append(shlex.split(line))
     return found
+
+
+def benchModule(case: TestCase, name: str) -> Any:
+    """
+    bench/NAME.py, loaded as its own command loads it (bench/ on the path
+    for its sibling modules, for the test's duration).
+    """
+    import importlib.util
+
+    bench = os.path.join(CHECKOUT, "bench")
+    case.patch(sys, "path", [bench, *sys.path])
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", os.path.join(bench, f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class BenchmarkCommandTests(TestCase):
@@ -69,18 +88,42 @@ class CPUMeterTests(TestCase):
         run from its start (a PostgreSQL backend a pool opened under the
         run's load), and one there at both ends by the difference.
         """
-        import importlib.util
-
-        bench = os.path.join(CHECKOUT, "bench")
-        self.patch(sys, "path", [bench, *sys.path])
-        spec = importlib.util.spec_from_file_location(
-            "bench_production", os.path.join(bench, "production.py")
-        )
-        assert spec is not None and spec.loader is not None
-        production = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(production)
+        production = benchModule(self, "production")
         used = production.CPUMeter.between(
             {"PostgreSQL": {10: 1.0}, "gateway": {20: 2.0}},
             {"PostgreSQL": {10: 1.5, 11: 0.25}, "gateway": {20: 2.5}},
         )
         self.assertEqual(used, {"PostgreSQL": 0.75, "gateway": 0.5})
+
+
+class ThreadCPUTests(TestCase):
+    def test_mainAndOthers(self) -> None:
+        """
+        bench/login_floor.py reads a process's main thread apart from its
+        other threads (the bare service's hashing threads): CPU spent in a
+        thread of this process counts in the second.
+        """
+        import threading
+        import time
+
+        floor = benchModule(self, "login_floor")
+        main, others = floor.threadCPU(os.getpid())
+
+        stop = threading.Event()
+
+        def spin() -> None:
+            while not stop.is_set():
+                pass
+
+        spinning = threading.Thread(target=spin)
+        spinning.start()
+        self.addCleanup(spinning.join)
+        self.addCleanup(stop.set)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = floor.threadCPU(os.getpid())
+            if after[1] - others > 0.1:
+                break
+        self.assertGreaterEqual(after[0], main)
+        self.assertGreater(after[1] - others, 0.1)
