@@ -90,19 +90,16 @@ class PasswordHasher:
             parallelism=parameters.parallelism,
             type=argon2.Type.ID,
         )
-        # The start and the length of a hash made with these parameters:
-        # one that has both needs no rehash, said without argon2-cffi
-        # parsing it at every login.
+        # The start of a hash made with these parameters, where its salt
+        # ends and how long it is: one that has all three needs no rehash,
+        # said without argon2-cffi parsing it at every login.  (Other
+        # lengths of salt and hash can add up to the same length.)
         self._ours = (
             f"$argon2id$v={argon2.low_level.ARGON2_VERSION}$m={parameters.memoryCost}"
             f",t={parameters.timeCost},p={parameters.parallelism}$"
         )
-        self._oursLength = (
-            len(self._ours)
-            + _unpadded(self._hasher.salt_len)
-            + 1
-            + _unpadded(self._hasher.hash_len)
-        )
+        self._saltEnds = len(self._ours) + _unpadded(self._hasher.salt_len)
+        self._oursLength = self._saltEnds + 1 + _unpadded(self._hasher.hash_len)
         self._threads = concurrency or os.cpu_count() or 2
         self._makePool = threadPool
         self._pool: Any = None
@@ -188,7 +185,11 @@ class PasswordHasher:
         """
         Whether C{encoded} was made with other parameters than ours.
         """
-        if len(encoded) == self._oursLength and encoded.startswith(self._ours):
+        if (
+            len(encoded) == self._oursLength
+            and encoded.startswith(self._ours)
+            and encoded[self._saltEnds] == "$"
+        ):
             return False
         try:
             return self._hasher.check_needs_rehash(encoded)

@@ -90,8 +90,9 @@ class PasswordHasherTests(TestCase):
         hasher = self.hasher(cheapest)
         ours = yield hasher.hash("x" * 10)
         self.assertFalse(hasher.needsRehash(ours))
-        # The same costs, but a longer salt, or a shorter hash, than ours.
-        for salt, length in [(32, 32), (16, 16)]:
+        # The same costs, but a longer salt, or a shorter hash, than ours;
+        # or both, to the same length as ours in all.
+        for salt, length in [(32, 32), (16, 16), (17, 31), (14, 34)]:
             other = argon2.PasswordHasher(
                 time_cost=cheapest.timeCost,
                 memory_cost=cheapest.memoryCost,
