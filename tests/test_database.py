@@ -890,6 +890,26 @@ class PostgresDatabaseTests(PostgresTestsMixin, DatabaseTestsMixin, TestCase):
         self.assertEqual(rows, [(2,)])
 
     @inlineCallbacks
+    def test_batchFailsBeforeItsInteraction(self) -> Any:
+        """
+        A batch that fails before its interaction runs (here, finding the
+        connection's prepared statements) fails with why, and gives its
+        connection back: the next batch runs on it.
+        """
+        database = yield self.oneConnection()
+        yield database.runQuery("SELECT 1")  # the one connection, open and idle
+        real = database._preparedOn
+
+        def broken(connection: Any) -> Any:
+            self.patch(database, "_preparedOn", real)
+            raise ZeroDivisionError()
+
+        self.patch(database, "_preparedOn", broken)
+        yield self.assertFailure(database.runQuery("SELECT 2"), ZeroDivisionError)
+        rows = yield database.runQuery("SELECT 3")
+        self.assertEqual(rows, [(3,)])
+
+    @inlineCallbacks
     def test_batchUnreadable(self) -> Any:
         """
         A batch whose rows cannot be read (a value psycopg cannot load)

@@ -999,13 +999,16 @@ class PostgresDatabase(_Database):
         cause: Origin | None,
     ) -> Any:
         started = time.monotonic()
-        self._waits.observe(started - queued)
-        transaction = _ReactorTransaction(connection, self, committed, cause)
+        prepares: list[str] = []
         try:
+            # Whatever fails from here on, the connection goes back.
+            self._waits.observe(started - queued)
+            transaction = _ReactorTransaction(connection, self, committed, cause)
+            prepares = transaction.prepares
             result = interaction(transaction, *args, **kwargs)
             text = transaction.text()
         except BaseException:
-            self._done(connection, transaction.prepares, started)
+            self._done(connection, prepares, started)
             raise
         if text is None:
             done = self._done(connection, transaction.prepares, started)
