@@ -225,14 +225,14 @@ def pikaClient(url: str, queueName: str = ECHO + ".pika") -> Any:
 
     loop()
 
-    def call() -> defer.Deferred[Any]:
+    def call(payload: Any = PAYLOAD) -> defer.Deferred[Any]:
         correlation = str(next(counter))
         d: defer.Deferred[Any] = defer.Deferred()
         pending[correlation] = d
         channel.basic_publish(
             "",
             queueName,
-            json.dumps(PAYLOAD).encode(),
+            json.dumps(payload).encode(),
             pika.BasicProperties(correlation_id=correlation, reply_to="amq.rabbitmq.reply-to"),
         )
         return d

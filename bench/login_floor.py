@@ -96,26 +96,16 @@ def web(port: int, url: str) -> None:
     """
     POST / with a JSON body: one call to the service, with the password.
     """
-    import pika
-    from amqp_echo import pikaConnect
+    from amqp_echo import pikaClient
     from klein import Klein
     from twisted.internet import defer, reactor
 
     app = Klein()
-    state: dict[str, Any] = {}
+    calls: list[Any] = []
 
     @app.route("/", methods=["POST"])
     def login(request: Any) -> Any:
         body = json.loads(request.content.read())
-        correlation = str(next(state["counter"]))
-        d: defer.Deferred[Any] = defer.Deferred()
-        state["pending"][correlation] = d
-        state["channel"].basic_publish(
-            "",
-            QUEUE,
-            json.dumps({"password": body["password"]}).encode(),
-            pika.BasicProperties(correlation_id=correlation, reply_to="amq.rabbitmq.reply-to"),
-        )
 
         def answered(reply: Any) -> bytes:
             request.setHeader("Content-Type", "application/json")
@@ -123,19 +113,12 @@ def web(port: int, url: str) -> None:
                 request.setResponseCode(401)
             return json.dumps(reply).encode()
 
-        return d.addCallback(answered)
+        return calls[0]({"password": body["password"]}).addCallback(answered)
 
     @defer.inlineCallbacks
     def start() -> Any:
-        _, channel = yield pikaConnect(url)
-        replies, _ = yield channel.basic_consume(queue="amq.rabbitmq.reply-to", auto_ack=True)
-        state.update(channel=channel, pending={}, counter=iter(range(10**12)))
+        calls.append((yield pikaClient(url, QUEUE)))
         print("ready", flush=True)
-        while True:
-            _, _, properties, body = yield replies.get()
-            d = state["pending"].pop(properties.correlation_id, None)
-            if d is not None:
-                d.callback(json.loads(body))
 
     reactor.callWhenRunning(start)
     app.run("127.0.0.1", port)
