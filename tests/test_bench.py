@@ -127,3 +127,25 @@ class ThreadCPUTests(TestCase):
                 break
         self.assertGreaterEqual(after[0], main)
         self.assertGreater(after[1] - others, 0.1)
+
+
+class FloorRenderTests(TestCase):
+    def test_coresOfTheMachine(self) -> None:
+        """
+        bench/login_floor.py puts logins against the machine's cores / verify
+        time, as bench/production.py's table does, one figure to a row.
+        """
+        floor = benchModule(self, "login_floor")
+        self.patch(floor.os, "cpu_count", lambda: 4)
+        round = {
+            "rps": 40.0,
+            "cpu_ms": {"klein": 1.0, "service": 26.0, "RabbitMQ": 0.5},
+            "hashing_ms": 25.0,
+            "main_ms": 0.6,
+            "argon2": {"cpu_ms": 25.0, "wall_ms": 25.0},
+        }
+        table = floor.render([round], "the command")
+        # 4 cores / 25 ms: 160 logins a second; 40 are a quarter of it.
+        self.assertIn("| logins against cores / verify time | 25% |\n", table + "\n")
+        for line in table.splitlines()[2:]:
+            self.assertEqual(line.count("|"), 3, line)
