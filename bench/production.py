@@ -13,9 +13,9 @@ the embedded all-in-one, with the baselines measured in the same run:
     per request, and one argon2id verify at the Account service's
     parameters (in this process).
 
-Each of login (POST /v1/sessions, as 32 accounts in turn), create a post (POST /v1/posts, a body
-mentioning a reader who follows the author: one notification each, the
-mention, which wins over the followed post), read a post (GET /v1/posts/{id}) and read one's
+Each of login (POST /v1/sessions, as 32 accounts in turn), create a post (POST /v1/posts, as 32
+authors in turn, a body mentioning a reader who follows every author: one
+notification each, the mention, which wins over the followed post), read a post (GET /v1/posts/{id}) and read one's
 notifications (GET /v1/notifications) runs under wrk at --connections,
 --rounds times; the figures are medians.  CPU is read from /proc for every
 process involved, RabbitMQ's and PostgreSQL's included, from the start of a
@@ -42,6 +42,7 @@ postgresql://postgres@127.0.0.1/test; psql on the PATH), wrk, and pika
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -68,8 +69,15 @@ from sections import writeSection  # noqa: E402
 from txplatform_gateway.admission import Admission  # noqa: E402
 
 BEGIN, END = "<!-- production:begin -->", "<!-- production:end -->"
+#: What each created post says: it mentions the reader, who follows its
+#: author too (one notification: the mention wins over the followed post).
+POST_BODY = "hello @reader"
 #: The accounts the login runs take turns at.
 LOGIN_USERS = 32
+#: The authors the create runs take turns at, each followed by the reader
+#: (a platform's posts come from many authors: Notify asks for the
+#: audiences of all the authors of the posts it takes together).
+AUTHORS = 32
 REQUESTS = ["login", "create a post", "read a post", "read notifications"]
 #: The read of a post through a gateway that keeps nothing (--read-cache 0):
 #: the path through RabbitMQ to the Post service, measured in the
@@ -262,11 +270,13 @@ def requestsOf(shape: str) -> list[str]:
 
 def prepare(api: str, directory: str, tag: str, uncached: str | None = None) -> dict[str, Any]:
     """
-    An author followed by a reader: the tokens of both, a post to read,
-    and the wrk scripts of the four requests (and of the read through
-    the gateway at C{uncached}, if given).
+    L{AUTHORS} authors, each followed by a reader, and L{LOGIN_USERS}
+    accounts to log in as: the tokens of the authors and the reader, a
+    post to read, and the wrk scripts of the four requests (and of the
+    read through the gateway at C{uncached}, if given).
     """
-    for name in ["author", "reader", *(f"user{n}" for n in range(LOGIN_USERS))]:
+    authors = [f"author{n}" for n in range(AUTHORS)]
+    for name in [*authors, "reader", *(f"user{n}" for n in range(LOGIN_USERS))]:
         body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
         status, _ = http("POST", api + "/v1/accounts", body)
         assert status == 201, (status, _)
@@ -274,15 +284,17 @@ def prepare(api: str, directory: str, tag: str, uncached: str | None = None) -> 
         name: http("POST", api + "/v1/sessions", {"username": name, "password": PASSWORD})[1][
             "token"
         ]
-        for name in ["author", "reader"]
+        for name in [*authors, "reader"]
     }
-    status, _ = http("PUT", api + "/v1/me/following/author", token=tokens["reader"])
-    assert status == 204, status
-    status, created = http("POST", api + "/v1/posts", {"body": "hello @reader"}, tokens["author"])
+    for name in authors:
+        status, _ = http("PUT", api + f"/v1/me/following/{name}", token=tokens["reader"])
+        assert status == 204, status
+    status, created = http("POST", api + "/v1/posts", {"body": POST_BODY}, tokens[authors[0]])
     assert status == 201, status
     extra = {UNCACHED: uncached + f"/v1/posts/{created['id']}"} if uncached else {}
     return {
         "tokens": tokens,
+        "authors": authors,
         "urls": {
             "login": api + "/v1/sessions",
             "create a post": api + "/v1/posts",
@@ -291,15 +303,9 @@ def prepare(api: str, directory: str, tag: str, uncached: str | None = None) -> 
             **extra,
         },
         "scripts": {
-            "login": luaScript(
-                directory,
-                f"{tag}-login",
-                "POST",
-                {"username": "author", "password": PASSWORD},
-                None,
-            ),
-            "create a post": luaScript(
-                directory, f"{tag}-create", "POST", {"body": "hello @reader"}, tokens["author"]
+            "login": loginScript(directory, tag, LOGIN_USERS),
+            "create a post": createScript(
+                directory, tag, [tokens[name] for name in authors], POST_BODY
             ),
             "read a post": None,
             UNCACHED: None,
@@ -499,6 +505,29 @@ def loginScript(directory: str, tag: str, users: int) -> str:
     return path
 
 
+def createScript(directory: str, tag: str, tokens: list[str], body: str) -> str:
+    """
+    A wrk script creating posts saying C{body} as the holders of C{tokens}
+    in turn.
+    """
+    path = os.path.join(directory, f"{tag}-create.lua")
+    quoted = ", ".join(f'"{token}"' for token in tokens)
+    with open(path, "w") as f:
+        f.write(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(json.dumps({'body': body}))}\n"
+            f"local tokens = {{{quoted}}}\n"
+            "local n = 0\n"
+            "request = function()\n"
+            "  n = n + 1\n"
+            '  wrk.headers["Authorization"] = "Bearer " .. tokens[n % #tokens + 1]\n'
+            "  return wrk.format()\n"
+            "end\n"
+        )
+    return path
+
+
 def countMessages(api: str, prepared: dict[str, Any], each: int = 20) -> dict[str, Counter[str]]:
     """
     The messages each request puts through the broker, by exchange, per
@@ -517,11 +546,13 @@ def countMessages(api: str, prepared: dict[str, Any], each: int = 20) -> dict[st
             channel.queue_purge(queue)
             url = prepared["urls"][name]
             tokens = prepared["tokens"]
-            for _ in range(each):
+            for n in range(each):
+                # As the runs take turns at the accounts and the authors.
                 if name == "login":
-                    status, _ = http("POST", url, {"username": "author", "password": PASSWORD})
+                    status, _ = http("POST", url, {"username": f"user{n}", "password": PASSWORD})
                 elif name == "create a post":
-                    status, _ = http("POST", url, {"body": "hello @reader"}, tokens["author"])
+                    author = prepared["authors"][n % len(prepared["authors"])]
+                    status, _ = http("POST", url, {"body": POST_BODY}, tokens[author])
                 elif name in ("read a post", UNCACHED):
                     status, _ = http("GET", url)
                 else:

@@ -10,6 +10,7 @@ would run as written.)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -149,3 +150,50 @@ class FloorRenderTests(TestCase):
         self.assertIn("| logins against cores / verify time | 25% |\n", table + "\n")
         for line in table.splitlines()[2:]:
             self.assertEqual(line.count("|"), 3, line)
+
+
+class PrepareTests(TestCase):
+    def test_accountsAndAuthorsInTurn(self) -> None:
+        """
+        bench/production.py's logins take turns at its login accounts, and
+        its created posts at its authors, each followed by the reader whom
+        every post mentions: the load of many accounts, not of one.
+        """
+        production = benchModule(self, "production")
+        calls: list[tuple[str, str, Any, str | None]] = []
+
+        def http(method: str, url: str, body: Any = None, token: str | None = None) -> Any:
+            calls.append((method, url, body, token))
+            if url.endswith("/v1/sessions"):
+                return 201, {"token": f"token-of-{body['username']}"}
+            if "/v1/me/following/" in url:
+                return 204, None
+            return 201, {"id": "a-post"}
+
+        self.patch(production, "http", http)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        prepared = production.prepare("http://api", directory, "shape")
+
+        authors = [f"author{n}" for n in range(production.AUTHORS)]
+        self.assertEqual(prepared["authors"], authors)
+        followed = [url.rpartition("/")[2] for method, url, _, t in calls if method == "PUT"]
+        self.assertEqual(followed, authors)
+        self.assertTrue(all(t == "token-of-reader" for m, _, _, t in calls if m == "PUT"))
+
+        with open(prepared["scripts"]["create a post"]) as f:
+            create = f.read()
+        quoted = ", ".join(f'"token-of-{name}"' for name in authors)
+        self.assertIn(f"local tokens = {{{quoted}}}", create)
+        self.assertIn('"Bearer " .. tokens[n % #tokens + 1]', create)
+        self.assertIn(
+            f"wrk.body = {json.dumps(json.dumps({'body': production.POST_BODY}))}", create
+        )
+        self.assertIn("@reader", production.POST_BODY)
+
+        with open(prepared["scripts"]["login"]) as f:
+            login = f.read()
+        self.assertIn(f"(n % {production.LOGIN_USERS})", login)
+        self.assertIn('"username":"user', login)
+        made = {body["username"] for m, url, body, _ in calls if url.endswith("/v1/accounts")}
+        self.assertTrue({f"user{n}" for n in range(production.LOGIN_USERS)} <= made)
