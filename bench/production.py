@@ -549,7 +549,8 @@ def countMessages(api: str, prepared: dict[str, Any], each: int = 20) -> dict[st
             for n in range(each):
                 if name == "login":
                     # As the runs take turns at the accounts.
-                    status, _ = http("POST", url, {"username": f"user{n}", "password": PASSWORD})
+                    username = f"user{n % LOGIN_USERS}"
+                    status, _ = http("POST", url, {"username": username, "password": PASSWORD})
                 elif name == "create a post":
                     # One author: each of these few posts by another would
                     # be the first request of its token, checked with
