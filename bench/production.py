@@ -13,9 +13,10 @@ the embedded all-in-one, with the baselines measured in the same run:
     per request, and one argon2id verify at the Account service's
     parameters (in this process).
 
-Each of login (POST /v1/sessions, as 32 accounts in turn), create a post (POST /v1/posts, as 32
-authors in turn, a body mentioning a reader who follows every author: one
-notification each, the mention, which wins over the followed post), read a post (GET /v1/posts/{id}) and read one's
+Each of login (POST /v1/sessions, as 32 accounts in turn), create a post
+(POST /v1/posts, as 32 authors in turn, a body mentioning a reader who
+follows every author: one notification each, the mention, which wins over
+the followed post), read a post (GET /v1/posts/{id}) and read one's
 notifications (GET /v1/notifications) runs under wrk at --connections,
 --rounds times; the figures are medians.  CPU is read from /proc for every
 process involved, RabbitMQ's and PostgreSQL's included, from the start of a

@@ -5,7 +5,8 @@ bench/ that takes the options the command gives it, and the section its
 
 (Running them takes minutes and a quiet machine, so they run by hand and
 write their results into the document; what is checked here is that they
-would run as written.)
+would run as written, and that the parts that decide what they measure,
+such as the wrk scripts, do what the document says.)
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from typing import Any
 
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SkipTest, TestCase
 
 from .processes import CHECKOUT
 
@@ -197,3 +200,78 @@ class PrepareTests(TestCase):
         self.assertIn('"username":"user', login)
         made = {body["username"] for m, url, body, _ in calls if url.endswith("/v1/accounts")}
         self.assertTrue({f"user{n}" for n in range(production.LOGIN_USERS)} <= made)
+
+
+class ScriptsUnderWrkTests(TestCase):
+    """
+    The wrk scripts bench/production.py writes, run by wrk against a
+    server here that notes what each request said.
+    """
+
+    def setUp(self) -> None:
+        if shutil.which("wrk") is None:
+            if os.environ.get("CI"):
+                self.fail("wrk is missing (.ci/run installs it)")
+            raise SkipTest("wrk is not installed (apt install wrk): it runs the scripts")
+        self.production = benchModule(self, "production")
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+
+    @inlineCallbacks
+    def seen(self, script: str) -> Any:
+        """
+        What wrk sent, running C{script} for a second: the requests'
+        Authorization headers and bodies.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.utils import getProcessOutputAndValue
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        said: list[tuple[bytes | None, bytes]] = []
+
+        class Noting(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                said.append((request.getHeader(b"authorization"), request.content.read()))
+                return b"{}"
+
+        port = reactor.listenTCP(0, Site(Noting()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/"
+        out, err, code = yield getProcessOutputAndValue(
+            "wrk", ["-t1", "-c1", "-d1s", "-s", script, url], env=os.environ
+        )
+        self.assertEqual(code, 0, err)
+        return said
+
+    @inlineCallbacks
+    def test_createTakesTurnsAtTheAuthors(self) -> Any:
+        """
+        The create script posts its body as each token's holder in turn.
+        """
+        tokens = [f"token{n}" for n in range(5)]
+        script = self.production.createScript(self.directory, "t", tokens, "hello @reader")
+        said = yield self.seen(script)
+        self.assertGreater(len(said), 10)
+        # Each in turn (wrk calls request() once more while it starts, so
+        # the first one seen may be any).
+        sent = [authorization for authorization, _ in said[:10]]
+        first = sent[0].decode().removeprefix("Bearer ")
+        self.assertIn(first, tokens)
+        start = tokens.index(first)
+        self.assertEqual(sent, [f"Bearer {tokens[(start + n) % 5]}".encode() for n in range(10)])
+        self.assertEqual({json.loads(body)["body"] for _, body in said}, {"hello @reader"})
+
+    @inlineCallbacks
+    def test_loginTakesTurnsAtTheAccounts(self) -> Any:
+        """
+        The login script logs in as each of its accounts in turn.
+        """
+        script = self.production.loginScript(self.directory, "t", 3)
+        said = yield self.seen(script)
+        self.assertGreater(len(said), 6)
+        names = [json.loads(body)["username"] for _, body in said[:6]]
+        start = int(names[0].removeprefix("user"))
+        self.assertEqual(names, [f"user{(start + n) % 3}" for n in range(6)])
