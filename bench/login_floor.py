@@ -144,6 +144,44 @@ def threadCPU(pid: int) -> tuple[float, float]:
     return main, others
 
 
+class Floor:
+    """
+    The bare service and its Klein app, each a process of C{processes}:
+    rounds of the login load through them, measured one at a time (here,
+    and by bench/production.py beside each of the platform's login rounds).
+    """
+
+    def __init__(self, processes: Any, logs: str) -> None:
+        from amqp import BROKER, freePort
+        from embedded import PASSWORD, luaScript
+
+        self.service = processes.start(sys.executable, __file__, "service", BROKER, ready="ready")
+        port = freePort()
+        self.web = processes.start(
+            sys.executable, __file__, "web", str(port), BROKER, ready="ready"
+        )
+        self.url = f"http://127.0.0.1:{port}/"
+        self.script = luaScript(
+            logs, "login-floor", "POST", {"username": "u", "password": PASSWORD}, None
+        )
+
+    def round(self, meter: Any, connections: int, duration: float) -> dict[str, Any]:
+        """
+        One run of wrk, as C{meter} counts it (the caller's names for the
+        processes), with the service's main thread and hashing threads
+        apart: C{main_ms} and C{hashing_ms} a login.
+        """
+        from production import measure
+
+        before = threadCPU(self.service.pid)
+        measured = measure(meter, self.url, connections, duration, self.script)
+        after = threadCPU(self.service.pid)
+        answered = max(measured["requests"], 1)
+        measured["main_ms"] = (after[0] - before[0]) * 1000 / answered
+        measured["hashing_ms"] = (after[1] - before[1]) * 1000 / answered
+        return measured
+
+
 def render(rounds: list[dict[str, Any]], command: str) -> str:
     def median(f: Any) -> float:
         return statistics.median(f(r) for r in rounds)
@@ -190,9 +228,8 @@ def main() -> None:
         return
     arguments = parser.parse_args()
 
-    from amqp import BROKER, Processes, ensureVhost, freePort
-    from embedded import PASSWORD, luaScript
-    from production import CPUMeter, _pidsNamed, argon2Baseline, measure
+    from amqp import Processes, ensureVhost
+    from production import CPUMeter, _pidsNamed, argon2Baseline
     from sections import writeSection
 
     ensureVhost()
@@ -200,24 +237,16 @@ def main() -> None:
     processes = Processes(logs)
     rounds = []
     try:
-        bare = processes.start(sys.executable, __file__, "service", BROKER, ready="ready")
-        port = freePort()
-        front = processes.start(sys.executable, __file__, "web", str(port), BROKER, ready="ready")
-        script = luaScript(logs, "login", "POST", {"username": "u", "password": PASSWORD}, None)
+        floor = Floor(processes, logs)
         meter = CPUMeter(
             {
-                "klein": lambda: [front.pid],
-                "service": lambda: [bare.pid],
+                "klein": lambda: [floor.web.pid],
+                "service": lambda: [floor.service.pid],
                 "RabbitMQ": lambda: _pidsNamed("beam.smp"),
             }
         )
         for round in range(arguments.rounds):
-            before = threadCPU(bare.pid)
-            measured = measure(meter, f"http://127.0.0.1:{port}/", 16, arguments.duration, script)
-            after = threadCPU(bare.pid)
-            answered = max(measured["requests"], 1)
-            measured["main_ms"] = (after[0] - before[0]) * 1000 / answered
-            measured["hashing_ms"] = (after[1] - before[1]) * 1000 / answered
+            measured = floor.round(meter, 16, arguments.duration)
             measured["argon2"] = argon2Baseline()
             rounds.append(measured)
             print(

@@ -275,3 +275,32 @@ class ScriptsUnderWrkTests(TestCase):
         names = [json.loads(body)["username"] for _, body in said[:6]]
         start = int(names[0].removeprefix("user"))
         self.assertEqual(names, [f"user{(start + n) % 3}" for n in range(6)])
+
+
+class LoginThroughputTests(TestCase):
+    def test_eachRoundAgainstWhatWasMeasuredBesideIt(self) -> None:
+        """
+        bench/production.py holds each login round against the verify and
+        the floor measured beside it, and reports the medians: a round on a
+        slow stretch of the machine is slow for all three.
+        """
+        production = benchModule(self, "production")
+        logins = [
+            {"rps": 80.0, "argon2": {"wall_ms": 20.0}},
+            {"rps": 60.0, "argon2": {"wall_ms": 25.0}},
+            {"rps": 85.0, "argon2": {"wall_ms": 20.0}},
+        ]
+        floors = [{"rps": 90.0}, {"rps": 75.0}, {"rps": 85.0}]
+        figures = production.loginThroughput(logins, floors, 2)
+        # 2 cores / 20 ms: 100 logins a second; 2 / 25 ms: 80.
+        self.assertEqual(figures["platform"], 0.8)  # of 0.80, 0.75, 0.85
+        self.assertEqual(figures["floor"], 0.9)  # of 0.90, 0.9375, 0.85
+        self.assertAlmostEqual(figures["againstFloor"], 80 / 90)  # of 0.889, 0.8, 1.0
+
+    def test_roundsPaired(self) -> None:
+        """
+        A floor missing for a round is an error, not a shorter median.
+        """
+        production = benchModule(self, "production")
+        logins = [{"rps": 80.0, "argon2": {"wall_ms": 20.0}}] * 2
+        self.assertRaises(ValueError, production.loginThroughput, logins, [{"rps": 90.0}], 2)
