@@ -304,3 +304,26 @@ class LoginThroughputTests(TestCase):
         production = benchModule(self, "production")
         logins = [{"rps": 80.0, "argon2": {"wall_ms": 20.0}}] * 2
         self.assertRaises(ValueError, production.loginThroughput, logins, [{"rps": 90.0}], 2)
+
+
+class DocumentTablesTests(TestCase):
+    def test_rowsAsWideAsTheirHeader(self) -> None:
+        """
+        Every row of every table in docs/benchmarks.md has as many cells as
+        its header: a figure appended to one row too many (a history
+        column, say) lands in a table where it does not belong.
+        """
+        with open(os.path.join(CHECKOUT, "docs", "benchmarks.md"), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        tables = 0
+        for number, line in enumerate(lines):
+            if not re.fullmatch(r"(\|-+)+\|", line.replace(":", "")):
+                continue
+            tables += 1
+            width = lines[number - 1].count("|")
+            self.assertEqual(line.count("|"), width, f"line {number + 1}")
+            for row in range(number + 1, len(lines)):
+                if not lines[row].startswith("|"):
+                    break
+                self.assertEqual(lines[row].count("|"), width, f"line {row + 1}")
+        self.assertGreaterEqual(tables, 10)
