@@ -183,6 +183,8 @@ class Floor:
 
 
 def render(rounds: list[dict[str, Any]], command: str) -> str:
+    from production import loginShare
+
     def median(f: Any) -> float:
         return statistics.median(f(r) for r in rounds)
 
@@ -208,7 +210,7 @@ def render(rounds: list[dict[str, Any]], command: str) -> str:
         f" (rounds {min(r['cpu_ms']['service'] / r['argon2']['cpu_ms'] for r in rounds):.2f}x"
         f" to {max(r['cpu_ms']['service'] / r['argon2']['cpu_ms'] for r in rounds):.2f}x) |",
         "| logins against cores / verify time | "
-        f"{100 * median(lambda r: r['rps'] / (cores / (r['argon2']['wall_ms'] / 1000))):.0f}% |",
+        f"{100 * median(lambda r: loginShare(r['rps'], r['argon2'], cores)):.0f}% |",
     ]
     return "\n".join(lines)
 

@@ -880,23 +880,28 @@ def main() -> None:
         writeSection(arguments.write, BEGIN, END, report)
 
 
+def loginShare(rps: float, verify: dict[str, float], cores: int) -> float:
+    """
+    C{rps} logins a second as a share of what C{cores} could verify, one
+    argon2id verify alone taking C{verify["wall_ms"]}: the throughput
+    target's measure.
+    """
+    return rps / (cores / (verify["wall_ms"] / 1000))
+
+
 def loginThroughput(
     logins: list[dict[str, Any]], floors: list[dict[str, Any]], cores: int
 ) -> dict[str, float]:
     """
     The platform's logins a second against cores / verify time (the verify
-    alone measured beside each round), the floor's against the same, and
-    the platform's against the floor's: each round against what was
-    measured beside it, then the median of the rounds.
+    alone measured beside each round, L{loginShare}), the floor's against
+    the same, and the platform's against the floor's: each round against
+    what was measured beside it, then the median of the rounds.
     """
-
-    def share(measured: dict[str, Any], verify: dict[str, Any]) -> float:
-        return measured["rps"] / (cores / (verify["wall_ms"] / 1000))
-
     return {
-        "platform": statistics.median(share(r, r["argon2"]) for r in logins),
+        "platform": statistics.median(loginShare(r["rps"], r["argon2"], cores) for r in logins),
         "floor": statistics.median(
-            share(f, r["argon2"]) for r, f in zip(logins, floors, strict=True)
+            loginShare(f["rps"], r["argon2"], cores) for r, f in zip(logins, floors, strict=True)
         ),
         "againstFloor": statistics.median(
             r["rps"] / f["rps"] for r, f in zip(logins, floors, strict=True)
@@ -1067,9 +1072,9 @@ def render(
         f" target at least 85%): {verdict(throughput['platform'] >= 0.85)}, where the floor"
         " beside each round (bench/login_floor.py: a bare Klein app, pika, and a service that"
         f" only verifies) reached {throughput['floor']:.0%}, and the platform"
-        f" {throughput['againstFloor']:.0%} of the floor's logins a second. Inside the Account process, under this load, a"
-        f" verification took {verifyLoaded:.1f} ms of CPU (its hashing threads' CPU time,"
-        " `account_password_hashing_cpu_seconds_total`), and everything else of a login"
+        f" {throughput['againstFloor']:.0%} of the floor's logins a second. Inside the Account"
+        f" process, under this load, a verification took {verifyLoaded:.1f} ms of CPU (its"
+        " hashing threads' CPU time, `account_password_hashing_cpu_seconds_total`), and everything else of a login"
         f" {beyondHashing:.2f} ms of the Account process's CPU (embedded: {embeddedBeyond:.2f} ms"
         " for the whole request, gateway included);",
         f"- over the direct transport (not the production shape of the targets, which"
