@@ -210,7 +210,9 @@ def render(rounds: list[dict[str, Any]], command: str) -> str:
         f" (rounds {min(r['cpu_ms']['service'] / r['argon2']['cpu_ms'] for r in rounds):.2f}x"
         f" to {max(r['cpu_ms']['service'] / r['argon2']['cpu_ms'] for r in rounds):.2f}x) |",
         "| logins against cores / verify time | "
-        f"{100 * median(lambda r: loginShare(r['rps'], r['argon2'], cores)):.0f}% |",
+        f"{100 * median(lambda r: loginShare(r['rps'], r['argon2']['wall_ms'], cores)):.0f}% |",
+        "| logins against cores / its hashing threads' CPU a login | "
+        f"{100 * median(lambda r: loginShare(r['rps'], r['hashing_ms'], cores)):.0f}% |",
     ]
     return "\n".join(lines)
 

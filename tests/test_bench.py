@@ -144,13 +144,17 @@ class FloorRenderTests(TestCase):
         round = {
             "rps": 40.0,
             "cpu_ms": {"klein": 1.0, "service": 26.0, "RabbitMQ": 0.5},
-            "hashing_ms": 25.0,
+            "hashing_ms": 20.0,
             "main_ms": 0.6,
             "argon2": {"cpu_ms": 25.0, "wall_ms": 25.0},
         }
         table = floor.render([round], "the command")
         # 4 cores / 25 ms: 160 logins a second; 40 are a quarter of it.
         self.assertIn("| logins against cores / verify time | 25% |\n", table + "\n")
+        # Against its hashing threads' 20 ms a login: 200 a second.
+        self.assertIn(
+            "| logins against cores / its hashing threads' CPU a login | 20% |\n", table + "\n"
+        )
         for line in table.splitlines()[2:]:
             self.assertEqual(line.count("|"), 3, line)
 
@@ -286,24 +290,122 @@ class LoginThroughputTests(TestCase):
         """
         production = benchModule(self, "production")
         logins = [
-            {"rps": 80.0, "argon2": {"wall_ms": 20.0}},
-            {"rps": 60.0, "argon2": {"wall_ms": 25.0}},
-            {"rps": 85.0, "argon2": {"wall_ms": 20.0}},
+            {"rps": 80.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 20.0},
+            {"rps": 60.0, "argon2": {"wall_ms": 25.0}, "verify_in_process_ms": 20.0},
+            {"rps": 85.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 25.0},
         ]
-        floors = [{"rps": 90.0}, {"rps": 75.0}, {"rps": 85.0}]
+        floors = [
+            {"rps": 90.0, "hashing_ms": 18.0},
+            {"rps": 75.0, "hashing_ms": 25.0},
+            {"rps": 85.0, "hashing_ms": 20.0},
+        ]
         figures = production.loginThroughput(logins, floors, 2)
         # 2 cores / 20 ms: 100 logins a second; 2 / 25 ms: 80.
         self.assertEqual(figures["platform"], 0.8)  # of 0.80, 0.75, 0.85
         self.assertEqual(figures["floor"], 0.9)  # of 0.90, 0.9375, 0.85
         self.assertAlmostEqual(figures["againstFloor"], 80 / 90)  # of 0.889, 0.8, 1.0
 
+    def test_againstTheVerifyAsItRan(self) -> None:
+        """
+        Each round's logins are also held against the verify as it ran in
+        that round (the platform's verifications in the Account process,
+        the floor's hashing threads' CPU a login), not the verify alone
+        measured after it.
+        """
+        production = benchModule(self, "production")
+        logins = [
+            {"rps": 80.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 20.0},
+            {"rps": 60.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 25.0},
+            {"rps": 85.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 22.0},
+        ]
+        floors = [
+            {"rps": 90.0, "hashing_ms": 18.0},
+            {"rps": 70.0, "hashing_ms": 25.0},
+            {"rps": 88.0, "hashing_ms": 20.0},
+        ]
+        figures = production.loginThroughput(logins, floors, 2)
+        # 60 logins against 2 / 25 ms (80 a second) is a round as good as
+        # 80 against 2 / 20 ms, though the verify alone said 20 ms.
+        self.assertEqual(figures["platformLoaded"], 0.8)  # of 0.80, 0.75, 0.935
+        self.assertEqual(figures["floorLoaded"], 0.875)  # of 0.81, 0.875, 0.88
+        self.assertEqual(figures["platform"], 0.8)  # of 0.80, 0.60, 0.85
+
     def test_roundsPaired(self) -> None:
         """
         A floor missing for a round is an error, not a shorter median.
         """
         production = benchModule(self, "production")
-        logins = [{"rps": 80.0, "argon2": {"wall_ms": 20.0}}] * 2
-        self.assertRaises(ValueError, production.loginThroughput, logins, [{"rps": 90.0}], 2)
+        logins = [{"rps": 80.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 20.0}] * 2
+        floors = [{"rps": 90.0, "hashing_ms": 20.0}]
+        self.assertRaises(ValueError, production.loginThroughput, logins, floors, 2)
+
+
+class RenderTests(TestCase):
+    def test_theLoginTargets(self) -> None:
+        """
+        bench/production.py's table, from made-up rounds of every request
+        and shape: the login's figures against the verify alone (the
+        targets' measure) and against the verify as each round ran it.
+        """
+        import argparse
+        from collections import Counter
+
+        production = benchModule(self, "production")
+        self.patch(production.os, "cpu_count", lambda: 2)
+        processes = ["gateway", "account", "post", "notify", "RabbitMQ", "PostgreSQL"]
+
+        def round(rps: float, **extra: Any) -> dict[str, Any]:
+            return {
+                "rps": rps,
+                "failed": 0,
+                "p50": 1.0,
+                "p99": 2.0,
+                "cpu_total_ms": 2000 / rps,
+                "cpu_ms": {p: 0.1 for p in [*processes, "PostgreSQL background", "all-in-one"]},
+                "notifications_per_post": 1.0,
+                "hashing_ms": 20.0,
+                **extra,
+            }
+
+        results: dict[str, list[dict[str, Any]]] = {}
+        for shape in production.SHAPES:
+            for name in [
+                *production.requestsOf(shape),
+                "Klein + pika (baseline)",
+                "Klein hello world (baseline)",
+            ]:
+                results[f"{shape}|{name}"] = [round(1000.0)] * 3
+        # The Account process 22, 27.5 and 23.1 ms a login, its verify 20,
+        # 25 and 21 ms in the process; the verify alone 20 ms after each.
+        results["production|login"] = [
+            round(
+                rps,
+                cpu_ms={"account": account},
+                hashing_ms=hashing,
+                verify_in_process_ms=hashing,
+                argon2={"cpu_ms": 20.0, "wall_ms": 20.0},
+            )
+            for rps, account, hashing in [(80.0, 22.0, 20.0), (64.0, 27.5, 25.0), (77, 23.1, 21)]
+        ]
+        results[f"production|{production.FLOOR}"] = [
+            round(rps, hashing_ms=hashing) for rps, hashing in [(90, 20.0), (72, 25.0), (84, 21)]
+        ]
+        messages = {
+            shape: {name: Counter({"txplatform.rpc": 1}) for name in production.requestsOf(shape)}
+            for shape in production.SHAPES
+        }
+        arguments = argparse.Namespace(rounds=3, duration=10.0, connections=16)
+        report = production.render(arguments, results, messages)
+        login = next(line for line in report.splitlines() if line.startswith("- login:"))
+        # Against the verify alone: 1.10x, 1.375x, 1.155x; 80%, 64%, 77%.
+        self.assertIn(
+            "1.16x (median of the rounds' ratios; target at most 1.1): **not met**", login
+        )
+        self.assertIn("logins at 77% of cores / verify time", login)
+        # Against the verify as it ran: 1.10x each; 80%, 80%, 80.85%.
+        self.assertIn("the account process was at 1.10x (rounds 1.10x to 1.10x;", login)
+        self.assertIn("against the verify alone rounds 1.10x to 1.38x)", login)
+        self.assertIn("the logins at 80% of cores / verify time, the floor's at 90%", login)
 
 
 class DocumentTablesTests(TestCase):
