@@ -102,9 +102,17 @@ def web(port: int, url: str) -> None:
 
     app = Klein()
     calls: list[Any] = []
+    handled = [0]
+
+    @app.route("/handled")
+    def count(request: Any) -> bytes:
+        # As the platform's gateways count theirs: with those whose client
+        # went away (wrk's last, in flight when it stopped).
+        return str(handled[0]).encode()
 
     @app.route("/", methods=["POST"])
     def login(request: Any) -> Any:
+        handled[0] += 1
         body = json.loads(request.content.read())
 
         def answered(reply: Any) -> bytes:
@@ -165,6 +173,16 @@ class Floor:
             logs, "login-floor", "POST", {"username": "u", "password": PASSWORD}, None
         )
 
+    def handled(self) -> float:
+        """
+        The logins the Klein app has taken, as the platform's gateways
+        count theirs.
+        """
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "handled", timeout=10) as response:
+            return float(response.read())
+
     def round(self, meter: Any, connections: int, duration: float) -> dict[str, Any]:
         """
         One run of wrk, as C{meter} counts it (the caller's names for the
@@ -174,11 +192,10 @@ class Floor:
         from production import measure
 
         before = threadCPU(self.service.pid)
-        measured = measure(meter, self.url, connections, duration, self.script)
+        measured = measure(meter, self.url, connections, duration, self.script, self.handled)
         after = threadCPU(self.service.pid)
-        answered = max(measured["requests"], 1)
-        measured["main_ms"] = (after[0] - before[0]) * 1000 / answered
-        measured["hashing_ms"] = (after[1] - before[1]) * 1000 / answered
+        measured["main_ms"] = (after[0] - before[0]) * 1000 / measured["counted"]
+        measured["hashing_ms"] = (after[1] - before[1]) * 1000 / measured["counted"]
         return measured
 
 

@@ -100,6 +100,86 @@ class CPUMeterTests(TestCase):
         self.assertEqual(used, {"PostgreSQL": 0.75, "gateway": 0.5})
 
 
+class MeasureTests(TestCase):
+    def setUp(self) -> None:
+        self.production = benchModule(self, "production")
+        self.patch(self.production.time, "sleep", lambda seconds: None)
+        self.patch(
+            self.production,
+            "wrk",
+            lambda url, connections, duration, script: {"requests": 100, "rps": 10.0},
+        )
+
+    def meter(self) -> Any:
+        production = self.production
+
+        class Meter:
+            snapshots = iter([{"gateway": {1: 1.0}}, {"gateway": {1: 1.232}}])
+
+            def drained(self) -> None:
+                pass
+
+            def snapshot(self) -> Any:
+                return next(self.snapshots)
+
+            between = staticmethod(production.CPUMeter.between)
+
+        return Meter()
+
+    def test_dividedByTheRequestsHandled(self) -> None:
+        """
+        With a count of the requests the server handled, the CPU of a run
+        is divided by the requests handled in it (those wrk dropped when it
+        stopped included), not by wrk's count of those answered.
+        """
+        counts = iter([1000.0, 1116.0])
+        measured = self.production.measure(
+            self.meter(), "http://x/", 16, 10.0, None, lambda: next(counts)
+        )
+        self.assertEqual(measured["handled"], 116.0)
+        self.assertEqual(measured["counted"], 116.0)
+        self.assertAlmostEqual(measured["cpu_ms"]["gateway"], 2.0)
+        self.assertEqual(measured["requests"], 100)
+
+    def test_wrksCountWithoutOne(self) -> None:
+        """
+        Without one (a baseline's), wrk's count.
+        """
+        measured = self.production.measure(self.meter(), "http://x/", 16, 10.0, None)
+        self.assertEqual(measured["counted"], 100)
+        self.assertAlmostEqual(measured["cpu_ms"]["gateway"], 2.32)
+
+    def test_gatewayRequests(self) -> None:
+        """
+        The gateways' count is the sum of their requests counters over every
+        operation, status (a client gone included) and priority.
+        """
+        import io
+
+        pages = {
+            "http://a/metrics": (
+                "# TYPE txplatform_gateway_requests_total counter\n"
+                'txplatform_gateway_requests_total{operation="login",status="201",priority="2"}'
+                " 40.0\n"
+                'txplatform_gateway_requests_total{operation="login",status="disconnected",'
+                'priority="2"} 3.0\n'
+                'txplatform_gateway_requests_created{operation="login",status="201",priority="2"}'
+                " 1.7e9\n"
+                'txplatform_gateway_request_seconds_count{operation="login"} 43.0\n'
+            ),
+            "http://b/metrics": (
+                'txplatform_gateway_requests_total{operation="getPost",status="200",priority="5"}'
+                " 7.0\n"
+            ),
+        }
+        self.patch(
+            self.production.urllib.request,
+            "urlopen",
+            lambda url, timeout: io.BytesIO(pages[url].encode()),
+        )
+        self.assertEqual(self.production.gatewayRequests(["http://a", "http://b"]), 50.0)
+
+
 class ThreadCPUTests(TestCase):
     def test_mainAndOthers(self) -> None:
         """
