@@ -14,9 +14,12 @@ what any Python service on RabbitMQ spends on a call and a thread's
 hand-over; what the platform spends beyond that is its own.
 
 For each round, read from /proc: the CPU per login of the Klein app, the
-service and RabbitMQ; the service's main thread and its hashing threads
-apart; and argon2Baseline() beside it (the verify alone, as
-bench/production.py measures it).  Medians of --rounds.
+service and RabbitMQ (per login the Klein app took, those in flight when
+wrk stopped included, as bench/production.py counts the platform's); the
+service's main thread and its hashing threads apart; and argon2Baseline()
+beside it (the verify alone, as bench/production.py measures it).  The
+logins against cores / verify time, both the verify alone's and the
+hashing threads' own CPU a login in the round.  Medians of --rounds.
 
     python bench/login_floor.py [--duration 10] [--rounds 3] [--write docs/benchmarks.md]
     python bench/login_floor.py service URL     (the bare service)
