@@ -361,6 +361,25 @@ class ScriptsUnderWrkTests(TestCase):
         self.assertEqual(names, [f"user{(start + n) % 3}" for n in range(6)])
 
 
+def loginRounds(*rounds: tuple[float, float, float]) -> list[dict[str, Any]]:
+    """
+    Login rounds of bench/production.py, each (logins a second, the verify
+    alone's wall milliseconds, the verifications' in the Account process).
+    """
+    return [
+        {"rps": rps, "argon2": {"wall_ms": alone}, "verify_in_process_ms": inProcess}
+        for rps, alone, inProcess in rounds
+    ]
+
+
+def floorRounds(*rounds: tuple[float, float]) -> list[dict[str, Any]]:
+    """
+    The floor's rounds, each (logins a second, its hashing threads' CPU
+    milliseconds a login).
+    """
+    return [{"rps": rps, "hashing_ms": hashing} for rps, hashing in rounds]
+
+
 class LoginThroughputTests(TestCase):
     def test_eachRoundAgainstWhatWasMeasuredBesideIt(self) -> None:
         """
@@ -369,16 +388,8 @@ class LoginThroughputTests(TestCase):
         slow stretch of the machine is slow for all three.
         """
         production = benchModule(self, "production")
-        logins = [
-            {"rps": 80.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 20.0},
-            {"rps": 60.0, "argon2": {"wall_ms": 25.0}, "verify_in_process_ms": 20.0},
-            {"rps": 85.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 25.0},
-        ]
-        floors = [
-            {"rps": 90.0, "hashing_ms": 18.0},
-            {"rps": 75.0, "hashing_ms": 25.0},
-            {"rps": 85.0, "hashing_ms": 20.0},
-        ]
+        logins = loginRounds((80, 20, 20), (60, 25, 20), (85, 20, 25))
+        floors = floorRounds((90, 18), (75, 25), (85, 20))
         figures = production.loginThroughput(logins, floors, 2)
         # 2 cores / 20 ms: 100 logins a second; 2 / 25 ms: 80.
         self.assertEqual(figures["platform"], 0.8)  # of 0.80, 0.75, 0.85
@@ -393,16 +404,8 @@ class LoginThroughputTests(TestCase):
         measured after it.
         """
         production = benchModule(self, "production")
-        logins = [
-            {"rps": 80.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 20.0},
-            {"rps": 60.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 25.0},
-            {"rps": 85.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 22.0},
-        ]
-        floors = [
-            {"rps": 90.0, "hashing_ms": 18.0},
-            {"rps": 70.0, "hashing_ms": 25.0},
-            {"rps": 88.0, "hashing_ms": 20.0},
-        ]
+        logins = loginRounds((80, 20, 20), (60, 20, 25), (85, 20, 22))
+        floors = floorRounds((90, 18), (70, 25), (88, 20))
         figures = production.loginThroughput(logins, floors, 2)
         # 60 logins against 2 / 25 ms (80 a second) is a round as good as
         # 80 against 2 / 20 ms, though the verify alone said 20 ms.
@@ -415,8 +418,8 @@ class LoginThroughputTests(TestCase):
         A floor missing for a round is an error, not a shorter median.
         """
         production = benchModule(self, "production")
-        logins = [{"rps": 80.0, "argon2": {"wall_ms": 20.0}, "verify_in_process_ms": 20.0}] * 2
-        floors = [{"rps": 90.0, "hashing_ms": 20.0}]
+        logins = loginRounds((80, 20, 20), (80, 20, 20))
+        floors = floorRounds((90, 20))
         self.assertRaises(ValueError, production.loginThroughput, logins, floors, 2)
 
 
