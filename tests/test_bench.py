@@ -489,6 +489,12 @@ class RenderTests(TestCase):
         self.assertIn("the account process was at 1.10x (rounds 1.10x to 1.10x;", login)
         self.assertIn("against the verify alone rounds 1.10x to 1.38x)", login)
         self.assertIn("the logins at 80% of cores / verify time, the floor's at 90%", login)
+        # Every round busy: 2 cores / its logins is the CPU a login cost
+        # (25, 31.25 and 25.97 ms; the floor's 22.22, 27.78 and 23.81 ms),
+        # less its verifies (20, 25 and 21 ms); 85% of 2 / 20 ms leaves
+        # 20 / 0.85 - 20 ms.
+        self.assertIn("so 85% leaves 3.53 ms of CPU a login", login)
+        self.assertIn("the platform spent 5.00 ms on it, the floor 2.78.", login)
 
 
 class DocumentTablesTests(TestCase):
