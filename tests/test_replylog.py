@@ -73,13 +73,46 @@ class ReplyLogTestsMixin:
         handled), or that found its reply on record; then no more.
         """
         call = context("m-1")
+        self.log.handling(call)
         self.assertFalse(self.log.accounted(call))
+        self.log.handling(call)
+        self.log.handling(call)
         record = self.log.recorder(call, lambda n: {"n": n})
         self.log.recorder(call)
         self.assertEqual([self.log.accounted(call) for _ in range(3)], [True, True, False])
         yield self.database.runInteraction(lambda t: record(t, 1))
+        self.log.handling(call)
         yield self.log.lookup(call)
         self.assertEqual([self.log.accounted(call) for _ in range(2)], [True, False])
+
+    @inlineCallbacks
+    def test_notHandled(self) -> Any:
+        """
+        A recorder asked for outside a call's handling (its method called
+        directly) records, but is not counted: no one would ask about it,
+        and its count would stay for good.  Nor is a lookup outside a
+        handling.
+        """
+        call = context("m-1")
+        record = self.log.recorder(call, lambda n: {"n": n})
+        yield self.database.runInteraction(lambda t: record(t, 1))
+        self.assertEqual((yield self.log.lookup(call)), (True, {"n": 1}))
+        self.assertEqual((self.log._handling, self.log._accounted), ({}, {}))
+        self.log.handling(call)
+        self.assertFalse(self.log.accounted(call))
+        self.assertEqual((self.log._handling, self.log._accounted), ({}, {}))
+
+    def test_askedTwiceInOneHandling(self) -> None:
+        """
+        A handling that asked for two recorders (a method calling another,
+        both asking) is accounted for, and nothing is kept after it.
+        """
+        call = context("m-1")
+        self.log.handling(call)
+        self.log.recorder(call)
+        self.log.recorder(call)
+        self.assertTrue(self.log.accounted(call))
+        self.assertEqual((self.log._handling, self.log._accounted), ({}, {}))
 
     @inlineCallbacks
     def test_recordedTwice(self) -> Any:

@@ -496,6 +496,33 @@ class UnrecordedReplyTests(SynchronousTestCase):
         # Nothing is kept once the calls are done.
         self.assertFalse(notebook.replies._accounted)
 
+    def test_calledDirectly(self) -> None:
+        """
+        A method that records its reply, called directly with a call's
+        context (by the service's own code, or a test) rather than handled
+        from the bus, records it; nothing is kept for it, since no handling
+        will be asked about it.
+        """
+        harness = ServiceHarness(self.mktemp())
+        self.addCleanup(harness.stop)
+        notebook = harness.start(
+            Notebook(harness.bus, harness.database("notebook"), harness.reactor)
+        )
+        for n in range(3):
+            context = CallContext(
+                messageId=f"direct-{n}",
+                service=notebook.serviceId,
+                method="add",
+                caller=None,
+                correlationId="direct",
+                deadline=harness.reactor.seconds() + 10,
+                priority=5,
+            )
+            harness.run(notebook.add(Note(text=f"n{n}"), context))
+        replies = harness.run(notebook.database.runQuery("SELECT count(*) FROM notebook_replies"))
+        self.assertEqual(replies, [(3,)])
+        self.assertEqual((notebook.replies._handling, notebook.replies._accounted), ({}, {}))
+
 
 class CopiesAtOnceTests(SynchronousTestCase):
     """

@@ -78,10 +78,14 @@ class ReplyLog:
         self.table = f"{component}_replies"
         self._clock = clock
         self.retention = retention
-        # The reply keys of the calls being handled whose reply was asked to
-        # be recorded, or found on record, with how many handlings of each
-        # (a call sent again may be handled while its first copy still is):
-        # see L{accounted}.
+        # The reply keys of the calls being handled (L{handling}), and of
+        # those whose reply was asked to be recorded, or found on record,
+        # with how many handlings of each (a call sent again may be handled
+        # while its first copy still is): see L{accounted}.  Only a call
+        # being handled is counted: a recorder asked for elsewhere (a
+        # method called directly, by the service's own code or a test) would
+        # never be asked about, and its count never let go.
+        self._handling: Counter[str] = Counter()
         self._accounted: Counter[str] = Counter()
 
     def migrations(self) -> list[Migration]:
@@ -116,7 +120,8 @@ class ReplyLog:
         """
         if context is None or not context.messageId:
             return None
-        self._accounted[context.replyKey] += 1
+        if self._handling[context.replyKey]:
+            self._accounted[context.replyKey] += 1
 
         def record(transaction: ITransaction, produced: Any) -> None:
             self._insert(transaction, context, render(produced), "")
@@ -157,7 +162,7 @@ class ReplyLog:
         def found(rows: list[Any]) -> tuple[bool, Any]:
             if not rows:
                 return False, None
-            if not self._accounted[key]:
+            if self._handling[key] and not self._accounted[key]:
                 # (A run that asked for a recorder and failed on the reply
                 # another run recorded is counted already.)
                 self._accounted[key] = 1
@@ -176,16 +181,27 @@ class ReplyLog:
         d = self._database.runQuery(f"SELECT reply FROM {self.table} WHERE message_id = ?", (key,))
         return d.addCallback(found)
 
+    def handling(self, context: CallContext) -> None:
+        """
+        The call of C{context} is about to be handled: until L{accounted}
+        is asked about it, count what its handling asks of this log.
+        """
+        if context.messageId:
+            self._handling[context.replyKey] += 1
+
     def accounted(self, context: CallContext) -> bool:
         """
-        Whether the call of C{context}, just handled, asked for a
-        L{recorder} or was answered from the record; asked once per call.
+        Whether the call of C{context}, just handled (see L{handling}),
+        asked for a L{recorder} or was answered from the record; asked once
+        per handling.
         """
         key = context.replyKey
-        count = self._accounted.pop(key, 0)
-        if count > 1:
-            self._accounted[key] = count - 1
-        return count > 0
+        if _release(self._handling, key) > 1:
+            return _release(self._accounted, key) > 0
+        # Its last handling: whatever it asked for is done with, however
+        # many recorders it asked for (a method calling another, both
+        # asking).
+        return self._accounted.pop(key, 0) > 0
 
     #: The most replies one transaction of a sweep forgets: a day of a busy
     #: service's calls is many, and on SQLite the reactor runs the
@@ -215,3 +231,13 @@ class ReplyLog:
             f" (SELECT message_id FROM {self.table} WHERE created_at < ? LIMIT ?)",
             (horizon, self.sweepPortion),
         ).rowcount
+
+
+def _release(counts: Counter[str], key: str) -> int:
+    """
+    Take one off C{key}'s count, forgetting it at none; the count before.
+    """
+    count = counts.pop(key, 0)
+    if count > 1:
+        counts[key] = count - 1
+    return count

@@ -368,6 +368,8 @@ class BusService(Service):
                     traceParent=traces.traceParentOf(span),
                     traceState=traces.traceStateOf(span),
                 )
+            # Balanced by _checkRecorded, whatever becomes of the call.
+            self._replyExpected(context)
             d = maybeDeferred(parse, payload, context, span)
             d.addBoth(self._checkRecorded, spec, context)
             d.addBoth(self._logCall, spec.name, context, started)
@@ -483,6 +485,13 @@ class BusService(Service):
             self._unrecorded.add(spec.name)
             self.log.warn(_UNRECORDED, service=self.name, method=spec.name)
         return result
+
+    def _replyExpected(self, context: CallContext) -> None:
+        """
+        The call of C{context} is about to be handled, and
+        L{_replyAccounted} will be asked about it.  Without a database
+        nothing is recorded.
+        """
 
     def _replyAccounted(self, context: CallContext) -> bool:
         """
@@ -709,6 +718,9 @@ class DatabaseService(BusService):
 
     def replay(self, context: CallContext) -> Deferred[tuple[bool, Any]]:
         return self.replies.lookup(context)
+
+    def _replyExpected(self, context: CallContext) -> None:
+        self.replies.handling(context)
 
     def _replyAccounted(self, context: CallContext) -> bool:
         return self.replies.accounted(context)
