@@ -8,7 +8,7 @@ import attrs
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from txplatform.context import CallContext
+from txplatform.context import CallContext, EventContext
 from txplatform.crypto.codecs import SealedFieldCodec
 from txplatform.crypto.keyring import Keyring, MasterKey
 from txplatform.crypto.sealing import Sealer
@@ -101,6 +101,15 @@ class ReplyLogTestsMixin:
         self.log.handling(call)
         self.assertFalse(self.log.accounted(call))
         self.assertEqual((self.log._handling, self.log._accounted), ({}, {}))
+
+    def test_notForEvents(self) -> None:
+        """
+        An event handler asking for a recorder is told, in words, that the
+        log records replies to calls.
+        """
+        event = EventContext("e-1", "notebook.noted", None, "trace", 0.0, attempt=2)
+        error = self.assertRaises(TypeError, self.log.recorder, event)
+        self.assertIn("records replies to calls, not EventContexts", str(error))
 
     def test_askedTwiceInOneHandling(self) -> None:
         """

@@ -117,8 +117,20 @@ class ReplyLog:
         twice at once: a retry while the first try was still running), the
         transaction fails on it, so that what the second run did is rolled
         back; the service then answers the reply on record.
+
+        @raise TypeError: C{context} is not a call's (an event handler's):
+            replies are recorded for calls; an event handler takes an event
+            delivered again by being idempotent itself.
         """
-        if context is None or not context.messageId:
+        if context is None:
+            return None
+        if not isinstance(context, CallContext):
+            raise TypeError(
+                f"the reply log records replies to calls, not {type(context).__name__}s: an"
+                " event handler must take an event delivered again (EventContext.attempt > 1)"
+                " by being idempotent itself, such as with INSERT ... ON CONFLICT DO NOTHING"
+            )
+        if not context.messageId:
             return None
         if self._handling[context.replyKey]:
             self._accounted[context.replyKey] += 1
