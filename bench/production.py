@@ -1137,6 +1137,19 @@ def render(
     def verdict(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
+    if verifyWall > verifyLoaded:
+        # One verify alone cannot take longer than one of two at once
+        # under the load: the machine was slower when it was measured (a
+        # second after each round) than through the rounds, and the share
+        # would be of a capacity the machine did not have while they ran.
+        throughputVerdict = (
+            "not judged here: the verify alone, measured after each round, took longer than the"
+            f" Account process's own verifications under the load, two at once ({verifyLoaded:.1f}"
+            " ms), which it cannot on a machine that kept its speed: the machine slowed between"
+            " them, and the share against it is too high"
+        )
+    else:
+        throughputVerdict = verdict(throughput["platform"] >= 0.85)
     create = med("production|create a post", "cpu_total_ms")
     read = med("production|read a post", "cpu_total_ms")
     embeddedCreate = med("embedded|create a post", "cpu_total_ms")
@@ -1161,7 +1174,7 @@ def render(
         f" them, measured beside each round), {loginOverCPU:.2f}x (median of the rounds' ratios;"
         f" target at most 1.1): {verdict(loginOverCPU <= 1.1)}; logins at"
         f" {throughput['platform']:.0%} of cores / verify time ({verifyWall:.1f} ms alone;"
-        f" target at least 85%): {verdict(throughput['platform'] >= 0.85)}, where the floor"
+        f" target at least 85%): {throughputVerdict}, where the floor"
         " beside each round (bench/login_floor.py: a bare Klein app, pika, and a service that"
         f" only verifies) reached {throughput['floor']:.0%}, and the platform"
         f" {throughput['againstFloor']:.0%} of the floor's logins a second. Under this load"

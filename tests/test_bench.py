@@ -424,11 +424,13 @@ class LoginThroughputTests(TestCase):
 
 
 class RenderTests(TestCase):
-    def test_theLoginTargets(self) -> None:
+    def loginLine(self, wallAlone: float) -> str:
         """
-        bench/production.py's table, from made-up rounds of every request
-        and shape: the login's figures against the verify alone (the
-        targets' measure) and against the verify as each round ran it.
+        The login's line of bench/production.py's table, rendered from
+        made-up rounds of every request and shape: the Account process 22,
+        27.5 and 23.1 ms a login, its verify 20, 25 and 21 ms in the
+        process; after each round, the verify alone C{wallAlone} ms, and
+        20 ms of CPU each two at once.
         """
         import argparse
         from collections import Counter
@@ -458,15 +460,13 @@ class RenderTests(TestCase):
                 "Klein hello world (baseline)",
             ]:
                 results[f"{shape}|{name}"] = [round(1000.0)] * 3
-        # The Account process 22, 27.5 and 23.1 ms a login, its verify 20,
-        # 25 and 21 ms in the process; the verify alone 20 ms after each.
         results["production|login"] = [
             round(
                 rps,
                 cpu_ms={"account": account},
                 hashing_ms=hashing,
                 verify_in_process_ms=hashing,
-                argon2={"cpu_ms": 20.0, "wall_ms": 20.0},
+                argon2={"cpu_ms": 20.0, "wall_ms": wallAlone},
             )
             for rps, account, hashing in [(80.0, 22.0, 20.0), (64.0, 27.5, 25.0), (77, 23.1, 21)]
         ]
@@ -479,12 +479,23 @@ class RenderTests(TestCase):
         }
         arguments = argparse.Namespace(rounds=3, duration=10.0, connections=16)
         report = production.render(arguments, results, messages)
-        login = next(line for line in report.splitlines() if line.startswith("- login:"))
+        return next(line for line in report.splitlines() if line.startswith("- login:"))
+
+    def test_theLoginTargets(self) -> None:
+        """
+        The login's figures against the verify alone (the targets' measure)
+        and against the verify as each round ran it.
+        """
+        login = self.loginLine(wallAlone=20.0)
         # Against the verify alone: 1.10x, 1.375x, 1.155x; 80%, 64%, 77%.
         self.assertIn(
             "1.16x (median of the rounds' ratios; target at most 1.1): **not met**", login
         )
-        self.assertIn("logins at 77% of cores / verify time", login)
+        self.assertIn(
+            "logins at 77% of cores / verify time (20.0 ms alone; target at least 85%):"
+            " **not met**, where",
+            login,
+        )
         # Against the verify as it ran: 1.10x each; 80%, 80%, 80.85%.
         self.assertIn("the account process was at 1.10x (rounds 1.10x to 1.10x;", login)
         self.assertIn("against the verify alone rounds 1.10x to 1.38x)", login)
@@ -495,6 +506,27 @@ class RenderTests(TestCase):
         # 20 / 0.85 - 20 ms.
         self.assertIn("so 85% leaves 3.53 ms of CPU a login", login)
         self.assertIn("the platform spent 5.00 ms on it, the floor 2.78.", login)
+
+    def test_theVerifyAloneSlowerThanUnderLoad(self) -> None:
+        """
+        A verify alone that took longer than the Account process's own
+        verifications under the load (21 ms, the rounds' median) was
+        measured on a slower machine than the rounds ran on: the logins'
+        share of a capacity the machine did not have then is not judged
+        against the target, however high.
+        """
+        login = self.loginLine(wallAlone=24.0)
+        # 80, 64 and 77 logins a second against 2 / 24 ms: 96%, 77%, 92%.
+        self.assertIn("logins at 92% of cores / verify time (24.0 ms alone;", login)
+        self.assertIn(
+            "target at least 85%): not judged here: the verify alone, measured after each"
+            " round, took longer than the Account process's own verifications under the load,"
+            " two at once (21.0 ms)",
+            login,
+        )
+        self.assertNotIn("85%): met", login)
+        # At exactly the verifications' time it is judged: 76%, 61%, 81%.
+        self.assertIn("(21.0 ms alone; target at least 85%): **not met**", self.loginLine(21.0))
 
 
 class DocumentTablesTests(TestCase):
