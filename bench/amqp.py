@@ -22,6 +22,7 @@ wrk, and pika (pip install '.[bench]').
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -66,10 +68,45 @@ def keyFiles(directory: str) -> dict[str, str]:
     return paths
 
 
+#: Held by the benchmark running on this machine (see L{holdRunLock}).
+RUN_LOCK = os.path.join(tempfile.gettempdir(), "txplatform-bench.lock")
+_held: list[Any] = []
+
+
+def holdRunLock(path: str = RUN_LOCK) -> Any:
+    """
+    Hold C{path}'s lock until this process ends, or exit in one line if
+    another benchmark holds it.  Two at once share the vhost's queues (one
+    run's calls answered by the other's services, which hold other keys:
+    an internal error) and each other's cores.  The lock goes with the
+    process, however it ends (Python's files are not inherited: the
+    processes it started do not keep it).
+    """
+    held = open(path, "a+")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.seek(0)
+        holder = held.read().strip() or "unknown"
+        held.close()
+        raise SystemExit(
+            f"another benchmark is running on this machine (pid {holder}, {path}): wait for"
+            " it; two at once share the broker's vhost and the cores"
+        ) from None
+    held.seek(0)
+    held.truncate()
+    held.write(f"{os.getpid()}\n")
+    held.flush()
+    return held
+
+
 def ensureVhost() -> None:
     """
-    The benchmarks' vhost on the local broker, for guest.
+    The benchmarks' vhost on the local broker, for guest, this run's alone
+    while it runs (L{holdRunLock}).
     """
+    if not _held:
+        _held.append(holdRunLock())
     subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True)
     subprocess.run(
         ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],

@@ -180,6 +180,26 @@ class MeasureTests(TestCase):
         self.assertEqual(self.production.gatewayRequests(["http://a", "http://b"]), 50.0)
 
 
+class RunLockTests(TestCase):
+    def test_oneAtATime(self) -> None:
+        """
+        A benchmark holds the machine's run lock while it runs: a second
+        one exits in one line naming the first's pid, and the lock is free
+        again once the first lets go.
+        """
+        amqp = benchModule(self, "amqp")
+        path = self.mktemp()
+        first = amqp.holdRunLock(path)
+        self.addCleanup(first.close)
+        with self.assertRaises(SystemExit) as raised:
+            amqp.holdRunLock(path)
+        said = str(raised.exception)
+        self.assertIn(f"another benchmark is running on this machine (pid {os.getpid()},", said)
+        self.assertNotIn("\n", said)
+        first.close()
+        amqp.holdRunLock(path).close()
+
+
 class ThreadCPUTests(TestCase):
     def test_mainAndOthers(self) -> None:
         """
